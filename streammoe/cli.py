@@ -1,0 +1,142 @@
+"""The `streammoe` command line: fit and score series files, benchmark, and run the daemon."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def _progress_bar(total: int, desc: str):  # type: ignore[no-untyped-def]
+    """A tqdm bar on stderr that only draws on a terminal (quiet in CI and pipes)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="rec", disable=None, file=sys.stderr, leave=False)
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from streammoe.detector import MixtureDetector
+    from streammoe.model.config import ModelConfig
+    from streammoe.persistence import save_detector
+    from streammoe.series import read_series
+
+    series = [read_series(p) for p in args.data]
+    channels = series[0].channels
+    for s in series[1:]:
+        if s.channels != channels:
+            raise SystemExit(f"error: {s.path} has channels {s.channels}, {series[0].path} has {channels}")
+    values = np.concatenate([s.values for s in series])
+    finite = np.isfinite(values).all(axis=1)
+    if not finite.all():
+        print(f"fit: dropping {int((~finite).sum())} rows with missing or non-finite values", file=sys.stderr)
+        values = values[finite]
+    config = ModelConfig(**_overrides(args))
+    detector = MixtureDetector(len(channels), config, channels)
+    with _progress_bar(config.fit_steps, "fit") as bar:
+        report = detector.fit(values, k=args.k, progress=bar.update)
+    save_detector(detector, args.out, {"fitted_on": [str(s.path) for s in series], "fit_report": report.__dict__})
+    print(f"fit: {report.n_rows} rows, {report.k_selected} experts, weights {report.weights} -> {args.out}")
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from streammoe.model.config import ModelConfig
+    from streammoe.offline import score_stream
+    from streammoe.persistence import load_detector, save_detector
+    from streammoe.series import read_series, write_scores
+
+    series = read_series(args.data)
+    detector = load_detector(args.model, channels=series.channels) if args.model else None
+    if detector is None and args.warmup is None:
+        raise SystemExit("error: without --model, give --warmup N (rows to learn from before scoring)")
+    config = ModelConfig(**_overrides(args)) if detector is None else None
+    with _progress_bar(len(series.values), "score") as bar:
+        result, detector = score_stream(
+            series.values, detector, series.channels, config, warmup=args.warmup or 0,
+            learn=not args.no_learn, batch_size=args.batch_size, progress=bar.update,
+        )
+    write_scores(
+        args.out,
+        {
+            "timestamp": series.timestamps,
+            "score": np.round(result.score, 6),
+            "is_anomaly": result.is_anomaly,
+            "mode": result.mode,
+            "mode_entropy": np.round(result.mode_entropy, 6),
+            "p_value": result.p_value,
+            "nll": np.round(result.nll, 6),
+            "epistemic": np.round(result.epistemic, 6),
+            "aleatoric": np.round(result.aleatoric, 6),
+            "n_experts": result.n_experts,
+            "top_channels": result.top_channels,
+        },
+    )
+    if args.save_model:
+        save_detector(detector, args.save_model)
+    n_alarm = int(result.is_anomaly.sum())
+    print(f"score: {len(series.values)} rows, {n_alarm} flagged, {detector.model.n_active} experts -> {args.out}")
+    return 0
+
+
+MODEL_OPTIONS = {
+    "k_max": int, "n_samples": int, "threshold": float, "learn_threshold": float, "half_life": float,
+    "fit_steps": int, "seed": int, "hidden": int, "latent": int,
+}
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    group = p.add_argument_group("model (defaults from ModelConfig)")
+    for name, typ in MODEL_OPTIONS.items():
+        group.add_argument(f"--{name.replace('_', '-')}", dest=name, type=typ, default=None)
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    return {k: getattr(args, k) for k in MODEL_OPTIONS if getattr(args, k, None) is not None}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="streammoe", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("fit", help="learn a mixture from normal series files")
+    p.add_argument("--data", nargs="+", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path, help="model directory to write")
+    p.add_argument("--k", type=int, default=None, help="number of experts (default: chosen by BIC up to --k-max)")
+    _add_model_options(p)
+    p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser("score", help="score a series file prequentially (score first, then learn)")
+    p.add_argument("--data", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path, help="scores CSV to write")
+    p.add_argument("--model", type=Path, default=None, help="model directory from `streammoe fit`")
+    p.add_argument("--warmup", type=int, default=None, help="without --model: rows to learn from first")
+    p.add_argument("--no-learn", action="store_true", help="score only; never update the model")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--save-model", type=Path, default=None, help="write the adapted model here afterwards")
+    _add_model_options(p)
+    p.set_defaults(func=cmd_score)
+
+    for register in EXTRA_COMMANDS:
+        register(sub)
+    return parser
+
+
+# Modules that add subcommands (the daemon, the benchmark, the demo) append a `register(subparsers)` here.
+EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,187 @@
+"""The numpy-facing detector: `fit`, `score_many`, `learn_many` over the torch mixture.
+
+Prequential use, as in the daemon and `streammoe score`::
+
+    scored = detector.score_many(batch)   # decisions for these records, from what was learned before them
+    detector.learn_many(scored)           # then learn from the records judged normal
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from streammoe.model.config import ModelConfig
+from streammoe.model.fitting import FitReport, fit_mixture
+from streammoe.model.learning import ExpertLearner
+from streammoe.model.mixture import STATUS_FAULT, Evaluation, MixtureOfVAEs
+
+LOG10 = math.log(10.0)
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass
+class ScoredBatch:
+    """Per-record results of `score_many` as numpy arrays (length B; `responsibilities` and
+    `channel_share` are (B, k_max) and (B, C)). Rows that were not finite have `valid` False, mode -1."""
+
+    nll: np.ndarray
+    log_p_value: np.ndarray
+    score: np.ndarray  # -log10(p-value): calibrated, so one threshold means the same in every mode
+    is_anomaly: np.ndarray
+    mode: np.ndarray
+    mode_entropy: np.ndarray
+    epistemic: np.ndarray
+    aleatoric: np.ndarray
+    responsibilities: np.ndarray
+    channel_share: np.ndarray
+    valid: np.ndarray
+    threshold: float
+    evaluation: Evaluation | None = field(default=None, repr=False)
+    valid_rows: torch.Tensor | None = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.score)
+
+    @property
+    def p_value(self) -> np.ndarray:
+        return np.exp(self.log_p_value)
+
+    def top_channels(self, i: int, n: int = 3) -> list[tuple[int, float]]:
+        """The `n` channels with the largest share of record i's misfit, as (channel index, share)."""
+        share = self.channel_share[i]
+        order = np.argsort(-share)[:n]
+        return [(int(c), float(share[c])) for c in order]
+
+
+@dataclass
+class LearnReport:
+    learned: int = 0
+    skipped_step: str = ""
+
+
+class MixtureDetector:
+    """A mixture of VAEs that scores first and learns after, one micro-batch at a time."""
+
+    def __init__(
+        self,
+        n_channels: int,
+        config: ModelConfig | None = None,
+        channels: Sequence[str] | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        self.config = config or ModelConfig()
+        self.channels = list(channels) if channels is not None else [f"c{i}" for i in range(n_channels)]
+        if len(self.channels) != n_channels:
+            raise ValueError(f"{len(self.channels)} channel names for {n_channels} channels")
+        self.device = torch.device(device) if device is not None else default_device()
+        torch.manual_seed(self.config.seed)
+        self.model = MixtureOfVAEs(n_channels, self.config).to(self.device)
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(self.config.seed)
+        self.learner = ExpertLearner(self.model, self.generator)
+        self.counters = {"records_scored": 0, "records_learned": 0, "steps_skipped": 0, "non_finite": 0}
+
+    @property
+    def n_channels(self) -> int:
+        return self.model.n_channels
+
+    @property
+    def is_fitted(self) -> bool:
+        return self.model.n_active > 0
+
+    def mixture_weights(self) -> np.ndarray:
+        """E[pi] per expert slot (zero for inactive slots)."""
+        w = self.model.weights.mean(self.model.active)
+        return torch.where(self.model.active, w, torch.zeros_like(w)).cpu().numpy()
+
+    def _tensor(self, x: np.ndarray) -> torch.Tensor:
+        x = np.asarray(x, dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] != self.n_channels:
+            raise ValueError(f"expected records of shape (n, {self.n_channels}), got {x.shape}")
+        return torch.from_numpy(x).to(self.device, non_blocking=True)
+
+    def fit(self, x: np.ndarray, k: int | None = None, progress: Callable[[int], None] | None = None) -> FitReport:
+        """Learn the mixture from normal records (N, C); several operating modes may be present."""
+        xt = self._tensor(x)
+        if not torch.isfinite(xt).all():
+            raise ValueError("fit data holds NaN or infinite values; clean or drop those rows first")
+        if xt.shape[0] < 10:
+            raise ValueError(f"need at least 10 records to fit, got {xt.shape[0]}")
+        report, self.learner = fit_mixture(self.model, xt, k, self.generator, progress)
+        return report
+
+    @torch.inference_mode()
+    def score_many(self, x: np.ndarray) -> ScoredBatch:
+        """Score records (B, C) against what was learned so far; never learns."""
+        xt = self._tensor(x)
+        b = xt.shape[0]
+        valid = torch.isfinite(xt).all(dim=1)
+        xs = self.model.scaler.transform(torch.where(valid[:, None], xt, torch.zeros_like(xt)))
+        ev = self.model.evaluate(xs, self.config.n_samples, self.generator)
+        finite = valid & torch.isfinite(ev.log_px)
+        self.counters["non_finite"] += int((valid & ~finite).sum())
+        nll = torch.where(finite, -ev.log_px, torch.full_like(ev.log_px, math.nan))
+        mode = torch.where(finite, ev.mode, torch.full_like(ev.mode, -1))
+        log_p = self.model.calibration.log_p_value(mode.clamp(min=0), nll)
+        log_p = torch.where(finite, log_p, torch.full_like(log_p, -math.inf))
+        fault = self.model.status[mode.clamp(min=0)] == STATUS_FAULT
+        is_anomaly = (log_p < math.log(self.config.threshold)) | (fault & finite) | ~finite
+        share = ev.channel_nll / ev.channel_nll.sum(1, keepdim=True).clamp(min=1e-12)
+        self.counters["records_scored"] += b
+        return ScoredBatch(
+            nll=nll.cpu().numpy(),
+            log_p_value=log_p.cpu().numpy(),
+            score=(-log_p / LOG10).cpu().numpy(),
+            is_anomaly=is_anomaly.cpu().numpy(),
+            mode=mode.cpu().numpy(),
+            mode_entropy=ev.entropy.cpu().numpy(),
+            epistemic=ev.epistemic.cpu().numpy(),
+            aleatoric=ev.aleatoric.cpu().numpy(),
+            responsibilities=ev.resp.cpu().numpy(),
+            channel_share=share.cpu().numpy(),
+            valid=finite.cpu().numpy(),
+            threshold=self.config.threshold,
+            evaluation=ev,
+            valid_rows=finite,
+        )
+
+    def learn_many(self, scored: ScoredBatch) -> LearnReport:
+        """Learn from the records of a scored batch that were judged normal (never from flagged ones)."""
+        ev, finite = scored.evaluation, scored.valid_rows
+        if ev is None or finite is None:
+            raise ValueError("learn_many needs a batch returned by score_many of this detector")
+        model, cfg = self.model, self.config
+        log_p = torch.as_tensor(scored.log_p_value, device=self.device)
+        nll = torch.as_tensor(scored.nll, device=self.device)
+        not_fault = model.status[ev.mode] != STATUS_FAULT
+        calibrate = finite & not_fault
+        learn = calibrate & (log_p >= math.log(cfg.learn_threshold))
+        with torch.no_grad():
+            cap = model.calibration.score_at(ev.mode[calibrate], math.log(cfg.learn_threshold))
+            model.calibration.update(ev.mode[calibrate], torch.minimum(nll[calibrate], cap))
+        n = int(learn.sum())
+        report = LearnReport(learned=n)
+        if n == 0:
+            return report
+        x, resp, mode = ev.x[learn], ev.resp[learn], ev.mode[learn]
+        model.weights.update(resp.sum(0), n)
+        model.replay.add(mode, x, self.generator)
+        if n > cfg.learn_batch:
+            pick = torch.randperm(n, generator=self.generator, device=self.device)[: cfg.learn_batch]
+            x, resp = x[pick], resp[pick]
+        replay_x, replay_ids = model.replay.sample(model.active, cfg.replay_per_step, self.generator)
+        replay_r = torch.nn.functional.one_hot(replay_ids, cfg.k_max).to(resp.dtype)
+        step = self.learner.step(torch.cat([x, replay_x]), torch.cat([resp, replay_r]))
+        if not step.applied:
+            self.counters["steps_skipped"] += 1
+            report.skipped_step = step.reason
+        self.counters["records_learned"] += n
+        return report

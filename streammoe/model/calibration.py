@@ -1,0 +1,120 @@
+"""Per-mode calibration: turns a raw score into a p-value so one threshold means the same in every mode.
+
+Each expert keeps a ring buffer of recent scores of normal records assigned to it (the empirical null
+distribution of that mode); one more buffer pools all modes and stands in for a mode that has too few scores
+yet. Inside the buffer the p-value is the empirical upper-tail frequency; beyond its upper tail it follows an
+exponential tail (peaks over threshold) fixed by the 95 % and 99 % quantiles, so p-values keep falling
+smoothly past the largest reference score instead of flattening at 1/(n+1).
+
+Records judged anomalous still enter the buffer, clipped to the score of the learning threshold: leaving them
+out would truncate the null at every update and walk the quantiles down (ever more false alarms), letting them
+in unclipped would let a burst of anomalies raise the bar for itself.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+TAIL_FRACTION = 0.05
+TAIL_INNER = 0.01
+MIN_TAIL_SCALE = 1e-2
+MIN_MODE_SCORES = 64
+
+
+class ModeCalibration(nn.Module):
+    def __init__(self, k_max: int, size: int = 2048) -> None:
+        super().__init__()
+        self.k_max, self.size = k_max, size
+        # Row k_max is the pooled buffer.
+        self.register_buffer("scores", torch.zeros(k_max + 1, size, dtype=torch.float32))
+        self.register_buffer("count", torch.zeros(k_max + 1, dtype=torch.int64))
+        self._sorted: Tensor | None = None
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super()._load_from_state_dict(*args, **kwargs)
+        self._sorted = None
+
+    @torch.no_grad()
+    def reset_mode(self, k: int) -> None:
+        self.count[k] = 0
+        self._sorted = None
+
+    @torch.no_grad()
+    def update(self, modes: Tensor, scores: Tensor) -> None:
+        """Append `scores` to the ring buffer of each record's mode and to the pooled buffer."""
+        if scores.numel() == 0:
+            return
+        scores = scores.to(self.scores.dtype)
+        for k in torch.unique(modes).tolist():
+            self._append(int(k), scores[modes == k])
+        self._append(self.k_max, scores)
+        self._sorted = None
+
+    def _append(self, row: int, values: Tensor) -> None:
+        values = values[-self.size :]
+        n = values.numel()
+        start = int(self.count[row]) % self.size
+        pos = (torch.arange(n, device=values.device) + start) % self.size
+        self.scores[row, pos] = values
+        self.count[row] += n
+
+    def _tables(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Per buffer: sorted scores (unfilled slots at +inf), reference count, tail start, tail scale."""
+        if self._sorted is None:
+            n = self.count.clamp(max=self.size)
+            idx = torch.arange(self.size, device=self.scores.device)
+            filled = idx[None, :] < n[:, None]
+            ref = torch.where(filled, self.scores, torch.full_like(self.scores, float("inf"))).sort(dim=1).values
+            nf = n.to(ref.dtype)
+
+            def quantile(upper: float) -> Tensor:
+                i = (nf * (1.0 - upper)).floor().long().clamp(min=0, max=self.size - 1)
+                i = torch.minimum(i, (n - 1).clamp(min=0))
+                return ref.gather(1, i[:, None]).squeeze(1)
+
+            q_start, q_inner = quantile(TAIL_FRACTION), quantile(TAIL_INNER)
+            # Exponential tail: P(> q_start) = TAIL_FRACTION and P(> q_inner) = TAIL_INNER fix its scale from two
+            # quantiles, so nothing above q_inner (where clipped scores of flagged records sit) enters the fit.
+            scale = ((q_inner - q_start) / math.log(TAIL_FRACTION / TAIL_INNER)).clamp(min=MIN_TAIL_SCALE)
+            self._sorted = ref
+            self._stats = (nf, torch.where(n > 0, q_start, torch.zeros_like(q_start)), scale)
+        return (self._sorted, *self._stats)
+
+    @torch.no_grad()
+    def score_at(self, modes: Tensor, log_p: float) -> Tensor:
+        """The score whose p-value is exp(log_p) in each record's mode (inverse of the tail model)."""
+        _, n_all, q_all, scale_all = self._tables()
+        rows = self.rows_for(modes)
+        return q_all[rows] + scale_all[rows] * (math.log(TAIL_FRACTION) - log_p)
+
+    def n_reference(self) -> Tensor:
+        return self.count.clamp(max=self.size)
+
+    def rows_for(self, modes: Tensor) -> Tensor:
+        """The buffer each record is judged against: its mode's, or the pooled one while the mode is young."""
+        n = self.n_reference()
+        return torch.where(n[modes] >= MIN_MODE_SCORES, modes, torch.full_like(modes, self.k_max))
+
+    @torch.no_grad()
+    def log_p_value(self, modes: Tensor, scores: Tensor) -> Tensor:
+        """log P(score' >= score) under the null of the record's mode; 0 (p = 1) where nothing is calibrated.
+
+        Kept in log space so that far tails never underflow to p = 0 and still order records by severity.
+        """
+        ref, n_all, q_all, scale_all = self._tables()
+        rows = self.rows_for(modes)
+        scores = scores.to(ref.dtype)
+        # One batched binary search of every record against every buffer, then pick each record's buffer:
+        # (K+1) x B searches beat materialising a (B, size) copy of the references.
+        n_below_all = torch.searchsorted(ref, scores.unsqueeze(0).expand(ref.shape[0], -1).contiguous())
+        n_below = n_below_all.gather(0, rows.unsqueeze(0)).squeeze(0).to(ref.dtype)
+        n, q, scale = n_all[rows], q_all[rows], scale_all[rows]
+        n_below = torch.minimum(n_below, n)
+        log_empirical = torch.log((n - n_below + 1.0) / (n + 1.0))
+        log_tail = math.log(TAIL_FRACTION) - (scores - q) / scale
+        log_p = torch.where(scores > q, torch.minimum(log_empirical, log_tail), log_empirical)
+        log_p = torch.where(torch.isnan(scores), torch.full_like(log_p, -torch.inf), log_p)
+        return torch.where(n > 0, log_p, torch.zeros_like(log_p))

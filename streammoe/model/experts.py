@@ -1,0 +1,134 @@
+"""K Gaussian VAEs evaluated in one batched pass.
+
+Every weight has a leading expert axis, so all experts run as batched matrix products (`baddbmm`) and the
+hot path never loops over experts in Python. Capacity for `k_max` experts is allocated up front; `active`
+marks the slots in use, so adding or retiring an expert never rebuilds the module (and never invalidates an
+optimizer that holds its parameters).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+LOG_2PI = math.log(2.0 * math.pi)
+# Decoder log-variances are softly bounded: the lower bound keeps a channel that was constant in training
+# from claiming infinite precision, the upper bound keeps a diverging expert from explaining everything.
+LOGVAR_MIN = -6.0
+LOGVAR_MAX = 4.0
+
+
+@dataclass(frozen=True)
+class ImportanceSamples:
+    """What an IWAE pass yields for `K` experts, `S` samples and `B` records."""
+
+    log_w: Tensor  # (K, S, B) log importance weights log p(x, z_s) - log q(z_s | x)
+    mean: Tensor  # (K, S, B, C) decoder means
+    logvar: Tensor  # (K, S, B, C) decoder log-variances (the aleatoric part)
+
+
+def _soft_bound(raw: Tensor, low: float, high: float) -> Tensor:
+    """Map to (low, high) smoothly so gradients never vanish at the bounds the way `clamp` makes them."""
+    return low + (high - low) * torch.sigmoid((raw - (low + high) / 2) / ((high - low) / 4))
+
+
+def _gaussian_log_density(x: Tensor, mean: Tensor, logvar: Tensor) -> Tensor:
+    return -0.5 * (LOG_2PI + logvar + (x - mean).pow(2) * torch.exp(-logvar))
+
+
+class StackedVAE(nn.Module):
+    """`k_max` VAEs x -> h -> (mu_z, logvar_z); z -> h -> (mean_x, logvar_x), weights stacked over experts."""
+
+    def __init__(self, k_max: int, n_channels: int, hidden: int = 64, latent: int = 8) -> None:
+        super().__init__()
+        self.k_max, self.n_channels, self.hidden, self.latent = k_max, n_channels, hidden, latent
+        shapes = {
+            "enc_w1": (k_max, n_channels, hidden),
+            "enc_b1": (k_max, 1, hidden),
+            "enc_w2": (k_max, hidden, 2 * latent),
+            "enc_b2": (k_max, 1, 2 * latent),
+            "dec_w1": (k_max, latent, hidden),
+            "dec_b1": (k_max, 1, hidden),
+            "dec_w2": (k_max, hidden, 2 * n_channels),
+            "dec_b2": (k_max, 1, 2 * n_channels),
+        }
+        for name, shape in shapes.items():
+            self.register_parameter(name, nn.Parameter(torch.zeros(shape)))
+        self.register_buffer("active", torch.zeros(k_max, dtype=torch.bool))
+        for k in range(k_max):
+            self.reset_expert(k)
+
+    @torch.no_grad()
+    def reset_expert(self, k: int, generator: torch.Generator | None = None) -> None:
+        """Give slot `k` fresh weights (Glorot-uniform, zero biases); leaves `active` alone."""
+        for name, p in self.named_parameters():
+            if name.endswith(("b1", "b2")):
+                p[k].zero_()
+            else:
+                fan_in, fan_out = p.shape[1], p.shape[2]
+                bound = math.sqrt(6.0 / (fan_in + fan_out))
+                p[k].uniform_(-bound, bound, generator=generator)
+
+    @torch.no_grad()
+    def copy_expert(self, src: int, dst: int) -> None:
+        for p in self.parameters():
+            p[dst].copy_(p[src])
+
+    def _weights(self, idx: Tensor | None) -> dict[str, Tensor]:
+        params = dict(self.named_parameters())
+        if idx is None:
+            return params
+        return {name: p.index_select(0, idx) for name, p in params.items()}
+
+    def encode(self, x: Tensor, w: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """x (B, C) -> posterior mean and log-variance (K, B, Z) for every selected expert."""
+        k = w["enc_w1"].shape[0]
+        h = torch.relu(torch.baddbmm(w["enc_b1"], x.unsqueeze(0).expand(k, -1, -1), w["enc_w1"]))
+        out = torch.baddbmm(w["enc_b2"], h, w["enc_w2"])
+        mu, raw = out.chunk(2, dim=-1)
+        return mu, _soft_bound(raw, -8.0, 4.0)
+
+    def decode(self, z: Tensor, w: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """z (K, N, Z) -> decoder mean and log-variance (K, N, C)."""
+        h = torch.relu(torch.baddbmm(w["dec_b1"], z, w["dec_w1"]))
+        out = torch.baddbmm(w["dec_b2"], h, w["dec_w2"])
+        mean, raw = out.chunk(2, dim=-1)
+        return mean, _soft_bound(raw, LOGVAR_MIN, LOGVAR_MAX)
+
+    def importance_samples(
+        self, x: Tensor, n_samples: int, idx: Tensor | None = None, generator: torch.Generator | None = None
+    ) -> ImportanceSamples:
+        """Draw `n_samples` z per record and expert from q(z|x) and weigh them (the IWAE estimator)."""
+        w = self._weights(idx)
+        mu, logvar = self.encode(x, w)  # (K, B, Z)
+        k, b, zdim = mu.shape
+        eps = torch.randn((k, n_samples, b, zdim), generator=generator, device=x.device, dtype=x.dtype)
+        std = torch.exp(0.5 * logvar).unsqueeze(1)
+        z = mu.unsqueeze(1) + std * eps  # (K, S, B, Z)
+        mean, dec_logvar = self.decode(z.reshape(k, n_samples * b, zdim), w)
+        mean = mean.reshape(k, n_samples, b, -1)
+        dec_logvar = dec_logvar.reshape(k, n_samples, b, -1)
+        log_px_z = _gaussian_log_density(x, mean, dec_logvar).sum(-1)  # (K, S, B)
+        log_pz = -0.5 * (LOG_2PI + z.pow(2)).sum(-1)
+        log_qz = -0.5 * (LOG_2PI + logvar.unsqueeze(1) + eps.pow(2)).sum(-1)
+        return ImportanceSamples(log_w=log_px_z + log_pz - log_qz, mean=mean, logvar=dec_logvar)
+
+    def iwae(self, x: Tensor, n_samples: int, idx: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
+        """IWAE bound on log p_k(x), (K, B); equals the (sampled) ELBO for one sample, tightens as S grows."""
+        s = self.importance_samples(x, n_samples, idx, generator)
+        return torch.logsumexp(s.log_w, dim=1) - math.log(n_samples)
+
+    def elbo(self, x: Tensor, idx: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
+        """Single-sample ELBO with the analytic KL term, (K, B): the training objective (low variance)."""
+        w = self._weights(idx)
+        mu, logvar = self.encode(x, w)
+        eps = torch.randn(mu.shape, generator=generator, device=x.device, dtype=x.dtype)
+        z = mu + torch.exp(0.5 * logvar) * eps
+        mean, dec_logvar = self.decode(z, w)
+        rec = _gaussian_log_density(x, mean, dec_logvar).sum(-1)
+        kl = 0.5 * (mu.pow(2) + torch.exp(logvar) - 1.0 - logvar).sum(-1)
+        return rec - kl
+

@@ -1,0 +1,113 @@
+"""Fit a mixture from normal data that may hold several operating modes.
+
+1. Learn the scaler. 2. Cluster the scaled data with diagonal Gaussian mixtures for K = 1..k_max and keep the
+K with the lowest BIC (the number of experts is learned, not guessed); clusters lighter than
+`min_expert_weight` get no expert. 3. Train the experts on their clusters (hard responsibilities), then
+switch to soft responsibilities (stochastic variational EM). 4. Set the mixture weights, the calibration
+(on held-out rows where there are enough) and the replay reservoirs from a final E-step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from sklearn.mixture import GaussianMixture
+
+from streammoe.model.learning import ExpertLearner
+from streammoe.model.mixture import MixtureOfVAEs
+
+HOLDOUT_FRACTION = 0.1
+MIN_ROWS_FOR_HOLDOUT = 2000
+CLUSTER_SAMPLE = 8000
+HARD_PHASE = 0.4
+
+
+@dataclass
+class FitReport:
+    n_rows: int
+    k_selected: int
+    bic: dict[int, float] = field(default_factory=dict)
+    weights: list[float] = field(default_factory=list)
+    final_loss: float = float("nan")
+    skipped_steps: int = 0
+
+
+def choose_clusters(
+    xs: np.ndarray, k_max: int, k: int | None, min_weight: float, seed: int
+) -> tuple[np.ndarray, int, dict[int, float]]:
+    """Cluster labels for every row, the number of clusters kept, and the BIC per candidate K."""
+    rng = np.random.default_rng(seed)
+    sample = xs if len(xs) <= CLUSTER_SAMPLE else xs[rng.choice(len(xs), CLUSTER_SAMPLE, replace=False)]
+    candidates = [k] if k is not None else list(range(1, min(k_max, max(1, len(sample) // 50)) + 1))
+    best, bic = None, {}
+    for n in candidates:
+        gmm = GaussianMixture(n, covariance_type="diag", reg_covar=1e-3, random_state=seed, max_iter=200, n_init=1)
+        gmm.fit(sample)
+        bic[n] = float(gmm.bic(sample))
+        if best is None or bic[n] < bic[best[0]]:
+            best = (n, gmm)
+    assert best is not None
+    gmm = best[1]
+    keep = np.flatnonzero(gmm.weights_ >= min_weight) if k is None else np.arange(gmm.n_components)
+    if keep.size == 0:
+        keep = np.array([int(np.argmax(gmm.weights_))])
+    proba = gmm.predict_proba(xs)[:, keep]
+    return np.argmax(proba, axis=1), int(keep.size), bic
+
+
+def fit_mixture(
+    model: MixtureOfVAEs,
+    x: torch.Tensor,
+    k: int | None = None,
+    generator: torch.Generator | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[FitReport, ExpertLearner]:
+    """Fit `model` in place on raw records `x` (N, C); returns the report and the learner (optimizer state)."""
+    cfg = model.config
+    n = x.shape[0]
+    model.scaler.update(x)
+    xs = model.scaler.transform(x)
+    labels_np, k_sel, bic = choose_clusters(xs.cpu().numpy(), cfg.k_max, k, cfg.min_expert_weight, cfg.seed)
+    labels = torch.as_tensor(labels_np, device=x.device)
+    with torch.no_grad():
+        model.experts.active.zero_()
+        model.experts.active[:k_sel] = True
+    learner = ExpertLearner(model, generator)
+
+    perm = torch.randperm(n, generator=generator, device=x.device)
+    n_hold = int(n * HOLDOUT_FRACTION) if n >= MIN_ROWS_FOR_HOLDOUT else 0
+    hold, train = perm[:n_hold], perm[n_hold:]
+    hard = torch.nn.functional.one_hot(labels, cfg.k_max).to(xs.dtype)
+    counts = hard[train].sum(0).double()
+    with torch.no_grad():
+        model.weights.gamma.copy_(counts)
+    report = FitReport(n_rows=n, k_selected=k_sel, bic=bic)
+    hard_steps = int(cfg.fit_steps * HARD_PHASE)
+    for step in range(cfg.fit_steps):
+        batch = train[torch.randint(len(train), (min(cfg.fit_batch, len(train)),), generator=generator, device=x.device)]
+        result = learner.step(xs[batch], hard[batch] if step < hard_steps else None)
+        report.skipped_steps += not result.applied
+        report.final_loss = result.loss
+        if progress is not None:
+            progress(1)
+
+    ev = model.evaluate(xs[train], cfg.n_samples, generator)
+    scale = min(1.0, model.weights.effective_count / max(1, len(train)))
+    with torch.no_grad():
+        model.weights.gamma.copy_(ev.resp.sum(0).double() * scale)
+    weights = model.weights.mean(model.active)
+    light = model.active & (weights < cfg.min_expert_weight / 2)
+    if light.any() and int((model.active & ~light).sum()) > 0:
+        with torch.no_grad():
+            model.experts.active &= ~light
+            model.weights.gamma[light] = 0
+        ev = model.evaluate(xs[train], cfg.n_samples, generator)
+    model.replay.add(ev.mode, xs[train], generator)
+    cal = model.evaluate(xs[hold], cfg.n_samples, generator) if n_hold else ev
+    model.calibration.update(cal.mode, -cal.log_px)
+    report.k_selected = model.n_active
+    report.weights = [round(float(w), 4) for w in model.weights.mean(model.active)[model.active]]
+    return report, learner

@@ -1,0 +1,67 @@
+"""The M-step for the experts: responsibility-weighted ELBO gradient steps, guarded against poison."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from streammoe.model.mixture import MixtureOfVAEs
+
+MAX_GRAD_NORM = 10.0
+
+
+@dataclass
+class StepResult:
+    applied: bool
+    loss: float
+    reason: str = ""
+
+
+class ExpertLearner:
+    """Owns the optimizer of one mixture. Offline fitting and online learning share this step."""
+
+    def __init__(self, model: MixtureOfVAEs, generator: torch.Generator | None = None) -> None:
+        self.model = model
+        self.generator = generator
+        self.optimizer = torch.optim.Adam(model.experts.parameters(), lr=model.config.learning_rate)
+
+    @torch.no_grad()
+    def reset_expert_state(self, k: int) -> None:
+        """Forget Adam's moments for slot k, so a new expert does not inherit a retired one's momentum."""
+        for p in self.model.experts.parameters():
+            state = self.optimizer.state.get(p)
+            if state:
+                state["exp_avg"][k].zero_()
+                state["exp_avg_sq"][k].zero_()
+
+    def step(self, x: Tensor, resp: Tensor | None = None, elog_pi: Tensor | None = None) -> StepResult:
+        """One step on scaled records `x` (N, C).
+
+        With `resp` (N, k_max) the responsibilities are given (hard labels, replay); otherwise they come from
+        this very forward pass (E-step on the detached ELBOs plus E[log pi]), as in stochastic variational EM.
+        A step that would put a non-finite number into the weights is skipped, never applied.
+        """
+        model = self.model
+        idx = torch.nonzero(model.active).flatten()
+        if x.shape[0] == 0 or idx.numel() == 0:
+            return StepResult(False, 0.0, "empty")
+        elbo = model.experts.elbo(x, idx, self.generator)  # (Ka, N)
+        if resp is None:
+            prior = elog_pi if elog_pi is not None else model.weights.expected_log_pi(model.active)
+            r = torch.softmax(elbo.detach() + prior[idx].to(elbo.dtype)[:, None], dim=0)
+        else:
+            r = resp[:, idx].T.to(elbo.dtype)
+        loss = -(r * elbo).sum() / x.shape[0]
+        if not torch.isfinite(loss):
+            return StepResult(False, float("nan"), "non-finite loss")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grads = [p.grad for p in model.experts.parameters() if p.grad is not None]
+        norm = torch.nn.utils.clip_grad_norm_(model.experts.parameters(), MAX_GRAD_NORM)
+        if not torch.isfinite(norm) or any(not torch.isfinite(g).all() for g in grads):
+            self.optimizer.zero_grad(set_to_none=True)
+            return StepResult(False, float(loss.detach()), "non-finite gradient")
+        self.optimizer.step()
+        return StepResult(True, float(loss.detach()))

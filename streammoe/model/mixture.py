@@ -1,0 +1,112 @@
+"""The mixture of VAEs as one torch module: experts, weights, scaler, calibration and replay together.
+
+Everything the model has learned lives in this module's state_dict, so a checkpoint is one state_dict plus the
+config that shaped it, and the whole state of one model scope can move between workers as a unit.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from streammoe.model.calibration import ModeCalibration
+from streammoe.model.config import ModelConfig
+from streammoe.model.experts import StackedVAE
+from streammoe.model.replay import ReplayReservoir
+from streammoe.model.scaler import RunningScaler
+from streammoe.model.weights import DirichletWeights
+
+# Operator verdicts on an expert (see the control topic): a fault mode alerts on every record assigned to it.
+STATUS_LEARNED, STATUS_CONFIRMED, STATUS_FAULT = 0, 1, 2
+
+
+@dataclass
+class Evaluation:
+    """The E-step and uncertainty breakdown for a batch, on the model's device (length B unless noted)."""
+
+    x: Tensor  # (B, C) scaled input
+    log_px: Tensor  # mixture log-likelihood (IWAE estimate)
+    log_pk: Tensor  # (k_max, B) per-expert log-likelihood, -inf for inactive slots
+    resp: Tensor  # (B, k_max) responsibilities, zero for inactive slots
+    mode: Tensor  # argmax responsibility (slot index)
+    entropy: Tensor  # of the responsibilities, nats
+    epistemic: Tensor  # mean over channels of the spread of decoder means over experts and samples
+    aleatoric: Tensor  # mean over channels of the expected decoder variance
+    channel_nll: Tensor  # (B, C) standardised squared residual per channel under the assigned expert
+
+
+class MixtureOfVAEs(nn.Module):
+    def __init__(self, n_channels: int, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.n_channels = n_channels
+        k = config.k_max
+        self.experts = StackedVAE(k, n_channels, config.hidden, config.latent)
+        self.weights = DirichletWeights(k, config.alpha0, config.half_life)
+        self.scaler = RunningScaler(n_channels)
+        self.calibration = ModeCalibration(k, config.calibration_size)
+        self.replay = ReplayReservoir(k, n_channels, config.replay_size)
+        self.register_buffer("status", torch.zeros(k, dtype=torch.int8))
+
+    @property
+    def active(self) -> Tensor:
+        return self.experts.active
+
+    @property
+    def n_active(self) -> int:
+        return int(self.active.sum())
+
+    def chunk_rows(self) -> int:
+        """Rows per pass: bounds the (K, S, rows, C) intermediates, which dominate time at large batches."""
+        return max(64, 16384 // max(1, self.n_active * self.config.n_samples))
+
+    @torch.no_grad()
+    def evaluate(self, x_scaled: Tensor, n_samples: int, generator: torch.Generator | None = None) -> Evaluation:
+        """Batched E-step over all active experts, chunked over rows; inputs already scaled and finite."""
+        idx = torch.nonzero(self.active).flatten()
+        if idx.numel() == 0:
+            raise RuntimeError("the mixture has no active expert: fit it or warm it up first")
+        elog_pi = self.weights.expected_log_pi(self.active)[idx].to(x_scaled.dtype)
+        log_pibar = torch.log(self.weights.mean(self.active)[idx]).to(x_scaled.dtype)
+        parts = [
+            self._evaluate_chunk(chunk, idx, elog_pi, log_pibar, n_samples, generator)
+            for chunk in x_scaled.split(self.chunk_rows())
+        ]
+        cat = [torch.cat(p, dim=-1 if i in (1, 2) else 0) for i, p in enumerate(zip(*parts))]
+        log_px, log_pk_a, resp_a, entropy, epistemic, aleatoric, channel_nll, mode_a = cat
+        k_max, b = self.config.k_max, x_scaled.shape[0]
+        log_pk = torch.full((k_max, b), -math.inf, dtype=x_scaled.dtype, device=x_scaled.device)
+        log_pk[idx] = log_pk_a
+        resp = torch.zeros((b, k_max), dtype=x_scaled.dtype, device=x_scaled.device)
+        resp[:, idx] = resp_a.T
+        return Evaluation(
+            x=x_scaled, log_px=log_px, log_pk=log_pk, resp=resp, mode=idx[mode_a], entropy=entropy,
+            epistemic=epistemic, aleatoric=aleatoric, channel_nll=channel_nll,
+        )
+
+    def _evaluate_chunk(
+        self, x: Tensor, idx: Tensor, elog_pi: Tensor, log_pibar: Tensor, n_samples: int,
+        generator: torch.Generator | None,
+    ) -> tuple[Tensor, ...]:
+        s = self.experts.importance_samples(x, n_samples, idx, generator)
+        log_pk = torch.logsumexp(s.log_w, dim=1) - math.log(n_samples)  # (Ka, B)
+        resp = torch.softmax(log_pk + elog_pi[:, None], dim=0)
+        log_px = torch.logsumexp(log_pk + log_pibar[:, None], dim=0)
+        entropy = -(resp * torch.log(resp.clamp(min=1e-30))).sum(0).clamp(min=0) + 0.0
+        # Law of total variance over (expert, sample) with posterior weights rho = r_k * w_ks:
+        # Var[x] = E[sigma^2] (aleatoric: the decoders' own noise) + Var[mu] (epistemic: disagreement).
+        rho = resp[:, None, :] * torch.softmax(s.log_w, dim=1)  # (Ka, S, B)
+        mu_bar = torch.einsum("ksb,ksbc->bc", rho, s.mean)
+        second = torch.einsum("ksb,ksbc->bc", rho, s.mean.square())
+        aleatoric = torch.einsum("ksb,ksbc->bc", rho, torch.exp(s.logvar)).mean(1)
+        epistemic = (second - mu_bar.square()).clamp(min=0).mean(1)
+        # Channel blame under the assigned expert: its importance-weighted squared standardised residual.
+        mode = resp.argmax(0)
+        rows = torch.arange(x.shape[0], device=x.device)
+        w_sel = torch.softmax(s.log_w[mode, :, rows], dim=1)  # (B, S)
+        z2 = (x[:, None, :] - s.mean[mode, :, rows]).square() * torch.exp(-s.logvar[mode, :, rows])
+        channel_nll = torch.einsum("bs,bsc->bc", w_sel, z2)
+        return log_px, log_pk, resp, entropy, epistemic, aleatoric, channel_nll, mode
