@@ -15,9 +15,15 @@ TOP_CHANNELS = 3
 
 @dataclass
 class StreamResult:
-    """One value per input row; warm-up rows have score 0, is_anomaly 0 and mode -1."""
+    """One value per input row; warm-up rows have score 0, is_anomaly 0 and mode -1.
+
+    `score` is the mixture's negative log-likelihood (it ranks rows best, for AUC); `calibrated_score` is
+    -log10 of the per-mode p-value, the scale on which `is_anomaly` is decided and alerts are reported.
+    Rows with non-finite values get score +inf and is_anomaly 1.
+    """
 
     score: np.ndarray
+    calibrated_score: np.ndarray
     is_anomaly: np.ndarray
     mode: np.ndarray
     mode_entropy: np.ndarray
@@ -31,14 +37,15 @@ class StreamResult:
     @classmethod
     def empty(cls, n: int) -> "StreamResult":
         return cls(
-            score=np.zeros(n), is_anomaly=np.zeros(n, dtype=np.int8), mode=np.full(n, -1), mode_entropy=np.zeros(n),
+            score=np.zeros(n), calibrated_score=np.zeros(n), is_anomaly=np.zeros(n, dtype=np.int8), mode=np.full(n, -1), mode_entropy=np.zeros(n),
             p_value=np.ones(n), nll=np.full(n, np.nan), epistemic=np.zeros(n), aleatoric=np.zeros(n),
             top_channels=[""] * n, n_experts=np.zeros(n, dtype=np.int32),
         )
 
     def put(self, start: int, scored: ScoredBatch, channels: list[str], n_experts: int) -> None:
         end = start + len(scored)
-        self.score[start:end] = scored.score
+        self.score[start:end] = np.where(scored.valid, scored.nll, np.inf)
+        self.calibrated_score[start:end] = scored.score
         self.is_anomaly[start:end] = scored.is_anomaly
         self.mode[start:end] = scored.mode
         self.mode_entropy[start:end] = scored.mode_entropy

@@ -115,6 +115,8 @@ class ModeCalibration(nn.Module):
         n_below = torch.minimum(n_below, n)
         log_empirical = torch.log((n - n_below + 1.0) / (n + 1.0))
         log_tail = math.log(TAIL_FRACTION) - (scores - q) / scale
-        log_p = torch.where(scores > q, torch.minimum(log_empirical, log_tail), log_empirical)
+        # Past the tail start only the tail model speaks: the buffer's top holds clipped scores (a spike at the
+        # learning threshold), and an empirical count through that spike would make p fall off a cliff.
+        log_p = torch.where(scores > q, log_tail, log_empirical)
         log_p = torch.where(torch.isnan(scores), torch.full_like(log_p, -torch.inf), log_p)
         return torch.where(n > 0, log_p, torch.zeros_like(log_p))

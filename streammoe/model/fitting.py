@@ -20,9 +20,13 @@ from streammoe.model.learning import ExpertLearner
 from streammoe.model.mixture import MixtureOfVAEs
 
 HOLDOUT_FRACTION = 0.1
+SHORT_HOLDOUT_FRACTION = 0.25
 MIN_ROWS_FOR_HOLDOUT = 2000
 CLUSTER_SAMPLE = 8000
 HARD_PHASE = 0.4
+MIN_ROWS_PER_CLUSTER = 200
+MAX_EPOCHS = 40
+MIN_STEPS = 300
 
 
 @dataclass
@@ -41,7 +45,7 @@ def choose_clusters(
     """Cluster labels for every row, the number of clusters kept, and the BIC per candidate K."""
     rng = np.random.default_rng(seed)
     sample = xs if len(xs) <= CLUSTER_SAMPLE else xs[rng.choice(len(xs), CLUSTER_SAMPLE, replace=False)]
-    candidates = [k] if k is not None else list(range(1, min(k_max, max(1, len(sample) // 50)) + 1))
+    candidates = [k] if k is not None else list(range(1, min(k_max, max(1, len(sample) // MIN_ROWS_PER_CLUSTER)) + 1))
     best, bic = None, {}
     for n in candidates:
         gmm = GaussianMixture(n, covariance_type="diag", reg_covar=1e-3, random_state=seed, max_iter=200, n_init=1)
@@ -77,16 +81,25 @@ def fit_mixture(
         model.experts.active[:k_sel] = True
     learner = ExpertLearner(model, generator)
 
-    perm = torch.randperm(n, generator=generator, device=x.device)
-    n_hold = int(n * HOLDOUT_FRACTION) if n >= MIN_ROWS_FOR_HOLDOUT else 0
-    hold, train = perm[:n_hold], perm[n_hold:]
+    if n >= MIN_ROWS_FOR_HOLDOUT:
+        perm = torch.randperm(n, generator=generator, device=x.device)
+        n_hold = int(n * HOLDOUT_FRACTION)
+        hold, train = perm[:n_hold], perm[n_hold:]
+    else:
+        # A short warm-up is one stretch of time: calibrate on its latest part, which is nearer to what comes
+        # next than a random sample of rows the experts were trained on.
+        n_hold = int(n * SHORT_HOLDOUT_FRACTION)
+        hold, train = torch.arange(n - n_hold, n, device=x.device), torch.arange(n - n_hold, device=x.device)
     hard = torch.nn.functional.one_hot(labels, cfg.k_max).to(xs.dtype)
     counts = hard[train].sum(0).double()
     with torch.no_grad():
         model.weights.gamma.copy_(counts)
     report = FitReport(n_rows=n, k_selected=k_sel, bic=bic)
-    hard_steps = int(cfg.fit_steps * HARD_PHASE)
-    for step in range(cfg.fit_steps):
+    # Small data gets fewer passes: a few hundred rows trained for thousands of steps make over-confident
+    # decoder variances, and every later row then looks anomalous.
+    n_steps = min(cfg.fit_steps, max(MIN_STEPS, MAX_EPOCHS * len(train) // cfg.fit_batch))
+    hard_steps = int(n_steps * HARD_PHASE)
+    for step in range(n_steps):
         batch = train[torch.randint(len(train), (min(cfg.fit_batch, len(train)),), generator=generator, device=x.device)]
         result = learner.step(xs[batch], hard[batch] if step < hard_steps else None)
         report.skipped_steps += not result.applied
