@@ -1,0 +1,79 @@
+"""Model directories load back bit-identically, and damaged or foreign ones are refused by name."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from streammoe.detector import MixtureDetector
+from streammoe.model.config import ModelConfig
+from streammoe.persistence import ModelLoadError, load_detector, save_detector
+
+
+@pytest.fixture()
+def detector() -> MixtureDetector:
+    x = np.random.default_rng(0).normal(0, 1, (3000, 4)).astype(np.float32)
+    det = MixtureDetector(4, ModelConfig(k_max=3, fit_steps=200), ["a", "b", "c", "d"])
+    det.fit(x)
+    return det
+
+
+def test_reload_is_bit_identical_in_scoring_and_learning(detector, tmp_path) -> None:
+    save_detector(detector, tmp_path / "m")
+    twin = load_detector(tmp_path / "m")
+    x = np.random.default_rng(1).normal(0, 1, (600, 4)).astype(np.float32)
+    for det in (detector, twin):
+        det.learn_many(det.score_many(x[:300]))
+    a, b = detector.score_many(x[300:]), twin.score_many(x[300:])
+    np.testing.assert_array_equal(a.nll, b.nll)
+    np.testing.assert_array_equal(a.log_p_value, b.log_p_value)
+    for p, q in zip(detector.model.experts.parameters(), twin.model.experts.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_wrong_format_version_is_refused(detector, tmp_path) -> None:
+    save_detector(detector, tmp_path / "m")
+    meta = json.loads((tmp_path / "m" / "meta.json").read_text())
+    meta["format_version"] = 999
+    (tmp_path / "m" / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelLoadError, match="format 999"):
+        load_detector(tmp_path / "m")
+
+
+def test_truncated_weights_are_refused(detector, tmp_path) -> None:
+    save_detector(detector, tmp_path / "m")
+    f = tmp_path / "m" / "experts.pt"
+    f.write_bytes(f.read_bytes()[:100])
+    with pytest.raises(ModelLoadError, match="could not be loaded"):
+        load_detector(tmp_path / "m")
+
+
+def test_other_channel_set_is_refused(detector, tmp_path) -> None:
+    save_detector(detector, tmp_path / "m")
+    with pytest.raises(ModelLoadError, match="fitted on channels"):
+        load_detector(tmp_path / "m", channels=["a", "b", "c", "x"])
+
+
+def test_failed_save_leaves_the_previous_model_in_place(detector, tmp_path, monkeypatch) -> None:
+    save_detector(detector, tmp_path / "m")
+    before = load_detector(tmp_path / "m").score_many(np.zeros((5, 4), np.float32)).nll
+    calls = {"n": 0}
+    real_save = torch.save
+
+    def failing_save(obj, f, *a, **kw):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError("disk full")
+        return real_save(obj, f, *a, **kw)
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    detector.learn_many(detector.score_many(np.ones((50, 4), np.float32)))
+    with pytest.raises(OSError, match="disk full"):
+        save_detector(detector, tmp_path / "m")
+    monkeypatch.undo()
+    assert [p.name for p in tmp_path.iterdir()] == ["m"], "no temporary directory is left behind"
+    after = load_detector(tmp_path / "m").score_many(np.zeros((5, 4), np.float32)).nll
+    np.testing.assert_array_equal(before, after)
