@@ -18,7 +18,12 @@ import torch
 from streammoe.model.config import ModelConfig
 from streammoe.model.fitting import FitReport, fit_mixture
 from streammoe.model.learning import ExpertLearner
-from streammoe.model.mixture import STATUS_FAULT, Evaluation, MixtureOfVAEs
+from streammoe.model.mixture import STATUS_CONFIRMED, STATUS_FAULT, STATUS_LEARNED, Evaluation, MixtureOfVAEs
+from streammoe.novelty.events import ModeEvent
+from streammoe.novelty.growth import try_grow
+from streammoe.novelty.lifecycle import merge_duplicates, retire_idle
+
+STATUSES = {"learned": STATUS_LEARNED, "confirmed": STATUS_CONFIRMED, "fault": STATUS_FAULT}
 
 LOG10 = math.log(10.0)
 
@@ -46,6 +51,8 @@ class ScoredBatch:
     threshold: float
     evaluation: Evaluation | None = field(default=None, repr=False)
     valid_rows: torch.Tensor | None = field(default=None, repr=False)
+    refs: torch.Tensor | None = field(default=None, repr=False)
+    timestamps: torch.Tensor | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.score)
@@ -65,6 +72,8 @@ class ScoredBatch:
 class LearnReport:
     learned: int = 0
     skipped_step: str = ""
+    events: list[ModeEvent] = field(default_factory=list)
+    candidate: str = ""  # why a candidate expert was rejected, if one was tried
 
 
 class MixtureDetector:
@@ -118,9 +127,34 @@ class MixtureDetector:
         report, self.learner = fit_mixture(self.model, xt, k, self.generator, progress)
         return report
 
+    def expert_status(self) -> dict[int, str]:
+        names = {v: k for k, v in STATUSES.items()}
+        return {int(k): names[int(self.model.status[k])] for k in torch.nonzero(self.model.active).flatten()}
+
+    def mark_expert(self, expert: int, status: str) -> None:
+        """An operator's verdict on an expert: 'fault' (every record assigned to it alerts), 'confirmed' or
+        'learned' (the default). Kept in the model, so it survives checkpoints."""
+        if status not in STATUSES:
+            raise ValueError(f"status must be one of {sorted(STATUSES)}, got {status!r}")
+        if not 0 <= expert < self.config.k_max or not bool(self.model.active[expert]):
+            raise ValueError(f"expert {expert} is not active (active: {sorted(self.expert_status())})")
+        self.model.status[expert] = STATUSES[status]
+
+    def score_many(self, x: np.ndarray, refs: np.ndarray | None = None, timestamps: np.ndarray | None = None) -> ScoredBatch:
+        """Score records (B, C) against what was learned so far; never learns.
+
+        `refs` and `timestamps` (int64, one per record; default: the running record count) are opaque to the
+        model; they come back in new-mode events so an operator can find the records behind them."""
+        b = len(x)
+        start = self.counters["records_scored"]
+        refs_t = torch.as_tensor(np.arange(start, start + b) if refs is None else np.asarray(refs, np.int64))
+        ts_t = torch.as_tensor(np.zeros(b, np.int64) if timestamps is None else np.asarray(timestamps, np.int64))
+        scored = self._score(x)
+        scored.refs, scored.timestamps = refs_t.to(self.device), ts_t.to(self.device)
+        return scored
+
     @torch.inference_mode()
-    def score_many(self, x: np.ndarray) -> ScoredBatch:
-        """Score records (B, C) against what was learned so far; never learns."""
+    def _score(self, x: np.ndarray) -> ScoredBatch:
         xt = self._tensor(x)
         b = xt.shape[0]
         valid = torch.isfinite(xt).all(dim=1)
@@ -169,6 +203,8 @@ class MixtureDetector:
             model.calibration.update(ev.mode[calibrate], torch.minimum(nll[calibrate], cap))
         n = int(learn.sum())
         report = LearnReport(learned=n)
+        if cfg.novelty.enabled:
+            self._novelty(scored, finite, finite & not_fault & ~learn, report)
         if n == 0:
             return report
         x, resp, mode = ev.x[learn], ev.resp[learn], ev.mode[learn]
@@ -185,3 +221,20 @@ class MixtureDetector:
             report.skipped_step = step.reason
         self.counters["records_learned"] += n
         return report
+
+    def _novelty(self, scored: ScoredBatch, finite: torch.Tensor, unexplained: torch.Tensor, report: LearnReport) -> None:
+        """Remember unexplained records; grow an expert from a sustained coherent run; retire and merge."""
+        model, ev = self.model, scored.evaluation
+        assert ev is not None and scored.refs is not None and scored.timestamps is not None
+        model.memory.observe(ev.x[finite], unexplained[finite], scored.refs[finite], scored.timestamps[finite])
+        event, verdict = try_grow(model, model.memory, self.learner, self.generator)
+        if event is not None:
+            report.events.append(event)
+        elif verdict is not None:
+            report.candidate = verdict.reason
+        n = int(finite.sum())
+        report.events += retire_idle(model, model.below_floor, n)
+        model.since_merge += n
+        if int(model.since_merge) >= self.config.novelty.merge_every:
+            model.since_merge.zero_()
+            report.events += merge_duplicates(model, self.generator)

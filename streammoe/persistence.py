@@ -9,6 +9,7 @@ Layout (format version 1)::
     scaler.pt         per-channel running mean/variance
     calibration.pt    per-mode reference scores
     replay.pt         per-expert replay reservoirs
+    novelty.pt        short-term memory of unexplained records, retirement and merge counters
     optimizer.pt      Adam state, so online learning continues exactly where it stopped
     rng.pt            sampler state, so a reloaded model draws the same importance samples
 
@@ -32,7 +33,14 @@ from streammoe.detector import MixtureDetector
 from streammoe.model.config import ModelConfig
 
 FORMAT_VERSION = 1
-PARTS = {"experts": "experts.", "em": ("weights.", "status"), "scaler": "scaler.", "calibration": "calibration.", "replay": "replay."}
+PARTS = {
+    "experts": "experts.",
+    "em": ("weights.", "status"),
+    "scaler": "scaler.",
+    "calibration": "calibration.",
+    "replay": "replay.",
+    "novelty": ("memory.", "below_floor", "since_merge"),
+}
 
 
 class ModelLoadError(Exception):

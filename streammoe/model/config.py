@@ -5,6 +5,37 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
+class NoveltyConfig(BaseModel):
+    """When a sustained, coherent run of unexplained records becomes a new expert (and when experts go)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(True, description="Grow, retire and merge experts while learning online.")
+    memory_size: int = Field(2000, ge=16, description="Unexplained records kept in the short-term memory.")
+    min_records: int = Field(
+        500, ge=16, description="Unexplained records needed before a candidate expert is tried (a shorter burst never is)."
+    )
+    window: int = Field(1000, ge=16, description="Recent records over which the unexplained share is measured.")
+    min_density: float = Field(
+        0.5, gt=0, le=1, description="Share of the recent window that must be unexplained (sustained, not scattered)."
+    )
+    max_age: int = Field(5000, ge=16, description="Memory entries older than this many records are forgotten.")
+    holdout_fraction: float = Field(0.3, gt=0, lt=1, description="Latest share of the memory the candidate must explain.")
+    min_gain: float = Field(
+        10.0, ge=0, description="Median log-likelihood gain (nats per record) of the candidate over the mixture."
+    )
+    min_explained: float = Field(
+        0.8, gt=0, le=1, description="Share of held-out memory records the candidate must explain at its own 99th pct."
+    )
+    candidate_steps: int = Field(600, ge=1, description="Gradient steps to train a candidate expert.")
+    retire_weight: float = Field(0.005, ge=0, lt=1, description="Experts below this weight for long are retired.")
+    retire_after: int = Field(100_000, ge=1, description="Records an expert must stay below retire_weight.")
+    merge_margin: float = Field(
+        1.0, ge=0, description="Experts whose records the other explains within this many nats per record are merged."
+    )
+    merge_every: int = Field(20_000, ge=1, description="Records between checks for near-duplicate experts.")
+
+
 class ModelConfig(BaseModel):
     """What shapes the model and how it learns. Saved with every model so a checkpoint knows how it was made."""
 
@@ -33,6 +64,7 @@ class ModelConfig(BaseModel):
         0.02, ge=0, lt=1, description="Clusters lighter than this share of the data get no expert at fit time."
     )
     seed: int = Field(0, description="Seeds sampling and initialisation, for reproducible runs.")
+    novelty: NoveltyConfig = Field(default_factory=NoveltyConfig)
 
     @model_validator(mode="after")
     def _thresholds_ordered(self) -> "ModelConfig":

@@ -50,6 +50,11 @@ class MixtureOfVAEs(nn.Module):
         self.calibration = ModeCalibration(k, config.calibration_size)
         self.replay = ReplayReservoir(k, n_channels, config.replay_size)
         self.register_buffer("status", torch.zeros(k, dtype=torch.int8))
+        from streammoe.novelty.memory import ShortTermMemory  # novelty builds on the model, not the reverse
+
+        self.memory = ShortTermMemory(n_channels, config.novelty)
+        self.register_buffer("below_floor", torch.zeros(k, dtype=torch.int64))
+        self.register_buffer("since_merge", torch.zeros((), dtype=torch.int64))
 
     @property
     def active(self) -> Tensor:

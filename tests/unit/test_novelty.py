@@ -1,0 +1,90 @@
+"""New operating modes: a sustained coherent run grows one expert; scattered anomalies and bursts never do."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from streammoe.detector import MixtureDetector
+from streammoe.model.config import ModelConfig, NoveltyConfig
+
+C = 5
+NOVELTY = NoveltyConfig(min_records=300, window=600, memory_size=1000, max_age=3000, candidate_steps=400)
+
+
+def mode_a(rng, n):
+    return rng.normal(0, 1, (n, C)).astype(np.float32)
+
+
+def mode_b(rng, n):
+    return (rng.normal(0, 1, (n, C)) + np.array([15.0, -15.0, 8.0, 0.0, 4.0])).astype(np.float32)
+
+
+def stream(det: MixtureDetector, x: np.ndarray, batch: int = 256):
+    flags, events = [], []
+    for i in range(0, len(x), batch):
+        scored = det.score_many(x[i : i + batch], refs=np.arange(i, i + len(x[i : i + batch])) + 10_000)
+        flags.append(scored.is_anomaly)
+        events += det.learn_many(scored).events
+    return np.concatenate(flags), events
+
+
+@pytest.fixture()
+def detector():
+    rng = np.random.default_rng(0)
+    det = MixtureDetector(C, ModelConfig(k_max=4, fit_steps=400, novelty=NOVELTY))
+    det.fit(mode_a(rng, 3000))
+    assert det.model.n_active == 1
+    return det
+
+
+def test_sustained_new_mode_adds_exactly_one_expert_and_alerts_stop(detector) -> None:
+    rng = np.random.default_rng(1)
+    flags_a, events_a = stream(detector, mode_a(rng, 2000))
+    flags_b, events = stream(detector, mode_b(rng, 4000))
+    assert events_a == []
+    added = [e for e in events if e.kind == "mode_added"]
+    assert len(added) == 1 and detector.model.n_active == 2
+    e = added[0]
+    assert e.size >= NOVELTY.min_records
+    assert 10_000 <= e.first_ref <= e.last_ref < 10_000 + 1000, "the triggering records are the first B records"
+    # Within a bounded number of records after B starts; alerts during the transition, normal afterwards.
+    assert flags_b[: NOVELTY.min_records].mean() > 0.95
+    assert flags_b[1500:].mean() < 0.02
+    flags_back, events_back = stream(detector, mode_a(rng, 1000))
+    assert flags_back.mean() < 0.02 and events_back == []
+
+
+def test_scattered_anomalies_never_make_an_expert_and_still_alert(detector) -> None:
+    rng = np.random.default_rng(2)
+    x = mode_a(rng, 50_000)
+    spikes = rng.choice(len(x), 500, replace=False)
+    x[spikes] += rng.normal(0, 1, (500, C)).astype(np.float32) * 20 + 20 * np.sign(rng.normal(size=(500, C)))
+    flags, events = stream(detector, x, batch=1024)
+    assert [e for e in events if e.kind == "mode_added"] == []
+    assert detector.model.n_active == 1
+    assert flags[spikes].mean() > 0.95
+    normal = np.ones(len(x), bool)
+    normal[spikes] = False
+    assert flags[normal].mean() < 0.01
+
+
+def test_burst_shorter_than_the_memory_minimum_makes_no_expert(detector) -> None:
+    rng = np.random.default_rng(3)
+    x = np.concatenate([mode_a(rng, 1000), mode_b(rng, NOVELTY.min_records - 100), mode_a(rng, 4000)])
+    flags, events = stream(detector, x)
+    assert events == [] and detector.model.n_active == 1
+    assert flags[1000 : 1000 + NOVELTY.min_records - 100].mean() > 0.95
+
+
+def test_operator_can_mark_an_expert_as_fault(detector) -> None:
+    rng = np.random.default_rng(4)
+    stream(detector, mode_b(rng, 3000))
+    new = [k for k, s in detector.expert_status().items() if k != 0]
+    assert len(new) == 1
+    assert detector.score_many(mode_b(rng, 200)).is_anomaly.mean() < 0.05
+    detector.mark_expert(new[0], "fault")
+    assert detector.score_many(mode_b(rng, 200)).is_anomaly.all()
+    assert detector.score_many(mode_a(rng, 200)).is_anomaly.mean() < 0.05
+    with pytest.raises(ValueError, match="not active"):
+        detector.mark_expert(3, "fault")
