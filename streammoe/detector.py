@@ -227,10 +227,9 @@ class MixtureDetector:
         model, ev = self.model, scored.evaluation
         assert ev is not None and scored.refs is not None and scored.timestamps is not None
         model.memory.observe(ev.x[finite], unexplained[finite], scored.refs[finite], scored.timestamps[finite])
-        event, verdict = try_grow(model, model.memory, self.learner, self.generator)
-        if event is not None:
-            report.events.append(event)
-        elif verdict is not None:
+        events, verdict = try_grow(model, model.memory, self.learner, self.generator)
+        report.events += events
+        if verdict is not None and not verdict.accepted:
             report.candidate = verdict.reason
         n = int(finite.sum())
         report.events += retire_idle(model, model.below_floor, n)

@@ -28,6 +28,9 @@ class NoveltyConfig(BaseModel):
         0.8, gt=0, le=1, description="Share of held-out memory records the candidate must explain at its own 99th pct."
     )
     candidate_steps: int = Field(600, ge=1, description="Gradient steps to train a candidate expert.")
+    replace_weight: float = Field(
+        0.05, ge=0, lt=1, description="With every slot taken, a new mode replaces the lightest expert if below this."
+    )
     retire_weight: float = Field(0.005, ge=0, lt=1, description="Experts below this weight for long are retired.")
     retire_after: int = Field(100_000, ge=1, description="Records an expert must stay below retire_weight.")
     merge_margin: float = Field(

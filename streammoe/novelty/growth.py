@@ -18,6 +18,7 @@ from streammoe.model.experts import StackedVAE
 from streammoe.model.learning import ExpertLearner
 from streammoe.model.mixture import STATUS_LEARNED, MixtureOfVAEs
 from streammoe.novelty.events import ModeEvent
+from streammoe.novelty.lifecycle import deactivate
 from streammoe.novelty.memory import ShortTermMemory
 
 CANDIDATE_BATCH = 128
@@ -65,13 +66,17 @@ def judge(model: MixtureOfVAEs, cand: StackedVAE, train: torch.Tensor, hold: tor
 
 def try_grow(
     model: MixtureOfVAEs, memory: ShortTermMemory, learner: ExpertLearner, generator: torch.Generator | None
-) -> tuple[ModeEvent | None, Verdict | None]:
-    """If the memory is ready, train and judge a candidate; on acceptance add it and return `mode_added`."""
+) -> tuple[list[ModeEvent], Verdict | None]:
+    """If the memory is ready, train and judge a candidate; on acceptance add it (retiring the lightest expert
+    if every slot is taken and it weighs less than `replace_weight`) and return the events."""
     if not memory.ready():
-        return None, None
+        return [], None
     free = torch.nonzero(~model.active).flatten()
-    if free.numel() == 0:
-        return None, Verdict(False, float("nan"), float("nan"), "no free expert slot (k_max reached)")
+    weights = model.weights.mean(model.active)
+    lightest = int(torch.where(model.active, weights, torch.full_like(weights, 2.0)).argmin())
+    if free.numel() == 0 and float(weights[lightest]) >= model.config.novelty.replace_weight:
+        memory.forget()
+        return [], Verdict(False, float("nan"), float("nan"), "no free expert slot (k_max reached)")
     seen = memory.contents()
     n = seen.x.shape[0]
     n_hold = max(1, int(n * model.config.novelty.holdout_fraction))
@@ -80,8 +85,16 @@ def try_grow(
     verdict = judge(model, cand, train, hold, generator)
     memory.forget()
     if not verdict.accepted:
-        return None, verdict
-    slot = int(free[0])
+        return [], verdict
+    events: list[ModeEvent] = []
+    if free.numel() == 0:
+        # At capacity: the lightest expert (below replace_weight) makes room for the mode that is here now.
+        events.append(ModeEvent("mode_retired", lightest, 0, detail={"weight": float(weights[lightest]), "replaced": 1.0}))
+        deactivate(model, lightest)
+        learner.reset_expert_state(lightest)
+        slot = lightest
+    else:
+        slot = int(free[0])
     with torch.no_grad():
         for (name, p), q in zip(model.experts.named_parameters(), cand.parameters()):
             p[slot].copy_(q[0])
@@ -96,9 +109,9 @@ def try_grow(
     model.replay.add(ev_train.mode, train, generator)
     ev_hold = model.evaluate(hold, s, generator)
     model.calibration.update(ev_hold.mode, -ev_hold.log_px)
-    event = ModeEvent(
+    events.append(ModeEvent(
         kind="mode_added", expert=slot, size=n,
         first_ref=int(seen.ref[0]), last_ref=int(seen.ref[-1]), first_ts=int(seen.ts[0]), last_ts=int(seen.ts[-1]),
         detail={"gain": round(verdict.gain, 3), "explained": round(verdict.explained, 3)},
-    )
-    return event, verdict
+    ))
+    return events, verdict

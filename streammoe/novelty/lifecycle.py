@@ -21,7 +21,7 @@ def retire_idle(model: MixtureOfVAEs, below_floor: torch.Tensor, n_records: int)
         if model.n_active <= 1:
             break
         events.append(ModeEvent("mode_retired", k, int(below_floor[k]), detail={"weight": float(weights[k])}))
-        _deactivate(model, k)
+        deactivate(model, k)
         below_floor[k] = 0
     return events
 
@@ -51,12 +51,12 @@ def merge_duplicates(model: MixtureOfVAEs, generator: torch.Generator | None) ->
                     "mode_merged", k_drop, int(torch.clamp(model.replay.seen[k_drop], max=model.replay.size)),
                     into=k_keep, detail={"margin": float(ll[drop, drop] - ll[drop, keep])},
                 )
-                _deactivate(model, k_drop)
+                deactivate(model, k_drop)
                 return [event]
     return []
 
 
-def _deactivate(model: MixtureOfVAEs, k: int) -> None:
+def deactivate(model: MixtureOfVAEs, k: int) -> None:
     model.experts.active[k] = False
     model.weights.gamma[k] = 0
     model.calibration.reset_mode(k)
