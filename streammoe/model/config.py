@@ -11,7 +11,7 @@ class NoveltyConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = Field(True, description="Grow, retire and merge experts while learning online.")
-    memory_size: int = Field(2000, ge=16, description="Unexplained records kept in the short-term memory.")
+    memory_size: int = Field(2000, ge=16, description="Unexplained records kept in the short-term memory (>= window).")
     min_records: int = Field(
         500, ge=16, description="Unexplained records needed before a candidate expert is tried (a shorter burst never is)."
     )
@@ -19,7 +19,6 @@ class NoveltyConfig(BaseModel):
     min_density: float = Field(
         0.5, gt=0, le=1, description="Share of the recent window that must be unexplained (sustained, not scattered)."
     )
-    max_age: int = Field(5000, ge=16, description="Memory entries older than this many records are forgotten.")
     holdout_fraction: float = Field(0.3, gt=0, lt=1, description="Latest share of the memory the candidate must explain.")
     min_gain: float = Field(
         10.0, ge=0, description="Median log-likelihood gain (nats per record) of the candidate over the mixture."
@@ -37,6 +36,14 @@ class NoveltyConfig(BaseModel):
         1.0, ge=0, description="Experts whose records the other explains within this many nats per record are merged."
     )
     merge_every: int = Field(20_000, ge=1, description="Records between checks for near-duplicate experts.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "NoveltyConfig":
+        if self.memory_size < self.window:
+            raise ValueError("novelty.memory_size must be >= novelty.window (the memory holds one window's run)")
+        if self.min_records > self.window:
+            raise ValueError("novelty.min_records must be <= novelty.window")
+        return self
 
 
 class ModelConfig(BaseModel):

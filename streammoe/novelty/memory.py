@@ -1,8 +1,8 @@
 """Short-term memory of records that no expert explains.
 
 A new operating mode shows as a sustained run of such records; scattered anomalies and short bursts do not.
-So the memory answers two questions: does it hold enough recent unexplained records (`min_records`, none
-older than `max_age`), and are they dense in time (`min_density` of the last `window` records unexplained)?
+So the memory answers two questions, both over the last `window` records: were at least `min_records` of them
+unexplained, and were they dense (`min_density` of the window)? Older entries are not part of the run.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ class ShortTermMemory(nn.Module):
         self.seen += n
 
     def _live(self) -> Tensor:
-        return self.seq >= self.seen - self.cfg.max_age
+        return self.seq >= self.seen - self.flags.shape[0]
 
     def size(self) -> int:
         return int(self._live().sum())

@@ -9,7 +9,7 @@ from streammoe.detector import MixtureDetector
 from streammoe.model.config import ModelConfig, NoveltyConfig
 
 C = 5
-NOVELTY = NoveltyConfig(min_records=300, window=600, memory_size=1000, max_age=3000, candidate_steps=400)
+NOVELTY = NoveltyConfig(min_records=300, window=600, memory_size=1000, candidate_steps=400)
 
 
 def mode_a(rng, n):
