@@ -88,3 +88,28 @@ def test_operator_can_mark_an_expert_as_fault(detector) -> None:
     assert detector.score_many(mode_a(rng, 200)).is_anomaly.mean() < 0.05
     with pytest.raises(ValueError, match="not active"):
         detector.mark_expert(3, "fault")
+
+
+def test_idle_expert_is_retired_and_duplicates_are_merged() -> None:
+    rng = np.random.default_rng(5)
+    two = np.concatenate([mode_a(rng, 2000), mode_b(rng, 2000)])
+    cfg = ModelConfig(
+        k_max=4, fit_steps=400, half_life=500.0,
+        novelty=NoveltyConfig(retire_weight=0.05, retire_after=1500, merge_every=10**9),
+    )
+    det = MixtureDetector(C, cfg)
+    det.fit(two)
+    assert det.model.n_active == 2
+    _, events = stream(det, mode_a(rng, 6000))
+    retired = [e for e in events if e.kind == "mode_retired"]
+    assert len(retired) == 1 and det.model.n_active == 1
+    assert det.expert_status() == {int(np.argmax(det.mixture_weights())): "learned"}
+
+    cfg = ModelConfig(k_max=4, fit_steps=400, novelty=NoveltyConfig(merge_every=1000, merge_margin=2.0))
+    det = MixtureDetector(C, cfg)
+    det.fit(mode_a(rng, 4000), k=2)  # two experts forced onto one mode: duplicates
+    assert det.model.n_active == 2
+    _, events = stream(det, mode_a(rng, 1500))
+    merged = [e for e in events if e.kind == "mode_merged"]
+    assert len(merged) == 1 and merged[0].into != merged[0].expert and det.model.n_active == 1
+    np.testing.assert_allclose(det.mixture_weights().sum(), 1.0, atol=1e-6)
