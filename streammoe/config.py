@@ -1,0 +1,209 @@
+"""Daemon settings from `STREAMMOE_*` environment variables (and optional env files), validated once at start.
+
+Nesting uses `__`: `STREAMMOE_KAFKA__BOOTSTRAP_SERVERS=broker:9092`, `STREAMMOE_BATCHING__MAX_BATCH=512`,
+`STREAMMOE_MODEL__THRESHOLD=1e-4`. Lists and dicts take JSON: `STREAMMOE_RECORDS__CHANNELS='["flow","temp"]'`,
+`STREAMMOE_KAFKA__EXTRA='{"linger.ms": "5"}'`. Secrets are `SecretStr`: they print as `**********` everywhere
+except in the librdkafka dictionaries handed to the client.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from streammoe.model.config import ModelConfig
+
+ENV_PREFIX = "STREAMMOE_"
+ENV_FILE_VARIABLE = "STREAMMOE_ENV_FILE"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class KafkaSettings(Section):
+    """Where records come from and where results go; anything librdkafka knows can pass through `extra`."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    group_id: str = "streammoe"
+    client_id: str = "streammoe"
+    input_topic: str = "sensor-records"
+    alerts_topic: str = "streammoe-alerts"
+    dead_letter_topic: str = "streammoe-dead-letters"
+    scores_topic: str | None = Field(None, description="Optional: one score message per valid record.")
+    events_topic: str = "streammoe-events"
+    control_topic: str = "streammoe-control"
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    session_timeout_ms: int = Field(45_000, ge=1000)
+    max_poll_interval_ms: int = Field(300_000, ge=1000)
+    fetch_wait_max_ms: int = Field(100, ge=0)
+    statistics_interval_ms: int = Field(5000, ge=0, description="librdkafka statistics (consumer lag); 0 = off.")
+    commit_interval_s: float = Field(5.0, gt=0, description="Acknowledged offsets are committed at least this often.")
+    delivery_timeout_s: float = Field(30.0, gt=0, description="Longest wait for the broker to acknowledge a batch.")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_ca_location: str | None = None
+    ssl_certificate_location: str | None = None
+    ssl_key_location: str | None = None
+    ssl_key_password: SecretStr | None = None
+    ssl_endpoint_identification_algorithm: Literal["https", "none"] | None = None
+    extra: dict[str, str] = Field(default_factory=dict, description="librdkafka properties passed to both clients.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "KafkaSettings":
+        if self.max_poll_interval_ms < self.session_timeout_ms:
+            raise ValueError("max_poll_interval_ms must be >= session_timeout_ms (librdkafka refuses otherwise)")
+        if self.security_protocol.startswith("SASL") and self.sasl_mechanism is None:
+            raise ValueError(f"security_protocol {self.security_protocol} needs sasl_mechanism")
+        return self
+
+
+class RecordSettings(Section):
+    """The shape of input records: `{"asset_id": .., "ts": .., "values": {name: number} | [numbers]}`."""
+
+    channels: list[str] = Field(min_length=1, description="Channel names; also the order of list-form values.")
+    asset_field: str = "asset_id"
+    ts_field: str = "ts"
+    values_field: str = "values"
+    max_record_bytes: int = Field(65_536, gt=0, description="Larger records are dead-lettered as oversized.")
+
+    @model_validator(mode="after")
+    def _unique(self) -> "RecordSettings":
+        if len(set(self.channels)) != len(self.channels):
+            raise ValueError("channels must be unique")
+        return self
+
+
+class BatchingSettings(Section):
+    max_batch: int = Field(1024, gt=0, le=100_000)
+    max_wait_ms: int = Field(100, ge=0, le=60_000)
+
+
+class AlertSettings(Section):
+    critical_p_value: float = Field(1e-6, gt=0, lt=1, description="Alerts with a p-value below this are critical.")
+    top_channels: int = Field(3, ge=1, description="Channels named in each alert, by share of the misfit.")
+
+
+class CheckpointSettings(Section):
+    dir: Path = Path("./checkpoints")
+    interval_s: float = Field(60.0, gt=0)
+    bootstrap_model_dir: Path | None = Field(None, description="A `streammoe fit` model used when no checkpoint exists.")
+    warmup_records: int = Field(5000, ge=10, description="Valid records learned first when neither exists.")
+
+
+class HttpSettings(Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(9308, ge=0, le=65535, description="0 picks a free port.")
+    ready_stale_s: float = Field(30.0, gt=0, description="/readyz fails when the loop has not turned for this long.")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="ignore", case_sensitive=False
+    )
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    records: RecordSettings
+    batching: BatchingSettings = Field(default_factory=BatchingSettings)
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    checkpoint: CheckpointSettings = Field(default_factory=CheckpointSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["auto", "json", "console"] = "auto"
+
+    def safe_dump(self) -> dict[str, Any]:
+        """Everything, with secrets redacted (SecretStr dumps as '**********'); safe to log."""
+        dumped = self.model_dump(mode="json")
+        dumped["kafka"]["extra"] = {k: _redact_property(k, v) for k, v in self.kafka.extra.items()}
+        return dumped
+
+
+class SettingsError(Exception):
+    """Settings that cannot start the daemon; the message names each offending environment variable."""
+
+
+def _redact_property(key: str, value: str) -> str:
+    secret = any(word in key.lower() for word in ("password", "secret", "token", "jaas"))
+    return "**********" if secret else value
+
+
+def _variable(loc: tuple[int | str, ...]) -> str:
+    return ENV_PREFIX + "__".join(str(part).upper() for part in loc)
+
+
+def load_settings(env_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Read settings from the environment and `env_file` (default: `$STREAMMOE_ENV_FILE`); raise SettingsError."""
+    env_file = env_file or os.environ.get(ENV_FILE_VARIABLE)
+    if env_file is not None and not Path(env_file).is_file():
+        raise SettingsError(f"{ENV_FILE_VARIABLE}: env file {env_file} does not exist")
+    try:
+        return Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"{_variable(loc)}: {msg}" if loc else msg)
+        raise SettingsError("\n".join(lines)) from None
+
+
+def _security(kafka: KafkaSettings) -> dict[str, str]:
+    conf = {"security.protocol": kafka.security_protocol}
+    optional = {
+        "sasl.mechanism": kafka.sasl_mechanism,
+        "sasl.username": kafka.sasl_username,
+        "sasl.password": kafka.sasl_password.get_secret_value() if kafka.sasl_password else None,
+        "ssl.ca.location": kafka.ssl_ca_location,
+        "ssl.certificate.location": kafka.ssl_certificate_location,
+        "ssl.key.location": kafka.ssl_key_location,
+        "ssl.key.password": kafka.ssl_key_password.get_secret_value() if kafka.ssl_key_password else None,
+        "ssl.endpoint.identification.algorithm": kafka.ssl_endpoint_identification_algorithm,
+    }
+    conf.update({k: v for k, v in optional.items() if v is not None})
+    return conf
+
+
+def consumer_config(kafka: KafkaSettings) -> dict[str, Any]:
+    """librdkafka consumer properties. Offsets are stored by the daemon only once a batch's outputs are
+    acknowledged, and committed by it explicitly (interval, revoke, shutdown): at-least-once."""
+    conf: dict[str, Any] = {
+        "bootstrap.servers": kafka.bootstrap_servers,
+        "client.id": kafka.client_id,
+        "group.id": kafka.group_id,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": kafka.auto_offset_reset,
+        "partition.assignment.strategy": "cooperative-sticky",
+        "session.timeout.ms": kafka.session_timeout_ms,
+        "max.poll.interval.ms": kafka.max_poll_interval_ms,
+        "fetch.wait.max.ms": kafka.fetch_wait_max_ms,
+        "statistics.interval.ms": kafka.statistics_interval_ms,
+        **_security(kafka),
+    }
+    conf.update(kafka.extra)
+    return conf
+
+
+def producer_config(kafka: KafkaSettings) -> dict[str, Any]:
+    """librdkafka producer properties: acks from every in-sync replica before a batch counts as delivered."""
+    conf: dict[str, Any] = {
+        "bootstrap.servers": kafka.bootstrap_servers,
+        "client.id": kafka.client_id,
+        "acks": "all",
+        "linger.ms": 5,
+        "message.timeout.ms": int(kafka.delivery_timeout_s * 1000),
+        **_security(kafka),
+    }
+    conf.update({k: v for k, v in kafka.extra.items() if not k.startswith(_CONSUMER_ONLY)})
+    return conf
+
+
+_CONSUMER_ONLY = ("fetch.", "group.", "session.", "heartbeat.", "max.poll.", "auto.offset.", "partition.assignment.")

@@ -1,0 +1,335 @@
+"""`streammoe run`: the loop that wires source → decode → score → learn → publish → acknowledge → commit.
+
+Each stage is a small method taking the previous stage's output, so the loop can later be pipelined
+(decode the next batch while this one is scored) without changing what a stage does. Delivery is
+at-least-once: a batch's input offsets are stored only after every alert, score and dead letter it caused
+is acknowledged by the broker; alerts carry `alert_id` = topic/partition/offset for deduplication.
+
+SIGTERM/SIGINT stop polling; the batch in flight finishes, outputs are flushed, offsets committed, the
+model checkpointed, and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from itertools import count
+from typing import Callable, TypeVar
+
+import numpy as np
+import orjson
+import structlog
+from confluent_kafka import KafkaException, Message
+
+from streammoe.alerts import Origin, build_alert, build_score
+from streammoe.checkpoint import GLOBAL_SCOPE, Checkpointer, ModelState
+from streammoe.config import Settings, SettingsError, load_settings
+from streammoe.detector import LearnReport, MixtureDetector, ScoredBatch
+from streammoe.logs import configure_logging, get_logger
+from streammoe.metrics import Health, HttpServer, Metrics
+from streammoe.persistence import ModelLoadError
+from streammoe.records import DecodedBatch, RecordDecoder
+from streammoe.sink import DeliveryError, Sink
+from streammoe.source import Source
+
+log = get_logger("streammoe.daemon")
+
+T = TypeVar("T")
+REF_PARTITION_SHIFT = 40  # model refs pack (partition << 40) | offset, unpacked again in mode events
+
+
+@dataclass
+class RunSummary:
+    records_in: int = 0
+    alerts: int = 0
+    non_alerts: int = 0
+    dead_letters: int = 0
+    warmup: int = 0
+    batches: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class Judged:
+    """What the model said about a decoded batch: scored parts (with the decoded rows each covers)."""
+
+    parts: list[tuple[ScoredBatch, np.ndarray]] = field(default_factory=list)
+    warmup_rows: int = 0
+    learn: LearnReport | None = None
+
+
+class Daemon:
+    def __init__(self, settings: Settings, *, install_signals: bool = False) -> None:
+        self.settings = settings
+        self.channels = list(settings.records.channels)
+        self.metrics = Metrics()
+        self.health = Health(settings.http.ready_stale_s)
+        self.decoder = RecordDecoder(settings.records)
+        self.checkpointer = Checkpointer(settings.checkpoint, self.channels)
+        self.state: ModelState = self.checkpointer.restore(GLOBAL_SCOPE)
+        self.source = Source(settings.kafka, settings.batching, on_lag=self._lag)
+        self.sink = Sink(settings.kafka)
+        self.http = (
+            HttpServer(settings.http.host, settings.http.port, self.metrics, self.health)
+            if settings.http.enabled else None
+        )
+        self.summary = RunSummary()
+        self._stop = threading.Event()
+        self._batch_ids = count(1)
+        self._warmup: list[np.ndarray] = []
+        self._carry: list[Message] = []
+        self._last_commit = time.monotonic()
+        if install_signals:
+            signal.signal(signal.SIGTERM, self._on_signal)
+            signal.signal(signal.SIGINT, self._on_signal)
+
+    # ---- control -------------------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the loop to finish its batch in flight and shut down (thread- and signal-safe)."""
+        self._stop.set()
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        log.info("stop_requested", signal=signal.Signals(signum).name)
+        self.stop()
+
+    def run(self, max_records: int | None = None, timeout_s: float | None = None) -> RunSummary:
+        """Process until stopped, or (for tests) until `max_records` inputs are handled or `timeout_s` passes."""
+        started = time.monotonic()
+        deadline = started + timeout_s if timeout_s is not None else None
+        if self.http is not None:
+            self.http.start()
+        log.info("daemon_started", input_topic=self.settings.kafka.input_topic, model=self.state.version,
+                 http_port=self.http.port if self.http else None)
+        self.source.subscribe()
+        failed = True
+        try:
+            while not self._stop.is_set():
+                if max_records is not None and self.summary.records_in >= max_records:
+                    break
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+                msgs, self._carry = self._carry or self.source.poll_batch(), []
+                self.health.progress(len(self.source.assigned))
+                self.metrics.assigned_partitions.set(len(self.source.assigned))
+                if msgs:
+                    self._handle(msgs)
+                else:
+                    self.sink.poll()
+                self._maybe_commit()
+            failed = False
+        finally:
+            self.summary.seconds = time.monotonic() - started
+            self._shutdown(failed)
+        return self.summary
+
+    # ---- one batch -----------------------------------------------------------------------------------------
+
+    def _handle(self, msgs: list[Message]) -> None:
+        t0 = time.monotonic()
+        with structlog.contextvars.bound_contextvars(batch=next(self._batch_ids), records=len(msgs)):
+            decoded = self._decode(msgs)
+            judged = self._judge(msgs, decoded)
+            self._publish(msgs, decoded, judged)
+            self._acknowledge(msgs)
+            elapsed = time.monotonic() - t0
+            self.metrics.batch_seconds.observe(elapsed)
+            self.metrics.batch_size.observe(len(msgs))
+            if elapsed * 1000 > self.settings.kafka.max_poll_interval_ms / 4:
+                log.warning("slow_batch", seconds=round(elapsed, 3), hint="lower STREAMMOE_BATCHING__MAX_BATCH")
+            log.debug("batch_done", seconds=round(elapsed, 4), dead=len(decoded.dead))
+        self.summary.batches += 1
+
+    def _decode(self, msgs: list[Message]) -> DecodedBatch:
+        self.metrics.records_in.inc(len(msgs))
+        self.summary.records_in += len(msgs)
+        return self.decoder.decode([m.value() for m in msgs])
+
+    def _judge(self, msgs: list[Message], decoded: DecodedBatch) -> Judged:
+        """Score with what was learned before this batch, then learn from it (never from what it flags)."""
+        state = self.state
+        if state.detector is None:
+            judged = Judged(warmup_rows=len(decoded))
+            self._warm_up(decoded)
+        else:
+            judged = self._score_and_learn(state.detector, msgs, decoded)
+        for m in msgs:  # learned now, or part of the warm-up fit: never to be learned again by this model
+            state.advance(m.topic(), m.partition(), m.offset() + 1)
+        return judged
+
+    def _score_and_learn(self, detector: MixtureDetector, msgs: list[Message], decoded: DecodedBatch) -> Judged:
+        judged = Judged()
+        if not len(decoded):
+            return judged
+        src = [msgs[i] for i in decoded.index]
+        fresh = np.array([not self.state.already_learned(m.topic(), m.partition(), m.offset()) for m in src], bool)
+        refs = np.array([(m.partition() << REF_PARTITION_SHIFT) | m.offset() for m in src], np.int64)
+        for rows, learn in ((np.flatnonzero(~fresh), False), (np.flatnonzero(fresh), True)):
+            if not len(rows):
+                continue
+            scored = detector.score_many(decoded.values[rows], refs=refs[rows], timestamps=decoded.ts[rows])
+            judged.parts.append((scored, rows))
+            if learn:
+                judged.learn = detector.learn_many(scored)
+        if judged.learn is not None:
+            self._account_learning(detector, judged.learn)
+        return judged
+
+    def _warm_up(self, decoded: DecodedBatch) -> None:
+        """Collect the first valid records; once there are enough, fit the first model (polling meanwhile)."""
+        self._warmup.append(decoded.values)
+        have = sum(len(v) for v in self._warmup)
+        self.metrics.warmup_records.inc(len(decoded))
+        self.summary.warmup += len(decoded)
+        if have < self.settings.checkpoint.warmup_records:
+            return
+        x = np.concatenate(self._warmup)
+        self._warmup = []
+        detector = MixtureDetector(len(self.channels), self.settings.model, self.channels)
+        log.info("warmup_fit_started", records=len(x))
+        report = self._keep_polling(lambda: detector.fit(x))
+        self.state.detector = detector
+        log.info("warmup_fit_done", experts=report.k_selected, weights=report.weights)
+        self._account_learning(detector, None)
+
+    def _account_learning(self, detector: MixtureDetector, report: LearnReport | None) -> None:
+        scope = self.state.scope
+        if report is not None:
+            self.metrics.records_learned.inc(report.learned)
+            if report.skipped_step:
+                self.metrics.learn_steps_skipped.labels(report.skipped_step).inc()
+            for event in report.events:
+                self.metrics.mode_events.labels(event.kind).inc()
+                log.info("mode_event", **event.as_dict())
+        self.metrics.experts_active.labels(scope).set(detector.model.n_active)
+        for k, w in enumerate(detector.mixture_weights()):
+            self.metrics.mixture_weight.labels(scope, str(k)).set(float(w))
+
+    def _publish(self, msgs: list[Message], decoded: DecodedBatch, judged: Judged) -> None:
+        kafka, sink, s = self.settings.kafka, self.sink, self.summary
+        for d in decoded.dead:
+            m = msgs[d.index]
+            sink.dead_letter(m.value(), m.key(), m.topic(), m.partition(), m.offset(), d.reason, d.detail)
+            self.metrics.dead_letters.labels(d.reason).inc()
+        s.dead_letters += len(decoded.dead)
+        s.non_alerts += judged.warmup_rows
+        self.metrics.non_alerts.inc(judged.warmup_rows)
+        detector = self.state.detector
+        status = detector.expert_status() if detector is not None else {}
+        for scored, rows in judged.parts:
+            for i, row in enumerate(rows):
+                m = msgs[decoded.index[row]]
+                origin = Origin(m.topic(), m.partition(), m.offset())
+                asset, ts = decoded.assets[row], int(decoded.ts[row])
+                if kafka.scores_topic:
+                    score = build_score(scored, i, asset=asset, ts=ts, origin=origin)
+                    sink.send(kafka.scores_topic, orjson.dumps(score), asset.encode())
+                if not scored.is_anomaly[i]:
+                    continue
+                alert = build_alert(
+                    scored, i, asset=asset, ts=ts, origin=origin, channels=self.channels, expert_status=status,
+                    model_version=self.state.version, settings=self.settings.alerts,
+                )
+                sink.send(kafka.alerts_topic, orjson.dumps(alert), asset.encode())
+                self.metrics.alerts.labels(alert["severity"]).inc()
+                s.alerts += 1
+            n_normal = int((~scored.is_anomaly).sum())
+            s.non_alerts += n_normal
+            self.metrics.non_alerts.inc(n_normal)
+        if judged.learn is not None:
+            for event in judged.learn.events:
+                sink.send(kafka.events_topic, orjson.dumps(self._event_payload(event.as_dict())), self.state.scope.encode())
+
+    def _event_payload(self, event: dict) -> dict:
+        for end in ("first", "last"):
+            ref = event.pop(f"{end}_ref", None)
+            event[f"{end}_source"] = None if ref is None else {
+                "topic": self.settings.kafka.input_topic,
+                "partition": ref >> REF_PARTITION_SHIFT,
+                "offset": ref & ((1 << REF_PARTITION_SHIFT) - 1),
+            }
+        return {**event, "scope": self.state.scope, "model_version": self.state.version}
+
+    def _acknowledge(self, msgs: list[Message]) -> None:
+        """Wait for the broker to hold every output of the batch; only then may its input offsets move."""
+        self.sink.flush()
+        self.source.mark_done(msgs)
+
+    # ---- housekeeping --------------------------------------------------------------------------------------
+
+    def _maybe_commit(self) -> None:
+        if time.monotonic() - self._last_commit >= self.settings.kafka.commit_interval_s:
+            self._commit()
+            if self.checkpointer.due():
+                self._checkpoint()
+
+    def _commit(self) -> None:
+        if self.source.commit():
+            self.metrics.commits.inc()
+        self._last_commit = time.monotonic()
+
+    def _checkpoint(self) -> None:
+        if self.checkpointer.save(self.state) is not None:
+            self.metrics.checkpoints.inc()
+
+    def _keep_polling(self, work: Callable[[], T]) -> T:
+        """Run long work (a warm-up fit) in a thread while the consumer, paused, keeps its group membership."""
+        self.source.pause()
+        try:
+            with ThreadPoolExecutor(1, thread_name_prefix="streammoe-work") as pool:
+                future = pool.submit(work)
+                while not future.done():
+                    self._carry += self.source.poll_paused(0.2)
+                    self.health.progress(len(self.source.assigned))
+                return future.result()
+        finally:
+            self.source.resume()
+
+    def _shutdown(self, failed: bool) -> None:
+        """Flush, commit, checkpoint, leave the group. After a failure, only what was acknowledged commits."""
+        steps: list[tuple[str, Callable[[], object]]] = [
+            ("flush", self.sink.flush), ("commit", self._commit), ("checkpoint", self._checkpoint),
+            ("close", self.source.close),
+        ]
+        for name, step in steps:
+            try:
+                step()
+            except Exception as e:  # keep shutting down; the first error is what the caller sees
+                log.error("shutdown_step_failed", step=name, error=str(e))
+        if self.http is not None:
+            self.http.stop()
+        s = self.summary
+        log.info("daemon_stopped", failed=failed, records=s.records_in, alerts=s.alerts, non_alerts=s.non_alerts,
+                 dead_letters=s.dead_letters, warmup=s.warmup, batches=s.batches, seconds=round(s.seconds, 2),
+                 committed={f"{t}[{p}]": o for (t, p), o in sorted(self.source.committed.items())})
+
+    def _lag(self, topic: str, partition: int, lag: int) -> None:
+        self.metrics.consumer_lag.labels(topic, str(partition)).set(lag)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings(args.env_file)
+    except SettingsError as e:
+        for line in str(e).splitlines():
+            print(f"streammoe run: invalid setting: {line}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level, settings.log_format)
+    log.info("settings", **settings.safe_dump())
+    try:
+        Daemon(settings, install_signals=True).run()
+    except (ModelLoadError, DeliveryError, KafkaException) as e:
+        log.error("daemon_failed", error=str(e), kind=type(e).__name__)
+        return 1
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("run", help="run the streaming daemon (settings from STREAMMOE_* variables)")
+    p.add_argument("--env-file", default=None, help="an env file of STREAMMOE_* settings (see configs/)")
+    p.set_defaults(func=cmd_run)

@@ -1,0 +1,106 @@
+"""Prometheus metrics and the HTTP endpoints operators probe: /metrics, /healthz, /readyz."""
+
+from __future__ import annotations
+
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+
+class Metrics:
+    """One registry per daemon, so several daemons (tests) never share counters."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.records_in = Counter("streammoe_records_in", "Input records consumed.", registry=r)
+        self.dead_letters = Counter("streammoe_dead_letters", "Records dead-lettered, by reason.", ["reason"], registry=r)
+        self.alerts = Counter("streammoe_alerts", "Alerts published, by severity.", ["severity"], registry=r)
+        self.non_alerts = Counter("streammoe_non_alerts", "Valid records that raised no alert (incl. warm-up).", registry=r)
+        self.warmup_records = Counter("streammoe_warmup_records", "Records learned during warm-up, unscored.", registry=r)
+        self.batch_seconds = Histogram(
+            "streammoe_batch_seconds", "From consume to acknowledged outputs, per batch.", registry=r,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.batch_size = Histogram(
+            "streammoe_batch_records", "Records per batch.", registry=r, buckets=(1, 16, 64, 256, 1024, 4096, 16384)
+        )
+        self.consumer_lag = Gauge("streammoe_consumer_lag", "Records behind the end, per partition.",
+                                  ["topic", "partition"], registry=r)
+        self.experts_active = Gauge("streammoe_experts_active", "Active experts in the mixture.", ["scope"], registry=r)
+        self.mixture_weight = Gauge("streammoe_mixture_weight", "Mixture weight per expert slot.",
+                                    ["scope", "expert"], registry=r)
+        self.learn_steps_skipped = Counter("streammoe_learn_steps_skipped", "Online learning steps skipped, by reason.",
+                                           ["reason"], registry=r)
+        self.records_learned = Counter("streammoe_records_learned", "Records the model learned from.", registry=r)
+        self.mode_events = Counter("streammoe_mode_events", "Experts added, retired or merged.", ["kind"], registry=r)
+        self.commits = Counter("streammoe_commits", "Offset commits that succeeded.", registry=r)
+        self.checkpoints = Counter("streammoe_checkpoints", "Model checkpoints written.", registry=r)
+        self.assigned_partitions = Gauge("streammoe_assigned_partitions", "Input partitions owned.", registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class Health:
+    """Liveness is the process answering; readiness needs partitions and a loop that turned recently."""
+
+    def __init__(self, stale_s: float) -> None:
+        self.stale_s = stale_s
+        self.assigned = 0
+        self.last_progress = 0.0
+
+    def progress(self, assigned: int) -> None:
+        self.assigned, self.last_progress = assigned, time.monotonic()
+
+    def ready(self) -> tuple[bool, str]:
+        if self.assigned == 0:
+            return False, "no partitions assigned"
+        age = time.monotonic() - self.last_progress
+        if age > self.stale_s:
+            return False, f"no progress for {age:.0f} s"
+        return True, "ok"
+
+
+class HttpServer:
+    """A small threaded server; prometheus_client's own would not give us /readyz."""
+
+    def __init__(self, host: str, port: int, metrics: Metrics, health: Health) -> None:
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    outer._reply(self, 200, metrics.render(), CONTENT_TYPE_LATEST)
+                elif path == "/healthz":
+                    outer._reply(self, 200, b"ok\n")
+                elif path == "/readyz":
+                    ok, why = health.ready()
+                    outer._reply(self, 200 if ok else 503, why.encode() + b"\n")
+                else:
+                    outer._reply(self, 404, b"not found\n")
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer((host, port), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self._thread = threading.Thread(target=self.server.serve_forever, name="streammoe-http", daemon=True)
+
+    @staticmethod
+    def _reply(handler: BaseHTTPRequestHandler, code: int, body: bytes, ctype: str = "text/plain") -> None:
+        handler.send_response(code)
+        handler.send_header("Content-Type", ctype)
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
