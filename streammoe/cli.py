@@ -129,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
 # Modules that add subcommands (the daemon, the benchmark, the demo) append a `register(subparsers)` here.
 EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
 EXTRA_COMMANDS.append(__import__("streammoe.daemon", fromlist=["register"]).register)
+EXTRA_COMMANDS.append(__import__("streammoe.bench", fromlist=["register"]).register)
 
 
 def main(argv: list[str] | None = None) -> int:
