@@ -133,19 +133,20 @@ class RecordDecoder:
         assets: list[str] = []
         dead: list[DeadLetter] = []
         j = 0
-        for i, raw in enumerate(raws):
-            try:
-                asset, t, row = self._row(raw)
-                out[j] = row
-            except _Reject as r:
-                dead.append(DeadLetter(i, r.reason, r.detail))
-                continue
-            except (OverflowError, ValueError, TypeError) as e:  # e.g. an int too large for float32
-                dead.append(DeadLetter(i, "bad_value_type", str(e)))
-                continue
-            assets.append(asset)
-            ts[j], index[j] = t, i
-            j += 1
+        with np.errstate(over="ignore"):  # a float64 beyond float32 becomes inf, reported below as non_finite
+            for i, raw in enumerate(raws):
+                try:
+                    asset, t, row = self._row(raw)
+                    out[j] = row
+                except _Reject as r:
+                    dead.append(DeadLetter(i, r.reason, r.detail))
+                    continue
+                except (OverflowError, ValueError, TypeError) as e:  # e.g. an int too large for float32
+                    dead.append(DeadLetter(i, "bad_value_type", str(e)))
+                    continue
+                assets.append(asset)
+                ts[j], index[j] = t, i
+                j += 1
         values = out[:j].copy()
         finite = np.isfinite(values).all(axis=1)
         if not finite.all():

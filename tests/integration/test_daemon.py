@@ -1,0 +1,284 @@
+"""The daemon against a real broker: every input offset accounted for, restarts and SIGTERM lose nothing."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import orjson
+import pytest
+from conftest import committed_offsets, consume_all, log_ends, produce
+
+from streammoe.alerts import alert_schema
+from streammoe.config import Settings
+from streammoe.daemon import Daemon
+from streammoe.detector import MixtureDetector
+from streammoe.model.config import ModelConfig
+from streammoe.persistence import read_meta, save_detector
+
+pytestmark = pytest.mark.integration
+
+CHANNELS = [f"c{i}" for i in range(6)]
+MIXING = np.random.default_rng(42).normal(0, 1, (2, 6)).astype(np.float32)
+
+
+def normal_rows(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Two latent factors mixed into six channels plus sensor noise: correlated, like a real machine."""
+    z = rng.normal(0, 1, (n, 2)).astype(np.float32)
+    return z @ MIXING + rng.normal(0, 0.3, (n, 6)).astype(np.float32)
+
+
+def record(asset: str, ts: int, row: np.ndarray, as_list: bool = False) -> bytes:
+    values = [round(float(v), 4) for v in row]
+    return orjson.dumps({"asset_id": asset, "ts": ts, "values": values if as_list else dict(zip(CHANNELS, values))})
+
+
+def valid_items(rng: np.random.Generator, n: int, start_ts: int = 0) -> list[tuple[bytes, bytes]]:
+    rows = normal_rows(rng, n)
+    items = []
+    for i, row in enumerate(rows):
+        asset = f"pump-{i % 7}"
+        items.append((asset.encode(), record(asset, start_ts + i, row, as_list=i % 5 == 0)))
+    return items
+
+
+MALFORMED = {
+    b"": "empty",
+    b"{not json": "not_json",
+    b"[1, 2, 3]": "not_object",
+    b'{"ts": 1, "values": [1,2,3,4,5,6]}': "missing_asset",
+    b'{"asset_id": 7, "ts": 1, "values": [1,2,3,4,5,6]}': "bad_asset",
+    b'{"asset_id": "a", "values": [1,2,3,4,5,6]}': "missing_ts",
+    b'{"asset_id": "a", "ts": "yesterday", "values": [1,2,3,4,5,6]}': "bad_ts",
+    b'{"asset_id": "a", "ts": 1}': "missing_values",
+    b'{"asset_id": "a", "ts": 1, "values": "1,2,3"}': "bad_values",
+    b'{"asset_id": "a", "ts": 1, "values": {"c0": 1, "c1": 2}}': "missing_channel",
+    b'{"asset_id": "a", "ts": 1, "values": [1,2,3,4,5,null]}': "missing_value",
+    b'{"asset_id": "a", "ts": 1, "values": [1,2,3,4,5,true]}': "bad_value_type",
+    b'{"asset_id": "a", "ts": 1, "values": [1,2,3,4,5,"6"]}': "bad_value_type",
+    b'{"asset_id": "a", "ts": 2, "values": [1,2,3,4,5]}': "wrong_length",
+    b'{"asset_id": "a", "ts": 1, "values": [1,2,3,4,5,1e400]}': "non_finite",
+    b'{"asset_id": "a", "ts": 1, "values": [1,2,3,4,5,1e300]}': "non_finite",
+    b'{"asset_id": "a", "ts": 1, "values": [1,2,3,4,5,NaN]}': "not_json",
+    b'{"asset_id": "a", "ts": 3, "values": [1,2,3,4,5,6], "pad": "' + b"x" * 70_000 + b'"}': "oversized",
+}
+
+
+@pytest.fixture(scope="module")
+def bootstrap_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small model fitted on synthetic normal data, as `streammoe fit` would leave it."""
+    x = normal_rows(np.random.default_rng(0), 4000)
+    detector = MixtureDetector(len(CHANNELS), ModelConfig(fit_steps=200, n_samples=2, k_max=2), CHANNELS)
+    detector.fit(x)
+    return save_detector(detector, tmp_path_factory.mktemp("boot") / "model")
+
+
+def topics(topic_name) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    return {role: topic_name(role) for role in ("input", "alerts", "dead", "scores", "events")}
+
+
+def env_for(broker: str, t: dict[str, str], group: str, ckpt: Path, boot: Path, **extra: str) -> dict[str, str]:
+    env = {
+        "STREAMMOE_KAFKA__BOOTSTRAP_SERVERS": broker,
+        "STREAMMOE_KAFKA__GROUP_ID": group,
+        "STREAMMOE_KAFKA__INPUT_TOPIC": t["input"],
+        "STREAMMOE_KAFKA__ALERTS_TOPIC": t["alerts"],
+        "STREAMMOE_KAFKA__DEAD_LETTER_TOPIC": t["dead"],
+        "STREAMMOE_KAFKA__SCORES_TOPIC": t["scores"],
+        "STREAMMOE_KAFKA__EVENTS_TOPIC": t["events"],
+        "STREAMMOE_KAFKA__SESSION_TIMEOUT_MS": "4000",
+        "STREAMMOE_KAFKA__MAX_POLL_INTERVAL_MS": "20000",
+        "STREAMMOE_KAFKA__COMMIT_INTERVAL_S": "0.3",
+        "STREAMMOE_KAFKA__FETCH_WAIT_MAX_MS": "10",
+        "STREAMMOE_KAFKA__EXTRA": '{"heartbeat.interval.ms": "1000", "topic.metadata.refresh.interval.ms": "1000"}',
+        "STREAMMOE_RECORDS__CHANNELS": orjson.dumps(CHANNELS).decode(),
+        "STREAMMOE_BATCHING__MAX_BATCH": "256",
+        "STREAMMOE_BATCHING__MAX_WAIT_MS": "50",
+        "STREAMMOE_CHECKPOINT__DIR": str(ckpt),
+        "STREAMMOE_CHECKPOINT__BOOTSTRAP_MODEL_DIR": str(boot),
+        "STREAMMOE_CHECKPOINT__INTERVAL_S": "1",
+        "STREAMMOE_HTTP__PORT": "0",
+        "STREAMMOE_LOG_FORMAT": "json",
+    }
+    env.update(extra)
+    return env
+
+
+def make_daemon(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> Daemon:
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    return Daemon(Settings())  # type: ignore[call-arg]
+
+
+def source_key(msg) -> tuple[int, int]:  # type: ignore[no-untyped-def]
+    src = orjson.loads(msg.value)["source"]
+    return src["partition"], src["offset"]
+
+
+def dead_key(msg) -> tuple[int, int]:  # type: ignore[no-untyped-def]
+    return int(msg.headers["source_partition"]), int(msg.headers["source_offset"])
+
+
+def test_every_offset_accounted_alerts_valid_and_planted_anomaly_found(
+    broker, topic_name, bootstrap_model, tmp_path, monkeypatch
+) -> None:
+    t = topics(topic_name)
+    rng = np.random.default_rng(1)
+    items: list[tuple[bytes | None, bytes | None]] = list(valid_items(rng, 3000))
+    bad = list(MALFORMED)
+    for i, raw in enumerate(bad):
+        items.insert(100 + i * 150, (b"bad", raw))
+    planted = normal_rows(rng, 1)[0]
+    planted[3] += 40.0
+    items.insert(2500, (b"planted", record("planted-1", 99, planted)))
+    items.insert(2600, (None, None))  # a tombstone: no value at all
+    delivered = produce(broker, t["input"], items)
+    n = len(items)
+
+    daemon = make_daemon(monkeypatch, env_for(broker, t, topic_name("group"), tmp_path / "ckpt", bootstrap_model))
+    summary = daemon.run(max_records=n, timeout_s=60)
+
+    assert summary.records_in == n
+    assert summary.alerts + summary.non_alerts + summary.dead_letters == n
+    everything = set(delivered)
+    assert len(everything) == n
+    alerts = consume_all(broker, t["alerts"], summary.alerts)
+    dead = consume_all(broker, t["dead"], summary.dead_letters)
+    scores = consume_all(broker, t["scores"])
+    alert_keys = [source_key(m) for m in alerts]
+    dead_keys = [dead_key(m) for m in dead]
+    score_keys = [source_key(m) for m in scores]
+    assert len(set(alert_keys)) == len(alert_keys) == summary.alerts
+    assert len(set(dead_keys)) == len(dead_keys) == len(bad) + 1
+    assert len(set(score_keys)) == len(score_keys)
+    assert set(score_keys).isdisjoint(dead_keys) and set(score_keys) | set(dead_keys) == everything
+    flagged = {source_key(m) for m in scores if orjson.loads(m.value)["is_anomaly"]}
+    assert flagged == set(alert_keys)
+    non_alerts = everything - set(alert_keys) - set(dead_keys)
+    assert len(non_alerts) == summary.non_alerts
+
+    reasons = Counter(m.headers["reason"].decode() for m in dead)
+    assert reasons == Counter([*MALFORMED.values(), "empty"])
+    for m in dead:
+        if m.value:
+            assert MALFORMED[m.value] == m.headers["reason"].decode()
+        assert m.headers["source_topic"].decode() == t["input"]
+
+    validator = jsonschema.Draft202012Validator(alert_schema())
+    for m in alerts:
+        validator.validate(orjson.loads(m.value))
+        assert m.key == orjson.loads(m.value)["asset"].encode()
+    planted_alerts = [orjson.loads(m.value) for m in alerts if orjson.loads(m.value)["asset"] == "planted-1"]
+    assert len(planted_alerts) == 1
+    assert planted_alerts[0]["top_channels"][0]["channel"] == "c3"
+    assert planted_alerts[0]["severity"] == "critical" and planted_alerts[0]["reason"] == "score"
+    assert summary.alerts < 0.02 * n, "a model fitted on the same distribution raises few false alerts"
+
+    assert committed_offsets(broker, topic_name("group"), t["input"]) == log_ends(delivered)
+    meta = read_meta(tmp_path / "ckpt" / "global")
+    assert {int(p): o for p, o in meta["learned_offsets"][t["input"]].items()} == log_ends(delivered)
+
+
+def test_restart_resumes_from_checkpoint_and_commits_without_gaps(
+    broker, topic_name, bootstrap_model, tmp_path, monkeypatch
+) -> None:
+    t = topics(topic_name)
+    delivered = produce(broker, t["input"], valid_items(np.random.default_rng(2), 2000))
+    env = env_for(broker, t, topic_name("group"), tmp_path / "ckpt", bootstrap_model)
+
+    first = make_daemon(monkeypatch, env)
+    assert first.state.origin == "bootstrap"
+    s1 = first.run(max_records=800, timeout_s=60)
+    assert 800 <= s1.records_in < 2000
+    learned_first = first.state.detector.counters["records_learned"]
+    committed = committed_offsets(broker, topic_name("group"), t["input"])
+    assert sum(committed.values()) == s1.records_in
+
+    second = make_daemon(monkeypatch, env)
+    assert second.state.origin == "checkpoint" and second.state.lineage == first.state.lineage
+    assert second.state.detector.counters["records_learned"] == learned_first
+    s2 = second.run(max_records=2000 - s1.records_in, timeout_s=60)
+    assert s1.records_in + s2.records_in == 2000
+
+    keys = [source_key(m) for m in consume_all(broker, t["scores"])]
+    assert len(keys) == len(set(keys)) == 2000, "each record scored once across the restart"
+    assert set(keys) == set(delivered)
+    assert committed_offsets(broker, topic_name("group"), t["input"]) == log_ends(delivered)
+    assert second.state.detector.counters["records_learned"] > learned_first
+
+
+def _get(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def test_sigterm_mid_stream_exits_zero_and_loses_nothing(
+    broker, topic_name, bootstrap_model, tmp_path, monkeypatch
+) -> None:
+    from conftest import _free_port
+
+    t = topics(topic_name)
+    group = topic_name("group")
+    port = _free_port()
+    env = env_for(broker, t, group, tmp_path / "ckpt", bootstrap_model, STREAMMOE_HTTP__PORT=str(port))
+    stop_producing = threading.Event()
+    delivered: list[tuple[int, int]] = []
+
+    def keep_producing() -> None:
+        rng, ts = np.random.default_rng(3), 0
+        while not stop_producing.is_set():
+            delivered.extend(produce(broker, t["input"], valid_items(rng, 200, ts)))
+            ts += 200
+            time.sleep(0.05)
+
+    producer = threading.Thread(target=keep_producing, daemon=True)
+    producer.start()
+    proc = subprocess.Popen([sys.executable, "-m", "streammoe.cli", "run"], env={**os.environ, **env},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline and proc.poll() is None:
+            if sum(committed_offsets(broker, group, t["input"]).values()) >= 500:
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        assert _get(f"http://127.0.0.1:{port}/healthz") == 200
+        assert _get(f"http://127.0.0.1:{port}/readyz") == 200
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+            assert b"streammoe_records_in_total" in r.read()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        stop_producing.set()
+        producer.join(timeout=30)
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err.decode()[-3000:]
+    assert b"daemon_stopped" in err
+
+    committed = committed_offsets(broker, group, t["input"])
+    scored_before = [source_key(m) for m in consume_all(broker, t["scores"])]
+    assert len(scored_before) == len(set(scored_before))
+    assert set(scored_before) == {(p, o) for p, c in committed.items() for o in range(c)}, \
+        "a graceful stop commits exactly what it published"
+    assert sum(committed.values()) < len(delivered), "stopped mid-stream"
+
+    rest = make_daemon(monkeypatch, env | {"STREAMMOE_HTTP__ENABLED": "false"})
+    assert rest.state.origin == "checkpoint"
+    rest.run(max_records=len(delivered) - len(scored_before), timeout_s=60)
+    keys = [source_key(m) for m in consume_all(broker, t["scores"], len(delivered))]
+    assert len(keys) == len(set(keys)) and set(keys) == set(delivered)
+    assert committed_offsets(broker, group, t["input"]) == log_ends(delivered)
