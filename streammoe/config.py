@@ -55,6 +55,13 @@ class KafkaSettings(Section):
     ssl_endpoint_identification_algorithm: Literal["https", "none"] | None = None
     extra: dict[str, str] = Field(default_factory=dict, description="librdkafka properties passed to both clients.")
 
+    def redacted_extra(self) -> dict[str, str]:
+        return {k: _redact_property(k, v) for k, v in self.extra.items()}
+
+    def __repr_args__(self):  # type: ignore[no-untyped-def]
+        for name, value in super().__repr_args__():
+            yield name, self.redacted_extra() if name == "extra" else value
+
     @model_validator(mode="after")
     def _consistent(self) -> "KafkaSettings":
         if self.max_poll_interval_ms < self.session_timeout_ms:
@@ -122,7 +129,7 @@ class Settings(BaseSettings):
     def safe_dump(self) -> dict[str, Any]:
         """Everything, with secrets redacted (SecretStr dumps as '**********'); safe to log."""
         dumped = self.model_dump(mode="json")
-        dumped["kafka"]["extra"] = {k: _redact_property(k, v) for k, v in self.kafka.extra.items()}
+        dumped["kafka"]["extra"] = self.kafka.redacted_extra()
         return dumped
 
 

@@ -1,0 +1,85 @@
+"""The record decoder: both value forms decode; every unusable record is a dead letter with its reason."""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+import pytest
+
+from streammoe.config import RecordSettings
+from streammoe.records import REASONS, RecordDecoder
+
+CHANNELS = ["flow", "temp", "vib"]
+
+
+@pytest.fixture()
+def decoder() -> RecordDecoder:
+    return RecordDecoder(RecordSettings(channels=CHANNELS, max_record_bytes=2000))
+
+
+def test_dict_and_list_forms_decode_in_channel_order(decoder: RecordDecoder) -> None:
+    raws = [
+        orjson.dumps({"asset_id": "pump-7", "ts": 1732000000123, "values": {"vib": 3, "flow": 1.5, "temp": 2.0}}),
+        orjson.dumps({"asset_id": "pump-8", "ts": 5, "values": [4.0, 5, 6.25]}),
+        orjson.dumps({"asset_id": "pump-9", "ts": 6, "values": {"flow": 1, "temp": 2, "vib": 3, "new": 9}}),
+    ]
+    out = decoder.decode(raws)
+    assert not out.dead
+    assert out.values.dtype == np.float32
+    np.testing.assert_array_equal(out.values, [[1.5, 2.0, 3.0], [4.0, 5.0, 6.25], [1, 2, 3]])
+    assert out.assets == ["pump-7", "pump-8", "pump-9"]
+    assert out.ts.tolist() == [1732000000123, 5, 6]
+    assert out.index.tolist() == [0, 1, 2]
+
+
+INVALID = [
+    (None, "empty"),
+    (b"", "empty"),
+    (b'{"asset_id": "a", "ts": 1, "values": [1, 2, 3], "pad": "' + b"x" * 3000 + b'"}', "oversized"),
+    (b"{oops", "not_json"),
+    (b'{"asset_id": "a", "ts": 1, "values": [1, 2, NaN]}', "not_json"),
+    (b'"just a string"', "not_object"),
+    (b"[1, 2, 3]", "not_object"),
+    (b'{"ts": 1, "values": [1, 2, 3]}', "missing_asset"),
+    (b'{"asset_id": "", "ts": 1, "values": [1, 2, 3]}', "bad_asset"),
+    (b'{"asset_id": 42, "ts": 1, "values": [1, 2, 3]}', "bad_asset"),
+    (b'{"asset_id": "a", "values": [1, 2, 3]}', "missing_ts"),
+    (b'{"asset_id": "a", "ts": "2024-01-01", "values": [1, 2, 3]}', "bad_ts"),
+    (b'{"asset_id": "a", "ts": 1.5, "values": [1, 2, 3]}', "bad_ts"),
+    (b'{"asset_id": "a", "ts": true, "values": [1, 2, 3]}', "bad_ts"),
+    (b'{"asset_id": "a", "ts": 1}', "missing_values"),
+    (b'{"asset_id": "a", "ts": 1, "values": 7}', "bad_values"),
+    (b'{"asset_id": "a", "ts": 1, "values": {"flow": 1, "temp": 2}}', "missing_channel"),
+    (b'{"asset_id": "a", "ts": 1, "values": {"flow": 1, "temp": 2, "vib": null}}', "missing_value"),
+    (b'{"asset_id": "a", "ts": 1, "values": [1, true, 3]}', "bad_value_type"),
+    (b'{"asset_id": "a", "ts": 1, "values": [1, "2", 3]}', "bad_value_type"),
+    (b'{"asset_id": "a", "ts": 1, "values": [1, [2], 3]}', "bad_value_type"),
+    (b'{"asset_id": "a", "ts": 1, "values": [1, 2]}', "wrong_length"),
+    (b'{"asset_id": "a", "ts": 1, "values": [1, 2, 3, 4]}', "wrong_length"),
+    (b'{"asset_id": "a", "ts": 1, "values": [1, 2, 1e400]}', "non_finite"),
+    (b'{"asset_id": "a", "ts": 1, "values": [1, 2, 1e39]}', "non_finite"),
+    (b'{"asset_id": "a", "ts": 1, "values": [1, 2, 123456789012345678901234567890123456789012]}', "non_finite"),
+]
+
+
+@pytest.mark.parametrize(("raw", "reason"), INVALID)
+def test_each_invalid_kind_gets_its_reason(decoder: RecordDecoder, raw: bytes | None, reason: str) -> None:
+    good = orjson.dumps({"asset_id": "ok", "ts": 1, "values": [1, 2, 3]})
+    out = decoder.decode([good, raw, good])
+    assert [(d.index, d.reason) for d in out.dead] == [(1, reason)]
+    assert out.dead[0].detail
+    assert reason in REASONS
+    assert out.index.tolist() == [0, 2] and len(out.values) == 2
+
+
+def test_a_whole_batch_of_garbage_never_raises(decoder: RecordDecoder) -> None:
+    raws = [raw for raw, _ in INVALID] * 3
+    out = decoder.decode(raws)
+    assert len(out) == 0 and out.values.shape == (0, 3)
+    assert [d.index for d in out.dead] == list(range(len(raws)))
+
+
+def test_buffer_is_reused_without_leaking_rows_between_batches(decoder: RecordDecoder) -> None:
+    first = decoder.decode([orjson.dumps({"asset_id": "a", "ts": 1, "values": [1, 2, 3]})] * 4)
+    second = decoder.decode([orjson.dumps({"asset_id": "b", "ts": 2, "values": [7, 8, 9]})])
+    assert first.values.tolist() == [[1, 2, 3]] * 4 and second.values.tolist() == [[7, 8, 9]]
