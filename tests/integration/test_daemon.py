@@ -87,7 +87,7 @@ def topics(topic_name) -> dict[str, str]:  # type: ignore[no-untyped-def]
     return {role: topic_name(role) for role in ("input", "alerts", "dead", "scores", "events")}
 
 
-def env_for(broker: str, t: dict[str, str], group: str, ckpt: Path, boot: Path, **extra: str) -> dict[str, str]:
+def env_for(broker: str, t: dict[str, str], group: str, ckpt: Path, boot: Path | None, **extra: str) -> dict[str, str]:
     env = {
         "STREAMMOE_KAFKA__BOOTSTRAP_SERVERS": broker,
         "STREAMMOE_KAFKA__GROUP_ID": group,
@@ -105,11 +105,12 @@ def env_for(broker: str, t: dict[str, str], group: str, ckpt: Path, boot: Path, 
         "STREAMMOE_BATCHING__MAX_BATCH": "256",
         "STREAMMOE_BATCHING__MAX_WAIT_MS": "50",
         "STREAMMOE_CHECKPOINT__DIR": str(ckpt),
-        "STREAMMOE_CHECKPOINT__BOOTSTRAP_MODEL_DIR": str(boot),
         "STREAMMOE_CHECKPOINT__INTERVAL_S": "1",
         "STREAMMOE_HTTP__PORT": "0",
         "STREAMMOE_LOG_FORMAT": "json",
     }
+    if boot is not None:
+        env["STREAMMOE_CHECKPOINT__BOOTSTRAP_MODEL_DIR"] = str(boot)
     env.update(extra)
     return env
 
@@ -282,3 +283,20 @@ def test_sigterm_mid_stream_exits_zero_and_loses_nothing(
     keys = [source_key(m) for m in consume_all(broker, t["scores"], len(delivered))]
     assert len(keys) == len(set(keys)) and set(keys) == set(delivered)
     assert committed_offsets(broker, group, t["input"]) == log_ends(delivered)
+
+
+def test_warm_up_learns_first_records_without_alerting_then_scores(broker, topic_name, tmp_path, monkeypatch) -> None:
+    t = topics(topic_name)
+    delivered = produce(broker, t["input"], valid_items(np.random.default_rng(4), 1200))
+    env = env_for(broker, t, topic_name("group"), tmp_path / "ckpt", None,
+                  STREAMMOE_CHECKPOINT__WARMUP_RECORDS="500", STREAMMOE_MODEL__FIT_STEPS="100",
+                  STREAMMOE_MODEL__K_MAX="2", STREAMMOE_MODEL__N_SAMPLES="2")
+    daemon = make_daemon(monkeypatch, env)
+    assert daemon.state.origin == "warmup" and daemon.state.detector is None
+    summary = daemon.run(max_records=1200, timeout_s=90)
+    assert summary.records_in == 1200 and 500 <= summary.warmup < 1200
+    assert summary.alerts + summary.non_alerts == 1200
+    scores = consume_all(broker, t["scores"], 1200 - summary.warmup)
+    assert len(scores) == 1200 - summary.warmup, "warm-up records are learned, not scored"
+    assert committed_offsets(broker, topic_name("group"), t["input"]) == log_ends(delivered)
+    assert read_meta(tmp_path / "ckpt" / "global")["lineage"] == daemon.state.lineage
