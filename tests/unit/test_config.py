@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from streammoe.cli import main
@@ -108,3 +110,9 @@ def test_poll_interval_below_session_timeout_is_refused(monkeypatch: pytest.Monk
     monkeypatch.setenv("STREAMMOE_KAFKA__MAX_POLL_INTERVAL_MS", "5000")
     with pytest.raises(SettingsError, match="^STREAMMOE_KAFKA: max_poll_interval_ms must be >= session_timeout_ms"):
         load_settings()
+
+
+@pytest.mark.parametrize("env_file", sorted(Path(__file__).parents[2].glob("configs/*.env")))
+def test_shipped_env_files_load(env_file, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("STREAMMOE_RECORDS__CHANNELS")
+    assert load_settings(env_file).records.channels
