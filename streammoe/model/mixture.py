@@ -100,7 +100,7 @@ class MixtureOfVAEs(nn.Module):
         log_pk = torch.logsumexp(s.log_w, dim=1) - math.log(n_samples)  # (Ka, B)
         resp = torch.softmax(log_pk + elog_pi[:, None], dim=0)
         log_px = torch.logsumexp(log_pk + log_pibar[:, None], dim=0)
-        entropy = -(resp * torch.log(resp.clamp(min=1e-30))).sum(0).clamp(min=0) + 0.0
+        entropy = (-(resp * torch.log(resp.clamp(min=1e-30))).sum(0)).clamp(min=0) + 0.0
         # Law of total variance over (expert, sample) with posterior weights rho = r_k * w_ks:
         # Var[x] = E[sigma^2] (aleatoric: the decoders' own noise) + Var[mu] (epistemic: disagreement).
         rho = (resp[:, None, :] * torch.softmax(s.log_w, dim=1)).unsqueeze(-1)  # (Ka, S, B, 1)

@@ -1,0 +1,156 @@
+"""save_detector / load_detector: a reload continues bit-identically; damaged or foreign models are refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+import streammoe.persistence as persistence
+from streammoe.detector import MixtureDetector
+from streammoe.model.config import ModelConfig
+from streammoe.persistence import ModelLoadError, load_detector, save_detector
+
+CHANNELS = ["flow", "pressure", "temp", "vibration"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def data(n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    mode = rng.random(n) < 0.6
+    return (np.where(mode[:, None], [0.0, 5.0, 20.0, 1.0], [8.0, 5.0, 35.0, 3.0]) + rng.normal(0, 1, (n, 4))).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory) -> str:
+    det = MixtureDetector(4, ModelConfig(k_max=4, hidden=16, latent=3, fit_steps=300), CHANNELS, device="cpu")
+    det.fit(data(2500, 0))
+    det.learn_many(det.score_many(data(300, 1)))  # optimizer state and counters past the fit
+    path = tmp_path_factory.mktemp("models") / "base"
+    save_detector(det, path)
+    return str(path)
+
+
+def fresh(saved: str, tmp_path, name: str = "m") -> MixtureDetector:
+    """An independent detector: the saved base model, loaded anew."""
+    shutil.copytree(saved, tmp_path / name)
+    return load_detector(tmp_path / name)
+
+
+def assert_same_scores(a, b) -> None:
+    for field in ("nll", "log_p_value", "is_anomaly", "mode", "responsibilities", "channel_share", "epistemic", "aleatoric"):
+        np.testing.assert_array_equal(getattr(a, field), getattr(b, field), err_msg=field)
+
+
+def test_reload_scores_and_learns_bit_identically(saved, tmp_path) -> None:
+    det = fresh(saved, tmp_path, "a")
+    save_detector(det, tmp_path / "copy")
+    twin = load_detector(tmp_path / "copy", channels=CHANNELS)
+    assert twin.counters == det.counters
+    batches = [data(256, s) for s in (5, 6, 7)]
+    batches[1][:10] += 30.0  # some flagged records in the middle batch
+    for x in batches:
+        a, b = det.score_many(x), twin.score_many(x)
+        assert_same_scores(a, b)
+        det.learn_many(a)
+        twin.learn_many(b)
+    for p, q in zip(det.model.state_dict().values(), twin.model.state_dict().values()):
+        assert torch.equal(p, q)
+    sa, sb = det.learner.optimizer.state_dict()["state"], twin.learner.optimizer.state_dict()["state"]
+    assert all(torch.equal(sa[i][k], sb[i][k]) for i in sa for k in sa[i])
+    assert torch.equal(det.generator.get_state(), twin.generator.get_state())
+    assert_same_scores(det.score_many(batches[0]), twin.score_many(batches[0]))
+
+
+def test_wrong_format_version_is_refused_by_name(saved, tmp_path) -> None:
+    shutil.copytree(saved, tmp_path / "m")
+    meta = json.loads((tmp_path / "m" / "meta.json").read_text())
+    meta["format_version"] = 7
+    (tmp_path / "m" / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelLoadError, match=r"format 7.*reads format 1"):
+        load_detector(tmp_path / "m")
+
+
+@pytest.mark.parametrize("keep", [0, 100, "half"])
+def test_truncated_experts_file_is_refused(saved, tmp_path, keep) -> None:
+    shutil.copytree(saved, tmp_path / "m")
+    f = tmp_path / "m" / "experts.pt"
+    raw = f.read_bytes()
+    f.write_bytes(raw[: len(raw) // 2 if keep == "half" else keep])
+    with pytest.raises(ModelLoadError) as err:
+        load_detector(tmp_path / "m")
+    assert str(tmp_path / "m") in str(err.value) and "could not be loaded" in str(err.value)
+
+
+def test_missing_or_garbled_meta_is_refused(saved, tmp_path) -> None:
+    with pytest.raises(ModelLoadError, match="not a streammoe model directory"):
+        load_detector(tmp_path / "nothing-here")
+    shutil.copytree(saved, tmp_path / "m")
+    (tmp_path / "m" / "meta.json").write_text("{not json")
+    with pytest.raises(ModelLoadError, match="unreadable"):
+        load_detector(tmp_path / "m")
+
+
+@pytest.mark.parametrize("channels", [["flow", "pressure", "temp"], ["pressure", "flow", "temp", "vibration"], ["a", "b", "c", "d"]])
+def test_a_different_channel_list_is_refused(saved, channels) -> None:
+    with pytest.raises(ModelLoadError, match=r"fitted on channels \['flow', 'pressure', 'temp', 'vibration'\]"):
+        load_detector(saved, channels=channels)
+
+
+def _probe(path) -> np.ndarray:
+    det = load_detector(path)
+    det.generator.manual_seed(123)
+    return det.score_many(data(64, 9)).nll
+
+
+@pytest.mark.parametrize("fail_at", [1, 4, 8])
+def test_a_failed_save_leaves_the_old_model_loadable(saved, tmp_path, monkeypatch, fail_at) -> None:
+    det = fresh(saved, tmp_path, "m")
+    before = _probe(tmp_path / "m")
+    det.learn_many(det.score_many(data(256, 3)))  # the model in memory now differs from the one on disk
+    calls = {"n": 0}
+    real = torch.save
+
+    def failing(obj, f, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == fail_at:
+            raise OSError("disk full")
+        return real(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", failing)
+    with pytest.raises(OSError, match="disk full"):
+        save_detector(det, tmp_path / "m")
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"], "no temporary directory is left behind"
+    np.testing.assert_array_equal(_probe(tmp_path / "m"), before)
+    save_detector(det, tmp_path / "m")  # and a later save still works and replaces it
+    assert not np.array_equal(_probe(tmp_path / "m"), before)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+def test_a_save_that_fails_at_the_final_rename_leaves_the_old_model_loadable(saved, tmp_path, monkeypatch) -> None:
+    det = fresh(saved, tmp_path, "m")
+    before = _probe(tmp_path / "m")
+    real = os.rename
+
+    def failing(src, dst):  # type: ignore[no-untyped-def]
+        if os.path.basename(str(src)).startswith(".m.") and not str(src).endswith(".old") and str(dst).endswith("/m"):
+            raise OSError("rename failed")
+        return real(src, dst)
+
+    monkeypatch.setattr(persistence.os, "rename", failing)
+    with pytest.raises(OSError, match="rename failed"):
+        save_detector(det, tmp_path / "m")
+    monkeypatch.undo()
+    np.testing.assert_array_equal(_probe(tmp_path / "m"), before)
