@@ -15,7 +15,8 @@ Layout (format version 1)::
 
 Tensors are stored with `torch.save` and read with `weights_only=True` (no pickle code runs on load). A save
 writes a sibling temporary directory, fsyncs it, then renames it into place, so a crash never leaves a
-half-written model where a good one was.
+half-written model where a good one was. The model it replaced stays beside it as `.NAME.old` (one
+generation), for rollback.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ PARTS = {
     "scaler": "scaler.",
     "calibration": "calibration.",
     "replay": "replay.",
-    "novelty": ("memory.", "below_floor", "since_merge"),
+    "novelty": ("memory.", "below_floor", "since_merge", "born"),
 }
 
 
@@ -91,20 +92,31 @@ def save_detector(detector: MixtureDetector, path: str | Path, extra_meta: dict 
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
         _fsync_dir(tmp)
-        old = None
+        old = previous_path(path)
+        moved = False
         if path.exists():
-            old = path.with_name(f".{path.name}.old")
             if old.exists():
                 shutil.rmtree(old)
             os.rename(path, old)
-        os.rename(tmp, path)
+            moved = True
+        try:
+            os.rename(tmp, path)
+        except BaseException:
+            if moved and not path.exists():
+                os.rename(old, path)
+            raise
         _fsync_dir(path.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def previous_path(path: str | Path) -> Path:
+    """Where the model that a save replaced is kept: the rollback target, and the fallback after a crash
+    between the two renames of a save (when `path` itself is missing)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.old")
 
 
 def read_meta(path: str | Path) -> dict:
@@ -120,8 +132,13 @@ def read_meta(path: str | Path) -> dict:
 def load_detector(
     path: str | Path, device: torch.device | str | None = None, channels: list[str] | None = None
 ) -> MixtureDetector:
-    """Load a model directory. With `channels`, refuse a model made for a different channel set."""
+    """Load a model directory. With `channels`, refuse a model made for a different channel set.
+
+    If `path` is missing but the model it replaced is still there (a crash between the renames of a save),
+    that previous model is loaded."""
     path = Path(path)
+    if not path.exists() and previous_path(path).exists():
+        path = previous_path(path)
     meta = read_meta(path)
     if meta.get("format_version") != FORMAT_VERSION:
         raise ModelLoadError(

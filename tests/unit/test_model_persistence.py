@@ -136,7 +136,8 @@ def test_a_failed_save_leaves_the_old_model_loadable(saved, tmp_path, monkeypatc
     np.testing.assert_array_equal(_probe(tmp_path / "m"), before)
     save_detector(det, tmp_path / "m")  # and a later save still works and replaces it
     assert not np.array_equal(_probe(tmp_path / "m"), before)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".m.old", "m"], "one previous generation is kept"
+    np.testing.assert_array_equal(_probe(tmp_path / ".m.old"), before)
 
 
 def test_a_save_that_fails_at_the_final_rename_leaves_the_old_model_loadable(saved, tmp_path, monkeypatch) -> None:
