@@ -30,6 +30,9 @@ class NoveltyConfig(BaseModel):
     replace_weight: float = Field(
         0.05, ge=0, lt=1, description="With every slot taken, a new mode replaces the lightest expert if below this."
     )
+    protect_records: int = Field(
+        10_000, ge=0, description="A newly added expert cannot be replaced by another new mode for this many records."
+    )
     retire_weight: float = Field(0.005, ge=0, lt=1, description="Experts below this weight for long are retired.")
     retire_after: int = Field(100_000, ge=1, description="Records an expert must stay below retire_weight.")
     merge_margin: float = Field(

@@ -55,6 +55,8 @@ class MixtureOfVAEs(nn.Module):
         self.memory = ShortTermMemory(n_channels, config.novelty)
         self.register_buffer("below_floor", torch.zeros(k, dtype=torch.int64))
         self.register_buffer("since_merge", torch.zeros((), dtype=torch.int64))
+        # Stream position (records seen by the memory) at which each expert was added; fitted experts: 0.
+        self.register_buffer("born", torch.full((k,), -(2**40), dtype=torch.int64))
 
     @property
     def active(self) -> Tensor:

@@ -73,8 +73,11 @@ def try_grow(
         return [], None
     free = torch.nonzero(~model.active).flatten()
     weights = model.weights.mean(model.active)
-    lightest = int(torch.where(model.active, weights, torch.full_like(weights, 2.0)).argmin())
-    if free.numel() == 0 and float(weights[lightest]) >= model.config.novelty.replace_weight:
+    # An expert added in the last `protect_records` is not replaceable: it starts light by construction,
+    # and replacing it with the next candidate would make experts churn instead of settling.
+    mature = model.active & (memory.seen - model.born >= model.config.novelty.protect_records)
+    lightest = int(torch.where(mature, weights, torch.full_like(weights, 2.0)).argmin())
+    if free.numel() == 0 and (not bool(mature.any()) or float(weights[lightest]) >= model.config.novelty.replace_weight):
         memory.forget()
         return [], Verdict(False, float("nan"), float("nan"), "no free expert slot (k_max reached)")
     seen = memory.contents()
@@ -100,6 +103,7 @@ def try_grow(
             p[slot].copy_(q[0])
         model.experts.active[slot] = True
         model.status[slot] = STATUS_LEARNED
+        model.born[slot] = memory.seen
         model.weights.gamma[slot] = float(n)
         model.calibration.reset_mode(slot)
         model.replay.reset_mode(slot)
