@@ -106,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-samples", type=int, default=8, help="importance samples per record (ModelConfig.n_samples)")
     ap.add_argument("--max-batch", type=int, default=1024)
     ap.add_argument("--fit-steps", type=int, default=300)
+    ap.add_argument("--torch-threads", type=int, default=1, help="0 = torch's default")
+    ap.add_argument("--scores-topic", action="store_true", help="also publish a score per record (off by default)")
     args = ap.parse_args(argv)
 
     from streammoe.config import Settings
@@ -135,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
                 return Settings(  # type: ignore[call-arg]
                     kafka={"bootstrap_servers": bootstrap, "group_id": group, "input_topic": topic,
                            "alerts_topic": f"{topic}-alerts", "dead_letter_topic": f"{topic}-dead",
-                           "scores_topic": f"{topic}-scores", "events_topic": f"{topic}-events",
+                           "scores_topic": f"{topic}-scores" if args.scores_topic else None, "events_topic": f"{topic}-events",
                            "session_timeout_ms": 6000, "fetch_wait_max_ms": 10, "commit_interval_s": 1.0,
                            "extra": {"heartbeat.interval.ms": "2000"}},
                     records={"channels": channels},
@@ -143,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
                     checkpoint={"dir": Path(tmp) / "ckpt", "bootstrap_model_dir": Path(tmp) / "model",
                                 "interval_s": 3600},
                     http={"enabled": False},
+                    torch_threads=args.torch_threads,
                 )
 
             raw = raw_rate(settings("bench-raw"), args.records)
@@ -153,9 +156,9 @@ def main(argv: list[str] | None = None) -> int:
         proc.kill()
     result = {
         "records": args.records, "k": args.k, "channels": args.channels, "n_samples": args.n_samples,
-        "max_batch": args.max_batch, "produce_rec_s": round(args.records / produce_s),
+        "max_batch": args.max_batch, "scores_topic": args.scores_topic, "produce_rec_s": round(args.records / produce_s),
         "raw_consume_decode_rec_s": round(raw), "e2e_rec_s": round(e2e), "ratio": round(e2e / raw, 3),
-        "alerts": summary.alerts, "torch_threads": __import__("torch").get_num_threads(),
+        "alerts": summary.alerts, "e2e_stage_seconds": daemon.metrics.stage_totals(), "torch_threads": __import__("torch").get_num_threads(),
         "cpu_count": os.cpu_count(),
     }
     print(json.dumps(result))

@@ -18,7 +18,9 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import count
 from typing import Callable, TypeVar
@@ -26,6 +28,7 @@ from typing import Callable, TypeVar
 import numpy as np
 import orjson
 import structlog
+import torch
 from confluent_kafka import KafkaException, Message
 
 from streammoe.alerts import Origin, build_alert, build_score
@@ -70,6 +73,8 @@ class Daemon:
     def __init__(self, settings: Settings, *, install_signals: bool = False) -> None:
         self.settings = settings
         self.channels = list(settings.records.channels)
+        if settings.torch_threads:
+            torch.set_num_threads(settings.torch_threads)
         self.metrics = Metrics()
         self.health = Health(settings.http.ready_stale_s)
         self.decoder = RecordDecoder(settings.records)
@@ -139,10 +144,13 @@ class Daemon:
         if self._first_batch_at is None:
             self._first_batch_at = t0
         with structlog.contextvars.bound_contextvars(batch=next(self._batch_ids), records=len(msgs)):
-            decoded = self._decode(msgs)
+            with self._timed("decode"):
+                decoded = self._decode(msgs)
             judged = self._judge(msgs, decoded)
-            self._publish(msgs, decoded, judged)
-            self._acknowledge(msgs)
+            with self._timed("publish"):
+                self._publish(msgs, decoded, judged)
+            with self._timed("acknowledge"):
+                self._acknowledge(msgs)
             elapsed = time.monotonic() - t0
             self.metrics.batch_seconds.observe(elapsed)
             self.metrics.batch_size.observe(len(msgs))
@@ -179,10 +187,12 @@ class Daemon:
         for rows, learn in ((np.flatnonzero(~fresh), False), (np.flatnonzero(fresh), True)):
             if not len(rows):
                 continue
-            scored = detector.score_many(decoded.values[rows], refs=refs[rows], timestamps=decoded.ts[rows])
+            with self._timed("score"):
+                scored = detector.score_many(decoded.values[rows], refs=refs[rows], timestamps=decoded.ts[rows])
             judged.parts.append((scored, rows))
             if learn:
-                judged.learn = detector.learn_many(scored)
+                with self._timed("learn"):
+                    judged.learn = detector.learn_many(scored)
         if judged.learn is not None:
             self._account_learning(detector, judged.learn)
         return judged
@@ -229,7 +239,9 @@ class Daemon:
         detector = self.state.detector
         status = detector.expert_status() if detector is not None else {}
         for scored, rows in judged.parts:
-            for i, row in enumerate(rows):
+            visit = range(len(rows)) if kafka.scores_topic else np.flatnonzero(scored.is_anomaly)
+            for i in visit:
+                row = rows[i]
                 m = msgs[decoded.index[row]]
                 origin = Origin(m.topic(), m.partition(), m.offset())
                 asset, ts = decoded.assets[row], int(decoded.ts[row])
@@ -268,6 +280,14 @@ class Daemon:
         self.source.mark_done(msgs)
 
     # ---- housekeeping --------------------------------------------------------------------------------------
+
+    @contextmanager
+    def _timed(self, stage: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.metrics.stage_seconds.labels(stage).observe(time.perf_counter() - t0)
 
     def _maybe_commit(self) -> None:
         if time.monotonic() - self._last_commit >= self.settings.kafka.commit_interval_s:
@@ -313,6 +333,7 @@ class Daemon:
         s = self.summary
         log.info("daemon_stopped", failed=failed, records=s.records_in, alerts=s.alerts, non_alerts=s.non_alerts,
                  dead_letters=s.dead_letters, warmup=s.warmup, batches=s.batches, seconds=round(s.seconds, 2),
+                 stage_seconds=self.metrics.stage_totals(),
                  committed={f"{t}[{p}]": o for (t, p), o in sorted(self.source.committed.items())})
 
     def _lag(self, topic: str, partition: int, lag: int) -> None:

@@ -23,6 +23,10 @@ class Metrics:
             "streammoe_batch_seconds", "From consume to acknowledged outputs, per batch.", registry=r,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
+        self.stage_seconds = Histogram(
+            "streammoe_stage_seconds", "Time per batch in each stage of the loop.", ["stage"], registry=r,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+        )
         self.batch_size = Histogram(
             "streammoe_batch_records", "Records per batch.", registry=r, buckets=(1, 16, 64, 256, 1024, 4096, 16384)
         )
@@ -38,6 +42,13 @@ class Metrics:
         self.commits = Counter("streammoe_commits", "Offset commits that succeeded.", registry=r)
         self.checkpoints = Counter("streammoe_checkpoints", "Model checkpoints written.", registry=r)
         self.assigned_partitions = Gauge("streammoe_assigned_partitions", "Input partitions owned.", registry=r)
+
+    def stage_totals(self) -> dict[str, float]:
+        """Seconds spent so far in each stage (for benchmarks and the shutdown summary)."""
+        return {
+            s.labels["stage"]: round(s.value, 3)
+            for metric in self.stage_seconds.collect() for s in metric.samples if s.name.endswith("_sum")
+        }
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
