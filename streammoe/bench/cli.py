@@ -63,12 +63,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _git_commit() -> str:
+    """HEAD, and how many tracked files differ from it: the figures belong to the tree that made them."""
+    here = Path(__file__).resolve().parent
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or "unknown"
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5, cwd=here)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
+                               timeout=10, cwd=here)
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+    changed = [line[3:] for line in dirty.stdout.splitlines() if line.strip()]
+    suffix = f" + uncommitted changes in {', '.join(changed)}" if changed else ""
+    return (head.stdout.strip() or "unknown") + suffix
 
 
 def _log_run(track: str, run: SeriesRun) -> None:

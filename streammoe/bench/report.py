@@ -54,6 +54,10 @@ def track_markdown(track: TrackResult) -> str:
             r = by.get((name, m))
             cells.append("" if r is None else f"{_fmt(r.metrics.get(a))} / {_fmt(r.metrics.get(b))}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    cal = {m: s["auc_pr_calibrated"] for m, s in track.summary.items() if s.get("auc_pr_calibrated") is not None}
+    if cal:
+        lines += ["", "AUC-PR of streammoe's calibrated score (-log10 p, what its decision thresholds) instead of the NLL: "
+                  + ", ".join(f"{m} {_fmt(v)}" for m, v in cal.items()) + "."]
     lines += ["", "Methods:", ""] + [f"- **{m}**: {d}" for m, d in track.methods.items()]
     if track.notes:
         lines += ["", "Notes:", ""] + [f"- {n}" for n in track.notes]

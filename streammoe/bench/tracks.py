@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from streammoe.bench.metrics import Decisions, decisions, mean_defined, series_metrics
+from streammoe.bench.metrics import Decisions, auc_pr, decisions, mean_defined, series_metrics
 from streammoe.bench.peers import Extras, HalfSpaceTreesPeer, IsolationForestPeer, PcaT2QPeer, Peer, StreamMoEPeer
 from streammoe.model.config import ModelConfig
 from streammoe.series import Series, read_series
@@ -163,9 +163,18 @@ def _extras(peer: Peer) -> Extras:
     return getattr(peer, "extras", None) or Extras()
 
 
+def _with_calibrated(metrics: dict, labels: np.ndarray, extras: Extras, part: slice = slice(None)) -> dict:
+    """streammoe decides on its per-mode calibrated score, not the raw NLL; how that one ranks is worth seeing."""
+    if extras.calibrated_score is not None:
+        metrics["auc_pr_calibrated"] = auc_pr(labels, extras.calibrated_score[part])
+    return metrics
+
+
 def _mean_summary(runs: list[SeriesRun], keys: tuple[str, ...]) -> dict:
     out: dict = {"n_series": len(runs), "wall_s": sum(r.fit_s + r.score_s for r in runs), "skipped": {}}
-    for k in keys:
+    for k in (*keys, "auc_pr_calibrated"):
+        if not any(k in r.metrics for r in runs):
+            continue
         out[k], skipped = mean_defined([r.metrics.get(k) for r in runs])
         if skipped:
             out["skipped"][k] = skipped
@@ -197,7 +206,8 @@ def run_t1(opts: BenchOptions, observe: Observer | None = None) -> TrackResult:
             scores, flagged, fit_s, score_s = _run(peer, s.values[:WARMUP], s.values[WARMUP:])
             pooled[m] = pooled[m] + decisions(labels, flagged)
             ex = _extras(peer)
-            run = SeriesRun(name, m, series_metrics(labels, scores, flagged), fit_s, score_s, ex.info)
+            metrics = _with_calibrated(series_metrics(labels, scores, flagged), labels, ex)
+            run = SeriesRun(name, m, metrics, fit_s, score_s, ex.info)
             track.runs.append(run)
             if observe is not None:
                 observe("T1", run, labels, scores, flagged, ex, WARMUP, [])
@@ -230,7 +240,8 @@ def _t2_one(name: str, method: str, opts: BenchOptions, cache: FitCache, observe
     peer = make_peer(method, opts, cache)
     scores, flagged, fit_s, score_s = _run(peer, train.values, test.values)
     ex = _extras(peer)
-    run = SeriesRun(name, method, series_metrics(test.labels, scores, flagged), fit_s, score_s, ex.info)
+    metrics = _with_calibrated(series_metrics(test.labels, scores, flagged), test.labels, ex)
+    run = SeriesRun(name, method, metrics, fit_s, score_s, ex.info)
     if observe is not None:
         observe(track, run, test.labels, scores, flagged, ex, 0, [])
     return run, peer.describe()
@@ -270,7 +281,9 @@ def run_t3(opts: BenchOptions, cache: FitCache, t2: TrackResult | None = None,
             peer = make_peer(m, opts, cache)
             track.methods.setdefault(m, peer.describe())
             scores, flagged, fit_s, score_s = _run(peer, a_train.values, stream)
+            ex = _extras(peer)
             metrics = series_metrics(b_test.labels, scores[n_train:], flagged[n_train:])
+            _with_calibrated(metrics, b_test.labels, ex, slice(n_train, None))
             metrics["far_b_train_2nd_half"] = float(flagged[n_train // 2 : n_train].mean())
             metrics["far_b_train_1st_half"] = float(flagged[: n_train // 2].mean())
             ref = baseline.get((f"smd/{b}", m))
@@ -281,7 +294,6 @@ def run_t3(opts: BenchOptions, cache: FitCache, t2: TrackResult | None = None,
                 mine, base = metrics.get(k), ref.metrics.get(k)
                 metrics[f"{k}_ratio"] = mine / base if mine is not None and base else None
             metrics["t2_on_b"] = {k: ref.metrics.get(k) for k in SUMMARY_KEYS}
-            ex = _extras(peer)
             run = SeriesRun(f"{a}->{b}", m, metrics, fit_s, score_s, ex.info)
             track.runs.append(run)
             if observe is not None:
