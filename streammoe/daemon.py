@@ -79,7 +79,9 @@ class Daemon:
         self.health = Health(settings.http.ready_stale_s)
         self.decoder = RecordDecoder(settings.records)
         self.checkpointer = Checkpointer(settings.checkpoint, self.channels)
-        self.state: ModelState = self.checkpointer.restore(GLOBAL_SCOPE)
+        # Learned state by model scope. One global scope for now; per-asset-group scopes later route each
+        # record to its scope's model, and checkpoint each scope on its own.
+        self.models: dict[str, ModelState] = {GLOBAL_SCOPE: self.checkpointer.restore(GLOBAL_SCOPE)}
         self.source = Source(settings.kafka, settings.batching, on_lag=self._lag)
         self.sink = Sink(settings.kafka)
         self.http = (
@@ -96,6 +98,11 @@ class Daemon:
         if install_signals:
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
+
+    @property
+    def state(self) -> ModelState:
+        """The model every record is routed to while there is a single scope."""
+        return self.models[GLOBAL_SCOPE]
 
     # ---- control -------------------------------------------------------------------------------------------
 
@@ -301,8 +308,9 @@ class Daemon:
         self._last_commit = time.monotonic()
 
     def _checkpoint(self) -> None:
-        if self.checkpointer.save(self.state) is not None:
-            self.metrics.checkpoints.inc()
+        for state in self.models.values():
+            if self.checkpointer.save(state) is not None:
+                self.metrics.checkpoints.inc()
 
     def _keep_polling(self, work: Callable[[], T]) -> T:
         """Run long work (a warm-up fit) in a thread while the consumer, paused, keeps its group membership."""

@@ -217,6 +217,25 @@ def test_restart_resumes_from_checkpoint_and_commits_without_gaps(
     assert committed_offsets(broker, topic_name("group"), t["input"]) == log_ends(delivered)
     assert second.state.detector.counters["records_learned"] > learned_first
 
+    # As after a crash between a checkpoint and the next commit: the group re-reads records the checkpoint
+    # has learned. They are scored and published again (at-least-once) but not learned twice.
+    rewind(broker, topic_name("group"), t["input"], log_ends(delivered))
+    learned = second.state.detector.counters["records_learned"]
+    third = make_daemon(monkeypatch, env)
+    assert third.run(max_records=2000, timeout_s=60).records_in == 2000
+    assert third.state.detector.counters["records_learned"] == learned
+    assert len(consume_all(broker, t["scores"], 4000)) == 4000
+
+
+def rewind(broker: str, group: str, topic: str, partitions: dict[int, int]) -> None:
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": broker, "group.id": group, "enable.auto.commit": False})
+    try:
+        c.commit(offsets=[TopicPartition(topic, p, 0) for p in partitions], asynchronous=False)
+    finally:
+        c.close()
+
 
 def _get(url: str) -> int:
     try:
