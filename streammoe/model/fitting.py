@@ -1,7 +1,7 @@
 """Fit a mixture from normal data that may hold several operating modes.
 
-1. Learn the scaler. 2. Cluster the scaled data with diagonal Gaussian mixtures for K = 1..k_max and keep the
-K with the lowest BIC (the number of experts is learned, not guessed); clusters lighter than
+1. Learn the scaler. 2. Cluster the scaled data with diagonal Gaussian mixtures for K = 1..fit_capacity(k_max) (a quarter
+of the slots stay free for modes that appear later) and keep the K with the lowest BIC (the number of experts is learned, not guessed); clusters lighter than
 `min_expert_weight` get no expert. 3. Train the experts on their clusters (hard responsibilities), then
 switch to soft responsibilities (stochastic variational EM). 4. Set the mixture weights, the calibration
 (on held-out rows where there are enough) and the replay reservoirs from a final E-step.
@@ -27,6 +27,11 @@ HARD_PHASE = 0.4
 MIN_ROWS_PER_CLUSTER = 200
 MAX_EPOCHS = 40
 MIN_STEPS = 300
+
+
+def fit_capacity(k_max: int) -> int:
+    """Experts a fit may choose by itself: a quarter of the slots (at least one) stay free for new modes."""
+    return max(1, k_max - max(1, k_max // 4)) if k_max > 1 else 1
 
 
 @dataclass
@@ -74,7 +79,9 @@ def fit_mixture(
     n = x.shape[0]
     model.scaler.update(x)
     xs = model.scaler.transform(x)
-    labels_np, k_sel, bic = choose_clusters(xs.cpu().numpy(), cfg.k_max, k, cfg.min_expert_weight, cfg.seed)
+    if k is not None and k > cfg.k_max:
+        raise ValueError(f"k={k} experts do not fit in k_max={cfg.k_max} slots")
+    labels_np, k_sel, bic = choose_clusters(xs.cpu().numpy(), fit_capacity(cfg.k_max), k, cfg.min_expert_weight, cfg.seed)
     labels = torch.as_tensor(labels_np, device=x.device)
     with torch.no_grad():
         model.experts.active.zero_()
