@@ -33,6 +33,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from streammoe.broker import BrokerError
 from streammoe.demo.view import DemoState, truth_label
 
 DEFAULT_RATE = 120.0  # the default schedule (~8.3k records) plays in about 70 s
@@ -429,6 +430,9 @@ def run_demo(opts: DemoOptions) -> int:
             previous[sig] = signal.signal(sig, on_signal)
     try:
         summary = demo.run()
+    except BrokerError as e:
+        print(f"streammoe demo: error: {e}", file=sys.stderr)
+        return 2
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
