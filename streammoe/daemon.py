@@ -34,6 +34,7 @@ from confluent_kafka import KafkaException, Message
 from streammoe.alerts import Origin, build_alert, build_score
 from streammoe.checkpoint import GLOBAL_SCOPE, Checkpointer, ModelState
 from streammoe.config import Settings, SettingsError, load_settings
+from streammoe.control import ControlError, ControlListener, parse_command
 from streammoe.detector import LearnReport, MixtureDetector, ScoredBatch
 from streammoe.logs import configure_logging, get_logger
 from streammoe.metrics import Health, HttpServer, Metrics
@@ -84,6 +85,8 @@ class Daemon:
         self.models: dict[str, ModelState] = {GLOBAL_SCOPE: self.checkpointer.restore(GLOBAL_SCOPE)}
         self.source = Source(settings.kafka, settings.batching, on_lag=self._lag)
         self.sink = Sink(settings.kafka)
+        self.control = ControlListener(settings.kafka)
+        self._control_retry_at = 0.0
         self.http = (
             HttpServer(settings.http.host, settings.http.port, self.metrics, self.health)
             if settings.http.enabled else None
@@ -138,6 +141,7 @@ class Daemon:
                 else:
                     self.sink.poll()
                 self._maybe_commit()
+                self._apply_control()
             failed = False
         finally:
             self.summary.seconds = time.monotonic() - started
@@ -329,7 +333,7 @@ class Daemon:
         """Flush, commit, checkpoint, leave the group. After a failure, only what was acknowledged commits."""
         steps: list[tuple[str, Callable[[], object]]] = [
             ("flush", self.sink.flush), ("commit", self._commit), ("checkpoint", self._checkpoint),
-            ("close", self.source.close),
+            ("close", self.source.close), ("close_control", self.control.close),
         ]
         for name, step in steps:
             try:
@@ -343,6 +347,43 @@ class Daemon:
                  dead_letters=s.dead_letters, warmup=s.warmup, batches=s.batches, seconds=round(s.seconds, 2),
                  stage_seconds=self.metrics.stage_totals(),
                  committed={f"{t}[{p}]": o for (t, p), o in sorted(self.source.committed.items())})
+
+    def _apply_control(self) -> None:
+        """Apply operator verdicts from the control topic to this scope's model (see streammoe/control.py).
+
+        The control topic's positions live in the model state beside the input offsets, so a verdict is applied
+        once per model and re-applied to an older model restored from a checkpoint that predates it."""
+        topic = self.control.topic
+        if not self.control.assigned:
+            if time.monotonic() < self._control_retry_at:
+                return
+            self._control_retry_at = time.monotonic() + 5.0
+            if not self.control.start(self.state.learned_offsets.get(topic, {})):
+                return
+        for m in self.control.poll():
+            if self.state.already_learned(topic, m.partition(), m.offset()):
+                continue
+            try:
+                verdict = parse_command(m.value())
+                if verdict.scope == self.state.scope:
+                    if self.state.detector is None:
+                        raise ControlError("the scope has no model yet (warming up)")
+                    try:
+                        self.state.detector.mark_expert(verdict.expert, verdict.status)
+                    except ValueError as e:
+                        raise ControlError(str(e)) from None
+                    event = {"kind": "mode_marked", "expert": verdict.expert, "status": verdict.status,
+                             "operator": verdict.operator, "note": verdict.note,
+                             "control_source": {"topic": topic, "partition": m.partition(), "offset": m.offset()}}
+                    self.sink.send(self.settings.kafka.events_topic, orjson.dumps(self._event_payload(event)),
+                                   self.state.scope.encode())
+                    self.metrics.mode_events.labels("mode_marked").inc()
+                    log.info("expert_marked", expert=verdict.expert, status=verdict.status, operator=verdict.operator)
+            except ControlError as e:
+                self.sink.dead_letter(m.value(), m.key(), topic, m.partition(), m.offset(), "bad_control", str(e))
+                self.metrics.dead_letters.labels("bad_control").inc()
+                log.warning("control_rejected", reason=str(e), partition=m.partition(), offset=m.offset())
+            self.state.advance(topic, m.partition(), m.offset() + 1)
 
     def _lag(self, topic: str, partition: int, lag: int) -> None:
         self.metrics.consumer_lag.labels(topic, str(partition)).set(lag)
