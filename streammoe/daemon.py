@@ -126,6 +126,8 @@ class Daemon:
         log.info("daemon_started", input_topic=self.settings.kafka.input_topic, model=self.state.version,
                  http_port=self.http.port if self.http else None)
         self.source.subscribe()
+        if self.state.detector is not None:  # a restored or bootstrap model shows its experts from the start
+            self._account_learning(self.state.detector, None)
         failed = True
         try:
             while not self._stop.is_set():

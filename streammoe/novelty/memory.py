@@ -1,8 +1,9 @@
 """Short-term memory of records that no expert explains.
 
 A new operating mode shows as a sustained run of such records; scattered anomalies and short bursts do not.
-So the memory answers two questions, both over the last `window` records: were at least `min_records` of them
-unexplained, and were they dense (`min_density` of the window)? Older entries are not part of the run.
+So the memory answers two questions, both over the last `window` records: does the latest run (unexplained
+records without a gap of more than window/10 explained ones) hold at least `min_records`, and were the
+unexplained records dense (`min_density` of the window)? Older entries are not part of the run.
 """
 
 from __future__ import annotations
@@ -61,8 +62,20 @@ class ShortTermMemory(nn.Module):
     def _live(self) -> Tensor:
         return self.seq >= self.seen - self.flags.shape[0]
 
+    def _run(self) -> Tensor:
+        """Slots of the latest run, in arrival order: the live entries after the last gap of more than
+        window/10 explained records. An earlier burst in the same window (a fault just before a new mode)
+        is not part of the run, so the candidate never learns it and the event names the right first record."""
+        live = torch.nonzero(self._live()).flatten()
+        order = live[torch.argsort(self.seq[live])]
+        if order.numel() < 2:
+            return order
+        gaps = torch.diff(self.seq[order])
+        breaks = torch.nonzero(gaps > max(1, self.flags.shape[0] // 10)).flatten()
+        return order[int(breaks[-1]) + 1 :] if breaks.numel() else order
+
     def size(self) -> int:
-        return int(self._live().sum())
+        return int(self._run().numel())
 
     def density(self) -> float:
         n = int(min(int(self.seen), self.flags.shape[0]))
@@ -72,9 +85,8 @@ class ShortTermMemory(nn.Module):
         return self.size() >= self.cfg.min_records and self.density() >= self.cfg.min_density
 
     def contents(self) -> Remembered:
-        live = torch.nonzero(self._live()).flatten()
-        order = live[torch.argsort(self.seq[live])]
-        return Remembered(self.x[order], self.ref[order], self.ts[order])
+        run = self._run()
+        return Remembered(self.x[run], self.ref[run], self.ts[run])
 
     @torch.no_grad()
     def forget(self, up_to_seq: int | None = None) -> None:

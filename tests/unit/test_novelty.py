@@ -113,3 +113,14 @@ def test_idle_expert_is_retired_and_duplicates_are_merged() -> None:
     merged = [e for e in events if e.kind == "mode_merged"]
     assert len(merged) == 1 and merged[0].into != merged[0].expert and det.model.n_active == 1
     np.testing.assert_allclose(det.mixture_weights().sum(), 1.0, atol=1e-6)
+
+
+def test_a_fault_burst_just_before_a_new_mode_is_not_part_of_its_run(detector) -> None:
+    rng = np.random.default_rng(6)
+    burst = mode_a(rng, 80)
+    burst[:, 0] += 25.0  # a fault: one channel far off, for 80 records
+    x = np.concatenate([mode_a(rng, 500), burst, mode_a(rng, 150), mode_b(rng, 2000)])
+    _, events = stream(detector, x)
+    added = [e for e in events if e.kind == "mode_added"]
+    assert len(added) == 1
+    assert added[0].first_ref >= 10_000 + 730 - 5, "the run starts at mode B, not at the fault burst"
