@@ -34,7 +34,7 @@ from confluent_kafka import KafkaException, Message
 from streammoe.alerts import Origin, build_alert, build_score
 from streammoe.checkpoint import GLOBAL_SCOPE, Checkpointer, ModelState
 from streammoe.config import Settings, SettingsError, load_settings
-from streammoe.control import ControlError, ControlListener, parse_command
+from streammoe.control import ControlError, ControlListener, ExpertVerdict, parse_command
 from streammoe.detector import LearnReport, MixtureDetector, ScoredBatch
 from streammoe.logs import configure_logging, get_logger
 from streammoe.metrics import Health, HttpServer, Metrics
@@ -233,6 +233,9 @@ class Daemon:
             self.metrics.records_learned.inc(report.learned)
             if report.skipped_step:
                 self.metrics.learn_steps_skipped.labels(report.skipped_step).inc()
+            if report.drift:
+                self.metrics.drifts.labels(scope).inc()
+                log.info("likelihood_drift", scope=scope, detections=detector.counters["drifts"])
             for event in report.events:
                 self.metrics.mode_events.labels(event.kind).inc()
                 log.info("mode_event", **event.as_dict())
@@ -278,14 +281,8 @@ class Daemon:
                 sink.send(kafka.events_topic, orjson.dumps(self._event_payload(event.as_dict())), self.state.scope.encode())
 
     def _event_payload(self, event: dict) -> dict:
-        for end in ("first", "last"):
-            ref = event.pop(f"{end}_ref", None)
-            event[f"{end}_source"] = None if ref is None else {
-                "topic": self.settings.kafka.input_topic,
-                "partition": ref >> REF_PARTITION_SHIFT,
-                "offset": ref & ((1 << REF_PARTITION_SHIFT) - 1),
-            }
-        return {**event, "scope": self.state.scope, "model_version": self.state.version}
+        return event_payload(event, input_topic=self.settings.kafka.input_topic, scope=self.state.scope,
+                             model_version=self.state.version)
 
     def _acknowledge(self, msgs: list[Message]) -> None:
         """Wait for the broker to hold every output of the batch; only then may its input offsets move."""
@@ -374,9 +371,7 @@ class Daemon:
                         self.state.detector.mark_expert(verdict.expert, verdict.status)
                     except ValueError as e:
                         raise ControlError(str(e)) from None
-                    event = {"kind": "mode_marked", "expert": verdict.expert, "status": verdict.status,
-                             "operator": verdict.operator, "note": verdict.note,
-                             "control_source": {"topic": topic, "partition": m.partition(), "offset": m.offset()}}
+                    event = marked_event(verdict, topic, m.partition(), m.offset())
                     self.sink.send(self.settings.kafka.events_topic, orjson.dumps(self._event_payload(event)),
                                    self.state.scope.encode())
                     self.metrics.mode_events.labels("mode_marked").inc()
@@ -389,6 +384,25 @@ class Daemon:
 
     def _lag(self, topic: str, partition: int, lag: int) -> None:
         self.metrics.consumer_lag.labels(topic, str(partition)).set(lag)
+
+
+def event_payload(event: dict, *, input_topic: str, scope: str, model_version: str) -> dict:
+    """An event for the events topic (schemas/event.schema.json): packed refs become `{topic, partition, offset}`."""
+    for end in ("first", "last"):
+        ref = event.pop(f"{end}_ref", None)
+        event[f"{end}_source"] = None if ref is None else {
+            "topic": input_topic,
+            "partition": ref >> REF_PARTITION_SHIFT,
+            "offset": ref & ((1 << REF_PARTITION_SHIFT) - 1),
+        }
+    return {**event, "scope": scope, "model_version": model_version}
+
+
+def marked_event(verdict: ExpertVerdict, topic: str, partition: int, offset: int) -> dict:
+    """The `mode_marked` event for an applied operator verdict, before `event_payload`."""
+    return {"kind": "mode_marked", "expert": verdict.expert, "status": verdict.status,
+            "operator": verdict.operator, "note": verdict.note,
+            "control_source": {"topic": topic, "partition": partition, "offset": offset}}
 
 
 def tune_allocator() -> None:

@@ -19,6 +19,7 @@ from streammoe.model.config import ModelConfig
 from streammoe.model.fitting import FitReport, fit_mixture
 from streammoe.model.learning import ExpertLearner
 from streammoe.model.mixture import STATUS_CONFIRMED, STATUS_FAULT, STATUS_LEARNED, Evaluation, MixtureOfVAEs
+from streammoe.novelty.drift import LikelihoodDrift
 from streammoe.novelty.events import ModeEvent
 from streammoe.novelty.growth import try_grow
 from streammoe.novelty.lifecycle import merge_duplicates, retire_idle
@@ -74,6 +75,7 @@ class LearnReport:
     skipped_step: str = ""
     events: list[ModeEvent] = field(default_factory=list)
     candidate: str = ""  # why a candidate expert was rejected, if one was tried
+    drift: bool = False  # river ADWIN saw the stream's typical log-likelihood change at this batch
 
 
 class MixtureDetector:
@@ -96,7 +98,10 @@ class MixtureDetector:
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(self.config.seed)
         self.learner = ExpertLearner(self.model, self.generator)
-        self.counters = {"records_scored": 0, "records_learned": 0, "steps_skipped": 0, "non_finite": 0}
+        self.counters = {
+            "records_scored": 0, "records_learned": 0, "steps_skipped": 0, "non_finite": 0, "drifts": 0,
+        }
+        self.drift = LikelihoodDrift()
 
     @property
     def n_channels(self) -> int:
@@ -202,7 +207,8 @@ class MixtureDetector:
             cap = model.calibration.score_at(ev.mode[calibrate], math.log(cfg.learn_threshold))
             model.calibration.update(ev.mode[calibrate], torch.minimum(nll[calibrate], cap))
         n = int(learn.sum())
-        report = LearnReport(learned=n)
+        report = LearnReport(learned=n, drift=self.drift.update(nll[finite]))
+        self.counters["drifts"] += report.drift
         # gamma decays by the records learned, not all records: decaying by all was tried and made T3 worse
         # (SMD 1-2 -> 1-3, false alarms at the end of b.train 0.53 vs 0.17): known modes faded during the
         # unexplained stretch and were replaced before the new machine was covered.

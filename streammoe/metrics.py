@@ -39,6 +39,8 @@ class Metrics:
                                            ["reason"], registry=r)
         self.records_learned = Counter("streammoe_records_learned", "Records the model learned from.", registry=r)
         self.mode_events = Counter("streammoe_mode_events", "Experts added, retired or merged.", ["kind"], registry=r)
+        self.drifts = Counter("streammoe_likelihood_drifts", "Changes of the stream's typical log-likelihood (ADWIN).",
+                              ["scope"], registry=r)
         self.commits = Counter("streammoe_commits", "Offset commits that succeeded.", registry=r)
         self.checkpoints = Counter("streammoe_checkpoints", "Model checkpoints written.", registry=r)
         self.assigned_partitions = Gauge("streammoe_assigned_partitions", "Input partitions owned.", registry=r)

@@ -124,3 +124,16 @@ def test_a_fault_burst_just_before_a_new_mode_is_not_part_of_its_run(detector) -
     added = [e for e in events if e.kind == "mode_added"]
     assert len(added) == 1
     assert added[0].first_ref >= 10_000 + 730 - 5, "the run starts at mode B, not at the fault burst"
+
+
+def test_drift_signal_fires_after_the_likelihood_level_changes_and_not_before() -> None:
+    rng = np.random.default_rng(7)
+    det = MixtureDetector(4, ModelConfig(k_max=3, fit_steps=200))
+    det.fit(rng.normal(0, 1, (3000, 4)).astype(np.float32))
+    drift = []
+    for i in range(80):
+        x = rng.normal(0, 1, (256, 4)).astype(np.float32) * (1.0 if i < 40 else 1.6)
+        drift.append(det.learn_many(det.score_many(x)).drift)
+    hits = np.flatnonzero(drift)
+    assert hits.size >= 1 and hits[0] >= 40 and hits[0] < 60
+    assert det.counters["drifts"] == hits.size
