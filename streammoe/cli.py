@@ -121,17 +121,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(p)
     p.set_defaults(func=cmd_score)
 
-    for register in EXTRA_COMMANDS:
+    for register in _extra_commands():
         register(sub)
     return parser
 
 
-# Modules that add subcommands (the daemon, the benchmark, the demo) append a `register(subparsers)` here.
-EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
-EXTRA_COMMANDS.append(__import__("streammoe.daemon", fromlist=["register"]).register)
-EXTRA_COMMANDS.append(__import__("streammoe.bench", fromlist=["register"]).register)
-EXTRA_COMMANDS.append(__import__("streammoe.demo.app", fromlist=["register"]).register)
-EXTRA_COMMANDS.append(__import__("streammoe.replay", fromlist=["register"]).register)
+def _extra_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
+    """The subcommands that live beside their code: the daemon, the benchmark, the demo, replay."""
+    from streammoe import bench, daemon, replay
+    from streammoe.demo import app
+
+    return [daemon.register, bench.register, app.register, replay.register]
 
 
 def main(argv: list[str] | None = None) -> int:
