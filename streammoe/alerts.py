@@ -26,8 +26,22 @@ class Origin:
 
 
 @cache
+def _schema(name: str) -> dict:
+    return json.loads(resources.files("streammoe").joinpath("schemas", f"{name}.schema.json").read_text())
+
+
 def alert_schema() -> dict:
-    return json.loads(resources.files("streammoe").joinpath("schemas", "alert.schema.json").read_text())
+    return _schema("alert")
+
+
+def event_schema() -> dict:
+    """Messages on the events topic (mode_added, mode_retired, mode_merged, mode_marked); see docs/alerts.md."""
+    return _schema("event")
+
+
+def control_schema() -> dict:
+    """Operator commands on the control topic, as `streammoe.control.parse_command` accepts them."""
+    return _schema("control")
 
 
 def severity(p_value: float, settings: AlertSettings) -> str:

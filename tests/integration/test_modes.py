@@ -5,11 +5,13 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import jsonschema
 import numpy as np
 import orjson
 import pytest
 from conftest import consume_all, produce
 
+from streammoe.alerts import event_schema
 from streammoe.config import Settings
 from streammoe.daemon import Daemon
 from streammoe.detector import MixtureDetector
@@ -108,3 +110,5 @@ def test_new_mode_event_then_operator_marks_it_as_fault(broker, topic_name, tmp_
     assert all(a["reason"] == "fault_mode" and a["mode"] == expert and a["mode_status"] == "fault" for a in alerts)
     events = [orjson.loads(m.value) for m in consume_all(broker, t["events"])]
     assert sum(e["kind"] == "mode_marked" for e in events) == 1
+    for e in events:  # every event of the run, mode_added and mode_marked alike, as docs/alerts.md describes
+        jsonschema.validate(e, event_schema())

@@ -1,0 +1,100 @@
+"""The example env files in configs/: every key is a real setting, every file loads, every key is documented.
+
+Settings ignore unknown variables (`extra="ignore"`), so a misspelt key in an env file would silently do nothing;
+walking the nested pydantic models catches it here instead.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel
+
+from streammoe.config import ENV_PREFIX, Settings, load_settings
+
+CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("*.env"))
+ASSIGNMENT = re.compile(r"^(STREAMMOE_[A-Z0-9_]+)=")
+MENTION = re.compile(r"\bSTREAMMOE_[A-Z0-9_]+\*?")  # a trailing * is a family (STREAMMOE_MODEL__*)
+
+
+def is_setting(variable: str) -> bool:
+    """Whether `STREAMMOE_A__B__C` names a field of Settings (nested sections joined by `__`)."""
+    model: type[BaseModel] | None = Settings
+    parts = variable.removeprefix(ENV_PREFIX).lower().split("__")
+    for i, part in enumerate(parts):
+        if model is None or part not in model.model_fields:
+            return False
+        annotation = model.model_fields[part].annotation
+        nested = isinstance(annotation, type) and issubclass(annotation, BaseModel)
+        if i < len(parts) - 1 and not nested:
+            return False  # only sections nest
+        if i == len(parts) - 1 and nested:
+            return False  # a whole section is set through its fields, not as one variable
+        model = annotation if nested else None
+    return True
+
+
+def assignments(path: Path) -> list[tuple[int, str]]:
+    lines = path.read_text().splitlines()
+    return [(i, m.group(1)) for i, line in enumerate(lines) if (m := ASSIGNMENT.match(line))]
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in list(os.environ):
+        if key.startswith(ENV_PREFIX):
+            monkeypatch.delenv(key)
+
+
+def test_the_examples_are_there() -> None:
+    assert {p.name for p in CONFIGS} >= {"local.env", "production.env", "gpu.env"}
+
+
+def test_the_walk_knows_real_settings_from_typos() -> None:
+    for real in ("STREAMMOE_KAFKA__BOOTSTRAP_SERVERS", "STREAMMOE_MODEL__NOVELTY__MIN_RECORDS",
+                 "STREAMMOE_TORCH_THREADS", "STREAMMOE_KAFKA__EXTRA"):
+        assert is_setting(real), real
+    for bogus in ("STREAMMOE_KAFKA__BOOTSTRAP_SERVER", "STREAMMOE_MODEL__NOVELTY", "STREAMMOE_MODEL__N_SAMPLES__X",
+                  "STREAMMOE_NOVELTY__MIN_RECORDS", "STREAMMOE_KAFKA", "STREAMMOE_TORCH__THREADS"):
+        assert not is_setting(bogus), bogus
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_key_set_or_mentioned_is_a_real_setting(path: Path) -> None:
+    keys = {key for _, key in assignments(path)}
+    assert keys, f"{path.name} sets nothing"
+    mentioned = {m for m in MENTION.findall(path.read_text()) if not m.endswith("*")} - {"STREAMMOE_ENV_FILE"}
+    assert [k for k in sorted(keys | mentioned) if not is_setting(k)] == []
+    assert len(keys) == len(assignments(path)), "a key set twice: the last one wins silently"
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_each_file_loads_on_its_own(path: Path) -> None:
+    settings = load_settings(path)
+    assert settings.records.channels
+    if settings.kafka.security_protocol.startswith("SASL"):  # the password comes from the secret store
+        assert settings.kafka.sasl_password is None
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_each_key_is_documented_by_the_comment_above_it(path: Path) -> None:
+    """A comment block directly above every assignment (or above the run of assignments it belongs to) names
+    the setting, by its field name as in the variable or in lower case."""
+    lines = path.read_text().splitlines()
+    undocumented = []
+    for i, key in assignments(path):
+        j = i - 1
+        while j >= 0 and ASSIGNMENT.match(lines[j]):  # a run of related keys shares the comment above it
+            j -= 1
+        block = []
+        while j >= 0 and lines[j].startswith("#"):
+            block.append(lines[j])
+            j -= 1
+        field = key.removeprefix(ENV_PREFIX).split("__")[-1]
+        comment = "\n".join(block)
+        if not block or not (field in comment or field.lower() in comment):
+            undocumented.append(key)
+    assert undocumented == [], f"{path.name}: no comment above names these settings"
