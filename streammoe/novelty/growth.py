@@ -75,7 +75,11 @@ def try_grow(
     weights = model.weights.mean(model.active)
     # An expert added in the last `protect_records` is not replaceable: it starts light by construction,
     # and replacing it with the next candidate would make experts churn instead of settling.
-    mature = model.active & (memory.seen - model.born >= model.config.novelty.protect_records)
+    mature = (
+        model.active
+        & (memory.seen - model.born >= model.config.novelty.protect_records)
+        & (model.status == STATUS_LEARNED)  # an operator's verdict is never replaced automatically
+    )
     lightest = int(torch.where(mature, weights, torch.full_like(weights, 2.0)).argmin())
     if free.numel() == 0 and (not bool(mature.any()) or float(weights[lightest]) >= model.config.novelty.replace_weight):
         memory.forget()

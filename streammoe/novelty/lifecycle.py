@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import torch
 
-from streammoe.model.mixture import MixtureOfVAEs
+from streammoe.model.mixture import STATUS_LEARNED, MixtureOfVAEs
 from streammoe.novelty.events import ModeEvent
 
 
 @torch.no_grad()
 def retire_idle(model: MixtureOfVAEs, below_floor: torch.Tensor, n_records: int) -> list[ModeEvent]:
-    """Count records each expert spends below `retire_weight`; retire those past `retire_after` (never the last)."""
+    """Count records each expert spends below `retire_weight`; retire those past `retire_after` (never the last,
+    never one an operator has marked: a fault mode learns nothing and fades, and must not come back unmarked)."""
     cfg = model.config.novelty
     weights = model.weights.mean(model.active)
-    below = model.active & (weights < cfg.retire_weight)
+    below = model.active & (weights < cfg.retire_weight) & (model.status == STATUS_LEARNED)
     below_floor[below] += n_records
     below_floor[~below] = 0
     events = []
@@ -41,8 +42,11 @@ def merge_duplicates(model: MixtureOfVAEs, generator: torch.Generator | None) ->
         if x.shape[0] >= 16:
             ll[a] = model.experts.iwae(x, s, idx, generator).mean(1).cpu()
     weights = model.weights.mean(model.active)[idx].cpu()
+    judged = torch.isfinite(ll.diagonal()) & (model.status[idx] == STATUS_LEARNED).cpu()
     for a in range(idx.numel()):
         for b in range(a + 1, idx.numel()):
+            if not (judged[a] and judged[b]):  # too little history to compare, or an operator's verdict stands
+                continue
             if ll[a, b] >= ll[a, a] - margin and ll[b, a] >= ll[b, b] - margin:
                 keep, drop = (a, b) if weights[a] >= weights[b] else (b, a)
                 k_keep, k_drop = int(idx[keep]), int(idx[drop])

@@ -137,3 +137,19 @@ def test_drift_signal_fires_after_the_likelihood_level_changes_and_not_before() 
     hits = np.flatnonzero(drift)
     assert hits.size >= 1 and hits[0] >= 40 and hits[0] < 60
     assert det.counters["drifts"] == hits.size
+
+
+def test_operator_marked_experts_are_never_retired_or_merged() -> None:
+    rng = np.random.default_rng(8)
+    cfg = ModelConfig(
+        k_max=4, fit_steps=400, half_life=500.0,
+        novelty=NoveltyConfig(retire_weight=0.05, retire_after=1500, merge_every=1000, merge_margin=1e6),
+    )
+    det = MixtureDetector(C, cfg)
+    det.fit(np.concatenate([mode_a(rng, 2000), mode_b(rng, 2000)]))
+    slot_b = int(det.score_many(mode_b(rng, 10)).mode[0])
+    det.mark_expert(slot_b, "fault")
+    _, events = stream(det, mode_a(rng, 6000))  # B fades (and any pair would merge at this margin)
+    assert events == []
+    assert det.expert_status()[slot_b] == "fault"
+    assert det.score_many(mode_b(rng, 50)).is_anomaly.all()
