@@ -15,10 +15,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import orjson
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
 from streammoe.config import KafkaSettings, consumer_config
 from streammoe.logs import get_logger
+from streammoe.source import usable
 
 log = get_logger("streammoe.control")
 
@@ -87,15 +88,7 @@ class ControlListener:
     def poll(self, max_messages: int = 100) -> list[Message]:
         if not self.assigned:
             return []
-        msgs = self.consumer.consume(num_messages=max_messages, timeout=0)
-        good = []
-        for m in msgs:
-            err = m.error()
-            if err is None:
-                good.append(m)
-            elif err.code() != KafkaError._PARTITION_EOF:
-                log.warning("control_consume_error", error=str(err))
-        return good
+        return usable(self.consumer.consume(num_messages=max_messages, timeout=0), "control_consume_error")
 
     def close(self) -> None:
         self.consumer.close()

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import gzip
-import io
 import math
 import sys
 import time
@@ -24,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-RESERVED = ("timestamp", "label")
+from streammoe.series import RESERVED, open_text
 
 
 class ReplayError(Exception):
@@ -75,18 +73,12 @@ def _number(cell: str) -> float | None:
     return f if math.isfinite(f) else None
 
 
-def _open_text(path: Path) -> io.TextIOBase:
-    if path.name.endswith(".gz"):
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")
-
-
 def iter_records(path: str | Path, asset_id: str = "asset-1") -> Iterator[dict]:
     """The file's rows as record objects, streamed; ReplayError for a missing file or a bad layout."""
     path = Path(path)
     if not path.is_file():
         raise ReplayError(f"{path}: no such file")
-    with _open_text(path) as fh:
+    with open_text(path) as fh:
         reader = csv.reader(fh)
         try:
             header = next(reader)

@@ -31,7 +31,8 @@ class Series:
     labels: np.ndarray | None  # only for evaluation code; models never see it
 
 
-def _open_text(path: Path) -> io.TextIOBase:
+def open_text(path: Path) -> io.TextIOBase:
+    """A series file as text, gzip or plain by its name."""
     if path.suffix == ".gz":
         return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
     return open(path, encoding="utf-8", newline="")
@@ -41,7 +42,7 @@ def read_series(path: str | Path) -> Series:
     path = Path(path)
     if not path.exists():
         raise SeriesFormatError(f"{path}: no such file")
-    with _open_text(path) as fh:
+    with open_text(path) as fh:
         reader = csv.reader(fh)
         try:
             header = next(reader)

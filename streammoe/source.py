@@ -21,6 +21,18 @@ PartitionKey = tuple[str, int]
 StatsHook = Callable[[str, int, int], None]  # topic, partition, consumer lag
 
 
+def usable(msgs: list[Message], event: str) -> list[Message]:
+    """The messages that carry data; errors other than end-of-partition are logged as `event` and skipped."""
+    good = []
+    for m in msgs:
+        err = m.error()
+        if err is None:
+            good.append(m)
+        elif err.code() != KafkaError._PARTITION_EOF:
+            log.warning(event, error=str(err))
+    return good
+
+
 class Source:
     def __init__(self, kafka: KafkaSettings, batching: BatchingSettings, on_lag: StatsHook | None = None) -> None:
         self.kafka, self.batching = kafka, batching
@@ -44,14 +56,7 @@ class Source:
         return self._good(msgs)
 
     def _good(self, msgs: list[Message]) -> list[Message]:
-        good = []
-        for m in msgs:
-            err = m.error()
-            if err is None:
-                good.append(m)
-            elif err.code() != KafkaError._PARTITION_EOF:
-                log.warning("consume_error", error=str(err))
-        return good
+        return usable(msgs, "consume_error")
 
     def mark_done(self, msgs: Iterable[Message]) -> None:
         """Everything these messages caused is acknowledged: store their offsets for the next commit."""
