@@ -24,6 +24,7 @@ import numpy as np
 import orjson
 
 from streammoe.broker import EmbeddedBroker
+from streammoe.sink import produce as produce_message
 
 
 def synthetic(n: int, k: int, c: int, seed: int = 0) -> np.ndarray:
@@ -42,12 +43,7 @@ def produce(bootstrap: str, topic: str, rows: np.ndarray, channels: list[str]) -
     for i, row in enumerate(rows):
         asset = f"asset-{i % 50}"
         value = orjson.dumps({"asset_id": asset, "ts": i, "values": dict(zip(channels, row.round(4).tolist()))})
-        while True:
-            try:
-                p.produce(topic, value=value, key=asset.encode())
-                break
-            except BufferError:
-                p.poll(0.05)
+        produce_message(p, topic, value, asset.encode())
     assert p.flush(60) == 0
 
 

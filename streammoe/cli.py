@@ -9,8 +9,6 @@ from pathlib import Path
 
 import numpy as np
 
-Command = Callable[[argparse.Namespace], int]
-
 
 def _progress_bar(total: int, desc: str):  # type: ignore[no-untyped-def]
     """A tqdm bar on stderr that only draws on a terminal (quiet in CI and pipes)."""

@@ -23,6 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from streammoe.series import RESERVED, open_text
+from streammoe.sink import produce
 
 
 class ReplayError(Exception):
@@ -185,12 +186,7 @@ def replay(
         for rec in all_records():
             bucket.take()
             value = orjson.dumps(rec)
-            while True:
-                try:
-                    producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
-                    break
-                except BufferError:
-                    producer.poll(0.05)
+            produce(producer, topic, value, key, on_delivery=on_delivery)
             report.rows += 1
             producer.poll(0)
             if progress is not None:

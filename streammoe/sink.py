@@ -16,6 +16,18 @@ class DeliveryError(Exception):
     """The broker did not acknowledge every output of a batch; its input offsets must not be committed."""
 
 
+def produce(producer: Producer, topic: str, value: bytes | None, key: bytes | None = None,
+            headers: Headers | None = None, on_delivery=None) -> None:  # type: ignore[no-untyped-def]
+    """Queue one message; while librdkafka's local queue is full, serve delivery reports and retry (backpressure,
+    never a dropped message)."""
+    while True:
+        try:
+            producer.produce(topic, value=value, key=key, headers=headers, on_delivery=on_delivery)
+            return
+        except BufferError:
+            producer.poll(0.05)
+
+
 class Sink:
     def __init__(self, kafka: KafkaSettings) -> None:
         self.kafka = kafka
@@ -24,12 +36,7 @@ class Sink:
         self.sent = 0
 
     def send(self, topic: str, value: bytes, key: bytes | None = None, headers: Headers | None = None) -> None:
-        while True:
-            try:
-                self.producer.produce(topic, value=value, key=key, headers=headers, on_delivery=self._delivered)
-                break
-            except BufferError:  # local queue full: let deliveries drain, then retry
-                self.producer.poll(0.05)
+        produce(self.producer, topic, value, key, headers, self._delivered)
         self.sent += 1
 
     def dead_letter(self, value: bytes | None, key: bytes | None, topic: str, partition: int, offset: int,

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import pytest
 
+from streammoe.sink import produce as produce_message
+
 
 @pytest.fixture(scope="session")
 def broker() -> Iterator[str]:
@@ -56,12 +58,7 @@ def produce(bootstrap: str, topic: str, items: list[tuple[bytes | None, bytes | 
 
     p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "all"})
     for key, value in items:
-        while True:
-            try:
-                p.produce(topic, value=value, key=key, on_delivery=on_delivery)
-                break
-            except BufferError:
-                p.poll(0.05)
+        produce_message(p, topic, value, key, on_delivery=on_delivery)
     assert p.flush(30) == 0 and not errors, errors[:3]
     return delivered
 

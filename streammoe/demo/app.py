@@ -35,6 +35,7 @@ from pathlib import Path
 
 from streammoe.broker import BrokerError
 from streammoe.demo.view import DemoState, truth_label
+from streammoe.sink import produce
 
 DEFAULT_RATE = 120.0  # the default schedule (~8.3k records) plays in about 70 s
 TOPICS = {"input": "sensor-records", "alerts": "streammoe-alerts", "events": "streammoe-events",
@@ -190,12 +191,7 @@ class Demo:
 
     @staticmethod
     def _send(producer, value: bytes, key: bytes, on_delivery) -> None:  # type: ignore[no-untyped-def]
-        while True:
-            try:
-                producer.produce(TOPICS["input"], value=value, key=key, on_delivery=on_delivery)
-                return
-            except BufferError:
-                producer.poll(0.05)
+        produce(producer, TOPICS["input"], value, key, on_delivery=on_delivery)
 
     def _read_outputs(self, bootstrap: str) -> None:
         """The operator's consumer: every alert, event and dead letter, from the start, without a group."""
