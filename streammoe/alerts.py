@@ -68,8 +68,11 @@ def build_alert(
     valid = bool(scored.valid[row])
     mode = int(scored.mode[row])
     p_value = float(scored.p_value[row]) if valid else 0.0
+    in_range = bool(scored.in_range[row])
     if not valid:
         reason = "non_finite"
+    elif not in_range:
+        reason = "out_of_range"
     elif expert_status.get(mode) == "fault":
         reason = "fault_mode"
     else:
@@ -83,7 +86,7 @@ def build_alert(
         "ts": ts,
         "source": {"topic": origin.topic, "partition": origin.partition, "offset": origin.offset},
         "reason": reason,
-        "severity": "critical" if not valid else severity(p_value, settings),
+        "severity": "critical" if not (valid and in_range) else severity(p_value, settings),
         "score": _finite(float(scored.score[row])),
         "p_value": p_value,
         "threshold": float(scored.threshold),

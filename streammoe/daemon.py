@@ -202,6 +202,7 @@ class Daemon:
                 continue
             with self._timed("score"):
                 scored = detector.score_many(decoded.values[rows], refs=refs[rows], timestamps=decoded.ts[rows])
+            self._count_poison(scored)
             judged.parts.append((scored, rows))
             if learn:
                 with self._timed("learn"):
@@ -209,6 +210,16 @@ class Daemon:
         if judged.learn is not None:
             self._account_learning(detector, judged.learn)
         return judged
+
+    def _count_poison(self, scored: ScoredBatch) -> None:
+        """Records the model scored but must not learn from: alerted (reason non_finite or out_of_range)."""
+        counts = {"non_finite_score": int((~scored.valid).sum()),
+                  "out_of_range": int((scored.valid & ~scored.in_range).sum())}
+        for reason, n in counts.items():
+            if n:
+                self.metrics.poison_records.labels(reason).inc(n)
+        if any(counts.values()):
+            log.warning("poison_records", **counts)
 
     def _warm_up(self, decoded: DecodedBatch) -> None:
         """Collect the first valid records; once there are enough, fit the first model (polling meanwhile)."""

@@ -37,6 +37,10 @@ class Metrics:
                                     ["scope", "expert"], registry=r)
         self.learn_steps_skipped = Counter("streammoe_learn_steps_skipped", "Online learning steps skipped, by reason.",
                                            ["reason"], registry=r)
+        self.poison_records = Counter(
+            "streammoe_poison_records", "Records scored as anomalous but kept out of learning, by reason.", ["reason"],
+            registry=r,
+        )
         self.records_learned = Counter("streammoe_records_learned", "Records the model learned from.", registry=r)
         self.mode_events = Counter("streammoe_mode_events", "Experts added, retired or merged.", ["kind"], registry=r)
         self.drifts = Counter("streammoe_likelihood_drifts", "Changes of the stream's typical log-likelihood (ADWIN).",

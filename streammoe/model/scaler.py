@@ -9,6 +9,10 @@ from torch import Tensor, nn
 # but finite deviation; scaled values are clipped so one absurd reading cannot overflow the experts.
 MIN_STD = 1e-2
 CLIP = 50.0
+# Past the clip the experts see the same value whatever the reading was, so learning from such a record would
+# teach that anything this large is normal. A far-away new mode (tens of standard deviations) is still learned;
+# a reading beyond RANGE standard deviations is a broken sensor or a sentinel (1e30, -9999), never learned.
+RANGE = 1000.0
 
 
 class RunningScaler(nn.Module):
@@ -40,6 +44,12 @@ class RunningScaler(nn.Module):
         var = self.m2 / self.count.clamp(min=1.0)
         floor = MIN_STD * torch.clamp(self.mean.abs(), min=1.0)
         return torch.maximum(var.sqrt(), floor)
+
+    def out_of_range(self, x: Tensor) -> Tensor:
+        """(B,) True where any channel lies more than RANGE standard deviations from the fitted mean."""
+        mean = self.mean.to(x.dtype)
+        bound = (RANGE * self.std).to(x.dtype)
+        return ((x - mean).abs() > bound).any(dim=1)
 
     def transform(self, x: Tensor) -> Tensor:
         mean = self.mean.to(x.dtype)

@@ -1,0 +1,158 @@
+"""Poison pills: records the model cannot represent are alerted and never teach it.
+
+Two kinds: finite readings far past the scaler's range (1e30, float32's maximum, a -9999 sentinel), which the
+clip would otherwise show the experts as ordinary large values; and records whose likelihood comes out NaN.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from streammoe.alerts import Origin, alert_schema, build_alert
+from streammoe.config import AlertSettings
+from streammoe.detector import MixtureDetector
+from streammoe.model.config import ModelConfig
+from streammoe.model.scaler import RANGE
+
+C = 4
+EXTREMES = np.array([1e30, -1e30, 3.4028235e38, -3.4028235e38, -9999.0, 1e10], np.float32)
+
+
+def normal(rng: np.random.Generator, n: int) -> np.ndarray:
+    return rng.normal(0, 1, (n, C)).astype(np.float32)
+
+
+def hostile(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Normal rows with one to four channels replaced by readings past the scaler's range."""
+    x = normal(rng, n)
+    mask = rng.random((n, C)) < 0.3
+    mask[np.arange(n), rng.integers(0, C, n)] = True
+    x[mask] = rng.choice(EXTREMES, int(mask.sum()))
+    return x
+
+
+@pytest.fixture(scope="module")
+def fitted() -> MixtureDetector:
+    det = MixtureDetector(C, ModelConfig(k_max=3, fit_steps=150, n_samples=2), device="cpu")
+    det.fit(normal(np.random.default_rng(0), 2000))
+    return det
+
+
+def state(det: MixtureDetector) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in det.model.state_dict().items()}
+
+
+def assert_same_state(det: MixtureDetector, before: dict[str, torch.Tensor]) -> None:
+    changed = [k for k, v in det.model.state_dict().items() if not torch.equal(v, before[k])]
+    assert not changed, f"poison changed {changed}"
+
+
+def test_readings_past_the_range_alert_and_leave_the_model_bit_identical(fitted) -> None:
+    det = copy.deepcopy(fitted)
+    twin = copy.deepcopy(fitted)
+    before = state(det)
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        scored = det.score_many(hostile(rng, 128))
+        assert scored.valid.all() and np.isfinite(scored.score).all(), "clipped, so still a finite score"
+        assert not scored.in_range.any() and scored.is_anomaly.all()
+        report = det.learn_many(scored)
+        assert report.learned == 0 and not report.events and not report.skipped_step
+    assert_same_state(det, before)
+    assert det.counters["out_of_range"] == 20 * 128 and det.counters["records_learned"] == 0
+    # Later normal records score exactly as they would have without the poison (same sampler state).
+    probe = normal(np.random.default_rng(2), 256)
+    twin.generator.set_state(det.generator.get_state())
+    a, b = det.score_many(probe), twin.score_many(probe)
+    np.testing.assert_array_equal(a.nll, b.nll)
+    np.testing.assert_array_equal(a.is_anomaly, b.is_anomaly)
+
+
+def test_a_sustained_mix_of_poison_and_normal_records_grows_no_expert(fitted) -> None:
+    """Before the range check, scattered readings clipped to +-50 looked coherent enough to the novelty
+    search to become an expert of their own, which then called such readings normal."""
+    det = copy.deepcopy(fitted)
+    experts = det.model.n_active
+    rng = np.random.default_rng(3)
+    for _ in range(60):
+        x = normal(rng, 128)
+        bad = rng.random(128) < 0.5
+        x[bad] = hostile(rng, int(bad.sum()))
+        scored = det.score_many(x)
+        assert scored.is_anomaly[bad].all() and not scored.in_range[bad].any()
+        report = det.learn_many(scored)
+        assert not [e for e in report.events if e.kind == "mode_added"]
+    assert det.model.n_active == experts
+    assert det.counters["records_learned"] > 0.9 * (det.counters["records_scored"] - det.counters["out_of_range"])
+    m = det.model
+    assert float(m.memory.x.abs().max()) < 50, "no clipped reading reached the novelty memory"
+    assert float(m.replay.records.abs().max()) < 50
+    assert all(torch.isfinite(p).all() for p in m.experts.parameters())
+    again = det.score_many(hostile(rng, 256))
+    assert again.is_anomaly.all()
+    probe = det.score_many(normal(rng, 1000))
+    assert probe.is_anomaly.mean() < 0.05
+
+
+def test_just_inside_the_range_is_scored_and_learnable(fitted) -> None:
+    det = copy.deepcopy(fitted)
+    std = det.model.scaler.std.numpy()
+    mean = det.model.scaler.mean.numpy()
+    x = np.repeat(mean[None, :], 4, 0).astype(np.float32)
+    x[0, 0] += 0.99 * RANGE * std[0]
+    x[1, 1] -= 1.01 * RANGE * std[1]
+    scored = det.score_many(x)
+    assert scored.in_range.tolist() == [True, False, True, True]
+
+
+def test_nan_likelihood_rows_alert_as_non_finite_and_teach_nothing(fitted, monkeypatch) -> None:
+    """Whatever makes the model produce NaN for a row, that row alerts and the model is untouched by it."""
+    det = copy.deepcopy(fitted)
+    real = det.model.evaluate
+
+    def poisoned(x, *a, **kw):  # type: ignore[no-untyped-def]
+        ev = real(x, *a, **kw)
+        ev.log_px[x[:, 0] > 2.0] = float("nan")
+        return ev
+
+    monkeypatch.setattr(det.model, "evaluate", poisoned)
+    x = normal(np.random.default_rng(4), 64)
+    x[:, 0] = 3.0
+    before = state(det)
+    scored = det.score_many(x)
+    assert not scored.valid.any() and scored.is_anomaly.all() and (scored.mode == -1).all()
+    det.learn_many(scored)
+    assert_same_state(det, before)
+    assert det.counters["non_finite"] == 64
+    alert = build_alert(scored, 0, asset="a", ts=1, origin=Origin("t", 0, 7), channels=list("abcd"),
+                        expert_status=det.expert_status(), model_version="v", settings=AlertSettings())
+    assert alert["reason"] == "non_finite" and alert["severity"] == "critical" and alert["score"] is None
+
+
+def test_a_non_finite_step_is_skipped_and_counted(fitted, monkeypatch) -> None:
+    det = copy.deepcopy(fitted)
+    real = det.model.experts.elbo
+    monkeypatch.setattr(det.model.experts, "elbo", lambda *a, **kw: real(*a, **kw) * float("nan"))
+    before = [p.detach().clone() for p in det.model.experts.parameters()]
+    report = det.learn_many(det.score_many(normal(np.random.default_rng(5), 128)))
+    assert report.learned > 100 and report.skipped_step == "non-finite loss"
+    assert det.counters["steps_skipped"] == 1
+    assert all(torch.equal(p, q) for p, q in zip(before, det.model.experts.parameters()))
+
+
+def test_out_of_range_alert_names_its_reason_and_fits_the_schema(fitted) -> None:
+    import jsonschema
+
+    det = copy.deepcopy(fitted)
+    x = normal(np.random.default_rng(6), 2)
+    x[1, 2] = 1e30
+    scored = det.score_many(x)
+    alert = build_alert(scored, 1, asset="a", ts=1, origin=Origin("t", 0, 8), channels=list("abcd"),
+                        expert_status=det.expert_status(), model_version="v", settings=AlertSettings())
+    jsonschema.validate(alert, alert_schema())
+    assert alert["reason"] == "out_of_range" and alert["severity"] == "critical"
+    assert alert["top_channels"][0]["channel"] == "c"
