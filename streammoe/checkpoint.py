@@ -9,10 +9,17 @@ a record is learned at most once per model.
 
 Where a scope's first model comes from, in order: a checkpoint; the `streammoe fit` directory in
 `checkpoint.bootstrap_model_dir`; else a warm-up fit on the first `warmup_records` valid records.
+
+A damaged checkpoint (truncated, unreadable, failing its checksums), or one lost by a crash between the two
+renames of a save, is replaced by the previous generation `.<scope>.old` with an error in the log; the damaged
+directory is kept as `.<scope>.damaged`. An incompatible one (another format version, other channels) stops the
+daemon with the reason: an older copy of it would be just as wrong, and starting afresh would throw away what
+was learned without anyone deciding to.
 """
 
 from __future__ import annotations
 
+import shutil
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -21,7 +28,15 @@ from pathlib import Path
 from streammoe.config import CheckpointSettings
 from streammoe.detector import MixtureDetector
 from streammoe.logs import get_logger
-from streammoe.persistence import ModelLoadError, load_detector, read_meta, save_detector
+from streammoe.persistence import (
+    ModelDamagedError,
+    ModelIncompatibleError,
+    ModelLoadError,
+    load_detector,
+    previous_path,
+    read_meta,
+    save_detector,
+)
 
 log = get_logger("streammoe.checkpoint")
 
@@ -37,6 +52,7 @@ class ModelState:
     lineage: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     origin: str = "warmup"  # checkpoint | bootstrap | warmup
     learned_offsets: dict[str, dict[int, int]] = field(default_factory=dict)
+    recovered: str = ""  # why the previous checkpoint generation was loaded instead: "damaged" | "missing"
 
     @property
     def version(self) -> str:
@@ -64,21 +80,76 @@ class Checkpointer:
     def restore(self, scope: str) -> ModelState:
         """Raises ModelLoadError when a checkpoint or bootstrap model exists but cannot be used."""
         path = self.path(scope)
-        if (path / "meta.json").exists():
-            detector = load_detector(path, channels=self.channels)
-            meta = read_meta(path)
-            offsets = {t: {int(p): int(o) for p, o in parts.items()} for t, parts in meta.get("learned_offsets", {}).items()}
-            state = ModelState(scope, detector, meta.get("lineage", "unknown"), "checkpoint", offsets)
+        if path.exists() or previous_path(path).exists():
+            state = self._restore_checkpoint(scope)
         elif self.settings.bootstrap_model_dir is not None:
             boot = self.settings.bootstrap_model_dir
-            if not (boot / "meta.json").exists():
-                raise ModelLoadError(f"STREAMMOE_CHECKPOINT__BOOTSTRAP_MODEL_DIR: {boot} is not a model directory")
-            state = ModelState(scope, load_detector(boot, channels=self.channels), origin="bootstrap")
+            try:
+                state = ModelState(scope, load_detector(boot, channels=self.channels), origin="bootstrap")
+            except ModelLoadError as e:
+                raise type(e)(f"STREAMMOE_CHECKPOINT__BOOTSTRAP_MODEL_DIR: {e}") from e
         else:
             state = ModelState(scope, None, origin="warmup")
         log.info("model_restored", scope=scope, origin=state.origin, version=state.version,
                  experts=state.detector.model.n_active if state.detector else 0)
         return state
+
+    def _load(self, scope: str, path: Path) -> ModelState:
+        detector = load_detector(path, channels=self.channels)
+        meta = read_meta(path)
+        try:
+            offsets = {t: {int(p): int(o) for p, o in parts.items()} for t, parts in meta.get("learned_offsets", {}).items()}
+        except (AttributeError, TypeError, ValueError) as e:
+            raise ModelDamagedError(f"{path}/meta.json has malformed learned_offsets: {e}") from e
+        return ModelState(scope, detector, meta.get("lineage", "unknown"), "checkpoint", offsets)
+
+    def _restore_checkpoint(self, scope: str) -> ModelState:
+        """The current checkpoint, else (damaged or missing) the previous generation; incompatible: refused."""
+        path = self.path(scope)
+        old = previous_path(path)
+        where = f"STREAMMOE_CHECKPOINT__DIR={self.settings.dir}"
+        damage: ModelDamagedError | None = None
+        for candidate in (path, old):
+            if not candidate.exists():
+                continue
+            try:
+                state = self._load(scope, candidate)
+            except ModelIncompatibleError as e:
+                raise ModelIncompatibleError(
+                    f"{e} ({where}, STREAMMOE_RECORDS__CHANNELS). Run the streammoe version and channels it was "
+                    f"made for, or move {path} and {old} aside to start a new model."
+                ) from e
+            except ModelDamagedError as e:
+                log.error("checkpoint_damaged", scope=scope, path=str(candidate), error=str(e))
+                damage = damage or e
+                continue
+            if candidate == old:
+                if damage is None:  # a crash between the renames of a save: this is the last completed one
+                    state.recovered = "missing"
+                    log.warning("checkpoint_fallback", scope=scope, reason="missing", loaded=str(old),
+                                version=state.version)
+                else:
+                    state.recovered = "damaged"
+                    log.error("checkpoint_fallback", scope=scope, reason="damaged", loaded=str(old),
+                              version=state.version, hint="what was learned after it is lost; check the disk")
+                    self._set_aside(path)
+            return state
+        raise ModelDamagedError(
+            f"{damage} and no usable previous checkpoint at {old} ({where}). Restore a backup into {path}, or move "
+            f"{path} aside to start from STREAMMOE_CHECKPOINT__BOOTSTRAP_MODEL_DIR or a warm-up."
+        )
+
+    def _set_aside(self, path: Path) -> None:
+        """Keep a damaged checkpoint for inspection, out of the way of the next save's rotation."""
+        aside = path.with_name(f".{path.name}.damaged")
+        try:
+            if aside.exists():
+                shutil.rmtree(aside)
+            path.rename(aside)
+        except OSError as e:
+            log.error("checkpoint_set_aside_failed", path=str(path), error=str(e))
+            return
+        log.warning("checkpoint_set_aside", path=str(path), kept_as=str(aside))
 
     def due(self) -> bool:
         return time.monotonic() - self.last_saved >= self.settings.interval_s

@@ -83,6 +83,9 @@ class Daemon:
         # Learned state by model scope. One global scope for now; per-asset-group scopes later route each
         # record to its scope's model, and checkpoint each scope on its own.
         self.models: dict[str, ModelState] = {GLOBAL_SCOPE: self.checkpointer.restore(GLOBAL_SCOPE)}
+        for restored in self.models.values():
+            if restored.recovered:
+                self.metrics.checkpoint_fallbacks.labels(restored.recovered).inc()
         self.source = Source(settings.kafka, settings.batching, on_lag=self._lag)
         self.sink = Sink(settings.kafka)
         self.control = ControlListener(settings.kafka)

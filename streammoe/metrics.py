@@ -47,6 +47,10 @@ class Metrics:
                               ["scope"], registry=r)
         self.commits = Counter("streammoe_commits", "Offset commits that succeeded.", registry=r)
         self.checkpoints = Counter("streammoe_checkpoints", "Model checkpoints written.", registry=r)
+        self.checkpoint_fallbacks = Counter(
+            "streammoe_checkpoint_fallbacks", "Starts that loaded the previous checkpoint generation, by reason.",
+            ["reason"], registry=r,
+        )
         self.assigned_partitions = Gauge("streammoe_assigned_partitions", "Input partitions owned.", registry=r)
 
     def stage_totals(self) -> dict[str, float]:

@@ -16,11 +16,17 @@ Layout (format version 1)::
 Tensors are stored with `torch.save` and read with `weights_only=True` (no pickle code runs on load). A save
 writes a sibling temporary directory, fsyncs it, then renames it into place, so a crash never leaves a
 half-written model where a good one was. The model it replaced stays beside it as `.NAME.old` (one
-generation), for rollback.
+generation), for rollback. meta.json holds a SHA-256 of every other file: a flipped bit loads as different
+weights without any error from torch, so a file that does not match is refused as damaged.
+
+Load errors come in two kinds, because they call for different actions: `ModelDamagedError` (truncated,
+unreadable, checksum mismatch: another copy of the same model may be used instead) and
+`ModelIncompatibleError` (another format version or another channel set: no copy of it may be used).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -46,6 +52,14 @@ PARTS = {
 
 class ModelLoadError(Exception):
     """A model directory is missing, damaged, or incompatible with what the caller expects."""
+
+
+class ModelDamagedError(ModelLoadError):
+    """The directory is missing, truncated, unreadable or fails its checksums."""
+
+
+class ModelIncompatibleError(ModelLoadError):
+    """A readable model of another format version or for another channel set."""
 
 
 def _split_state(state: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
@@ -85,6 +99,7 @@ def save_detector(detector: MixtureDetector, path: str | Path, extra_meta: dict 
             "streammoe_version": __version__,
             "channels": detector.channels,
             "counters": detector.counters,
+            "sha256": {f.name: _sha256(f) for f in sorted(tmp.iterdir())},
             **(extra_meta or {}),
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
@@ -119,14 +134,40 @@ def previous_path(path: str | Path) -> Path:
     return path.with_name(f".{path.name}.old")
 
 
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def read_meta(path: str | Path) -> dict:
+    """meta.json of a model directory, checked for the fields a load relies on (ModelDamagedError if not)."""
     path = Path(path)
     try:
-        return json.loads((path / "meta.json").read_text())
+        meta = json.loads((path / "meta.json").read_text())
     except FileNotFoundError as e:
-        raise ModelLoadError(f"{path} is not a streammoe model directory (no meta.json)") from e
+        raise ModelDamagedError(f"{path} is not a streammoe model directory (no meta.json)") from e
     except (OSError, ValueError) as e:
-        raise ModelLoadError(f"{path}/meta.json is unreadable: {e}") from e
+        raise ModelDamagedError(f"{path}/meta.json is unreadable: {e}") from e
+    if not isinstance(meta, dict) or not isinstance(meta.get("format_version"), int):
+        raise ModelDamagedError(f"{path}/meta.json is not a model's meta (no integer format_version)")
+    channels = meta.get("channels")
+    if meta["format_version"] == FORMAT_VERSION and (
+        not isinstance(channels, list) or not channels or not all(isinstance(c, str) for c in channels)
+    ):
+        raise ModelDamagedError(f"{path}/meta.json has no list of channel names")
+    if not isinstance(meta.get("sha256", {}), dict):
+        raise ModelDamagedError(f"{path}/meta.json has a malformed sha256 table")
+    return meta
+
+
+def _verify(path: Path, meta: dict) -> None:
+    """Every file meta.json has a checksum for must be there and match it (older saves carry none)."""
+    for name, digest in meta.get("sha256", {}).items():
+        try:
+            actual = _sha256(path / name)
+        except OSError as e:
+            raise ModelDamagedError(f"{path} could not be loaded: {name} is unreadable: {e}") from e
+        if actual != digest:
+            raise ModelDamagedError(f"{path} could not be loaded: {name} does not match its checksum in meta.json")
 
 
 def load_detector(
@@ -140,12 +181,13 @@ def load_detector(
     if not path.exists() and previous_path(path).exists():
         path = previous_path(path)
     meta = read_meta(path)
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise ModelLoadError(
-            f"{path} has model format {meta.get('format_version')!r}; this streammoe reads format {FORMAT_VERSION}"
+    if meta["format_version"] != FORMAT_VERSION:
+        raise ModelIncompatibleError(
+            f"{path} has model format {meta['format_version']!r}; this streammoe reads format {FORMAT_VERSION}"
         )
     if channels is not None and list(channels) != list(meta["channels"]):
-        raise ModelLoadError(f"{path} was fitted on channels {meta['channels']}, not {list(channels)}")
+        raise ModelIncompatibleError(f"{path} was fitted on channels {meta['channels']}, not {list(channels)}")
+    _verify(path, meta)
     try:
         config = ModelConfig.model_validate_json((path / "config.json").read_text())
         detector = MixtureDetector(len(meta["channels"]), config, meta["channels"], device)
@@ -158,9 +200,7 @@ def load_detector(
         )
         rng = torch.load(path / "rng.pt", map_location="cpu", weights_only=True)
         detector.generator.set_state(rng["generator"])
-    except ModelLoadError:
-        raise
     except Exception as e:  # a truncated or foreign file surfaces as many exception types; name the model
-        raise ModelLoadError(f"{path} could not be loaded: {type(e).__name__}: {e}") from e
+        raise ModelDamagedError(f"{path} could not be loaded: {type(e).__name__}: {e}") from e
     detector.counters.update(meta.get("counters", {}))
     return detector

@@ -10,7 +10,7 @@ import torch
 
 from streammoe.detector import MixtureDetector
 from streammoe.model.config import ModelConfig
-from streammoe.persistence import ModelLoadError, load_detector, save_detector
+from streammoe.persistence import ModelDamagedError, ModelLoadError, load_detector, save_detector
 
 
 @pytest.fixture()
@@ -47,7 +47,13 @@ def test_truncated_weights_are_refused(detector, tmp_path) -> None:
     save_detector(detector, tmp_path / "m")
     f = tmp_path / "m" / "experts.pt"
     f.write_bytes(f.read_bytes()[:100])
-    with pytest.raises(ModelLoadError, match="could not be loaded"):
+    with pytest.raises(ModelDamagedError, match="experts.pt does not match its checksum"):
+        load_detector(tmp_path / "m")
+    # A directory saved before checksums existed: torch's own error, named.
+    meta = json.loads((tmp_path / "m" / "meta.json").read_text())
+    del meta["sha256"]
+    (tmp_path / "m" / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelDamagedError, match="could not be loaded"):
         load_detector(tmp_path / "m")
 
 
