@@ -28,6 +28,7 @@ class ImportanceSamples:
     log_w: Tensor  # (K, S, B) log importance weights log p(x, z_s) - log q(z_s | x)
     mean: Tensor  # (K, S, B, C) decoder means
     logvar: Tensor  # (K, S, B, C) decoder log-variances (the aleatoric part)
+    sq_resid: Tensor  # (K, S, B, C) squared standardised residuals (x - mean)^2 / exp(logvar)
 
 
 def _soft_bound(raw: Tensor, low: float, high: float) -> Tensor:
@@ -98,23 +99,17 @@ class StackedVAE(nn.Module):
         mean, raw = out.chunk(2, dim=-1)
         return mean, _soft_bound(raw, LOGVAR_MIN, LOGVAR_MAX)
 
+    def draw_eps(self, k: int, n_samples: int, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """The standard-normal noise of one IWAE pass, (K, S, B, Z), drawn from `generator`."""
+        return torch.randn((k, n_samples, x.shape[0], self.latent), generator=generator, device=x.device, dtype=x.dtype)
+
     def importance_samples(
         self, x: Tensor, n_samples: int, idx: Tensor | None = None, generator: torch.Generator | None = None
     ) -> ImportanceSamples:
         """Draw `n_samples` z per record and expert from q(z|x) and weigh them (the IWAE estimator)."""
         w = self._weights(idx)
-        mu, logvar = self.encode(x, w)  # (K, B, Z)
-        k, b, zdim = mu.shape
-        eps = torch.randn((k, n_samples, b, zdim), generator=generator, device=x.device, dtype=x.dtype)
-        std = torch.exp(0.5 * logvar).unsqueeze(1)
-        z = mu.unsqueeze(1) + std * eps  # (K, S, B, Z)
-        mean, dec_logvar = self.decode(z.reshape(k, n_samples * b, zdim), w)
-        mean = mean.reshape(k, n_samples, b, -1)
-        dec_logvar = dec_logvar.reshape(k, n_samples, b, -1)
-        log_px_z = _gaussian_log_density(x, mean, dec_logvar).sum(-1)  # (K, S, B)
-        log_pz = -0.5 * (LOG_2PI + z.pow(2)).sum(-1)
-        log_qz = -0.5 * (LOG_2PI + logvar.unsqueeze(1) + eps.pow(2)).sum(-1)
-        return ImportanceSamples(log_w=log_px_z + log_pz - log_qz, mean=mean, logvar=dec_logvar)
+        eps = self.draw_eps(w["enc_w1"].shape[0], n_samples, x, generator)
+        return importance_from_eps(x, eps, w)
 
     def iwae(self, x: Tensor, n_samples: int, idx: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
         """IWAE bound on log p_k(x), (K, B); equals the (sampled) ELBO for one sample, tightens as S grows."""
@@ -132,3 +127,25 @@ class StackedVAE(nn.Module):
         kl = 0.5 * (mu.pow(2) + torch.exp(logvar) - 1.0 - logvar).sum(-1)
         return rec - kl
 
+
+
+def importance_from_eps(x: Tensor, eps: Tensor, w: dict[str, Tensor]) -> ImportanceSamples:
+    """The IWAE pass for given noise `eps` (K, S, B, Z): a pure function of tensors, so it can be compiled.
+
+    One batched matrix product per layer for all experts; the squared standardised residual is computed once
+    and kept, because the channel blame needs it again."""
+    h = torch.relu(torch.baddbmm(w["enc_b1"], x.unsqueeze(0).expand(eps.shape[0], -1, -1), w["enc_w1"]))
+    mu, raw = torch.baddbmm(w["enc_b2"], h, w["enc_w2"]).chunk(2, dim=-1)
+    logvar = _soft_bound(raw, -8.0, 4.0)  # (K, B, Z)
+    k, n_samples, b, zdim = eps.shape
+    z = mu.unsqueeze(1) + torch.exp(0.5 * logvar).unsqueeze(1) * eps  # (K, S, B, Z)
+    h = torch.relu(torch.baddbmm(w["dec_b1"], z.reshape(k, n_samples * b, zdim), w["dec_w1"]))
+    mean, raw = torch.baddbmm(w["dec_b2"], h, w["dec_w2"]).chunk(2, dim=-1)
+    mean = mean.reshape(k, n_samples, b, -1)
+    dec_logvar = _soft_bound(raw, LOGVAR_MIN, LOGVAR_MAX).reshape(k, n_samples, b, -1)
+    sq_resid = (x - mean).square() * torch.exp(-dec_logvar)
+    c = x.shape[-1]
+    log_px_z = -0.5 * (c * LOG_2PI + dec_logvar.sum(-1) + sq_resid.sum(-1))  # (K, S, B)
+    # log p(z) - log q(z|x) for z = mu + std * eps: the LOG_2PI terms cancel.
+    log_pz_qz = -0.5 * (z.square().sum(-1) - logvar.sum(-1).unsqueeze(1) - eps.square().sum(-1))
+    return ImportanceSamples(log_w=log_px_z + log_pz_qz, mean=mean, logvar=dec_logvar, sq_resid=sq_resid)

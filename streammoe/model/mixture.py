@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from streammoe.model.calibration import ModeCalibration
 from streammoe.model.config import ModelConfig
-from streammoe.model.experts import StackedVAE
+from streammoe.model.experts import StackedVAE, importance_from_eps
 from streammoe.model.replay import ReplayReservoir
 from streammoe.model.scaler import RunningScaler
 from streammoe.model.weights import DirichletWeights
@@ -57,6 +57,9 @@ class MixtureOfVAEs(nn.Module):
         self.register_buffer("since_merge", torch.zeros((), dtype=torch.int64))
         # Stream position (records seen by the memory) at which each expert was added; fitted experts: 0.
         self.register_buffer("born", torch.full((k,), -(2**40), dtype=torch.int64))
+        # How to run the E-step, not what was learned (not in the state_dict): see MixtureDetector.accelerate.
+        self.use_compiled = False
+        self.autocast_dtype: torch.dtype | None = None
 
     @property
     def active(self) -> Tensor:
@@ -72,16 +75,27 @@ class MixtureOfVAEs(nn.Module):
 
     @torch.no_grad()
     def evaluate(self, x_scaled: Tensor, n_samples: int, generator: torch.Generator | None = None) -> Evaluation:
-        """Batched E-step over all active experts, chunked over rows; inputs already scaled and finite."""
+        """Batched E-step over all active experts, chunked over rows; inputs already scaled and finite.
+
+        The noise is drawn here, chunk by chunk, so the random stream is the same whether or not the statistics
+        run compiled (`use_compiled`) or under autocast (`autocast_dtype`, CUDA: float16/bfloat16)."""
         idx = torch.nonzero(self.active).flatten()
         if idx.numel() == 0:
             raise RuntimeError("the mixture has no active expert: fit it or warm it up first")
         elog_pi = self.weights.expected_log_pi(self.active)[idx].to(x_scaled.dtype)
         log_pibar = torch.log(self.weights.mean(self.active)[idx]).to(x_scaled.dtype)
-        parts = [
-            self._evaluate_chunk(chunk, idx, elog_pi, log_pibar, n_samples, generator)
-            for chunk in x_scaled.split(self.chunk_rows())
-        ]
+        w = self.experts._weights(idx)
+        stats = self._statistics()
+        parts = []
+        for chunk in x_scaled.split(self.chunk_rows()):
+            eps = self.experts.draw_eps(idx.numel(), n_samples, chunk, generator)
+            if self.autocast_dtype is not None:
+                with torch.autocast(chunk.device.type, dtype=self.autocast_dtype):
+                    out = stats(chunk, eps, w, elog_pi, log_pibar)
+                out = tuple(t.float() if t.is_floating_point() else t for t in out)
+            else:
+                out = stats(chunk, eps, w, elog_pi, log_pibar)
+            parts.append(out)
         cat = [torch.cat(p, dim=-1 if i in (1, 2) else 0) for i, p in enumerate(zip(*parts))]
         log_px, log_pk_a, resp_a, entropy, epistemic, aleatoric, channel_nll, mode_a = cat
         k_max, b = self.config.k_max, x_scaled.shape[0]
@@ -94,26 +108,42 @@ class MixtureOfVAEs(nn.Module):
             epistemic=epistemic, aleatoric=aleatoric, channel_nll=channel_nll,
         )
 
-    def _evaluate_chunk(
-        self, x: Tensor, idx: Tensor, elog_pi: Tensor, log_pibar: Tensor, n_samples: int,
-        generator: torch.Generator | None,
-    ) -> tuple[Tensor, ...]:
-        s = self.experts.importance_samples(x, n_samples, idx, generator)
-        log_pk = torch.logsumexp(s.log_w, dim=1) - math.log(n_samples)  # (Ka, B)
-        resp = torch.softmax(log_pk + elog_pi[:, None], dim=0)
-        log_px = torch.logsumexp(log_pk + log_pibar[:, None], dim=0)
-        entropy = (-(resp * torch.log(resp.clamp(min=1e-30))).sum(0)).clamp(min=0) + 0.0
-        # Law of total variance over (expert, sample) with posterior weights rho = r_k * w_ks:
-        # Var[x] = E[sigma^2] (aleatoric: the decoders' own noise) + Var[mu] (epistemic: disagreement).
-        rho = (resp[:, None, :] * torch.softmax(s.log_w, dim=1)).unsqueeze(-1)  # (Ka, S, B, 1)
-        mu_bar = (rho * s.mean).sum((0, 1))
-        second = (rho * s.mean.square()).sum((0, 1))
-        aleatoric = (rho * torch.exp(s.logvar)).sum((0, 1)).mean(1)
-        epistemic = (second - mu_bar.square()).clamp(min=0).mean(1)
-        # Channel blame under the assigned expert: its importance-weighted squared standardised residual.
-        mode = resp.argmax(0)
-        rows = torch.arange(x.shape[0], device=x.device)
-        w_sel = torch.softmax(s.log_w[mode, :, rows], dim=1)  # (B, S)
-        z2 = (x[:, None, :] - s.mean[mode, :, rows]).square() * torch.exp(-s.logvar[mode, :, rows])
-        channel_nll = (w_sel.unsqueeze(-1) * z2).sum(1)
-        return log_px, log_pk, resp, entropy, epistemic, aleatoric, channel_nll, mode
+    def _statistics(self):  # type: ignore[no-untyped-def]
+        if not self.use_compiled:
+            return chunk_statistics
+        global _COMPILED
+        if _COMPILED is None:
+            _COMPILED = torch.compile(chunk_statistics, dynamic=True)
+        return _COMPILED
+
+
+_COMPILED = None  # one compiled chunk_statistics per process, shared by every model
+
+
+def chunk_statistics(
+    x: Tensor, eps: Tensor, w: dict[str, Tensor], elog_pi: Tensor, log_pibar: Tensor
+) -> tuple[Tensor, ...]:
+    """E-step and uncertainty breakdown of one chunk for the selected experts (a pure function: compilable).
+
+    Returns log_px (B,), log_pk (Ka, B), resp (Ka, B), entropy, epistemic, aleatoric (B,), channel_nll (B, C),
+    mode (B,) as an index into the selected experts."""
+    s = importance_from_eps(x, eps, w)
+    n_samples = eps.shape[1]
+    log_pk = torch.logsumexp(s.log_w, dim=1) - math.log(n_samples)  # (Ka, B)
+    resp = torch.softmax(log_pk + elog_pi[:, None], dim=0)
+    log_px = torch.logsumexp(log_pk + log_pibar[:, None], dim=0)
+    entropy = (-(resp * torch.log(resp.clamp(min=1e-30))).sum(0)).clamp(min=0) + 0.0
+    # Law of total variance over (expert, sample) with posterior weights rho = r_k * w_ks:
+    # Var[x] = E[sigma^2] (aleatoric: the decoders' own noise) + Var[mu] (epistemic: disagreement).
+    # Both are averaged over channels, so the channel mean is taken before weighting where it can be.
+    rho = resp[:, None, :] * torch.softmax(s.log_w, dim=1)  # (Ka, S, B)
+    mu_bar = (rho.unsqueeze(-1) * s.mean).sum((0, 1))  # (B, C)
+    second = (rho * s.mean.square().mean(-1)).sum((0, 1))
+    aleatoric = (rho * torch.exp(s.logvar).mean(-1)).sum((0, 1))
+    epistemic = (second - mu_bar.square().mean(1)).clamp(min=0)
+    # Channel blame under the assigned expert: its importance-weighted squared standardised residual.
+    mode = resp.argmax(0)
+    rows = torch.arange(x.shape[0], device=x.device)
+    w_sel = torch.softmax(s.log_w[mode, :, rows], dim=1)  # (B, S)
+    channel_nll = (w_sel.unsqueeze(-1) * s.sq_resid[mode, :, rows]).sum(1)
+    return log_px, log_pk, resp, entropy, epistemic, aleatoric, channel_nll, mode
