@@ -159,8 +159,8 @@ def read_meta(path: str | Path) -> dict:
     return meta
 
 
-def _verify(path: Path, meta: dict) -> None:
-    """Every file meta.json has a checksum for must be there and match it (older saves carry none)."""
+def _verify(path: Path, meta: dict) -> bool:
+    """Every file meta.json has a checksum for must be there and match it; False if it has none (older saves)."""
     for name, digest in meta.get("sha256", {}).items():
         try:
             actual = _sha256(path / name)
@@ -168,6 +168,7 @@ def _verify(path: Path, meta: dict) -> None:
             raise ModelDamagedError(f"{path} could not be loaded: {name} is unreadable: {e}") from e
         if actual != digest:
             raise ModelDamagedError(f"{path} could not be loaded: {name} does not match its checksum in meta.json")
+    return bool(meta.get("sha256"))
 
 
 def load_detector(
@@ -187,7 +188,7 @@ def load_detector(
         )
     if channels is not None and list(channels) != list(meta["channels"]):
         raise ModelIncompatibleError(f"{path} was fitted on channels {meta['channels']}, not {list(channels)}")
-    _verify(path, meta)
+    intact = _verify(path, meta)
     try:
         config = ModelConfig.model_validate_json((path / "config.json").read_text())
         detector = MixtureDetector(len(meta["channels"]), config, meta["channels"], device)
@@ -201,6 +202,11 @@ def load_detector(
         rng = torch.load(path / "rng.pt", map_location="cpu", weights_only=True)
         detector.generator.set_state(rng["generator"])
     except Exception as e:  # a truncated or foreign file surfaces as many exception types; name the model
+        if intact:  # the files are as they were written: another streammoe version wrote them
+            raise ModelIncompatibleError(
+                f"{path} could not be loaded by this streammoe ({__version__}; it was written by "
+                f"{meta.get('streammoe_version')!r}): {type(e).__name__}: {e}"
+            ) from e
         raise ModelDamagedError(f"{path} could not be loaded: {type(e).__name__}: {e}") from e
     detector.counters.update(meta.get("counters", {}))
     return detector

@@ -127,6 +127,22 @@ def test_wrong_format_version_is_refused_without_falling_back(root: Path) -> Non
     assert (root / "global").is_dir() and (root / ".global.old").is_dir(), "nothing is moved"
 
 
+def test_a_model_another_version_wrote_is_refused_not_treated_as_damage(root: Path) -> None:
+    """Intact files (checksums match) that this code cannot read: a newer config field, say."""
+    import hashlib
+
+    d = root / "global"
+    config = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**config, "from_the_future": 1}))
+    meta = json.loads((d / "meta.json").read_text())
+    meta["sha256"]["config.json"] = hashlib.sha256((d / "config.json").read_bytes()).hexdigest()
+    meta["streammoe_version"] = "9.9.9"
+    (d / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelIncompatibleError, match="(?s)written by .9.9.9.*from_the_future"):
+        restore(root)
+    assert (root / "global").is_dir() and not (root / ".global.damaged").exists()
+
+
 def test_other_channel_set_is_refused_naming_the_setting(root: Path) -> None:
     with pytest.raises(ModelIncompatibleError, match=r"fitted on channels \['a', 'b', 'c'\]") as e:
         restore(root, channels=["a", "b", "x"])
