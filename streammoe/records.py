@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import chain
+from operator import itemgetter
 
 import numpy as np
 import orjson
@@ -69,14 +71,21 @@ class _Reject(Exception):
 
 
 class RecordDecoder:
-    """Reusable decoder for one channel layout; keeps a preallocated buffer that grows to the largest batch."""
+    """Reusable decoder for one channel layout.
+
+    The hot path makes no numbers per record: each record is parsed and checked for its shape, its values
+    are kept as orjson gave them, and one pass over the whole batch converts them into a single float32
+    array. Only a batch holding a value that is not a plain int or float goes record by record, to name
+    the offending records."""
 
     def __init__(self, settings: RecordSettings) -> None:
         self.settings = settings
         self.channels = list(settings.channels)
-        self._buffer = np.empty((0, len(self.channels)), np.float32)
+        pick = itemgetter(*self.channels)
+        self._pick = pick if len(self.channels) > 1 else (lambda values: (pick(values),))
 
-    def _row(self, raw: bytes | None) -> tuple[str, int, list]:
+    def _fields(self, raw: bytes | None) -> tuple[str, int, Sequence]:
+        """Parse one record and check everything but the type of each value."""
         s = self.settings
         if not raw:
             raise _Reject("empty", "record has no value")
@@ -106,7 +115,7 @@ class RecordDecoder:
             raise _Reject("missing_values", f"no {s.values_field!r}")
         if type(values) is dict:
             try:
-                row = [values[c] for c in self.channels]
+                row = self._pick(values)
             except KeyError as e:
                 raise _Reject("missing_channel", f"channel {e.args[0]!r} missing") from None
         elif type(values) is list:
@@ -115,47 +124,73 @@ class RecordDecoder:
             row = values
         else:
             raise _Reject("bad_values", f"{s.values_field!r} must be an object or a list")
+        return asset, ts, row
+
+    def _check_values(self, row: Sequence) -> None:
         if not set(map(type, row)) <= _NUMBERS:
             for name, v in zip(self.channels, row):
                 if v is None:
                     raise _Reject("missing_value", f"channel {name!r} is null")
                 if type(v) not in _NUMBERS:
                     raise _Reject("bad_value_type", f"channel {name!r} is {type(v).__name__}, not a number")
-        return asset, ts, row
 
     def decode(self, raws: Sequence[bytes | None]) -> DecodedBatch:
-        n = len(raws)
-        if self._buffer.shape[0] < n:
-            self._buffer = np.empty((n, len(self.channels)), np.float32)
-        out = self._buffer
+        n, c = len(raws), len(self.channels)
         ts = np.empty(n, np.int64)
         index = np.empty(n, np.int64)
         assets: list[str] = []
+        rows: list[Sequence] = []
         dead: list[DeadLetter] = []
-        j = 0
-        with np.errstate(over="ignore"):  # a float64 beyond float32 becomes inf, reported below as non_finite
-            for i, raw in enumerate(raws):
-                try:
-                    asset, t, row = self._row(raw)
-                    out[j] = row
-                except _Reject as r:
-                    dead.append(DeadLetter(i, r.reason, r.detail))
-                    continue
-                except (OverflowError, ValueError, TypeError) as e:  # e.g. an int too large for float32
-                    dead.append(DeadLetter(i, "bad_value_type", str(e)))
-                    continue
-                assets.append(asset)
-                ts[j], index[j] = t, i
-                j += 1
-        values = out[:j].copy()
+        for i, raw in enumerate(raws):
+            try:
+                asset, t, row = self._fields(raw)
+            except _Reject as r:
+                dead.append(DeadLetter(i, r.reason, r.detail))
+                continue
+            ts[len(rows)], index[len(rows)] = t, i
+            rows.append(row)
+            assets.append(asset)
+        j = len(rows)
+        values = self._batch_values(rows)
+        if values is None:  # some value is not a plain number (or too large): find the records one by one
+            values, keep = self._row_by_row(rows, index[:j], dead)
+            ts, index, assets = ts[:j][keep], index[:j][keep], [a for a, k in zip(assets, keep) if k]
+            j = len(assets)
+        ts, index = ts[:j], index[:j]
         finite = np.isfinite(values).all(axis=1)
         if not finite.all():
             for row in np.flatnonzero(~finite):
                 bad = [self.channels[c] for c in np.flatnonzero(~np.isfinite(values[row]))]
                 dead.append(DeadLetter(int(index[row]), "non_finite", f"not finite as float32: {bad}"))
-            values, ts, index = values[finite], ts[:j][finite], index[:j][finite]
+            values, ts, index = values[finite], ts[finite], index[finite]
             assets = [a for a, ok in zip(assets, finite) if ok]
-        else:
-            ts, index = ts[:j], index[:j]
         dead.sort(key=lambda d: d.index)
         return DecodedBatch(values=values, ts=ts, assets=assets, index=index, dead=dead)
+
+    def _batch_values(self, rows: list[Sequence]) -> np.ndarray | None:
+        """All rows as one (n, C) float32 array in one pass, or None when a value is not a plain int or float."""
+        c = len(self.channels)
+        if not set(map(type, chain.from_iterable(rows))) <= _NUMBERS:
+            return None
+        try:
+            with np.errstate(over="ignore"):  # a float64 beyond float32 becomes inf, reported as non_finite
+                return np.fromiter(chain.from_iterable(rows), np.float32, count=len(rows) * c).reshape(len(rows), c)
+        except (OverflowError, ValueError, TypeError):  # e.g. an int too large for a float
+            return None
+
+    def _row_by_row(self, rows: list[Sequence], index: np.ndarray, dead: list[DeadLetter]) -> tuple[np.ndarray, np.ndarray]:
+        out = np.empty((len(rows), len(self.channels)), np.float32)
+        keep = np.zeros(len(rows), bool)
+        with np.errstate(over="ignore"):
+            for r, row in enumerate(rows):
+                try:
+                    self._check_values(row)
+                    out[r] = row
+                except _Reject as e:
+                    dead.append(DeadLetter(int(index[r]), e.reason, e.detail))
+                    continue
+                except (OverflowError, ValueError, TypeError) as e:  # e.g. an int too large for float32
+                    dead.append(DeadLetter(int(index[r]), "bad_value_type", str(e)))
+                    continue
+                keep[r] = True
+        return out[keep], keep

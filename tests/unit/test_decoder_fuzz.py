@@ -215,10 +215,15 @@ def test_huge_records_are_refused_before_parsing() -> None:
     assert out.index.tolist() == [0, 3]
 
 
-def test_buffer_stays_at_the_largest_batch_seen() -> None:
+def test_a_decoded_batch_stays_valid_after_later_batches() -> None:
+    """The daemon decodes the next batch while the model still holds this one: no buffer is shared between calls."""
     decoder = RecordDecoder(RecordSettings(channels=CHANNELS, max_record_bytes=MAX_BYTES))
-    good = orjson.dumps({"asset_id": "a", "ts": 1, "values": [1, 2, 3]})
+    kept = []
     for n in (500, 10, 300, 500, 1):
-        out = decoder.decode([b"\xff" * 100] * (n // 2) + [good] * (n - n // 2))
+        raws = [b"\xff" * 100] * (n // 2) + [orjson.dumps({"asset_id": "a", "ts": n, "values": [n, 2, 3]})] * (n - n // 2)
+        out = decoder.decode(raws)
         assert len(out) == n - n // 2
-    assert decoder._buffer.shape == (500, len(CHANNELS))
+        kept.append((n, out))
+    for n, out in kept:
+        assert (out.values[:, 0] == n).all() and (out.ts == n).all()
+

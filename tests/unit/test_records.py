@@ -83,3 +83,21 @@ def test_buffer_is_reused_without_leaking_rows_between_batches(decoder: RecordDe
     first = decoder.decode([orjson.dumps({"asset_id": "a", "ts": 1, "values": [1, 2, 3]})] * 4)
     second = decoder.decode([orjson.dumps({"asset_id": "b", "ts": 2, "values": [7, 8, 9]})])
     assert first.values.tolist() == [[1, 2, 3]] * 4 and second.values.tolist() == [[7, 8, 9]]
+
+
+def test_the_batch_conversion_gives_the_same_rows_as_record_by_record(decoder: RecordDecoder) -> None:
+    """A batch of plain numbers is converted in one pass; one bad value sends the batch record by record.
+    Both paths must give the same float32 rows (ints, large ints, floats past float32 included)."""
+    rng = np.random.default_rng(3)
+    rows = [[float(v) for v in rng.normal(0, 1e3, 3)] for _ in range(50)]
+    rows += [[2**53 + 1, -(2**60), 7], [3.4028235e38, 1e39, -1e-46], [1, 2.5, 16777217]]
+    good = [orjson.dumps({"asset_id": "a", "ts": i, "values": r}) for i, r in enumerate(rows)]
+    bad = orjson.dumps({"asset_id": "a", "ts": 0, "values": [1, "2", 3]})
+    fast = decoder.decode(good)
+    slow = decoder.decode([bad] + good)
+    assert [d.reason for d in slow.dead] == ["bad_value_type", "non_finite"]
+    assert [d.reason for d in fast.dead] == ["non_finite"]
+    np.testing.assert_array_equal(fast.values, slow.values)
+    assert fast.ts.tolist() == slow.ts.tolist() and (slow.index - 1).tolist() == fast.index.tolist()
+    want = np.array([r for r in rows if r != rows[-2]], np.float64).astype(np.float32)
+    np.testing.assert_array_equal(fast.values, want)
