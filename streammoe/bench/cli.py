@@ -1,4 +1,4 @@
-"""`streammoe bench`: the quality tracks of EVALUATION.md with peers side by side, and `--speed`."""
+"""`streammoe bench`: the quality tracks of EVALUATION.md with peers side by side, `--speed`, and `--fuzz`."""
 
 from __future__ import annotations
 
@@ -56,6 +56,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-plots", action="store_true", help="skip the per-series PNG plots")
     p.add_argument("--speed", action="store_true", help="measure score_many throughput (K=8, 38 channels, S=8 and 1)")
     p.add_argument("--speed-repeats", type=int, default=15)
+    p.add_argument("--fuzz", action="store_true",
+                   help="hostile and good records through a real broker and `streammoe run`: every offset accounted for")
+    p.add_argument("--fuzz-records", type=int, default=10_000)
+    p.add_argument("--fuzz-seed", type=int, default=0)
     group = p.add_argument_group("model overrides (ModelConfig fields; defaults from ModelConfig)")
     for name, typ in _config_fields().items():
         group.add_argument(f"--{name.replace('_', '-')}", dest=f"cfg_{name}", type=typ, default=None)
@@ -88,7 +92,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     overrides = {n: getattr(args, f"cfg_{n}") for n in _config_fields() if getattr(args, f"cfg_{n}") is not None}
     config = ModelConfig(**overrides)
-    wanted = [t.strip().upper() for t in args.tracks.split(",")] if args.tracks else ([] if args.speed else list(TRACKS))
+    only_other = args.speed or args.fuzz
+    wanted = [t.strip().upper() for t in args.tracks.split(",")] if args.tracks else ([] if only_other else list(TRACKS))
     unknown = sorted(set(wanted) - set(TRACKS))
     if unknown:
         raise SystemExit(f"error: unknown track(s) {unknown}; known: {list(TRACKS)}")
@@ -137,7 +142,24 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if speed_result is not None:
         print(report.speed_markdown(speed_result))
     print(f"bench: report -> {path}")
+    if args.fuzz:
+        return _fuzz(args, out, header)
     return 0
+
+
+def _fuzz(args: argparse.Namespace, out: Path, header: dict) -> int:
+    """Run the fuzz benchmark, print its table, write fuzz.json; exit 1 if any record was not as expected."""
+    import dataclasses
+    import json
+
+    from streammoe.bench import fuzz
+
+    print(f"fuzz: {args.fuzz_records} records (seed {args.fuzz_seed}) ...", file=sys.stderr, flush=True)
+    result = fuzz.run_fuzz(args.fuzz_records, args.fuzz_seed)
+    (out / "fuzz.json").write_text(json.dumps({**header, **dataclasses.asdict(result), "ok": result.ok}, indent=2))
+    print(fuzz.markdown(result))
+    print(f"bench: fuzz -> {out / 'fuzz.json'} ({'ok' if result.ok else 'FAILED'})")
+    return 0 if result.ok else 1
 
 
 def _torch_threads() -> int:
