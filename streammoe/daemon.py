@@ -38,6 +38,7 @@ from streammoe.control import ControlError, ControlListener, ExpertVerdict, pars
 from streammoe.detector import LearnReport, MixtureDetector, ScoredBatch
 from streammoe.logs import configure_logging, get_logger
 from streammoe.metrics import Health, HttpServer, Metrics
+from streammoe.model.scaler import implausible_rows
 from streammoe.persistence import ModelLoadError
 from streammoe.records import DecodedBatch, RecordDecoder
 from streammoe.sink import DeliveryError, Sink
@@ -234,6 +235,11 @@ class Daemon:
             return
         x = np.concatenate(self._warmup)
         self._warmup = []
+        absurd = implausible_rows(x)
+        if absurd.any():  # a few readings like 1e30 would otherwise set a channel's scale and blind it
+            self.metrics.poison_records.labels("warmup_out_of_range").inc(int(absurd.sum()))
+            log.warning("warmup_records_left_out", records=int(absurd.sum()), reason="out_of_range")
+            x = x[~absurd]
         detector = MixtureDetector(len(self.channels), self.settings.model, self.channels)
         log.info("warmup_fit_started", records=len(x))
         report = self._keep_polling(lambda: detector.fit(x))

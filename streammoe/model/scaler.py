@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -13,6 +14,24 @@ CLIP = 50.0
 # teach that anything this large is normal. A far-away new mode (tens of standard deviations) is still learned;
 # a reading beyond RANGE standard deviations is a broken sensor or a sentinel (1e30, -9999), never learned.
 RANGE = 1000.0
+# Share of a fit sample in each tail that `implausible_rows` does not look at: a mode with more rows than this
+# sets the spread itself and is never dropped.
+TAIL = 0.001
+
+
+def implausible_rows(x: np.ndarray) -> np.ndarray:
+    """(N,) True for rows of a fit sample with a channel more than RANGE spreads from the channel's median.
+
+    Before any model exists there is no fitted scale to compare with, and one reading of 1e30 among thousands
+    would set a channel's standard deviation to ~1e28 (the channel goes blind and 1e30 looks in range for
+    good). The spread is the central 99.8 % range (floored like the scaler's), so only readings absurd
+    against nearly all of the sample go, never a mode, unless garbage is more than TAIL of the sample."""
+    x = x.astype(np.float64)
+    med = np.median(x, axis=0)
+    lo = np.quantile(x, TAIL, axis=0, method="higher")  # no interpolation towards an absurd neighbour
+    hi = np.quantile(x, 1 - TAIL, axis=0, method="lower")
+    spread = np.maximum(hi - lo, MIN_STD * np.maximum(np.abs(med), 1.0))
+    return (np.abs(x - med) > RANGE * spread).any(axis=1)
 
 
 class RunningScaler(nn.Module):

@@ -6,10 +6,11 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pytest
 import torch
-from conftest import produce
-from test_daemon import CHANNELS, env_for, make_daemon, normal_rows, topics, valid_items
+from conftest import consume_all, produce
+from test_daemon import CHANNELS, env_for, make_daemon, normal_rows, record, topics, valid_items
 
 from streammoe.bench.fuzz import ANY_DEAD, SCORED, hostile_items, run_fuzz
 from streammoe.checkpoint import Checkpointer, ModelState
@@ -72,3 +73,30 @@ def test_daemon_starts_from_the_previous_generation_when_the_checkpoint_is_damag
     restarted = Checkpointer(CheckpointSettings(dir=tmp_path / "ckpt"), CHANNELS).restore("global")
     assert restarted.recovered == "" and restarted.lineage == "feed0001"
     assert Path(tmp_path / "ckpt" / ".global.old").is_dir()
+
+
+def test_absurd_readings_during_warm_up_are_left_out_of_the_first_fit(broker, topic_name, tmp_path, monkeypatch) -> None:
+    """Two 1e30 readings among 2000 warm-up records would set channel c2's scale to ~1e28 (blind for good)."""
+    rng = np.random.default_rng(5)
+    t = topics(topic_name)
+    items = valid_items(rng, 2400)
+    for i in (100, 1500):
+        row = normal_rows(rng, 1)[0]
+        row[2] = 1e30
+        items[i] = (b"", record("pump-x", i, row))
+    late = range(2260, 2400, 10)  # past any warm-up of 2000 records in batches of up to 256
+    for i in late:  # planted deviations of 40 on c2, and 1e30 readings
+        row = normal_rows(rng, 1)[0]
+        row[2] += 40.0 if i % 20 else 1e30
+        items[i] = (b"", record(f"late-{i}", i, row))
+    produce(broker, t["input"], [(b"one-partition", value) for _, value in items])  # in order: warm-up first
+    env = env_for(broker, t, topic_name("group"), tmp_path / "ckpt", None,
+                  STREAMMOE_CHECKPOINT__WARMUP_RECORDS="2000", STREAMMOE_MODEL__FIT_STEPS="100",
+                  STREAMMOE_MODEL__K_MAX="2", STREAMMOE_MODEL__N_SAMPLES="2")
+    daemon = make_daemon(monkeypatch, env)
+    summary = daemon.run(max_records=2400, timeout_s=90)
+    assert summary.records_in == 2400 and 2000 <= summary.warmup < 2260
+    assert b'streammoe_poison_records_total{reason="warmup_out_of_range"} 2.0' in daemon.metrics.render()
+    assert float(daemon.state.detector.model.scaler.std[2]) < 10
+    alerts = [orjson.loads(m.value) for m in consume_all(broker, t["alerts"]) if m.key.startswith(b"late")]
+    assert {a["asset"]: a["reason"] for a in alerts} == {f"late-{i}": "score" if i % 20 else "out_of_range" for i in late}

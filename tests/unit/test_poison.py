@@ -7,6 +7,7 @@ clip would otherwise show the experts as ordinary large values; and records whos
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from streammoe.alerts import Origin, alert_schema, build_alert
 from streammoe.config import AlertSettings
 from streammoe.detector import MixtureDetector
 from streammoe.model.config import ModelConfig
-from streammoe.model.scaler import RANGE
+from streammoe.model.scaler import RANGE, implausible_rows
 
 C = 4
 EXTREMES = np.array([1e30, -1e30, 3.4028235e38, -3.4028235e38, -9999.0, 1e10], np.float32)
@@ -33,6 +34,15 @@ def hostile(rng: np.random.Generator, n: int) -> np.ndarray:
     mask[np.arange(n), rng.integers(0, C, n)] = True
     x[mask] = rng.choice(EXTREMES, int(mask.sum()))
     return x
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """As the daemon runs: on a shared 2-core box a second OpenMP thread spin-waits (fits 10-100x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -156,3 +166,31 @@ def test_out_of_range_alert_names_its_reason_and_fits_the_schema(fitted) -> None
     jsonschema.validate(alert, alert_schema())
     assert alert["reason"] == "out_of_range" and alert["severity"] == "critical"
     assert alert["top_channels"][0]["channel"] == "c"
+
+
+def test_a_few_absurd_readings_in_a_fit_sample_are_found_and_a_rare_mode_is_kept() -> None:
+    rng = np.random.default_rng(7)
+    x = normal(rng, 3000)
+    x[[10, 500, 2000], 2] = 1e30
+    x[7, 0] = -3.4028235e38
+    x[99, 3] = -9999.0
+    assert np.flatnonzero(implausible_rows(x)).tolist() == [7, 10, 99, 500, 2000]
+    idle = rng.normal(0, 0.01, (5000, C)).astype(np.float32)
+    idle[:25, 0] += 1000.0  # a mode with 0.5 % of the rows, 1e5 idle standard deviations away
+    assert not implausible_rows(idle).any()
+
+
+def test_fitting_without_the_absurd_rows_keeps_the_channel_in_sight() -> None:
+    """Why the daemon's warm-up drops them: three 1e30 readings among 3000 make channel 2's scale ~1e28."""
+    rng = np.random.default_rng(8)
+    x = normal(rng, 3000)
+    x[[10, 500, 2000], 2] = 1e30
+    probe = normal(rng, 3)
+    probe[0, 2] = 40.0
+    probe[1, 2] = 1e30
+    for rows, blind in ((np.ones(len(x), bool), True), (~implausible_rows(x), False)):
+        det = MixtureDetector(C, ModelConfig(k_max=2, fit_steps=60, n_samples=2), device="cpu")
+        det.fit(x[rows])
+        scored = det.score_many(probe)
+        assert bool(scored.is_anomaly[0]) is not blind, "40 standard deviations off on channel 2"
+        assert bool(scored.in_range[1]) is blind
