@@ -19,6 +19,21 @@ class NoveltyConfig(BaseModel):
     min_density: float = Field(
         0.5, gt=0, le=1, description="Share of the recent window that must be unexplained (sustained, not scattered)."
     )
+    rate_window: int = Field(
+        10_000, ge=16, description="Records over which a sustained rate of scattered unexplained records is measured."
+    )
+    min_rate: float = Field(
+        0.04, ge=0, le=1, description=(
+            "Unexplained share of the last rate_window records (about 1 % when nothing changed) that tries a "
+            "candidate on them even when scattered in time; 0 turns this trigger off."
+        ),
+    )
+    rate_max_excess: float = Field(
+        0.0, description=(
+            "A candidate from scattered records is accepted only if its median NLL on the held-out ones is at most "
+            "the pooled calibration's score at learn_threshold plus this many nats (as tight as a known mode)."
+        ),
+    )
     holdout_fraction: float = Field(0.3, gt=0, lt=1, description="Latest share of the memory the candidate must explain.")
     min_gain: float = Field(
         10.0, ge=0, description="Median log-likelihood gain (nats per record) of the candidate over the mixture."
@@ -46,6 +61,8 @@ class NoveltyConfig(BaseModel):
             raise ValueError("novelty.memory_size must be >= novelty.window (the memory holds one window's run)")
         if self.min_records > self.window:
             raise ValueError("novelty.min_records must be <= novelty.window")
+        if self.min_rate > 0 and self.memory_size < self.min_rate * self.rate_window:
+            raise ValueError("novelty.memory_size must hold min_rate * rate_window records (or set min_rate 0)")
         return self
 
 

@@ -5,6 +5,12 @@ service. It is trained on the older part of the memory and must explain the newe
 mixture does (`min_gain` nats per record, median) and about as well as its own training records
 (`min_explained` of them inside its own 99th percentile). Scattered anomalies fail this: one candidate cannot
 explain records that have nothing in common.
+
+Records that came scattered in time (the memory's rate trigger) lack the run's evidence that they belong
+together, and a broad candidate can beat the mixture on any scattered set, anomalies included. So that candidate
+is trained on them plus as many replay records of the experts they fall under, and must also be as tight as a
+known mode: its median NLL on the held-out records at most the pooled calibration's score at the learning
+threshold (plus `rate_max_excess`).
 """
 
 from __future__ import annotations
@@ -48,8 +54,20 @@ def _train_candidate(model: MixtureOfVAEs, x: torch.Tensor, generator: torch.Gen
 
 
 @torch.no_grad()
+def _context(model: MixtureOfVAEs, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """As many replay records as `x` has, drawn from the experts that `x` is assigned to, in the same proportions."""
+    mode = model.evaluate(x, model.config.n_samples, generator).mode
+    parts = []
+    for k, c in zip(*torch.unique(mode, return_counts=True)):
+        pool = model.replay.from_mode(int(k))
+        if pool.shape[0]:
+            parts.append(pool[torch.randint(pool.shape[0], (int(c),), generator=generator, device=pool.device)])
+    return torch.cat(parts) if parts else x[:0]
+
+
+@torch.no_grad()
 def judge(model: MixtureOfVAEs, cand: StackedVAE, train: torch.Tensor, hold: torch.Tensor,
-          generator: torch.Generator | None) -> Verdict:
+          generator: torch.Generator | None, trigger: str = "run") -> Verdict:
     cfg = model.config
     s = cfg.n_samples
     cand_hold = cand.iwae(hold, s, generator=generator)[0]
@@ -61,6 +79,16 @@ def judge(model: MixtureOfVAEs, cand: StackedVAE, train: torch.Tensor, hold: tor
         return Verdict(False, gain, explained, "non-finite likelihood")
     ok = gain >= cfg.novelty.min_gain and explained >= cfg.novelty.min_explained
     reason = "" if ok else ("not better than the mixture" if gain < cfg.novelty.min_gain else "incoherent")
+    if ok and trigger == "rate":
+        # Scattered in time, the records' only claim to be a mode is that one expert predicts them about as well
+        # as the known modes predict their own records: the candidate's median NLL on them must not exceed the
+        # pooled calibration's score at the learning threshold (a 1-in-100 normal record) by more than
+        # `rate_max_excess`. A broad candidate spread over unrelated anomalies fails this even when it beats the
+        # mixture by a wide margin.
+        pooled = torch.tensor([model.config.k_max], device=hold.device)
+        bar = float(model.calibration.score_at(pooled, math.log(cfg.learn_threshold))[0]) + cfg.novelty.rate_max_excess
+        if float(torch.median(-cand_hold)) > bar:
+            ok, reason = False, "looser than the known modes"
     return Verdict(ok, gain, explained, reason)
 
 
@@ -69,7 +97,8 @@ def try_grow(
 ) -> tuple[list[ModeEvent], Verdict | None]:
     """If the memory is ready, train and judge a candidate; on acceptance add it (retiring the lightest expert
     if every slot is taken and it weighs less than `replace_weight`) and return the events."""
-    if not memory.ready():
+    trigger = memory.trigger()
+    if trigger is None:
         return [], None
     free = torch.nonzero(~model.active).flatten()
     weights = model.weights.mean(model.active)
@@ -84,12 +113,16 @@ def try_grow(
     if free.numel() == 0 and (not bool(mature.any()) or float(weights[lightest]) >= model.config.novelty.replace_weight):
         memory.forget()
         return [], Verdict(False, float("nan"), float("nan"), "no free expert slot (k_max reached)")
-    seen = memory.contents()
+    seen = memory.contents(trigger)
     n = seen.x.shape[0]
     n_hold = max(1, int(n * model.config.novelty.holdout_fraction))
     train, hold = seen.x[: n - n_hold], seen.x[n - n_hold :]
-    cand = _train_candidate(model, train, generator)
-    verdict = judge(model, cand, train, hold, generator)
+    # A scattered set of unexplained records is mostly the edge of modes the mixture already has (a wider spread
+    # than their experts learned): trained on those alone the candidate would model a hollow shell. With as many
+    # replay records of the experts they fall under, it learns the whole mode and its edge.
+    fit_on = train if trigger == "run" else torch.cat([train, _context(model, train, generator)])
+    cand = _train_candidate(model, fit_on, generator)
+    verdict = judge(model, cand, train, hold, generator, trigger)
     memory.forget()
     if not verdict.accepted:
         return [], verdict

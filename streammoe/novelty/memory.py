@@ -4,6 +4,11 @@ A new operating mode shows as a sustained run of such records; scattered anomali
 So the memory answers two questions, both over the last `window` records: does the latest run (unexplained
 records without a gap of more than window/10 explained ones) hold at least `min_records`, and were the
 unexplained records dense (`min_density` of the window)? Older entries are not part of the run.
+
+A machine can also show a new state in single records scattered in time (a recurring job, a spread its experts
+never learned). The second trigger counts the unexplained records kept from the last `rate_window` records:
+`min_rate` of them, far above the ~1 % below the learning threshold when nothing changed, and the growth code
+tries a candidate on all of them (with a stricter test, see growth.py).
 """
 
 from __future__ import annotations
@@ -84,9 +89,29 @@ class ShortTermMemory(nn.Module):
     def ready(self) -> bool:
         return self.size() >= self.cfg.min_records and self.density() >= self.cfg.min_density
 
-    def contents(self) -> Remembered:
-        run = self._run()
-        return Remembered(self.x[run], self.ref[run], self.ts[run])
+    def _recent(self) -> Tensor:
+        """Slots of every entry from the last `rate_window` records, in arrival order."""
+        recent = torch.nonzero(self.seq >= self.seen - self.cfg.rate_window).flatten()
+        return recent[torch.argsort(self.seq[recent])]
+
+    def rate(self) -> float:
+        """Unexplained records kept from the last `rate_window` records, as a share of that window."""
+        return self._recent().numel() / self.cfg.rate_window
+
+    def rate_ready(self) -> bool:
+        return self.cfg.min_rate > 0 and self.rate() >= self.cfg.min_rate
+
+    def trigger(self) -> str | None:
+        """'run' for a dense run, 'rate' for a sustained rate of scattered ones, None while neither holds."""
+        if self.ready():
+            return "run"
+        if self.rate_ready():
+            return "rate"
+        return None
+
+    def contents(self, trigger: str = "run") -> Remembered:
+        kept = self._run() if trigger == "run" else self._recent()
+        return Remembered(self.x[kept], self.ref[kept], self.ts[kept])
 
     @torch.no_grad()
     def forget(self, up_to_seq: int | None = None) -> None:

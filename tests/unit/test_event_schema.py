@@ -45,7 +45,7 @@ def on_the_wire(event: dict) -> dict:
 def mode_events() -> dict[str, dict]:
     """One real event of each kind from the novelty code: retire, merge, then grow into the freed slot."""
     g = torch.Generator().manual_seed(0)
-    novelty = NoveltyConfig(min_records=16, window=32, memory_size=32, candidate_steps=20, min_gain=0.0,
+    novelty = NoveltyConfig(min_records=16, window=32, memory_size=32, min_rate=0.0, candidate_steps=20, min_gain=0.0,
                             min_explained=0.01, retire_weight=0.1, retire_after=10, merge_margin=5.0)
     model = MixtureOfVAEs(4, ModelConfig(k_max=4, hidden=8, latent=2, n_samples=2, novelty=novelty))
     model.experts.active[:3] = True

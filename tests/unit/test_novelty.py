@@ -69,6 +69,59 @@ def test_scattered_anomalies_never_make_an_expert_and_still_alert(detector) -> N
     assert flags[normal].mean() < 0.01
 
 
+RATE = NOVELTY.model_copy(update={"rate_window": 3000, "candidate_steps": 300})
+RATE_MODEL = ModelConfig(k_max=4, fit_steps=400, n_samples=4, novelty=RATE)
+
+
+def scattered(rng, n: int, share: float) -> np.ndarray:
+    """Sorted positions of share * n records picked at random among n: scattered, not a run."""
+    return np.sort(rng.choice(n, int(n * share), replace=False))
+
+
+def test_a_mode_recurring_scattered_in_time_adds_one_expert_and_its_alerts_stop() -> None:
+    # Mode B shows in single records among mode A at 8 %: never the dense run the first trigger needs, but far
+    # above the ~1 % of records below the learning threshold when nothing changed (the rate trigger).
+    rng = np.random.default_rng(9)
+    det = MixtureDetector(C, RATE_MODEL)
+    det.fit(mode_a(rng, 3000))
+    x = mode_a(rng, 10_000)
+    at = scattered(rng, len(x), 0.08)
+    x[at] = mode_b(rng, len(at))
+    flags, events = stream(det, x)
+    added = [e for e in events if e.kind == "mode_added"]
+    assert len(added) == 1 and det.model.n_active == 2
+    assert added[0].last_ref < 10_000 + RATE.rate_window, "within one rate window of B's first records"
+    is_b = np.zeros(len(x), bool)
+    is_b[at] = True
+    late = np.arange(len(x)) >= len(x) // 2
+    assert flags[is_b & ~late][:100].mean() > 0.95, "B alerts until it is learned"
+    assert flags[is_b & late].mean() < 0.05 and flags[~is_b & late].mean() < 0.02
+
+
+def test_scattered_anomalies_above_the_rate_trigger_never_make_an_expert_and_still_alert() -> None:
+    # 6 % scattered anomalies keep the rate trigger firing; each candidate spreads over records with nothing in
+    # common, beats the mixture by far, but is much looser than the known mode, so it is never accepted.
+    rng = np.random.default_rng(10)
+    det = MixtureDetector(C, RATE_MODEL)
+    det.fit(mode_a(rng, 3000))
+    x = mode_a(rng, 12_000)
+    spikes = scattered(rng, len(x), 0.06)
+    x[spikes] += rng.normal(0, 1, (len(spikes), C)).astype(np.float32) * 20 + 20 * np.sign(rng.normal(size=(len(spikes), C)))
+    tried, flags = [], []
+    for i in range(0, len(x), 1024):
+        scored = det.score_many(x[i : i + 1024])
+        report = det.learn_many(scored)
+        tried.append(report.candidate)
+        flags.append(scored.is_anomaly)
+        assert [e for e in report.events if e.kind == "mode_added"] == []
+    assert tried.count("looser than the known modes") >= 2, tried
+    assert det.model.n_active == 1
+    f = np.concatenate(flags)
+    normal = np.ones(len(x), bool)
+    normal[spikes] = False
+    assert f[spikes].mean() > 0.95 and f[normal].mean() < 0.01
+
+
 def test_burst_shorter_than_the_memory_minimum_makes_no_expert(detector) -> None:
     rng = np.random.default_rng(3)
     x = np.concatenate([mode_a(rng, 1000), mode_b(rng, NOVELTY.min_records - 100), mode_a(rng, 4000)])
