@@ -204,11 +204,16 @@ def consumer_config(kafka: KafkaSettings) -> dict[str, Any]:
 
 
 def producer_config(kafka: KafkaSettings) -> dict[str, Any]:
-    """librdkafka producer properties: acks from every in-sync replica before a batch counts as delivered."""
+    """librdkafka producer properties: acks from every in-sync replica before a batch counts as delivered.
+
+    Not idempotent, on purpose: outputs are deduplicated downstream (`alert_id`), and an idempotent producer
+    never recovers from a Tansu restart (it forgets producer ids; shared/PLATFORM.md), whereas a plain one
+    delivers what it buffered during the outage. `extra` may still turn idempotence on for a real Kafka."""
     conf: dict[str, Any] = {
         "bootstrap.servers": kafka.bootstrap_servers,
         "client.id": kafka.client_id,
         "acks": "all",
+        "enable.idempotence": False,
         "linger.ms": 5,
         "message.timeout.ms": int(kafka.delivery_timeout_s * 1000),
         **_security(kafka),

@@ -12,10 +12,11 @@ checkpoint, so a command is applied once per model and survives restarts with it
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import orjson
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 
 from streammoe.config import KafkaSettings, consumer_config
 from streammoe.logs import get_logger
@@ -61,10 +62,12 @@ def parse_command(value: bytes | None) -> ExpertVerdict:
 class ControlListener:
     """Reads the control topic without a consumer group, from positions the caller keeps."""
 
-    def __init__(self, kafka: KafkaSettings) -> None:
+    def __init__(self, kafka: KafkaSettings, on_error: Callable[[KafkaError], None] | None = None) -> None:
         self.topic = kafka.control_topic
         conf = consumer_config(kafka)
         conf.update({"group.id": f"{kafka.group_id}.control", "enable.partition.eof": False})
+        if on_error is not None:
+            conf["error_cb"] = on_error
         self.consumer = Consumer(conf)
         self.assigned = False
 

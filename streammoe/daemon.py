@@ -7,6 +7,12 @@ is acknowledged by the broker; alerts carry `alert_id` = topic/partition/offset 
 
 SIGTERM/SIGINT stop polling; the batch in flight finishes, outputs are flushed, offsets committed, the
 model checkpointed, and the process exits 0.
+
+A broker outage does not stop the daemon (docs/operations.md, "Broker outages"): the batch in flight waits for
+its outputs to be acknowledged, sending again what the broker failed to take, while the model stays in memory,
+no input offset moves and /readyz reports the outage; it carries on by itself when the broker answers. A stop
+during an outage abandons the waiting batch (its offsets were never stored, so it is read again after the
+restart) and shuts down within bounded time without committing anything unacknowledged.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from streammoe.detector import LearnReport, MixtureDetector, ScoredBatch
 from streammoe.logs import configure_logging, get_logger
 from streammoe.metrics import Health, HttpServer, Metrics
 from streammoe.model.scaler import implausible_rows
+from streammoe.outage import BrokerWatch
 from streammoe.persistence import ModelLoadError
 from streammoe.records import DecodedBatch, RecordDecoder
 from streammoe.sink import DeliveryError, Sink
@@ -48,6 +55,13 @@ log = get_logger("streammoe.daemon")
 
 T = TypeVar("T")
 REF_PARTITION_SHIFT = 40  # model refs pack (partition << 40) | offset, unpacked again in mode events
+DELIVERY_STEP_S = 0.5  # a batch waiting for the broker serves the consumer and checks for a stop this often
+PROBE_EVERY_S = 1.0  # during an outage with nothing to deliver, ask the broker for metadata this often
+CLOSE_TIMEOUT_S = 10.0  # the longest a shutdown waits for the broker (final flush, commit, leaving the group)
+
+
+class BatchAbandoned(Exception):
+    """A stop was requested while a batch waited for the broker: its input offsets are not stored."""
 
 
 @dataclass
@@ -87,9 +101,12 @@ class Daemon:
         for restored in self.models.values():
             if restored.recovered:
                 self.metrics.checkpoint_fallbacks.labels(restored.recovered).inc()
-        self.source = Source(settings.kafka, settings.batching, on_lag=self._lag)
-        self.sink = Sink(settings.kafka)
-        self.control = ControlListener(settings.kafka)
+        self.watch = BrokerWatch(self.metrics, self.health)
+        self.source = Source(settings.kafka, settings.batching, on_lag=self._lag, on_error=self.watch.client_error,
+                             on_committed=self.metrics.commits.inc)
+        self.sink = Sink(settings.kafka, on_error=self.watch.client_error)
+        self.control = ControlListener(settings.kafka, on_error=self.watch.client_error)
+        self._next_probe = 0.0
         self._control_retry_at = 0.0
         self.http = (
             HttpServer(settings.http.host, settings.http.port, self.metrics, self.health)
@@ -143,9 +160,13 @@ class Daemon:
                 self.health.progress(len(self.source.assigned))
                 self.metrics.assigned_partitions.set(len(self.source.assigned))
                 if msgs:
-                    self._handle(msgs)
+                    try:
+                        self._handle(msgs)
+                    except BatchAbandoned:
+                        break
                 else:
                     self.sink.poll()
+                self._probe_broker()
                 self._maybe_commit()
                 self._apply_control()
             failed = False
@@ -167,11 +188,11 @@ class Daemon:
             with self._timed("publish"):
                 self._publish(msgs, decoded, judged)
             with self._timed("acknowledge"):
-                self._acknowledge(msgs)
+                waited = self._acknowledge(msgs)
             elapsed = time.monotonic() - t0
             self.metrics.batch_seconds.observe(elapsed)
             self.metrics.batch_size.observe(len(msgs))
-            if elapsed * 1000 > self.settings.kafka.max_poll_interval_ms / 4:
+            if not waited and elapsed * 1000 > self.settings.kafka.max_poll_interval_ms / 4:
                 log.warning("slow_batch", seconds=round(elapsed, 3), hint="lower STREAMMOE_BATCHING__MAX_BATCH")
             log.debug("batch_done", seconds=round(elapsed, 4), dead=len(decoded.dead))
         self.summary.batches += 1
@@ -304,10 +325,50 @@ class Daemon:
         return event_payload(event, input_topic=self.settings.kafka.input_topic, scope=self.state.scope,
                              model_version=self.state.version)
 
-    def _acknowledge(self, msgs: list[Message]) -> None:
-        """Wait for the broker to hold every output of the batch; only then may its input offsets move."""
-        self.sink.flush()
+    def _acknowledge(self, msgs: list[Message]) -> bool:
+        """Wait for the broker to hold every output of the batch; only then may its input offsets move.
+        True if the wait outlasted one step (the broker was slow or away)."""
+        waited = self._deliver()
         self.source.mark_done(msgs)
+        return waited
+
+    def _deliver(self) -> bool:
+        """Return once the broker holds every output sent so far; True if that took longer than one step.
+
+        Normally one short wait. While the broker is down or does not answer, the batch waits here: outputs it
+        failed to take are sent again, the consumer is paused but polled (the group keeps this member, and no
+        record is fetched or committed), /readyz reports the outage, and the wait ends by itself once the broker
+        takes the outputs. A stop request abandons the batch (BatchAbandoned) without storing its offsets."""
+        had_pending, resent, paused = self.sink.pending > 0, self.sink.resent, False
+        try:
+            while pending := self.sink.flush(DELIVERY_STEP_S):
+                if self.sink.resent > resent:
+                    self.metrics.outputs_resent.inc(self.sink.resent - resent)
+                    resent = self.sink.resent
+                    self.watch.begin(f"outputs not acknowledged ({self.sink.last_failure})")
+                if self._stop.is_set():
+                    log.warning("batch_abandoned", unacknowledged_outputs=pending,
+                                reason="stop requested while waiting for the broker; the batch is read again")
+                    raise BatchAbandoned()
+                if not paused:
+                    self.source.pause()
+                    paused = True
+                self._carry += self.source.poll_paused(0)
+                self.health.progress(len(self.source.assigned))  # waiting, not hung: readiness shows why
+        finally:
+            if paused:
+                self.source.resume()
+        if had_pending:
+            self.watch.end()
+        return paused
+
+    def _probe_broker(self) -> None:
+        """During an outage with no batch waiting, end it once the broker answers a metadata request."""
+        if not self.watch.down or time.monotonic() < self._next_probe:
+            return
+        self._next_probe = time.monotonic() + PROBE_EVERY_S
+        if self.sink.flush(0) == 0 and self.sink.reachable(PROBE_EVERY_S):
+            self.watch.end()
 
     # ---- housekeeping --------------------------------------------------------------------------------------
 
@@ -326,14 +387,28 @@ class Daemon:
                 self._checkpoint()
 
     def _commit(self) -> None:
-        if self.source.commit():
-            self.metrics.commits.inc()
+        """Send acknowledged offsets (counted in streammoe_commits_total when the broker confirms). Not during an
+        outage: the commit would only queue up, and leaving the group at shutdown waits for queued commits."""
+        if not self.watch.down:
+            self.source.commit()
         self._last_commit = time.monotonic()
 
     def _checkpoint(self) -> None:
         for state in self.models.values():
             if self.checkpointer.save(state) is not None:
                 self.metrics.checkpoints.inc()
+
+    def _close_source(self) -> None:
+        commit = not self.watch.down
+        self.watch.closing()
+        self.source.close(CLOSE_TIMEOUT_S, commit=commit)
+
+    def _final_flush(self) -> None:
+        """Wait briefly for outputs still unacknowledged (none, unless a batch was abandoned), then drop them so the
+        producer closes at once; the batch they came from has no stored offset and is read again."""
+        wait = 0.0 if self.watch.down else min(self.settings.kafka.delivery_timeout_s, CLOSE_TIMEOUT_S)
+        if self.sink.flush(wait):
+            log.warning("outputs_dropped_at_shutdown", outputs=self.sink.drop_pending())
 
     def _keep_polling(self, work: Callable[[], T]) -> T:
         """Run long work (a warm-up fit) in a thread while the consumer, paused, keeps its group membership."""
@@ -349,10 +424,14 @@ class Daemon:
             self.source.resume()
 
     def _shutdown(self, failed: bool) -> None:
-        """Flush, commit, checkpoint, leave the group. After a failure, only what was acknowledged commits."""
+        """Flush, checkpoint, commit and leave the group, in bounded time even while the broker is unreachable.
+
+        Only batches whose outputs were acknowledged have stored offsets, so whatever commits here was
+        acknowledged, after a failure too. During an outage nothing is committed: the acknowledged but
+        uncommitted batches are read again after the restart (at-least-once)."""
         steps: list[tuple[str, Callable[[], object]]] = [
-            ("flush", self.sink.flush), ("commit", self._commit), ("checkpoint", self._checkpoint),
-            ("close", self.source.close), ("close_control", self.control.close),
+            ("flush", self._final_flush), ("checkpoint", self._checkpoint),
+            ("close", self._close_source), ("close_control", self.control.close),
         ]
         for name, step in steps:
             try:

@@ -52,6 +52,11 @@ class Metrics:
             ["reason"], registry=r,
         )
         self.assigned_partitions = Gauge("streammoe_assigned_partitions", "Input partitions owned.", registry=r)
+        self.broker_unreachable = Gauge("streammoe_broker_unreachable",
+                                        "1 while the broker is unreachable (the daemon waits, not ready).", registry=r)
+        self.broker_outages = Counter("streammoe_broker_outages", "Broker outages begun.", registry=r)
+        self.outputs_resent = Counter("streammoe_outputs_resent",
+                                      "Outputs sent again after the broker failed to acknowledge them.", registry=r)
 
     def stage_totals(self) -> dict[str, float]:
         """Seconds spent so far in each stage (for benchmarks and the shutdown summary)."""
@@ -65,17 +70,25 @@ class Metrics:
 
 
 class Health:
-    """Liveness is the process answering; readiness needs partitions and a loop that turned recently."""
+    """Liveness is the process answering; readiness needs a reachable broker, partitions and a loop that turned
+    recently."""
 
     def __init__(self, stale_s: float) -> None:
         self.stale_s = stale_s
         self.assigned = 0
         self.last_progress = 0.0
+        self.outage: str | None = None
 
     def progress(self, assigned: int) -> None:
         self.assigned, self.last_progress = assigned, time.monotonic()
 
+    def broker_unreachable(self, reason: str | None) -> None:
+        """Not ready while `reason` is set (a broker outage in progress); None when it is over."""
+        self.outage = reason
+
     def ready(self) -> tuple[bool, str]:
+        if self.outage is not None:
+            return False, f"broker unreachable: {self.outage}"
         if self.assigned == 0:
             return False, "no partitions assigned"
         age = time.monotonic() - self.last_progress

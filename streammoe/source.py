@@ -3,10 +3,17 @@
 The daemon calls `mark_done(messages)` once a batch's outputs are acknowledged by the broker; only then are
 the offsets stored, and `commit()` sends the stored positions (on an interval, when partitions are revoked,
 and at shutdown). Lost partitions are dropped without a commit: another member owns them already.
+
+Commits on the interval and at shutdown are asynchronous: librdkafka's synchronous commit waits for the group
+coordinator with no time limit, so a broker that dies or freezes at that moment would hold the loop (and a
+SIGTERM) until it came back. Their results arrive with later polls; a failed commit puts its offsets back for
+the next one. Only a revoke commits synchronously, while the rebalance that revokes proves the broker answers.
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Iterable
 
 import orjson
@@ -34,16 +41,22 @@ def usable(msgs: list[Message], event: str) -> list[Message]:
 
 
 class Source:
-    def __init__(self, kafka: KafkaSettings, batching: BatchingSettings, on_lag: StatsHook | None = None) -> None:
+    def __init__(self, kafka: KafkaSettings, batching: BatchingSettings, on_lag: StatsHook | None = None,
+                 on_error: Callable[[KafkaError], None] | None = None,
+                 on_committed: Callable[[], None] | None = None) -> None:
         self.kafka, self.batching = kafka, batching
         self._on_lag = on_lag
+        self._on_committed = on_committed
         conf = consumer_config(kafka)
-        conf.update({"stats_cb": self._stats, "error_cb": self._error})
+        conf.update({"stats_cb": self._stats, "error_cb": on_error or self._error, "on_commit": self._commit_result})
         self.consumer = Consumer(conf)
         self.assigned: set[PartitionKey] = set()
         self._acked: dict[PartitionKey, int] = {}  # next offset to read, acknowledged but not yet committed
+        self._committing: dict[PartitionKey, int] = {}  # sent to the coordinator, result not yet known
         self.committed: dict[PartitionKey, int] = {}
         self._paused = False
+        self._paused_keys: set[PartitionKey] = set()  # paused since the last resume (see `resume`)
+        self._closing = False
 
     def subscribe(self) -> None:
         self.consumer.subscribe(
@@ -75,35 +88,106 @@ class Source:
             log.debug("store_offsets_failed", error=str(e))
 
     def commit(self, only: Iterable[PartitionKey] | None = None) -> int:
-        """Synchronously commit acknowledged offsets (of `only` partitions, if given); returns how many."""
+        """Send acknowledged offsets (of `only` partitions, if given) to the group coordinator without waiting for
+        the answer (see the module docstring); returns how many partitions."""
         keys = [k for k in (self._acked if only is None else only) if k in self._acked]
         offsets = [TopicPartition(t, p, self._acked[(t, p)]) for t, p in keys]
         if not offsets:
             return 0
         try:
-            self.consumer.commit(offsets=offsets, asynchronous=False)
+            self.consumer.commit(offsets=offsets, asynchronous=True)
         except KafkaException as e:
             log.warning("commit_failed", error=str(e), partitions=len(offsets))
             return 0
         for k in keys:
-            self.committed[k] = self._acked.pop(k)
+            self._committing[k] = self._acked.pop(k)
         return len(offsets)
+
+    def _commit_now(self, keys: list[PartitionKey]) -> None:
+        """Synchronous commit, only for partitions being revoked (the broker is answering: it is rebalancing)."""
+        keys = [k for k in keys if k in self._acked]
+        if not keys:
+            return
+        try:
+            self.consumer.commit(offsets=[TopicPartition(t, p, self._acked[(t, p)]) for t, p in keys],
+                                 asynchronous=False)
+        except KafkaException as e:
+            log.warning("commit_failed", error=str(e), partitions=len(keys))
+            return
+        for k in keys:
+            self.committed[k] = self._acked.pop(k)  # librdkafka reports it to `_commit_result` as well (counted there)
+
+    def _commit_result(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        """librdkafka's answer to a commit, asynchronous or not (served by a later consume)."""
+        failed = []
+        for tp in partitions:
+            key, offset = (tp.topic, tp.partition), tp.offset
+            if self._committing.get(key) == offset:
+                del self._committing[key]
+            if err is None and tp.error is None:
+                self.committed[key] = max(offset, self.committed.get(key, -1))
+            else:
+                failed.append(f"{tp.topic}[{tp.partition}]")
+                newer = max(self._acked.get(key, -1), self._committing.get(key, -1), self.committed.get(key, -1))
+                if key in self.assigned and offset > newer:  # nothing newer will replace it: try again next time
+                    self._acked[key] = offset
+        if failed:
+            log.warning("commit_failed", error=str(err or next(tp.error for tp in partitions if tp.error)),
+                        partitions=sorted(failed))
+        elif self._on_committed is not None:
+            self._on_committed()
+
+    def await_commits(self, timeout: float) -> bool:
+        """Serve the consumer until every commit sent has its answer (or `timeout` passes); True when all have.
+        Messages consumed meanwhile are dropped: only for shutdown, where nothing more is processed."""
+        deadline = time.monotonic() + timeout
+        while self._committing and time.monotonic() < deadline:
+            self.consumer.consume(num_messages=self.batching.max_batch, timeout=0.05)
+        return not self._committing
 
     def pause(self) -> None:
         """Stop fetching but keep the group membership alive (the caller keeps calling `poll_paused`)."""
         self._paused = True
-        self.consumer.pause(self.consumer.assignment())
+        parts = self.consumer.assignment()
+        self._paused_keys.update((tp.topic, tp.partition) for tp in parts)
+        self.consumer.pause(parts)
 
     def poll_paused(self, timeout: float) -> list[Message]:
         return self._good(self.consumer.consume(num_messages=self.batching.max_batch, timeout=timeout))
 
     def resume(self) -> None:
+        """Resume every partition paused since `pause()`, owned now or not: librdkafka keeps a partition paused
+        across losing and regaining it (measured: lost during a broker outage, assigned again afterwards, it never
+        fetched again), so resuming only the current assignment would leave those stalled for good."""
         self._paused = False
-        self.consumer.resume(self.consumer.assignment())
+        keys, self._paused_keys = self._paused_keys, set()
+        keys.update((tp.topic, tp.partition) for tp in self.consumer.assignment())
+        try:
+            self.consumer.resume([TopicPartition(t, p) for t, p in sorted(keys)])
+        except KafkaException as e:
+            log.warning("resume_failed", error=str(e))
 
-    def close(self) -> None:
-        self.commit()
-        self.consumer.close()
+    def close(self, timeout: float, commit: bool = True) -> bool:
+        """Commit what is acknowledged (unless `commit` is False: the broker is known to be unreachable), then leave
+        the group, all within about `timeout` seconds; False if the consumer could not be closed in time.
+
+        librdkafka's close waits for every outstanding commit, with no limit when the broker is frozen or behind a
+        network that drops packets (measured: > 90 s against a SIGSTOPped Tansu 0.6.0), so the close runs in a
+        helper thread and is abandoned after the timeout: the process exits anyway and the group notices the
+        member gone after its session timeout."""
+        deadline = time.monotonic() + timeout
+        if commit:
+            self.commit()
+            if not self.await_commits(timeout / 2):
+                log.warning("commit_unanswered", partitions=sorted(f"{t}[{p}]" for t, p in self._committing))
+        self._closing = True  # the revoke inside close() must not commit synchronously now
+        closer = threading.Thread(target=self.consumer.close, name="streammoe-consumer-close", daemon=True)
+        closer.start()
+        closer.join(max(0.0, deadline - time.monotonic()) + 1.0)
+        if closer.is_alive():
+            log.warning("consumer_close_timed_out", seconds=timeout)
+            return False
+        return True
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.assigned.update((tp.topic, tp.partition) for tp in partitions)
@@ -111,10 +195,12 @@ class Source:
         if self._paused:
             consumer.incremental_assign(partitions)
             consumer.pause(partitions)
+            self._paused_keys.update((tp.topic, tp.partition) for tp in partitions)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = [(tp.topic, tp.partition) for tp in partitions]
-        self.commit(only=keys)
+        if not self._closing:
+            self._commit_now(keys)
         self.assigned.difference_update(keys)
         for k in keys:
             self._acked.pop(k, None)
