@@ -79,6 +79,7 @@ class LearnReport:
     events: list[ModeEvent] = field(default_factory=list)
     candidate: str = ""  # why a candidate expert was rejected, if one was tried
     drift: bool = False  # river ADWIN saw the stream's typical log-likelihood change at this batch
+    stepped: bool = False  # the experts' gradient step ran (not on batches amortised by ModelConfig.learn_every)
 
 
 class MixtureDetector:
@@ -103,8 +104,10 @@ class MixtureDetector:
         self.learner = ExpertLearner(self.model, self.generator)
         self.counters = {
             "records_scored": 0, "records_learned": 0, "steps_skipped": 0, "non_finite": 0, "out_of_range": 0,
-            "drifts": 0,
+            "drifts": 0, "steps": 0,
         }
+        self._batches_to_step = 1  # the first batch with records to learn takes a step
+        self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # learnable rows since the last step
         self.drift = LikelihoodDrift()
 
     @property
@@ -229,6 +232,17 @@ class MixtureDetector:
             return report
         x, resp, mode = ev.x[learn], ev.resp[learn], ev.mode[learn]
         model.replay.add(mode, x, self.generator)
+        self.counters["records_learned"] += n
+        self._pending.append((x, resp))
+        self._batches_to_step -= 1
+        if self._batches_to_step > 0:  # amortised: the step waits; everything else has learned from this batch
+            return report
+        self._batches_to_step = cfg.learn_every
+        if len(self._pending) > 1:  # the step draws from every batch since the last one, not only this one
+            x, resp = (torch.cat(t) for t in zip(*self._pending))
+            n = x.shape[0]
+        self._pending = []
+        report.stepped = True
         if n > cfg.learn_batch:
             pick = torch.randperm(n, generator=self.generator, device=self.device)[: cfg.learn_batch]
             x, resp = x[pick], resp[pick]
@@ -238,7 +252,7 @@ class MixtureDetector:
         if not step.applied:
             self.counters["steps_skipped"] += 1
             report.skipped_step = step.reason
-        self.counters["records_learned"] += n
+        self.counters["steps"] += 1
         return report
 
     def _novelty(self, scored: ScoredBatch, usable: torch.Tensor, unexplained: torch.Tensor, report: LearnReport) -> None:

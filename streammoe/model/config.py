@@ -85,6 +85,10 @@ class ModelConfig(BaseModel):
     alpha0: float = Field(1.0, gt=0, description="Dirichlet prior concentration per expert.")
     learning_rate: float = Field(1e-3, gt=0, description="Adam step size, offline and online.")
     learn_batch: int = Field(256, ge=1, description="At most this many records of a batch per online step.")
+    learn_every: int = Field(
+        4, ge=1, description="The experts' gradient step runs on every Nth batch with records to learn (1: every "
+        "batch); weights, calibration, replay, drift and the novelty memory still see every record.",
+    )
     replay_size: int = Field(512, ge=1, description="Replay reservoir per expert.")
     replay_per_step: int = Field(64, ge=0, description="Replayed records mixed into each online step.")
     calibration_size: int = Field(2048, ge=16, description="Reference scores kept per mode for p-values.")

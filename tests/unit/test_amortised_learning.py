@@ -1,0 +1,75 @@
+"""Amortised learning (ModelConfig.learn_every): the experts' gradient step runs on every Nth batch, drawing
+from every batch since the last step; everything else learns from every batch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from streammoe.detector import MixtureDetector
+from streammoe.model.config import ModelConfig
+from streammoe.model.learning import StepResult
+
+C = 4
+
+
+def normal_rows(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).normal(0, 1, (n, C)).astype(np.float32)
+
+
+def detector(learn_every: int) -> MixtureDetector:
+    cfg = ModelConfig(k_max=3, hidden=8, latent=2, fit_steps=50, learn_every=learn_every, learn_batch=1000,
+                      replay_per_step=0, learn_threshold=1e-3, threshold=1e-3)
+    det = MixtureDetector(C, cfg, device="cpu")
+    det.fit(normal_rows(800, seed=0), k=1)
+    return det
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.mark.parametrize("learn_every", [1, 3])
+def test_steps_come_every_nth_batch_and_draw_from_every_batch_since_the_last(learn_every, monkeypatch) -> None:
+    det = detector(learn_every)
+    seen_rows: list[int] = []
+
+    def step(x, resp=None, elog_pi=None):  # type: ignore[no-untyped-def]
+        seen_rows.append(x.shape[0])
+        return StepResult(True, 0.0)
+
+    monkeypatch.setattr(det.learner, "step", step)
+    learned, stepped = [], []
+    for b in range(7):
+        report = det.learn_many(det.score_many(normal_rows(40, seed=10 + b)))
+        learned.append(report.learned)
+        stepped.append(report.stepped)
+    assert all(n > 30 for n in learned)  # nearly every normal record is learnable
+    want = [b % learn_every == 0 for b in range(7)]  # the first batch steps, then every Nth
+    assert stepped == want
+    assert det.counters["steps"] == sum(want) == len(seen_rows)
+    # Each step sees the learnable rows of the batches since the previous step (learn_batch is not binding).
+    ends = [b for b in range(7) if want[b]]
+    starts = [0] + [e + 1 for e in ends[:-1]]
+    assert seen_rows == [sum(learned[s : e + 1]) for s, e in zip(starts, ends)]
+    assert det.counters["records_learned"] == sum(learned)
+
+
+def test_amortised_batches_still_feed_calibration_weights_replay_and_novelty_memory() -> None:
+    det = detector(learn_every=4)
+    model = det.model
+    calib, memory_seen, replay_seen = int(model.calibration.count[-1]), int(model.memory.seen), int(model.replay.seen.sum())
+    gamma = model.weights.gamma.clone()
+    for b in range(3):  # batch 0 steps, batches 1 and 2 are amortised
+        det.learn_many(det.score_many(normal_rows(50, seed=20 + b)))
+    assert int(model.calibration.count[-1]) == calib + 150
+    assert int(model.memory.seen) == memory_seen + 150
+    learned = det.counters["records_learned"]
+    assert learned > 120 and int(model.replay.seen.sum()) == replay_seen + learned
+    assert not torch.equal(model.weights.gamma, gamma)
+    assert det.counters["steps"] == 1
