@@ -56,6 +56,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-plots", action="store_true", help="skip the per-series PNG plots")
     p.add_argument("--speed", action="store_true", help="measure score_many throughput (K=8, 38 channels, S=8 and 1)")
     p.add_argument("--speed-repeats", type=int, default=15)
+    p.add_argument("--perf", action="store_true",
+                   help="the fast path on an embedded broker: consume, consume+decode, score, learn, end to end per K "
+                        "and S, river HST; table, JSON and plot (see streammoe/bench/perf.py)")
+    p.add_argument("--perf-k", type=_int_list, default=(1, 4, 8, 16), help="--perf: experts K (default 1,4,8,16)")
+    p.add_argument("--perf-s", type=_int_list, default=(1, 8), help="--perf: importance samples S (default 1,8)")
+    p.add_argument("--perf-records", type=int, default=60_000, help="--perf: records in the topic")
+    p.add_argument("--perf-serial", action="store_true", help="--perf: also run the daemon unpipelined")
+    p.add_argument("--perf-compile", action="store_true", help="--perf: also time the torch.compile'd E-step (slow to compile)")
+    p.add_argument("--perf-latency", action="store_true",
+                   help="--perf: produce -> alert latency at --perf-rate records/s (K=8, S=8)")
+    p.add_argument("--perf-rate", type=int, default=10_000, help="--perf-latency: offered records/s")
+    p.add_argument("--perf-latency-s", type=int, default=8, help="--perf-latency: importance samples S of the model (K=8)")
     p.add_argument("--fuzz", action="store_true",
                    help="hostile and good records through a real broker and `streammoe run`: every offset accounted for")
     p.add_argument("--fuzz-records", type=int, default=10_000)
@@ -87,7 +99,33 @@ def _log_run(track: str, run: SeriesRun) -> None:
           file=sys.stderr, flush=True)
 
 
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a comma list of integers, got {text!r}") from None
+
+
+def _perf(args: argparse.Namespace) -> int:
+    from streammoe.bench import perf
+
+    opts = perf.PerfOptions(ks=args.perf_k, samples=args.perf_s, records=args.perf_records,
+                            latency=args.perf_latency, latency_rate=args.perf_rate,
+                            latency_s=args.perf_latency_s,
+                            pipeline=(True, False) if args.perf_serial else (True,), compile=args.perf_compile)
+    out = args.out or Path("results") / datetime.now().strftime("perf-%Y%m%d-%H%M%S")
+    result = perf.measure(opts, progress=lambda line: print(line, file=sys.stderr, flush=True))
+    result["setup"]["command"] = " ".join(["streammoe"] + sys.argv[1:])
+    result["setup"]["git"] = _git_commit()
+    js, _, png = perf.write(result, out)
+    print(perf.markdown(result))
+    print(f"bench: perf -> {js}" + (f", {png}" if png else ""))
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.perf:
+        return _perf(args)
     from streammoe.bench import report, speed, tracks
 
     overrides = {n: getattr(args, f"cfg_{n}") for n in _config_fields() if getattr(args, f"cfg_{n}") is not None}
