@@ -127,7 +127,33 @@ class MixtureDetector:
         x = np.asarray(x, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != self.n_channels:
             raise ValueError(f"expected records of shape (n, {self.n_channels}), got {x.shape}")
-        return torch.from_numpy(x).to(self.device, non_blocking=True)
+        host = torch.from_numpy(x)
+        if self.device.type == "cuda":  # page-locked staging: the copy runs asynchronously (DMA)
+            host = host.pin_memory()
+        return host.to(self.device, non_blocking=True)
+
+    def _to_host(self, *tensors: torch.Tensor) -> list[np.ndarray]:
+        """Device tensors as numpy arrays: on a GPU, every copy into page-locked memory is queued first and the
+        stream is synchronised once per batch, not once per array."""
+        if self.device.type == "cpu":
+            return [t.numpy() for t in tensors]
+        host = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for t in tensors]
+        for h, t in zip(host, tensors):
+            h.copy_(t, non_blocking=True)
+        torch.cuda.current_stream(self.device).synchronize()
+        return [h.numpy() for h in host]
+
+    def accelerate(self, compile: bool = False, precision: str = "float32") -> None:
+        """How the E-step runs, not what the model learns: `compile` wraps it in torch.compile (CPU or GPU; the
+        first batch of a new shape compiles, seconds); `precision` "bfloat16" or "float16" runs it under autocast
+        (float16 only on a GPU). Likelihoods, p-values and decisions stay float32 after it."""
+        dtypes = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+        if precision not in dtypes:
+            raise ValueError(f"precision must be one of {sorted(dtypes)}, got {precision!r}")
+        if precision == "float16" and self.device.type != "cuda":
+            raise ValueError("float16 autocast needs a GPU; use bfloat16 on a CPU")
+        self.model.use_compiled = compile
+        self.model.autocast_dtype = dtypes[precision]
 
     def fit(self, x: np.ndarray, k: int | None = None, progress: Callable[[int], None] | None = None) -> FitReport:
         """Learn the mixture from normal records (N, C); several operating modes may be present."""
@@ -184,19 +210,10 @@ class MixtureDetector:
         is_anomaly = (log_p < math.log(self.config.threshold)) | (fault & finite) | ~finite | ~in_range
         share = ev.channel_nll / ev.channel_nll.sum(1, keepdim=True).clamp(min=1e-12)
         self.counters["records_scored"] += b
+        host = self._to_host(nll, log_p, -log_p / LOG10, is_anomaly, mode, ev.entropy, ev.epistemic, ev.aleatoric,
+                             ev.resp, share, finite, in_range)
         return ScoredBatch(
-            nll=nll.cpu().numpy(),
-            log_p_value=log_p.cpu().numpy(),
-            score=(-log_p / LOG10).cpu().numpy(),
-            is_anomaly=is_anomaly.cpu().numpy(),
-            mode=mode.cpu().numpy(),
-            mode_entropy=ev.entropy.cpu().numpy(),
-            epistemic=ev.epistemic.cpu().numpy(),
-            aleatoric=ev.aleatoric.cpu().numpy(),
-            responsibilities=ev.resp.cpu().numpy(),
-            channel_share=share.cpu().numpy(),
-            valid=finite.cpu().numpy(),
-            in_range=in_range.cpu().numpy(),
+            *host,
             threshold=self.config.threshold,
             evaluation=ev,
             usable_rows=finite & in_range,
