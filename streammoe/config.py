@@ -90,6 +90,9 @@ class RecordSettings(Section):
 class BatchingSettings(Section):
     max_batch: int = Field(1024, gt=0, le=100_000)
     max_wait_ms: int = Field(100, ge=0, le=60_000)
+    pipeline: bool = Field(
+        True, description="Fetch and decode the next batch while this one is scored and learned (one batch ahead).",
+    )
 
 
 class AlertSettings(Section):

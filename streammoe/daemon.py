@@ -18,6 +18,7 @@ restart) and shuts down within bounded time without committing anything unacknow
 from __future__ import annotations
 
 import argparse
+import contextvars
 import ctypes
 import os
 import signal
@@ -26,6 +27,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import count
@@ -58,6 +60,7 @@ REF_PARTITION_SHIFT = 40  # model refs pack (partition << 40) | offset, unpacked
 DELIVERY_STEP_S = 0.5  # a batch waiting for the broker serves the consumer and checks for a stop this often
 PROBE_EVERY_S = 1.0  # during an outage with nothing to deliver, ask the broker for metadata this often
 CLOSE_TIMEOUT_S = 10.0  # the longest a shutdown waits for the broker (final flush, commit, leaving the group)
+PAUSE_AFTER_S = 1.0  # pipelined: a batch judged for longer than this pauses the partitions until it is done
 
 
 class BatchAbandoned(Exception):
@@ -74,6 +77,7 @@ class RunSummary:
     batches: int = 0
     seconds: float = 0.0
     busy_seconds: float = 0.0  # from the first batch's arrival to the last batch's acknowledgement
+    read_ahead: int = 0  # batches fetched and decoded while the batch before them was being judged
 
 
 @dataclass
@@ -117,6 +121,8 @@ class Daemon:
         self._batch_ids = count(1)
         self._warmup: list[np.ndarray] = []
         self._carry: list[Message] = []
+        self._ahead: tuple[list[Message], int, DecodedBatch] | None = None  # the next batch, decoded early
+        self._judge_pool = ThreadPoolExecutor(1, thread_name_prefix="streammoe-judge")
         self._last_commit = time.monotonic()
         self._first_batch_at: float | None = None
         if install_signals:
@@ -184,7 +190,7 @@ class Daemon:
         with structlog.contextvars.bound_contextvars(batch=next(self._batch_ids), records=len(msgs)):
             with self._timed("decode"):
                 decoded = self._decode(msgs)
-            judged = self._judge(msgs, decoded)
+            judged = self._judge_reading_ahead(msgs, decoded) if self._pipelined() else self._judge(msgs, decoded)
             with self._timed("publish"):
                 self._publish(msgs, decoded, judged)
             with self._timed("acknowledge"):
@@ -201,7 +207,47 @@ class Daemon:
     def _decode(self, msgs: list[Message]) -> DecodedBatch:
         self.metrics.records_in.inc(len(msgs))
         self.summary.records_in += len(msgs)
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead[0] is msgs and ahead[1] == len(msgs):  # read ahead, nothing added since
+            return ahead[2]
         return self.decoder.decode([m.value() for m in msgs])
+
+    def _pipelined(self) -> bool:
+        """Read ahead only with a model: the warm-up fit polls the consumer itself (`_keep_polling`)."""
+        return self.settings.batching.pipeline and self.state.detector is not None
+
+    def _judge_reading_ahead(self, msgs: list[Message], decoded: DecodedBatch) -> Judged:
+        """Judge the batch in a worker thread while this one fetches and decodes the next batch.
+
+        At most one batch is read ahead; it waits in `_carry` and is handled next, so batches are still judged,
+        published and acknowledged one at a time and in order, and offsets are stored only after a batch's outputs
+        are acknowledged. Everything else that touches the model (control verdicts, checkpoints) runs between
+        batches, when the worker is idle. Torch releases the GIL in its kernels, so on two cores the fetch and
+        decode of the next batch mostly hide behind scoring. Backpressure: if judging takes longer than
+        PAUSE_AFTER_S (a candidate expert being trained, a slow CPU), the partitions are paused and the consumer
+        is polled only to keep the group membership, so nothing more is fetched into memory."""
+        future = self._judge_pool.submit(contextvars.copy_context().run, self._judge, msgs, decoded)
+        if not self._carry and not self._stop.is_set():
+            with self._timed("read_ahead"):
+                ahead = self.source.poll_batch()
+                if ahead:
+                    self._carry = ahead
+                    self._ahead = (ahead, len(ahead), self.decoder.decode([m.value() for m in ahead]))
+                    self.summary.read_ahead += 1
+        try:
+            return future.result(timeout=PAUSE_AFTER_S)
+        except FutureTimeout:
+            pass
+        self.source.pause()
+        self.metrics.backpressure_pauses.inc()
+        log.info("backpressure_pause", hint="judging a batch took longer than the pause threshold")
+        try:
+            while not future.done():
+                self._carry += self.source.poll_paused(0.1)
+                self.health.progress(len(self.source.assigned))
+        finally:
+            self.source.resume()
+        return future.result()
 
     def _judge(self, msgs: list[Message], decoded: DecodedBatch) -> Judged:
         """Score with what was learned before this batch, then learn from it (never from what it flags)."""
@@ -216,6 +262,7 @@ class Daemon:
         return judged
 
     def _score_and_learn(self, detector: MixtureDetector, msgs: list[Message], decoded: DecodedBatch) -> Judged:
+        detector.accelerate(self.settings.torch_compile, self.settings.precision)  # restored or fitted, same way
         judged = Judged()
         if not len(decoded):
             return judged
@@ -440,6 +487,7 @@ class Daemon:
                 log.error("shutdown_step_failed", step=name, error=str(e))
         if self.http is not None:
             self.http.stop()
+        self._judge_pool.shutdown(wait=False)
         s = self.summary
         log.info("daemon_stopped", failed=failed, records=s.records_in, alerts=s.alerts, non_alerts=s.non_alerts,
                  dead_letters=s.dead_letters, warmup=s.warmup, batches=s.batches, seconds=round(s.seconds, 2),

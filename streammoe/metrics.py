@@ -52,6 +52,10 @@ class Metrics:
             ["reason"], registry=r,
         )
         self.assigned_partitions = Gauge("streammoe_assigned_partitions", "Input partitions owned.", registry=r)
+        self.backpressure_pauses = Counter(
+            "streammoe_backpressure_pauses", "Times the partitions were paused because judging a batch took long.",
+            registry=r,
+        )
         self.broker_unreachable = Gauge("streammoe_broker_unreachable",
                                         "1 while the broker is unreachable (the daemon waits, not ready).", registry=r)
         self.broker_outages = Counter("streammoe_broker_outages", "Broker outages begun.", registry=r)

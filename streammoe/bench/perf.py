@@ -350,6 +350,12 @@ def latency(bootstrap: str, channels: list[str], tmp: Path, opts: PerfOptions, p
     save_detector(detector, tmp / "model")
     topic = f"lat-{uuid.uuid4().hex[:6]}"
     produce(bootstrap, topic, synthetic(10, N_MODES, len(channels), seed=5), channels)  # create the topic
+    # and the alerts topic, so the reader's subscription finds it at once (this message reads as ts 0: dropped)
+    from confluent_kafka import Producer
+
+    p = Producer({"bootstrap.servers": bootstrap})
+    p.produce(f"{topic}-alerts", orjson.dumps({"ts": 0}))
+    p.flush(10)
     daemon = Daemon(daemon_settings(bootstrap, topic, channels, tmp, f"lat-{topic}", opts.max_batch,
                                     opts.latency_max_wait_ms, opts.torch_threads))
     runner = threading.Thread(target=daemon.run, kwargs={"timeout_s": opts.latency_seconds + 60}, daemon=True)
