@@ -1,7 +1,8 @@
 """`streammoe run`: the loop that wires source → decode → score → learn → publish → acknowledge → commit.
 
-Each stage is a small method taking the previous stage's output, so the loop can later be pipelined
-(decode the next batch while this one is scored) without changing what a stage does. Delivery is
+Each stage is a small method taking the previous stage's output. With a model, the loop is pipelined
+(`_judge_reading_ahead`): the next batch is fetched and decoded while a worker thread scores and learns from
+this one, at most one batch ahead, pausing the partitions when judging takes long. Delivery is
 at-least-once: a batch's input offsets are stored only after every alert, score and dead letter it caused
 is acknowledged by the broker; alerts carry `alert_id` = topic/partition/offset for deduplication.
 
