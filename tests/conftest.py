@@ -72,13 +72,14 @@ def log_ends(delivered: list[tuple[int, int]]) -> dict[int, int]:
 
 
 def consume_all(bootstrap: str, topic: str, expected: int | None = None, idle_s: float = 1.5,
-                timeout: float = 30.0) -> list[Consumed]:
+                timeout: float = 30.0, fetch_wait_ms: int = 10) -> list[Consumed]:
     """Every message in `topic` from the start, without joining a group: until `expected` messages arrived,
-    or nothing new came for `idle_s` (a topic never written to reads as empty)."""
+    or nothing new came for `idle_s` (a topic never written to reads as empty). Tansu on S3 storage answers a
+    fetch with nothing when listing the bucket takes longer than `fetch_wait_ms`: give it ~500 there."""
     from confluent_kafka import Consumer, TopicPartition
 
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4().hex}",
-                  "enable.auto.commit": False, "fetch.wait.max.ms": 10, "allow.auto.create.topics": False})
+                  "enable.auto.commit": False, "fetch.wait.max.ms": fetch_wait_ms, "allow.auto.create.topics": False})
     try:
         meta = c.list_topics(topic, timeout=10).topics[topic]
         if meta.error is not None:
