@@ -1,4 +1,5 @@
-"""The broker goes away under a running daemon: killed and restarted, frozen for a minute, frozen at SIGTERM.
+"""The broker goes away under a running daemon: killed and restarted, frozen for a minute, frozen at SIGTERM
+(and, below the daemon, a consumer whose close must not wait forever for a frozen broker).
 
 Each test starts its own Tansu (the session broker must survive) and feeds the input topic continuously from a
 producer that buffers through the outage, as real producers do. The daemon must stay up, report not-ready on
@@ -27,7 +28,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
-from conftest import committed_offsets, consume_all, log_ends
+from conftest import committed_offsets, consume_all, log_ends, produce
 from test_daemon import (  # noqa: F401  (bootstrap_model is a fixture)
     bootstrap_model, dead_key, env_for, make_daemon, source_key, topics, valid_items,
 )
@@ -383,3 +384,36 @@ def test_sigterm_while_the_broker_is_frozen_exits_cleanly_and_commits_nothing_un
     counts = assert_accounted(b.bootstrap, t, held, committed_before)
     shutdown = [e for e in events[events.index("batch_abandoned"):] if e not in ("kafka_error", "batch_done")]
     print(f"\nSIGTERM while frozen: exit 0 after {stop_seconds:.1f} s; {counts}; shutdown: {shutdown}")
+
+
+def test_leaving_the_group_is_given_up_when_a_frozen_broker_holds_a_commit(memory_broker, topic_name) -> None:
+    """librdkafka's close waits for outstanding commits, with no limit while the broker is frozen: Source.close
+    must give up after its timeout instead of holding the shutdown."""
+    from streammoe.config import BatchingSettings, KafkaSettings
+    from streammoe.source import Source
+
+    b, topic = memory_broker, topic_name("input")
+    delivered = produce_all(b.bootstrap, topic, 200)
+    kafka = KafkaSettings(bootstrap_servers=b.bootstrap, group_id=topic_name("group"), input_topic=topic,
+                          session_timeout_ms=4000, fetch_wait_max_ms=10, extra={"heartbeat.interval.ms": "1000"})
+    source = Source(kafka, BatchingSettings(max_batch=500, max_wait_ms=100), on_error=lambda err: None)
+    source.subscribe()
+    got: list = []
+    deadline = time.monotonic() + 30
+    while len(got) < len(delivered) and time.monotonic() < deadline:
+        got += source.poll_batch()
+    assert len(got) == len(delivered)
+    source.mark_done(got)
+    b.freeze()
+    source.commit()  # sent to a broker that will not answer
+    t0 = time.monotonic()
+    closed = source.close(timeout=3)
+    took = time.monotonic() - t0
+    b.thaw()
+    assert not closed and took < 6, f"close returned {closed} after {took:.1f} s"
+    assert committed_offsets(b.bootstrap, kafka.group_id, topic) in ({}, log_ends(delivered)), \
+        "the commit either never happened or happened whole"
+
+
+def produce_all(bootstrap: str, topic: str, n: int) -> list[tuple[int, int]]:
+    return produce(bootstrap, topic, [(str(i).encode(), b"{}") for i in range(n)])
