@@ -147,11 +147,12 @@ def variants(detector, batches: list[np.ndarray], repeats: int, compile: bool) -
     return out
 
 
-def hst_rate(rows: np.ndarray, n: int) -> tuple[float, str]:
-    """river HalfSpaceTrees (the quality bench's peer): fit on 2000 rows, then score + learn `n` rows."""
+def hst_rate(rows: np.ndarray, n: int, height: int = 8) -> tuple[float, str]:
+    """river HalfSpaceTrees as the quality bench's peer (25 trees; height 8 there, 15 in PLATFORM.md): fit on
+    2000 rows, then score + learn `n` rows."""
     from streammoe.bench.peers import HalfSpaceTreesPeer
 
-    peer = HalfSpaceTreesPeer()
+    peer = HalfSpaceTreesPeer(height=height)
     peer.fit(rows[:2000])
     t0 = time.perf_counter()
     peer.score_many(rows[2000 : 2000 + n])
@@ -175,6 +176,7 @@ class PerfOptions:
     latency_k: int = 8
     latency_s: int = 8
     latency_max_wait_ms: int = 20
+    latency_pipeline: bool = True
     pipeline: tuple[bool, ...] = (True,)
     variants_k: int = 8
     variants_s: int = 8
@@ -249,7 +251,8 @@ def measure(opts: PerfOptions, progress=print) -> dict:  # type: ignore[no-untyp
         raws = [record(i, r, channels, i) for i, r in enumerate(rows[: 8 * opts.max_batch])]
         batches = [decoder.decode(raws[i : i + opts.max_batch]).values for i in range(0, len(raws), opts.max_batch)]
         hst, hst_desc = hst_rate(rows, opts.hst_records)
-        progress(f"perf: river HST {hst:.0f} rec/s")
+        hst15, hst15_desc = hst_rate(rows, opts.hst_records // 4, height=15)
+        progress(f"perf: river HST {hst:.0f} rec/s (height 8), {hst15:.0f} rec/s (height 15)")
         for k in opts.ks:
             for s in opts.samples:
                 detector = fitted(k, s, channels, opts.fit_steps)
@@ -281,9 +284,10 @@ def measure(opts: PerfOptions, progress=print) -> dict:  # type: ignore[no-untyp
                 if key in row:
                     row[key.replace("rec_s", "vs_consume_decode")] = row[key] / consume_decode
                     row[key.replace("rec_s", "vs_hst")] = row[key] / hst
+                    row[key.replace("rec_s", "vs_hst15")] = row[key] / hst15
         result["transport"] = {"produce_rec_s": produce_rate, "consume_rec_s": raw, "consume_decode_rec_s": dec,
                                "consume_median": consume, "consume_decode_median": consume_decode,
-                               "hst_rec_s": hst, "hst": hst_desc}
+                               "hst_rec_s": hst, "hst": hst_desc, "hst15_rec_s": hst15, "hst15": hst15_desc}
         if opts.latency:
             result["latency"] = latency(broker.bootstrap, channels, tmp, opts, progress)
     result["setup"] = {
@@ -357,7 +361,7 @@ def latency(bootstrap: str, channels: list[str], tmp: Path, opts: PerfOptions, p
     p.produce(f"{topic}-alerts", orjson.dumps({"ts": 0}))
     p.flush(10)
     daemon = Daemon(daemon_settings(bootstrap, topic, channels, tmp, f"lat-{topic}", opts.max_batch,
-                                    opts.latency_max_wait_ms, opts.torch_threads))
+                                    opts.latency_max_wait_ms, opts.torch_threads, opts.latency_pipeline))
     runner = threading.Thread(target=daemon.run, kwargs={"timeout_s": opts.latency_seconds + 60}, daemon=True)
     runner.start()
     deadline = time.monotonic() + 60
@@ -382,6 +386,7 @@ def latency(bootstrap: str, channels: list[str], tmp: Path, opts: PerfOptions, p
     lat = lat[lat < 1e9]
     res = {"offered_rec_s": opts.latency_rate, "achieved_produce_rec_s": opts.latency_rate * opts.latency_seconds / produced_s,
            "seconds": opts.latency_seconds, "k": opts.latency_k, "s": opts.latency_s, "max_wait_ms": opts.latency_max_wait_ms,
+           "pipeline": opts.latency_pipeline,
            "alerts": int(lat.size), "records_in": daemon.summary.records_in}
     if lat.size:
         res.update({f"p{q}_ms": float(np.percentile(lat, q)) for q in (50, 90, 99)})
@@ -402,13 +407,15 @@ def markdown(result: dict) -> str:
              f"- produce: {t['produce_rec_s']:.0f} rec/s; raw consume: {t['consume_median']:.0f} rec/s "
              f"(runs {', '.join(f'{v:.0f}' for v in t['consume_rec_s'])}); consume + decode: "
              f"{t['consume_decode_median']:.0f} rec/s (runs {', '.join(f'{v:.0f}' for v in t['consume_decode_rec_s'])})",
-             f"- {t['hst']}: {t['hst_rec_s']:.0f} rec/s", "",
-             "| K (active) | S | score rec/s | learn rec/s | end to end rec/s | e2e / consume+decode | e2e / HST |"
+             f"- {t['hst']}: {t['hst_rec_s']:.0f} rec/s",
+             f"- {t['hst15']}: {t['hst15_rec_s']:.0f} rec/s", "",
+             "| K (active) | S | score rec/s | learn rec/s | end to end rec/s | e2e / consume+decode | e2e / HST h8 | e2e / HST h15 |"
              + (" serial e2e rec/s | serial / consume+decode |" if any("e2e_serial_rec_s" in r for r in result["grid"]) else ""),
-             "|---|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if any("e2e_serial_rec_s" in r for r in result["grid"]) else "")]
+             "|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if any("e2e_serial_rec_s" in r for r in result["grid"]) else "")]
     for r in result["grid"]:
         line = (f"| {r['k']} ({r['k_active']}) | {r['s']} | {r['score_rec_s']:.0f} | {r['learn_rec_s']:.0f} | "
-                f"{r.get('e2e_rec_s', 0):.0f} | {r.get('e2e_vs_consume_decode', 0):.2f} | {r.get('e2e_vs_hst', 0):.0f}x |")
+                f"{r.get('e2e_rec_s', 0):.0f} | {r.get('e2e_vs_consume_decode', 0):.2f} | {r.get('e2e_vs_hst', 0):.1f}x | "
+                f"{r.get('e2e_vs_hst15', 0):.0f}x |")
         if "e2e_serial_rec_s" in r:
             line += f" {r['e2e_serial_rec_s']:.0f} | {r['e2e_serial_vs_consume_decode']:.2f} |"
         lines.append(line)
@@ -451,7 +458,9 @@ def plot(result: dict, path: Path) -> Path | None:
                 ax.plot(ks, [r[key] for r in rows], style, label=label)
         ax.axhline(t["consume_median"], color="grey", ls=":", label="raw consume")
         ax.axhline(t["consume_decode_median"], color="black", ls="--", label="consume + decode")
-        ax.axhline(t["hst_rec_s"], color="tab:red", ls="-.", label="river HST")
+        ax.axhline(t["hst_rec_s"], color="tab:red", ls="-.", label="river HST, height 8")
+        if "hst15_rec_s" in t:
+            ax.axhline(t["hst15_rec_s"], color="tab:red", ls=":", label="river HST, height 15")
         ax.set_xscale("log", base=2)
         ax.set_xticks(ks, [str(k) for k in ks])
         ax.set_yscale("log")
