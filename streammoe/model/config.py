@@ -86,8 +86,9 @@ class ModelConfig(BaseModel):
     learning_rate: float = Field(1e-3, gt=0, description="Adam step size, offline and online.")
     learn_batch: int = Field(256, ge=1, description="At most this many records of a batch per online step.")
     learn_every: int = Field(
-        4, ge=1, description="The experts' gradient step runs on every Nth batch with records to learn (1: every "
-        "batch); weights, calibration, replay, drift and the novelty memory still see every record.",
+        1, ge=1, description="The experts' gradient step runs on every Nth batch with records to learn (1: every "
+        "batch); weights, calibration, replay, drift and the novelty memory still see every record. 4 makes "
+        "learning 1.8x cheaper with T2 within noise, but a scattered recurring new mode was added later.",
     )
     replay_size: int = Field(512, ge=1, description="Replay reservoir per expert.")
     replay_per_step: int = Field(64, ge=0, description="Replayed records mixed into each online step.")
