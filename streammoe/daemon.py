@@ -258,8 +258,9 @@ class Daemon:
             self._warm_up(decoded)
         else:
             judged = self._score_and_learn(state.detector, msgs, decoded)
-        for m in msgs:  # learned now, or part of the warm-up fit: never to be learned again by this model
-            state.advance(m.topic(), m.partition(), m.offset() + 1)
+        topic, partitions, offsets = positions(msgs)
+        for p in np.unique(partitions):  # learned now, or part of the warm-up fit: never to be learned again
+            state.advance(topic, int(p), int(offsets[partitions == p].max()) + 1)
         return judged
 
     def _score_and_learn(self, detector: MixtureDetector, msgs: list[Message], decoded: DecodedBatch) -> Judged:
@@ -267,9 +268,11 @@ class Daemon:
         judged = Judged()
         if not len(decoded):
             return judged
-        src = [msgs[i] for i in decoded.index]
-        fresh = np.array([not self.state.already_learned(m.topic(), m.partition(), m.offset()) for m in src], bool)
-        refs = np.array([(m.partition() << REF_PARTITION_SHIFT) | m.offset() for m in src], np.int64)
+        topic, partitions, offsets = positions(msgs)
+        partitions, offsets = partitions[decoded.index], offsets[decoded.index]
+        learned_to = self.state.learned_offsets.get(topic, {})
+        fresh = offsets >= np.array([learned_to.get(int(p), 0) for p in range(int(partitions.max()) + 1)])[partitions]
+        refs = (partitions << REF_PARTITION_SHIFT) | offsets
         for rows, learn in ((np.flatnonzero(~fresh), False), (np.flatnonzero(fresh), True)):
             if not len(rows):
                 continue
@@ -532,6 +535,13 @@ class Daemon:
 
     def _lag(self, topic: str, partition: int, lag: int) -> None:
         self.metrics.consumer_lag.labels(topic, str(partition)).set(lag)
+
+
+def positions(msgs: list[Message]) -> tuple[str, np.ndarray, np.ndarray]:
+    """The input topic and the partition and offset of each message as int64 arrays (one subscribed topic)."""
+    partitions = np.fromiter((m.partition() for m in msgs), np.int64, len(msgs))
+    offsets = np.fromiter((m.offset() for m in msgs), np.int64, len(msgs))
+    return (msgs[0].topic() if msgs else ""), partitions, offsets
 
 
 def event_payload(event: dict, *, input_topic: str, scope: str, model_version: str) -> dict:
