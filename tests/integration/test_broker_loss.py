@@ -125,11 +125,13 @@ class Feeder:
 
 
 class Readiness:
-    """Samples /readyz every 0.1 s in a thread: the codes and reasons seen, in order (repeats collapsed)."""
+    """/readyz over time: a thread samples it every 0.1 s and `wait_for` asks it directly; `seen` holds the codes
+    and reasons in order (repeats collapsed)."""
 
     def __init__(self, port: int) -> None:
         self.url = f"http://127.0.0.1:{port}/readyz"
         self.seen: list[tuple[int, str]] = []
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="readiness", daemon=True)
         self._thread.start()
@@ -137,25 +139,31 @@ class Readiness:
     def now(self) -> tuple[int, str]:
         try:
             with urllib.request.urlopen(self.url, timeout=2) as r:
-                return r.status, r.read().decode().strip()
+                state = r.status, r.read().decode().strip()
         except urllib.error.HTTPError as e:
-            return e.code, e.read().decode().strip()
-        except OSError as e:
-            return 0, str(e)
+            state = e.code, e.read().decode().strip()
+        except Exception as e:  # noqa: BLE001 - refused, timed out, cut off: recorded, and sampling goes on
+            state = 0, f"{type(e).__name__}: {e}"
+        with self._lock:
+            if not self.seen or self.seen[-1] != state:
+                self.seen.append(state)
+        return state
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            state = self.now()
-            if not self.seen or self.seen[-1] != state:
-                self.seen.append(state)
+            self.now()
             self._stop.wait(0.1)
 
     def wait_for(self, code: int, timeout: float, reason: str = "") -> float:
-        """Seconds until /readyz answered `code` (with a reason starting with `reason`); fails after `timeout`."""
+        """Seconds until /readyz answers `code` (with a reason starting with `reason`); fails after `timeout`."""
         t0 = time.monotonic()
-        wait_until(lambda: bool(self.seen) and self.seen[-1][0] == code and self.seen[-1][1].startswith(reason),
-                   timeout, f"/readyz {code} {reason}: {self.seen}")
-        return time.monotonic() - t0
+        while True:
+            state = self.now()
+            if state[0] == code and state[1].startswith(reason):
+                return time.monotonic() - t0
+            if time.monotonic() - t0 > timeout:
+                raise AssertionError(f"/readyz never answered {code} {reason!r} in {timeout} s: {self.seen}")
+            time.sleep(0.1)
 
     def stop(self) -> list[tuple[int, str]]:
         self._stop.set()
@@ -353,7 +361,11 @@ def test_sigterm_while_the_broker_is_frozen_exits_cleanly_and_commits_nothing_un
         wait_until(lambda: committed_total(b.bootstrap, group, t["input"]) >= 1000, 60, "1000 records committed")
         committed_before = committed_offsets(b.bootstrap, group, t["input"])
         b.freeze()
-        ready.wait_for(503, 30, "broker unreachable")
+        try:
+            ready.wait_for(503, 30, "broker unreachable")
+        except AssertionError as e:
+            proc.kill()
+            raise AssertionError(f"{e}\n{proc.communicate()[1].decode()[-6000:]}") from None
         t0 = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
