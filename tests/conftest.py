@@ -13,6 +13,18 @@ import pytest
 from streammoe.sink import produce as produce_message
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """Tests run torch as the daemon does (STREAMMOE_TORCH_THREADS=1): on a shared 2-core box a second OpenMP
+    thread spin-waits, and fits ran 10-100x slower with torch's default."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def broker() -> Iterator[str]:
     """Bootstrap address of a Tansu broker that lives for the whole test session."""

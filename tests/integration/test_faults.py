@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
-import torch
 from conftest import consume_all, produce
 from test_daemon import CHANNELS, env_for, make_daemon, normal_rows, record, topics, valid_items
 
@@ -46,13 +45,8 @@ def test_daemon_starts_from_the_previous_generation_when_the_checkpoint_is_damag
     broker, topic_name, tmp_path, monkeypatch
 ) -> None:
     rng = np.random.default_rng(0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the daemon does; several threads spin-wait on a shared CPU
-    try:
-        det = MixtureDetector(len(CHANNELS), ModelConfig(fit_steps=60, n_samples=2, k_max=2), CHANNELS, device="cpu")
-        det.fit(normal_rows(rng, 1000))
-    finally:
-        torch.set_num_threads(threads)
+    det = MixtureDetector(len(CHANNELS), ModelConfig(fit_steps=60, n_samples=2, k_max=2), CHANNELS, device="cpu")
+    det.fit(normal_rows(rng, 1000))
     ckpt = Checkpointer(CheckpointSettings(dir=tmp_path / "ckpt"), CHANNELS)
     state = ModelState("global", det, lineage="feed0001")
     ckpt.save(state)

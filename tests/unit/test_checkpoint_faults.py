@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from structlog.testing import capture_logs
 
 from streammoe.checkpoint import Checkpointer, ModelState
@@ -24,15 +22,6 @@ from streammoe.model.config import ModelConfig
 from streammoe.persistence import ModelDamagedError, ModelIncompatibleError, load_detector, previous_path
 
 CHANNELS = ["a", "b", "c"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """As the daemon runs: on a shared 2-core box a second OpenMP thread spin-waits (fits 10-100x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

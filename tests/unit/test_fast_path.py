@@ -20,12 +20,9 @@ def rows(n: int, seed: int) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def fitted() -> MixtureDetector:
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
     det = MixtureDetector(C, ModelConfig(k_max=4, hidden=32, latent=4, fit_steps=300, n_samples=4), device="cpu")
     det.fit(rows(4000, seed=1), k=3)
-    yield det
-    torch.set_num_threads(n)
+    return det
 
 
 def decisions(det: MixtureDetector, x: np.ndarray, precision: str) -> tuple[np.ndarray, np.ndarray]:

@@ -33,15 +33,6 @@ def config(**kw) -> ModelConfig:
     return ModelConfig(**{"k_max": 6, "hidden": 32, "latent": 4, "fit_steps": 600, **kw})
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Small matrices on a shared 2-core machine: extra intra-op threads only fight each other.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def slot_of_each_cluster(det: MixtureDetector, x: np.ndarray, labels: np.ndarray) -> list[int]:
     modes = det.score_many(x).mode
     return [int(np.bincount(modes[labels == k][modes[labels == k] >= 0]).argmax()) for k in range(labels.max() + 1)]

@@ -18,14 +18,6 @@ from streammoe.persistence import ModelLoadError, load_detector, save_detector
 CHANNELS = ["flow", "pressure", "temp", "vibration"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def data(n: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     mode = rng.random(n) < 0.6
