@@ -48,7 +48,8 @@ def test_reading_ahead_stores_offsets_in_order_and_accounts_every_record(
 ) -> None:
     t = topics(topic_name)
     delivered = produce(broker, t["input"], valid_items(np.random.default_rng(5), 4000))
-    daemon = make_daemon(monkeypatch, env_for(broker, t, topic_name("group"), tmp_path / "ckpt", bootstrap_model))
+    daemon = make_daemon(monkeypatch, env_for(broker, t, topic_name("group"), tmp_path / "ckpt", bootstrap_model,
+                                              STREAMMOE_BATCHING__PIPELINE="true"))
     assert daemon.settings.batching.pipeline
     stored, judging = spy_on(daemon)
     summary = daemon.run(max_records=len(delivered), timeout_s=60)
@@ -70,7 +71,8 @@ def test_a_slow_batch_pauses_the_partitions_and_nothing_is_lost(
     t = topics(topic_name)
     delivered = produce(broker, t["input"], valid_items(np.random.default_rng(6), 2000))
     monkeypatch.setattr(daemon_module, "PAUSE_AFTER_S", 0.05)
-    daemon = make_daemon(monkeypatch, env_for(broker, t, topic_name("group"), tmp_path / "ckpt", bootstrap_model))
+    daemon = make_daemon(monkeypatch, env_for(broker, t, topic_name("group"), tmp_path / "ckpt", bootstrap_model,
+                                              STREAMMOE_BATCHING__PIPELINE="true"))
     stored, judging = spy_on(daemon)
     paused = threading.Event()
     pause = daemon.source.pause
