@@ -59,6 +59,7 @@ log = get_logger("streammoe.daemon")
 T = TypeVar("T")
 REF_PARTITION_SHIFT = 40  # model refs pack (partition << 40) | offset, unpacked again in mode events
 DELIVERY_STEP_S = 0.5  # a batch waiting for the broker serves the consumer and checks for a stop this often
+LOST_PROBE_S = 2.0  # after partitions are lost, how long the broker has to answer before it counts as an outage
 PROBE_EVERY_S = 1.0  # during an outage with nothing to deliver, ask the broker for metadata this often
 CLOSE_TIMEOUT_S = 10.0  # the longest a shutdown waits for the broker (final flush, commit, leaving the group)
 PAUSE_AFTER_S = 1.0  # pipelined: a batch judged for longer than this pauses the partitions until it is done
@@ -108,7 +109,7 @@ class Daemon:
                 self.metrics.checkpoint_fallbacks.labels(restored.recovered).inc()
         self.watch = BrokerWatch(self.metrics, self.health)
         self.source = Source(settings.kafka, settings.batching, on_lag=self._lag, on_error=self.watch.client_error,
-                             on_committed=self.metrics.commits.inc)
+                             on_committed=self.metrics.commits.inc, on_lost=self._partitions_lost)
         self.sink = Sink(settings.kafka, on_error=self.watch.client_error)
         self.control = ControlListener(settings.kafka, on_error=self.watch.client_error)
         self._next_probe = 0.0
@@ -412,6 +413,13 @@ class Daemon:
         if had_pending:
             self.watch.end()
         return paused
+
+    def _partitions_lost(self) -> None:
+        """Lost (not revoked) partitions: the group coordinator stopped answering, or this worker stalled past its
+        session. A frozen broker refuses nothing and, with no output pending, times nothing out, so this is often
+        the first sign of it: ask the broker, and call it an outage if it does not answer."""
+        if not self.watch.down and not self.sink.reachable(LOST_PROBE_S):
+            self.watch.begin("partitions lost and the broker does not answer")
 
     def _probe_broker(self) -> None:
         """During an outage with no batch waiting, end it once the broker answers a metadata request."""

@@ -43,10 +43,11 @@ def usable(msgs: list[Message], event: str) -> list[Message]:
 class Source:
     def __init__(self, kafka: KafkaSettings, batching: BatchingSettings, on_lag: StatsHook | None = None,
                  on_error: Callable[[KafkaError], None] | None = None,
-                 on_committed: Callable[[], None] | None = None) -> None:
+                 on_committed: Callable[[], None] | None = None, on_lost: Callable[[], None] | None = None) -> None:
         self.kafka, self.batching = kafka, batching
         self._on_lag = on_lag
         self._on_committed = on_committed
+        self._on_lost_hook = on_lost
         conf = consumer_config(kafka)
         conf.update({"stats_cb": self._stats, "error_cb": on_error or self._error, "on_commit": self._commit_result})
         self.consumer = Consumer(conf)
@@ -212,6 +213,8 @@ class Source:
         for k in keys:
             self._acked.pop(k, None)
         log.warning("partitions_lost", partitions=sorted(f"{t}[{p}]" for t, p in keys))
+        if self._on_lost_hook is not None:
+            self._on_lost_hook()
 
     def _stats(self, raw: str) -> None:
         if self._on_lag is None:
