@@ -49,25 +49,9 @@ def produce(bootstrap: str, topic: str, rows: np.ndarray, channels: list[str]) -
 
 def raw_rate(settings, n: int) -> float:  # type: ignore[no-untyped-def]
     """Consume and decode `n` records with the daemon's own consumer settings and decoder; records/s."""
-    from confluent_kafka import Consumer
+    from streammoe.bench.perf import consume_rate
 
-    from streammoe.config import consumer_config
-    from streammoe.records import RecordDecoder
-
-    consumer = Consumer(consumer_config(settings.kafka))
-    consumer.subscribe([settings.kafka.input_topic])
-    decoder = RecordDecoder(settings.records)
-    seen, start = 0, None
-    deadline = time.monotonic() + 300
-    while seen < n and time.monotonic() < deadline:
-        msgs = consumer.consume(settings.batching.max_batch, settings.batching.max_wait_ms / 1000)
-        if msgs and start is None:
-            start = time.monotonic()
-        decoded = decoder.decode([m.value() for m in msgs if m.error() is None])
-        seen += len(decoded) + len(decoded.dead)
-    elapsed = time.monotonic() - (start or time.monotonic())
-    consumer.close()
-    return seen / elapsed
+    return consume_rate(settings, n, decode=True)
 
 
 def main(argv: list[str] | None = None) -> int:
