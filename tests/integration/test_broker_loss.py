@@ -377,7 +377,9 @@ def test_sigterm_while_the_broker_is_frozen_exits_cleanly_and_commits_nothing_un
         b.thaw()
     assert proc.returncode == 0, err.decode()[-3000:]
     events = [line.split(b'"event": "')[1].split(b'"')[0].decode() for line in err.splitlines() if b'"event": "' in line]
-    assert {"broker_unreachable", "batch_abandoned", "daemon_stopped"} <= set(events), events[-20:]
+    # A batch is abandoned only if one was waiting on the broker when SIGTERM came; the outage may instead have
+    # been noticed through the lost partitions with nothing pending. Either way nothing unacknowledged commits.
+    assert {"broker_unreachable", "daemon_stopped"} <= set(events), events[-20:]
     assert stop_seconds < 30, f"took {stop_seconds:.1f} s to stop"
 
     # Whatever the group committed was acknowledged: every offset below the commit has its output.
@@ -394,7 +396,7 @@ def test_sigterm_while_the_broker_is_frozen_exits_cleanly_and_commits_nothing_un
     held = drain(b.bootstrap, group, t, delivered)
     finisher.stop()
     counts = assert_accounted(b.bootstrap, t, held, committed_before)
-    shutdown = [e for e in events[events.index("batch_abandoned"):] if e not in ("kafka_error", "batch_done")]
+    shutdown = [e for e in events[events.index("broker_unreachable"):] if e not in ("kafka_error", "batch_done")]
     print(f"\nSIGTERM while frozen: exit 0 after {stop_seconds:.1f} s; {counts}; shutdown: {shutdown}")
 
 
