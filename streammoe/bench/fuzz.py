@@ -18,7 +18,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -27,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 import orjson
+
+from streammoe.bench.probe import rss_mb, samples
 
 CHANNELS = [f"c{i}" for i in range(6)]
 MAX_RECORD_BYTES = 65_536
@@ -184,26 +185,6 @@ class TopicReader:
         self._consumer.close()
 
 
-def _rss_mb(pid: int, field_name: str = "VmRSS") -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(field_name + ":"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
-def _metric(body: str, name: str) -> dict[str, float]:
-    """label value -> sample for a one-label counter in Prometheus text."""
-    out = {}
-    for line in body.splitlines():
-        if line.startswith(name + "{"):
-            label, value = line[len(name) + 1 :].split("}", 1)
-            out[label.split("=", 1)[1].strip('"')] = float(value)
-    return out
-
-
 def _outcome(item: Item, scored: dict | None, alert: dict | None, dead: str | None) -> str | None:
     """None if the outcome is what the item's kind should get, else a short description."""
     got = f"dead:{dead}" if dead else ("alert:" + alert["reason"] if alert else SCORED if scored else "nothing")
@@ -289,13 +270,10 @@ def run_fuzz(n: int = 10_000, seed: int = 0, bootstrap: str | None = None, timeo
             try:
                 _wait_for_all(readers, n, proc, report, timeout_s)
                 report.daemon_alive = proc.poll() is None
-                report.peak_rss_mb = round(_rss_mb(proc.pid, "VmHWM"), 1)
-                report.rss_mb_at_end = round(_rss_mb(proc.pid), 1)
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-                        report.poison_metric = _metric(r.read().decode(), "streammoe_poison_records_total")
-                except OSError:
-                    pass
+                report.peak_rss_mb = round(rss_mb(proc.pid, "VmHWM"), 1)
+                report.rss_mb_at_end = round(rss_mb(proc.pid), 1)
+                report.poison_metric = {labels[0]: v for labels, v in
+                                        samples(port, "streammoe_poison_records_total", timeout=5).items()}
                 proc.send_signal(signal.SIGTERM)
                 report.exit_code = proc.wait(timeout=60)
                 out = {r: reader.drain(idle_s=1.0) for r, reader in readers.items()}
@@ -319,7 +297,7 @@ def _wait_for_all(readers: dict[str, TopicReader], n: int, proc: subprocess.Pope
     while time.monotonic() < deadline and proc.poll() is None:
         out = len(readers["scores"].drain()) + len(readers["dead"].drain())
         if not report.rss_mb_after_first_quarter and out >= n // 4:
-            report.rss_mb_after_first_quarter = round(_rss_mb(proc.pid), 1)
+            report.rss_mb_after_first_quarter = round(rss_mb(proc.pid), 1)
         if out >= n:
             return
         time.sleep(0.2)

@@ -16,14 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -32,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 
+from streammoe.bench.probe import rss_mb, samples
 from streammoe.broker import EmbeddedBroker, free_port
 from streammoe.bench_e2e import synthetic
 from streammoe.sink import produce as produce_message
@@ -77,22 +76,6 @@ def payloads(channels: list[str], k: int, seed: int = 1) -> list[tuple[bytes, by
         asset = f"asset-{i % 50}"
         out.append((asset.encode(), orjson.dumps({"asset_id": asset, "ts": i, "values": row.round(4).tolist()})))
     return out
-
-
-def rss_mb(pid: int) -> float:
-    text = Path(f"/proc/{pid}/status").read_text()
-    m = re.search(r"VmRSS:\s+(\d+) kB", text)
-    return int(m.group(1)) / 1024 if m else float("nan")
-
-
-def metric(port: int, name: str) -> float:
-    """A counter's value from the daemon's /metrics (summed over labels); 0 before it exists."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
-            text = r.read().decode()
-    except OSError:
-        return 0.0
-    return sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))
 
 
 def run(args: argparse.Namespace) -> SoakResult:
@@ -149,14 +132,14 @@ def run(args: argparse.Namespace) -> SoakResult:
         try:
             while daemon.poll() is None and processed[0] < args.records:
                 time.sleep(args.sample_s)
-                processed[0] = metric(port, "streammoe_records_in_total")
+                processed[0] = sum(samples(port, "streammoe_records_in_total").values())
                 sample = Sample(round(time.monotonic() - started, 1), int(processed[0]), round(rss_mb(daemon.pid), 1))
                 result.samples.append(sample)
                 if args.verbose:
                     print(f"  {sample.t_s:7.1f}s {sample.records:>9d} records  RSS {sample.rss_mb:7.1f} MB",
                           file=sys.stderr, flush=True)
             result.seconds = time.monotonic() - started
-            result.alerts = int(metric(port, "streammoe_alerts_total"))
+            result.alerts = int(sum(samples(port, "streammoe_alerts_total").values()))
         finally:
             stop.set()
             if daemon.poll() is None:
