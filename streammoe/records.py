@@ -135,7 +135,7 @@ class RecordDecoder:
                     raise _Reject("bad_value_type", f"channel {name!r} is {type(v).__name__}, not a number")
 
     def decode(self, raws: Sequence[bytes | None]) -> DecodedBatch:
-        n, c = len(raws), len(self.channels)
+        n = len(raws)
         ts = np.empty(n, np.int64)
         index = np.empty(n, np.int64)
         assets: list[str] = []
