@@ -40,7 +40,6 @@ from streammoe.persistence import (
 
 log = get_logger("streammoe.checkpoint")
 
-GLOBAL_SCOPE = "global"
 
 
 @dataclass
@@ -66,6 +65,16 @@ class ModelState:
     def advance(self, topic: str, partition: int, next_offset: int) -> None:
         parts = self.learned_offsets.setdefault(topic, {})
         parts[partition] = max(parts.get(partition, 0), next_offset)
+
+
+def offsets_to_json(offsets: dict[str, dict[int, int]]) -> dict[str, dict[str, int]]:
+    """Learned offsets for a JSON document (checkpoint meta, snapshot manifest): partitions as string keys."""
+    return {t: {str(p): o for p, o in parts.items()} for t, parts in offsets.items()}
+
+
+def offsets_from_json(raw: dict[str, dict[str, int]]) -> dict[str, dict[int, int]]:
+    """The inverse of `offsets_to_json`; raises TypeError/ValueError/AttributeError on a malformed document."""
+    return {t: {int(p): int(o) for p, o in parts.items()} for t, parts in raw.items()}
 
 
 class Checkpointer:
@@ -98,7 +107,7 @@ class Checkpointer:
         detector = load_detector(path, channels=self.channels)
         meta = read_meta(path)
         try:
-            offsets = {t: {int(p): int(o) for p, o in parts.items()} for t, parts in meta.get("learned_offsets", {}).items()}
+            offsets = offsets_from_json(meta.get("learned_offsets", {}))
         except (AttributeError, TypeError, ValueError) as e:
             raise ModelDamagedError(f"{path}/meta.json has malformed learned_offsets: {e}") from e
         return ModelState(scope, detector, meta.get("lineage", "unknown"), "checkpoint", offsets)
@@ -161,7 +170,7 @@ class Checkpointer:
         meta = {
             "scope": state.scope,
             "lineage": state.lineage,
-            "learned_offsets": {t: {str(p): o for p, o in parts.items()} for t, parts in state.learned_offsets.items()},
+            "learned_offsets": offsets_to_json(state.learned_offsets),
             "saved_at": time.time(),
         }
         path = save_detector(state.detector, self.path(state.scope), meta)

@@ -41,7 +41,7 @@ import torch
 from confluent_kafka import KafkaException, Message
 
 from streammoe.alerts import Origin, build_alert, build_score
-from streammoe.checkpoint import GLOBAL_SCOPE, Checkpointer, ModelState
+from streammoe.checkpoint import Checkpointer, ModelState
 from streammoe.config import Settings, SettingsError, load_settings
 from streammoe.control import ControlError, ControlListener, ExpertVerdict, parse_command
 from streammoe.detector import LearnReport, MixtureDetector, ScoredBatch
@@ -51,6 +51,7 @@ from streammoe.model.scaler import implausible_rows
 from streammoe.outage import BrokerWatch
 from streammoe.persistence import ModelLoadError
 from streammoe.records import DecodedBatch, RecordDecoder
+from streammoe.scopes import GLOBAL_SCOPE
 from streammoe.sink import DeliveryError, Sink
 from streammoe.source import Source
 

@@ -31,7 +31,7 @@ from pathlib import Path
 import orjson
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from streammoe.checkpoint import ModelState
+from streammoe.checkpoint import ModelState, offsets_from_json, offsets_to_json
 from streammoe.config import KafkaSettings, consumer_config, producer_config
 from streammoe.logs import get_logger
 from streammoe.persistence import ModelLoadError, load_detector, save_detector
@@ -60,14 +60,12 @@ class Manifest:
     written_at: float = field(default_factory=time.time)
 
     def to_bytes(self) -> bytes:
-        d = self.__dict__ | {"learned_offsets": {t: {str(p): o for p, o in ps.items()}
-                                                 for t, ps in self.learned_offsets.items()}}
-        return orjson.dumps(d)
+        return orjson.dumps(self.__dict__ | {"learned_offsets": offsets_to_json(self.learned_offsets)})
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Manifest:
         d = orjson.loads(raw)
-        d["learned_offsets"] = {t: {int(p): int(o) for p, o in ps.items()} for t, ps in d["learned_offsets"].items()}
+        d["learned_offsets"] = offsets_from_json(d["learned_offsets"])
         return cls(**d)
 
 
@@ -145,7 +143,7 @@ def read_latest(kafka: KafkaSettings, topic: str, channels: list[str], scopes: s
         elif scopes is None or key in scopes:
             try:
                 manifests.setdefault(key, []).append(Manifest.from_bytes(value))
-            except (ValueError, TypeError, KeyError) as e:
+            except (ValueError, TypeError, KeyError, AttributeError) as e:
                 log.error("snapshot_manifest_unreadable", scope=key, error=str(e))
     states: dict[str, ModelState] = {}
     chosen: dict[str, Manifest] = {}
