@@ -12,6 +12,7 @@ import numpy as np
 
 from streammoe.config import AlertSettings
 from streammoe.detector import ScoredBatch
+from streammoe.scopes import GLOBAL_SCOPE
 
 SCHEMA_VERSION = 1
 
@@ -63,6 +64,7 @@ def build_alert(
     expert_status: dict[int, str],
     model_version: str,
     settings: AlertSettings,
+    scope: str = GLOBAL_SCOPE,
 ) -> dict:
     """The alert for row `row` of a scored batch (the caller has checked `scored.is_anomaly[row]`)."""
     valid = bool(scored.valid[row])
@@ -83,6 +85,7 @@ def build_alert(
         "schema_version": SCHEMA_VERSION,
         "alert_id": f"{origin.topic}/{origin.partition}/{origin.offset}",
         "asset": asset,
+        "scope": scope,
         "ts": ts,
         "source": {"topic": origin.topic, "partition": origin.partition, "offset": origin.offset},
         "reason": reason,
@@ -101,10 +104,12 @@ def build_alert(
     }
 
 
-def build_score(scored: ScoredBatch, row: int, *, asset: str, ts: int, origin: Origin) -> dict:
+def build_score(scored: ScoredBatch, row: int, *, asset: str, ts: int, origin: Origin,
+                scope: str = GLOBAL_SCOPE) -> dict:
     """A compact per-record score for the optional scores topic (dashboards, threshold studies)."""
     return {
         "asset": asset,
+        "scope": scope,
         "ts": ts,
         "source": {"topic": origin.topic, "partition": origin.partition, "offset": origin.offset},
         "score": _finite(float(scored.score[row])),

@@ -59,6 +59,12 @@ class ModelState:
         learned = self.detector.counters["records_learned"] if self.detector else 0
         return f"{self.lineage}.{learned}"
 
+    @property
+    def progress(self) -> tuple[str, int]:
+        """Changes whenever the state would save differently: what the model learned, and the offsets it has seen
+        (records judged but not learned, control commands, move the offsets only)."""
+        return self.version, sum(o for parts in self.learned_offsets.values() for o in parts.values())
+
     def already_learned(self, topic: str, partition: int, offset: int) -> bool:
         return offset < self.learned_offsets.get(topic, {}).get(partition, 0)
 
@@ -82,6 +88,7 @@ class Checkpointer:
         self.settings = settings
         self.channels = channels
         self.last_saved = time.monotonic()
+        self._saved: dict[str, tuple[str, int]] = {}  # scope -> progress at its last save (or restore)
 
     def path(self, scope: str) -> Path:
         return self.settings.dir / scope
@@ -91,6 +98,7 @@ class Checkpointer:
         path = self.path(scope)
         if path.exists() or previous_path(path).exists():
             state = self._restore_checkpoint(scope)
+            self._saved[scope] = state.progress
         elif self.settings.bootstrap_model_dir is not None:
             boot = self.settings.bootstrap_model_dir
             try:
@@ -164,8 +172,9 @@ class Checkpointer:
         return time.monotonic() - self.last_saved >= self.settings.interval_s
 
     def save(self, state: ModelState) -> Path | None:
+        """Write the scope's checkpoint, unless nothing changed since it was last written or read."""
         self.last_saved = time.monotonic()
-        if state.detector is None:
+        if state.detector is None or self._saved.get(state.scope) == state.progress:
             return None
         meta = {
             "scope": state.scope,
@@ -174,5 +183,6 @@ class Checkpointer:
             "saved_at": time.time(),
         }
         path = save_detector(state.detector, self.path(state.scope), meta)
+        self._saved[state.scope] = state.progress
         log.info("checkpoint_saved", scope=state.scope, version=state.version, path=str(path))
         return path

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streammoe.model.config import ModelConfig
+from streammoe.scopes import ScopeSettings
 
 ENV_PREFIX = "STREAMMOE_"
 ENV_FILE_VARIABLE = "STREAMMOE_ENV_FILE"
@@ -109,6 +110,19 @@ class CheckpointSettings(Section):
     warmup_records: int = Field(5000, ge=10, description="Valid records learned first when neither exists.")
 
 
+class SnapshotSettings(Section):
+    """Scope snapshots on a Kafka topic: how a scope moves to the worker that takes its partition (docs/scaleout.md)."""
+
+    topic: str | None = Field(
+        None, description="The snapshot topic (compacted, partitions >= the input topic's); unset = no snapshots. "
+        "Needs STREAMMOE_SCOPES__MODE group or asset.",
+    )
+    interval_s: float = Field(60.0, gt=0, description="Scopes that learned since their last snapshot are written this often.")
+    read_timeout_s: float = Field(30.0, gt=0, description="Longest read of a snapshot partition on assignment.")
+    chunk_bytes: int = Field(512 * 1024, ge=1024, le=16 * 1024 * 1024,
+                             description="Model bytes per message; keep under the topic's max.message.bytes.")
+
+
 class HttpSettings(Section):
     enabled: bool = True
     host: str = "127.0.0.1"
@@ -128,6 +142,8 @@ class Settings(BaseSettings):
     model: ModelConfig = Field(default_factory=ModelConfig)
     checkpoint: CheckpointSettings = Field(default_factory=CheckpointSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
+    scopes: ScopeSettings = Field(default_factory=ScopeSettings)
+    snapshot: SnapshotSettings = Field(default_factory=SnapshotSettings)
     torch_threads: int = Field(
         1, ge=0, description="Threads for scoring; 0 = torch's default. On a shared CPU, 2+ OpenMP threads "
         "spin-wait for each other and batches ran 2-20x slower than with 1 (measured on the 2-core CI box).",
@@ -142,6 +158,15 @@ class Settings(BaseSettings):
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["auto", "json", "console"] = "auto"
+
+    @model_validator(mode="after")
+    def _snapshots_need_scopes(self) -> "Settings":
+        if self.snapshot.topic and self.scopes.mode == "global":
+            raise ValueError(
+                "STREAMMOE_SNAPSHOT__TOPIC hands scopes between workers, but STREAMMOE_SCOPES__MODE=global has one "
+                "scope spread over every partition: set STREAMMOE_SCOPES__MODE to group or asset (docs/scaleout.md)"
+            )
+        return self
 
     def safe_dump(self) -> dict[str, Any]:
         """Everything, with secrets redacted (SecretStr dumps as '**********'); safe to log."""

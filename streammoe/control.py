@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import orjson
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from streammoe.config import KafkaSettings, consumer_config
 from streammoe.logs import get_logger
@@ -87,6 +87,20 @@ class ControlListener:
         self.assigned = True
         log.info("control_topic_assigned", topic=self.topic, partitions=len(meta.partitions))
         return True
+
+    def rewind(self, positions: dict[int, int]) -> None:
+        """Read again from `positions` (else the beginning) where the listener is further on: a scope taken over from
+        another worker has not seen the verdicts since its snapshot. Scopes that have seen them skip them."""
+        if not self.assigned:
+            return
+        for tp in self.consumer.position(self.consumer.assignment()):
+            want = positions.get(tp.partition, 0)
+            if tp.offset < 0 or want < tp.offset:
+                target = positions.get(tp.partition, OFFSET_BEGINNING)
+                try:
+                    self.consumer.seek(TopicPartition(self.topic, tp.partition, target))
+                except KafkaException as e:  # not fetching yet: it starts where `start` put it, which is earlier
+                    log.debug("control_rewind_skipped", partition=tp.partition, error=str(e))
 
     def poll(self, max_messages: int = 100) -> list[Message]:
         if not self.assigned:

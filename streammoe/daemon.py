@@ -6,6 +6,9 @@ this one, at most one batch ahead, pausing the partitions when judging takes lon
 at-least-once: a batch's input offsets are stored only after every alert, score and dead letter it caused
 is acknowledged by the broker; alerts carry `alert_id` = topic/partition/offset for deduplication.
 
+Records are routed by asset to model scopes (`OwnedScopes`: one global model by default, or one per asset or asset
+group); a scope follows its input partition between workers of the group through the snapshot topic.
+
 SIGTERM/SIGINT stop polling; the batch in flight finishes, outputs are flushed, offsets committed, the
 model checkpointed, and the process exits 0.
 
@@ -27,7 +30,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -49,6 +52,7 @@ from streammoe.logs import configure_logging, get_logger
 from streammoe.metrics import Health, HttpServer, Metrics
 from streammoe.model.scaler import implausible_rows
 from streammoe.outage import BrokerWatch
+from streammoe.ownership import OwnedScopes
 from streammoe.persistence import ModelLoadError
 from streammoe.records import DecodedBatch, RecordDecoder
 from streammoe.scopes import GLOBAL_SCOPE
@@ -84,12 +88,24 @@ class RunSummary:
 
 
 @dataclass
-class Judged:
-    """What the model said about a decoded batch: scored parts (with the decoded rows each covers)."""
+class Part:
+    """Rows of a decoded batch scored by one scope's model, with what their outputs need to say about it (taken
+    when judged: the scope may be handed to another worker before the outputs are published)."""
 
-    parts: list[tuple[ScoredBatch, np.ndarray]] = field(default_factory=list)
+    scope: str
+    scored: ScoredBatch
+    rows: np.ndarray
+    version: str
+    expert_status: dict[int, str]
+
+
+@dataclass
+class Judged:
+    """What the models said about a decoded batch: scored parts, warm-up rows, and what each scope learned."""
+
+    parts: list[Part] = field(default_factory=list)
     warmup_rows: int = 0
-    learn: LearnReport | None = None
+    learned: list[tuple[str, str, LearnReport]] = field(default_factory=list)  # scope, model version, report
 
 
 class Daemon:
@@ -102,15 +118,14 @@ class Daemon:
         self.health = Health(settings.http.ready_stale_s)
         self.decoder = RecordDecoder(settings.records)
         self.checkpointer = Checkpointer(settings.checkpoint, self.channels)
-        # Learned state by model scope. One global scope for now; per-asset-group scopes later route each
-        # record to its scope's model, and checkpoint each scope on its own.
-        self.models: dict[str, ModelState] = {GLOBAL_SCOPE: self.checkpointer.restore(GLOBAL_SCOPE)}
-        for restored in self.models.values():
-            if restored.recovered:
-                self.metrics.checkpoint_fallbacks.labels(restored.recovered).inc()
+        self.scopes = OwnedScopes(settings, self.checkpointer, on_restored=self._scope_restored,
+                                  on_dropped=self._scope_dropped)
+        if self.scopes.single:  # restored now: an unusable checkpoint stops the daemon before it joins the group
+            self.scopes.get(GLOBAL_SCOPE)
         self.watch = BrokerWatch(self.metrics, self.health)
         self.source = Source(settings.kafka, settings.batching, on_lag=self._lag, on_error=self.watch.client_error,
-                             on_committed=self.metrics.commits.inc, on_lost=self._partitions_lost)
+                             on_committed=self.metrics.commits.inc, on_lost=self._partitions_lost,
+                             on_assigned=self._partitions_assigned, on_released=self._partitions_released)
         self.sink = Sink(settings.kafka, on_error=self.watch.client_error)
         self.control = ControlListener(settings.kafka, on_error=self.watch.client_error)
         self._next_probe = 0.0
@@ -122,10 +137,13 @@ class Daemon:
         self.summary = RunSummary()
         self._stop = threading.Event()
         self._batch_ids = count(1)
-        self._warmup: list[np.ndarray] = []
+        self._warmup: dict[str, list[np.ndarray]] = {}  # scope -> records collected for its first fit
         self._carry: list[Message] = []
         self._ahead: tuple[list[Message], int, DecodedBatch] | None = None  # the next batch, decoded early
         self._judge_pool = ThreadPoolExecutor(1, thread_name_prefix="streammoe-judge")
+        self._judging: Future[Judged] | None = None
+        self._closing = False
+        self._snapshots_counted = (0, 0)
         self._last_commit = time.monotonic()
         self._first_batch_at: float | None = None
         if install_signals:
@@ -133,9 +151,14 @@ class Daemon:
             signal.signal(signal.SIGINT, self._on_signal)
 
     @property
+    def models(self) -> dict[str, ModelState]:
+        """The model scopes this worker holds now."""
+        return self.scopes.models
+
+    @property
     def state(self) -> ModelState:
-        """The model every record is routed to while there is a single scope."""
-        return self.models[GLOBAL_SCOPE]
+        """The global scope's model (STREAMMOE_SCOPES__MODE=global: every record goes to it)."""
+        return self.scopes.get(GLOBAL_SCOPE)
 
     # ---- control -------------------------------------------------------------------------------------------
 
@@ -153,11 +176,10 @@ class Daemon:
         deadline = started + timeout_s if timeout_s is not None else None
         if self.http is not None:
             self.http.start()
-        log.info("daemon_started", input_topic=self.settings.kafka.input_topic, model=self.state.version,
+        log.info("daemon_started", input_topic=self.settings.kafka.input_topic, scopes=self.settings.scopes.mode,
+                 model=self.state.version if self.scopes.single else None,
                  http_port=self.http.port if self.http else None)
         self.source.subscribe()
-        if self.state.detector is not None:  # a restored or bootstrap model shows its experts from the start
-            self._account_learning(self.state.detector, None)
         failed = True
         try:
             while not self._stop.is_set():
@@ -193,7 +215,9 @@ class Daemon:
         with structlog.contextvars.bound_contextvars(batch=next(self._batch_ids), records=len(msgs)):
             with self._timed("decode"):
                 decoded = self._decode(msgs)
-            judged = self._judge_reading_ahead(msgs, decoded) if self._pipelined() else self._judge(msgs, decoded)
+            routes = self._route(msgs, decoded)
+            judged = (self._judge_reading_ahead(msgs, decoded, routes) if self._pipelined(routes)
+                      else self._judge(msgs, decoded, routes))
             with self._timed("publish"):
                 self._publish(msgs, decoded, judged)
             with self._timed("acknowledge"):
@@ -215,11 +239,18 @@ class Daemon:
             return ahead[2]
         return self.decoder.decode([m.value() for m in msgs])
 
-    def _pipelined(self) -> bool:
-        """Read ahead only with a model: the warm-up fit polls the consumer itself (`_keep_polling`)."""
-        return self.settings.batching.pipeline and self.state.detector is not None
+    def _route(self, msgs: list[Message], decoded: DecodedBatch) -> list[tuple[ModelState, np.ndarray]]:
+        """Each scope's state with the decoded rows that belong to it (restored on its first record)."""
+        _, partitions, _ = positions(msgs)
+        return [(self.scopes.get(scope), rows)
+                for scope, rows in self.scopes.route(decoded.assets, partitions[decoded.index])]
 
-    def _judge_reading_ahead(self, msgs: list[Message], decoded: DecodedBatch) -> Judged:
+    def _pipelined(self, routes: list[tuple[ModelState, np.ndarray]]) -> bool:
+        """Read ahead only when every scope has a model: a warm-up fit polls the consumer itself (`_keep_polling`)."""
+        return self.settings.batching.pipeline and all(state.detector is not None for state, _ in routes)
+
+    def _judge_reading_ahead(self, msgs: list[Message], decoded: DecodedBatch,
+                             routes: list[tuple[ModelState, np.ndarray]]) -> Judged:
         """Judge the batch in a worker thread while this one fetches and decodes the next batch.
 
         At most one batch is read ahead; it waits in `_carry` and is handled next, so batches are still judged,
@@ -229,7 +260,8 @@ class Daemon:
         decode of the next batch mostly hide behind scoring. Backpressure: if judging takes longer than
         PAUSE_AFTER_S (a candidate expert being trained, a slow CPU), the partitions are paused and the consumer
         is polled only to keep the group membership, so nothing more is fetched into memory."""
-        future = self._judge_pool.submit(contextvars.copy_context().run, self._judge, msgs, decoded)
+        future = self._judging = self._judge_pool.submit(contextvars.copy_context().run, self._judge, msgs, decoded,
+                                                         routes)
         if not self._carry and not self._stop.is_set():
             with self._timed("read_ahead"):
                 ahead = self.source.poll_batch()
@@ -238,7 +270,7 @@ class Daemon:
                     self._ahead = (ahead, len(ahead), self.decoder.decode([m.value() for m in ahead]))
                     self.summary.read_ahead += 1
         try:
-            return future.result(timeout=PAUSE_AFTER_S)
+            return self._judged(future, PAUSE_AFTER_S)
         except FutureTimeout:
             pass
         self.source.pause()
@@ -250,44 +282,59 @@ class Daemon:
                 self.health.progress(len(self.source.assigned))
         finally:
             self.source.resume()
-        return future.result()
+        return self._judged(future, None)
 
-    def _judge(self, msgs: list[Message], decoded: DecodedBatch) -> Judged:
-        """Score with what was learned before this batch, then learn from it (never from what it flags)."""
-        state = self.state
-        if state.detector is None:
-            judged = Judged(warmup_rows=len(decoded))
-            self._warm_up(decoded)
-        else:
-            judged = self._score_and_learn(state.detector, msgs, decoded)
+    def _judged(self, future: Future[Judged], timeout: float | None) -> Judged:
+        result = future.result(timeout=timeout)
+        self._judging = None
+        return result
+
+    def _judge(self, msgs: list[Message], decoded: DecodedBatch, routes: list[tuple[ModelState, np.ndarray]]) -> Judged:
+        """Score each scope's rows with what it learned before this batch, then learn from them (never from what
+        they flag). Rows of a scope still warming up are collected for its first fit instead."""
+        judged = Judged()
         topic, partitions, offsets = positions(msgs)
-        for p in np.unique(partitions):  # learned now, or part of the warm-up fit: never to be learned again
-            state.advance(topic, int(p), int(offsets[partitions == p].max()) + 1)
+        for state, rows in routes:
+            if state.detector is None:
+                judged.warmup_rows += len(rows)
+                self._warm_up(state, decoded.values[rows])
+            elif len(rows):
+                self._score_and_learn(state, state.detector, judged, decoded, rows,
+                                      topic, partitions[decoded.index[rows]], offsets[decoded.index[rows]])
+            if self.scopes.single:  # the one model has seen every record of the batch, dead letters too
+                self._advance(state, topic, partitions, offsets)
+            elif len(rows):
+                self._advance(state, topic, partitions[decoded.index[rows]], offsets[decoded.index[rows]])
         return judged
 
-    def _score_and_learn(self, detector: MixtureDetector, msgs: list[Message], decoded: DecodedBatch) -> Judged:
+    @staticmethod
+    def _advance(state: ModelState, topic: str, partitions: np.ndarray, offsets: np.ndarray) -> None:
+        """Learned now, or part of the warm-up fit: never to be learned again by this model."""
+        for p in np.unique(partitions):
+            state.advance(topic, int(p), int(offsets[partitions == p].max()) + 1)
+
+    def _score_and_learn(self, state: ModelState, detector: MixtureDetector, judged: Judged, decoded: DecodedBatch,
+                         rows: np.ndarray, topic: str, partitions: np.ndarray, offsets: np.ndarray) -> None:
         detector.accelerate(self.settings.torch_compile, self.settings.precision)  # restored or fitted, same way
-        judged = Judged()
-        if not len(decoded):
-            return judged
-        topic, partitions, offsets = positions(msgs)
-        partitions, offsets = partitions[decoded.index], offsets[decoded.index]
-        learned_to = self.state.learned_offsets.get(topic, {})
+        learned_to = state.learned_offsets.get(topic, {})
         fresh = offsets >= np.array([learned_to.get(int(p), 0) for p in range(int(partitions.max()) + 1)])[partitions]
         refs = (partitions << REF_PARTITION_SHIFT) | offsets
-        for rows, learn in ((np.flatnonzero(~fresh), False), (np.flatnonzero(fresh), True)):
-            if not len(rows):
+        report = None
+        for part, learn in ((np.flatnonzero(~fresh), False), (np.flatnonzero(fresh), True)):
+            if not len(part):
                 continue
+            batch_rows = rows[part]
             with self._timed("score"):
-                scored = detector.score_many(decoded.values[rows], refs=refs[rows], timestamps=decoded.ts[rows])
+                scored = detector.score_many(decoded.values[batch_rows], refs=refs[part],
+                                             timestamps=decoded.ts[batch_rows])
             self._count_poison(scored)
-            judged.parts.append((scored, rows))
             if learn:
                 with self._timed("learn"):
-                    judged.learn = detector.learn_many(scored)
-        if judged.learn is not None:
-            self._account_learning(detector, judged.learn)
-        return judged
+                    report = detector.learn_many(scored)
+            judged.parts.append(Part(state.scope, scored, batch_rows, state.version, detector.expert_status()))
+        if report is not None:
+            judged.learned.append((state.scope, state.version, report))
+            self._account_learning(state, report)
 
     def _count_poison(self, scored: ScoredBatch) -> None:
         """Records the model scored but must not learn from: alerted (reason non_finite or out_of_range)."""
@@ -299,30 +346,33 @@ class Daemon:
         if any(counts.values()):
             log.warning("poison_records", **counts)
 
-    def _warm_up(self, decoded: DecodedBatch) -> None:
-        """Collect the first valid records; once there are enough, fit the first model (polling meanwhile)."""
-        self._warmup.append(decoded.values)
-        have = sum(len(v) for v in self._warmup)
-        self.metrics.warmup_records.inc(len(decoded))
-        self.summary.warmup += len(decoded)
+    def _warm_up(self, state: ModelState, values: np.ndarray) -> None:
+        """Collect a scope's first valid records; once there are enough, fit its first model (polling meanwhile)."""
+        collected = self._warmup.setdefault(state.scope, [])
+        collected.append(values)
+        have = sum(len(v) for v in collected)
+        self.metrics.warmup_records.inc(len(values))
+        self.summary.warmup += len(values)
         if have < self.settings.checkpoint.warmup_records:
             return
-        x = np.concatenate(self._warmup)
-        self._warmup = []
+        x = np.concatenate(collected)
+        del self._warmup[state.scope]
         absurd = implausible_rows(x)
         if absurd.any():  # a few readings like 1e30 would otherwise set a channel's scale and blind it
             self.metrics.poison_records.labels("warmup_out_of_range").inc(int(absurd.sum()))
             log.warning("warmup_records_left_out", records=int(absurd.sum()), reason="out_of_range")
             x = x[~absurd]
         detector = MixtureDetector(len(self.channels), self.settings.model, self.channels)
-        log.info("warmup_fit_started", records=len(x))
+        log.info("warmup_fit_started", scope=state.scope, records=len(x))
         report = self._keep_polling(lambda: detector.fit(x))
-        self.state.detector = detector
-        log.info("warmup_fit_done", experts=report.k_selected, weights=report.weights)
-        self._account_learning(detector, None)
+        state.detector = detector
+        log.info("warmup_fit_done", scope=state.scope, experts=report.k_selected, weights=report.weights)
+        self._account_learning(state, None)
 
-    def _account_learning(self, detector: MixtureDetector, report: LearnReport | None) -> None:
-        scope = self.state.scope
+    def _account_learning(self, state: ModelState, report: LearnReport | None) -> None:
+        scope, detector = state.scope, state.detector
+        if detector is None:
+            return
         if report is not None:
             self.metrics.records_learned.inc(report.learned)
             if report.skipped_step:
@@ -346,9 +396,8 @@ class Daemon:
         s.dead_letters += len(decoded.dead)
         s.non_alerts += judged.warmup_rows
         self.metrics.non_alerts.inc(judged.warmup_rows)
-        detector = self.state.detector
-        status = detector.expert_status() if detector is not None else {}
-        for scored, rows in judged.parts:
+        for part in judged.parts:
+            scored, rows = part.scored, part.rows
             visit = range(len(rows)) if kafka.scores_topic else np.flatnonzero(scored.is_anomaly)
             for i in visit:
                 row = rows[i]
@@ -356,13 +405,14 @@ class Daemon:
                 origin = Origin(m.topic(), m.partition(), m.offset())
                 asset, ts = decoded.assets[row], int(decoded.ts[row])
                 if kafka.scores_topic:
-                    score = build_score(scored, i, asset=asset, ts=ts, origin=origin)
+                    score = build_score(scored, i, asset=asset, ts=ts, origin=origin, scope=part.scope)
                     sink.send(kafka.scores_topic, orjson.dumps(score), asset.encode())
                 if not scored.is_anomaly[i]:
                     continue
                 alert = build_alert(
-                    scored, i, asset=asset, ts=ts, origin=origin, channels=self.channels, expert_status=status,
-                    model_version=self.state.version, settings=self.settings.alerts,
+                    scored, i, asset=asset, ts=ts, origin=origin, channels=self.channels,
+                    expert_status=part.expert_status, model_version=part.version, settings=self.settings.alerts,
+                    scope=part.scope,
                 )
                 sink.send(kafka.alerts_topic, orjson.dumps(alert), asset.encode())
                 self.metrics.alerts.labels(alert["severity"]).inc()
@@ -370,13 +420,13 @@ class Daemon:
             n_normal = int((~scored.is_anomaly).sum())
             s.non_alerts += n_normal
             self.metrics.non_alerts.inc(n_normal)
-        if judged.learn is not None:
-            for event in judged.learn.events:
-                sink.send(kafka.events_topic, orjson.dumps(self._event_payload(event.as_dict())), self.state.scope.encode())
+        for scope, version, report in judged.learned:
+            for event in report.events:
+                sink.send(kafka.events_topic, orjson.dumps(self._event_payload(event.as_dict(), scope, version)),
+                          scope.encode())
 
-    def _event_payload(self, event: dict) -> dict:
-        return event_payload(event, input_topic=self.settings.kafka.input_topic, scope=self.state.scope,
-                             model_version=self.state.version)
+    def _event_payload(self, event: dict, scope: str, version: str) -> dict:
+        return event_payload(event, input_topic=self.settings.kafka.input_topic, scope=scope, model_version=version)
 
     def _acknowledge(self, msgs: list[Message]) -> bool:
         """Wait for the broker to hold every output of the batch; only then may its input offsets move.
@@ -415,6 +465,62 @@ class Daemon:
             self.watch.end()
         return paused
 
+    # ---- ownership -----------------------------------------------------------------------------------------
+
+    def _partitions_assigned(self, keys: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        """Restore the scopes of new partitions before their records are scored (Source asks, inside the
+        rebalance); returns where partitions must start when a restored model learned less than was committed."""
+        topic = self.settings.kafka.input_topic
+        starts, restored = self.scopes.assigned(topic, [p for t, p in keys if t == topic])
+        for state in restored:  # verdicts it has not seen yet are read again for it
+            self.control.rewind(state.learned_offsets.get(self.control.topic, {}))
+        self.metrics.scopes_held.set(len(self.scopes.models))
+        return {(topic, p): o for p, o in starts.items()}
+
+    def _partitions_released(self, keys: list[tuple[str, int]], lost: bool) -> None:
+        """Hand over the scopes of revoked partitions (snapshot, then drop), or drop those of lost ones.
+
+        Called inside a poll, maybe while a worker thread judges a batch: that batch finishes first, so the snapshot
+        holds all it learned. Batches read ahead from these partitions are dropped: their new owner reads them."""
+        if self._judging is not None:
+            wait([self._judging])  # its result or error is collected by the loop
+        gone = set(keys)
+        self._carry[:] = [m for m in self._carry if (m.topic(), m.partition()) not in gone]  # in place: see _deliver
+        self._ahead = None
+        topic = self.settings.kafka.input_topic
+        parts = [p for t, p in keys if t == topic]
+        if lost:
+            self.scopes.lost(parts)
+        else:
+            self.scopes.revoked(parts, snapshot=not self._closing)
+        self._sync_snapshot_metrics()
+        self.metrics.scopes_held.set(len(self.scopes.models))
+
+    def _scope_restored(self, state: ModelState) -> None:
+        if state.recovered:
+            self.metrics.checkpoint_fallbacks.labels(state.recovered).inc()
+        self.metrics.scopes_restored.labels(state.origin).inc()
+        if state.detector is not None:  # a restored model shows its experts from the start
+            self._account_learning(state, None)
+
+    def _scope_dropped(self, state: ModelState) -> None:
+        """Another worker owns it now: its gauges here would only mislead."""
+        self._warmup.pop(state.scope, None)
+        for gauge, labels in ((self.metrics.experts_active, [(state.scope,)]),
+                              (self.metrics.mixture_weight,
+                               [(state.scope, str(k)) for k in range(self.settings.model.k_max)])):
+            for label in labels:
+                try:
+                    gauge.remove(*label)
+                except KeyError:
+                    pass
+
+    def _sync_snapshot_metrics(self) -> None:
+        written, failed = self.scopes.snapshots_written, self.scopes.snapshot_failures
+        self.metrics.snapshots.inc(written - self._snapshots_counted[0])
+        self.metrics.snapshot_failures.inc(failed - self._snapshots_counted[1])
+        self._snapshots_counted = (written, failed)
+
     def _partitions_lost(self) -> None:
         """Lost (not revoked) partitions: the group coordinator stopped answering, or this worker stalled past its
         session. A frozen broker refuses nothing and, with no output pending, times nothing out, so this is often
@@ -445,6 +551,8 @@ class Daemon:
             self._commit()
             if self.checkpointer.due():
                 self._checkpoint()
+            if self.scopes.snapshot_due():
+                self._snapshot()
 
     def _commit(self) -> None:
         """Send acknowledged offsets (counted in streammoe_commits_total when the broker confirms). Not during an
@@ -454,13 +562,20 @@ class Daemon:
         self._last_commit = time.monotonic()
 
     def _checkpoint(self) -> None:
-        for state in self.models.values():
+        for state in list(self.models.values()):
             if self.checkpointer.save(state) is not None:
                 self.metrics.checkpoints.inc()
+
+    def _snapshot(self) -> None:
+        """Scopes that learned since their last snapshot (not during an outage: the writes would only wait)."""
+        if not self.watch.down:
+            self.scopes.snapshot_changed()
+            self._sync_snapshot_metrics()
 
     def _close_source(self) -> None:
         commit = not self.watch.down
         self.watch.closing()
+        self._closing = True  # leaving the group revokes everything: the shutdown snapshot was just written
         self.source.close(CLOSE_TIMEOUT_S, commit=commit)
 
     def _final_flush(self) -> None:
@@ -490,8 +605,8 @@ class Daemon:
         acknowledged, after a failure too. During an outage nothing is committed: the acknowledged but
         uncommitted batches are read again after the restart (at-least-once)."""
         steps: list[tuple[str, Callable[[], object]]] = [
-            ("flush", self._final_flush), ("checkpoint", self._checkpoint),
-            ("close", self._close_source), ("close_control", self.control.close),
+            ("flush", self._final_flush), ("checkpoint", self._checkpoint), ("snapshot", self._snapshot),
+            ("close", self._close_source), ("close_control", self.control.close), ("close_snapshots", self.scopes.close),
         ]
         for name, step in steps:
             try:
@@ -517,30 +632,47 @@ class Daemon:
             if time.monotonic() < self._control_retry_at:
                 return
             self._control_retry_at = time.monotonic() + 5.0
-            if not self.control.start(self.state.learned_offsets.get(topic, {})):
+            if not self.control.start(self._control_positions()):
                 return
         for m in self.control.poll():
-            if self.state.already_learned(topic, m.partition(), m.offset()):
+            held = [s for s in self.models.values() if not s.already_learned(topic, m.partition(), m.offset())]
+            if not held:
                 continue
             try:
                 verdict = parse_command(m.value())
-                if verdict.scope == self.state.scope:
-                    if self.state.detector is None:
-                        raise ControlError("the scope has no model yet (warming up)")
-                    try:
-                        self.state.detector.mark_expert(verdict.expert, verdict.status)
-                    except ValueError as e:
-                        raise ControlError(str(e)) from None
-                    event = marked_event(verdict, topic, m.partition(), m.offset())
-                    self.sink.send(self.settings.kafka.events_topic, orjson.dumps(self._event_payload(event)),
-                                   self.state.scope.encode())
-                    self.metrics.mode_events.labels("mode_marked").inc()
-                    log.info("expert_marked", expert=verdict.expert, status=verdict.status, operator=verdict.operator)
+                state = next((s for s in held if s.scope == verdict.scope), None)
+                if state is not None:
+                    self._apply_verdict(state, verdict, m)
             except ControlError as e:
                 self.sink.dead_letter(m.value(), m.key(), topic, m.partition(), m.offset(), "bad_control", str(e))
                 self.metrics.dead_letters.labels("bad_control").inc()
                 log.warning("control_rejected", reason=str(e), partition=m.partition(), offset=m.offset())
-            self.state.advance(topic, m.partition(), m.offset() + 1)
+            for s in held:
+                s.advance(topic, m.partition(), m.offset() + 1)
+
+    def _apply_verdict(self, state: ModelState, verdict: ExpertVerdict, m: Message) -> None:
+        if state.detector is None:
+            raise ControlError("the scope has no model yet (warming up)")
+        try:
+            state.detector.mark_expert(verdict.expert, verdict.status)
+        except ValueError as e:
+            raise ControlError(str(e)) from None
+        event = marked_event(verdict, self.control.topic, m.partition(), m.offset())
+        self.sink.send(self.settings.kafka.events_topic,
+                       orjson.dumps(self._event_payload(event, state.scope, state.version)), state.scope.encode())
+        self.metrics.mode_events.labels("mode_marked").inc()
+        log.info("expert_marked", scope=state.scope, expert=verdict.expert, status=verdict.status,
+                 operator=verdict.operator)
+
+    def _control_positions(self) -> dict[int, int]:
+        """Where to start reading the control topic: the earliest position any held scope has not yet seen."""
+        positions: dict[int, int] = {}
+        held = list(self.models.values())
+        for state in held:
+            for p, o in state.learned_offsets.get(self.control.topic, {}).items():
+                positions[p] = min(o, positions.get(p, o))
+        return {p: o for p, o in positions.items()
+                if all(p in s.learned_offsets.get(self.control.topic, {}) for s in held)}
 
     def _lag(self, topic: str, partition: int, lag: int) -> None:
         self.metrics.consumer_lag.labels(topic, str(partition)).set(lag)

@@ -52,6 +52,11 @@ class Metrics:
             ["reason"], registry=r,
         )
         self.assigned_partitions = Gauge("streammoe_assigned_partitions", "Input partitions owned.", registry=r)
+        self.scopes_held = Gauge("streammoe_scopes_held", "Model scopes this worker holds.", registry=r)
+        self.snapshots = Counter("streammoe_snapshots", "Scope snapshots written to the snapshot topic.", registry=r)
+        self.snapshot_failures = Counter("streammoe_snapshot_failures", "Scope snapshots that failed.", registry=r)
+        self.scopes_restored = Counter("streammoe_scopes_restored", "Scopes taken over, by origin.", ["origin"],
+                                       registry=r)
         self.backpressure_pauses = Counter(
             "streammoe_backpressure_pauses", "Times the partitions were paused because judging a batch took long.",
             registry=r,

@@ -35,12 +35,17 @@ class DeliveryError(Exception):
 
 
 def produce(producer: Producer, topic: str, value: bytes | None, key: bytes | None = None,
-            headers: Headers | None = None, on_delivery=None) -> None:  # type: ignore[no-untyped-def]
+            headers: Headers | None = None, on_delivery=None,  # type: ignore[no-untyped-def]
+            partition: int | None = None) -> None:
     """Queue one message; while librdkafka's local queue is full, serve delivery reports and retry (backpressure,
     never a dropped message)."""
     while True:
         try:
-            producer.produce(topic, value=value, key=key, headers=headers, on_delivery=on_delivery)
+            if partition is None:
+                producer.produce(topic, value=value, key=key, headers=headers, on_delivery=on_delivery)
+            else:
+                producer.produce(topic, value=value, key=key, headers=headers, on_delivery=on_delivery,
+                                 partition=partition)
             return
         except BufferError:
             producer.poll(0.05)

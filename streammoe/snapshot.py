@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from streammoe.checkpoint import ModelState, offsets_from_json, offsets_to_json
 from streammoe.config import KafkaSettings, consumer_config, producer_config
@@ -58,6 +58,7 @@ class Manifest:
     lineage: str
     learned_offsets: dict[str, dict[int, int]]
     written_at: float = field(default_factory=time.time)
+    partition: int = -1  # the input partition the scope's records arrive on; -1: not tied to one
 
     def to_bytes(self) -> bytes:
         return orjson.dumps(self.__dict__ | {"learned_offsets": offsets_to_json(self.learned_offsets)})
@@ -95,6 +96,12 @@ def unpack(blob: bytes, manifest: Manifest, channels: list[str]) -> ModelState:
                       {t: dict(ps) for t, ps in manifest.learned_offsets.items()})
 
 
+def snapshot_partition(input_partition: int, partitions: int) -> int:
+    """Where the snapshots of a scope living on `input_partition` go: the same number, wrapped if the snapshot
+    topic has fewer partitions, so a worker taking over input partitions reads only the matching ones."""
+    return input_partition % partitions
+
+
 class SnapshotWriter:
     """Writes scope snapshots; remembers each scope's last slot so the next one goes to the other."""
 
@@ -104,24 +111,47 @@ class SnapshotWriter:
         self.producer = Producer(producer_config(kafka))
         self.slots: dict[str, int] = {}
         self._errors: list[str] = []
+        self._partitions = 0
 
-    def write(self, state: ModelState) -> Manifest:
+    def write(self, state: ModelState, partition: int = -1) -> Manifest:
+        """Snapshot `state`, tied to input `partition` (its records' partition; -1: any, the key decides)."""
         blob = pack(state)
         slot = 1 - self.slots.get(state.scope, 1)
         n = max(1, -(-len(blob) // self.chunk_bytes))
         manifest = Manifest(state.scope, uuid.uuid4().hex[:12], slot, n, len(blob), hashlib.sha256(blob).hexdigest(),
-                            state.lineage, {t: dict(ps) for t, ps in state.learned_offsets.items()})
+                            state.lineage, {t: dict(ps) for t, ps in state.learned_offsets.items()},
+                            partition=partition)
+        target = None if partition < 0 else snapshot_partition(partition, self._partition_count())
         headers = [("snapshot_id", manifest.snapshot_id.encode())]
         for i in range(n):
             part = blob[i * self.chunk_bytes:(i + 1) * self.chunk_bytes]
-            self._send(chunk_key(state.scope, slot, i), part, headers)
-        self._send(state.scope, manifest.to_bytes(), None)
+            self._send(chunk_key(state.scope, slot, i), part, headers, target)
+        self._send(state.scope, manifest.to_bytes(), None, target)
         self.slots[state.scope] = slot
-        log.info("snapshot_written", scope=state.scope, snapshot_id=manifest.snapshot_id, bytes=len(blob), chunks=n)
+        detector = state.detector
+        log.info("snapshot_written", scope=state.scope, snapshot_id=manifest.snapshot_id, bytes=len(blob), chunks=n,
+                 partition=partition, version=state.version, experts=detector.model.n_active if detector else 0,
+                 weights=[float(w) for w in detector.mixture_weights()] if detector else [])
         return manifest
 
-    def _send(self, key: str, value: bytes, headers: list[tuple[str, bytes]] | None) -> None:
-        produce(self.producer, self.topic, value, key.encode(), headers, self._delivered)
+    def _partition_count(self) -> int:
+        if not self._partitions:
+            try:
+                meta = self.producer.list_topics(self.topic, timeout=self.timeout_s).topics.get(self.topic)
+            except KafkaException as e:
+                raise SnapshotError(f"snapshot topic {self.topic}: {e}") from e
+            if meta is None or meta.error is not None or not meta.partitions:
+                raise SnapshotError(f"snapshot topic {self.topic} does not exist (create it, compacted, with as many "
+                                    f"partitions as the input topic): {meta.error if meta else 'no metadata'}")
+            self._partitions = len(meta.partitions)
+        return self._partitions
+
+    def close(self) -> None:
+        self.producer.flush(self.timeout_s)
+
+    def _send(self, key: str, value: bytes, headers: list[tuple[str, bytes]] | None,
+              partition: int | None = None) -> None:
+        produce(self.producer, self.topic, value, key.encode(), headers, self._delivered, partition)
         if self.producer.flush(self.timeout_s) or self._errors:
             errors, self._errors = self._errors, []
             raise SnapshotError(f"snapshot message {key!r} not acknowledged: {errors[:3] or 'timed out'}")
@@ -132,11 +162,15 @@ class SnapshotWriter:
 
 
 def read_latest(kafka: KafkaSettings, topic: str, channels: list[str], scopes: set[str] | None = None,
-                timeout_s: float = 30.0) -> tuple[dict[str, ModelState], dict[str, Manifest]]:
-    """The newest whole snapshot of each scope (of `scopes`, or all) in `topic`, as model states, with manifests."""
+                timeout_s: float = 30.0, partitions: set[int] | None = None,
+                ) -> tuple[dict[str, ModelState], dict[str, Manifest]]:
+    """The newest whole snapshot of each scope (of `scopes`, or all) in `topic`, as model states, with manifests.
+
+    With `partitions` (input partitions), only the snapshot partitions they map to are read, and only scopes whose
+    newest manifest names one of them are returned: what a worker needs when it is assigned those partitions."""
     manifests: dict[str, list[Manifest]] = {}
     chunks: dict[str, tuple[str, bytes]] = {}  # latest per chunk key: (snapshot id, bytes)
-    for key, value, headers in _read_topic(kafka, topic, timeout_s):
+    for key, value, headers in _read_topic(kafka, topic, timeout_s, partitions):
         if SEP in key:
             if scopes is None or key.split(SEP, 1)[0] in scopes:
                 chunks[key] = (headers.get("snapshot_id", b"").decode(), value)
@@ -145,6 +179,8 @@ def read_latest(kafka: KafkaSettings, topic: str, channels: list[str], scopes: s
                 manifests.setdefault(key, []).append(Manifest.from_bytes(value))
             except (ValueError, TypeError, KeyError, AttributeError) as e:
                 log.error("snapshot_manifest_unreadable", scope=key, error=str(e))
+    if partitions is not None:  # a scope that moved to another partition since is no longer ours
+        manifests = {s: h for s, h in manifests.items() if h[-1].partition in partitions}
     states: dict[str, ModelState] = {}
     chosen: dict[str, Manifest] = {}
     for scope, history in manifests.items():
@@ -176,8 +212,10 @@ def _assemble(manifest: Manifest, chunks: dict[str, tuple[str, bytes]]) -> bytes
     return blob
 
 
-def _read_topic(kafka: KafkaSettings, topic: str, timeout_s: float):  # type: ignore[no-untyped-def]
-    """Every message of `topic` from the start to the end it had when reading began, in order per partition."""
+def _read_topic(kafka: KafkaSettings, topic: str, timeout_s: float,  # type: ignore[no-untyped-def]
+                input_partitions: set[int] | None = None):
+    """Every message of `topic` (of the partitions `input_partitions` map to, or all) from the start to the end it
+    had when reading began, in order per partition."""
     conf = consumer_config(kafka)
     conf.update({"group.id": f"{kafka.group_id}-snapshot-reader", "enable.partition.eof": False,
                  "allow.auto.create.topics": False})
@@ -187,8 +225,10 @@ def _read_topic(kafka: KafkaSettings, topic: str, timeout_s: float):  # type: ig
         meta = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
         if meta is None or meta.error is not None:
             return
+        wanted = set(meta.partitions) if input_partitions is None else {
+            snapshot_partition(p, len(meta.partitions)) for p in input_partitions}
         ends = {}
-        for p in meta.partitions:
+        for p in sorted(wanted):
             low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
             if high > low:
                 ends[p] = high

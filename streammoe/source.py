@@ -8,6 +8,11 @@ Commits on the interval and at shutdown are asynchronous: librdkafka's synchrono
 coordinator with no time limit, so a broker that dies or freezes at that moment would hold the loop (and a
 SIGTERM) until it came back. Their results arrive with later polls; a failed commit puts its offsets back for
 the next one. Only a revoke commits synchronously, while the rebalance that revokes proves the broker answers.
+
+Rebalances are cooperative-sticky: only partitions that move are revoked and assigned. `on_assigned` runs inside
+the assignment, before any record of the new partitions is returned (the daemon restores their model scopes
+there) and may ask for a partition to start before its committed position; `on_released` runs on revoke before
+the commit (the daemon snapshots and drops the scopes) and on loss, where nothing is committed.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ log = get_logger("streammoe.source")
 
 PartitionKey = tuple[str, int]
 StatsHook = Callable[[str, int, int], None]  # topic, partition, consumer lag
+AssignHook = Callable[[list[PartitionKey]], dict[PartitionKey, int]]  # -> where to start, if before the commit
+ReleaseHook = Callable[[list[PartitionKey], bool], None]  # partitions, lost (True) or revoked (False)
 
 
 def usable(msgs: list[Message], event: str) -> list[Message]:
@@ -43,11 +50,14 @@ def usable(msgs: list[Message], event: str) -> list[Message]:
 class Source:
     def __init__(self, kafka: KafkaSettings, batching: BatchingSettings, on_lag: StatsHook | None = None,
                  on_error: Callable[[KafkaError], None] | None = None,
-                 on_committed: Callable[[], None] | None = None, on_lost: Callable[[], None] | None = None) -> None:
+                 on_committed: Callable[[], None] | None = None, on_lost: Callable[[], None] | None = None,
+                 on_assigned: AssignHook | None = None, on_released: ReleaseHook | None = None) -> None:
         self.kafka, self.batching = kafka, batching
         self._on_lag = on_lag
         self._on_committed = on_committed
         self._on_lost_hook = on_lost
+        self._on_assigned = on_assigned
+        self._on_released = on_released
         conf = consumer_config(kafka)
         conf.update({"stats_cb": self._stats, "error_cb": on_error or self._error, "on_commit": self._commit_result})
         self.consumer = Consumer(conf)
@@ -191,15 +201,41 @@ class Source:
         return True
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self.assigned.update((tp.topic, tp.partition) for tp in partitions)
-        log.info("partitions_assigned", partitions=sorted(f"{tp.topic}[{tp.partition}]" for tp in partitions))
-        if self._paused:
+        keys = [(tp.topic, tp.partition) for tp in partitions]
+        self.assigned.update(keys)
+        log.info("partitions_assigned", partitions=sorted(f"{t}[{p}]" for t, p in keys))
+        starts = self._on_assigned(keys) if self._on_assigned is not None and keys else {}
+        rewound = self._rewind(consumer, partitions, starts) if starts else False
+        if self._paused or rewound:
             consumer.incremental_assign(partitions)
+        if self._paused:
             consumer.pause(partitions)
-            self._paused_keys.update((tp.topic, tp.partition) for tp in partitions)
+            self._paused_keys.update(keys)
+
+    def _rewind(self, consumer: Consumer, partitions: list[TopicPartition], starts: dict[PartitionKey, int]) -> bool:
+        """Start a partition before its committed position where the handed-over model learned less than was
+        committed (its last snapshot predates the last commit: a crash), so those records are learned, not skipped."""
+        try:
+            committed = {(tp.topic, tp.partition): tp.offset
+                         for tp in consumer.committed(partitions, timeout=self.kafka.delivery_timeout_s)}
+        except KafkaException as e:
+            log.warning("committed_unknown", error=str(e), hint="partitions start at their committed position")
+            return False
+        rewound = False
+        for tp in partitions:
+            key = (tp.topic, tp.partition)
+            start, done = starts.get(key), committed.get(key, -1)
+            if start is not None and 0 <= start < done:
+                tp.offset = start
+                rewound = True
+                log.warning("partition_rewound", partition=f"{tp.topic}[{tp.partition}]", committed=done, start=start,
+                            reason="the restored model learned less than was committed; the gap is scored again")
+        return rewound
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = [(tp.topic, tp.partition) for tp in partitions]
+        if self._on_released is not None and keys:
+            self._on_released(keys, False)
         if not self._closing:
             self._commit_now(keys)
         self.assigned.difference_update(keys)
@@ -213,6 +249,8 @@ class Source:
         for k in keys:
             self._acked.pop(k, None)
         log.warning("partitions_lost", partitions=sorted(f"{t}[{p}]" for t, p in keys))
+        if self._on_released is not None and keys:
+            self._on_released(keys, True)
         if self._on_lost_hook is not None:
             self._on_lost_hook()
 

@@ -28,12 +28,12 @@ def spy_on(daemon):  # type: ignore[no-untyped-def]
             stored.setdefault(m.partition(), []).append(m.offset())
         return mark_done(msgs)
 
-    def spy_judge(msgs, decoded):  # type: ignore[no-untyped-def]
+    def spy_judge(msgs, decoded, routes):  # type: ignore[no-untyped-def]
         with lock:
             judging["now"] += 1
             judging["most"] = max(judging["most"], judging["now"])
         try:
-            return judge(msgs, decoded)
+            return judge(msgs, decoded, routes)
         finally:
             with lock:
                 judging["now"] -= 1

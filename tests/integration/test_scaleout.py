@@ -1,0 +1,205 @@
+"""Two worker processes in one consumer group, one model per asset: partitions split, scopes handed over through
+the snapshot topic when a worker joins and when one stops, and every input offset accounted for."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+from conftest import committed_offsets, consume_all, log_ends
+from test_daemon import (  # noqa: F401  (bootstrap_model is a fixture)
+    CHANNELS,
+    bootstrap_model,
+    dead_key,
+    env_for,
+    normal_rows,
+    record,
+    source_key,
+    topics,
+)
+
+from streammoe.config import KafkaSettings
+from streammoe.sink import produce as produce_message
+from streammoe.snapshot import read_latest
+
+pytestmark = pytest.mark.integration
+
+ASSETS = [f"pump-{i}" for i in range(12)]
+
+
+class Worker:
+    """`streammoe run` in its own process, logging JSON lines to a file the test reads."""
+
+    def __init__(self, name: str, env: dict[str, str], tmp: Path) -> None:
+        self.name = name
+        self.log_path = tmp / f"{name}.log"
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", "streammoe.cli", "run"], env={**os.environ, **env},
+                                     stdout=self._log, stderr=subprocess.STDOUT)
+
+    def events(self, kind: str | None = None) -> list[dict]:
+        out = []
+        for line in self.log_path.read_bytes().splitlines():
+            if line.startswith(b"{"):
+                e = orjson.loads(line)
+                if kind is None or e.get("event") == kind:
+                    out.append(e)
+        return out
+
+    def held_partitions(self) -> set[int]:
+        """Input partitions assigned and not since revoked or lost, from the log."""
+        held: set[int] = set()
+        for e in self.events():
+            parts = {int(p.rsplit("[", 1)[1].rstrip("]")) for p in e.get("partitions", []) if isinstance(p, str)}
+            if e.get("event") == "partitions_assigned":
+                held |= parts
+            elif e.get("event") in ("partitions_revoked", "partitions_lost"):
+                held -= parts
+        return held
+
+    def stop(self, timeout: float = 60) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=timeout)
+        finally:
+            self._log.close()
+
+    def tail(self) -> str:
+        return self.log_path.read_text()[-4000:]
+
+
+def wait_for(what: str, check, timeout: float, *workers: Worker) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not check():
+        for w in workers:
+            assert w.proc.poll() is None, f"{w.name} exited {w.proc.returncode} while waiting for {what}:\n{w.tail()}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}:\n" + "\n".join(w.tail() for w in workers)
+        time.sleep(0.3)
+
+
+def items_for(rng: np.random.Generator, n: int, start_ts: int) -> list[tuple[bytes, bytes]]:
+    rows = normal_rows(rng, n)
+    return [(ASSETS[i % len(ASSETS)].encode(), record(ASSETS[i % len(ASSETS)], start_ts + i, row))
+            for i, row in enumerate(rows)]
+
+
+def produce_in_order(bootstrap: str, topic: str, items: list[tuple[bytes, bytes]]) -> list[tuple[int, int]]:
+    """Like conftest's `produce`, but the (partition, offset) of item i is at position i."""
+    from confluent_kafka import Producer
+
+    out: list[tuple[int, int] | None] = [None] * len(items)
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "all"})
+    for i, (key, value) in enumerate(items):
+        def delivered(err, msg, i=i) -> None:  # type: ignore[no-untyped-def]
+            if err is None:
+                out[i] = (msg.partition(), msg.offset())
+        produce_message(p, topic, value, key, on_delivery=delivered)
+    assert p.flush(30) == 0 and None not in out
+    return out  # type: ignore[return-value]
+
+
+def last_offsets(items: list[tuple[bytes, bytes]], delivered: list[tuple[int, int]]) -> dict[str, tuple[int, int]]:
+    """Per asset (= scope), the partition its records went to and the offset after its last one."""
+    last: dict[str, tuple[int, int]] = {}
+    for (key, _), (p, o) in zip(items, delivered):
+        last[key.decode()] = (p, max(o + 1, last.get(key.decode(), (p, 0))[1]))
+    return last
+
+
+def test_two_workers_split_partitions_and_hand_scopes_over_through_snapshots(
+    broker, topic_name, bootstrap_model, tmp_path  # noqa: F811
+) -> None:
+    t = topics(topic_name)
+    snapshots, group = topic_name("snapshots"), topic_name("group")
+    rng = np.random.default_rng(3)
+    first = items_for(rng, 6000, 0)
+    first.insert(100, (b"pump-0", b"{not json"))
+    delivered_first = produce_in_order(broker, t["input"], first)
+    where = last_offsets(first[:100] + first[101:], delivered_first[:100] + delivered_first[101:])
+    assert {p for p, _ in where.values()} == {0, 1, 2, 3}, "the assets must cover every partition"
+
+    env = env_for(broker, t, group, tmp_path / "ckpt", bootstrap_model,
+                  STREAMMOE_SCOPES__MODE="asset", STREAMMOE_SNAPSHOT__TOPIC=snapshots,
+                  STREAMMOE_SNAPSHOT__INTERVAL_S="2", STREAMMOE_HTTP__ENABLED="false",
+                  STREAMMOE_KAFKA__SESSION_TIMEOUT_MS="6000")
+    a = Worker("a", {**env, "STREAMMOE_CHECKPOINT__DIR": str(tmp_path / "ckpt-a")}, tmp_path)
+    b = None
+    try:
+        wait_for("worker a to process the first records",
+                 lambda: committed_offsets(broker, group, t["input"]) == log_ends(delivered_first), 120, a)
+
+        # Worker b joins: a hands over the scopes of the partitions it gives up.
+        b = Worker("b", {**env, "STREAMMOE_CHECKPOINT__DIR": str(tmp_path / "ckpt-b")}, tmp_path)
+        wait_for("the group to split the partitions",
+                 lambda: a.held_partitions() and b.held_partitions()
+                 and a.held_partitions() | b.held_partitions() == {0, 1, 2, 3}, 90, a, b)
+        moved_to_b = b.held_partitions()
+        wait_for("b to restore the scopes of its partitions",
+                 lambda: {e["scope"] for e in b.events("scope_restored")}
+                 >= {s for s, (p, _) in where.items() if p in moved_to_b}, 60, a, b)
+        for e in b.events("scope_restored"):  # a wrote them when the partitions were revoked, after learning them
+            assert e["learned_to"] == where[e["scope"]][1], e
+            written = [w for w in a.events("snapshot_written") if w["snapshot_id"] == e["snapshot_id"]]
+            assert len(written) == 1 and (written[0]["experts"], written[0]["weights"]) == (e["experts"], e["weights"])
+
+        # Both work on new records.
+        second = items_for(rng, 4000, 10_000)
+        delivered_second = produce_in_order(broker, t["input"], second)
+        ends = log_ends(delivered_first + delivered_second)
+        wait_for("both workers to process the second records",
+                 lambda: committed_offsets(broker, group, t["input"]) == ends, 120, a, b)
+        assert b.events("scope_released") == [], "nothing moved while both ran"
+
+        # Worker b stops: a takes its scopes over from the snapshots b wrote on the way out.
+        held_by_b = b.held_partitions()
+        assert b.stop() == 0, b.tail()
+        b_scopes = {s for s, (p, _) in where.items() if p in held_by_b}
+        b_last = {w["scope"]: w for w in b.events("snapshot_written")}
+        assert set(b_last) >= b_scopes
+        wait_for("a to take over b's scopes",
+                 lambda: {e["scope"] for e in a.events("scope_restored") if e["partition"] in held_by_b} >= b_scopes
+                 and a.held_partitions() == {0, 1, 2, 3}, 90, a)
+        snap_states, manifests = read_latest(KafkaSettings(bootstrap_servers=broker), snapshots, CHANNELS,
+                                             scopes=b_scopes)
+        took_over = {e["scope"]: e for e in a.events("scope_restored") if e["partition"] in held_by_b}
+        where_now = last_offsets(second, delivered_second)
+        for scope in b_scopes:
+            e, state = took_over[scope], snap_states[scope]
+            assert e["snapshot_id"] == b_last[scope]["snapshot_id"] == manifests[scope].snapshot_id
+            assert e["experts"] == state.detector.model.n_active == b_last[scope]["experts"]
+            assert e["weights"] == [float(w) for w in state.detector.mixture_weights()] == b_last[scope]["weights"]
+            assert e["learned_to"] == where_now[scope][1], "the snapshot holds everything b learned, nothing more"
+
+        # a continues with them.
+        third = items_for(rng, 3000, 20_000)
+        delivered_third = produce_in_order(broker, t["input"], third)
+        ends = log_ends(delivered_first + delivered_second + delivered_third)
+        wait_for("a to process the third records", lambda: committed_offsets(broker, group, t["input"]) == ends, 120, a)
+        assert a.stop() == 0, a.tail()
+    finally:
+        for w in (a, b):
+            if w is not None and w.proc.poll() is None:
+                w.proc.kill()
+
+    everything = set(delivered_first + delivered_second + delivered_third)
+    published = Counter(source_key(m) for m in consume_all(broker, t["scores"]))
+    published += Counter(dead_key(m) for m in consume_all(broker, t["dead"]))
+    assert set(published) == everything, f"lost: {sorted(everything - set(published))[:10]}"
+    assert sum(n - 1 for n in published.values()) <= 2 * 256, "duplicates only from batches in flight at a handover"
+
+    # The models a ended with continue b's and a's lineages: each scope learned every record once, in one line.
+    final, _ = read_latest(KafkaSettings(bootstrap_servers=broker), snapshots, CHANNELS)
+    last_now = last_offsets(third, delivered_third)
+    assert set(final) == set(ASSETS)
+    for scope, state in final.items():
+        p, end = last_now[scope]
+        assert state.learned_offsets[t["input"]] == {p: end}
+        assert state.lineage == took_over.get(scope, {"version": state.version})["version"].split(".")[0]
