@@ -111,6 +111,15 @@ class Checkpointer:
                  experts=state.detector.model.n_active if state.detector else 0)
         return state
 
+    def learned_total(self, scope: str) -> int | None:
+        """How far the scope's checkpoint here has learned (the sum of its learned offsets), from its meta alone;
+        None when there is none or it cannot be read (a full restore then decides what to do about it)."""
+        try:
+            meta = read_meta(self.path(scope))
+            return sum(o for parts in offsets_from_json(meta.get("learned_offsets", {})).values() for o in parts.values())
+        except (ModelLoadError, AttributeError, TypeError, ValueError):
+            return None
+
     def _load(self, scope: str, path: Path) -> ModelState:
         detector = load_detector(path, channels=self.channels)
         meta = read_meta(path)

@@ -2,7 +2,8 @@
 
 A scope's records arrive on one input partition (producers key records by asset or asset group), so whoever owns
 the partition owns the scope. Where a scope's model comes from, in order: the snapshot topic, read when its
-partition is assigned; this worker's checkpoint directory; the bootstrap model; a warm-up fit. On revoke, the
+partition is assigned, unless this worker's checkpoint of it learned further (a restart on the same disk); this
+worker's checkpoint directory; the bootstrap model; a warm-up fit. On revoke, the
 scopes of the revoked partitions are snapshotted and dropped; the next owner restores them before it scores a
 record of theirs.
 
@@ -112,6 +113,11 @@ class OwnedScopes:
             held = self.models.get(scope)
             if held is not None and _learned_total(held) >= _learned_total(state):
                 continue  # never gave it up (a revoke and assign back): what is in memory is as new
+            local = self.checkpointer.learned_total(scope)
+            if held is None and local is not None and local > _learned_total(state):
+                log.info("scope_snapshot_older_than_checkpoint", scope=scope, snapshot_id=manifest.snapshot_id,
+                         hint="this worker's checkpoint learned further (a restart on the same disk): it is used")
+                continue
             self.models[scope] = state
             restored.append(state)
             self.home[scope] = manifest.partition

@@ -3,13 +3,7 @@ the snapshot topic when a worker joins and when one stops, and every input offse
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import orjson
@@ -26,6 +20,8 @@ from test_daemon import (  # noqa: F401  (bootstrap_model is a fixture)
     topics,
 )
 
+from streammoe.bench.scaleout import WorkerProcess as Worker
+from streammoe.bench.scaleout import wait_for
 from streammoe.config import KafkaSettings
 from streammoe.sink import produce as produce_message
 from streammoe.snapshot import read_latest
@@ -33,56 +29,6 @@ from streammoe.snapshot import read_latest
 pytestmark = pytest.mark.integration
 
 ASSETS = [f"pump-{i}" for i in range(12)]
-
-
-class Worker:
-    """`streammoe run` in its own process, logging JSON lines to a file the test reads."""
-
-    def __init__(self, name: str, env: dict[str, str], tmp: Path) -> None:
-        self.name = name
-        self.log_path = tmp / f"{name}.log"
-        self._log = self.log_path.open("wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "streammoe.cli", "run"], env={**os.environ, **env},
-                                     stdout=self._log, stderr=subprocess.STDOUT)
-
-    def events(self, kind: str | None = None) -> list[dict]:
-        out = []
-        for line in self.log_path.read_bytes().splitlines():
-            if line.startswith(b"{"):
-                e = orjson.loads(line)
-                if kind is None or e.get("event") == kind:
-                    out.append(e)
-        return out
-
-    def held_partitions(self) -> set[int]:
-        """Input partitions assigned and not since revoked or lost, from the log."""
-        held: set[int] = set()
-        for e in self.events():
-            parts = {int(p.rsplit("[", 1)[1].rstrip("]")) for p in e.get("partitions", []) if isinstance(p, str)}
-            if e.get("event") == "partitions_assigned":
-                held |= parts
-            elif e.get("event") in ("partitions_revoked", "partitions_lost"):
-                held -= parts
-        return held
-
-    def stop(self, timeout: float = 60) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=timeout)
-        finally:
-            self._log.close()
-
-    def tail(self) -> str:
-        return self.log_path.read_text()[-4000:]
-
-
-def wait_for(what: str, check, timeout: float, *workers: Worker) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not check():
-        for w in workers:
-            assert w.proc.poll() is None, f"{w.name} exited {w.proc.returncode} while waiting for {what}:\n{w.tail()}"
-        assert time.monotonic() < deadline, f"timed out waiting for {what}:\n" + "\n".join(w.tail() for w in workers)
-        time.sleep(0.3)
 
 
 def items_for(rng: np.random.Generator, n: int, start_ts: int) -> list[tuple[bytes, bytes]]:
@@ -203,3 +149,69 @@ def test_two_workers_split_partitions_and_hand_scopes_over_through_snapshots(
         p, end = last_now[scope]
         assert state.learned_offsets[t["input"]] == {p: end}
         assert state.lineage == took_over.get(scope, {"version": state.version})["version"].split(".")[0]
+
+
+def test_a_worker_killed_after_its_last_snapshot_is_taken_over_without_skipping_what_it_learned_since(
+    broker, topic_name, bootstrap_model, tmp_path  # noqa: F811
+) -> None:
+    """The crash case: the snapshot predates the last commit. The new owner starts the partitions at the snapshot's
+    position, so the records in between are scored again and learned by the restored model, not skipped."""
+    t = topics(topic_name)
+    snapshots, group = topic_name("snapshots"), topic_name("group")
+    rng = np.random.default_rng(4)
+    env = env_for(broker, t, group, tmp_path / "ckpt", bootstrap_model,
+                  STREAMMOE_SCOPES__MODE="asset", STREAMMOE_SNAPSHOT__TOPIC=snapshots,
+                  STREAMMOE_SNAPSHOT__INTERVAL_S="3600", STREAMMOE_HTTP__ENABLED="false",
+                  STREAMMOE_KAFKA__SESSION_TIMEOUT_MS="6000")
+    first = items_for(rng, 3000, 0)
+    delivered_first = produce_in_order(broker, t["input"], first)
+    second = items_for(rng, 3000, 10_000)
+    workers: list[Worker] = []
+    try:
+        a = Worker("a", {**env, "STREAMMOE_CHECKPOINT__DIR": str(tmp_path / "ckpt-a")}, tmp_path)
+        workers.append(a)
+        wait_for("a to process the first records",
+                 lambda: committed_offsets(broker, group, t["input"]) == log_ends(delivered_first), 120, a)
+        assert a.stop() == 0, a.tail()  # its shutdown snapshots hold the first records
+
+        killed = Worker("killed", {**env, "STREAMMOE_CHECKPOINT__DIR": str(tmp_path / "ckpt-a")}, tmp_path)
+        workers.append(killed)
+        delivered_second = produce_in_order(broker, t["input"], second)
+        ends = log_ends(delivered_first + delivered_second)
+        wait_for("the second worker to process and commit the second records",
+                 lambda: committed_offsets(broker, group, t["input"]) == ends, 120, killed)
+        killed.kill()  # SIGKILL: what it learned since the snapshots is gone with it, its commits are not
+
+        b = Worker("b", {**env, "STREAMMOE_CHECKPOINT__DIR": str(tmp_path / "ckpt-b")}, tmp_path)
+        workers.append(b)
+        everything = set(delivered_first + delivered_second)
+        wait_for("b to score the gap again",
+                 lambda: len(consume_all(broker, t["scores"])) >= len(everything) + len(delivered_second), 120, b)
+        wait_for("b to commit", lambda: committed_offsets(broker, group, t["input"]) == ends, 60, b)
+        assert b.stop() == 0, b.tail()
+    finally:
+        for w in workers:
+            w.kill()
+
+    rewound = {e["partition"].rsplit("[", 1)[1].rstrip("]"): (e["start"], e["committed"])
+               for e in b.events("partition_rewound")}
+    first_ends, all_ends = log_ends(delivered_first), ends
+    assert {int(p): c for p, (_, c) in rewound.items()} == all_ends, "every partition started before its commit"
+    assert all(s < first_ends[int(p)] for p, (s, _) in rewound.items())
+
+    published = Counter(source_key(m) for m in consume_all(broker, t["scores"]))
+    assert set(published) == everything
+    duplicated = {k for k, n in published.items() if n > 1}
+    assert set(delivered_second) <= duplicated, "the records learned after the snapshot are scored again"
+    assert all(o >= rewound[str(p)][0] for p, o in duplicated), "nothing before the snapshot's position"
+
+    restored = {e["scope"]: e for e in b.events("scope_restored")}
+    final, _ = read_latest(KafkaSettings(bootstrap_servers=broker), snapshots, CHANNELS)
+    where_first, where_second = last_offsets(first, delivered_first), last_offsets(second, delivered_second)
+    assert set(final) == set(restored) == set(ASSETS)
+    for scope, state in final.items():
+        assert restored[scope]["learned_to"] == where_first[scope][1]
+        assert state.learned_offsets[t["input"]] == {where_second[scope][0]: where_second[scope][1]}
+        learned_before = int(restored[scope]["version"].split(".")[1])
+        assert state.detector.counters["records_learned"] > learned_before, "the gap was learned"
+        assert state.lineage == restored[scope]["version"].split(".")[0], "by the model handed over, not a new one"
