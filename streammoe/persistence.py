@@ -82,8 +82,10 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def save_detector(detector: MixtureDetector, path: str | Path, extra_meta: dict | None = None) -> Path:
-    """Write `detector` to directory `path` atomically (replacing what was there)."""
+def save_detector(detector: MixtureDetector, path: str | Path, extra_meta: dict | None = None,
+                  durable: bool = True) -> Path:
+    """Write `detector` to directory `path` atomically (replacing what was there). `durable=False` skips the fsyncs,
+    for a directory that is read back at once and thrown away (a snapshot being packed): they cost 5-100 ms."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
@@ -103,10 +105,11 @@ def save_detector(detector: MixtureDetector, path: str | Path, extra_meta: dict 
             **(extra_meta or {}),
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        _fsync_dir(tmp)
+        if durable:
+            for f in tmp.iterdir():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+            _fsync_dir(tmp)
         old = previous_path(path)
         moved = False
         if path.exists():
@@ -120,7 +123,8 @@ def save_detector(detector: MixtureDetector, path: str | Path, extra_meta: dict 
             if moved and not path.exists():
                 os.rename(old, path)
             raise
-        _fsync_dir(path.parent)
+        if durable:
+            _fsync_dir(path.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

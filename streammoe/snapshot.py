@@ -79,7 +79,8 @@ def pack(state: ModelState) -> bytes:
     if state.detector is None:
         raise SnapshotError(f"scope {state.scope!r} has no model yet (warming up): nothing to snapshot")
     with tempfile.TemporaryDirectory() as tmp:
-        model = save_detector(state.detector, Path(tmp) / "model", {"scope": state.scope, "lineage": state.lineage})
+        model = save_detector(state.detector, Path(tmp) / "model", {"scope": state.scope, "lineage": state.lineage},
+                              durable=False)
         buf = io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w") as tar:
             for f in sorted(model.iterdir()):
