@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from streammoe.config import ENV_PREFIX, Settings, load_settings
+from streammoe.config import ENV_PREFIX, Settings, SettingsError, load_settings
 
 CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("*.env"))
 ASSIGNMENT = re.compile(r"^(STREAMMOE_[A-Z0-9_]+)=")
@@ -50,7 +50,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_the_examples_are_there() -> None:
-    assert {p.name for p in CONFIGS} >= {"local.env", "production.env", "gpu.env"}
+    assert {p.name for p in CONFIGS} >= {"local.env", "production.env", "gpu.env", "scaleout.env"}
 
 
 def test_the_walk_knows_real_settings_from_typos() -> None:
@@ -98,3 +98,31 @@ def test_each_key_is_documented_by_the_comment_above_it(path: Path) -> None:
         if not block or not (field in comment or field.lower() in comment):
             undocumented.append(key)
     assert undocumented == [], f"{path.name}: no comment above names these settings"
+
+
+def test_scaleout_example_is_a_scaleout_worker() -> None:
+    """scaleout.env: per-group models handed over through a snapshot topic, on the same cluster as production.env."""
+    configs = {p.name: p for p in CONFIGS}
+    worker = load_settings(configs["scaleout.env"])
+    assert worker.scopes.mode != "global" and worker.snapshot.topic, "scale-out needs scopes and a snapshot topic"
+    from streammoe.scopes import ScopeMap
+
+    scopes = ScopeMap(worker.scopes)
+    assert scopes.scope_of("line-2-pump-7") == "line-2", "the example in the comment"
+    assert scopes.scope_of("pump-7") == worker.scopes.default_group
+    production = load_settings(configs["production.env"])
+    assert production.scopes.mode == "global" and production.snapshot.topic is None
+    assert worker.kafka.model_dump(exclude={"client_id"}) == production.kafka.model_dump(exclude={"client_id"}), \
+        "the same cluster, group and topics as production.env"
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_a_snapshot_topic_comes_with_a_scope_mode(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings refuse STREAMMOE_SNAPSHOT__TOPIC with the global mode; an env file that sets the topic must
+    therefore set the mode itself rather than rely on the environment."""
+    keys = {key for _, key in assignments(path)}
+    if "STREAMMOE_SNAPSHOT__TOPIC" in keys:
+        assert "STREAMMOE_SCOPES__MODE" in keys
+        monkeypatch.setenv("STREAMMOE_SCOPES__MODE", "global")  # the environment wins over the file
+        with pytest.raises(SettingsError, match="STREAMMOE_SCOPES__MODE"):
+            load_settings(path)

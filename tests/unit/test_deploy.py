@@ -4,7 +4,8 @@ No container engine or cluster runs here, so these tests check what can be check
 parses; every STREAMMOE_* variable names a real field of `streammoe.config.Settings` and each deployment's
 environment validates as a whole; ports, paths and topic names agree across files and with the code's
 defaults; every PromQL expression parses and names metrics (and labels) that `streammoe.metrics.Metrics`
-exposes; Kubernetes manifests validate against the Kubernetes JSON schemas (kubernetes-validate, offline);
+exposes; Kubernetes manifests validate against the Kubernetes JSON schemas (kubernetes-validate, offline),
+the scale-out overlay (deploy/k8s-scaleout) included, rendered as `kubectl kustomize` renders it;
 the Dockerfile passes a small hand-written lint and, where its binary is installed, hadolint.
 """
 
@@ -32,7 +33,9 @@ ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 COMPOSE = DEPLOY / "docker-compose.yml"
 COMPOSE_GPU = DEPLOY / "docker-compose.gpu.yml"
+COMPOSE_SCALEOUT = DEPLOY / "docker-compose.scaleout.yml"
 K8S = DEPLOY / "k8s"
+K8S_SCALEOUT = DEPLOY / "k8s-scaleout"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "streammoe.json"
 DOCKERFILE = ROOT / "Dockerfile"
 OPERATIONS = ROOT / "docs" / "operations.md"
@@ -353,7 +356,8 @@ def test_compose_services_and_wiring() -> None:
     services = doc["services"]
     assert {"kafka", "kafka-init", "streammoe", "prometheus", "grafana"} <= set(services)
 
-    for name, service in {**services, **load_yaml(COMPOSE_GPU)["services"]}.items():
+    overrides = {**load_yaml(COMPOSE_GPU)["services"], **load_yaml(COMPOSE_SCALEOUT)["services"]}
+    for name, service in {**services, **overrides}.items():
         if "image" in service:
             tag = image_tag(service["image"])
             assert tag and tag != "latest" and "$" not in service["image"], f"{name}: pin the image tag"
@@ -393,7 +397,7 @@ def test_compose_services_and_wiring() -> None:
 
 def test_compose_env_names_are_settings_fields() -> None:
     problems = []
-    for path in (COMPOSE, COMPOSE_GPU):
+    for path in (COMPOSE, COMPOSE_GPU, COMPOSE_SCALEOUT):
         for name, service in load_yaml(path)["services"].items():
             for variable in env_of(service):
                 if variable.startswith(PREFIX) and (why := settings_field(variable)):
@@ -409,18 +413,79 @@ def test_compose_streammoe_environment_validates(monkeypatch: pytest.MonkeyPatch
     assert str(settings.checkpoint.dir) == CHECKPOINT_DIR
 
 
+def kafka_init_topics() -> dict[str, tuple[int, dict[str, str]]]:
+    """Topic -> (partitions, topic configs) as compose's kafka-init creates them (`create NAME PARTITIONS K=V...`)."""
+    script = "\n".join(compose()["services"]["kafka-init"]["command"])
+    return {m[1]: (int(m[2]), dict(c.split("=", 1) for c in m[3].split()))
+            for m in re.finditer(r"^[ \t]*create[ \t]+(\S+)[ \t]+(\d+)([^\n]*)$", script, re.M)}
+
+
+def compose_scaleout_services() -> dict[str, dict]:
+    """The services of docker-compose.yml with docker-compose.scaleout.yml on top (environment merged by key)."""
+    services = json.loads(json.dumps(compose()["services"]))
+    for name, override in load_yaml(COMPOSE_SCALEOUT)["services"].items():
+        if name not in services:
+            services[name] = override
+            continue
+        assert set(override) == {"environment"}, f"the override changes {name}'s environment only"
+        services[name]["environment"] = {**env_of(services[name]), **env_of(override)}
+    return services
+
+
 def test_compose_creates_every_topic_the_daemon_uses(monkeypatch: pytest.MonkeyPatch) -> None:
     services = compose()["services"]
-    script = "\n".join(services["kafka-init"]["command"])
-    created = {m[1]: int(m[2]) for m in re.finditer(r"^\s*create\s+(\S+)\s+(\d+)", script, re.M)}
+    created = {name: partitions for name, (partitions, _) in kafka_init_topics().items()}
     settings = validate_settings(env_of(services["streammoe"]), monkeypatch)
     k = settings.kafka
     used = {k.input_topic, k.alerts_topic, k.dead_letter_topic, k.events_topic, k.control_topic, k.scores_topic}
     assert None not in used, "compose enables the optional scores topic"
-    assert used == set(created), f"kafka-init creates {sorted(created)}, the daemon uses {sorted(used)}"
+    assert settings.snapshot.topic is None, "the default daemon is one global model: no snapshots"
+    scaleout = validate_settings(env_of(compose_scaleout_services()["streammoe"]), monkeypatch)
+    used.add(scaleout.snapshot.topic)  # the scale-out override's workers use the snapshot topic too
+    assert used == set(created), f"kafka-init creates {sorted(created)}, the daemons use {sorted(used)}"
     assert created[k.input_topic] > 1, "the input topic needs several partitions (keyed by asset)"
     assert services["kafka-init"]["depends_on"]["kafka"]["condition"] == "service_healthy"
     assert services["kafka-init"]["restart"] == "no"
+
+
+def test_compose_snapshot_topic_is_compacted_with_the_input_partitions(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = validate_settings(env_of(compose_scaleout_services()["streammoe"]), monkeypatch)
+    topics = kafka_init_topics()
+    partitions, configs = topics[settings.snapshot.topic]
+    assert configs.get("cleanup.policy") == "compact", "snapshots are keyed by scope: compaction keeps the latest"
+    assert "retention.ms" not in configs, "a compacted topic keeps the latest snapshot of every scope, however old"
+    assert partitions == topics[settings.kafka.input_topic][0], \
+        "a scope's snapshot goes to the partition with its input partition's number"
+
+
+def test_compose_scaleout_override_runs_two_workers_in_one_group(monkeypatch: pytest.MonkeyPatch) -> None:
+    base = compose()
+    services = compose_scaleout_services()
+    override = load_yaml(COMPOSE_SCALEOUT)
+    workers = [n for n, s in services.items() if "STREAMMOE_SNAPSHOT__TOPIC" in env_of(s)]
+    assert sorted(workers) == ["streammoe", "streammoe-2"]
+    _, stages = dockerfile_stages()
+    image_env = dockerfile_env(stages[-1])
+    settings = [validate_settings({**image_env, **env_of(services[n])}, monkeypatch) for n in workers]
+    for s in settings:
+        assert s.scopes.mode != "global" and s.snapshot.topic, "scale-out needs scopes and snapshots"
+    assert len({(s.kafka.group_id, s.kafka.input_topic, s.scopes.mode, s.snapshot.topic) for s in settings}) == 1, \
+        "the workers share one consumer group, input, scope mode and snapshot topic"
+
+    # Worker 2 is worker 1 but for its checkpoint volume and host port: the rest must not drift apart.
+    one, two = services["streammoe"], services["streammoe-2"]
+    assert env_of(one) == env_of(two)
+    differ = {"ports", "volumes", "environment"}
+    assert {k: v for k, v in one.items() if k not in differ} == {k: v for k, v in two.items() if k not in differ}
+    assert {v.split(":")[1] for v in two["volumes"]} == {CHECKPOINT_DIR}
+    sources = [v.split(":")[0] for w in (one, two) for v in w["volumes"] if v.split(":")[1] == CHECKPOINT_DIR]
+    assert len(set(sources)) == 2, "each worker needs its own checkpoint volume"
+    assert set(sources) <= set(base.get("volumes") or {}) | set(override.get("volumes") or {}), "declare volumes"
+    host_ports = [p.split(":")[0] for w in (one, two) for p in w["ports"]]
+    assert len(set(host_ports)) == len(host_ports), "two workers cannot publish the same host port"
+    assert all(p.split(":")[1] == str(http_port_default()) for w in (one, two) for p in w["ports"])
+    workers_max = kafka_init_topics()[settings[0].kafka.input_topic][0]
+    assert len(workers) <= workers_max, "a worker without an input partition idles"
 
 
 def test_compose_gpu_override_builds_the_cuda_variant() -> None:
@@ -577,9 +642,12 @@ def test_k8s_deployment_wiring() -> None:
     port = int(configmap["data"].get("STREAMMOE_HTTP__PORT", http_port_default()))
     assert port == http_port_default()
 
-    # One replica with one RWO volume until the StatefulSet of issue 7; Recreate so two never share it.
+    # One global model: one replica with one RWO volume, Recreate so two never share it. Several workers are the
+    # StatefulSet in deploy/k8s-scaleout/, and the Deployment's comment says when to use which.
     assert spec["replicas"] == 1 and spec["strategy"]["type"] == "Recreate"
-    assert "StatefulSet" in (K8S / "deployment.yaml").read_text(), "say why this is not yet a StatefulSet"
+    text = (K8S / "deployment.yaml").read_text()
+    assert "StatefulSet" in text and f"deploy/{K8S_SCALEOUT.name}/" in text, "point to the scale-out variant"
+    assert "later" not in text.lower(), "the scale-out variant exists: say when to use which, not 'later'"
     assert spec["selector"]["matchLabels"].items() <= spec["template"]["metadata"]["labels"].items()
     assert pod["terminationGracePeriodSeconds"] >= 30
 
@@ -632,6 +700,9 @@ def test_k8s_environment_names_and_values_validate(monkeypatch: pytest.MonkeyPat
     docs = k8s_docs()
     configmap = docs["ConfigMap/streammoe-config"]
     container = docs["Deployment/streammoe"]["spec"]["template"]["spec"]["containers"][0]
+    assert not any(n.startswith(("STREAMMOE_SCOPES__", "STREAMMOE_SNAPSHOT__"))
+                   for n in list(configmap["data"]) + [e["name"] for e in container["env"]]), \
+        "the base is one global model: scope and snapshot settings belong to the scale-out overlay's StatefulSet"
     names = list(configmap["data"]) + [e["name"] for e in container["env"]]
     problems = [why for n in names if n.startswith(PREFIX) and (why := settings_field(n))]
     assert not problems, "\n".join(problems)
@@ -660,3 +731,171 @@ def test_operations_guide_covers_every_metric_and_topic() -> None:
     for variable in env_of(compose()["services"]["streammoe"]):
         if variable.startswith("STREAMMOE_KAFKA__") and variable.endswith("_TOPIC"):
             assert variable in text, f"docs/operations.md does not name {variable}"
+    for scaleout in (f"deploy/{K8S_SCALEOUT.name}/", COMPOSE_SCALEOUT.name, "docs/scaleout.md",
+                     "STREAMMOE_SCOPES__MODE", "STREAMMOE_SNAPSHOT__TOPIC"):
+        assert scaleout in text, f"docs/operations.md does not name {scaleout} (running several workers)"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Kubernetes, scale-out: the overlay deploy/k8s-scaleout (a StatefulSet in place of the Deployment)
+
+
+def kustomize_emulated(directory: Path) -> list[dict]:
+    """What `kubectl kustomize directory` renders, for the features these kustomizations use: `resources` (files,
+    and directories holding a kustomization) and `patches` that delete a resource (`$patch: delete`)."""
+    kustomization = load_yaml(directory / "kustomization.yaml")
+    assert set(kustomization) <= {"apiVersion", "kind", "resources", "patches"}, "the emulation knows no more"
+    docs: list[dict] = []
+    for resource in kustomization["resources"]:
+        path = directory / resource
+        docs += kustomize_emulated(path) if path.is_dir() else load_yaml_all(path)
+    for patch in kustomization.get("patches", []):
+        body = yaml.safe_load(patch["patch"]) if "patch" in patch else load_yaml(directory / patch["path"])
+        assert body.pop("$patch") == "delete", "only deleting patches are emulated"
+        key = (body["kind"], body["metadata"]["name"])
+        kept = [d for d in docs if (d["kind"], d["metadata"]["name"]) != key]
+        assert len(kept) == len(docs) - 1, f"{directory.name}: the patch deletes {key}, which is not there"
+        docs = kept
+    return docs
+
+
+def keyed(docs: list[dict]) -> dict[str, dict]:
+    out = {f"{d['kind']}/{d['metadata']['name']}": d for d in docs}
+    assert len(out) == len(docs), "a kind/name twice"
+    return out
+
+
+@cache
+def scaleout_docs_cached() -> str:
+    return json.dumps(keyed(kustomize_emulated(K8S_SCALEOUT)))
+
+
+def scaleout_docs() -> dict[str, dict]:
+    """kind/name -> manifest, as `kubectl apply -k deploy/k8s-scaleout` would apply them."""
+    return json.loads(scaleout_docs_cached())
+
+
+def scaleout_parts() -> tuple[dict, dict, dict]:
+    docs = scaleout_docs()
+    statefulset = docs["StatefulSet/streammoe"]
+    pod = statefulset["spec"]["template"]["spec"]
+    return statefulset, pod, pod["containers"][0]
+
+
+def test_k8s_kustomizations_render_as_emulated() -> None:
+    """The emulation above is what kubectl renders (where kubectl is installed; the tests below use the emulation)."""
+    overlay = load_yaml(K8S_SCALEOUT / "kustomization.yaml")
+    files = {p.name for p in K8S_SCALEOUT.glob("*.yaml")} - {"kustomization.yaml"}
+    assert set(overlay["resources"]) == {f"../{K8S.name}"} | files, "the overlay builds on the base, adds its files"
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed: the overlay's rendering is emulated only")
+    for directory in (K8S, K8S_SCALEOUT):
+        run = subprocess.run([kubectl, "kustomize", str(directory)], capture_output=True, text=True, timeout=60)
+        assert run.returncode == 0, f"kubectl kustomize {directory.name}: {run.stderr}"
+        rendered = keyed([d for d in yaml.safe_load_all(run.stdout) if d is not None])
+        assert rendered == keyed(kustomize_emulated(directory)), directory.name
+
+
+def test_k8s_scaleout_manifests_validate_against_the_kubernetes_schema() -> None:
+    kv = pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate (dev extra)")
+    docs = scaleout_docs()
+    for key, doc in docs.items():
+        if not doc["apiVersion"].startswith("monitoring.coreos.com/"):
+            kv.validate(doc, "1.30", strict=True)
+    assert {"StatefulSet/streammoe", "Service/streammoe-workers"} <= set(docs)
+
+    broken = json.loads(json.dumps(docs["StatefulSet/streammoe"]))
+    broken["spec"]["volumeClaimTemplates"][0]["spec"]["accesModes"] = ["ReadWriteOnce"]
+    with pytest.raises(kv.ValidationError):
+        kv.validate(broken, "1.30", strict=True)
+
+
+def test_k8s_scaleout_statefulset_wiring() -> None:
+    docs, base = scaleout_docs(), k8s_docs()
+    statefulset, pod, container = scaleout_parts()
+    spec = statefulset["spec"]
+    labels = spec["template"]["metadata"]["labels"]
+    configmap = docs["ConfigMap/streammoe-config"]
+
+    # In place of the single-replica Deployment and its one volume, not beside them.
+    assert "Deployment/streammoe" not in docs and "PersistentVolumeClaim/streammoe-checkpoints" not in docs
+    assert configmap == base["ConfigMap/streammoe-config"], "the overlay keeps the base's settings"
+
+    assert spec["replicas"] >= 2
+    input_partitions = kafka_init_topics()[configmap["data"]["STREAMMOE_KAFKA__INPUT_TOPIC"]][0]
+    assert spec["replicas"] <= input_partitions, "a worker without an input partition is never ready"
+    assert spec["podManagementPolicy"] == "Parallel"
+    assert spec["selector"]["matchLabels"].items() <= labels.items()
+
+    # The governing Service exists, is headless and selects the workers; so do the base's Service and PodMonitor.
+    headless = docs[f"Service/{spec['serviceName']}"]
+    assert headless["spec"]["clusterIP"] == "None"
+    assert headless["spec"]["selector"].items() <= labels.items()
+    assert docs["Service/streammoe-metrics"]["spec"]["selector"].items() <= labels.items()
+    assert docs["PodMonitor/streammoe"]["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert all(ports[p["targetPort"]] == p["port"] for p in headless["spec"]["ports"])
+
+    # Each worker its own checkpoint volume, from the claim template, mounted where the settings look.
+    templates = {t["metadata"]["name"]: t for t in spec["volumeClaimTemplates"]}
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    checkpoints = mounts[configmap["data"]["STREAMMOE_CHECKPOINT__DIR"]]
+    assert checkpoints in templates, "the checkpoint volume comes from volumeClaimTemplates (one per worker)"
+    assert checkpoints not in {v["name"] for v in pod.get("volumes", [])}, "not a volume all workers share"
+    assert templates[checkpoints]["spec"] == base["PersistentVolumeClaim/streammoe-checkpoints"]["spec"]
+
+    # Everything else as in the Deployment: probes, security, resources, image, ports, Secret, other volumes.
+    deployment = base["Deployment/streammoe"]["spec"]["template"]
+    dpod, dcontainer = deployment["spec"], deployment["spec"]["containers"][0]
+    assert spec["template"]["metadata"] == deployment["metadata"]
+    assert pod["securityContext"] == dpod["securityContext"]
+    assert pod["terminationGracePeriodSeconds"] >= dpod["terminationGracePeriodSeconds"], "shutdown also snapshots"
+    same = {"name", "image", "imagePullPolicy", "args", "ports", "envFrom", "resources", "startupProbe",
+            "livenessProbe", "readinessProbe", "securityContext", "volumeMounts"}
+    assert set(container) == same | {"env"} and set(dcontainer) == same | {"env"}
+    for field in sorted(same):
+        assert container[field] == dcontainer[field], f"{field} differs from the Deployment's"
+    assert pod.get("volumes", []) == [v for v in dpod["volumes"] if v["name"] != checkpoints]
+    env = {e["name"]: e for e in container["env"]}
+    for e in dcontainer["env"]:
+        assert env.get(e["name"]) == e, f"{e['name']} differs from the Deployment's"
+    assert {"STREAMMOE_SCOPES__MODE", "STREAMMOE_SNAPSHOT__TOPIC"} <= set(env)
+
+
+def scaleout_environment() -> dict[str, str]:
+    """The STREAMMOE_* environment of a scale-out worker: ConfigMap, then the container's env (which wins)."""
+    docs = scaleout_docs()
+    _, _, container = scaleout_parts()
+    env = {k: str(v) for k, v in docs["ConfigMap/streammoe-config"]["data"].items()}
+    for e in container["env"]:
+        if "value" in e:
+            env[e["name"]] = str(e["value"])
+        elif "secretKeyRef" in e["valueFrom"]:
+            ref = e["valueFrom"]["secretKeyRef"]
+            assert ref["name"] == "streammoe-kafka"
+            env[e["name"]] = k8s_docs()["Secret/streammoe-kafka"]["stringData"][ref["key"]]
+        elif "fieldRef" in e["valueFrom"]:
+            assert e["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+            env[e["name"]] = "streammoe-0"  # the pod's name
+    return env
+
+
+def test_k8s_scaleout_environment_names_and_values_validate(monkeypatch: pytest.MonkeyPatch) -> None:
+    _, _, container = scaleout_parts()
+    env = scaleout_environment()
+    problems = [why for n in env if n.startswith(PREFIX) and (why := settings_field(n))]
+    problems += [why for e in container["env"] if e["name"].startswith(PREFIX) and (why := settings_field(e["name"]))]
+    assert not problems, "\n".join(problems)
+
+    settings = validate_settings(env, monkeypatch)
+    assert settings.scopes.mode in {"group", "asset"} and settings.snapshot.topic, "scale-out needs both"
+    assert settings.kafka.client_id == "streammoe-0", "each worker's client.id is its pod name"
+    compose_scaleout = validate_settings(env_of(compose_scaleout_services()["streammoe"]), monkeypatch)
+    assert settings.snapshot.topic == compose_scaleout.snapshot.topic, "one snapshot topic name in every deployment"
+    assert settings.kafka.group_id == compose_scaleout.kafka.group_id
+
+    # The settings refuse a snapshot topic with one global model: the StatefulSet must set a scope mode.
+    del env["STREAMMOE_SCOPES__MODE"]
+    with pytest.raises(Exception, match="STREAMMOE_SCOPES__MODE"):
+        validate_settings(env, monkeypatch)
