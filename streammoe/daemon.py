@@ -57,7 +57,7 @@ from streammoe.persistence import ModelLoadError
 from streammoe.records import DecodedBatch, RecordDecoder
 from streammoe.scopes import GLOBAL_SCOPE
 from streammoe.sink import DeliveryError, Sink
-from streammoe.source import Source
+from streammoe.source import Positions, Source, positions
 
 log = get_logger("streammoe.daemon")
 
@@ -215,13 +215,14 @@ class Daemon:
         with structlog.contextvars.bound_contextvars(batch=next(self._batch_ids), records=len(msgs)):
             with self._timed("decode"):
                 decoded = self._decode(msgs)
-            routes = self._route(msgs, decoded)
-            judged = (self._judge_reading_ahead(msgs, decoded, routes) if self._pipelined(routes)
-                      else self._judge(msgs, decoded, routes))
+            at = positions(msgs)
+            routes = self._route(decoded, at)
+            judged = (self._judge_reading_ahead(msgs, decoded, routes, at) if self._pipelined(routes)
+                      else self._judge(msgs, decoded, routes, at))
             with self._timed("publish"):
                 self._publish(msgs, decoded, judged)
             with self._timed("acknowledge"):
-                waited = self._acknowledge(msgs)
+                waited = self._acknowledge(msgs, at)
             elapsed = time.monotonic() - t0
             self.metrics.batch_seconds.observe(elapsed)
             self.metrics.batch_size.observe(len(msgs))
@@ -239,18 +240,17 @@ class Daemon:
             return ahead[2]
         return self.decoder.decode([m.value() for m in msgs])
 
-    def _route(self, msgs: list[Message], decoded: DecodedBatch) -> list[tuple[ModelState, np.ndarray]]:
+    def _route(self, decoded: DecodedBatch, at: Positions) -> list[tuple[ModelState, np.ndarray]]:
         """Each scope's state with the decoded rows that belong to it (restored on its first record)."""
-        _, partitions, _ = positions(msgs)
         return [(self.scopes.get(scope), rows)
-                for scope, rows in self.scopes.route(decoded.assets, partitions[decoded.index])]
+                for scope, rows in self.scopes.route(decoded.assets, at.partitions[decoded.index])]
 
     def _pipelined(self, routes: list[tuple[ModelState, np.ndarray]]) -> bool:
         """Read ahead only when every scope has a model: a warm-up fit polls the consumer itself (`_keep_polling`)."""
         return self.settings.batching.pipeline and all(state.detector is not None for state, _ in routes)
 
     def _judge_reading_ahead(self, msgs: list[Message], decoded: DecodedBatch,
-                             routes: list[tuple[ModelState, np.ndarray]]) -> Judged:
+                             routes: list[tuple[ModelState, np.ndarray]], at: Positions) -> Judged:
         """Judge the batch in a worker thread while this one fetches and decodes the next batch.
 
         At most one batch is read ahead; it waits in `_carry` and is handled next, so batches are still judged,
@@ -261,7 +261,7 @@ class Daemon:
         PAUSE_AFTER_S (a candidate expert being trained, a slow CPU), the partitions are paused and the consumer
         is polled only to keep the group membership, so nothing more is fetched into memory."""
         future = self._judging = self._judge_pool.submit(contextvars.copy_context().run, self._judge, msgs, decoded,
-                                                         routes)
+                                                         routes, at)
         if not self._carry and not self._stop.is_set():
             with self._timed("read_ahead"):
                 ahead = self.source.poll_batch()
@@ -289,11 +289,12 @@ class Daemon:
         self._judging = None
         return result
 
-    def _judge(self, msgs: list[Message], decoded: DecodedBatch, routes: list[tuple[ModelState, np.ndarray]]) -> Judged:
+    def _judge(self, msgs: list[Message], decoded: DecodedBatch, routes: list[tuple[ModelState, np.ndarray]],
+               at: Positions) -> Judged:
         """Score each scope's rows with what it learned before this batch, then learn from them (never from what
         they flag). Rows of a scope still warming up are collected for its first fit instead."""
         judged = Judged()
-        topic, partitions, offsets = positions(msgs)
+        topic, partitions, offsets = at
         for state, rows in routes:
             if state.detector is None:
                 judged.warmup_rows += len(rows)
@@ -428,11 +429,11 @@ class Daemon:
     def _event_payload(self, event: dict, scope: str, version: str) -> dict:
         return event_payload(event, input_topic=self.settings.kafka.input_topic, scope=scope, model_version=version)
 
-    def _acknowledge(self, msgs: list[Message]) -> bool:
+    def _acknowledge(self, msgs: list[Message], at: Positions) -> bool:
         """Wait for the broker to hold every output of the batch; only then may its input offsets move.
         True if the wait outlasted one step (the broker was slow or away)."""
         waited = self._deliver()
-        self.source.mark_done(msgs)
+        self.source.mark_done(msgs, at)
         return waited
 
     def _deliver(self) -> bool:
@@ -666,23 +667,16 @@ class Daemon:
 
     def _control_positions(self) -> dict[int, int]:
         """Where to start reading the control topic: the earliest position any held scope has not yet seen."""
-        positions: dict[int, int] = {}
+        start: dict[int, int] = {}
         held = list(self.models.values())
         for state in held:
             for p, o in state.learned_offsets.get(self.control.topic, {}).items():
-                positions[p] = min(o, positions.get(p, o))
-        return {p: o for p, o in positions.items()
+                start[p] = min(o, start.get(p, o))
+        return {p: o for p, o in start.items()
                 if all(p in s.learned_offsets.get(self.control.topic, {}) for s in held)}
 
     def _lag(self, topic: str, partition: int, lag: int) -> None:
         self.metrics.consumer_lag.labels(topic, str(partition)).set(lag)
-
-
-def positions(msgs: list[Message]) -> tuple[str, np.ndarray, np.ndarray]:
-    """The input topic and the partition and offset of each message as int64 arrays (one subscribed topic)."""
-    partitions = np.fromiter((m.partition() for m in msgs), np.int64, len(msgs))
-    offsets = np.fromiter((m.offset() for m in msgs), np.int64, len(msgs))
-    return (msgs[0].topic() if msgs else ""), partitions, offsets
 
 
 def event_payload(event: dict, *, input_topic: str, scope: str, model_version: str) -> dict:

@@ -23,17 +23,17 @@ def spy_on(daemon):  # type: ignore[no-untyped-def]
     lock = threading.Lock()
     mark_done, judge = daemon.source.mark_done, daemon._judge
 
-    def spy_mark_done(msgs):  # type: ignore[no-untyped-def]
+    def spy_mark_done(msgs, at=None):  # type: ignore[no-untyped-def]
         for m in msgs:
             stored.setdefault(m.partition(), []).append(m.offset())
-        return mark_done(msgs)
+        return mark_done(msgs, at)
 
-    def spy_judge(msgs, decoded, routes):  # type: ignore[no-untyped-def]
+    def spy_judge(msgs, decoded, routes, at):  # type: ignore[no-untyped-def]
         with lock:
             judging["now"] += 1
             judging["most"] = max(judging["most"], judging["now"])
         try:
-            return judge(msgs, decoded, routes)
+            return judge(msgs, decoded, routes, at)
         finally:
             with lock:
                 judging["now"] -= 1
