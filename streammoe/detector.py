@@ -23,6 +23,7 @@ from streammoe.novelty.drift import LikelihoodDrift
 from streammoe.novelty.events import ModeEvent
 from streammoe.novelty.growth import try_grow
 from streammoe.novelty.lifecycle import merge_duplicates, retire_idle
+from streammoe.novelty.lockin import try_unlock
 
 STATUSES = {"learned": STATUS_LEARNED, "confirmed": STATUS_CONFIRMED, "fault": STATUS_FAULT}
 
@@ -80,6 +81,8 @@ class LearnReport:
     candidate: str = ""  # why a candidate expert was rejected, if one was tried
     drift: bool = False  # river ADWIN saw the stream's typical log-likelihood change at this batch
     stepped: bool = False  # the experts' gradient step ran (not on batches amortised by ModelConfig.learn_every)
+    unlocked: list[int] = field(default_factory=list)  # experts whose lock-in was broken (novelty/lockin.py)
+    lockin: str = ""  # why a lock-in test was rejected, if one was tried
 
 
 class MixtureDetector:
@@ -104,7 +107,7 @@ class MixtureDetector:
         self.learner = ExpertLearner(self.model, self.generator)
         self.counters = {
             "records_scored": 0, "records_learned": 0, "steps_skipped": 0, "non_finite": 0, "out_of_range": 0,
-            "drifts": 0, "steps": 0,
+            "drifts": 0, "steps": 0, "unlocks": 0,
         }
         self._batches_to_step = 1  # the first batch with records to learn takes a step
         self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # learnable rows since the last step
@@ -277,10 +280,21 @@ class MixtureDetector:
         model, ev = self.model, scored.evaluation
         assert ev is not None and scored.refs is not None and scored.timestamps is not None
         model.memory.observe(ev.x[usable], unexplained[usable], scored.refs[usable], scored.timestamps[usable])
+        mine = usable & (model.status[ev.mode] != STATUS_FAULT)
+        model.memory.count_modes(ev.mode[mine], unexplained[mine])
         events, verdict = try_grow(model, model.memory, self.learner, self.generator)
         report.events += events
         if verdict is not None and not verdict.accepted:
             report.candidate = verdict.reason
+        if not events:  # an expert just added or replaced changes what the lock-in counts meant
+            for k, share in model.memory.locked_in():
+                if bool(model.active[k]) and int(model.status[k]) == STATUS_LEARNED:
+                    lockin = try_unlock(model, model.memory, k, share, self.generator)
+                    if lockin.accepted:
+                        report.unlocked.append(k)
+                        self.counters["unlocks"] += 1
+                    else:
+                        report.lockin = lockin.reason
         n = int(usable.sum())
         report.events += retire_idle(model, model.below_floor, n)
         model.since_merge += n

@@ -53,6 +53,12 @@ class ModeCalibration(nn.Module):
         self._append(self.k_max, scores)
         self._sorted = None
 
+    @torch.no_grad()
+    def replace(self, k: int, positions: Tensor, values: Tensor) -> None:
+        """Overwrite entries of mode k's buffer in place (the lock-in breaker re-measures its clipped tail)."""
+        self.scores[k, positions] = values.to(self.scores.dtype)
+        self._sorted = None
+
     def _append(self, row: int, values: Tensor) -> None:
         values = values[-self.size :]
         n = values.numel()

@@ -34,6 +34,23 @@ class NoveltyConfig(BaseModel):
             "the pooled calibration's score at learn_threshold plus this many nats (as tight as a known mode)."
         ),
     )
+    lockin_share: float = Field(
+        0.03, ge=0, le=1, description=(
+            "An expert whose unexplained share over about its last lockin_window records reaches this is tested for "
+            "lock-in: if a refit on those records is as tight as a known mode and keeps its own records, its "
+            "calibration's clipped tail is re-measured with them (novelty/lockin.py); 0 turns it off."
+        ),
+    )
+    lockin_window: int = Field(
+        2000, ge=16, description=(
+            "Records of one expert over which its unexplained share is measured (decayed by e per this many); it is "
+            "tested at most once per ~0.7 of them."
+        ),
+    )
+    lockin_steps: int = Field(300, ge=1, description="Gradient steps of the lock-in refit (a warm-started copy; only a test).")
+    lockin_margin: float = Field(
+        2.0, ge=0, description="The lock-in refit may lose at most this many nats (median) on the expert's held-out replay records."
+    )
     holdout_fraction: float = Field(0.3, gt=0, lt=1, description="Latest share of the memory the candidate must explain.")
     min_gain: float = Field(
         10.0, ge=0, description="Median log-likelihood gain (nats per record) of the candidate over the mixture."

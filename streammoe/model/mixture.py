@@ -52,7 +52,7 @@ class MixtureOfVAEs(nn.Module):
         self.register_buffer("status", torch.zeros(k, dtype=torch.int8))
         from streammoe.novelty.memory import ShortTermMemory  # novelty builds on the model, not the reverse
 
-        self.memory = ShortTermMemory(n_channels, config.novelty)
+        self.memory = ShortTermMemory(n_channels, config.novelty, k)
         self.register_buffer("below_floor", torch.zeros(k, dtype=torch.int64))
         self.register_buffer("since_merge", torch.zeros((), dtype=torch.int64))
         # Stream position (records seen by the memory) at which each expert was added; fitted experts: 0.

@@ -144,6 +144,7 @@ def try_grow(
         model.weights.gamma[slot] = float(n)
         model.calibration.reset_mode(slot)
         model.replay.reset_mode(slot)
+        memory.reset_expert(slot)
     learner.reset_expert_state(slot)
     s = model.config.n_samples
     ev_train = model.evaluate(train, s, generator)

@@ -31,7 +31,7 @@ class Remembered:
 
 
 class ShortTermMemory(nn.Module):
-    def __init__(self, n_channels: int, cfg: NoveltyConfig) -> None:
+    def __init__(self, n_channels: int, cfg: NoveltyConfig, k_max: int = 1) -> None:
         super().__init__()
         self.cfg = cfg
         m, w = cfg.memory_size, cfg.window
@@ -42,6 +42,16 @@ class ShortTermMemory(nn.Module):
         self.register_buffer("stored", torch.zeros((), dtype=torch.int64))
         self.register_buffer("flags", torch.zeros(w, dtype=torch.bool))
         self.register_buffer("seen", torch.zeros((), dtype=torch.int64))
+        # Per expert, records assigned to it and how many of them went unexplained, each decayed by e per
+        # lockin_window records assigned to that expert (its last ~lockin_window records), since its last test.
+        self.register_buffer("assigned", torch.zeros(k_max, dtype=torch.float64))
+        self.register_buffer("misfits", torch.zeros(k_max, dtype=torch.float64))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        # Models saved before the lock-in counts existed load with none counted yet.
+        for name in ("assigned", "misfits"):
+            state_dict.setdefault(prefix + name, torch.zeros_like(getattr(self, name)))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @torch.no_grad()
     def observe(self, x: Tensor, unexplained: Tensor, ref: Tensor, ts: Tensor) -> None:
@@ -63,6 +73,44 @@ class ShortTermMemory(nn.Module):
             self.seq[slots] = seq[keep]
             self.stored += keep.numel()
         self.seen += n
+
+    @torch.no_grad()
+    def count_modes(self, mode: Tensor, unexplained: Tensor) -> None:
+        """Count each expert's assigned records and its unexplained ones (for the lock-in check)."""
+        k = self.assigned.shape[0]
+        n = torch.bincount(mode, minlength=k)[:k].to(self.assigned.dtype)
+        decay = torch.exp(-n / self.cfg.lockin_window)
+        self.assigned.mul_(decay).add_(n)
+        self.misfits.mul_(decay).add_(torch.bincount(mode[unexplained], minlength=k)[:k].to(self.misfits.dtype))
+
+    @torch.no_grad()
+    def reset_expert(self, k: int) -> None:
+        """Expert k starts counting afresh (a new expert in its slot, or it was just tested for lock-in)."""
+        self.assigned[k] = 0
+        self.misfits[k] = 0
+
+    def locked_in(self) -> list[tuple[int, float]]:
+        """Experts whose unexplained share over about their last lockin_window records reached `lockin_share`, with
+        that share; at least lockin_window/2 records (decayed) must have been counted since their last test, so that
+        one expert is tested at most about once per 0.7 lockin_window records. Their counts restart."""
+        if self.cfg.lockin_share <= 0:
+            return []
+        share = self.misfits / self.assigned.clamp(min=1.0)
+        hit = (self.assigned >= self.cfg.lockin_window / 2) & (share >= self.cfg.lockin_share)
+        out = [(int(k), float(share[k])) for k in torch.nonzero(hit).flatten()]
+        for k, _ in out:
+            self.reset_expert(k)
+        return out
+
+    def recent_entries(self) -> tuple[Tensor, Remembered]:
+        """Slots and contents of the entries from the last `rate_window` records, in arrival order."""
+        kept = self._recent()
+        return kept, Remembered(self.x[kept], self.ref[kept], self.ts[kept])
+
+    @torch.no_grad()
+    def drop(self, slots: Tensor) -> None:
+        """Drop the given entries (the lock-in breaker's records, once it has re-measured the tail with them)."""
+        self.seq[slots] = -(2**62)
 
     def _live(self) -> Tensor:
         return self.seq >= self.seen - self.flags.shape[0]

@@ -63,6 +63,7 @@ def test_scattered_anomalies_never_make_an_expert_and_still_alert(detector) -> N
     flags, events = stream(detector, x, batch=1024)
     assert [e for e in events if e.kind == "mode_added"] == []
     assert detector.model.n_active == 1
+    assert detector.counters["unlocks"] == 0
     assert flags[spikes].mean() > 0.95
     normal = np.ones(len(x), bool)
     normal[spikes] = False
@@ -112,19 +113,43 @@ def test_scattered_anomalies_above_the_rate_trigger_never_make_an_expert_and_sti
     x = mode_a(rng, 12_000)
     spikes = scattered(rng, len(x), 0.06)
     x[spikes] += rng.normal(0, 1, (len(spikes), C)).astype(np.float32) * 20 + 20 * np.sign(rng.normal(size=(len(spikes), C)))
-    tried, flags = [], []
+    tried, lockin, flags = [], [], []
     for i in range(0, len(x), 1024):
         scored = det.score_many(x[i : i + 1024])
         report = det.learn_many(scored)
         tried.append(report.candidate)
+        lockin.append(report.lockin)
         flags.append(scored.is_anomaly)
         assert [e for e in report.events if e.kind == "mode_added"] == []
     assert tried.count("looser than the known modes") >= 2, tried
     assert det.model.n_active == 1
+    # 7 % of the expert's records go unexplained, past the lock-in share: the refit is tried and never accepted.
+    assert "refit looser than the known modes" in lockin, lockin
+    assert det.counters["unlocks"] == 0
     f = np.concatenate(flags)
     normal = np.ones(len(x), bool)
     normal[spikes] = False
     assert f[spikes].mean() > 0.95 and f[normal].mean() < 0.01
+
+
+def test_a_mode_that_widened_is_unlocked_instead_of_alerting_for_long() -> None:
+    # The same mode, its spread 1.6x wider: ~17 % of its records fall past the learning threshold's score, so the
+    # calibration's tail collapses onto the clipped scores and they all alert (lock-in). Learning from the rest
+    # alone takes ~10,000 records to bring the alerts down; the lock-in check unlocks it within one window.
+    def run(lockin_share: float) -> tuple[np.ndarray, int]:
+        rng = np.random.default_rng(11)
+        det = MixtureDetector(C, ModelConfig(k_max=4, fit_steps=400, novelty=NOVELTY.model_copy(
+            update={"lockin_share": lockin_share})))
+        det.fit(mode_a(rng, 3000))
+        flags, events = stream(det, mode_a(rng, 8000) * 1.6)
+        assert [e for e in events if e.kind == "mode_added"] == []
+        return flags, det.counters["unlocks"]
+
+    flags, unlocks = run(0.05)
+    assert unlocks >= 1
+    assert flags[: NOVELTY.lockin_window].mean() > 0.1 and flags[2 * NOVELTY.lockin_window :].mean() < 0.01
+    locked, unlocks = run(0.0)
+    assert unlocks == 0 and locked[2 * NOVELTY.lockin_window : 3 * NOVELTY.lockin_window].mean() > 0.05
 
 
 def test_burst_shorter_than_the_memory_minimum_makes_no_expert(detector) -> None:
