@@ -44,7 +44,7 @@ class NoveltyConfig(BaseModel):
     lockin_window: int = Field(
         2000, ge=16, description=(
             "Records of one expert over which its unexplained share is measured (decayed by e per this many); it is "
-            "tested at most once per ~0.7 of them."
+            "tested once 32 of its records went unexplained since its last test and the share reached lockin_share."
         ),
     )
     lockin_steps: int = Field(300, ge=1, description="Gradient steps of the lock-in refit (a warm-started copy; only a test).")

@@ -33,9 +33,7 @@ import torch
 from streammoe.model.experts import StackedVAE
 from streammoe.model.mixture import MixtureOfVAEs
 from streammoe.novelty.growth import CANDIDATE_BATCH, Verdict
-from streammoe.novelty.memory import ShortTermMemory
-
-MIN_RECORDS = 32  # unexplained records of the expert (and replay records) needed to test coherence
+from streammoe.novelty.memory import MIN_MISFITS as MIN_RECORDS, ShortTermMemory
 
 
 def _copy_of(model: MixtureOfVAEs, k: int) -> StackedVAE:

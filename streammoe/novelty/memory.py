@@ -20,6 +20,8 @@ from torch import Tensor, nn
 
 from streammoe.model.config import NoveltyConfig
 
+MIN_MISFITS = 32  # unexplained records of one expert before it is tested for lock-in (novelty/lockin.py needs them)
+
 
 @dataclass
 class Remembered:
@@ -91,12 +93,12 @@ class ShortTermMemory(nn.Module):
 
     def locked_in(self) -> list[tuple[int, float]]:
         """Experts whose unexplained share over about their last lockin_window records reached `lockin_share`, with
-        that share; at least lockin_window/2 records (decayed) must have been counted since their last test, so that
-        one expert is tested at most about once per 0.7 lockin_window records. Their counts restart."""
+        that share, once MIN_MISFITS of their records went unexplained since their last test (what the test needs;
+        a small expert whose records all alert is tested as soon as a large one at the share). Counts restart."""
         if self.cfg.lockin_share <= 0:
             return []
         share = self.misfits / self.assigned.clamp(min=1.0)
-        hit = (self.assigned >= self.cfg.lockin_window / 2) & (share >= self.cfg.lockin_share)
+        hit = (self.misfits >= MIN_MISFITS) & (share >= self.cfg.lockin_share)
         out = [(int(k), float(share[k])) for k in torch.nonzero(hit).flatten()]
         for k, _ in out:
             self.reset_expert(k)
