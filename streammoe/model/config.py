@@ -44,7 +44,8 @@ class NoveltyConfig(BaseModel):
     lockin_window: int = Field(
         2000, ge=16, description=(
             "Records of one expert over which its unexplained share is measured (decayed by e per this many); it is "
-            "tested once 32 of its records went unexplained since its last test and the share reached lockin_share."
+            "tested once the share reached lockin_share, 32 of its records went unexplained and lockin_window/2 "
+            "stream records went by since its last test (or its start)."
         ),
     )
     lockin_steps: int = Field(300, ge=1, description="Gradient steps of the lock-in refit (a warm-started copy; only a test).")

@@ -48,10 +48,12 @@ class ShortTermMemory(nn.Module):
         # lockin_window records assigned to that expert (its last ~lockin_window records), since its last test.
         self.register_buffer("assigned", torch.zeros(k_max, dtype=torch.float64))
         self.register_buffer("misfits", torch.zeros(k_max, dtype=torch.float64))
+        # Per expert, stream records seen since its last lock-in test (or since it was added).
+        self.register_buffer("since_test", torch.zeros(k_max, dtype=torch.int64))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         # Models saved before the lock-in counts existed load with none counted yet.
-        for name in ("assigned", "misfits"):
+        for name in ("assigned", "misfits", "since_test"):
             state_dict.setdefault(prefix + name, torch.zeros_like(getattr(self, name)))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
@@ -84,21 +86,26 @@ class ShortTermMemory(nn.Module):
         decay = torch.exp(-n / self.cfg.lockin_window)
         self.assigned.mul_(decay).add_(n)
         self.misfits.mul_(decay).add_(torch.bincount(mode[unexplained], minlength=k)[:k].to(self.misfits.dtype))
+        self.since_test += mode.shape[0]
 
     @torch.no_grad()
     def reset_expert(self, k: int) -> None:
         """Expert k starts counting afresh (a new expert in its slot, or it was just tested for lock-in)."""
         self.assigned[k] = 0
         self.misfits[k] = 0
+        self.since_test[k] = 0
 
     def locked_in(self) -> list[tuple[int, float]]:
         """Experts whose unexplained share over about their last lockin_window records reached `lockin_share`, with
-        that share, once MIN_MISFITS of their records went unexplained since their last test (what the test needs;
-        a small expert whose records all alert is tested as soon as a large one at the share). Counts restart."""
+        that share, once MIN_MISFITS of their records went unexplained (what the test needs; a small expert whose
+        records all alert qualifies as soon as a large one at the share) and lockin_window/2 stream records went by
+        since their last test or their start (a short episode, a long anomaly among them, is over before; and
+        tests stay rare). Counts restart."""
         if self.cfg.lockin_share <= 0:
             return []
         share = self.misfits / self.assigned.clamp(min=1.0)
-        hit = (self.misfits >= MIN_MISFITS) & (share >= self.cfg.lockin_share)
+        hit = (self.misfits >= MIN_MISFITS) & (share >= self.cfg.lockin_share) & (
+            self.since_test >= self.cfg.lockin_window // 2)
         out = [(int(k), float(share[k])) for k in torch.nonzero(hit).flatten()]
         for k, _ in out:
             self.reset_expert(k)
