@@ -8,8 +8,10 @@ the clipped value, the exponential tail collapses onto it, and every such record
 expert never catches up ("lock-in"). On SMD's new machines (T3) this kept 5-25 % of records alerting for
 thousands of records.
 
-The memory keeps each expert's unexplained share over about its last `lockin_window` records (memory.py). Once it
-reaches `lockin_share`, the expert's unexplained records from the memory are tested for coherence with its mode: a copy of the expert
+The memory keeps each expert's unexplained share over about its last `lockin_window` records, and the stream's
+(memory.py). Once both reach `lockin_share` (and 32 of the expert's records went unexplained, and half a window of
+records went by since its last test), the expert's unexplained records from the memory are tested for coherence
+with its mode: a copy of the expert
 (warm-started from its weights) is trained for `lockin_steps` on the older 70 % of them plus 70 % of its replay
 records. The copy must fit the held-out newest 30 % as tightly as a known mode fits its own records (median NLL
 at most the pooled calibration's score at the learning threshold plus `rate_max_excess`, the rate trigger's bar)

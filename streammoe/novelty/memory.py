@@ -13,6 +13,7 @@ tries a candidate on all of them (with a stricter test, see growth.py).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -48,12 +49,14 @@ class ShortTermMemory(nn.Module):
         # lockin_window records assigned to that expert (its last ~lockin_window records), since its last test.
         self.register_buffer("assigned", torch.zeros(k_max, dtype=torch.float64))
         self.register_buffer("misfits", torch.zeros(k_max, dtype=torch.float64))
+        # The whole stream's records and unexplained ones, decayed by e per lockin_window records.
+        self.register_buffer("stream_counts", torch.zeros(2, dtype=torch.float64))
         # Per expert, stream records seen since its last lock-in test (or since it was added).
         self.register_buffer("since_test", torch.zeros(k_max, dtype=torch.int64))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         # Models saved before the lock-in counts existed load with none counted yet.
-        for name in ("assigned", "misfits", "since_test"):
+        for name in ("assigned", "misfits", "since_test", "stream_counts"):
             state_dict.setdefault(prefix + name, torch.zeros_like(getattr(self, name)))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
@@ -87,6 +90,9 @@ class ShortTermMemory(nn.Module):
         self.assigned.mul_(decay).add_(n)
         self.misfits.mul_(decay).add_(torch.bincount(mode[unexplained], minlength=k)[:k].to(self.misfits.dtype))
         self.since_test += mode.shape[0]
+        total = torch.tensor([mode.shape[0], int(unexplained.sum())], dtype=self.stream_counts.dtype,
+                             device=self.stream_counts.device)
+        self.stream_counts.mul_(math.exp(-mode.shape[0] / self.cfg.lockin_window)).add_(total)
 
     @torch.no_grad()
     def reset_expert(self, k: int) -> None:
@@ -104,6 +110,11 @@ class ShortTermMemory(nn.Module):
         if self.cfg.lockin_share <= 0:
             return []
         share = self.misfits / self.assigned.clamp(min=1.0)
+        # The stream's own unexplained share must be past lockin_share too: one expert that catches a rare fault
+        # recurring in the same shape (1 % of the stream, all of it under that expert) is not locked in; it alerts.
+        stream_share = float(self.stream_counts[1] / self.stream_counts[0].clamp(min=1.0))
+        if stream_share < self.cfg.lockin_share:
+            return []
         hit = (self.misfits >= MIN_MISFITS) & (share >= self.cfg.lockin_share) & (
             self.since_test >= self.cfg.lockin_window // 2)
         out = [(int(k), float(share[k])) for k in torch.nonzero(hit).flatten()]
