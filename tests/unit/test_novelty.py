@@ -108,7 +108,7 @@ def test_scattered_anomalies_above_the_rate_trigger_never_make_an_expert_and_sti
     # 6 % scattered anomalies keep the rate trigger firing; each candidate spreads over records with nothing in
     # common, beats the mixture by far, but is much looser than the known mode, so it is never accepted.
     rng = np.random.default_rng(10)
-    det = MixtureDetector(C, RATE_MODEL)
+    det = MixtureDetector(C, RATE_MODEL.model_copy(update={"novelty": RATE.model_copy(update={"lockin_share": 0.03})}))
     det.fit(mode_a(rng, 3000))
     x = mode_a(rng, 12_000)
     spikes = scattered(rng, len(x), 0.06)
