@@ -63,7 +63,7 @@ class ModelState:
     def progress(self) -> tuple[str, int]:
         """Changes whenever the state would save differently: what the model learned, and the offsets it has seen
         (records judged but not learned, control commands, move the offsets only)."""
-        return self.version, sum(o for parts in self.learned_offsets.values() for o in parts.values())
+        return self.version, offsets_total(self.learned_offsets)
 
     def already_learned(self, topic: str, partition: int, offset: int) -> bool:
         return offset < self.learned_offsets.get(topic, {}).get(partition, 0)
@@ -71,6 +71,11 @@ class ModelState:
     def advance(self, topic: str, partition: int, next_offset: int) -> None:
         parts = self.learned_offsets.setdefault(topic, {})
         parts[partition] = max(parts.get(partition, 0), next_offset)
+
+
+def offsets_total(offsets: dict[str, dict[int, int]]) -> int:
+    """One number that grows whenever any learned offset moves: how to compare how far two states have learned."""
+    return sum(o for parts in offsets.values() for o in parts.values())
 
 
 def offsets_to_json(offsets: dict[str, dict[int, int]]) -> dict[str, dict[str, int]]:
@@ -116,7 +121,7 @@ class Checkpointer:
         None when there is none or it cannot be read (a full restore then decides what to do about it)."""
         try:
             meta = read_meta(self.path(scope))
-            return sum(o for parts in offsets_from_json(meta.get("learned_offsets", {})).values() for o in parts.values())
+            return offsets_total(offsets_from_json(meta.get("learned_offsets", {})))
         except (ModelLoadError, AttributeError, TypeError, ValueError):
             return None
 

@@ -119,7 +119,7 @@ class Daemon:
         self.decoder = RecordDecoder(settings.records)
         self.checkpointer = Checkpointer(settings.checkpoint, self.channels)
         self.scopes = OwnedScopes(settings, self.checkpointer, on_restored=self._scope_restored,
-                                  on_dropped=self._scope_dropped)
+                                  on_dropped=self._scope_dropped, on_snapshot=self._snapshot_done)
         if self.scopes.single:  # restored now: an unusable checkpoint stops the daemon before it joins the group
             self.scopes.get(GLOBAL_SCOPE)
         self.watch = BrokerWatch(self.metrics, self.health)
@@ -143,7 +143,6 @@ class Daemon:
         self._judge_pool = ThreadPoolExecutor(1, thread_name_prefix="streammoe-judge")
         self._judging: Future[Judged] | None = None
         self._closing = False
-        self._snapshots_counted = (0, 0)
         self._last_commit = time.monotonic()
         self._first_batch_at: float | None = None
         if install_signals:
@@ -494,7 +493,6 @@ class Daemon:
             self.scopes.lost(parts)
         else:
             self.scopes.revoked(parts, snapshot=not self._closing)
-        self._sync_snapshot_metrics()
         self.metrics.scopes_held.set(len(self.scopes.models))
 
     def _scope_restored(self, state: ModelState) -> None:
@@ -516,11 +514,8 @@ class Daemon:
                 except KeyError:
                     pass
 
-    def _sync_snapshot_metrics(self) -> None:
-        written, failed = self.scopes.snapshots_written, self.scopes.snapshot_failures
-        self.metrics.snapshots.inc(written - self._snapshots_counted[0])
-        self.metrics.snapshot_failures.inc(failed - self._snapshots_counted[1])
-        self._snapshots_counted = (written, failed)
+    def _snapshot_done(self, written: bool) -> None:
+        (self.metrics.snapshots if written else self.metrics.snapshot_failures).inc()
 
     def _partitions_lost(self) -> None:
         """Lost (not revoked) partitions: the group coordinator stopped answering, or this worker stalled past its
@@ -571,7 +566,6 @@ class Daemon:
         """Scopes that learned since their last snapshot (not during an outage: the writes would only wait)."""
         if not self.watch.down:
             self.scopes.snapshot_changed()
-            self._sync_snapshot_metrics()
 
     def _close_source(self) -> None:
         commit = not self.watch.down

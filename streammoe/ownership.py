@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
-from streammoe.checkpoint import Checkpointer, ModelState
+from streammoe.checkpoint import Checkpointer, ModelState, offsets_total
 from streammoe.config import Settings
 from streammoe.logs import get_logger
 from streammoe.scopes import GLOBAL_SCOPE, ScopeMap
@@ -34,7 +34,8 @@ class OwnedScopes:
 
     def __init__(self, settings: Settings, checkpointer: Checkpointer,
                  on_restored: Callable[[ModelState], None] | None = None,
-                 on_dropped: Callable[[ModelState], None] | None = None) -> None:
+                 on_dropped: Callable[[ModelState], None] | None = None,
+                 on_snapshot: Callable[[bool], None] | None = None) -> None:
         self.settings = settings
         self.checkpointer = checkpointer
         self.channels = list(settings.records.channels)
@@ -44,12 +45,11 @@ class OwnedScopes:
         self._split_warned: set[str] = set()
         self._on_restored = on_restored
         self._on_dropped = on_dropped
+        self._on_snapshot = on_snapshot  # called with True for each snapshot written, False for each that failed
         topic = settings.snapshot.topic
         self.writer = SnapshotWriter(settings.kafka, topic, settings.snapshot.chunk_bytes) if topic else None
         self._snapshotted: dict[str, tuple[str, int]] = {}  # scope -> its progress at its last snapshot
         self._last_snapshot = time.monotonic()
-        self.snapshots_written = 0
-        self.snapshot_failures = 0
 
     @property
     def single(self) -> bool:
@@ -111,10 +111,10 @@ class OwnedScopes:
         for scope, state in states.items():
             manifest = manifests[scope]
             held = self.models.get(scope)
-            if held is not None and _learned_total(held) >= _learned_total(state):
+            if held is not None and offsets_total(held.learned_offsets) >= offsets_total(state.learned_offsets):
                 continue  # never gave it up (a revoke and assign back): what is in memory is as new
             local = self.checkpointer.learned_total(scope)
-            if held is None and local is not None and local > _learned_total(state):
+            if held is None and local is not None and local > offsets_total(state.learned_offsets):
                 log.info("scope_snapshot_older_than_checkpoint", scope=scope, snapshot_id=manifest.snapshot_id,
                          hint="this worker's checkpoint learned further (a restart on the same disk): it is used")
                 continue
@@ -175,18 +175,16 @@ class OwnedScopes:
         try:
             self.writer.write(state, partition)
         except SnapshotError as e:
-            self.snapshot_failures += 1
             log.error("snapshot_failed", scope=state.scope, error=str(e),
                       hint="the next owner restores an older snapshot and re-reads from its position")
+            if self._on_snapshot is not None:
+                self._on_snapshot(False)
             return False
         self._snapshotted[state.scope] = state.progress
-        self.snapshots_written += 1
+        if self._on_snapshot is not None:
+            self._on_snapshot(True)
         return True
 
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
-
-
-def _learned_total(state: ModelState) -> int:
-    return sum(o for parts in state.learned_offsets.values() for o in parts.values())
