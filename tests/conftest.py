@@ -53,26 +53,29 @@ class Consumed:
 
 
 def produce(bootstrap: str, topic: str, items: list[tuple[bytes | None, bytes | None]]) -> list[tuple[int, int]]:
-    """Produce (key, value) pairs, wait for every acknowledgement, and return their (partition, offset)s.
+    """Produce (key, value) pairs, wait for every acknowledgement, and return their (partition, offset)s, the one of
+    item i at position i.
 
     Tansu's high watermark is the last batch's base offset + 1, not the log end, so tests take the truth
     about what a topic holds from delivery reports instead."""
     from confluent_kafka import Producer
 
     errors: list[str] = []
-    delivered: list[tuple[int, int]] = []
+    delivered: list[tuple[int, int] | None] = [None] * len(items)
 
-    def on_delivery(err, msg) -> None:  # type: ignore[no-untyped-def]
-        if err:
-            errors.append(str(err))
-        else:
-            delivered.append((msg.partition(), msg.offset()))
+    def on_delivery(i: int):  # type: ignore[no-untyped-def]
+        def report(err, msg) -> None:  # type: ignore[no-untyped-def]
+            if err:
+                errors.append(str(err))
+            else:
+                delivered[i] = (msg.partition(), msg.offset())
+        return report
 
     p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "all"})
-    for key, value in items:
-        produce_message(p, topic, value, key, on_delivery=on_delivery)
-    assert p.flush(30) == 0 and not errors, errors[:3]
-    return delivered
+    for i, (key, value) in enumerate(items):
+        produce_message(p, topic, value, key, on_delivery=on_delivery(i))
+    assert p.flush(30) == 0 and not errors and None not in delivered, errors[:3]
+    return delivered  # type: ignore[return-value]
 
 
 def log_ends(delivered: list[tuple[int, int]]) -> dict[int, int]:
@@ -117,12 +120,6 @@ def consume_all(bootstrap: str, topic: str, expected: int | None = None, idle_s:
 
 def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
     """The group's committed positions for partitions that have one, read without joining the group."""
-    from confluent_kafka import Consumer, TopicPartition
+    from streammoe.bench.scaleout import committed
 
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
-    try:
-        parts = c.list_topics(topic, timeout=10).topics[topic].partitions
-        got = c.committed([TopicPartition(topic, p) for p in parts], timeout=10)
-        return {tp.partition: tp.offset for tp in got if tp.offset >= 0}
-    finally:
-        c.close()
+    return committed(bootstrap, group, topic)

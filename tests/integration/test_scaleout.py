@@ -8,7 +8,7 @@ from collections import Counter
 import numpy as np
 import orjson
 import pytest
-from conftest import committed_offsets, consume_all, log_ends
+from conftest import committed_offsets, consume_all, log_ends, produce
 from test_daemon import (  # noqa: F401  (bootstrap_model is a fixture)
     CHANNELS,
     bootstrap_model,
@@ -23,7 +23,6 @@ from test_daemon import (  # noqa: F401  (bootstrap_model is a fixture)
 from streammoe.bench.scaleout import WorkerProcess as Worker
 from streammoe.bench.scaleout import wait_for
 from streammoe.config import KafkaSettings
-from streammoe.sink import produce as produce_message
 from streammoe.snapshot import read_latest
 
 pytestmark = pytest.mark.integration
@@ -35,21 +34,6 @@ def items_for(rng: np.random.Generator, n: int, start_ts: int) -> list[tuple[byt
     rows = normal_rows(rng, n)
     return [(ASSETS[i % len(ASSETS)].encode(), record(ASSETS[i % len(ASSETS)], start_ts + i, row))
             for i, row in enumerate(rows)]
-
-
-def produce_in_order(bootstrap: str, topic: str, items: list[tuple[bytes, bytes]]) -> list[tuple[int, int]]:
-    """Like conftest's `produce`, but the (partition, offset) of item i is at position i."""
-    from confluent_kafka import Producer
-
-    out: list[tuple[int, int] | None] = [None] * len(items)
-    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "all"})
-    for i, (key, value) in enumerate(items):
-        def delivered(err, msg, i=i) -> None:  # type: ignore[no-untyped-def]
-            if err is None:
-                out[i] = (msg.partition(), msg.offset())
-        produce_message(p, topic, value, key, on_delivery=delivered)
-    assert p.flush(30) == 0 and None not in out
-    return out  # type: ignore[return-value]
 
 
 def last_offsets(items: list[tuple[bytes, bytes]], delivered: list[tuple[int, int]]) -> dict[str, tuple[int, int]]:
@@ -68,7 +52,7 @@ def test_two_workers_split_partitions_and_hand_scopes_over_through_snapshots(
     rng = np.random.default_rng(3)
     first = items_for(rng, 6000, 0)
     first.insert(100, (b"pump-0", b"{not json"))
-    delivered_first = produce_in_order(broker, t["input"], first)
+    delivered_first = produce(broker, t["input"], first)
     where = last_offsets(first[:100] + first[101:], delivered_first[:100] + delivered_first[101:])
     assert {p for p, _ in where.values()} == {0, 1, 2, 3}, "the assets must cover every partition"
 
@@ -98,7 +82,7 @@ def test_two_workers_split_partitions_and_hand_scopes_over_through_snapshots(
 
         # Both work on new records.
         second = items_for(rng, 4000, 10_000)
-        delivered_second = produce_in_order(broker, t["input"], second)
+        delivered_second = produce(broker, t["input"], second)
         ends = log_ends(delivered_first + delivered_second)
         wait_for("both workers to process the second records",
                  lambda: committed_offsets(broker, group, t["input"]) == ends, 120, a, b)
@@ -126,7 +110,7 @@ def test_two_workers_split_partitions_and_hand_scopes_over_through_snapshots(
 
         # a continues with them.
         third = items_for(rng, 3000, 20_000)
-        delivered_third = produce_in_order(broker, t["input"], third)
+        delivered_third = produce(broker, t["input"], third)
         ends = log_ends(delivered_first + delivered_second + delivered_third)
         wait_for("a to process the third records", lambda: committed_offsets(broker, group, t["input"]) == ends, 120, a)
         assert a.stop() == 0, a.tail()
@@ -164,7 +148,7 @@ def test_a_worker_killed_after_its_last_snapshot_is_taken_over_without_skipping_
                   STREAMMOE_SNAPSHOT__INTERVAL_S="3600", STREAMMOE_HTTP__ENABLED="false",
                   STREAMMOE_KAFKA__SESSION_TIMEOUT_MS="6000")
     first = items_for(rng, 3000, 0)
-    delivered_first = produce_in_order(broker, t["input"], first)
+    delivered_first = produce(broker, t["input"], first)
     second = items_for(rng, 3000, 10_000)
     workers: list[Worker] = []
     try:
@@ -176,7 +160,7 @@ def test_a_worker_killed_after_its_last_snapshot_is_taken_over_without_skipping_
 
         killed = Worker("killed", {**env, "STREAMMOE_CHECKPOINT__DIR": str(tmp_path / "ckpt-a")}, tmp_path)
         workers.append(killed)
-        delivered_second = produce_in_order(broker, t["input"], second)
+        delivered_second = produce(broker, t["input"], second)
         ends = log_ends(delivered_first + delivered_second)
         wait_for("the second worker to process and commit the second records",
                  lambda: committed_offsets(broker, group, t["input"]) == ends, 120, killed)
