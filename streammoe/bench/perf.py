@@ -177,6 +177,7 @@ class PerfOptions:
     latency_s: int = 8
     latency_max_wait_ms: int = 20
     latency_pipeline: bool = True
+    latency_reader_wait_s: float = 0.005
     pipeline: tuple[bool, ...] = (True,)
     variants_k: int = 8
     variants_s: int = 8
@@ -302,8 +303,11 @@ def measure(opts: PerfOptions, progress=print) -> dict:  # type: ignore[no-untyp
 # ---- produce -> alert latency -----------------------------------------------------------------------------
 
 
-def _paced_producer(bootstrap: str, topic: str, channels: list[str], rate: int, seconds: float, seed: int) -> None:
-    """Produce at `rate` records/s for `seconds`, `ts` = send time (epoch ms); 1 % far off every mode."""
+def _paced_producer(bootstrap: str, topic: str, channels: list[str], rate: int, seconds: float, seed: int,
+                    out: mp.Queue) -> None:
+    """Produce at `rate` records/s for `seconds`, `ts` = send time (epoch ms); 1 % far off every mode. Puts the
+    paced stretch's own seconds (first send to last delivery) on `out`: the process's start and the payloads'
+    preparation are not part of the offered rate."""
     from confluent_kafka import Producer
 
     p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1, "acks": "all"})
@@ -327,70 +331,134 @@ def _paced_producer(bootstrap: str, topic: str, channels: list[str], rate: int, 
         p.poll(0)
         time.sleep(tick)
     p.flush(30)
+    out.put(time.time() - start)
 
 
-def _alert_reader(bootstrap: str, topic: str, seconds: float, out: mp.Queue) -> None:
-    """Read alerts as they arrive; put (receive ms - record ts) for each on `out` at the end."""
+def _alert_reader(bootstrap: str, topic: str, produced, out: mp.Queue, wait_s: float = 0.005) -> None:  # type: ignore[no-untyped-def]
+    """Read alerts as they arrive until 3 s after `produced` (an event) is set; put (receive ms - record ts) for
+    each on `out` at the end.
+
+    `consume` returns when it has 1000 messages or its wait ran out; at ~1 % alerts it always waits the full
+    wait, which would count as latency: the wait is kept short (5 ms)."""
     from confluent_kafka import Consumer
 
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"lat-{uuid.uuid4().hex[:6]}",
                   "auto.offset.reset": "earliest", "fetch.wait.max.ms": 5, "session.timeout.ms": 6000})
     c.subscribe([topic])
     lat = []
-    deadline = time.time() + seconds
+    deadline = float("inf")
     while time.time() < deadline:
-        for m in c.consume(1000, 0.05):
+        if deadline == float("inf") and produced.is_set():
+            deadline = time.time() + 3.0
+        for m in c.consume(1000, wait_s):
             if m.error() is None:
                 lat.append(time.time() * 1000 - orjson.loads(m.value())["ts"])
     c.close()
     out.put(lat)
 
 
+def _relay(settings, ready: threading.Event, stop: threading.Event) -> None:  # type: ignore[no-untyped-def]
+    """The daemon's transport without its work: consume with the daemon's consumer settings and batching, forward
+    every 100th record (its JSON carries `ts`) to the alerts topic with the daemon's producer settings. The
+    latency floor that the broker and the clients set on this box."""
+    from confluent_kafka import Consumer, Producer
+
+    from streammoe.config import consumer_config, producer_config
+
+    kafka, batching = settings.kafka, settings.batching
+    c = Consumer(consumer_config(kafka))
+    p = Producer(producer_config(kafka))
+    c.subscribe([kafka.input_topic])
+    seen = 0
+    while not stop.is_set():
+        for m in c.consume(batching.max_batch, batching.max_wait_ms / 1000):
+            if m.error() is None:
+                if seen % 100 == 0:
+                    p.produce(kafka.alerts_topic, m.value())
+                seen += 1
+        if seen >= 10:
+            ready.set()
+        p.poll(0)
+    p.flush(10)
+    c.close()
+
+
+def _paced_run(bootstrap: str, topic: str, channels: list[str], opts: PerfOptions) -> tuple[np.ndarray, float]:
+    """Paced records into `topic` while a reader times what reaches `topic`-alerts: (latencies ms, paced s)."""
+    ctx = mp.get_context("spawn")
+    out: mp.Queue = ctx.Queue()
+    paced: mp.Queue = ctx.Queue()
+    produced = ctx.Event()
+    reader = ctx.Process(target=_alert_reader, args=(bootstrap, f"{topic}-alerts", produced, out,
+                                                   opts.latency_reader_wait_s))
+    reader.start()
+    time.sleep(3)  # the reader's group join
+    producer = ctx.Process(target=_paced_producer,
+                           args=(bootstrap, topic, channels, opts.latency_rate, opts.latency_seconds, 7, paced))
+    producer.start()
+    produced_s = paced.get(timeout=opts.latency_seconds + 120)
+    producer.join()
+    produced.set()
+    lat = np.array(out.get(timeout=60))
+    reader.join()
+    # Alerts of the first pass (the 10 topic-creating records) have ts < 1e6: not part of the paced run.
+    return lat[lat < 1e9], produced_s
+
+
+def _new_topics(bootstrap: str, channels: list[str]) -> str:
+    """Input and alerts topics, so that the reader's subscription finds the alerts topic at once (its first
+    message reads as ts 0 and is dropped)."""
+    from confluent_kafka import Producer
+
+    topic = f"lat-{uuid.uuid4().hex[:6]}"
+    produce(bootstrap, topic, synthetic(10, N_MODES, len(channels), seed=5), channels)
+    p = Producer({"bootstrap.servers": bootstrap})
+    p.produce(f"{topic}-alerts", orjson.dumps({"ts": 0}))
+    p.flush(10)
+    return topic
+
+
+def _percentiles(lat: np.ndarray) -> dict:
+    if not lat.size:
+        return {}
+    return {**{f"p{q}_ms": float(np.percentile(lat, q)) for q in (50, 90, 99)}, "max_ms": float(lat.max())}
+
+
 def latency(bootstrap: str, channels: list[str], tmp: Path, opts: PerfOptions, progress=print) -> dict:  # type: ignore[no-untyped-def]
+    """Produce -> alert latency through the daemon, and through a relay that does no work (the floor), in turn."""
     from streammoe.daemon import Daemon
     from streammoe.persistence import save_detector
 
     detector = fitted(opts.latency_k, opts.latency_s, channels, opts.fit_steps)
     save_detector(detector, tmp / "model")
-    topic = f"lat-{uuid.uuid4().hex[:6]}"
-    produce(bootstrap, topic, synthetic(10, N_MODES, len(channels), seed=5), channels)  # create the topic
-    # and the alerts topic, so the reader's subscription finds it at once (this message reads as ts 0: dropped)
-    from confluent_kafka import Producer
-
-    p = Producer({"bootstrap.servers": bootstrap})
-    p.produce(f"{topic}-alerts", orjson.dumps({"ts": 0}))
-    p.flush(10)
+    topic = _new_topics(bootstrap, channels)
     daemon = Daemon(daemon_settings(bootstrap, topic, channels, tmp, f"lat-{topic}", opts.max_batch,
                                     opts.latency_max_wait_ms, opts.torch_threads, opts.latency_pipeline))
-    runner = threading.Thread(target=daemon.run, kwargs={"timeout_s": opts.latency_seconds + 60}, daemon=True)
+    runner = threading.Thread(target=daemon.run, kwargs={"timeout_s": opts.latency_seconds + 180}, daemon=True)
     runner.start()
     deadline = time.monotonic() + 60
     while daemon.summary.records_in < 10 and time.monotonic() < deadline:  # joined and past the first batch
         time.sleep(0.1)
-    ctx = mp.get_context("spawn")
-    out: mp.Queue = ctx.Queue()
-    reader = ctx.Process(target=_alert_reader, args=(bootstrap, f"{topic}-alerts", opts.latency_seconds + 8, out))
-    reader.start()
-    time.sleep(3)  # the reader's group join
-    producer = ctx.Process(target=_paced_producer,
-                           args=(bootstrap, topic, channels, opts.latency_rate, opts.latency_seconds, 7))
-    t0 = time.monotonic()
-    producer.start()
-    producer.join()
-    produced_s = time.monotonic() - t0
-    lat = np.array(out.get(timeout=opts.latency_seconds + 60))
-    reader.join()
+    lat, produced_s = _paced_run(bootstrap, topic, channels, opts)
     daemon.stop()
     runner.join(30)
-    # Alerts of the first pass (the 10 topic-creating records) have ts < 1e6: not part of the paced run.
-    lat = lat[lat < 1e9]
-    res = {"offered_rec_s": opts.latency_rate, "achieved_produce_rec_s": opts.latency_rate * opts.latency_seconds / produced_s,
+    res = {"offered_rec_s": opts.latency_rate, "achieved_produce_rec_s": int(opts.latency_rate * opts.latency_seconds) / produced_s,
            "seconds": opts.latency_seconds, "k": opts.latency_k, "s": opts.latency_s, "max_wait_ms": opts.latency_max_wait_ms,
-           "pipeline": opts.latency_pipeline,
-           "alerts": int(lat.size), "records_in": daemon.summary.records_in}
-    if lat.size:
-        res.update({f"p{q}_ms": float(np.percentile(lat, q)) for q in (50, 90, 99)})
-        res["max_ms"] = float(lat.max())
+           "pipeline": opts.latency_pipeline, "reader_wait_ms": opts.latency_reader_wait_s * 1000,
+           "alerts": int(lat.size), "records_in": daemon.summary.records_in, **_percentiles(lat)}
+
+    topic = _new_topics(bootstrap, channels)
+    settings = daemon_settings(bootstrap, topic, channels, tmp, f"relay-{topic}", opts.max_batch,
+                               opts.latency_max_wait_ms, opts.torch_threads, opts.latency_pipeline)
+    ready, stop = threading.Event(), threading.Event()
+    relay = threading.Thread(target=_relay, args=(settings, ready, stop), daemon=True)
+    relay.start()
+    ready.wait(60)  # joined and past the topic-creating records, as the daemon above
+    floor, floor_s = _paced_run(bootstrap, topic, channels, opts)
+    stop.set()
+    relay.join(30)
+    res["floor"] = {"achieved_produce_rec_s": int(opts.latency_rate * opts.latency_seconds) / floor_s,
+                    "forwarded": int(floor.size), **_percentiles(floor)}
     progress(f"perf: latency {json.dumps(res)}")
     return res
 
@@ -435,6 +503,13 @@ def markdown(result: dict) -> str:
                   f"max_wait_ms {lat['max_wait_ms']}: {lat['alerts']} alerts, p50 {lat.get('p50_ms', float('nan')):.0f} ms, "
                   f"p90 {lat.get('p90_ms', float('nan')):.0f} ms, p99 {lat.get('p99_ms', float('nan')):.0f} ms, "
                   f"max {lat.get('max_ms', float('nan')):.0f} ms"]
+        floor = lat.get("floor")
+        if floor:
+            lines += ["", f"The same path through a relay that does no work (the daemon's consumer and producer settings, "
+                      f"every 100th record forwarded; achieved {floor['achieved_produce_rec_s']:.0f} rec/s): "
+                      f"p50 {floor.get('p50_ms', float('nan')):.0f} ms, p90 {floor.get('p90_ms', float('nan')):.0f} ms, "
+                      f"p99 {floor.get('p99_ms', float('nan')):.0f} ms, max {floor.get('max_ms', float('nan')):.0f} ms; "
+                      f"daemon p99 / relay p99 = {lat.get('p99_ms', float('nan')) / floor.get('p99_ms', float('nan')):.2f}"]
     return "\n".join(lines) + "\n"
 
 
