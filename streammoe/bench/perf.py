@@ -14,7 +14,9 @@ modes, for every K (experts) and S (importance samples) asked for:
 Consume and consume + decode run before and after the grid; the table shows the median of those runs so
 every ratio divides rates measured in the same run. `--latency` adds produce -> alert latency: records are
 produced at a fixed rate (default 10k/s) with the send time as `ts`, 1 % of them far off every mode, and a
-reader on the alerts topic takes receive time - `ts` for every alert.
+reader on the alerts topic takes receive time - `ts` for every alert; then the same paced stream goes through
+a relay that does no work (the daemon's consumer and producer settings, every 100th record forwarded): the
+floor that the broker and the clients set on this machine, in the same run.
 """
 
 from __future__ import annotations
