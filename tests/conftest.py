@@ -7,6 +7,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -123,3 +124,19 @@ def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
     from streammoe.bench.scaleout import committed
 
     return committed(bootstrap, group, topic)
+
+
+@pytest.fixture(scope="module")
+def bootstrap_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small model fitted on the daemon kit's synthetic normal data, as `streammoe fit` would leave it."""
+    import numpy as np
+    from daemon_kit import CHANNELS, normal_rows
+
+    from streammoe.detector import MixtureDetector
+    from streammoe.model.config import ModelConfig
+    from streammoe.persistence import save_detector
+
+    x = normal_rows(np.random.default_rng(0), 4000)
+    detector = MixtureDetector(len(CHANNELS), ModelConfig(fit_steps=200, n_samples=2, k_max=2), CHANNELS)
+    detector.fit(x)
+    return save_detector(detector, tmp_path_factory.mktemp("boot") / "model")

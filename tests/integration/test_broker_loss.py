@@ -29,8 +29,8 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import pytest
 from conftest import committed_offsets, consume_all, log_ends, produce
-from test_daemon import (  # noqa: F401  (bootstrap_model is a fixture)
-    bootstrap_model, dead_key, env_for, make_daemon, source_key, topics, valid_items,
+from daemon_kit import (
+    dead_key, env_for, make_daemon, source_key, topics, valid_items,
 )
 
 from streammoe.broker import EmbeddedBroker, free_port, wait_for_port

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import committed_offsets, consume_all, log_ends, produce
-from test_daemon import (  # noqa: F401  (bootstrap_model is a fixture)
-    CHANNELS, MALFORMED, bootstrap_model, dead_key, env_for, source_key, topics, valid_items,
+from daemon_kit import (
+    CHANNELS, MALFORMED, dead_key, env_for, source_key, topics, valid_items,
 )
 
 from streammoe.persistence import load_detector

@@ -9,7 +9,7 @@ import numpy as np
 import orjson
 import pytest
 from conftest import consume_all, produce
-from test_daemon import CHANNELS, env_for, make_daemon, normal_rows, record, topics, valid_items
+from daemon_kit import CHANNELS, env_for, make_daemon, normal_rows, record, topics, valid_items
 
 from streammoe.bench.fuzz import ANY_DEAD, SCORED, hostile_items, run_fuzz
 from streammoe.checkpoint import Checkpointer, ModelState

@@ -9,7 +9,7 @@ import threading
 import numpy as np
 import pytest
 from conftest import committed_offsets, log_ends, produce
-from test_daemon import bootstrap_model, env_for, make_daemon, topics, valid_items  # noqa: F401 (fixture)
+from daemon_kit import env_for, make_daemon, topics, valid_items
 
 import streammoe.daemon as daemon_module
 
@@ -44,7 +44,7 @@ def spy_on(daemon):  # type: ignore[no-untyped-def]
 
 
 def test_reading_ahead_stores_offsets_in_order_and_accounts_every_record(
-    broker, topic_name, bootstrap_model, tmp_path, monkeypatch  # noqa: F811
+    broker, topic_name, bootstrap_model, tmp_path, monkeypatch
 ) -> None:
     t = topics(topic_name)
     delivered = produce(broker, t["input"], valid_items(np.random.default_rng(5), 4000))
@@ -66,7 +66,7 @@ def test_reading_ahead_stores_offsets_in_order_and_accounts_every_record(
 
 
 def test_a_slow_batch_pauses_the_partitions_and_nothing_is_lost(
-    broker, topic_name, bootstrap_model, tmp_path, monkeypatch  # noqa: F811
+    broker, topic_name, bootstrap_model, tmp_path, monkeypatch
 ) -> None:
     t = topics(topic_name)
     delivered = produce(broker, t["input"], valid_items(np.random.default_rng(6), 2000))
@@ -107,7 +107,7 @@ def test_a_slow_batch_pauses_the_partitions_and_nothing_is_lost(
     assert committed_offsets(broker, topic_name("group"), t["input"]) == ends
 
 
-def test_without_pipeline_nothing_is_read_ahead(broker, topic_name, bootstrap_model, tmp_path, monkeypatch) -> None:  # noqa: F811
+def test_without_pipeline_nothing_is_read_ahead(broker, topic_name, bootstrap_model, tmp_path, monkeypatch) -> None:
     t = topics(topic_name)
     delivered = produce(broker, t["input"], valid_items(np.random.default_rng(7), 1500))
     env = env_for(broker, t, topic_name("group"), tmp_path / "ckpt", bootstrap_model,

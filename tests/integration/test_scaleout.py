@@ -6,12 +6,10 @@ from __future__ import annotations
 from collections import Counter
 
 import numpy as np
-import orjson
 import pytest
 from conftest import committed_offsets, consume_all, log_ends, produce
-from test_daemon import (  # noqa: F401  (bootstrap_model is a fixture)
+from daemon_kit import (
     CHANNELS,
-    bootstrap_model,
     dead_key,
     env_for,
     normal_rows,
@@ -45,7 +43,7 @@ def last_offsets(items: list[tuple[bytes, bytes]], delivered: list[tuple[int, in
 
 
 def test_two_workers_split_partitions_and_hand_scopes_over_through_snapshots(
-    broker, topic_name, bootstrap_model, tmp_path  # noqa: F811
+    broker, topic_name, bootstrap_model, tmp_path
 ) -> None:
     t = topics(topic_name)
     snapshots, group = topic_name("snapshots"), topic_name("group")
@@ -136,7 +134,7 @@ def test_two_workers_split_partitions_and_hand_scopes_over_through_snapshots(
 
 
 def test_a_worker_killed_after_its_last_snapshot_is_taken_over_without_skipping_what_it_learned_since(
-    broker, topic_name, bootstrap_model, tmp_path  # noqa: F811
+    broker, topic_name, bootstrap_model, tmp_path
 ) -> None:
     """The crash case: the snapshot predates the last commit. The new owner starts the partitions at the snapshot's
     position, so the records in between are scored again and learned by the restored model, not skipped."""
