@@ -502,17 +502,18 @@ def markdown(result: dict) -> str:
     if lat:
         lines += ["", f"Produce -> alert latency at {lat['offered_rec_s']} rec/s offered (achieved "
                   f"{lat['achieved_produce_rec_s']:.0f}) for {lat['seconds']:.0f} s, K={lat['k']} S={lat['s']}, "
-                  f"max_wait_ms {lat['max_wait_ms']}: {lat['alerts']} alerts, p50 {lat.get('p50_ms', float('nan')):.0f} ms, "
-                  f"p90 {lat.get('p90_ms', float('nan')):.0f} ms, p99 {lat.get('p99_ms', float('nan')):.0f} ms, "
-                  f"max {lat.get('max_ms', float('nan')):.0f} ms"]
+                  f"max_wait_ms {lat['max_wait_ms']}: {lat['alerts']} alerts, {_quantiles_text(lat)}"]
         floor = lat.get("floor")
         if floor:
             lines += ["", f"The same path through a relay that does no work (the daemon's consumer and producer settings, "
                       f"every 100th record forwarded; achieved {floor['achieved_produce_rec_s']:.0f} rec/s): "
-                      f"p50 {floor.get('p50_ms', float('nan')):.0f} ms, p90 {floor.get('p90_ms', float('nan')):.0f} ms, "
-                      f"p99 {floor.get('p99_ms', float('nan')):.0f} ms, max {floor.get('max_ms', float('nan')):.0f} ms; "
-                      f"daemon p99 / relay p99 = {lat.get('p99_ms', float('nan')) / floor.get('p99_ms', float('nan')):.2f}"]
+                      f"{_quantiles_text(floor)}; daemon p99 / relay p99 = "
+                      f"{lat.get('p99_ms', float('nan')) / floor.get('p99_ms', float('nan')):.2f}"]
     return "\n".join(lines) + "\n"
+
+
+def _quantiles_text(figures: dict) -> str:
+    return ", ".join(f"{name} {figures.get(f'{name}_ms', float('nan')):.0f} ms" for name in ("p50", "p90", "p99", "max"))
 
 
 def plot(result: dict, path: Path) -> Path | None:
