@@ -72,10 +72,12 @@ class OwnedScopes:
             return [(GLOBAL_SCOPE, np.arange(len(assets)))]
         names = [self.map.scope_of(a) for a in assets]
         unique, first, inverse = np.unique(np.asarray(names, dtype=object), return_index=True, return_inverse=True)
-        order = np.argsort(first)
+        # One stable sort groups the rows (each scope's rows stay in batch order), instead of a pass per scope.
+        by_scope = np.argsort(inverse.ravel(), kind="stable")
+        chunks = np.split(by_scope, np.flatnonzero(np.diff(inverse.ravel()[by_scope])) + 1)
         groups = []
-        for u in order:
-            rows = np.flatnonzero(inverse == u)
+        for u in np.argsort(first):
+            rows = chunks[u]
             scope = str(unique[u])
             self._note_partitions(scope, partitions[rows])
             groups.append((scope, rows))
