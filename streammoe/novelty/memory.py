@@ -83,7 +83,10 @@ class ShortTermMemory(nn.Module):
 
     @torch.no_grad()
     def count_modes(self, mode: Tensor, unexplained: Tensor) -> None:
-        """Count each expert's assigned records and its unexplained ones (for the lock-in check)."""
+        """Count each expert's assigned records and its unexplained ones (for the lock-in check; nothing is counted
+        while it is off, the default: only `locked_in` reads the counts)."""
+        if self.cfg.lockin_share <= 0:
+            return
         k = self.assigned.shape[0]
         n = torch.bincount(mode, minlength=k)[:k].to(self.assigned.dtype)
         decay = torch.exp(-n / self.cfg.lockin_window)
