@@ -386,7 +386,8 @@ def _relay(settings, ready: threading.Event, stop: threading.Event) -> None:  # 
 
 
 def _paced_run(bootstrap: str, topic: str, channels: list[str], opts: PerfOptions) -> tuple[np.ndarray, float]:
-    """Paced records into `topic` while a reader times what reaches `topic`-alerts: (latencies ms, paced s)."""
+    """Paced records into `topic` while a reader times what reaches `topic`-alerts: (latencies ms, the rate the
+    paced stretch achieved in records/s)."""
     ctx = mp.get_context("spawn")
     out: mp.Queue = ctx.Queue()
     paced: mp.Queue = ctx.Queue()
@@ -404,7 +405,7 @@ def _paced_run(bootstrap: str, topic: str, channels: list[str], opts: PerfOption
     lat = np.array(out.get(timeout=60))
     reader.join()
     # Alerts of the first pass (the 10 topic-creating records) have ts < 1e6: not part of the paced run.
-    return lat[lat < 1e9], produced_s
+    return lat[lat < 1e9], int(opts.latency_rate * opts.latency_seconds) / produced_s
 
 
 def _new_topics(bootstrap: str, channels: list[str]) -> str:
@@ -441,10 +442,10 @@ def latency(bootstrap: str, channels: list[str], tmp: Path, opts: PerfOptions, p
     deadline = time.monotonic() + 60
     while daemon.summary.records_in < 10 and time.monotonic() < deadline:  # joined and past the first batch
         time.sleep(0.1)
-    lat, produced_s = _paced_run(bootstrap, topic, channels, opts)
+    lat, achieved = _paced_run(bootstrap, topic, channels, opts)
     daemon.stop()
     runner.join(30)
-    res = {"offered_rec_s": opts.latency_rate, "achieved_produce_rec_s": int(opts.latency_rate * opts.latency_seconds) / produced_s,
+    res = {"offered_rec_s": opts.latency_rate, "achieved_produce_rec_s": achieved,
            "seconds": opts.latency_seconds, "k": opts.latency_k, "s": opts.latency_s, "max_wait_ms": opts.latency_max_wait_ms,
            "pipeline": opts.latency_pipeline, "reader_wait_ms": opts.latency_reader_wait_s * 1000,
            "alerts": int(lat.size), "records_in": daemon.summary.records_in, **_percentiles(lat)}
@@ -456,10 +457,10 @@ def latency(bootstrap: str, channels: list[str], tmp: Path, opts: PerfOptions, p
     relay = threading.Thread(target=_relay, args=(settings, ready, stop), daemon=True)
     relay.start()
     ready.wait(60)  # joined and past the topic-creating records, as the daemon above
-    floor, floor_s = _paced_run(bootstrap, topic, channels, opts)
+    floor, floor_achieved = _paced_run(bootstrap, topic, channels, opts)
     stop.set()
     relay.join(30)
-    res["floor"] = {"achieved_produce_rec_s": int(opts.latency_rate * opts.latency_seconds) / floor_s,
+    res["floor"] = {"achieved_produce_rec_s": floor_achieved,
                     "forwarded": int(floor.size), **_percentiles(floor)}
     progress(f"perf: latency {json.dumps(res)}")
     return res
