@@ -1,0 +1,58 @@
+"""The per-seed T3 runner: fits cached per seed and reused, learning overrides applied, fit overrides refused."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from streammoe.bench.t3_seeds import main, run_pair
+
+C = 4
+
+
+def write(path: Path, x: np.ndarray, labels: np.ndarray | None = None) -> None:
+    head = ["timestamp", *(f"m{i}" for i in range(C))] + (["label"] if labels is not None else [])
+    rows = [",".join(head)]
+    for i, row in enumerate(x):
+        rows.append(",".join([str(i), *(f"{v:.5f}" for v in row)] + ([str(labels[i])] if labels is not None else [])))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(("\n".join(rows) + "\n").encode()))
+
+
+@pytest.fixture()
+def data_root(tmp_path: Path) -> Path:
+    """Machine b runs far from machine a; b.test holds a few spikes."""
+    rng = np.random.default_rng(0)
+    write(tmp_path / "smd/machine-1-2.train.csv.gz", rng.normal(0, 1, (600, C)))
+    write(tmp_path / "smd/machine-1-3.train.csv.gz", rng.normal(8, 1, (1200, C)))
+    test = rng.normal(8, 1, (400, C))
+    labels = np.zeros(400, np.int8)
+    labels[::50] = 1
+    test[labels == 1] += 12
+    write(tmp_path / "smd/machine-1-3.test.csv.gz", test, labels)
+    return tmp_path
+
+
+def test_fits_are_cached_per_seed_and_learning_settings_reach_the_stream(data_root: Path, tmp_path: Path,
+                                                                        capsys) -> None:
+    cache = tmp_path / "fits"
+    assert main(["--seeds", "0", "--pairs", "0", "--data-root", str(data_root), "--cache", str(cache)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    pair = out["pairs"]["machine-1-2->machine-1-3"]
+    assert 0 <= out["mean_far_b_train_2nd_half"] == pair["far_b_train_2nd_half"] <= 1
+    assert pair["experts"] > 1, "machine b became a new expert while learning"
+    fit_dir = cache / "machine-1-2-seed0"
+    stamp = fit_dir.stat().st_mtime_ns
+    frozen = run_pair(data_root, "machine-1-2", "machine-1-3", 0, ["novelty.enabled=false"], cache)
+    assert fit_dir.stat().st_mtime_ns == stamp, "the cached fit was reused, not refitted"
+    assert frozen["experts"] < pair["experts"], "novelty.enabled=false kept the fitted experts only"
+    assert frozen["far_b_train_2nd_half"] > pair["far_b_train_2nd_half"]
+
+
+def test_a_setting_that_changes_the_fit_is_refused(data_root: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="may not change the fit"):
+        run_pair(data_root, "machine-1-2", "machine-1-3", 0, ["fit_steps=10"], tmp_path / "fits")
