@@ -83,10 +83,8 @@ class ShortTermMemory(nn.Module):
 
     @torch.no_grad()
     def count_modes(self, mode: Tensor, unexplained: Tensor) -> None:
-        """Count each expert's assigned records and its unexplained ones (for the lock-in check; nothing is counted
-        while it is off, the default: only `locked_in` reads the counts)."""
-        if self.cfg.lockin_share <= 0:
-            return
+        """Count each expert's assigned records and its unexplained ones (read by the lock-in check and by
+        `unexplained_share`)."""
         k = self.assigned.shape[0]
         n = torch.bincount(mode, minlength=k)[:k].to(self.assigned.dtype)
         decay = torch.exp(-n / self.cfg.lockin_window)
@@ -104,6 +102,10 @@ class ShortTermMemory(nn.Module):
         self.misfits[k] = 0
         self.since_test[k] = 0
 
+    def unexplained_share(self) -> Tensor:
+        """Per expert, the share of about its last lockin_window records that went unexplained (0 with none)."""
+        return self.misfits / self.assigned.clamp(min=1.0)
+
     def locked_in(self) -> list[tuple[int, float]]:
         """Experts whose unexplained share over about their last lockin_window records reached `lockin_share`, with
         that share, once MIN_MISFITS of their records went unexplained (what the test needs; a small expert whose
@@ -112,7 +114,7 @@ class ShortTermMemory(nn.Module):
         tests stay rare). Counts restart."""
         if self.cfg.lockin_share <= 0:
             return []
-        share = self.misfits / self.assigned.clamp(min=1.0)
+        share = self.unexplained_share()
         # The stream's own unexplained share must be past lockin_share too: one expert that catches a rare fault
         # recurring in the same shape (1 % of the stream, all of it under that expert) is not locked in; it alerts.
         stream_share = float(self.stream_counts[1] / self.stream_counts[0].clamp(min=1.0))
