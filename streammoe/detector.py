@@ -24,6 +24,7 @@ from streammoe.novelty.events import ModeEvent
 from streammoe.novelty.growth import try_grow
 from streammoe.novelty.lifecycle import merge_duplicates, retire_idle
 from streammoe.novelty.lockin import try_unlock
+from streammoe.novelty.settling import settling
 
 STATUSES = {"learned": STATUS_LEARNED, "confirmed": STATUS_CONFIRMED, "fault": STATUS_FAULT}
 
@@ -238,6 +239,8 @@ class MixtureDetector:
         learn = calibrate & (log_p >= math.log(cfg.learn_threshold))
         with torch.no_grad():
             cap = model.calibration.score_at(ev.mode[calibrate], math.log(cfg.learn_threshold))
+            if cfg.novelty.enabled and cfg.novelty.settle_records > 0:
+                cap = torch.where(settling(model)[ev.mode[calibrate]], torch.full_like(cap, math.inf), cap)
             model.calibration.update(ev.mode[calibrate], torch.minimum(nll[calibrate], cap))
         n = int(learn.sum())
         report = LearnReport(learned=n, drift=self.drift.update(nll[usable]))

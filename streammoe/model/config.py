@@ -40,7 +40,7 @@ class NoveltyConfig(BaseModel):
             "records reaches this is tested for lock-in: if a refit on those records is as tight as a known mode and "
             "keeps its own records, its calibration's clipped tail is re-measured with them (novelty/lockin.py). "
             "0.03 took T3's false alarms from 4.3 % to 1.3 %, but the demo's slow drift and stuck-sensor faults "
-            "then went unflagged (docs/model.md, 'Lock-in')."
+            "then went unflagged (docs/model.md, 'Lock-in'); settling (settle_records) now does it for new experts."
         ),
     )
     lockin_window: int = Field(
@@ -53,6 +53,19 @@ class NoveltyConfig(BaseModel):
     lockin_steps: int = Field(300, ge=1, description="Gradient steps of the lock-in refit (a warm-started copy; only a test).")
     lockin_margin: float = Field(
         2.0, ge=0, description="The lock-in refit may lose at most this many nats (median) on the expert's held-out replay records."
+    )
+    settle_records: int = Field(
+        30_000, ge=0, description=(
+            "Records after an expert is added during which it may still be settling: while its unexplained share "
+            "is at least settle_share, its records enter its calibration unclipped, so a mode wider than the "
+            "memory it was trained on is measured instead of locked in (novelty/settling.py). 0 turns it off."
+        ),
+    )
+    settle_share: float = Field(
+        0.03, gt=0, le=1, description=(
+            "Unexplained share (over about the expert's last lockin_window records) at which a new expert is taken "
+            "to be settling; about 1 % when calibrated, so 1 % of scattered anomalies stay clipped and alerting."
+        ),
     )
     holdout_fraction: float = Field(0.3, gt=0, lt=1, description="Latest share of the memory the candidate must explain.")
     min_gain: float = Field(
