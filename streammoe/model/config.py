@@ -64,7 +64,8 @@ class NoveltyConfig(BaseModel):
     settle_share: float = Field(
         0.03, gt=0, le=1, description=(
             "Unexplained share (over about the expert's last lockin_window records) at which a new expert is taken "
-            "to be settling; about 1 % when calibrated, so 1 % of scattered anomalies stay clipped and alerting."
+            "to be settling; about 1 % when calibrated, so scattered anomalies at twice that (tested at 2 %) stay "
+            "clipped and alerting."
         ),
     )
     holdout_fraction: float = Field(0.3, gt=0, lt=1, description="Latest share of the memory the candidate must explain.")
