@@ -10,7 +10,8 @@ So for `settle_records` after it was added, while at least `settle_share` of an 
 unexplained (counted by the short-term memory over about its last `lockin_window` records), its records enter
 its calibration unclipped: the tail is measured, records that then pass the learning threshold teach it, and
 the share falls back under `settle_share`, where clipping holds again. A calibrated expert sees about 1 % of
-its records unexplained, so scattered anomalies at 1 % of a new mode's records stay clipped and keep alerting.
+its records unexplained, so scattered anomalies at twice that in a new mode (tested at 2 %) stay clipped and
+keep alerting.
 A fault as frequent as `settle_share` in a mode that is still settling is measured as part of it; experts the
 model was fitted with never settle, so faults in known modes are untouched (the lock-in breaker's
 re-measurement of any expert absorbed the demo's drift and stuck sensor: novelty/lockin.py).

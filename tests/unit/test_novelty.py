@@ -16,8 +16,11 @@ def mode_a(rng, n):
     return rng.normal(0, 1, (n, C)).astype(np.float32)
 
 
+B_CENTRE = np.array([15.0, -15.0, 8.0, 0.0, 4.0])
+
+
 def mode_b(rng, n):
-    return (rng.normal(0, 1, (n, C)) + np.array([15.0, -15.0, 8.0, 0.0, 4.0])).astype(np.float32)
+    return (rng.normal(0, 1, (n, C)) + B_CENTRE).astype(np.float32)
 
 
 def stream(det: MixtureDetector, x: np.ndarray, batch: int = 256):

@@ -7,9 +7,7 @@ import numpy as np
 
 from streammoe.detector import MixtureDetector
 from streammoe.model.config import ModelConfig
-from tests.unit.test_novelty import C, NOVELTY, mode_a, mode_b, stream
-
-B_CENTRE = np.array([15.0, -15.0, 8.0, 0.0, 4.0], np.float32)
+from tests.unit.test_novelty import B_CENTRE, C, NOVELTY, mode_a, mode_b, stream
 
 
 def fitted(settle_records: int, seed: int = 0) -> MixtureDetector:
@@ -21,7 +19,7 @@ def fitted(settle_records: int, seed: int = 0) -> MixtureDetector:
 
 def widening_b(rng: np.random.Generator, narrow: int, wide: int) -> np.ndarray:
     """Mode B as a new machine shows it: the first records (what the memory holds) narrower than the rest."""
-    first = rng.normal(0, 0.4, (narrow, C)).astype(np.float32) + B_CENTRE
+    first = (rng.normal(0, 0.4, (narrow, C)) + B_CENTRE).astype(np.float32)
     return np.concatenate([first, mode_b(rng, wide)])
 
 

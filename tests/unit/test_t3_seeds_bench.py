@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 from pathlib import Path
 
@@ -10,30 +9,23 @@ import numpy as np
 import pytest
 
 from streammoe.bench.t3_seeds import main, run_pair
+from tests.unit.test_cli import write_series
 
 C = 4
-
-
-def write(path: Path, x: np.ndarray, labels: np.ndarray | None = None) -> None:
-    head = ["timestamp", *(f"m{i}" for i in range(C))] + (["label"] if labels is not None else [])
-    rows = [",".join(head)]
-    for i, row in enumerate(x):
-        rows.append(",".join([str(i), *(f"{v:.5f}" for v in row)] + ([str(labels[i])] if labels is not None else [])))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(gzip.compress(("\n".join(rows) + "\n").encode()))
 
 
 @pytest.fixture()
 def data_root(tmp_path: Path) -> Path:
     """Machine b runs far from machine a; b.test holds a few spikes."""
     rng = np.random.default_rng(0)
-    write(tmp_path / "smd/machine-1-2.train.csv.gz", rng.normal(0, 1, (600, C)))
-    write(tmp_path / "smd/machine-1-3.train.csv.gz", rng.normal(8, 1, (1200, C)))
+    (tmp_path / "smd").mkdir()
+    write_series(tmp_path / "smd/machine-1-2.train.csv.gz", rng.normal(0, 1, (600, C)), None)
+    write_series(tmp_path / "smd/machine-1-3.train.csv.gz", rng.normal(8, 1, (1200, C)), None)
     test = rng.normal(8, 1, (400, C))
     labels = np.zeros(400, np.int8)
     labels[::50] = 1
     test[labels == 1] += 12
-    write(tmp_path / "smd/machine-1-3.test.csv.gz", test, labels)
+    write_series(tmp_path / "smd/machine-1-3.test.csv.gz", test, labels)
     return tmp_path
 
 
