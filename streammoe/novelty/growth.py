@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from streammoe.model.experts import StackedVAE
-from streammoe.model.learning import ExpertLearner
+from streammoe.model.learning import ExpertLearner, adam
 from streammoe.model.mixture import STATUS_LEARNED, MixtureOfVAEs
 from streammoe.novelty.events import ModeEvent
 from streammoe.novelty.lifecycle import deactivate
@@ -42,7 +42,7 @@ def _train_candidate(model: MixtureOfVAEs, x: torch.Tensor, generator: torch.Gen
     cfg = model.config
     cand = StackedVAE(1, model.n_channels, cfg.hidden, cfg.latent).to(x.device)
     cand.active[0] = True
-    opt = torch.optim.Adam(cand.parameters(), lr=cfg.learning_rate * 3)
+    opt = adam(cand.parameters(), cfg.learning_rate * 3)
     for _ in range(cfg.novelty.candidate_steps):
         batch = x[torch.randint(x.shape[0], (min(CANDIDATE_BATCH, x.shape[0]),), generator=generator, device=x.device)]
         loss = -cand.elbo(batch, generator=generator).mean()

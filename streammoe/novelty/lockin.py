@@ -33,6 +33,7 @@ import math
 import torch
 
 from streammoe.model.experts import StackedVAE
+from streammoe.model.learning import adam
 from streammoe.model.mixture import MixtureOfVAEs
 from streammoe.novelty.growth import CANDIDATE_BATCH, Verdict
 from streammoe.novelty.memory import MIN_MISFITS as MIN_RECORDS, ShortTermMemory
@@ -75,7 +76,7 @@ def try_unlock(
     own_train, own_hold = own[: own.shape[0] - o_hold], own[own.shape[0] - o_hold :]
     fit_on = torch.cat([train, own_train])
     copy = _copy_of(model, k)
-    opt = torch.optim.Adam(copy.parameters(), lr=cfg.learning_rate)
+    opt = adam(copy.parameters(), cfg.learning_rate)
     for _ in range(cfg.novelty.lockin_steps):
         pick = torch.randint(fit_on.shape[0], (min(CANDIDATE_BATCH, fit_on.shape[0]),), generator=generator,
                              device=fit_on.device)

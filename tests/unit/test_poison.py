@@ -154,6 +154,27 @@ def test_a_non_finite_step_is_skipped_and_counted(fitted, monkeypatch) -> None:
     assert all(torch.equal(p, q) for p, q in zip(before, det.model.experts.parameters()))
 
 
+@pytest.mark.parametrize("poison", [float("nan"), float("inf")])
+def test_a_finite_loss_with_a_non_finite_gradient_is_skipped_and_leaves_the_optimizer_alone(fitted, poison) -> None:
+    """The step checks only the total gradient norm: one poisoned element of one tensor must still stop it."""
+    det = copy.deepcopy(fitted)
+    w = det.model.experts.dec_w2
+
+    def poisoned(grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        grad[0, 0, 0] = poison
+        return grad
+
+    w.register_hook(poisoned)
+    before = [p.detach().clone() for p in det.model.experts.parameters()]
+    moments = {k: v.clone() for k, v in det.learner.optimizer.state[w].items()}
+    report = det.learn_many(det.score_many(normal(np.random.default_rng(5), 128)))
+    assert report.learned > 100 and report.skipped_step == "non-finite gradient"
+    assert det.counters["steps_skipped"] == 1
+    assert all(torch.equal(p, q) for p, q in zip(before, det.model.experts.parameters()))
+    assert all(torch.equal(v, moments[k]) for k, v in det.learner.optimizer.state[w].items())
+
+
 def test_out_of_range_alert_names_its_reason_and_fits_the_schema(fitted) -> None:
     import jsonschema
 
