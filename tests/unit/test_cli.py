@@ -3,21 +3,12 @@
 from __future__ import annotations
 
 import csv
-import gzip
 
 import numpy as np
 import pytest
+from series_kit import write_series
 
 from streammoe.cli import main
-
-
-def write_series(path, values: np.ndarray, labels: np.ndarray | None) -> None:
-    opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "wt", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["timestamp", *[f"ch{i}" for i in range(values.shape[1])], *(["label"] if labels is not None else [])])
-        for i, row in enumerate(values):
-            w.writerow([f"t{i}", *[f"{v:.5f}" for v in row], *([int(labels[i])] if labels is not None else [])])
 
 
 def read_scores(path) -> list[dict[str, str]]:

@@ -4,32 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from modes_kit import C, NOVELTY, mode_a, mode_b, stream
 
 from streammoe.detector import MixtureDetector
 from streammoe.model.config import ModelConfig, NoveltyConfig
-
-C = 5
-NOVELTY = NoveltyConfig(min_records=300, window=600, memory_size=1000, candidate_steps=400)
-
-
-def mode_a(rng, n):
-    return rng.normal(0, 1, (n, C)).astype(np.float32)
-
-
-B_CENTRE = np.array([15.0, -15.0, 8.0, 0.0, 4.0])
-
-
-def mode_b(rng, n):
-    return (rng.normal(0, 1, (n, C)) + B_CENTRE).astype(np.float32)
-
-
-def stream(det: MixtureDetector, x: np.ndarray, batch: int = 256):
-    flags, events = [], []
-    for i in range(0, len(x), batch):
-        scored = det.score_many(x[i : i + batch], refs=np.arange(i, i + len(x[i : i + batch])) + 10_000)
-        flags.append(scored.is_anomaly)
-        events += det.learn_many(scored).events
-    return np.concatenate(flags), events
 
 
 @pytest.fixture()

@@ -4,10 +4,10 @@ anomalies in that mode keep alerting and the experts the model was fitted with n
 from __future__ import annotations
 
 import numpy as np
+from modes_kit import B_CENTRE, C, NOVELTY, mode_a, mode_b, stream
 
 from streammoe.detector import MixtureDetector
 from streammoe.model.config import ModelConfig
-from tests.unit.test_novelty import B_CENTRE, C, NOVELTY, mode_a, mode_b, stream
 
 
 def fitted(settle_records: int, seed: int = 0) -> MixtureDetector:

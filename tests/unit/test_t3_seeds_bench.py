@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from series_kit import write_series
 
 from streammoe.bench.t3_seeds import main, run_pair
-from tests.unit.test_cli import write_series
 
 C = 4
 
