@@ -11,7 +11,8 @@ Layout (format version 1)::
     replay.pt         per-expert replay reservoirs
     novelty.pt        short-term memory of unexplained records, retirement and merge counters
     optimizer.pt      Adam state, so online learning continues exactly where it stopped
-    rng.pt            sampler state, so a reloaded model draws the same importance samples
+    rng.pt            sampler state, so a reloaded model draws the same importance samples (on the same kind
+                      of device: a model moving between a GPU and a CPU worker is reseeded from it)
 
 Tensors are stored with `torch.save` and read with `weights_only=True` (no pickle code runs on load). A save
 writes a sibling temporary directory, fsyncs it, then renames it into place, so a crash never leaves a
@@ -37,7 +38,10 @@ import torch
 
 from streammoe import __version__
 from streammoe.detector import MixtureDetector
+from streammoe.logs import get_logger
 from streammoe.model.config import ModelConfig
+
+log = get_logger("streammoe.persistence")
 
 FORMAT_VERSION = 1
 PARTS = {
@@ -175,6 +179,21 @@ def _verify(path: Path, meta: dict) -> bool:
     return bool(meta.get("sha256"))
 
 
+def restore_sampler(generator: torch.Generator, state: torch.Tensor) -> bool:
+    """Give `generator` the saved sampler state; False when it was reseeded from it instead.
+
+    A CPU generator's state (5056 bytes) and a CUDA generator's (16) do not fit each other, so a model moving
+    between a GPU and a CPU worker cannot continue the saved stream. It gets a seed derived from the saved state:
+    every worker restoring the same checkpoint on the same kind of device still draws the same samples."""
+    if state.numel() == generator.get_state().numel():
+        generator.set_state(state)
+        return True
+    generator.manual_seed(int.from_bytes(hashlib.sha256(state.numpy().tobytes()).digest()[:8], "little") >> 1)
+    log.info("sampler_reseeded", device=generator.device.type, saved_state_bytes=int(state.numel()),
+             reason="the model was saved on another kind of device")
+    return False
+
+
 def load_detector(
     path: str | Path, device: torch.device | str | None = None, channels: list[str] | None = None
 ) -> MixtureDetector:
@@ -204,7 +223,7 @@ def load_detector(
             torch.load(path / "optimizer.pt", map_location=detector.device, weights_only=True)
         )
         rng = torch.load(path / "rng.pt", map_location="cpu", weights_only=True)
-        detector.generator.set_state(rng["generator"])
+        restore_sampler(detector.generator, rng["generator"])
     except Exception as e:  # a truncated or foreign file surfaces as many exception types; name the model
         if intact:  # the files are as they were written: another streammoe version wrote them
             raise ModelIncompatibleError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -55,6 +56,23 @@ def test_truncated_weights_are_refused(detector, tmp_path) -> None:
     (tmp_path / "m" / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(ModelDamagedError, match="could not be loaded"):
         load_detector(tmp_path / "m")
+
+
+def test_a_model_saved_on_another_kind_of_device_loads_with_a_reseeded_sampler(detector, tmp_path) -> None:
+    """A GPU worker's sampler state (a CUDA generator's 16 bytes) does not fit a CPU generator: the model must
+    still load on a CPU worker, every such load drawing the same samples, instead of being refused."""
+    save_detector(detector, tmp_path / "m")
+    rng = tmp_path / "m" / "rng.pt"
+    torch.save({"generator": torch.arange(16, dtype=torch.uint8)}, rng)
+    meta = json.loads((tmp_path / "m" / "meta.json").read_text())
+    meta["sha256"]["rng.pt"] = hashlib.sha256(rng.read_bytes()).hexdigest()  # as the GPU worker wrote it
+    (tmp_path / "m" / "meta.json").write_text(json.dumps(meta))
+    a, b = load_detector(tmp_path / "m"), load_detector(tmp_path / "m")
+    x = np.random.default_rng(2).normal(0, 1, (300, 4)).astype(np.float32)
+    np.testing.assert_array_equal(a.score_many(x).nll, b.score_many(x).nll)
+    for p, q in zip(detector.model.experts.parameters(), a.model.experts.parameters()):
+        assert torch.equal(p, q)
+    assert a.learn_many(a.score_many(x)).learned > 250
 
 
 def test_other_channel_set_is_refused(detector, tmp_path) -> None:
