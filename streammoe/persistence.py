@@ -219,9 +219,11 @@ def load_detector(
         for name in PARTS:
             state.update(torch.load(path / f"{name}.pt", map_location=detector.device, weights_only=True))
         detector.model.load_state_dict(state, strict=True)
-        detector.learner.optimizer.load_state_dict(
-            torch.load(path / "optimizer.pt", map_location=detector.device, weights_only=True)
-        )
+        optimizer = detector.learner.optimizer
+        saved = torch.load(path / "optimizer.pt", map_location=detector.device, weights_only=True)
+        for group in saved["param_groups"]:  # how Adam runs is this version's choice (older ones saved it unfused)
+            group.update({k: optimizer.param_groups[0][k] for k in ("fused", "foreach")})
+        optimizer.load_state_dict(saved)
         rng = torch.load(path / "rng.pt", map_location="cpu", weights_only=True)
         restore_sampler(detector.generator, rng["generator"])
     except Exception as e:  # a truncated or foreign file surfaces as many exception types; name the model

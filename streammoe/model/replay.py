@@ -10,6 +10,15 @@ import torch
 from torch import Tensor, nn
 
 
+def last_writes(slot: Tensor, size: int) -> Tensor:
+    """Which of `slot`'s writes is the last to its slot (bool, like `slot`). Algorithm R lets a later record
+    overwrite an earlier one of the same batch; an indexed write with repeated slots keeps the last on a CPU but
+    an arbitrary one on a GPU, so only the last write to each slot is made."""
+    order = torch.arange(slot.numel(), device=slot.device)
+    last = torch.full((size,), -1, dtype=order.dtype, device=slot.device).scatter_reduce_(0, slot, order, reduce="amax")
+    return last[slot] == order
+
+
 class ReplayReservoir(nn.Module):
     def __init__(self, k_max: int, n_channels: int, size: int = 512) -> None:
         super().__init__()
@@ -34,8 +43,10 @@ class ReplayReservoir(nn.Module):
                 (torch.rand(seq.shape, generator=generator, device=x.device) * (seq + 1).to(torch.float32)).long(),
             )
             keep = slot < self.size
-            self.records[k, slot[keep]] = xs[keep].to(self.records.dtype)
-            self.seen[k] += xs.shape[0]
+            slot, xs = slot[keep], xs[keep]
+            final = last_writes(slot, self.size)
+            self.records[k, slot[final]] = xs[final].to(self.records.dtype)
+            self.seen[k] += keep.numel()
 
     @torch.no_grad()
     def sample(self, active: Tensor, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:

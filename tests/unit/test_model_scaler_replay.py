@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streammoe.model.replay import ReplayReservoir
+from streammoe.model.replay import ReplayReservoir, last_writes
 from streammoe.model.scaler import CLIP, MIN_STD, RunningScaler
 
 
@@ -91,6 +91,25 @@ def test_reservoir_is_a_uniform_sample_of_the_mode_history() -> None:
         early.append(float((res.from_mode(0)[:, 0] < n / 2).float().mean()))
     # Each kept record is from the first half with probability 1/2 (about; sd of the mean ~ 0.5/sqrt(6000)).
     assert abs(np.mean(early) - 0.5) < 0.03, np.mean(early)
+
+
+def test_of_writes_to_one_slot_in_a_batch_only_the_last_is_made() -> None:
+    """Algorithm R record by record: a later record replaces an earlier one in the same slot. A GPU's indexed
+    write keeps an arbitrary one of repeated slots, so the reservoir picks the last writes itself."""
+    slot = torch.tensor([1, 2, 1, 3, 2, 1, 0])
+    assert last_writes(slot, 4).tolist() == [False, False, False, True, True, True, True]
+    res = ReplayReservoir(1, 1, size=4)
+    want = torch.zeros(4)
+    g = torch.Generator().manual_seed(3)
+    for start in range(0, 4000, 500):  # batches with many repeated slots; each record is its own position
+        twin = torch.Generator().set_state(g.get_state())  # the draws add() is about to make
+        seq = torch.arange(start, start + 500)
+        slot = torch.where(seq < 4, seq, (torch.rand(500, generator=twin) * (seq + 1).float()).long())
+        for i, j in zip(seq.tolist(), slot.tolist()):  # algorithm R, one record at a time
+            if j < 4:
+                want[j] = float(i)
+        res.add(torch.zeros(500, dtype=torch.long), seq.float()[:, None], g)
+        assert torch.equal(res.from_mode(0)[:, 0], want)
 
 
 def test_sample_returns_only_active_experts_that_have_records_and_spreads_evenly() -> None:

@@ -75,6 +75,18 @@ def test_a_model_saved_on_another_kind_of_device_loads_with_a_reseeded_sampler(d
     assert a.learn_many(a.score_many(x)).learned > 250
 
 
+def test_adam_saved_unfused_by_an_older_version_loads_fused_and_goes_on_learning(detector, tmp_path) -> None:
+    for group in detector.learner.optimizer.param_groups:
+        group["fused"] = None  # as versions before the fused learning step saved it
+    save_detector(detector, tmp_path / "m")
+    twin = load_detector(tmp_path / "m")
+    assert [g["fused"] for g in twin.learner.optimizer.param_groups] == [True]
+    before = [p.detach().clone() for p in twin.model.experts.parameters()]
+    x = np.random.default_rng(3).normal(0, 1, (300, 4)).astype(np.float32)
+    assert twin.learn_many(twin.score_many(x)).stepped
+    assert not all(torch.equal(p, q) for p, q in zip(before, twin.model.experts.parameters()))
+
+
 def test_other_channel_set_is_refused(detector, tmp_path) -> None:
     save_detector(detector, tmp_path / "m")
     with pytest.raises(ModelLoadError, match="fitted on channels"):
