@@ -127,14 +127,16 @@ class MixtureDetector:
         w = self.model.weights.mean(self.model.active)
         return torch.where(self.model.active, w, torch.zeros_like(w)).cpu().numpy()
 
-    def _tensor(self, x: np.ndarray) -> torch.Tensor:
+    def _tensor(self, x: np.ndarray, staged: bool = True) -> torch.Tensor:
+        """Records as a float32 tensor on the device. `staged` (every batch): through page-locked memory, so the
+        copy runs asynchronously; not for a one-off fit set, whose pinned block torch's cache would keep."""
         x = np.asarray(x, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != self.n_channels:
             raise ValueError(f"expected records of shape (n, {self.n_channels}), got {x.shape}")
         host = torch.from_numpy(x)
-        if self.device.type == "cuda":  # page-locked staging: the copy runs asynchronously (DMA)
+        if self.device.type == "cuda" and staged:
             host = host.pin_memory()
-        return host.to(self.device, non_blocking=True)
+        return host.to(self.device, non_blocking=staged)
 
     def _to_host(self, *tensors: torch.Tensor) -> list[np.ndarray]:
         """Device tensors as numpy arrays: on a GPU, every copy into page-locked memory is queued first and the
@@ -161,7 +163,7 @@ class MixtureDetector:
 
     def fit(self, x: np.ndarray, k: int | None = None, progress: Callable[[int], None] | None = None) -> FitReport:
         """Learn the mixture from normal records (N, C); several operating modes may be present."""
-        xt = self._tensor(x)
+        xt = self._tensor(x, staged=False)
         if not torch.isfinite(xt).all():
             raise ValueError("fit data holds NaN or infinite values; clean or drop those rows first")
         if xt.shape[0] < 10:

@@ -19,6 +19,10 @@ from streammoe.model.replay import ReplayReservoir
 from streammoe.model.scaler import RunningScaler
 from streammoe.model.weights import DirichletWeights
 
+# Elements of one (K, S, rows, C) intermediate per E-step pass on a GPU: 256 MB in float32, a few GB for the
+# whole pass, so it fits beside the model on small cards too.
+CUDA_CHUNK_ELEMENTS = 2**26
+
 # Operator verdicts on an expert (see the control topic): a fault mode alerts on every record assigned to it.
 STATUS_LEARNED, STATUS_CONFIRMED, STATUS_FAULT = 0, 1, 2
 
@@ -69,9 +73,18 @@ class MixtureOfVAEs(nn.Module):
     def n_active(self) -> int:
         return int(self.active.sum())
 
-    def chunk_rows(self) -> int:
-        """Rows per pass: bounds the (K, S, rows, C) intermediates, which dominate time at large batches."""
-        return max(32, 8192 // max(1, self.n_active * self.config.n_samples))
+    def chunk_rows(self, n_active: int | None = None, n_samples: int | None = None) -> int:
+        """Rows per pass: bounds the (K, S, rows, C) intermediates, which dominate time at large batches.
+
+        On a CPU they stay near 8192 x C floats, cache-sized (2-8x larger chunks scored slower at K=8, S=8; see
+        BENCHMARKS.md). On a GPU every pass costs a hundred kernel launches whatever its size, so a pass takes as
+        many rows as keep each such tensor within CUDA_CHUNK_ELEMENTS: a 65,536-row batch at K=16, S=8, 38
+        channels in 5 passes instead of 1024."""
+        k = self.n_active if n_active is None else n_active
+        per_row = max(1, k * (self.config.n_samples if n_samples is None else n_samples))
+        if self.experts.enc_w1.device.type == "cuda":
+            return max(32, CUDA_CHUNK_ELEMENTS // (per_row * self.n_channels))
+        return max(32, 8192 // per_row)
 
     @torch.no_grad()
     def evaluate(self, x_scaled: Tensor, n_samples: int, generator: torch.Generator | None = None) -> Evaluation:
@@ -87,7 +100,7 @@ class MixtureOfVAEs(nn.Module):
         w = self.experts._weights(idx)
         stats = self._statistics()
         parts = []
-        for chunk in x_scaled.split(self.chunk_rows()):
+        for chunk in x_scaled.split(self.chunk_rows(idx.numel(), n_samples)):
             eps = self.experts.draw_eps(idx.numel(), n_samples, chunk, generator)
             if self.autocast_dtype is not None:
                 with torch.autocast(chunk.device.type, dtype=self.autocast_dtype):
