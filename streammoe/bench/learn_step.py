@@ -40,6 +40,16 @@ def measure(ks: tuple[int, ...], channels: int = 38, steps: int = 50, repeats: i
                 detector.learner.step(x, resp)
             best = min(best, (time.perf_counter() - t0) / steps)
         out[f"step_ms_k{k}"] = round(best * 1e3, 3)
+        detector.config.novelty.enabled = False
+        batches = [synthetic(1024, N_MODES, channels, seed=10 + i) for i in range(6)]
+        best = float("inf")
+        for _ in range(repeats):
+            scored = [detector.score_many(b) for b in batches]
+            t0 = time.perf_counter()
+            for s in scored:
+                detector.learn_many(s)
+            best = min(best, (time.perf_counter() - t0) / len(scored))
+        out[f"learn_many_ms_k{k}"] = round(best * 1e3, 3)
     assert detector is not None
     new_mode = torch.from_numpy(synthetic(2000, 1, channels, seed=9))
     best = float("inf")

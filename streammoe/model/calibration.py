@@ -48,9 +48,7 @@ class ModeCalibration(nn.Module):
         if scores.numel() == 0:
             return
         scores = scores.to(self.scores.dtype)
-        for k in torch.unique(modes).tolist():
-            self._append(int(k), scores[modes == k])
-        self._append(self.k_max, scores)
+        self._append(torch.cat([modes, torch.full_like(modes, self.k_max)]), torch.cat([scores, scores]))
         self._sorted = None
 
     @torch.no_grad()
@@ -59,13 +57,20 @@ class ModeCalibration(nn.Module):
         self.scores[k, positions] = values.to(self.scores.dtype)
         self._sorted = None
 
-    def _append(self, row: int, values: Tensor) -> None:
-        values = values[-self.size :]
-        n = values.numel()
-        start = int(self.count[row]) % self.size
-        pos = (torch.arange(n, device=values.device) + start) % self.size
-        self.scores[row, pos] = values
-        self.count[row] += n
+    def _append(self, rows: Tensor, values: Tensor) -> None:
+        """Write each value into its row's ring buffer, in order, all rows in one pass (no loop over modes).
+
+        Within a row the i-th value goes to slot (count + i) % size; of a row with more values than slots only
+        the last `size` are written, so no slot is written twice (which one of two writes wins is undefined on a
+        GPU)."""
+        order = torch.argsort(rows, stable=True)
+        rows, values = rows[order], values[order]
+        counts = torch.bincount(rows, minlength=self.k_max + 1)
+        first = torch.cumsum(counts, 0) - counts
+        rank = torch.arange(rows.numel(), device=rows.device) - first[rows]
+        keep = rank >= counts[rows] - self.size
+        self.scores[rows[keep], (self.count[rows[keep]] + rank[keep]) % self.size] = values[keep]
+        self.count += counts
 
     def _tables(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Per buffer: sorted scores (unfilled slots at +inf), reference count, tail start, tail scale."""

@@ -32,21 +32,25 @@ class ReplayReservoir(nn.Module):
 
     @torch.no_grad()
     def add(self, modes: Tensor, x: Tensor, generator: torch.Generator | None = None) -> None:
-        """Reservoir-sample the records `x` into the reservoirs of their `modes` (Vitter's algorithm R)."""
-        for k in torch.unique(modes).tolist():
-            xs = x[modes == k]
-            n0 = int(self.seen[k])
-            seq = torch.arange(n0, n0 + xs.shape[0], device=x.device)
-            slot = torch.where(
-                seq < self.size,
-                seq,
-                (torch.rand(seq.shape, generator=generator, device=x.device) * (seq + 1).to(torch.float32)).long(),
-            )
-            keep = slot < self.size
-            slot, xs = slot[keep], xs[keep]
-            final = last_writes(slot, self.size)
-            self.records[k, slot[final]] = xs[final].to(self.records.dtype)
-            self.seen[k] += keep.numel()
+        """Reservoir-sample the records `x` into the reservoirs of their `modes` (Vitter's algorithm R).
+
+        All modes in one pass: records are taken mode by mode (ascending) in arrival order, which draws the same
+        random numbers as a loop over the modes would."""
+        order = torch.argsort(modes, stable=True)
+        modes, x = modes[order], x[order]
+        counts = torch.bincount(modes, minlength=self.seen.numel())
+        rank = torch.arange(modes.numel(), device=x.device) - (torch.cumsum(counts, 0) - counts)[modes]
+        seq = self.seen[modes] + rank
+        slot = torch.where(
+            seq < self.size,
+            seq,
+            (torch.rand(seq.shape, generator=generator, device=x.device) * (seq + 1).to(torch.float32)).long(),
+        )
+        keep = slot < self.size
+        modes, slot, x = modes[keep], slot[keep], x[keep]
+        final = last_writes(modes * self.size + slot, self.seen.numel() * self.size)
+        self.records[modes[final], slot[final]] = x[final].to(self.records.dtype)
+        self.seen += counts
 
     @torch.no_grad()
     def sample(self, active: Tensor, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:

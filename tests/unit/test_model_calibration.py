@@ -123,6 +123,18 @@ def test_ring_buffer_forgets_all_but_the_last_size_scores() -> None:
     assert int(cal.n_reference()[0]) == 128
 
 
+def test_one_update_fills_every_mode_and_the_pool_in_order_and_each_overwrites_its_oldest() -> None:
+    """All rows are written in one pass: each row must still receive its own records in arrival order, keep only
+    its last `size`, and be overwritten oldest first by the next update."""
+    cal = ModeCalibration(2, 4)
+    cal.update(torch.tensor([0, 1, 0, 0, 1, 0, 0, 0]), torch.arange(8.0))
+    held = [sorted(cal.scores[row, : int(cal.n_reference()[row])].tolist()) for row in range(3)]
+    assert held == [[3.0, 5.0, 6.0, 7.0], [1.0, 4.0], [4.0, 5.0, 6.0, 7.0]]
+    cal.update(torch.tensor([0, 1]), torch.tensor([8.0, 9.0]))
+    held = [sorted(cal.scores[row, : int(cal.n_reference()[row])].tolist()) for row in range(3)]
+    assert held == [[5.0, 6.0, 7.0, 8.0], [1.0, 4.0, 9.0], [6.0, 7.0, 8.0, 9.0]]
+
+
 def test_reset_mode_hands_the_mode_back_to_the_pool() -> None:
     cal = ModeCalibration(2, 1024)
     cal.update(modes(800, 0), torch.linspace(0, 1, 800))
