@@ -1,9 +1,10 @@
-"""What one gradient step costs: `ExpertLearner.step` per K, and training one new-expert candidate, one thread.
+"""What learning costs per batch: `learn_many` and `ExpertLearner.step` per K, and one new-expert candidate.
 
-`streammoe bench --perf` times `learn_many` whole, where a candidate trained by the novelty memory can land in
-one repeat and not the next; this times the step alone (a fixed 320-row batch: `learn_batch` 256 + 64 replayed,
-as the online learner sees it) and `_train_candidate` alone, best of repeats, and prints one JSON line. Run it
-from two trees alternately to compare a change against its parent in the same minutes:
+`streammoe bench --perf` times `learn_many` with the novelty memory on, where a candidate it trains can land in
+one repeat and not the next. Here, one torch thread, best of repeats, printed as one JSON line: the step alone
+(a fixed 320-row step: `learn_batch` 256 + 64 replayed, as the online learner sees it), `learn_many` with the
+memory off (1024-record batches: the step, weights, calibration, replay, drift) and `_train_candidate` alone.
+Run it from two trees alternately to compare a change against its parent in the same minutes:
 
     PYTHONPATH=/path/to/tree python -m streammoe.bench.learn_step --ks 1,8,16
 """
