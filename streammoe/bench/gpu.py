@@ -1,7 +1,8 @@
 """Scoring on a GPU: records/s at K=16 for batches up to 65,536, per precision, and whether decisions change.
 
 Issue 8's GPU goal is >= 1M records/s scoring at K=16. On the device the detector picks (CUDA when torch sees
-one), a K-expert model is fitted on the perf bench's 16-mode synthetic machine, then for every S and batch size:
+one), a K-expert model is fitted as the perf bench fits it (`perf.fitted`, its 16-mode synthetic machine), then
+for every S and batch size:
 
 - score: `score_many` on host rows (the daemon's call: copy in through pinned memory, E-step, calibration,
   one synchronisation, copy out), median of repeats;
@@ -27,9 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from streammoe.bench.perf import ANOMALY_SHIFT, N_MODES, synthetic
-from streammoe.detector import MixtureDetector, default_device
-from streammoe.model.config import ModelConfig
+from streammoe.bench.perf import ANOMALY_SHIFT, N_MODES, fitted, synthetic
+from streammoe.detector import default_device
 
 NOISE_SEED = 1234
 
@@ -56,11 +56,8 @@ def measure(k: int = 16, samples: tuple[int, ...] = (1, 8), batches: tuple[int, 
     dev = torch.device(device) if device else default_device()
     if dev.type != "cuda":
         precisions = tuple(p for p in precisions if p != "float16")  # float16 autocast needs a GPU
-    names = [f"ch{i:02d}" for i in range(channels)]
-    detector = MixtureDetector(channels, ModelConfig(k_max=k, n_samples=1, fit_steps=fit_steps, min_expert_weight=0.0),
-                               names, device=str(dev))
     t0 = time.perf_counter()
-    detector.fit(synthetic(40_000, N_MODES, channels, seed=1), k=k)
+    detector = fitted(k, 1, [f"ch{i:02d}" for i in range(channels)], fit_steps, device=str(dev))
     fit_s = time.perf_counter() - t0
     rows = synthetic(max(batches), N_MODES, channels, seed=2)
     planted = np.random.default_rng(2).random(len(rows)) < 0.01

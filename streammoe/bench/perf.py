@@ -209,12 +209,12 @@ def daemon_settings(bootstrap: str, topic: str, channels: list[str], tmp: Path, 
     )
 
 
-def fitted(k: int, s: int, channels: list[str], fit_steps: int):  # type: ignore[no-untyped-def]
+def fitted(k: int, s: int, channels: list[str], fit_steps: int, device: str = "cpu"):  # type: ignore[no-untyped-def]
     from streammoe.detector import MixtureDetector
     from streammoe.model.config import ModelConfig
 
     config = ModelConfig(k_max=k, n_samples=s, fit_steps=fit_steps, min_expert_weight=0.0)
-    detector = MixtureDetector(len(channels), config, channels, device="cpu")
+    detector = MixtureDetector(len(channels), config, channels, device=device)
     detector.fit(synthetic(20_000, N_MODES, len(channels), seed=1), k=k)
     return detector
 

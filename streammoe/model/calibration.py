@@ -18,6 +18,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from streammoe.model.grouped import ranks_by_row
+
 TAIL_FRACTION = 0.05
 TAIL_INNER = 0.01
 MIN_TAIL_SCALE = 1e-2
@@ -63,11 +65,8 @@ class ModeCalibration(nn.Module):
         Within a row the i-th value goes to slot (count + i) % size; of a row with more values than slots only
         the last `size` are written, so no slot is written twice (which one of two writes wins is undefined on a
         GPU)."""
-        order = torch.argsort(rows, stable=True)
+        order, counts, rank = ranks_by_row(rows, self.k_max + 1)
         rows, values = rows[order], values[order]
-        counts = torch.bincount(rows, minlength=self.k_max + 1)
-        first = torch.cumsum(counts, 0) - counts
-        rank = torch.arange(rows.numel(), device=rows.device) - first[rows]
         keep = rank >= counts[rows] - self.size
         self.scores[rows[keep], (self.count[rows[keep]] + rank[keep]) % self.size] = values[keep]
         self.count += counts

@@ -9,14 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-
-def last_writes(slot: Tensor, size: int) -> Tensor:
-    """Which of `slot`'s writes is the last to its slot (bool, like `slot`). Algorithm R lets a later record
-    overwrite an earlier one of the same batch; an indexed write with repeated slots keeps the last on a CPU but
-    an arbitrary one on a GPU, so only the last write to each slot is made."""
-    order = torch.arange(slot.numel(), device=slot.device)
-    last = torch.full((size,), -1, dtype=order.dtype, device=slot.device).scatter_reduce_(0, slot, order, reduce="amax")
-    return last[slot] == order
+from streammoe.model.grouped import last_writes, ranks_by_row
 
 
 class ReplayReservoir(nn.Module):
@@ -35,11 +28,10 @@ class ReplayReservoir(nn.Module):
         """Reservoir-sample the records `x` into the reservoirs of their `modes` (Vitter's algorithm R).
 
         All modes in one pass: records are taken mode by mode (ascending) in arrival order, which draws the same
-        random numbers as a loop over the modes would."""
-        order = torch.argsort(modes, stable=True)
+        random numbers as a loop over the modes would. Algorithm R lets a later record overwrite an earlier one
+        of the same batch: only the last write to each slot is made."""
+        order, counts, rank = ranks_by_row(modes, self.seen.numel())
         modes, x = modes[order], x[order]
-        counts = torch.bincount(modes, minlength=self.seen.numel())
-        rank = torch.arange(modes.numel(), device=x.device) - (torch.cumsum(counts, 0) - counts)[modes]
         seq = self.seen[modes] + rank
         slot = torch.where(
             seq < self.size,

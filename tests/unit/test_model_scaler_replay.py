@@ -7,7 +7,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streammoe.model.replay import ReplayReservoir, last_writes
+from streammoe.model.grouped import last_writes
+from streammoe.model.replay import ReplayReservoir
 from streammoe.model.scaler import CLIP, MIN_STD, RunningScaler
 
 
