@@ -18,10 +18,10 @@ def _progress_bar(total: int, desc: str):  # type: ignore[no-untyped-def]
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    from streammoe.detector import MixtureDetector
+    from streammoe.model.detector import MixtureDetector
     from streammoe.model.config import ModelConfig
-    from streammoe.persistence import save_detector
-    from streammoe.series import read_series
+    from streammoe.state.persistence import save_detector
+    from streammoe.files.series import read_series
 
     series = [read_series(p) for p in args.data]
     channels = series[0].channels
@@ -44,9 +44,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 def cmd_score(args: argparse.Namespace) -> int:
     from streammoe.model.config import ModelConfig
-    from streammoe.offline import score_stream
-    from streammoe.persistence import load_detector, save_detector
-    from streammoe.series import read_series, write_scores
+    from streammoe.files.offline import score_stream
+    from streammoe.state.persistence import load_detector, save_detector
+    from streammoe.files.series import read_series, write_scores
 
     series = read_series(args.data)
     detector = load_detector(args.model, channels=series.channels) if args.model else None
@@ -126,10 +126,45 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extra_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
     """The subcommands that live beside their code: the daemon, the benchmark, the demo, replay."""
-    from streammoe import bench, daemon, replay
-    from streammoe.demo import app
+    from streammoe import daemon
+    from streammoe.files import replay
 
-    return [daemon.register, bench.register, app.register, replay.register]
+    commands = [daemon.register, _register_bench, replay.register]
+    try:
+        from streammoe.demo import app
+    except ImportError:  # the demo is an optional extra (streammoe[demo]); the production image has none of it
+        commands.append(_register_missing("demo", "the demo is not installed: pip install 'streammoe[demo]'"))
+    else:
+        commands.append(app.register)
+    return commands
+
+
+def _register_bench(sub: argparse._SubParsersAction) -> None:
+    """`streammoe bench` runs the benchmarks of a source checkout; an installed image has none (they are not shipped)."""
+    root = Path(__file__).resolve().parent.parent
+    if (root / "benchmarks" / "cli.py").is_file():
+        if str(root) not in sys.path:
+            sys.path.insert(0, str(root))
+        from benchmarks.cli import register
+
+        register(sub)
+        return
+    _register_missing("bench", "the benchmarks are not installed: they live in benchmarks/ of a source checkout "
+                               "(git clone, then ./dev bench)")(sub)
+
+
+def _register_missing(name: str, message: str) -> Callable[[argparse._SubParsersAction], None]:
+    def register(sub: argparse._SubParsersAction) -> None:
+        p = sub.add_parser(name, help=message, add_help=False)
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(func=lambda _args: _fail(message))
+
+    return register
+
+
+def _fail(message: str) -> int:
+    print(f"streammoe: {message}", file=sys.stderr)
+    return 2
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streammoe.model.config import ModelConfig
-from streammoe.scopes import ScopeSettings
+from streammoe.state.scopes import ScopeSettings
 
 ENV_PREFIX = "STREAMMOE_"
 ENV_FILE_VARIABLE = "STREAMMOE_ENV_FILE"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from streammoe.sink import produce as produce_message
+from streammoe.kafka.sink import produce as produce_message
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -29,7 +29,7 @@ def one_torch_thread() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def broker() -> Iterator[str]:
     """Bootstrap address of a Tansu broker that lives for the whole test session."""
-    from streammoe.broker import EmbeddedBroker
+    from streammoe.testing.broker import EmbeddedBroker
 
     with EmbeddedBroker() as b:
         yield b.bootstrap
@@ -121,7 +121,7 @@ def consume_all(bootstrap: str, topic: str, expected: int | None = None, idle_s:
 
 def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
     """The group's committed positions for partitions that have one, read without joining the group."""
-    from streammoe.bench.scaleout import committed
+    from benchmarks.scaleout import committed
 
     return committed(bootstrap, group, topic)
 
@@ -132,9 +132,9 @@ def bootstrap_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import numpy as np
     from daemon_kit import CHANNELS, normal_rows
 
-    from streammoe.detector import MixtureDetector
+    from streammoe.model.detector import MixtureDetector
     from streammoe.model.config import ModelConfig
-    from streammoe.persistence import save_detector
+    from streammoe.state.persistence import save_detector
 
     x = normal_rows(np.random.default_rng(0), 4000)
     detector = MixtureDetector(len(CHANNELS), ModelConfig(fit_steps=200, n_samples=2, k_max=2), CHANNELS)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from streammoe.detector import MixtureDetector
+from streammoe.model.detector import MixtureDetector
 from streammoe.model.config import NoveltyConfig
 
 C = 5

@@ -33,9 +33,9 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from streammoe.broker import BrokerError
+from streammoe.testing.broker import BrokerError
 from streammoe.demo.view import DemoState, truth_label
-from streammoe.sink import produce
+from streammoe.kafka.sink import produce
 
 DEFAULT_RATE = 120.0  # the default schedule (~8.3k records) plays in about 70 s
 TOPICS = {"input": "sensor-records", "alerts": "streammoe-alerts", "events": "streammoe-events",
@@ -81,9 +81,9 @@ class Demo:
 
     def _fit_bootstrap(self, model_dir: Path) -> dict:
         from streammoe.demo.sensors import CHANNELS, training_data
-        from streammoe.detector import MixtureDetector
+        from streammoe.model.detector import MixtureDetector
         from streammoe.model.config import ModelConfig
-        from streammoe.persistence import save_detector
+        from streammoe.state.persistence import save_detector
 
         t0 = time.monotonic()
         x = training_data(seed=self.opts.seed + 1)
@@ -151,7 +151,7 @@ class Demo:
         from confluent_kafka import Producer
 
         from streammoe.demo.sensors import PumpSimulator, default_schedule
-        from streammoe.replay import TokenBucket
+        from streammoe.files.replay import TokenBucket
 
         def on_delivery(err, msg) -> None:  # type: ignore[no-untyped-def]
             if err is None:
@@ -285,7 +285,7 @@ class Demo:
     def run(self) -> dict:
         import torch
 
-        from streammoe.broker import EmbeddedBroker
+        from streammoe.testing.broker import EmbeddedBroker
         from streammoe.daemon import Daemon, tune_allocator
         from streammoe.logs import configure_logging
 

@@ -26,9 +26,10 @@ from typing import Any, Callable
 
 import torch
 
-from streammoe import checkpoint, daemon, persistence
-from streammoe.detector import MixtureDetector
-from streammoe.source import Source
+from streammoe.daemon import service as daemon
+from streammoe.state import checkpoint, persistence
+from streammoe.model.detector import MixtureDetector
+from streammoe.kafka.source import Source
 
 POINT = os.environ.get("CRASH_POINT", "")
 AFTER = int(os.environ.get("CRASH_AFTER", "1"))

@@ -33,9 +33,9 @@ from daemon_kit import (
     dead_key, env_for, make_daemon, source_key, topics, valid_items,
 )
 
-from streammoe.broker import EmbeddedBroker, free_port, wait_for_port
+from streammoe.testing.broker import EmbeddedBroker, free_port, wait_for_port
 from streammoe.daemon import Daemon
-from streammoe.sink import produce as produce_message
+from streammoe.kafka.sink import produce as produce_message
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -404,7 +404,7 @@ def test_leaving_the_group_is_given_up_when_a_frozen_broker_holds_a_commit(memor
     """librdkafka's close waits for outstanding commits, with no limit while the broker is frozen: Source.close
     must give up after its timeout instead of holding the shutdown."""
     from streammoe.config import BatchingSettings, KafkaSettings
-    from streammoe.source import Source
+    from streammoe.kafka.source import Source
 
     b, topic = memory_broker, topic_name("input")
     delivered = produce_all(b.bootstrap, topic, 200)

@@ -27,7 +27,7 @@ from daemon_kit import (
     CHANNELS, MALFORMED, dead_key, env_for, source_key, topics, valid_items,
 )
 
-from streammoe.persistence import load_detector
+from streammoe.state.persistence import load_detector
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

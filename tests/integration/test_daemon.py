@@ -21,8 +21,8 @@ from daemon_kit import (
     MALFORMED, dead_key, env_for, make_daemon, normal_rows, record, source_key, topics, valid_items,
 )
 
-from streammoe.alerts import alert_schema
-from streammoe.persistence import read_meta
+from streammoe.wire.alerts import alert_schema
+from streammoe.state.persistence import read_meta
 
 pytestmark = pytest.mark.integration
 
@@ -145,7 +145,7 @@ def _get(url: str) -> int:
 def test_sigterm_mid_stream_exits_zero_and_loses_nothing(
     broker, topic_name, bootstrap_model, tmp_path, monkeypatch
 ) -> None:
-    from streammoe.broker import free_port as _free_port
+    from streammoe.testing.broker import free_port as _free_port
 
     t = topics(topic_name)
     group = topic_name("group")

@@ -11,10 +11,10 @@ import pytest
 from conftest import consume_all, produce
 from daemon_kit import CHANNELS, env_for, make_daemon, normal_rows, record, topics, valid_items
 
-from streammoe.bench.fuzz import ANY_DEAD, SCORED, hostile_items, run_fuzz
-from streammoe.checkpoint import Checkpointer, ModelState
+from benchmarks.fuzz import ANY_DEAD, SCORED, hostile_items, run_fuzz
+from streammoe.state.checkpoint import Checkpointer, ModelState
 from streammoe.config import CheckpointSettings
-from streammoe.detector import MixtureDetector
+from streammoe.model.detector import MixtureDetector
 from streammoe.model.config import ModelConfig
 
 pytestmark = pytest.mark.integration

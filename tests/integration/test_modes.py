@@ -11,12 +11,12 @@ import orjson
 import pytest
 from conftest import consume_all, produce
 
-from streammoe.alerts import event_schema
+from streammoe.wire.alerts import event_schema
 from streammoe.config import Settings
 from streammoe.daemon import Daemon
-from streammoe.detector import MixtureDetector
+from streammoe.model.detector import MixtureDetector
 from streammoe.model.config import ModelConfig, NoveltyConfig
-from streammoe.persistence import load_detector, save_detector
+from streammoe.state.persistence import load_detector, save_detector
 
 pytestmark = pytest.mark.integration
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from streammoe.bench import perf
+from benchmarks import perf
 
 
 def test_latency_bench_times_the_daemon_and_the_relay_floor_on_one_broker(broker: str, tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import pytest
 from conftest import committed_offsets, log_ends, produce
 from daemon_kit import env_for, make_daemon, topics, valid_items
 
-import streammoe.daemon as daemon_module
+import streammoe.daemon.service as daemon_module
 
 pytestmark = pytest.mark.integration
 

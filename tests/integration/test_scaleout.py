@@ -18,10 +18,10 @@ from daemon_kit import (
     topics,
 )
 
-from streammoe.bench.scaleout import WorkerProcess as Worker
-from streammoe.bench.scaleout import wait_for
+from benchmarks.scaleout import WorkerProcess as Worker
+from benchmarks.scaleout import wait_for
 from streammoe.config import KafkaSettings
-from streammoe.snapshot import read_latest
+from streammoe.state.snapshot import read_latest
 
 pytestmark = pytest.mark.integration
 

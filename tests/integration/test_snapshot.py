@@ -7,11 +7,11 @@ import pytest
 import torch
 from conftest import consume_all
 
-from streammoe.checkpoint import ModelState
+from streammoe.state.checkpoint import ModelState
 from streammoe.config import KafkaSettings
-from streammoe.detector import MixtureDetector
+from streammoe.model.detector import MixtureDetector
 from streammoe.model.config import ModelConfig
-from streammoe.snapshot import SEP, SnapshotWriter, chunk_key, read_latest
+from streammoe.state.snapshot import SEP, SnapshotWriter, chunk_key, read_latest
 
 pytestmark = pytest.mark.integration
 
@@ -81,7 +81,7 @@ def test_newest_whole_snapshot_wins_and_a_torn_write_falls_back(broker, topic_na
 
 
 def test_a_scope_without_a_model_cannot_be_snapshotted(broker, topic_name) -> None:
-    from streammoe.snapshot import SnapshotError
+    from streammoe.state.snapshot import SnapshotError
 
     writer = SnapshotWriter(KafkaSettings(bootstrap_servers=broker), topic_name("snap"))
     with pytest.raises(SnapshotError, match="warming up"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from streammoe.bench.metrics import (
+from benchmarks.metrics import (
     Decisions,
     auc_pr,
     auc_roc,

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 from structlog.testing import capture_logs
 
-from streammoe.checkpoint import Checkpointer, ModelState
+from streammoe.state.checkpoint import Checkpointer, ModelState
 from streammoe.config import CheckpointSettings
-from streammoe.detector import MixtureDetector
+from streammoe.model.detector import MixtureDetector
 from streammoe.model.config import ModelConfig
-from streammoe.persistence import ModelDamagedError, ModelIncompatibleError, load_detector, previous_path
+from streammoe.state.persistence import ModelDamagedError, ModelIncompatibleError, load_detector, previous_path
 
 CHANNELS = ["a", "b", "c"]
 
@@ -152,7 +152,7 @@ def test_other_channel_set_is_refused_naming_the_setting(root: Path) -> None:
 def test_a_previous_generation_for_other_channels_is_never_the_fallback(root: Path, generations: Path) -> None:
     other = MixtureDetector(3, ModelConfig(k_max=2, fit_steps=10, n_samples=2), ["x", "y", "z"], device="cpu")
     other.fit(np.random.default_rng(1).normal(0, 1, (100, 3)).astype(np.float32))
-    from streammoe.persistence import save_detector
+    from streammoe.state.persistence import save_detector
 
     shutil.rmtree(root / ".global.old")
     save_detector(other, root / ".global.old")

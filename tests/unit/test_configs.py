@@ -105,7 +105,7 @@ def test_scaleout_example_is_a_scaleout_worker() -> None:
     configs = {p.name: p for p in CONFIGS}
     worker = load_settings(configs["scaleout.env"])
     assert worker.scopes.mode != "global" and worker.snapshot.topic, "scale-out needs scopes and a snapshot topic"
-    from streammoe.scopes import ScopeMap
+    from streammoe.state.scopes import ScopeMap
 
     scopes = ScopeMap(worker.scopes)
     assert scopes.scope_of("line-2-pump-7") == "line-2", "the example in the comment"

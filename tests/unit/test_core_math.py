@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from streammoe.detector import MixtureDetector
+from streammoe.model.detector import MixtureDetector
 from streammoe.model.calibration import ModeCalibration
 from streammoe.model.config import ModelConfig
 from streammoe.model.experts import StackedVAE

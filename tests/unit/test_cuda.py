@@ -8,9 +8,9 @@ import pytest
 import torch
 from modes_kit import C, NOVELTY, mode_a, mode_b, stream
 
-from streammoe.detector import MixtureDetector
+from streammoe.model.detector import MixtureDetector
 from streammoe.model.config import ModelConfig
-from streammoe.persistence import load_detector, save_detector
+from streammoe.state.persistence import load_detector, save_detector
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="torch sees no GPU (torch.cuda.is_available())")
 

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streammoe.config import RecordSettings
-from streammoe.records import REASONS, DecodedBatch, RecordDecoder
+from streammoe.wire.records import REASONS, DecodedBatch, RecordDecoder
 
 CHANNELS = ["flow", "temp", "vib"]
 MAX_BYTES = 4096

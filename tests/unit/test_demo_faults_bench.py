@@ -5,7 +5,7 @@ from __future__ import annotations
 import pydantic
 import pytest
 
-from streammoe.bench.demo_faults import with_settings
+from benchmarks.demo_faults import with_settings
 from streammoe.model.config import ModelConfig
 
 

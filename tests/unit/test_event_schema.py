@@ -18,16 +18,16 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streammoe.alerts import control_schema, event_schema
-from streammoe.checkpoint import ModelState
-from streammoe.control import STATUSES, ControlError, parse_command
-from streammoe.daemon import REF_PARTITION_SHIFT, event_payload, marked_event
+from streammoe.wire.alerts import control_schema, event_schema
+from streammoe.state.checkpoint import ModelState
+from streammoe.kafka.control import STATUSES, ControlError, parse_command
+from streammoe.daemon.service import REF_PARTITION_SHIFT, event_payload, marked_event
 from streammoe.model.config import ModelConfig, NoveltyConfig
 from streammoe.model.learning import ExpertLearner
 from streammoe.model.mixture import MixtureOfVAEs
 from streammoe.novelty.events import ModeEvent
 from streammoe.novelty.growth import try_grow
-from streammoe.scopes import GLOBAL_SCOPE
+from streammoe.state.scopes import GLOBAL_SCOPE
 from streammoe.novelty.lifecycle import merge_duplicates, retire_idle
 
 INPUT = "sensor-records"

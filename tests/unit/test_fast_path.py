@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from streammoe.detector import MixtureDetector
+from streammoe.model.detector import MixtureDetector
 from streammoe.model.config import ModelConfig
 
 C = 12

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-import streammoe.persistence as persistence
-from streammoe.detector import MixtureDetector
+import streammoe.state.persistence as persistence
+from streammoe.model.detector import MixtureDetector
 from streammoe.model.config import ModelConfig
-from streammoe.persistence import ModelLoadError, load_detector, save_detector
+from streammoe.state.persistence import ModelLoadError, load_detector, save_detector
 
 CHANNELS = ["flow", "pressure", "temp", "vibration"]
 

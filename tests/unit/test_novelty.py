@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from modes_kit import C, NOVELTY, mode_a, mode_b, stream
 
-from streammoe.detector import MixtureDetector
+from streammoe.model.detector import MixtureDetector
 from streammoe.model.config import ModelConfig, NoveltyConfig
 
 

@@ -6,11 +6,11 @@ import time
 
 from confluent_kafka import KafkaError
 
-from streammoe.broker import free_port
+from streammoe.testing.broker import free_port
 from streammoe.config import KafkaSettings
 from streammoe.metrics import Health, Metrics
-from streammoe.outage import BrokerWatch
-from streammoe.sink import Sink
+from streammoe.kafka.outage import BrokerWatch
+from streammoe.kafka.sink import Sink
 
 
 def test_an_outage_makes_the_daemon_unready_once_and_ends_cleanly() -> None:

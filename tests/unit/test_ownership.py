@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streammoe.checkpoint import Checkpointer, ModelState
+from streammoe.state.checkpoint import Checkpointer, ModelState
 from streammoe.config import Settings, SettingsError, load_settings
-from streammoe.detector import MixtureDetector
+from streammoe.model.detector import MixtureDetector
 from streammoe.model.config import ModelConfig
-from streammoe.ownership import OwnedScopes
+from streammoe.state.ownership import OwnedScopes
 
 CHANNELS = ["a", "b", "c"]
 

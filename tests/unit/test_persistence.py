@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from streammoe.detector import MixtureDetector
+from streammoe.model.detector import MixtureDetector
 from streammoe.model.config import ModelConfig
-from streammoe.persistence import ModelDamagedError, ModelLoadError, load_detector, save_detector
+from streammoe.state.persistence import ModelDamagedError, ModelLoadError, load_detector, save_detector
 
 
 @pytest.fixture()

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from streammoe.alerts import Origin, alert_schema, build_alert
+from streammoe.wire.alerts import Origin, alert_schema, build_alert
 from streammoe.config import AlertSettings
-from streammoe.detector import MixtureDetector
+from streammoe.model.detector import MixtureDetector
 from streammoe.model.config import ModelConfig
 from streammoe.model.scaler import RANGE, implausible_rows
 

@@ -10,7 +10,7 @@ import pytest
 from sklearn.metrics import average_precision_score
 
 from streammoe.cli import main
-from streammoe.series import read_series
+from streammoe.files.series import read_series
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "datasets"
 SKAB = DATA / "skab" / "valve1" / "7.csv.gz"

@@ -7,7 +7,7 @@ import orjson
 import pytest
 
 from streammoe.config import RecordSettings
-from streammoe.records import REASONS, RecordDecoder
+from streammoe.wire.records import REASONS, RecordDecoder
 
 CHANNELS = ["flow", "temp", "vib"]
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from streammoe.bench.perf import synthetic
-from streammoe.detector import MixtureDetector
+from benchmarks.perf import synthetic
+from streammoe.model.detector import MixtureDetector
 from streammoe.model.config import ModelConfig
 
 C, MODES = 38, 8

@@ -10,9 +10,9 @@ import orjson
 import pytest
 from conftest import consume_all
 
-from streammoe.broker import free_port
+from streammoe.testing.broker import free_port
 from streammoe.cli import main
-from streammoe.replay import ReplayError, TokenBucket, iter_records, parse_ts, replay
+from streammoe.files.replay import ReplayError, TokenBucket, iter_records, parse_ts, replay
 
 CSV = """timestamp,flow,temp,label
 1000,1.5,20.25,0

@@ -1,4 +1,4 @@
-"""The capacity model of docs/scaleout.md (streammoe.bench.scaleout_model): its arithmetic, checked by hand."""
+"""The capacity model of docs/scaleout.md (benchmarks.scaleout_model): its arithmetic, checked by hand."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from streammoe.bench.scaleout_model import call_seconds, capacity, line_fit, scopes_in_batch, worker_rate
+from benchmarks.scaleout_model import call_seconds, capacity, line_fit, scopes_in_batch, worker_rate
 
 POINTS = {8: 0.007, 32: 0.008, 2048: 0.080}  # seconds per score + learn call, by rows per call
 

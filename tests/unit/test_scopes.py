@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from streammoe.scopes import GLOBAL_SCOPE, SCOPE_NAME, ScopeMap, ScopeSettings, safe_name
+from streammoe.state.scopes import GLOBAL_SCOPE, SCOPE_NAME, ScopeMap, ScopeSettings, safe_name
 
 
 def test_global_mode_sends_every_asset_to_one_scope() -> None:

@@ -13,7 +13,7 @@ import urllib.request
 import pytest
 from confluent_kafka import Consumer, Producer
 
-from streammoe.broker import free_port
+from streammoe.testing.broker import free_port
 from streammoe.config import consumer_config, load_settings, producer_config
 from streammoe.metrics import Health, HttpServer, Metrics
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from modes_kit import B_CENTRE, C, NOVELTY, mode_a, mode_b, stream
 
-from streammoe.detector import MixtureDetector
+from streammoe.model.detector import MixtureDetector
 from streammoe.model.config import ModelConfig
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from series_kit import write_series
 
-from streammoe.bench.t3_seeds import main, run_pair
+from benchmarks.t3_seeds import main, run_pair
 
 C = 4
 

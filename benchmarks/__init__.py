@@ -1,0 +1,5 @@
+"""The quality benchmark of EVALUATION.md (tracks T1-T3, peers side by side) and a scoring-speed probe."""
+
+from benchmarks.cli import register
+
+__all__ = ["register"]

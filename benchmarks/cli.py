@@ -1,0 +1,206 @@
+"""`streammoe bench`: the quality tracks of EVALUATION.md with peers side by side, `--speed`, and `--fuzz`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.peers import Extras
+from benchmarks.tracks import METHODS, T3_METHODS, T3_PAIRS, SeriesRun
+from streammoe.model.config import ModelConfig
+
+TRACKS = ("T1", "T2", "T3")
+SCALAR_TYPES = (int, float)
+
+
+def default_data_root() -> Path:
+    """$STREAMMOE_DATA, else ../shared/datasets beside the repository checkout."""
+    env = os.environ.get("STREAMMOE_DATA")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "datasets"
+
+
+def _config_fields() -> dict[str, type]:
+    return {n: f.annotation for n, f in ModelConfig.model_fields.items() if f.annotation in SCALAR_TYPES}
+
+
+def _parse_pairs(text: str) -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for item in text.split(","):
+        a, sep, b = item.strip().partition("->")
+        if not sep or not a or not b:
+            raise argparse.ArgumentTypeError(f"a pair is 'machine-a->machine-b', got {item!r}")
+        pairs.append((a.strip(), b.strip()))
+    return tuple(pairs)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="quality benchmark (tracks T1-T3) with peers side by side; --speed for throughput",
+                       description=__doc__)
+    p.add_argument("--tracks", default=None, help=f"comma list of {','.join(TRACKS)} (default: all, or none with --speed)")
+    p.add_argument("--series", default=None, help="only series whose name contains this (e.g. valve1, machine-1, omi-2)")
+    p.add_argument("--max-series", type=int, default=None, help="at most N series per dataset (T3: N pairs)")
+    p.add_argument("--methods", default=None,
+                   help=f"comma list among {', '.join(dict.fromkeys(METHODS + T3_METHODS))} (default: all)")
+    p.add_argument("--pairs", type=_parse_pairs, default=T3_PAIRS,
+                   help="T3 pairs 'a->b,c->d' of SMD machines (default: " + ",".join(f"{a}->{b}" for a, b in T3_PAIRS) + ")")
+    p.add_argument("--data-root", type=Path, default=None, help="datasets folder (default: $STREAMMOE_DATA or ../shared/datasets)")
+    p.add_argument("--out", type=Path, default=None, help="results folder (default: results/<timestamp>)")
+    p.add_argument("--batch-size", type=int, default=256, help="streammoe micro-batch, as `score --batch-size`")
+    p.add_argument("--no-plots", action="store_true", help="skip the per-series PNG plots")
+    p.add_argument("--speed", action="store_true", help="measure score_many throughput (K=8, 38 channels, S=8 and 1)")
+    p.add_argument("--speed-repeats", type=int, default=15)
+    p.add_argument("--perf", action="store_true",
+                   help="the fast path on an embedded broker: consume, consume+decode, score, learn, end to end per K "
+                        "and S, river HST; table, JSON and plot (see streammoe/bench/perf.py)")
+    p.add_argument("--perf-k", type=_int_list, default=(1, 4, 8, 16), help="--perf: experts K (default 1,4,8,16)")
+    p.add_argument("--perf-s", type=_int_list, default=(1, 8), help="--perf: importance samples S (default 1,8)")
+    p.add_argument("--perf-records", type=int, default=60_000, help="--perf: records in the topic")
+    p.add_argument("--perf-serial", action="store_true", help="--perf: also run the daemon unpipelined")
+    p.add_argument("--perf-compile", action="store_true", help="--perf: also time the torch.compile'd E-step (slow to compile)")
+    p.add_argument("--perf-latency", action="store_true",
+                   help="--perf: produce -> alert latency at --perf-rate records/s (K=8, S=8)")
+    p.add_argument("--perf-rate", type=int, default=10_000, help="--perf-latency: offered records/s")
+    p.add_argument("--perf-latency-s", type=int, default=8, help="--perf-latency: importance samples S of the model (K=8)")
+    p.add_argument("--fuzz", action="store_true",
+                   help="hostile and good records through a real broker and `streammoe run`: every offset accounted for")
+    p.add_argument("--fuzz-records", type=int, default=10_000)
+    p.add_argument("--fuzz-seed", type=int, default=0)
+    group = p.add_argument_group("model overrides (ModelConfig fields; defaults from ModelConfig)")
+    for name, typ in _config_fields().items():
+        group.add_argument(f"--{name.replace('_', '-')}", dest=f"cfg_{name}", type=typ, default=None)
+    p.set_defaults(func=cmd_bench)
+
+
+def _git_commit() -> str:
+    """HEAD, and how many tracked files differ from it: the figures belong to the tree that made them."""
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5, cwd=here)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
+                               timeout=10, cwd=here)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    changed = [line[3:] for line in dirty.stdout.splitlines() if line.strip()]
+    suffix = f" + uncommitted changes in {', '.join(changed)}" if changed else ""
+    return (head.stdout.strip() or "unknown") + suffix
+
+
+def _log_run(track: str, run: SeriesRun) -> None:
+    m = run.metrics
+    parts = [f"{k} {m[k]:.3f}" for k in ("auc_pr", "f1", "far", "far_b_train_2nd_half") if m.get(k) is not None]
+    print(f"  {track} {run.series:28s} {run.method:16s} {'  '.join(parts)}  (fit {run.fit_s:.0f}s, score {run.score_s:.0f}s)",
+          file=sys.stderr, flush=True)
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a comma list of integers, got {text!r}") from None
+
+
+def _perf(args: argparse.Namespace) -> int:
+    from benchmarks import perf
+
+    opts = perf.PerfOptions(ks=args.perf_k, samples=args.perf_s, records=args.perf_records,
+                            latency=args.perf_latency, latency_rate=args.perf_rate,
+                            latency_s=args.perf_latency_s,
+                            pipeline=(True, False) if args.perf_serial else (True,), compile=args.perf_compile)
+    out = args.out or Path("results") / datetime.now().strftime("perf-%Y%m%d-%H%M%S")
+    result = perf.measure(opts, progress=lambda line: print(line, file=sys.stderr, flush=True))
+    result["setup"]["command"] = " ".join(["streammoe"] + sys.argv[1:])
+    result["setup"]["git"] = _git_commit()
+    js, _, png = perf.write(result, out)
+    print(perf.markdown(result))
+    print(f"bench: perf -> {js}" + (f", {png}" if png else ""))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    if args.perf:
+        return _perf(args)
+    from benchmarks import report, speed, tracks
+
+    overrides = {n: getattr(args, f"cfg_{n}") for n in _config_fields() if getattr(args, f"cfg_{n}") is not None}
+    config = ModelConfig(**overrides)
+    only_other = args.speed or args.fuzz
+    wanted = [t.strip().upper() for t in args.tracks.split(",")] if args.tracks else ([] if only_other else list(TRACKS))
+    unknown = sorted(set(wanted) - set(TRACKS))
+    if unknown:
+        raise SystemExit(f"error: unknown track(s) {unknown}; known: {list(TRACKS)}")
+    methods = tuple(m.strip() for m in args.methods.split(",")) if args.methods else None
+    data_root = args.data_root or default_data_root()
+    if wanted and not data_root.is_dir():
+        raise SystemExit(f"error: no datasets folder at {data_root}; give --data-root or set STREAMMOE_DATA")
+    out = args.out or Path("results") / datetime.now().strftime("%Y%m%d-%H%M%S")
+    out.mkdir(parents=True, exist_ok=True)
+    opts = tracks.BenchOptions(data_root, config, args.series, args.max_series, methods, args.pairs, args.batch_size)
+
+    def observe(track: str, run: SeriesRun, labels: np.ndarray, scores: np.ndarray, flagged: np.ndarray,
+                extras: Extras, offset: int, marks: list) -> None:
+        _log_run(track, run)
+        if not args.no_plots:
+            report.plot_series(out, track, run.series, run.method, labels, scores, flagged, extras, offset, marks)
+
+    header = {"command": "streammoe " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("streammoe") else " ".join(sys.argv),
+              "started": datetime.now().isoformat(timespec="seconds"), "git": _git_commit(),
+              "data_root": str(data_root), "model overrides": overrides or "none",
+              "torch threads": _torch_threads()}
+    started = time.perf_counter()
+    results = []
+    cache = tracks.FitCache()
+    try:
+        for t in wanted:
+            print(f"{t} ...", file=sys.stderr, flush=True)
+            if t == "T1":
+                results.append(tracks.run_t1(opts, observe))
+            elif t == "T2":
+                results.append(tracks.run_t2(opts, cache, observe))
+            else:
+                t2 = next((r for r in results if r.track == "T2"), None)
+                results.append(tracks.run_t3(opts, cache, t2, observe))
+            report.write_report(out, results, header)
+    finally:
+        cache.close()
+    speed_result = None
+    if args.speed:
+        print("speed ...", file=sys.stderr, flush=True)
+        speed_result = speed.measure(repeats=args.speed_repeats)
+    header["wall_s"] = round(time.perf_counter() - started, 1)
+    path = report.write_report(out, results, header, speed_result)
+    for r in results:
+        print(report.track_markdown(r))
+    if speed_result is not None:
+        print(report.speed_markdown(speed_result))
+    print(f"bench: report -> {path}")
+    if args.fuzz:
+        return _fuzz(args, out, header)
+    return 0
+
+
+def _fuzz(args: argparse.Namespace, out: Path, header: dict) -> int:
+    """Run the fuzz benchmark, print its table, write fuzz.json; exit 1 if any record was not as expected."""
+    import dataclasses
+    import json
+
+    from benchmarks import fuzz
+
+    print(f"fuzz: {args.fuzz_records} records (seed {args.fuzz_seed}) ...", file=sys.stderr, flush=True)
+    result = fuzz.run_fuzz(args.fuzz_records, args.fuzz_seed)
+    (out / "fuzz.json").write_text(json.dumps({**header, **dataclasses.asdict(result), "ok": result.ok}, indent=2))
+    print(fuzz.markdown(result))
+    print(f"bench: fuzz -> {out / 'fuzz.json'} ({'ok' if result.ok else 'FAILED'})")
+    return 0 if result.ok else 1
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()

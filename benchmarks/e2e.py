@@ -1,0 +1,122 @@
+"""End-to-end throughput: records/s through a real broker and the daemon, against raw consume+decode.
+
+    python -m benchmarks.e2e --records 60000 --k 8 --channels 38
+
+Starts a Tansu broker (memory storage) on a free loopback port, produces synthetic records from K operating
+modes, fits a K-expert model briefly (quality is not the point here), then reads the same topic twice with
+fresh consumer groups: once consuming and decoding only, once through the whole daemon (score, learn,
+publish alerts and scores, commit). Both rates are timed from the first batch to the last, so group joins
+do not count. The ratio e2e/raw says how much of the transport's speed the model leaves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+from streammoe.testing.broker import EmbeddedBroker
+from streammoe.kafka.sink import produce as produce_message
+
+
+def synthetic(n: int, k: int, c: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(0, 4, (k, c))
+    mixing = rng.normal(0, 1, (k, 3, c))
+    mode = rng.integers(0, k, n)
+    z = rng.normal(0, 1, (n, 3))
+    return (centers[mode] + np.einsum("nf,nfc->nc", z, mixing[mode]) + rng.normal(0, 0.3, (n, c))).astype(np.float32)
+
+
+def produce(bootstrap: str, topic: str, rows: np.ndarray, channels: list[str]) -> None:
+    from confluent_kafka import Producer
+
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "all"})
+    for i, row in enumerate(rows):
+        asset = f"asset-{i % 50}"
+        value = orjson.dumps({"asset_id": asset, "ts": i, "values": dict(zip(channels, row.round(4).tolist()))})
+        produce_message(p, topic, value, asset.encode())
+    assert p.flush(60) == 0
+
+
+def raw_rate(settings, n: int) -> float:  # type: ignore[no-untyped-def]
+    """Consume and decode `n` records with the daemon's own consumer settings and decoder; records/s."""
+    from benchmarks.perf import consume_rate
+
+    return consume_rate(settings, n, decode=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--records", type=int, default=60_000)
+    ap.add_argument("--k", type=int, default=8)
+    ap.add_argument("--channels", type=int, default=38)
+    ap.add_argument("--n-samples", type=int, default=8, help="importance samples per record (ModelConfig.n_samples)")
+    ap.add_argument("--max-batch", type=int, default=1024)
+    ap.add_argument("--fit-steps", type=int, default=300)
+    ap.add_argument("--torch-threads", type=int, default=1, help="0 = torch's default")
+    ap.add_argument("--scores-topic", action="store_true", help="also publish a score per record (off by default)")
+    args = ap.parse_args(argv)
+
+    from streammoe.config import Settings
+    from streammoe.daemon import Daemon, tune_allocator
+    from streammoe.model.detector import MixtureDetector
+    from streammoe.logs import configure_logging
+    from streammoe.model.config import ModelConfig
+    from streammoe.state.persistence import save_detector
+
+    configure_logging("WARNING", "console")
+    tune_allocator()
+    channels = [f"ch{i:02d}" for i in range(args.channels)]
+    with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp:
+        bootstrap = broker.bootstrap
+        topic = f"bench-{uuid.uuid4().hex[:6]}"
+        rows = synthetic(args.records, args.k, args.channels)
+        t0 = time.monotonic()
+        produce(bootstrap, topic, rows, channels)
+        produce_s = time.monotonic() - t0
+        config = ModelConfig(k_max=args.k, n_samples=args.n_samples, fit_steps=args.fit_steps)
+        detector = MixtureDetector(args.channels, config, channels, device="cpu")
+        detector.fit(synthetic(20_000, args.k, args.channels, seed=0), k=args.k)
+        save_detector(detector, Path(tmp) / "model")
+
+        def settings(group: str) -> Settings:
+            return Settings(  # type: ignore[call-arg]
+                kafka={"bootstrap_servers": bootstrap, "group_id": group, "input_topic": topic,
+                       "alerts_topic": f"{topic}-alerts", "dead_letter_topic": f"{topic}-dead",
+                       "scores_topic": f"{topic}-scores" if args.scores_topic else None, "events_topic": f"{topic}-events",
+                       "session_timeout_ms": 6000, "fetch_wait_max_ms": 10, "commit_interval_s": 1.0,
+                       "extra": {"heartbeat.interval.ms": "2000"}},
+                records={"channels": channels},
+                batching={"max_batch": args.max_batch, "max_wait_ms": 50},
+                checkpoint={"dir": Path(tmp) / "ckpt", "bootstrap_model_dir": Path(tmp) / "model",
+                            "interval_s": 3600},
+                http={"enabled": False},
+                torch_threads=args.torch_threads,
+            )
+
+        raw = raw_rate(settings("bench-raw"), args.records)
+        daemon = Daemon(settings("bench-e2e"))
+        summary = daemon.run(max_records=args.records, timeout_s=600)
+        e2e = summary.records_in / summary.busy_seconds
+    result = {
+        "records": args.records, "k": args.k, "channels": args.channels, "n_samples": args.n_samples,
+        "max_batch": args.max_batch, "scores_topic": args.scores_topic, "produce_rec_s": round(args.records / produce_s),
+        "raw_consume_decode_rec_s": round(raw), "e2e_rec_s": round(e2e), "ratio": round(e2e / raw, 3),
+        "alerts": summary.alerts, "e2e_stage_seconds": daemon.metrics.stage_totals(), "torch_threads": __import__("torch").get_num_threads(),
+        "cpu_count": os.cpu_count(),
+    }
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

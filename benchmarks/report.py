@@ -1,0 +1,148 @@
+"""Write a benchmark run: a markdown table per track, a JSON of every per-series number, PNG plots."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.metrics import finite_scores
+from benchmarks.peers import Extras
+from benchmarks.tracks import TrackResult
+
+PLOT_METHODS = ("streammoe",)
+
+COLUMNS = {
+    "T1": [("f1", "F1"), ("far", "FAR"), ("mar", "MAR"), ("auc_pr", "AUC-PR (mean/file)"),
+           ("auc_roc", "AUC-ROC (mean/file)"), ("best_f1", "best-F1 (bound, mean/file)")],
+    "T2": [("auc_pr", "AUC-PR"), ("auc_roc", "AUC-ROC"), ("f1", "F1"), ("far", "FAR"), ("mar", "MAR"),
+           ("best_f1", "best-F1 (bound)")],
+    "T3": [("far_b_train_2nd_half", "FAR b.train 2nd half"), ("auc_pr", "AUC-PR"), ("auc_roc", "AUC-ROC"),
+           ("f1", "F1"), ("best_f1", "best-F1 (bound)"), ("auc_pr_ratio", "AUC-PR / T2"),
+           ("auc_roc_ratio", "AUC-ROC / T2"), ("f1_ratio", "F1 / T2")],
+}
+PER_SERIES = {"T1": ("auc_pr", "f1"), "T2": ("auc_pr", "f1"), "T3": ("far_b_train_2nd_half", "auc_pr")}
+
+
+def _fmt(v: object) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    return str(v)
+
+
+def track_markdown(track: TrackResult) -> str:
+    cols = COLUMNS[track.track]
+    lines = [f"## {track.title}", "", "| method | " + " | ".join(c for _, c in cols) + " | series | wall s |",
+             "|---|" + "---:|" * (len(cols) + 2)]
+    for m, s in track.summary.items():
+        cells = [_fmt(s.get(k)) for k, _ in cols]
+        lines.append(f"| {m} | " + " | ".join(cells) + f" | {s['n_series']} | {s['wall_s']:.0f} |")
+    a, b = PER_SERIES[track.track]
+    methods = list(track.summary)
+    lines += ["", f"Per series ({a} / {b}):", "", "| series | " + " | ".join(methods) + " |",
+              "|---|" + "---:|" * len(methods)]
+    series = list(dict.fromkeys(r.series for r in track.runs))
+    by = {(r.series, r.method): r for r in track.runs}
+    for name in series:
+        cells = []
+        for m in methods:
+            r = by.get((name, m))
+            cells.append("" if r is None else f"{_fmt(r.metrics.get(a))} / {_fmt(r.metrics.get(b))}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    cal = {m: s["auc_pr_calibrated"] for m, s in track.summary.items() if s.get("auc_pr_calibrated") is not None}
+    if cal:
+        lines += ["", "AUC-PR of streammoe's calibrated score (-log10 p, what its decision thresholds) instead of the NLL: "
+                  + ", ".join(f"{m} {_fmt(v)}" for m, v in cal.items()) + "."]
+    lines += ["", "Methods:", ""] + [f"- **{m}**: {d}" for m, d in track.methods.items()]
+    if track.notes:
+        lines += ["", "Notes:", ""] + [f"- {n}" for n in track.notes]
+    return "\n".join(lines) + "\n"
+
+
+def _json_default(o: object) -> object:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def write_report(out: Path, tracks: list[TrackResult], header: dict, speed: dict | None = None) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    parts = ["# streammoe benchmark", "", "```", header.get("command", ""), "```", ""]
+    parts += [f"- {k}: {v}" for k, v in header.items() if k != "command"] + [""]
+    parts += [track_markdown(t) for t in tracks]
+    if speed is not None:
+        parts.append(speed_markdown(speed))
+    (out / "report.md").write_text("\n".join(parts))
+    payload = {"header": header, "tracks": {t.track: asdict(t) for t in tracks}, "speed": speed}
+    (out / "results.json").write_text(json.dumps(payload, indent=1, default=_json_default))
+    return out / "report.md"
+
+
+def speed_markdown(speed: dict) -> str:
+    lines = ["## Scoring throughput (MixtureDetector.score_many alone)", "",
+             f"{speed['setup']}", "", "| importance samples S | records/s (median) | min | max | repeats |",
+             "|---:|---:|---:|---:|---:|"]
+    for r in speed["runs"]:
+        lines.append(f"| {r['n_samples']} | {r['median']:.0f} | {r['min']:.0f} | {r['max']:.0f} | {r['repeats']} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_series(out: Path, track: str, series: str, method: str, labels: np.ndarray, scores: np.ndarray,
+                flagged: np.ndarray, extras: Extras, offset: int, marks: list) -> Path | None:
+    """Score over time with the labelled rows shaded, the threshold and alarms, and the mode index."""
+    if method not in PLOT_METHODS:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = np.arange(offset, offset + len(scores))
+    has_cal = extras.calibrated_score is not None
+    n_panels = 2 + int(has_cal)
+    fig, axes = plt.subplots(n_panels, 1, figsize=(14, 2.4 * n_panels), sharex=True)
+    lab = np.asarray(labels).astype(bool)
+    for ax in axes:
+        ax.fill_between(x, 0, 1, where=lab, transform=ax.get_xaxis_transform(), color="tab:orange", alpha=0.25,
+                        step="mid", linewidth=0, label="labelled anomalous")
+        for row, text in marks:
+            ax.axvline(row, color="k", linestyle=":", linewidth=1)
+            ax.text(row, 1.0, f" {text}", transform=ax.get_xaxis_transform(), fontsize=7, va="top")
+    ax = axes[0]
+    ax.plot(x, finite_scores(scores), linewidth=0.6, color="tab:blue")
+    ax.set_yscale("symlog")
+    ax.set_ylabel("score (NLL)")
+    ax.legend(loc="upper left", fontsize=7)
+    if has_cal:
+        ax = axes[1]
+        ax.plot(x, np.minimum(extras.calibrated_score, 50), linewidth=0.6, color="tab:purple")
+        if extras.calibrated_threshold is not None:
+            ax.axhline(extras.calibrated_threshold, color="r", linewidth=0.8, label="threshold")
+        alarm = np.asarray(flagged).astype(bool)
+        ax.scatter(x[alarm], np.zeros(alarm.sum()), marker="|", color="r", s=30, label="is_anomaly")
+        ax.set_ylabel("-log10 p (cap 50)")
+        ax.legend(loc="upper left", fontsize=7)
+    ax = axes[-1]
+    if extras.mode is not None:
+        ax.step(x, extras.mode, where="mid", linewidth=0.7, color="tab:green", label="mode")
+    if extras.n_experts is not None:
+        ax.step(x, extras.n_experts, where="mid", linewidth=0.7, color="tab:gray", label="active experts")
+    ax.set_ylabel("expert")
+    ax.set_xlabel("row")
+    ax.legend(loc="upper left", fontsize=7)
+    fig.suptitle(f"{track} {series} — {method}", fontsize=10)
+    fig.tight_layout()
+    path = out / "plots" / track / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', series)}__{method}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

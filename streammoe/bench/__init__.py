@@ -1,5 +1,0 @@
-"""The quality benchmark of EVALUATION.md (tracks T1-T3, peers side by side) and a scoring-speed probe."""
-
-from streammoe.bench.cli import register
-
-__all__ = ["register"]

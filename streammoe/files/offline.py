@@ -1,0 +1,96 @@
+"""Score a series file prequentially: each micro-batch is scored first, then learned from."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from streammoe.model.detector import MixtureDetector, ScoredBatch
+from streammoe.model.config import ModelConfig
+
+TOP_CHANNELS = 3
+
+
+@dataclass
+class StreamResult:
+    """One value per input row; warm-up rows have score 0, is_anomaly 0 and mode -1.
+
+    `score` is the mixture's negative log-likelihood (it ranks rows best, for AUC); `calibrated_score` is
+    -log10 of the per-mode p-value, the scale on which `is_anomaly` is decided and alerts are reported.
+    Rows with non-finite values get score +inf and is_anomaly 1.
+    """
+
+    score: np.ndarray
+    calibrated_score: np.ndarray
+    is_anomaly: np.ndarray
+    mode: np.ndarray
+    mode_entropy: np.ndarray
+    p_value: np.ndarray
+    nll: np.ndarray
+    epistemic: np.ndarray
+    aleatoric: np.ndarray
+    top_channels: list[str]
+    n_experts: np.ndarray  # experts active when the row was scored
+
+    @classmethod
+    def empty(cls, n: int) -> "StreamResult":
+        return cls(
+            score=np.zeros(n), calibrated_score=np.zeros(n), is_anomaly=np.zeros(n, dtype=np.int8), mode=np.full(n, -1), mode_entropy=np.zeros(n),
+            p_value=np.ones(n), nll=np.full(n, np.nan), epistemic=np.zeros(n), aleatoric=np.zeros(n),
+            top_channels=[""] * n, n_experts=np.zeros(n, dtype=np.int32),
+        )
+
+    def put(self, start: int, scored: ScoredBatch, channels: list[str], n_experts: int) -> None:
+        end = start + len(scored)
+        self.score[start:end] = np.where(scored.valid, scored.nll, np.inf)
+        self.calibrated_score[start:end] = scored.score
+        self.is_anomaly[start:end] = scored.is_anomaly
+        self.mode[start:end] = scored.mode
+        self.mode_entropy[start:end] = scored.mode_entropy
+        self.p_value[start:end] = scored.p_value
+        self.nll[start:end] = scored.nll
+        self.epistemic[start:end] = scored.epistemic
+        self.aleatoric[start:end] = scored.aleatoric
+        self.n_experts[start:end] = n_experts
+        for i in range(len(scored)):
+            self.top_channels[start + i] = ";".join(
+                f"{channels[c]}:{share:.3f}" for c, share in scored.top_channels(i, TOP_CHANNELS)
+            )
+
+
+def score_stream(
+    values: np.ndarray,
+    detector: MixtureDetector | None,
+    channels: list[str],
+    config: ModelConfig | None = None,
+    warmup: int = 0,
+    learn: bool = True,
+    batch_size: int = 256,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[StreamResult, MixtureDetector]:
+    """Run the prequential loop over `values` (N, C). Without a detector, fit one on the first `warmup` rows."""
+    n = len(values)
+    out = StreamResult.empty(n)
+    start = 0
+    if detector is None:
+        if warmup < 10:
+            raise ValueError("without a model, --warmup must give at least 10 rows to learn from")
+        warm = values[:warmup]
+        warm = warm[np.isfinite(warm).all(axis=1)]
+        detector = MixtureDetector(values.shape[1], config, channels)
+        detector.fit(warm)
+        start = min(warmup, n)
+        if progress is not None:
+            progress(start)
+    while start < n:
+        batch = values[start : start + batch_size]
+        scored = detector.score_many(batch)
+        out.put(start, scored, channels, detector.model.n_active)
+        if learn:
+            detector.learn_many(scored)
+        start += len(batch)
+        if progress is not None:
+            progress(len(batch))
+    return out, detector

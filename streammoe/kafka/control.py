@@ -1,0 +1,111 @@
+"""Operator feedback: verdicts on experts arrive on the control topic and are kept in the model.
+
+A command is a JSON object, keyed by scope on the topic::
+
+    {"scope": "global", "expert": 3, "status": "fault", "operator": "alice", "note": "cavitation, not a mode"}
+
+`status` is `fault` (every record assigned to the expert alerts, reason `fault_mode`), `confirmed` (an operator
+accepted the mode) or `learned` (back to the default). Every worker reads every partition of the control topic
+(no consumer group: a verdict concerns whoever owns the scope) from the position stored in that scope's
+checkpoint, so a command is applied once per model and survives restarts with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import orjson
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from streammoe.config import KafkaSettings, consumer_config
+from streammoe.logs import get_logger
+from streammoe.kafka.source import usable
+
+log = get_logger("streammoe.kafka.control")
+
+STATUSES = ("fault", "confirmed", "learned")
+
+
+class ControlError(ValueError):
+    """A control message that cannot be applied; the message says why (it becomes the dead-letter reason)."""
+
+
+@dataclass(frozen=True)
+class ExpertVerdict:
+    scope: str
+    expert: int
+    status: str
+    operator: str | None = None
+    note: str | None = None
+
+
+def parse_command(value: bytes | None) -> ExpertVerdict:
+    try:
+        obj = orjson.loads(value or b"")
+    except orjson.JSONDecodeError as e:
+        raise ControlError(f"not JSON: {e}") from None
+    if not isinstance(obj, dict):
+        raise ControlError("a control command is a JSON object")
+    scope, expert, status = obj.get("scope", "global"), obj.get("expert"), obj.get("status")
+    if not isinstance(scope, str) or not scope:
+        raise ControlError("'scope' must be a non-empty string")
+    if not isinstance(expert, int) or isinstance(expert, bool) or expert < 0:
+        raise ControlError("'expert' must be a non-negative integer (the id in mode events and alerts)")
+    if status not in STATUSES:
+        raise ControlError(f"'status' must be one of {', '.join(STATUSES)}")
+    operator, note = obj.get("operator"), obj.get("note")
+    return ExpertVerdict(scope, expert, status, operator if isinstance(operator, str) else None,
+                         note if isinstance(note, str) else None)
+
+
+class ControlListener:
+    """Reads the control topic without a consumer group, from positions the caller keeps."""
+
+    def __init__(self, kafka: KafkaSettings, on_error: Callable[[KafkaError], None] | None = None) -> None:
+        self.topic = kafka.control_topic
+        conf = consumer_config(kafka)
+        conf.update({"group.id": f"{kafka.group_id}.control", "enable.partition.eof": False})
+        if on_error is not None:
+            conf["error_cb"] = on_error
+        self.consumer = Consumer(conf)
+        self.assigned = False
+
+    def start(self, positions: dict[int, int]) -> bool:
+        """Assign every partition of the control topic at `positions` (next offset per partition; else the
+        beginning). False while the topic does not exist yet: the caller tries again later."""
+        try:
+            meta = self.consumer.list_topics(self.topic, timeout=2.0).topics.get(self.topic)
+        except Exception as e:  # a broker hiccup at start-up must not stop the daemon
+            log.warning("control_topic_unavailable", topic=self.topic, error=str(e))
+            return False
+        if meta is None or meta.error is not None or not meta.partitions:
+            return False
+        self.consumer.assign(
+            [TopicPartition(self.topic, p, positions.get(p, OFFSET_BEGINNING)) for p in sorted(meta.partitions)]
+        )
+        self.assigned = True
+        log.info("control_topic_assigned", topic=self.topic, partitions=len(meta.partitions))
+        return True
+
+    def rewind(self, positions: dict[int, int]) -> None:
+        """Read again from `positions` (else the beginning) where the listener is further on: a scope taken over from
+        another worker has not seen the verdicts since its snapshot. Scopes that have seen them skip them."""
+        if not self.assigned:
+            return
+        for tp in self.consumer.position(self.consumer.assignment()):
+            want = positions.get(tp.partition, 0)
+            if tp.offset < 0 or want < tp.offset:
+                target = positions.get(tp.partition, OFFSET_BEGINNING)
+                try:
+                    self.consumer.seek(TopicPartition(self.topic, tp.partition, target))
+                except KafkaException as e:  # not fetching yet: it starts where `start` put it, which is earlier
+                    log.debug("control_rewind_skipped", partition=tp.partition, error=str(e))
+
+    def poll(self, max_messages: int = 100) -> list[Message]:
+        if not self.assigned:
+            return []
+        return usable(self.consumer.consume(num_messages=max_messages, timeout=0), "control_consume_error")
+
+    def close(self) -> None:
+        self.consumer.close()

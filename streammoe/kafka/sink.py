@@ -1,0 +1,134 @@
+"""The Kafka producer side: alerts, scores, mode events and dead letters, flushed before offsets move.
+
+Outputs the broker did not acknowledge (it was down, or did not answer within `delivery_timeout_s`) are sent
+again by `flush` until it takes them, so a broker outage delays a batch but never drops its outputs; a resent
+output may reach the topic twice (alerts carry `alert_id` for deduplication). The producer is deliberately not
+idempotent: Tansu forgets producer ids when it restarts and an idempotent producer then never recovers
+(shared/PLATFORM.md), while a plain one just delivers what it buffered, so the same producer serves before and
+after an outage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+
+from streammoe.config import KafkaSettings, producer_config
+from streammoe.logs import get_logger
+
+log = get_logger("streammoe.kafka.sink")
+
+Headers = list[tuple[str, bytes]]
+
+# Delivery failures that sending again cannot fix: the daemon stops (exit 1) instead of retrying forever.
+PERMANENT = {
+    KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE, KafkaError.INVALID_RECORD,
+    KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.CLUSTER_AUTHORIZATION_FAILED, KafkaError.TOPIC_EXCEPTION,
+    KafkaError.INVALID_REQUIRED_ACKS, KafkaError._INVALID_ARG,
+}
+
+
+class DeliveryError(Exception):
+    """The broker refused an output for good (too large, not authorised, ...): retrying cannot help."""
+
+
+def produce(producer: Producer, topic: str, value: bytes | None, key: bytes | None = None,
+            headers: Headers | None = None, on_delivery=None,  # type: ignore[no-untyped-def]
+            partition: int | None = None) -> None:
+    """Queue one message; while librdkafka's local queue is full, serve delivery reports and retry (backpressure,
+    never a dropped message)."""
+    while True:
+        try:
+            if partition is None:
+                producer.produce(topic, value=value, key=key, headers=headers, on_delivery=on_delivery)
+            else:
+                producer.produce(topic, value=value, key=key, headers=headers, on_delivery=on_delivery,
+                                 partition=partition)
+            return
+        except BufferError:
+            producer.poll(0.05)
+
+
+class Sink:
+    def __init__(self, kafka: KafkaSettings, on_error: Callable[[KafkaError], None] | None = None) -> None:
+        self.kafka = kafka
+        self.producer = Producer({**producer_config(kafka), "error_cb": on_error or self._error})
+        self._retry: list[tuple[str, bytes | None, bytes | None, Headers | None]] = []
+        self._permanent: list[str] = []
+        self.sent = 0
+        self.resent = 0  # outputs sent again after a failed delivery
+        self.last_failure = ""
+
+    def send(self, topic: str, value: bytes | None, key: bytes | None = None, headers: Headers | None = None) -> None:
+        self._produce(topic, value, key, headers)
+        self.sent += 1
+
+    def _produce(self, topic: str, value: bytes | None, key: bytes | None, headers: Headers | None) -> None:
+        # A delivery report carries the value and key but not the headers: a message with headers keeps them here,
+        # in case it has to be sent again.
+        report = self._delivered if headers is None else partial(self._delivered, headers=headers)
+        produce(self.producer, topic, value, key, headers, report)
+
+    def dead_letter(self, value: bytes | None, key: bytes | None, topic: str, partition: int, offset: int,
+                    reason: str, detail: str) -> None:
+        """The original bytes, untouched, with where they came from and why they were refused as headers."""
+        headers = [
+            ("source_topic", topic.encode()),
+            ("source_partition", str(partition).encode()),
+            ("source_offset", str(offset).encode()),
+            ("reason", reason.encode()),
+            ("detail", detail[:1000].encode()),
+        ]
+        self.send(self.kafka.dead_letter_topic, value if value is not None else b"", key, headers)
+
+    def flush(self, timeout: float | None = None) -> int:
+        """Serve delivery reports for up to `timeout` seconds (default `delivery_timeout_s`), send again what the
+        broker failed to take, and return how many outputs are still unacknowledged: 0 means the broker holds
+        everything sent so far. DeliveryError for a failure no retry can fix."""
+        remaining = self.producer.flush(self.kafka.delivery_timeout_s if timeout is None else timeout)
+        if self._permanent:
+            failures, self._permanent = self._permanent, []
+            raise DeliveryError(f"{len(failures)} outputs refused: {failures[:3]}")
+        retry, self._retry = self._retry, []
+        for topic, value, key, headers in retry:
+            self._produce(topic, value, key, headers)
+        self.resent += len(retry)
+        return remaining + len(retry)
+
+    @property
+    def pending(self) -> int:
+        """Outputs sent but not yet acknowledged."""
+        return len(self.producer) + len(self._retry)
+
+    def reachable(self, timeout: float) -> bool:
+        """Whether the cluster answers a metadata request within `timeout` seconds (creates no topic)."""
+        try:
+            self.producer.list_topics(timeout=timeout)
+        except KafkaException:
+            return False
+        return True
+
+    def drop_pending(self) -> int:
+        """Give up on what the broker has not acknowledged (at shutdown during an outage, so that closing the
+        producer does not wait for it); the batches those outputs belong to were not committed. Returns how many."""
+        dropped, self._retry = self.pending, []
+        self.producer.purge()
+        self.producer.flush(0)  # serve the purge's delivery reports
+        return dropped
+
+    def poll(self) -> None:
+        self.producer.poll(0)
+
+    def _delivered(self, err: KafkaError | None, msg: Message, headers: Headers | None = None) -> None:
+        if err is None:
+            return
+        if err.fatal() or err.code() in PERMANENT:
+            self._permanent.append(f"{msg.topic()}: {err}")
+        elif err.code() not in (KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT):
+            self._retry.append((msg.topic(), msg.value(), msg.key(), headers))
+            self.last_failure = f"{msg.topic()}: {err.str()}"
+
+    def _error(self, err: KafkaError) -> None:
+        log.warning("kafka_error", error=str(err), fatal=err.fatal())

@@ -1,0 +1,1 @@
+"""What a worker knows and how it survives and moves: model state, checkpoints, snapshots, scopes, ownership."""

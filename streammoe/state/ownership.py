@@ -1,0 +1,192 @@
+"""The model scopes a worker holds, and how they move between workers with the input partitions they live on.
+
+A scope's records arrive on one input partition (producers key records by asset or asset group), so whoever owns
+the partition owns the scope. Where a scope's model comes from, in order: the snapshot topic, read when its
+partition is assigned, unless this worker's checkpoint of it learned further (a restart on the same disk); this
+worker's checkpoint directory; the bootstrap model; a warm-up fit. On revoke, the
+scopes of the revoked partitions are snapshotted and dropped; the next owner restores them before it scores a
+record of theirs.
+
+A snapshot carries the input offsets its model has learned. Normally that is at least the committed position
+(learning comes before acknowledging, and a revoke snapshots before it commits). After a crash the last snapshot
+may be older than the last commit; then the new owner starts the partition at the snapshot's position instead,
+so the records in between are scored again (duplicates, at-least-once) and learned once, never skipped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+
+import numpy as np
+
+from streammoe.state.checkpoint import Checkpointer, ModelState, offsets_total
+from streammoe.config import Settings
+from streammoe.logs import get_logger
+from streammoe.state.scopes import GLOBAL_SCOPE, ScopeMap
+from streammoe.state.snapshot import SnapshotError, SnapshotWriter, read_latest
+
+log = get_logger("streammoe.state.ownership")
+
+
+class OwnedScopes:
+    """Model states by scope name, with the input partition each scope's records arrive on."""
+
+    def __init__(self, settings: Settings, checkpointer: Checkpointer,
+                 on_restored: Callable[[ModelState], None] | None = None,
+                 on_dropped: Callable[[ModelState], None] | None = None,
+                 on_snapshot: Callable[[bool], None] | None = None) -> None:
+        self.settings = settings
+        self.checkpointer = checkpointer
+        self.channels = list(settings.records.channels)
+        self.map = ScopeMap(settings.scopes)
+        self.models: dict[str, ModelState] = {}
+        self.home: dict[str, int] = {}  # scope -> the input partition its records arrive on
+        self._split_warned: set[str] = set()
+        self._on_restored = on_restored
+        self._on_dropped = on_dropped
+        self._on_snapshot = on_snapshot  # called with True for each snapshot written, False for each that failed
+        topic = settings.snapshot.topic
+        self.writer = SnapshotWriter(settings.kafka, topic, settings.snapshot.chunk_bytes) if topic else None
+        self._snapshotted: dict[str, tuple[str, int]] = {}  # scope -> its progress at its last snapshot
+        self._last_snapshot = time.monotonic()
+
+    @property
+    def single(self) -> bool:
+        """One global scope: every record goes to it, whatever its partition (the default)."""
+        return self.settings.scopes.mode == "global"
+
+    def get(self, scope: str) -> ModelState:
+        """The scope's state, restored on first use from the checkpoint dir, the bootstrap model or nothing (warm-up).
+        Raises ModelLoadError for a checkpoint or bootstrap model that exists but cannot be used."""
+        state = self.models.get(scope)
+        if state is None:
+            state = self.models[scope] = self.checkpointer.restore(scope)
+            if self._on_restored is not None:
+                self._on_restored(state)
+        return state
+
+    def route(self, assets: list[str], partitions: np.ndarray) -> list[tuple[str, np.ndarray]]:
+        """The rows of a decoded batch grouped by scope, in order of first appearance."""
+        if self.single:
+            return [(GLOBAL_SCOPE, np.arange(len(assets)))]
+        names = [self.map.scope_of(a) for a in assets]
+        unique, first, inverse = np.unique(np.asarray(names, dtype=object), return_index=True, return_inverse=True)
+        # One stable sort groups the rows (each scope's rows stay in batch order), instead of a pass per scope.
+        by_scope = np.argsort(inverse.ravel(), kind="stable")
+        chunks = np.split(by_scope, np.flatnonzero(np.diff(inverse.ravel()[by_scope])) + 1)
+        groups = []
+        for u in np.argsort(first):
+            rows = chunks[u]
+            scope = str(unique[u])
+            self._note_partitions(scope, partitions[rows])
+            groups.append((scope, rows))
+        return groups
+
+    def _note_partitions(self, scope: str, partitions: np.ndarray) -> None:
+        home = self.home.setdefault(scope, int(partitions[0]))
+        if scope not in self._split_warned and (partitions != home).any():
+            self._split_warned.add(scope)
+            log.warning("scope_spans_partitions", scope=scope, partitions=sorted({home, *map(int, partitions)}),
+                        hint="key input records by the scope's asset or group; snapshots follow the first partition")
+
+    # ---- handover ------------------------------------------------------------------------------------------
+
+    def assigned(self, topic: str, partitions: Iterable[int]) -> tuple[dict[int, int], list[ModelState]]:
+        """Restore the scopes of newly assigned input partitions from the snapshot topic (before any of their
+        records is scored). Returns the restored states and, per partition, the lowest offset a restored scope has
+        learned up to, so the caller can start there if the group's committed position is further on."""
+        parts = set(partitions)
+        if self.writer is None or not parts:
+            return {}, []
+        s = self.settings.snapshot
+        t0 = time.monotonic()
+        try:
+            states, manifests = read_latest(self.settings.kafka, s.topic, self.channels,  # type: ignore[arg-type]
+                                            timeout_s=s.read_timeout_s, partitions=parts)
+        except SnapshotError as e:
+            log.error("snapshot_read_failed", partitions=sorted(parts), error=str(e),
+                      hint="the scopes start from the checkpoint directory, the bootstrap model or a warm-up")
+            return {}, []
+        start: dict[int, int] = {}
+        restored = []
+        for scope, state in states.items():
+            manifest = manifests[scope]
+            held = self.models.get(scope)
+            if held is not None and offsets_total(held.learned_offsets) >= offsets_total(state.learned_offsets):
+                continue  # never gave it up (a revoke and assign back): what is in memory is as new
+            local = self.checkpointer.learned_total(scope)
+            if held is None and local is not None and local > offsets_total(state.learned_offsets):
+                log.info("scope_snapshot_older_than_checkpoint", scope=scope, snapshot_id=manifest.snapshot_id,
+                         hint="this worker's checkpoint learned further (a restart on the same disk): it is used")
+                continue
+            self.models[scope] = state
+            restored.append(state)
+            self.home[scope] = manifest.partition
+            self._snapshotted[scope] = state.progress
+            learned = state.learned_offsets.get(topic, {}).get(manifest.partition)
+            if learned is not None:
+                start[manifest.partition] = min(learned, start.get(manifest.partition, learned))
+            detector = state.detector
+            if self._on_restored is not None:
+                self._on_restored(state)
+            log.info("scope_restored", scope=scope, origin="snapshot", snapshot_id=manifest.snapshot_id,
+                     partition=manifest.partition, version=state.version, learned_to=learned,
+                     experts=detector.model.n_active if detector else 0,
+                     weights=[float(w) for w in detector.mixture_weights()] if detector else [])
+        log.info("snapshots_read", partitions=sorted(parts), scopes=len(states),
+                 seconds=round(time.monotonic() - t0, 3))
+        return start, restored
+
+    def revoked(self, partitions: Iterable[int], snapshot: bool = True) -> None:
+        """Hand over the scopes of revoked partitions: snapshot each (when snapshots are on), then drop it."""
+        parts = set(partitions)
+        if self.single:
+            return
+        for scope in [s for s, p in self.home.items() if p in parts]:
+            state = self.models.pop(scope, None)
+            home = self.home.pop(scope)
+            if state is None:
+                continue
+            if snapshot:
+                self._snapshot(state, home)
+            self._snapshotted.pop(scope, None)
+            if self._on_dropped is not None:
+                self._on_dropped(state)
+            log.info("scope_released", scope=scope, version=state.version)
+
+    def lost(self, partitions: Iterable[int]) -> None:
+        """Lost partitions already have another owner: drop their scopes without writing anything."""
+        self.revoked(partitions, snapshot=False)
+
+    def snapshot_due(self) -> bool:
+        return self.writer is not None and time.monotonic() - self._last_snapshot >= self.settings.snapshot.interval_s
+
+    def snapshot_changed(self) -> int:
+        """Snapshot every held scope that learned since its last snapshot; returns how many were written."""
+        self._last_snapshot = time.monotonic()
+        written = 0
+        for state in list(self.models.values()):
+            if self._snapshotted.get(state.scope) != state.progress and self._snapshot(state, self.home.get(state.scope, -1)):
+                written += 1
+        return written
+
+    def _snapshot(self, state: ModelState, partition: int) -> bool:
+        if self.writer is None or state.detector is None:
+            return False
+        try:
+            self.writer.write(state, partition)
+        except SnapshotError as e:
+            log.error("snapshot_failed", scope=state.scope, error=str(e),
+                      hint="the next owner restores an older snapshot and re-reads from its position")
+            if self._on_snapshot is not None:
+                self._on_snapshot(False)
+            return False
+        self._snapshotted[state.scope] = state.progress
+        if self._on_snapshot is not None:
+            self._on_snapshot(True)
+        return True
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()

@@ -1,0 +1,252 @@
+"""Scope snapshots on a Kafka topic: how a worker hands a model scope to the worker that takes its partitions.
+
+A snapshot is the scope's model directory (the same files a checkpoint holds, `persistence.save_detector`) as one
+tar blob, cut into chunks, plus a manifest that names them and carries the input offsets the model has learned.
+The topic is meant to be compacted, so keys are chosen for compaction to keep a whole snapshot:
+
+    manifest   key  "<scope>"                       JSON: id, slot, chunk count, size, sha256, learned offsets
+    chunk      key  "<scope>\\x1f<slot>\\x1f<i>"    bytes; header `snapshot_id`
+
+Chunks alternate between two slots (0, 1) from one snapshot to the next, and the manifest is written only after
+every chunk is acknowledged. A writer that dies half way overwrites chunks of the slot no manifest points to, so
+the latest manifest still finds its chunks whole, with or without compaction. The reader folds the topic to the
+latest message per key (Tansu never compacts; Kafka may not have yet) and verifies the checksum; when the newest
+manifest's chunks do not check out, it tries the scope's older manifests still in the log.
+
+Each message is flushed on its own: Tansu reports a partition's end as the last batch's base offset + 1, so a
+multi-record batch at the end of the log would hide its tail from a reader that stops at the high watermark.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import tarfile
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+
+from streammoe.state.checkpoint import ModelState, offsets_from_json, offsets_to_json
+from streammoe.config import KafkaSettings, consumer_config, producer_config
+from streammoe.logs import get_logger
+from streammoe.state.persistence import ModelLoadError, load_detector, save_detector
+from streammoe.kafka.sink import produce
+
+log = get_logger("streammoe.state.snapshot")
+
+SEP = "\x1f"
+DEFAULT_CHUNK_BYTES = 512 * 1024  # under Kafka's default 1 MB message limit, with room for headers
+
+
+class SnapshotError(Exception):
+    """A snapshot could not be written, or none usable could be read."""
+
+
+@dataclass
+class Manifest:
+    scope: str
+    snapshot_id: str
+    slot: int
+    chunks: int
+    size: int
+    sha256: str
+    lineage: str
+    learned_offsets: dict[str, dict[int, int]]
+    written_at: float = field(default_factory=time.time)
+    partition: int = -1  # the input partition the scope's records arrive on; -1: not tied to one
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps(self.__dict__ | {"learned_offsets": offsets_to_json(self.learned_offsets)})
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> Manifest:
+        d = orjson.loads(raw)
+        d["learned_offsets"] = offsets_from_json(d["learned_offsets"])
+        return cls(**d)
+
+
+def chunk_key(scope: str, slot: int, index: int) -> str:
+    return f"{scope}{SEP}{slot}{SEP}{index}"
+
+
+def pack(state: ModelState) -> bytes:
+    """The scope's model directory as an uncompressed tar (torch tensors barely compress)."""
+    if state.detector is None:
+        raise SnapshotError(f"scope {state.scope!r} has no model yet (warming up): nothing to snapshot")
+    with tempfile.TemporaryDirectory() as tmp:
+        model = save_detector(state.detector, Path(tmp) / "model", {"scope": state.scope, "lineage": state.lineage},
+                              durable=False)
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            for f in sorted(model.iterdir()):
+                tar.add(f, arcname=f.name)
+    return buf.getvalue()
+
+
+def unpack(blob: bytes, manifest: Manifest, channels: list[str]) -> ModelState:
+    with tempfile.TemporaryDirectory() as tmp:
+        with tarfile.open(fileobj=io.BytesIO(blob), mode="r") as tar:
+            tar.extractall(tmp, filter="data")
+        detector = load_detector(tmp, channels=channels)
+    return ModelState(manifest.scope, detector, manifest.lineage, "snapshot",
+                      {t: dict(ps) for t, ps in manifest.learned_offsets.items()})
+
+
+def snapshot_partition(input_partition: int, partitions: int) -> int:
+    """Where the snapshots of a scope living on `input_partition` go: the same number, wrapped if the snapshot
+    topic has fewer partitions, so a worker taking over input partitions reads only the matching ones."""
+    return input_partition % partitions
+
+
+class SnapshotWriter:
+    """Writes scope snapshots; remembers each scope's last slot so the next one goes to the other."""
+
+    def __init__(self, kafka: KafkaSettings, topic: str, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> None:
+        self.topic, self.chunk_bytes = topic, chunk_bytes
+        self.timeout_s = kafka.delivery_timeout_s
+        self.producer = Producer(producer_config(kafka))
+        self.slots: dict[str, int] = {}
+        self._errors: list[str] = []
+        self._partitions = 0
+
+    def write(self, state: ModelState, partition: int = -1) -> Manifest:
+        """Snapshot `state`, tied to input `partition` (its records' partition; -1: any, the key decides)."""
+        blob = pack(state)
+        slot = 1 - self.slots.get(state.scope, 1)
+        n = max(1, -(-len(blob) // self.chunk_bytes))
+        manifest = Manifest(state.scope, uuid.uuid4().hex[:12], slot, n, len(blob), hashlib.sha256(blob).hexdigest(),
+                            state.lineage, {t: dict(ps) for t, ps in state.learned_offsets.items()},
+                            partition=partition)
+        target = None if partition < 0 else snapshot_partition(partition, self._partition_count())
+        headers = [("snapshot_id", manifest.snapshot_id.encode())]
+        for i in range(n):
+            part = blob[i * self.chunk_bytes:(i + 1) * self.chunk_bytes]
+            self._send(chunk_key(state.scope, slot, i), part, headers, target)
+        self._send(state.scope, manifest.to_bytes(), None, target)
+        self.slots[state.scope] = slot
+        detector = state.detector
+        log.info("snapshot_written", scope=state.scope, snapshot_id=manifest.snapshot_id, bytes=len(blob), chunks=n,
+                 partition=partition, version=state.version, experts=detector.model.n_active if detector else 0,
+                 weights=[float(w) for w in detector.mixture_weights()] if detector else [])
+        return manifest
+
+    def _partition_count(self) -> int:
+        if not self._partitions:
+            try:
+                meta = self.producer.list_topics(self.topic, timeout=self.timeout_s).topics.get(self.topic)
+            except KafkaException as e:
+                raise SnapshotError(f"snapshot topic {self.topic}: {e}") from e
+            if meta is None or meta.error is not None or not meta.partitions:
+                raise SnapshotError(f"snapshot topic {self.topic} does not exist (create it, compacted, with as many "
+                                    f"partitions as the input topic): {meta.error if meta else 'no metadata'}")
+            self._partitions = len(meta.partitions)
+        return self._partitions
+
+    def close(self) -> None:
+        self.producer.flush(self.timeout_s)
+
+    def _send(self, key: str, value: bytes, headers: list[tuple[str, bytes]] | None,
+              partition: int | None = None) -> None:
+        produce(self.producer, self.topic, value, key.encode(), headers, self._delivered, partition)
+        if self.producer.flush(self.timeout_s) or self._errors:
+            errors, self._errors = self._errors, []
+            raise SnapshotError(f"snapshot message {key!r} not acknowledged: {errors[:3] or 'timed out'}")
+
+    def _delivered(self, err, msg) -> None:  # type: ignore[no-untyped-def]
+        if err is not None:
+            self._errors.append(str(err))
+
+
+def read_latest(kafka: KafkaSettings, topic: str, channels: list[str], scopes: set[str] | None = None,
+                timeout_s: float = 30.0, partitions: set[int] | None = None,
+                ) -> tuple[dict[str, ModelState], dict[str, Manifest]]:
+    """The newest whole snapshot of each scope (of `scopes`, or all) in `topic`, as model states, with manifests.
+
+    With `partitions` (input partitions), only the snapshot partitions they map to are read, and only scopes whose
+    newest manifest names one of them are returned: what a worker needs when it is assigned those partitions."""
+    manifests: dict[str, list[Manifest]] = {}
+    chunks: dict[str, tuple[str, bytes]] = {}  # latest per chunk key: (snapshot id, bytes)
+    for key, value, headers in _read_topic(kafka, topic, timeout_s, partitions):
+        if SEP in key:
+            if scopes is None or key.split(SEP, 1)[0] in scopes:
+                chunks[key] = (headers.get("snapshot_id", b"").decode(), value)
+        elif scopes is None or key in scopes:
+            try:
+                manifests.setdefault(key, []).append(Manifest.from_bytes(value))
+            except (ValueError, TypeError, KeyError, AttributeError) as e:
+                log.error("snapshot_manifest_unreadable", scope=key, error=str(e))
+    if partitions is not None:  # a scope that moved to another partition since is no longer ours
+        manifests = {s: h for s, h in manifests.items() if h[-1].partition in partitions}
+    states: dict[str, ModelState] = {}
+    chosen: dict[str, Manifest] = {}
+    for scope, history in manifests.items():
+        for manifest in reversed(history):
+            blob = _assemble(manifest, chunks)
+            if blob is None:
+                log.warning("snapshot_incomplete", scope=scope, snapshot_id=manifest.snapshot_id)
+                continue
+            try:
+                states[scope] = unpack(blob, manifest, channels)
+            except ModelLoadError as e:
+                log.error("snapshot_unusable", scope=scope, snapshot_id=manifest.snapshot_id, error=str(e))
+                continue
+            chosen[scope] = manifest
+            break
+    return states, chosen
+
+
+def _assemble(manifest: Manifest, chunks: dict[str, tuple[str, bytes]]) -> bytes | None:
+    parts = []
+    for i in range(manifest.chunks):
+        got = chunks.get(chunk_key(manifest.scope, manifest.slot, i))
+        if got is None or got[0] != manifest.snapshot_id:
+            return None
+        parts.append(got[1])
+    blob = b"".join(parts)
+    if len(blob) != manifest.size or hashlib.sha256(blob).hexdigest() != manifest.sha256:
+        return None
+    return blob
+
+
+def _read_topic(kafka: KafkaSettings, topic: str, timeout_s: float,  # type: ignore[no-untyped-def]
+                input_partitions: set[int] | None = None):
+    """Every message of `topic` (of the partitions `input_partitions` map to, or all) from the start to the end it
+    had when reading began, in order per partition."""
+    conf = consumer_config(kafka)
+    conf.update({"group.id": f"{kafka.group_id}-snapshot-reader", "enable.partition.eof": False,
+                 "allow.auto.create.topics": False})
+    conf.pop("statistics.interval.ms", None)
+    consumer = Consumer(conf)
+    try:
+        meta = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
+        if meta is None or meta.error is not None:
+            return
+        wanted = set(meta.partitions) if input_partitions is None else {
+            snapshot_partition(p, len(meta.partitions)) for p in input_partitions}
+        ends = {}
+        for p in sorted(wanted):
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
+            if high > low:
+                ends[p] = high
+        if not ends:
+            return
+        consumer.assign([TopicPartition(topic, p, 0) for p in ends])
+        deadline = time.monotonic() + timeout_s
+        while ends:
+            if time.monotonic() > deadline:
+                raise SnapshotError(f"reading {topic} timed out with partitions {sorted(ends)} unfinished")
+            for m in consumer.consume(num_messages=500, timeout=0.2):
+                if m.error() is not None:
+                    continue
+                p = m.partition()
+                if p in ends:
+                    yield (m.key() or b"").decode(), m.value() or b"", dict(m.headers() or [])
+                    if m.offset() + 1 >= ends[p]:
+                        del ends[p]
+    finally:
+        consumer.close()

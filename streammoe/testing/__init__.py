@@ -1,0 +1,1 @@
+"""Helpers for tests, benchmarks and the demo: the embedded broker (needs the demo extra), synthetic machines."""

@@ -1,0 +1,1 @@
+"""The formats on the topics: records in, alerts and events out, their JSON schemas."""
