@@ -6,11 +6,15 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
-def _progress_bar(total: int, desc: str):  # type: ignore[no-untyped-def]
+
+def _progress_bar(total: int, desc: str) -> tqdm:
     """A tqdm bar on stderr that only draws on a terminal (quiet in CI and pipes)."""
     from tqdm import tqdm
 

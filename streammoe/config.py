@@ -9,6 +9,7 @@ except in the librdkafka dictionaries handed to the client.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -59,7 +60,7 @@ class KafkaSettings(Section):
     def redacted_extra(self) -> dict[str, str]:
         return {k: _redact_property(k, v) for k, v in self.extra.items()}
 
-    def __repr_args__(self):  # type: ignore[no-untyped-def]
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         for name, value in super().__repr_args__():
             yield name, self.redacted_extra() if name == "extra" else value
 
@@ -194,7 +195,7 @@ def load_settings(env_file: str | Path | None = None, **overrides: Any) -> Setti
     if env_file is not None and not Path(env_file).is_file():
         raise SettingsError(f"{ENV_FILE_VARIABLE}: env file {env_file} does not exist")
     try:
-        return Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
+        return Settings(_env_file=env_file, **overrides)
     except ValidationError as e:
         lines = []
         for err in e.errors():
@@ -205,7 +206,7 @@ def load_settings(env_file: str | Path | None = None, **overrides: Any) -> Setti
 
 
 def _security(kafka: KafkaSettings) -> dict[str, str]:
-    conf = {"security.protocol": kafka.security_protocol}
+    conf: dict[str, str] = {"security.protocol": kafka.security_protocol}
     optional = {
         "sasl.mechanism": kafka.sasl_mechanism,
         "sasl.username": kafka.sasl_username,

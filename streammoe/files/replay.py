@@ -17,7 +17,7 @@ import csv
 import math
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -148,20 +148,20 @@ def replay(
     rate: float = 0.0,
     asset_id: str = "asset-1",
     extra: dict | None = None,
-    progress=None,  # type: ignore[no-untyped-def]
+    progress: Callable[[ReplayReport], None] | None = None,
     delivery_timeout_s: float = 30.0,
     connect_timeout_s: float = 5.0,
 ) -> ReplayReport:
     """Produce every row of `path` to `topic`; return the delivery counts."""
     import orjson
-    from confluent_kafka import Producer
+    from confluent_kafka import KafkaError, Message, Producer
 
     records = iter_records(path, asset_id)
     first = next(records, None)  # surface a bad file before touching the broker
     check_broker(bootstrap, connect_timeout_s)
     report = ReplayReport()
 
-    def on_delivery(err, msg) -> None:  # type: ignore[no-untyped-def]
+    def on_delivery(err: KafkaError | None, msg: Message) -> None:
         if err is not None:
             report.failed += 1
             if len(report.errors) < 5:

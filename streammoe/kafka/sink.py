@@ -20,7 +20,7 @@ from streammoe.logs import get_logger
 
 log = get_logger("streammoe.kafka.sink")
 
-Headers = list[tuple[str, bytes]]
+Headers = list[tuple[str, str | bytes | None]]  # as confluent-kafka types them
 
 # Delivery failures that sending again cannot fix: the daemon stops (exit 1) instead of retrying forever.
 PERMANENT = {
@@ -35,7 +35,7 @@ class DeliveryError(Exception):
 
 
 def produce(producer: Producer, topic: str, value: bytes | None, key: bytes | None = None,
-            headers: Headers | None = None, on_delivery=None,  # type: ignore[no-untyped-def]
+            headers: Headers | None = None, on_delivery: Callable[[KafkaError | None, Message], None] | None = None,
             partition: int | None = None) -> None:
     """Queue one message; while librdkafka's local queue is full, serve delivery reports and retry (backpressure,
     never a dropped message)."""
@@ -74,7 +74,7 @@ class Sink:
     def dead_letter(self, value: bytes | None, key: bytes | None, topic: str, partition: int, offset: int,
                     reason: str, detail: str) -> None:
         """The original bytes, untouched, with where they came from and why they were refused as headers."""
-        headers = [
+        headers: Headers = [
             ("source_topic", topic.encode()),
             ("source_partition", str(partition).encode()),
             ("source_offset", str(offset).encode()),
@@ -127,7 +127,9 @@ class Sink:
         if err.fatal() or err.code() in PERMANENT:
             self._permanent.append(f"{msg.topic()}: {err}")
         elif err.code() not in (KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT):
-            self._retry.append((msg.topic(), msg.value(), msg.key(), headers))
+            topic = msg.topic()
+            assert topic is not None, "a delivery report names its topic"
+            self._retry.append((topic, msg.value(), msg.key(), headers))
             self.last_failure = f"{msg.topic()}: {err.str()}"
 
     def _error(self, err: KafkaError) -> None:

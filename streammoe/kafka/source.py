@@ -49,7 +49,7 @@ def positions(msgs: list[Message]) -> Positions:
     """The input topic and the partition and offset of each message (one subscribed topic)."""
     partitions = np.fromiter((m.partition() for m in msgs), np.int64, len(msgs))
     offsets = np.fromiter((m.offset() for m in msgs), np.int64, len(msgs))
-    return Positions(msgs[0].topic() if msgs else "", partitions, offsets)
+    return Positions((msgs[0].topic() or "") if msgs else "", partitions, offsets)
 
 
 def usable(msgs: list[Message], event: str) -> list[Message]:

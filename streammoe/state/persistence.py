@@ -44,7 +44,7 @@ from streammoe.model.config import ModelConfig
 log = get_logger("streammoe.state.persistence")
 
 FORMAT_VERSION = 1
-PARTS = {
+PARTS: dict[str, str | tuple[str, ...]] = {
     "experts": "experts.",
     "em": ("weights.", "status"),
     "scaler": "scaler.",

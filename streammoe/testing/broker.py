@@ -93,7 +93,8 @@ class EmbeddedBroker:
         binary = broker_binary()
         self.port = self.port or free_port()
         url = f"tcp://{HOST}:{self.port}"
-        out = open(self.log_file, "ab") if self.log_file is not None else subprocess.DEVNULL  # noqa: SIM115
+        log = open(self.log_file, "ab") if self.log_file is not None else None  # noqa: SIM115
+        out = log if log is not None else subprocess.DEVNULL
         try:
             self.proc = subprocess.Popen(
                 [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url,
@@ -101,8 +102,8 @@ class EmbeddedBroker:
                 stdin=subprocess.DEVNULL, stdout=out, stderr=out, env={**os.environ, **self.env},
             )
         finally:
-            if out is not subprocess.DEVNULL:
-                out.close()
+            if log is not None:
+                log.close()
         atexit.register(self.stop)
         try:
             wait_for_port(self.port, self.proc, self.start_timeout)

@@ -159,9 +159,9 @@ class RecordDecoder:
         ts, index = ts[:j], index[:j]
         finite = np.isfinite(values).all(axis=1)
         if not finite.all():
-            for row in np.flatnonzero(~finite):
-                bad = [self.channels[c] for c in np.flatnonzero(~np.isfinite(values[row]))]
-                dead.append(DeadLetter(int(index[row]), "non_finite", f"not finite as float32: {bad}"))
+            for bad_row in np.flatnonzero(~finite):
+                bad = [self.channels[c] for c in np.flatnonzero(~np.isfinite(values[bad_row]))]
+                dead.append(DeadLetter(int(index[bad_row]), "non_finite", f"not finite as float32: {bad}"))
             values, ts, index = values[finite], ts[finite], index[finite]
             assets = [a for a, ok in zip(assets, finite) if ok]
         dead.sort(key=lambda d: d.index)
