@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from streammoe.model_options import UsageError, add_model_options, check_saved_model, model_config
+
 if TYPE_CHECKING:
     from tqdm import tqdm
 
@@ -23,21 +25,20 @@ def _progress_bar(total: int, desc: str) -> tqdm:
 
 def cmd_fit(args: argparse.Namespace) -> int:
     from streammoe.model.detector import MixtureDetector
-    from streammoe.model.config import ModelConfig
     from streammoe.state.persistence import save_detector
     from streammoe.files.series import read_series
 
+    config = model_config(args)
     series = [read_series(p) for p in args.data]
     channels = series[0].channels
     for s in series[1:]:
         if s.channels != channels:
-            raise SystemExit(f"error: {s.path} has channels {s.channels}, {series[0].path} has {channels}")
+            raise UsageError(f"{s.path} has channels {s.channels}, {series[0].path} has {channels}")
     values = np.concatenate([s.values for s in series])
     finite = np.isfinite(values).all(axis=1)
     if not finite.all():
         print(f"fit: dropping {int((~finite).sum())} rows with missing or non-finite values", file=sys.stderr)
         values = values[finite]
-    config = ModelConfig(**_overrides(args))
     detector = MixtureDetector(len(channels), config, channels)
     with _progress_bar(config.fit_steps, "fit") as bar:
         report = detector.fit(values, k=args.k, progress=bar.update)
@@ -47,16 +48,18 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from streammoe.model.config import ModelConfig
     from streammoe.files.offline import score_stream
     from streammoe.state.persistence import load_detector, save_detector
     from streammoe.files.series import read_series, write_scores
 
+    if args.model is None and args.warmup is None:
+        raise UsageError("without --model, give --warmup N (rows to learn from before scoring)")
+    config = model_config(args)
     series = read_series(args.data)
     detector = load_detector(args.model, channels=series.channels) if args.model else None
-    if detector is None and args.warmup is None:
-        raise SystemExit("error: without --model, give --warmup N (rows to learn from before scoring)")
-    config = ModelConfig(**_overrides(args)) if detector is None else None
+    if detector is not None:
+        check_saved_model(detector.config, config, args)
+        config = None
     with _progress_bar(len(series.values), "score") as bar:
         result, detector = score_stream(
             series.values, detector, series.channels, config, warmup=args.warmup or 0,
@@ -85,22 +88,6 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
-MODEL_OPTIONS = {
-    "k_max": int, "n_samples": int, "threshold": float, "learn_threshold": float, "half_life": float,
-    "fit_steps": int, "seed": int, "hidden": int, "latent": int,
-}
-
-
-def _add_model_options(p: argparse.ArgumentParser) -> None:
-    group = p.add_argument_group("model (defaults from ModelConfig)")
-    for name, typ in MODEL_OPTIONS.items():
-        group.add_argument(f"--{name.replace('_', '-')}", dest=name, type=typ, default=None)
-
-
-def _overrides(args: argparse.Namespace) -> dict:
-    return {k: getattr(args, k) for k in MODEL_OPTIONS if getattr(args, k, None) is not None}
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="streammoe", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -109,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", nargs="+", required=True, type=Path)
     p.add_argument("--out", required=True, type=Path, help="model directory to write")
     p.add_argument("--k", type=int, default=None, help="number of experts (default: chosen by BIC up to --k-max)")
-    _add_model_options(p)
+    add_model_options(p)
     p.set_defaults(func=cmd_fit)
 
     p = sub.add_parser("score", help="score a series file prequentially (score first, then learn)")
@@ -120,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-learn", action="store_true", help="score only; never update the model")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--save-model", type=Path, default=None, help="write the adapted model here afterwards")
-    _add_model_options(p)
+    add_model_options(p)
     p.set_defaults(func=cmd_score)
 
     for register in _extra_commands():
@@ -172,11 +159,22 @@ def _fail(message: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; an error the user can fix (a missing file, a bad option or setting, an unloadable model)
+    is one line on stderr and exit status 2, never a traceback."""
+    from streammoe.config import SettingsError
+    from streammoe.files.series import SeriesFormatError
+    from streammoe.state.persistence import ModelLoadError
+
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
+    except (UsageError, SeriesFormatError, ModelLoadError, SettingsError, OSError) as e:
+        message = " ".join(str(e).split()) if not isinstance(e, OSError) or not e.filename else \
+            f"{e.filename}: {e.strerror}"
+        print(f"streammoe {args.command}: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

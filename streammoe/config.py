@@ -2,8 +2,10 @@
 
 Nesting uses `__`: `STREAMMOE_KAFKA__BOOTSTRAP_SERVERS=broker:9092`, `STREAMMOE_BATCHING__MAX_BATCH=512`,
 `STREAMMOE_MODEL__THRESHOLD=1e-4`. Lists and dicts take JSON: `STREAMMOE_RECORDS__CHANNELS='["flow","temp"]'`,
-`STREAMMOE_KAFKA__EXTRA='{"linger.ms": "5"}'`. Secrets are `SecretStr`: they print as `**********` everywhere
-except in the librdkafka dictionaries handed to the client.
+`STREAMMOE_KAFKA__EXTRA='{"linger.ms": "5"}'` (a shell cannot name a variable `STREAMMOE_KAFKA__EXTRA__linger.ms`;
+env files, `env` and Kubernetes can, and that form works too, but not beside the JSON one). Secrets are
+`SecretStr`: they print as `**********` everywhere except in the librdkafka dictionaries handed to the client.
+A `STREAMMOE_*` variable that names no setting stops start-up (streammoe/variables.py).
 """
 
 from __future__ import annotations
@@ -14,10 +16,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from dotenv import dotenv_values
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streammoe.model.config import ModelConfig
+from streammoe.kafka.properties import for_consumer, for_producer
 from streammoe.state.scopes import ScopeSettings
+from streammoe.variables import unknown_variables
 
 ENV_PREFIX = "STREAMMOE_"
 ENV_FILE_VARIABLE = "STREAMMOE_ENV_FILE"
@@ -55,7 +60,17 @@ class KafkaSettings(Section):
     ssl_key_location: str | None = None
     ssl_key_password: SecretStr | None = None
     ssl_endpoint_identification_algorithm: Literal["https", "none"] | None = None
-    extra: dict[str, str] = Field(default_factory=dict, description="librdkafka properties passed to both clients.")
+    extra: dict[str, str] = Field(
+        default_factory=dict, description="librdkafka properties; each client gets those that apply to it "
+        "(producer-only ones are kept from the consumers and the other way round).",
+    )
+    partitioner: Literal["murmur2_random", "murmur2", "consistent_random", "consistent", "fnv1a_random", "fnv1a",
+                         "random"] = Field(
+        "murmur2_random", description="How outputs keyed by asset are spread over partitions. murmur2_random "
+        "picks the partition Java clients, Kafka Streams and kafka-python pick for the same key (so, with as many "
+        "partitions as the input, an asset's alerts sit beside its records produced by such a client); "
+        "librdkafka's own default, consistent_random, hashes with CRC32 and does not.",
+    )
 
     def redacted_extra(self) -> dict[str, str]:
         return {k: _redact_property(k, v) for k, v in self.extra.items()}
@@ -190,19 +205,39 @@ def _variable(loc: tuple[int | str, ...]) -> str:
 
 
 def load_settings(env_file: str | Path | None = None, **overrides: Any) -> Settings:
-    """Read settings from the environment and `env_file` (default: `$STREAMMOE_ENV_FILE`); raise SettingsError."""
+    """Read settings from the environment and `env_file` (default: `$STREAMMOE_ENV_FILE`); raise SettingsError,
+    also for a `STREAMMOE_*` variable that names no setting (streammoe/variables.py)."""
     env_file = env_file or os.environ.get(ENV_FILE_VARIABLE)
     if env_file is not None and not Path(env_file).is_file():
         raise SettingsError(f"{ENV_FILE_VARIABLE}: env file {env_file} does not exist")
+    lines = _variable_problems(env_file)
     try:
-        return Settings(_env_file=env_file, **overrides)
+        settings = Settings(_env_file=env_file, **overrides)
     except ValidationError as e:
-        lines = []
         for err in e.errors():
             loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
             msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden" and any(line.upper().startswith(_variable(loc) + ":") for line in lines):
+                continue  # named already, with the nearest valid name
             lines.append(f"{_variable(loc)}: {msg}" if loc else msg)
+    if lines:
         raise SettingsError("\n".join(lines)) from None
+    return settings
+
+
+def _variable_problems(env_file: str | Path | None) -> list[str]:
+    """Unknown `STREAMMOE_*` names in the environment or the env file, and `extra` given in both of its forms
+    (pydantic-settings would keep the JSON and drop the per-property variables without a word)."""
+    variables: dict[str, str | None] = dict(dotenv_values(env_file)) if env_file is not None else {}
+    variables.update(os.environ)
+    lines = unknown_variables(Settings, variables)
+    names = {k.upper() for k in variables}
+    extra = ENV_PREFIX + "KAFKA__EXTRA"
+    per_property = sorted(n for n in names if n.startswith(extra + "__"))
+    if extra in names and per_property:
+        lines.append(f"{extra}: set librdkafka properties either as JSON in {extra} or one per variable "
+                     f"({per_property[0]}, ...), not both")
+    return lines
 
 
 def _security(kafka: KafkaSettings) -> dict[str, str]:
@@ -238,7 +273,7 @@ def consumer_config(kafka: KafkaSettings) -> dict[str, Any]:
         "statistics.interval.ms": kafka.statistics_interval_ms,
         **_security(kafka),
     }
-    conf.update(kafka.extra)
+    conf.update(for_consumer(kafka.extra))
     return conf
 
 
@@ -254,11 +289,9 @@ def producer_config(kafka: KafkaSettings) -> dict[str, Any]:
         "acks": "all",
         "enable.idempotence": False,
         "linger.ms": 5,
+        "partitioner": kafka.partitioner,
         "message.timeout.ms": int(kafka.delivery_timeout_s * 1000),
         **_security(kafka),
     }
-    conf.update({k: v for k, v in kafka.extra.items() if not k.startswith(_CONSUMER_ONLY)})
+    conf.update(for_producer(kafka.extra))
     return conf
-
-
-_CONSUMER_ONLY = ("fetch.", "group.", "session.", "heartbeat.", "max.poll.", "auto.offset.", "partition.assignment.")

@@ -65,6 +65,70 @@ def test_warmup_without_model(series) -> None:
     assert np.mean([int(r["is_anomaly"]) for r in rows[300:320]]) > 0.9
 
 
-def test_score_without_model_or_warmup_is_a_clear_error(series) -> None:
-    with pytest.raises(SystemExit, match="--warmup"):
-        main(["score", "--data", str(series / "test.csv.gz"), "--out", str(series / "x.csv")])
+def test_score_without_model_or_warmup_is_a_clear_error(series, capsys) -> None:
+    assert main(["score", "--data", str(series / "test.csv.gz"), "--out", str(series / "x.csv")]) == 2
+    assert capsys.readouterr().err == "streammoe score: error: without --model, give --warmup N (rows to learn from before scoring)\n"
+
+
+@pytest.mark.parametrize("command", ["fit", "score"])
+def test_a_missing_input_file_is_one_line_and_a_non_zero_exit(tmp_path, command: str) -> None:
+    """Run as a user would (a subprocess): one line on stderr, exit 2, no traceback."""
+    import subprocess
+    import sys
+
+    args = ["--data", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "out")] + (["--warmup", "10"] if command == "score" else [])
+    run = subprocess.run([sys.executable, "-m", "streammoe.cli", command, *args], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 2
+    assert run.stderr.splitlines() == [f"streammoe {command}: error: {tmp_path / 'nope.csv'}: no such file"]
+
+
+def test_a_model_that_cannot_be_loaded_is_one_line(series, capsys) -> None:
+    (series / "notamodel").mkdir()
+    assert main(["score", "--data", str(series / "test.csv.gz"), "--model", str(series / "notamodel"),
+                 "--out", str(series / "x.csv")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("streammoe score: error: ") and err.count("\n") == 1
+
+
+def test_every_model_config_field_is_an_option() -> None:
+    """Derived from ModelConfig (nested sections too), not written out by hand."""
+    from streammoe.cli import build_parser
+    from streammoe.model.config import ModelConfig, NoveltyConfig
+
+    fit = build_parser()._subparsers._group_actions[0].choices["fit"]  # type: ignore[union-attr]
+    flags = {o for a in fit._actions for o in a.option_strings}
+    expected = {"--" + n.replace("_", "-") for n, f in ModelConfig.model_fields.items() if f.annotation in (int, float)}
+    expected |= {"--novelty-" + n.replace("_", "-") for n in NoveltyConfig.model_fields}
+    assert expected <= flags and "--novelty-min-records" in flags and "--learning-rate" in flags
+
+
+def test_fit_honours_the_daemons_model_variables_and_the_command_line_wins(series, monkeypatch, capsys) -> None:
+    from streammoe.state.persistence import load_detector
+
+    monkeypatch.setenv("STREAMMOE_MODEL__HIDDEN", "12")
+    monkeypatch.setenv("STREAMMOE_MODEL__NOVELTY__MIN_RECORDS", "123")
+    monkeypatch.setenv("STREAMMOE_MODEL__LATENT", "3")
+    out = series / "model"
+    assert main(["fit", "--data", str(series / "train.csv.gz"), "--out", str(out), *FAST, "--latent", "2"]) == 0
+    config = load_detector(out).config
+    assert (config.hidden, config.novelty.min_records, config.latent, config.k_max) == (12, 123, 2, 2)
+
+    monkeypatch.setenv("STREAMMOE_MODEL__HIDDEN_UNITS", "12")
+    assert main(["fit", "--data", str(series / "train.csv.gz"), "--out", str(out), *FAST]) == 2
+    assert "STREAMMOE_MODEL__HIDDEN_UNITS: not a setting (did you mean STREAMMOE_MODEL__HIDDEN?)" in capsys.readouterr().err
+
+
+def test_score_with_a_saved_model_refuses_options_it_would_ignore_and_warns_about_the_environment(
+        series, monkeypatch, capsys) -> None:
+    model, out = series / "model", series / "s.csv"
+    assert main(["fit", "--data", str(series / "train.csv.gz"), "--out", str(model), *FAST]) == 0
+    capsys.readouterr()
+    base = ["score", "--data", str(series / "test.csv.gz"), "--model", str(model), "--out", str(out)]
+    assert main([*base, "--threshold", "0.0001", "--k-max", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "--threshold 0.0001 (the model has 0.001)" in err and "--k-max" not in err, "same as saved: not refused"
+    assert not out.exists()
+    monkeypatch.setenv("STREAMMOE_MODEL__THRESHOLD", "0.0001")
+    assert main(base) == 0
+    assert "ignored: STREAMMOE_MODEL__THRESHOLD=0.0001 (the model has 0.001)" in capsys.readouterr().err

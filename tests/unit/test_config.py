@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -116,3 +117,119 @@ def test_poll_interval_below_session_timeout_is_refused(monkeypatch: pytest.Monk
 def test_shipped_env_files_load(env_file, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("STREAMMOE_RECORDS__CHANNELS")
     assert load_settings(env_file).records.channels
+
+
+@pytest.mark.parametrize(
+    ("var", "value", "nearest"),
+    [
+        ("STREAMMOE_KAFKA_BOOTSTRAP_SERVERS", "broker:9092", "STREAMMOE_KAFKA__BOOTSTRAP_SERVERS"),
+        ("STREAMMOE_TORCH_THREAD", "4", "STREAMMOE_TORCH_THREADS"),
+        ("STREAMMOE_MODEL__NOVELTY__MIN_RECORD", "300", "STREAMMOE_MODEL__NOVELTY__MIN_RECORDS"),
+        ("STREAMMOE_HTTP_PORT", "9308", "STREAMMOE_HTTP__PORT"),  # shaped like a service link, but no tcp:// value
+        ("streammoe_batching__max_bach", "64", "STREAMMOE_BATCHING__MAX_BATCH"),
+    ],
+)
+def test_a_misspelt_variable_stops_start_up_naming_the_nearest_setting(
+        monkeypatch: pytest.MonkeyPatch, capsys, var: str, value: str, nearest: str) -> None:
+    monkeypatch.setenv(var, value)
+    with pytest.raises(SettingsError) as err:
+        load_settings()
+    assert str(err.value) == f"{var}: not a setting (did you mean {nearest}?)"
+    assert main(["run"]) == 2
+    assert capsys.readouterr().err.strip() == f"streammoe run: invalid setting: {var}: not a setting (did you mean {nearest}?)"
+
+
+def test_a_misspelt_key_in_the_env_file_is_refused(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    env = tmp_path / "site.env"
+    env.write_text("STREAMMOE_KAFKA__GROUP_ID=site\nSTREAMMOE_KAFKA__GROUPID=typo\n")
+    with pytest.raises(SettingsError, match=r"^STREAMMOE_KAFKA__GROUPID: not a setting \(did you mean STREAMMOE_KAFKA__GROUP_ID\?\)$"):
+        load_settings(env)
+
+
+def test_legitimate_variables_that_are_not_settings_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The project's own non-setting variables, Kubernetes service links of streammoe-* Services, dict keys."""
+    from streammoe.variables import NON_SETTINGS
+
+    allowed = {
+        **{name: "x" for name in NON_SETTINGS},
+        "STREAMMOE_SERVICE_HOST": "10.0.0.9", "STREAMMOE_SERVICE_PORT": "9308", "STREAMMOE_PORT": "tcp://10.0.0.9:9308",
+        "STREAMMOE_METRICS_SERVICE_PORT_METRICS": "9308", "STREAMMOE_METRICS_PORT_9308_TCP_PROTO": "tcp",
+        "STREAMMOE_SCOPES__GROUPS__pump-7": "line-2",
+    }
+    allowed.pop("STREAMMOE_ENV_FILE")  # it must name a file; tested with one above
+    for name, value in allowed.items():
+        monkeypatch.setenv(name, value)
+    assert load_settings().scopes.groups == {"pump-7": "line-2"}
+
+
+def test_every_streammoe_variable_the_repository_reads_is_known() -> None:
+    """Each STREAMMOE_* name that code or docs read but is not a setting is in NON_SETTINGS (else it would be
+    refused at start-up); found by grepping the repository for os.environ reads and *_VARIABLE constants."""
+    from streammoe.config import Settings
+    from streammoe.variables import NON_SETTINGS, setting_names
+
+    root = Path(__file__).parents[2]
+    names, _ = setting_names(Settings)
+    read = set()
+    for path in [*root.glob("streammoe/**/*.py"), *root.glob("benchmarks/*.py"), root / "Dockerfile", root / "dev"]:
+        text = path.read_text()
+        read |= set(re.findall(r"(?:environ(?:\.get)?[\[(]\s*|_VARIABLE = )[\"'](STREAMMOE_[A-Z0-9_]+)", text))
+    assert read, "the grep found nothing: its pattern is stale"
+    assert read - names <= set(NON_SETTINGS)
+    assert set(NON_SETTINGS) <= read, "a NON_SETTINGS entry nothing reads"
+
+
+def test_extra_properties_in_the_shell_form_and_per_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """JSON in STREAMMOE_KAFKA__EXTRA is the form bash accepts; STREAMMOE_KAFKA__EXTRA__<property> (a name with
+    dots: env files, `env`, Kubernetes) works too; both at once is refused (one would be dropped)."""
+    import subprocess
+    import sys
+
+    script = "from streammoe.config import load_settings, producer_config; print(producer_config(load_settings().kafka)['linger.ms'])"
+    run = subprocess.run(["bash", "-c", f"export STREAMMOE_KAFKA__EXTRA='{{\"linger.ms\": \"7\"}}'; "
+                                        f"\"{sys.executable}\" -c \"{script}\""],
+                         capture_output=True, text=True, timeout=60, env={**__import__("os").environ})
+    assert run.stdout.strip() == "7", run.stderr
+    bash_refuses = subprocess.run(["bash", "-c", "export STREAMMOE_KAFKA__EXTRA__linger.ms=5"], capture_output=True,
+                                  text=True, timeout=10)
+    assert bash_refuses.returncode != 0 and "not a valid identifier" in bash_refuses.stderr
+    monkeypatch.setenv("STREAMMOE_KAFKA__EXTRA__linger.ms", "9")
+    assert producer_config(load_settings().kafka)["linger.ms"] == "9"
+    monkeypatch.setenv("STREAMMOE_KAFKA__EXTRA", '{"compression.type": "lz4"}')
+    with pytest.raises(SettingsError, match="^STREAMMOE_KAFKA__EXTRA: set librdkafka properties either as JSON"):
+        load_settings()
+
+
+def test_each_client_gets_only_its_own_extra_properties() -> None:
+    """Producer-only properties never reach a consumer and the other way round: librdkafka prints no raw CONFWARN
+    line outside the JSON log (checked on real clients in a subprocess, whose stderr is librdkafka's)."""
+    import subprocess
+    import sys
+
+    from streammoe.kafka.properties import CONSUMER_ONLY, PRODUCER_ONLY
+
+    extra = {"linger.ms": "5", "compression.type": "lz4", "batch.size": "100000", "acks": "1",
+             "heartbeat.interval.ms": "2000", "fetch.min.bytes": "1", "isolation.level": "read_committed",
+             "socket.keepalive.enable": "true"}
+    script = f"""
+import json
+from confluent_kafka import Consumer, Producer
+from streammoe.config import KafkaSettings, consumer_config, producer_config
+kafka = KafkaSettings(bootstrap_servers="127.0.0.1:9", extra={extra!r})
+c, p = consumer_config(kafka), producer_config(kafka)
+Consumer(c).close(); Producer(p).flush(0)
+print(json.dumps([sorted(c), sorted(p)]))
+"""
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert "CONFWARN" not in run.stderr, run.stderr
+    consumer, producer = (set(keys) for keys in __import__("json").loads(run.stdout))
+    assert not consumer & PRODUCER_ONLY and not producer & CONSUMER_ONLY
+    assert {"socket.keepalive.enable"} <= consumer & producer
+    assert {"heartbeat.interval.ms", "isolation.level"} <= consumer and {"linger.ms", "acks"} <= producer
+
+
+def test_outputs_are_partitioned_as_java_clients_do_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert producer_config(load_settings().kafka)["partitioner"] == "murmur2_random"
+    monkeypatch.setenv("STREAMMOE_KAFKA__PARTITIONER", "consistent_random")
+    assert producer_config(load_settings().kafka)["partitioner"] == "consistent_random"

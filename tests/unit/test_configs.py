@@ -1,7 +1,7 @@
 """The example env files in configs/: every key is a real setting, every file loads, every key is documented.
 
-Settings ignore unknown variables (`extra="ignore"`), so a misspelt key in an env file would silently do nothing;
-walking the nested pydantic models catches it here instead.
+load_settings refuses an unknown STREAMMOE_* name at start-up (streammoe/variables.py); walking the nested pydantic
+models here also catches a key that is only mentioned in a comment, and a whole section set as one variable.
 """
 
 from __future__ import annotations

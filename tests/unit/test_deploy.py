@@ -899,3 +899,42 @@ def test_k8s_scaleout_environment_names_and_values_validate(monkeypatch: pytest.
     del env["STREAMMOE_SCOPES__MODE"]
     with pytest.raises(Exception, match="STREAMMOE_SCOPES__MODE"):
         validate_settings(env, monkeypatch)
+
+
+def service_link_variables(service: dict) -> dict[str, str]:
+    """The variables Kubernetes injects into pods for `service` when service links are on (docker links' form)."""
+    name = service["metadata"]["name"].upper().replace("-", "_")
+    ip = "10.96.0.17"
+    env = {f"{name}_SERVICE_HOST": ip}
+    for i, port in enumerate(service["spec"]["ports"]):
+        number, proto = port["port"], port.get("protocol", "TCP")
+        if i == 0:
+            env[f"{name}_SERVICE_PORT"] = str(number)
+            env[f"{name}_PORT"] = f"{proto.lower()}://{ip}:{number}"
+        if "name" in port:
+            env[f"{name}_SERVICE_PORT_{port['name'].upper().replace('-', '_')}"] = str(number)
+        base = f"{name}_PORT_{number}_{proto}"
+        env.update({base: f"{proto.lower()}://{ip}:{number}", f"{base}_PROTO": proto.lower(),
+                    f"{base}_PORT": str(number), f"{base}_ADDR": ip})
+    return env
+
+
+def test_k8s_pods_get_no_service_links_and_would_start_with_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Service links are off in both pod templates; were they on, the STREAMMOE_* names Kubernetes injects for
+    the shipped Services (streammoe-metrics, streammoe-workers) would not stop start-up as unknown settings."""
+    from streammoe.config import load_settings
+
+    _, pod, _ = scaleout_parts()
+    deployment = k8s_docs()["Deployment/streammoe"]
+    for spec in (deployment["spec"]["template"]["spec"], pod):
+        assert spec["enableServiceLinks"] is False
+    services = [d for d in [*k8s_docs().values(), *scaleout_docs().values()] if d["kind"] == "Service"]
+    assert {s["metadata"]["name"] for s in services} >= {"streammoe-metrics", "streammoe-workers"}
+    for name in list(os.environ):
+        if name.upper().startswith("STREAMMOE_"):
+            monkeypatch.delenv(name)
+    injected = {k: v for s in services for k, v in service_link_variables(s).items()}
+    assert "STREAMMOE_METRICS_PORT_9308_TCP_ADDR" in injected
+    for name, value in {**injected, "STREAMMOE_RECORDS__CHANNELS": '["a"]'}.items():
+        monkeypatch.setenv(name, value)
+    assert load_settings().records.channels == ["a"]
