@@ -24,9 +24,9 @@ def _progress_bar(total: int, desc: str) -> tqdm:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
+    from streammoe.files.series import read_series
     from streammoe.model.detector import MixtureDetector
     from streammoe.state.persistence import save_detector
-    from streammoe.files.series import read_series
 
     config = model_config(args)
     series = [read_series(p) for p in args.data]
@@ -49,8 +49,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 def cmd_score(args: argparse.Namespace) -> int:
     from streammoe.files.offline import score_stream
-    from streammoe.state.persistence import load_detector, save_detector
     from streammoe.files.series import read_series, write_scores
+    from streammoe.state.persistence import load_detector, save_detector
 
     if args.model is None and args.warmup is None:
         raise UsageError("without --model, give --warmup N (rows to learn from before scoring)")
@@ -59,10 +59,9 @@ def cmd_score(args: argparse.Namespace) -> int:
     detector = load_detector(args.model, channels=series.channels) if args.model else None
     if detector is not None:
         check_saved_model(detector.config, config, args)
-        config = None
     with _progress_bar(len(series.values), "score") as bar:
         result, detector = score_stream(
-            series.values, detector, series.channels, config, warmup=args.warmup or 0,
+            series.values, detector, series.channels, config if detector is None else None, warmup=args.warmup or 0,
             learn=not args.no_learn, batch_size=args.batch_size, progress=bar.update,
         )
     write_scores(

@@ -15,12 +15,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from dotenv import dotenv_values
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from streammoe.model.config import ModelConfig
 from streammoe.kafka.properties import for_consumer, for_producer
+from streammoe.model.config import ModelConfig
 from streammoe.state.scopes import ScopeSettings
 from streammoe.variables import unknown_variables
 
@@ -80,7 +80,7 @@ class KafkaSettings(Section):
             yield name, self.redacted_extra() if name == "extra" else value
 
     @model_validator(mode="after")
-    def _consistent(self) -> "KafkaSettings":
+    def _consistent(self) -> KafkaSettings:
         if self.max_poll_interval_ms < self.session_timeout_ms:
             raise ValueError("max_poll_interval_ms must be >= session_timeout_ms (librdkafka refuses otherwise)")
         if self.security_protocol.startswith("SASL") and self.sasl_mechanism is None:
@@ -98,7 +98,7 @@ class RecordSettings(Section):
     max_record_bytes: int = Field(65_536, gt=0, description="Larger records are dead-lettered as oversized.")
 
     @model_validator(mode="after")
-    def _unique(self) -> "RecordSettings":
+    def _unique(self) -> RecordSettings:
         if len(set(self.channels)) != len(self.channels):
             raise ValueError("channels must be unique")
         return self
@@ -176,7 +176,7 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "json", "console"] = "auto"
 
     @model_validator(mode="after")
-    def _snapshots_need_scopes(self) -> "Settings":
+    def _snapshots_need_scopes(self) -> Settings:
         if self.snapshot.topic and self.scopes.mode == "global":
             raise ValueError(
                 "STREAMMOE_SNAPSHOT__TOPIC hands scopes between workers, but STREAMMOE_SCOPES__MODE=global has one "

@@ -16,6 +16,7 @@ import sys
 from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streammoe.model.config import ModelConfig
@@ -77,7 +78,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
                            metavar=typ.__name__.upper(), help=f"{field.description or ''} (default {field.default})".replace("%", "%%"))
 
 
-def _field(path: tuple[str, ...]):  # type: ignore[no-untyped-def]
+def _field(path: tuple[str, ...]) -> FieldInfo:
     model: Any = ModelConfig
     for part in path[:-1]:
         model = model.model_fields[part].annotation
@@ -109,7 +110,7 @@ def model_config(args: argparse.Namespace, environ: dict[str, str] | None = None
     if problems:
         raise UsageError(problems[0])
     try:
-        return _ModelSettings(model=_nest(given_options(args))).model  # type: ignore[call-arg]
+        return _ModelSettings(model=_nest(given_options(args))).model
     except ValidationError as e:
         err = e.errors()[0]
         where = _flag(tuple(str(p) for p in err["loc"][1:])) if len(err["loc"]) > 1 else "model options"

@@ -417,7 +417,7 @@ def kafka_init_topics() -> dict[str, tuple[int, dict[str, str]]]:
     """Topic -> (partitions, topic configs) as compose's kafka-init creates them (`create NAME PARTITIONS K=V...`)."""
     script = "\n".join(compose()["services"]["kafka-init"]["command"])
     return {m[1]: (int(m[2]), dict(c.split("=", 1) for c in m[3].split()))
-            for m in re.finditer(r"^[ \t]*create[ \t]+(\S+)[ \t]+(\d+)([^\n]*)$", script, re.M)}
+            for m in re.finditer(r"^[ \t]*create[ \t]+(\S+)[ \t]+(\d+)([^\n]*)$", script, re.MULTILINE)}
 
 
 def compose_scaleout_services() -> dict[str, dict]:
