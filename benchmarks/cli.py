@@ -13,10 +13,21 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.peers import Extras
-from benchmarks.tracks import METHODS, T3_METHODS, T3_PAIRS, SeriesRun
+from benchmarks.t4 import T4A_METHODS, T4B_METHODS, T4B_PAIRS, MultiModeOptions
+from benchmarks.tracks import (
+    METHODS,
+    T3_METHODS,
+    T3_PAIRS,
+    BenchOptions,
+    FitCache,
+    Observer,
+    SeriesRun,
+    TrackResult,
+)
 from streammoe.model.config import ModelConfig
 
-TRACKS = ("T1", "T2", "T3")
+TRACKS = ("T1", "T2", "T3", "T4A", "T4B", "SPLICE")
+ALL_METHODS = tuple(dict.fromkeys(METHODS + T3_METHODS + T4A_METHODS + T4B_METHODS))
 SCALAR_TYPES = (int, float)
 
 
@@ -40,17 +51,31 @@ def _parse_pairs(text: str) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
+def _parse_mode_pairs(text: str) -> tuple[tuple[int, int], ...]:
+    try:
+        return tuple((int(a), int(b)) for a, b in (item.split("->") for item in text.split(",")))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"mode pairs are 'a->b,c->d' with mode numbers, got {text!r}") from None
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="quality benchmark (tracks T1-T3) with peers side by side; --speed for throughput",
+    p = sub.add_parser("bench", help="quality benchmark (tracks T1-T4, SPLICE) with peers side by side; --speed for throughput",
                        description=__doc__)
     p.add_argument("--tracks", default=None, help=f"comma list of {','.join(TRACKS)} (default: all, or none with --speed)")
     p.add_argument("--series", default=None, help="only series whose name contains this (e.g. valve1, machine-1, omi-2)")
     p.add_argument("--max-series", type=int, default=None, help="at most N series per dataset (T3: N pairs)")
     p.add_argument("--methods", default=None,
-                   help=f"comma list among {', '.join(dict.fromkeys(METHODS + T3_METHODS))} (default: all)")
+                   help=f"comma list among {', '.join(ALL_METHODS)} (default: each track's own list)")
     p.add_argument("--pairs", type=_parse_pairs, default=T3_PAIRS,
                    help="T3 pairs 'a->b,c->d' of SMD machines (default: " + ",".join(f"{a}->{b}" for a, b in T3_PAIRS) + ")")
     p.add_argument("--data-root", type=Path, default=None, help="datasets folder (default: $STREAMMOE_DATA or ../shared/datasets)")
+    p.add_argument("--t4-data", type=Path, default=None,
+                   help="T4A/T4B: a folder of series files with manifest.json (benchmarks/tep_data.py, "
+                        "streammoe.testing.process_files); default: the process simulator in memory")
+    p.add_argument("--t4-seed", type=int, default=0, help="T4A/T4B: the simulator's seed")
+    p.add_argument("--t4-pairs", type=_parse_mode_pairs, default=T4B_PAIRS,
+                   help="T4B: fitted->unseen mode pairs (default: " + ",".join(f"{a}->{b}" for a, b in T4B_PAIRS) + ")")
+    p.add_argument("--t4-records", type=int, default=2400, help="T4B/SPLICE: records on each side of the switch")
     p.add_argument("--out", type=Path, default=None, help="results folder (default: results/<timestamp>)")
     p.add_argument("--batch-size", type=int, default=256, help="streammoe micro-batch, as `score --batch-size`")
     p.add_argument("--no-plots", action="store_true", help="skip the per-series PNG plots")
@@ -94,7 +119,8 @@ def _git_commit() -> str:
 
 def _log_run(track: str, run: SeriesRun) -> None:
     m = run.metrics
-    parts = [f"{k} {m[k]:.3f}" for k in ("auc_pr", "f1", "far", "far_b_train_2nd_half") if m.get(k) is not None]
+    parts = [f"{k} {m[k]:.3f}" for k in ("auc_pr", "f1", "far", "far_b_train_2nd_half", "flag_rate", "far_old",
+                                                  "far_new_2nd_half", "records_to_mode_added") if m.get(k) is not None]
     print(f"  {track} {run.series:28s} {run.method:16s} {'  '.join(parts)}  (fit {run.fit_s:.0f}s, score {run.score_s:.0f}s)",
           file=sys.stderr, flush=True)
 
@@ -132,12 +158,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
     config = ModelConfig(**overrides)
     only_other = args.speed or args.fuzz
     wanted = [t.strip().upper() for t in args.tracks.split(",")] if args.tracks else ([] if only_other else list(TRACKS))
+    unknown_methods = sorted({m.strip() for m in args.methods.split(",")} - set(ALL_METHODS)) if args.methods else []
+    if unknown_methods:
+        raise SystemExit(f"error: unknown method(s) {unknown_methods}; known: {list(ALL_METHODS)}")
     unknown = sorted(set(wanted) - set(TRACKS))
     if unknown:
         raise SystemExit(f"error: unknown track(s) {unknown}; known: {list(TRACKS)}")
     methods = tuple(m.strip() for m in args.methods.split(",")) if args.methods else None
     data_root = args.data_root or default_data_root()
-    if wanted and not data_root.is_dir():
+    if set(wanted) - {"T4A", "T4B"} and not data_root.is_dir():
         raise SystemExit(f"error: no datasets folder at {data_root}; give --data-root or set STREAMMOE_DATA")
     out = args.out or Path("results") / datetime.now().strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
@@ -156,6 +185,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     results = []
     cache = tracks.FitCache()
+    mm = None
     try:
         for t in wanted:
             print(f"{t} ...", file=sys.stderr, flush=True)
@@ -163,6 +193,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 results.append(tracks.run_t1(opts, observe))
             elif t == "T2":
                 results.append(tracks.run_t2(opts, cache, observe))
+            elif t in ("T4A", "T4B"):
+                from benchmarks import t4
+
+                mm = mm or _multimode(args)
+                results.append((t4.run_t4a if t == "T4A" else t4.run_t4b)(opts, mm, cache, observe))
+            elif t == "SPLICE":
+                spliced = _splice(args, opts, cache, observe)
+                if spliced is not None:
+                    results.append(spliced)
             else:
                 t2 = next((r for r in results if r.track == "T2"), None)
                 results.append(tracks.run_t3(opts, cache, t2, observe))
@@ -183,6 +222,28 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.fuzz:
         return _fuzz(args, out, header)
     return 0
+
+
+def _multimode(args: argparse.Namespace) -> MultiModeOptions:
+    """T4's data: a folder of series files when --t4-data names one, else the process simulator."""
+    from benchmarks import multimode
+
+    data = multimode.folder_set(args.t4_data) if args.t4_data else multimode.simulator_set(args.t4_seed)
+    return MultiModeOptions(data, args.t4_pairs, args.t4_records, args.t4_seed)
+
+
+def _splice(args: argparse.Namespace, opts: BenchOptions, cache: FitCache, observe: Observer) -> TrackResult | None:
+    """SPLICE, or None (with a line saying why) when the SMD files are not there."""
+    from benchmarks import splice
+
+    smd = opts.data_root / "smd"
+    if not smd.is_dir():
+        print(f"SPLICE: skipped, no SMD folder at {smd}", file=sys.stderr, flush=True)
+        return None
+    result = splice.run_splice(opts, cache, args.t4_records, observe)
+    if result is None:
+        print("SPLICE: skipped, none of the SMD pairs is there", file=sys.stderr, flush=True)
+    return result
 
 
 def _fuzz(args: argparse.Namespace, out: Path, header: dict) -> int:

@@ -39,6 +39,7 @@ class Extras:
     calibrated_score: np.ndarray | None = None
     calibrated_threshold: float | None = None
     n_experts: np.ndarray | None = None
+    events: list[tuple[int, str, int]] = field(default_factory=list)  # (rows scored when raised, kind, expert)
     info: dict = field(default_factory=dict)
 
 
@@ -168,11 +169,79 @@ class PcaT2QPeer(ThresholdFromTraining):
         t2, q = self._parts(clean)
         self.t2_ref = max(float(np.quantile(t2, 0.99)), 1e-12)
         self.q_ref = max(float(np.quantile(q, 0.99)), 1e-12)
-        self._set_threshold(self.score_many(clean))
+        self._set_threshold(self._score(clean))
 
-    def score_many(self, x: np.ndarray) -> np.ndarray:
+    def _score(self, x: np.ndarray) -> np.ndarray:
         t2, q = self._parts(x)
         return t2 / self.t2_ref + q / self.q_ref
+
+    def score_many(self, x: np.ndarray) -> np.ndarray:
+        return self._score(x)
+
+
+CONTEXT_ROWS = 10
+
+
+class TimeContext:
+    """Per row: its values, its change from the previous row, and the spread of and distance from the mean of
+    the last `rows` rows (the row itself included), as 4 x C features.
+
+    The context carries over from one `transform` call to the next (a stream scored in parts sees the same
+    features as in one call) and starts empty: the first rows of a stream use what history there is, and the
+    first row's change is 0."""
+
+    def __init__(self, rows: int = CONTEXT_ROWS) -> None:
+        self.rows = rows
+        self.history: np.ndarray | None = None
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64)
+        past = self.history if self.history is not None else x[:0]
+        full = np.concatenate([past, x])
+        n_past = len(past)
+        prev = np.concatenate([full[:1], full[:-1]])
+        change = (full - prev)[n_past:]
+        csum = np.concatenate([np.zeros((1, full.shape[1])), np.cumsum(full, axis=0)])
+        csq = np.concatenate([np.zeros((1, full.shape[1])), np.cumsum(full**2, axis=0)])
+        end = np.arange(n_past, len(full)) + 1
+        start = np.maximum(end - self.rows, 0)
+        count = (end - start)[:, None]
+        mean = (csum[end] - csum[start]) / count
+        var = np.maximum((csq[end] - csq[start]) / count - mean**2, 0.0)
+        self.history = full[-(self.rows - 1):] if self.rows > 1 else full[:0]
+        return np.hstack([x, change, np.sqrt(var), x - mean])
+
+    def reset(self) -> None:
+        self.history = None
+
+
+class PcaT2QWindowPeer(PcaT2QPeer):
+    """PCA T²+Q with time context: the same detector on TimeContext features, so a change of dynamics (more
+    variance, an oscillation, a stuck signal) shows even where every single value stays in range.
+
+    The training part is one stream; a scored stream starts without context from it."""
+
+    name = "PCA-T2+Q-window"
+
+    def __init__(self, variance: float = 0.95, rows: int = CONTEXT_ROWS) -> None:
+        super().__init__(variance)
+        self.context = TimeContext(rows)
+
+    def describe(self) -> str:
+        return (f"PCA T²+Q as PCA-T2+Q, on per-row time context over the last {self.context.rows} rows (values, "
+                f"change from the previous row, spread, distance from the window mean: 4 features per channel)")
+
+    def fit(self, x: np.ndarray) -> None:
+        clean = _finite_rows(x).astype(np.float64)
+        self.fill = clean.mean(axis=0)
+        self.context.reset()
+        super().fit(self.context.transform(clean))
+        self.context.reset()
+
+    def score_many(self, x: np.ndarray) -> np.ndarray:
+        """Missing values become the training mean before the context is taken, so one NaN cannot poison the
+        window sums of the rows after it."""
+        return self._score(self.context.transform(_impute(x, self.fill)))
 
 
 class StreamMoEPeer:
@@ -212,6 +281,7 @@ class StreamMoEPeer:
         self.extras.calibrated_score = result.calibrated_score
         self.extras.calibrated_threshold = float(-np.log10(self.config.threshold))
         self.extras.n_experts = result.n_experts
+        self.extras.events = [(row, ev.kind, ev.expert) for row, ev in result.events]
         self.extras.info["experts_at_end"] = int(self.detector.model.n_active)
         return result.score
 

@@ -23,8 +23,19 @@ COLUMNS = {
     "T3": [("far_b_train_2nd_half", "FAR b.train 2nd half"), ("auc_pr", "AUC-PR"), ("auc_roc", "AUC-ROC"),
            ("f1", "F1"), ("best_f1", "best-F1 (bound)"), ("auc_pr_ratio", "AUC-PR / T2"),
            ("auc_roc_ratio", "AUC-ROC / T2"), ("f1_ratio", "F1 / T2")],
+    "T4A": [("far", "FAR (mean/mode)"), ("far_prefault", "FAR pre-fault"), ("recall", "recall"),
+            ("recall_at_far1", "recall@FAR≤1%"), ("recall_at_far1_calibrated", "recall@FAR≤1% (calibrated)"),
+            ("auc_roc", "AUC-ROC (mean/mode)"), ("auc_roc_pooled", "AUC-ROC pooled"), ("k_selected", "K")],
+    "T4B": [("far_old", "FAR old mode"), ("far_new_1st_half", "FAR new 1st half"),
+            ("far_new_2nd_half", "FAR new 2nd half"), ("far_new_last_tenth", "FAR new last tenth"),
+            ("switches_with_mode_added", "switches with mode_added"), ("records_to_mode_added_max", "records to mode_added (max)"),
+            ("mode_added", "mode_added (mean)"), ("experts_at_end", "experts at end (mean)")],
 }
-PER_SERIES = {"T1": ("auc_pr", "f1"), "T2": ("auc_pr", "f1"), "T3": ("far_b_train_2nd_half", "auc_pr")}
+COLUMNS["SPLICE"] = COLUMNS["T4B"]
+T4A_KIND_PREFIX = "recall_"
+PER_SERIES = {"T1": ("auc_pr", "f1"), "T2": ("auc_pr", "f1"), "T3": ("far_b_train_2nd_half", "auc_pr"),
+              "T4A": ("flag_rate", "auc_roc"), "T4B": ("far_new_2nd_half", "records_to_mode_added"),
+              "SPLICE": ("far_new_2nd_half", "records_to_mode_added")}
 
 
 def _fmt(v: object) -> str:
@@ -42,6 +53,8 @@ def track_markdown(track: TrackResult) -> str:
     for m, s in track.summary.items():
         cells = [_fmt(s.get(k)) for k, _ in cols]
         lines.append(f"| {m} | " + " | ".join(cells) + f" | {s['n_series']} | {s['wall_s']:.0f} |")
+    if track.track == "T4A":
+        lines += _t4a_breakdown(track)
     a, b = PER_SERIES[track.track]
     methods = list(track.summary)
     lines += ["", f"Per series ({a} / {b}):", "", "| series | " + " | ".join(methods) + " |",
@@ -62,6 +75,25 @@ def track_markdown(track: TrackResult) -> str:
     if track.notes:
         lines += ["", "Notes:", ""] + [f"- {n}" for n in track.notes]
     return "\n".join(lines) + "\n"
+
+
+def _t4a_breakdown(track: TrackResult) -> list[str]:
+    """Recall per fault kind (at the method's own threshold / at FAR <= 1 %) and FAR per mode, one row per method."""
+    any_summary = next(iter(track.summary.values()), {})
+    kinds = sorted(k.removeprefix("recall_at_far1_") for k in any_summary
+                   if k.startswith("recall_at_far1_") and k != "recall_at_far1_calibrated")
+    modes = sorted(k.removeprefix("far_mode") for k in any_summary if k.startswith("far_mode"))
+    lines = ["", "Recall per fault kind (own threshold / at FAR ≤ 1 %):", "",
+             "| method | " + " | ".join(kinds) + " |", "|---|" + "---:|" * len(kinds)]
+    for m, s in track.summary.items():
+        cells = [f"{_fmt(s.get(T4A_KIND_PREFIX + k))} / {_fmt(s.get('recall_at_far1_' + k))}" for k in kinds]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    lines += ["", "FAR per mode (own threshold) / AUC-ROC per mode:", "",
+              "| method | " + " | ".join(f"mode {k}" for k in modes) + " |", "|---|" + "---:|" * len(modes)]
+    for m, s in track.summary.items():
+        cells = [f"{_fmt(s.get('far_mode' + k))} / {_fmt(s.get('auc_roc_mode' + k))}" for k in modes]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _json_default(o: object) -> object:

@@ -18,12 +18,21 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.metrics import Decisions, auc_pr, decisions, mean_defined, series_metrics
-from benchmarks.peers import Extras, HalfSpaceTreesPeer, IsolationForestPeer, PcaT2QPeer, Peer, StreamMoEPeer
+from benchmarks.peers import (
+    Extras,
+    HalfSpaceTreesPeer,
+    IsolationForestPeer,
+    PcaT2QPeer,
+    PcaT2QWindowPeer,
+    Peer,
+    StreamMoEPeer,
+)
 from streammoe.model.config import ModelConfig
 from streammoe.files.series import Series, read_series
 
 METHODS = ("streammoe", "streammoe-K1", "river-HST", "IsolationForest", "PCA-T2+Q")
 T3_METHODS = ("streammoe", "streammoe-static", "river-HST")
+EXTRA_METHODS = ("streammoe-K1-static", "PCA-T2+Q-window")  # used by the multi-mode tracks (t4.py)
 T1_GROUPS = ("valve1", "valve2", "other")
 T2_DATASETS = ("smd", "asd")
 # Dev pairs only: within SMD group 1, across groups 2 -> 1 and 1 -> 2.
@@ -106,13 +115,17 @@ def make_peer(name: str, opts: BenchOptions, cache: FitCache | None) -> Peer:
         return CachedStreamMoE(name, opts.config, 1, True, opts.batch_size, cache)
     if name == "streammoe-static":
         return CachedStreamMoE(name, opts.config, None, False, opts.batch_size, cache)
+    if name == "streammoe-K1-static":
+        return CachedStreamMoE(name, opts.config, 1, False, opts.batch_size, cache)
     if name == "river-HST":
         return HalfSpaceTreesPeer()
     if name == "IsolationForest":
         return IsolationForestPeer()
     if name == "PCA-T2+Q":
         return PcaT2QPeer()
-    raise ValueError(f"unknown method {name!r}; known: {sorted(set(METHODS) | set(T3_METHODS))}")
+    if name == "PCA-T2+Q-window":
+        return PcaT2QWindowPeer()
+    raise ValueError(f"unknown method {name!r}; known: {sorted(set(METHODS) | set(T3_METHODS) | set(EXTRA_METHODS))}")
 
 
 class CachedStreamMoE(StreamMoEPeer):

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from streammoe.model.detector import MixtureDetector, ScoredBatch
 from streammoe.model.config import ModelConfig
+from streammoe.novelty.events import ModeEvent
 
 TOP_CHANNELS = 3
 
@@ -33,6 +34,9 @@ class StreamResult:
     aleatoric: np.ndarray
     top_channels: list[str]
     n_experts: np.ndarray  # experts active when the row was scored
+    # Mode events raised while learning, each with the number of rows scored when it was raised (the end of
+    # its batch): how long after a switch a new expert came is read from here.
+    events: list[tuple[int, ModeEvent]] = field(default_factory=list)
 
     @classmethod
     def empty(cls, n: int) -> "StreamResult":
@@ -89,7 +93,8 @@ def score_stream(
         scored = detector.score_many(batch)
         out.put(start, scored, channels, detector.model.n_active)
         if learn:
-            detector.learn_many(scored)
+            report = detector.learn_many(scored)
+            out.events += [(start + len(batch), ev) for ev in report.events]
         start += len(batch)
         if progress is not None:
             progress(len(batch))

@@ -59,23 +59,26 @@ class DatasetSpec:
     kinds: Sequence[str] = FAULT_KINDS
 
 
-def dataset_runs(seed: int = 0, spec: DatasetSpec = DatasetSpec()) -> list[tuple[str, dict, Run]]:
+def dataset_runs(seed: int = 0, spec: DatasetSpec | None = None) -> list[tuple[str, dict, Run]]:
     """(file stem, manifest entry, run) of every run of the set; seeds are derived from `seed`, one per run."""
+    spec = spec or DatasetSpec()
     out: list[tuple[str, dict, Run]] = []
     for m in spec.modes:
         base = seed * 1000 + m * 100
         for part, n, s in (("train", spec.train, base), ("test", spec.test, base + 1)):
-            out.append((f"mode{m}.{part}", {"mode": m, "mode_name": MODES[m].name, "fault": None, "seed": s},
+            entry = {"mode": m, "mode_name": MODES[m].name, "part": part, "fault": None, "seed": s}
+            out.append((f"mode{m}.{part}", entry,
                         simulate(m, n, seed=s)))
         for j, kind in enumerate(spec.kinds):
             s = base + 10 + j
             fault = Fault(kind, spec.fault_start)
-            entry = {"mode": m, "mode_name": MODES[m].name, "fault": kind, "fault_start": spec.fault_start, "seed": s}
+            entry = {"mode": m, "mode_name": MODES[m].name, "part": "fault", "fault": kind,
+                     "fault_start": spec.fault_start, "seed": s}
             out.append((f"mode{m}.fault-{kind}", entry, simulate(m, spec.fault_run, faults=[fault], seed=s)))
     return out
 
 
-def write_dataset(root: str | Path, seed: int = 0, spec: DatasetSpec = DatasetSpec()) -> Path:
+def write_dataset(root: str | Path, seed: int = 0, spec: DatasetSpec | None = None) -> Path:
     """Write the set under `root` (one .csv.gz per run and manifest.json); returns the manifest's path."""
     root = Path(root)
     files: dict[str, dict] = {}
