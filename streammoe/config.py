@@ -60,6 +60,11 @@ class KafkaSettings(Section):
     ssl_key_location: str | None = None
     ssl_key_password: SecretStr | None = None
     ssl_endpoint_identification_algorithm: Literal["https", "none"] | None = None
+    output_timestamp: Literal["record", "now"] = Field(
+        "record", description="Kafka timestamp of alerts and scores: `record`, the input record's `ts` (epoch "
+        "milliseconds; time-indexed consumers and retention then follow the sensor's time; a `ts` that cannot be "
+        "one gets the clock's), or `now`, the daemon's clock. Dead letters keep their input's timestamp either way.",
+    )
     extra: dict[str, str] = Field(
         default_factory=dict, description="librdkafka properties; each client gets those that apply to it "
         "(producer-only ones are kept from the consumers and the other way round).",
@@ -281,7 +286,7 @@ def producer_config(kafka: KafkaSettings) -> dict[str, Any]:
     """librdkafka producer properties: acks from every in-sync replica before a batch counts as delivered.
 
     Not idempotent, on purpose: outputs are deduplicated downstream (`alert_id`), and an idempotent producer
-    never recovers from a Tansu restart (it forgets producer ids; shared/PLATFORM.md), whereas a plain one
+    never recovers from a Tansu restart (it forgets producer ids: measured), whereas a plain one
     delivers what it buffered during the outage. `extra` may still turn idempotence on for a real Kafka."""
     conf: dict[str, Any] = {
         "bootstrap.servers": kafka.bootstrap_servers,

@@ -19,8 +19,8 @@ import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from streammoe.config import KafkaSettings, consumer_config
-from streammoe.logs import get_logger
 from streammoe.kafka.source import usable
+from streammoe.logs import get_logger
 
 log = get_logger("streammoe.kafka.control")
 
@@ -70,16 +70,22 @@ class ControlListener:
             conf["error_cb"] = on_error
         self.consumer = Consumer(conf)
         self.assigned = False
+        self._said_missing = False
 
     def start(self, positions: dict[int, int]) -> bool:
         """Assign every partition of the control topic at `positions` (next offset per partition; else the
         beginning). False while the topic does not exist yet: the caller tries again later."""
         try:
             meta = self.consumer.list_topics(self.topic, timeout=2.0).topics.get(self.topic)
-        except Exception as e:  # a broker hiccup at start-up must not stop the daemon
+        except KafkaException as e:  # a broker hiccup at start-up must not stop the daemon
             log.warning("control_topic_unavailable", topic=self.topic, error=str(e))
             return False
         if meta is None or meta.error is not None or not meta.partitions:
+            if not self._said_missing:  # once: the caller asks again every few seconds
+                log.warning("control_topic_missing", topic=self.topic, setting="STREAMMOE_KAFKA__CONTROL_TOPIC",
+                            error=str(meta.error) if meta is not None and meta.error is not None else None,
+                            consequence="operator verdicts are not read until it exists (checked every few seconds)")
+                self._said_missing = True
             return False
         self.consumer.assign(
             [TopicPartition(self.topic, p, positions.get(p, OFFSET_BEGINNING)) for p in sorted(meta.partitions)]

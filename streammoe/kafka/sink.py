@@ -4,7 +4,7 @@ Outputs the broker did not acknowledge (it was down, or did not answer within `d
 again by `flush` until it takes them, so a broker outage delays a batch but never drops its outputs; a resent
 output may reach the topic twice (alerts carry `alert_id` for deduplication). The producer is deliberately not
 idempotent: Tansu forgets producer ids when it restarts and an idempotent producer then never recovers
-(shared/PLATFORM.md), while a plain one just delivers what it buffered, so the same producer serves before and
+(measured), while a plain one just delivers what it buffered, so the same producer serves before and
 after an outage.
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import partial
 
-from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka import TIMESTAMP_CREATE_TIME, KafkaError, KafkaException, Message, Producer
 
 from streammoe.config import KafkaSettings, producer_config
 from streammoe.logs import get_logger
@@ -36,52 +36,76 @@ class DeliveryError(Exception):
 
 def produce(producer: Producer, topic: str, value: bytes | None, key: bytes | None = None,
             headers: Headers | None = None, on_delivery: Callable[[KafkaError | None, Message], None] | None = None,
-            partition: int | None = None) -> None:
-    """Queue one message; while librdkafka's local queue is full, serve delivery reports and retry (backpressure,
-    never a dropped message)."""
+            partition: int | None = None, timestamp: int = 0) -> None:
+    """Queue one message (`timestamp`: epoch ms, 0 = now); while librdkafka's local queue is full, serve delivery
+    reports and retry (backpressure, never a dropped message)."""
     while True:
         try:
             if partition is None:
-                producer.produce(topic, value=value, key=key, headers=headers, on_delivery=on_delivery)
+                producer.produce(topic, value=value, key=key, headers=headers, on_delivery=on_delivery,
+                                 timestamp=timestamp)
             else:
                 producer.produce(topic, value=value, key=key, headers=headers, on_delivery=on_delivery,
-                                 partition=partition)
+                                 partition=partition, timestamp=timestamp)
             return
         except BufferError:
             producer.poll(0.05)
+
+
+def record_timestamp(ts: int | None) -> int:
+    """A record's `ts` as a Kafka timestamp: epoch milliseconds, or 0 (the producer's clock) when it cannot be one
+    (librdkafka takes 0 for "now" and refuses negatives)."""
+    return ts if ts is not None and 0 < ts < MAX_TIMESTAMP_MS else 0
+
+
+MAX_TIMESTAMP_MS = 253_402_300_800_000  # 10000-01-01: beyond it `ts` is not epoch milliseconds
 
 
 class Sink:
     def __init__(self, kafka: KafkaSettings, on_error: Callable[[KafkaError], None] | None = None) -> None:
         self.kafka = kafka
         self.producer = Producer({**producer_config(kafka), "error_cb": on_error or self._error})
-        self._retry: list[tuple[str, bytes | None, bytes | None, Headers | None]] = []
+        self._retry: list[tuple[str, bytes | None, bytes | None, Headers | None, int]] = []
+        self._stamp = kafka.output_timestamp == "record"
         self._permanent: list[str] = []
         self.sent = 0
         self.resent = 0  # outputs sent again after a failed delivery
         self.last_failure = ""
 
-    def send(self, topic: str, value: bytes | None, key: bytes | None = None, headers: Headers | None = None) -> None:
-        self._produce(topic, value, key, headers)
+    def send(self, topic: str, value: bytes | None, key: bytes | None = None, headers: Headers | None = None,
+             timestamp: int | None = None) -> None:
+        """Queue one output. `timestamp`: the epoch-ms time it is about (the record's `ts`), used as its Kafka
+        timestamp when STREAMMOE_KAFKA__OUTPUT_TIMESTAMP=record (the default); else, or when None, the clock's."""
+        self._produce(topic, value, key, headers, record_timestamp(timestamp) if self._stamp else 0)
         self.sent += 1
 
-    def _produce(self, topic: str, value: bytes | None, key: bytes | None, headers: Headers | None) -> None:
-        # A delivery report carries the value and key but not the headers: a message with headers keeps them here,
-        # in case it has to be sent again.
+    def _produce(self, topic: str, value: bytes | None, key: bytes | None, headers: Headers | None,
+                 timestamp: int = 0) -> None:
+        # A delivery report carries the value, key and timestamp but not the headers: a message with headers keeps
+        # them here, in case it has to be sent again.
         report = self._delivered if headers is None else partial(self._delivered, headers=headers)
-        produce(self.producer, topic, value, key, headers, report)
+        produce(self.producer, topic, value, key, headers, report, timestamp=timestamp)
 
     def dead_letter(self, value: bytes | None, key: bytes | None, topic: str, partition: int, offset: int,
-                    reason: str, detail: str) -> None:
-        """The original bytes, untouched, with where they came from and why they were refused as headers."""
-        headers: Headers = [
+                    reason: str, detail: str, headers: Headers | None = None, timestamp: int | None = None) -> None:
+        """The original record, untouched: its value (a tombstone stays a null value, an empty one stays empty),
+        key, `headers` and `timestamp` (the input's own Kafka timestamp), then where it came from and why it was
+        refused, as streammoe's headers and as Kafka Connect's DLQ headers (read by existing DLQ tooling)."""
+        detail = detail[:1000]
+        ours: Headers = [
             ("source_topic", topic.encode()),
             ("source_partition", str(partition).encode()),
             ("source_offset", str(offset).encode()),
             ("reason", reason.encode()),
-            ("detail", detail[:1000].encode()),
+            ("detail", detail.encode()),
+            ("__connect.errors.topic", topic.encode()),
+            ("__connect.errors.partition", str(partition).encode()),
+            ("__connect.errors.offset", str(offset).encode()),
+            ("__connect.errors.exception.class.name", f"streammoe.{reason}".encode()),
+            ("__connect.errors.exception.message", f"{reason}: {detail}".encode()),
         ]
-        self.send(self.kafka.dead_letter_topic, value if value is not None else b"", key, headers)
+        self._produce(self.kafka.dead_letter_topic, value, key, [*(headers or []), *ours], record_timestamp(timestamp))
+        self.sent += 1
 
     def flush(self, timeout: float | None = None) -> int:
         """Serve delivery reports for up to `timeout` seconds (default `delivery_timeout_s`), send again what the
@@ -92,8 +116,8 @@ class Sink:
             failures, self._permanent = self._permanent, []
             raise DeliveryError(f"{len(failures)} outputs refused: {failures[:3]}")
         retry, self._retry = self._retry, []
-        for topic, value, key, headers in retry:
-            self._produce(topic, value, key, headers)
+        for topic, value, key, headers, timestamp in retry:
+            self._produce(topic, value, key, headers, timestamp)
         self.resent += len(retry)
         return remaining + len(retry)
 
@@ -129,7 +153,9 @@ class Sink:
         elif err.code() not in (KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT):
             topic = msg.topic()
             assert topic is not None, "a delivery report names its topic"
-            self._retry.append((topic, msg.value(), msg.key(), headers))
+            kind, timestamp = msg.timestamp()
+            self._retry.append((topic, msg.value(), msg.key(), headers,
+                                timestamp if kind == TIMESTAMP_CREATE_TIME and timestamp > 0 else 0))
             self.last_failure = f"{msg.topic()}: {err.str()}"
 
     def _error(self, err: KafkaError) -> None:

@@ -91,6 +91,8 @@ def build_alert(
         "reason": reason,
         "severity": "critical" if not (valid and in_range) else severity(p_value, settings),
         "score": _finite(float(scored.score[row])),
+        "neg_log10_p": _finite(float(scored.score[row])),
+        "nll": _finite(float(scored.nll[row])),
         "p_value": p_value,
         "threshold": float(scored.threshold),
         "mode": mode if valid else None,
@@ -113,6 +115,8 @@ def build_score(scored: ScoredBatch, row: int, *, asset: str, ts: int, origin: O
         "ts": ts,
         "source": {"topic": origin.topic, "partition": origin.partition, "offset": origin.offset},
         "score": _finite(float(scored.score[row])),
+        "neg_log10_p": _finite(float(scored.score[row])),
+        "nll": _finite(float(scored.nll[row])),
         "is_anomaly": bool(scored.is_anomaly[row]),
         "mode": int(scored.mode[row]),
     }

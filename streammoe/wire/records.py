@@ -24,6 +24,7 @@ import orjson
 from streammoe.config import RecordSettings
 
 REASONS = (
+    "tombstone",
     "empty",
     "oversized",
     "not_json",
@@ -87,8 +88,10 @@ class RecordDecoder:
     def _fields(self, raw: bytes | None) -> tuple[str, int, Sequence]:
         """Parse one record and check everything but the type of each value."""
         s = self.settings
+        if raw is None:
+            raise _Reject("tombstone", "record has a null value (a tombstone)")
         if not raw:
-            raise _Reject("empty", "record has no value")
+            raise _Reject("empty", "record has an empty value")
         if len(raw) > s.max_record_bytes:
             raise _Reject("oversized", f"{len(raw)} bytes > max_record_bytes {s.max_record_bytes}")
         try:

@@ -66,7 +66,7 @@ def test_every_offset_accounted_alerts_valid_and_planted_anomaly_found(
     assert len(non_alerts) == summary.non_alerts
 
     reasons = Counter(m.headers["reason"].decode() for m in dead)
-    assert reasons == Counter([*MALFORMED.values(), "empty"])
+    assert reasons == Counter([*MALFORMED.values(), "tombstone"])
     for m in dead:
         if m.value:
             assert MALFORMED[m.value] == m.headers["reason"].decode()

@@ -33,7 +33,7 @@ def test_dict_and_list_forms_decode_in_channel_order(decoder: RecordDecoder) -> 
 
 
 INVALID = [
-    (None, "empty"),
+    (None, "tombstone"),
     (b"", "empty"),
     (b'{"asset_id": "a", "ts": 1, "values": [1, 2, 3], "pad": "' + b"x" * 3000 + b'"}', "oversized"),
     (b"{oops", "not_json"),
