@@ -1,7 +1,8 @@
 """Learned state, saved atomically with the input offsets it has learned, and restored at start.
 
-Each model scope ("global" for now; later one per asset group) lives in `<checkpoint.dir>/<scope>/`, a model
-directory written by `save_detector` (temp dir + rename). Its meta carries `learned_offsets`: per input
+Each model scope (`global`, or one per asset or asset group with STREAMMOE_SCOPES__MODE) lives in
+`<checkpoint.dir>/<scope>/`, a model directory written by `save_detector` (temp dir + rename), beside the
+generation it replaced, `.<scope>.old/` (docs/operations.md shows the layout). Its meta carries `learned_offsets`: per input
 partition, the next offset not yet learned. After a crash the consumer may re-read records past the last
 commit that the checkpoint already learned; those are scored and published again (at-least-once) but not
 learned twice. Records between a checkpoint and a later commit are never learned by the restored model:
