@@ -1,0 +1,265 @@
+"""The incident tracker of one scope: anomalous records in, `opened` / `updated` / `resolved` messages out.
+
+Per asset it keeps the flagged records of the debounce window and the open incident, if any. A batch is
+grouped by asset and each asset's records are walked from one state change to the next with numpy (the
+debounce counts with `searchsorted`, the quiet period with the gaps between anomalies), so the cost grows
+with the number of incidents a batch opens or resolves, not with its records. Assets with nothing open and
+nothing pending keep no state at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from streammoe.incidents.incident import Incident, Rows, Source, incident_id
+from streammoe.incidents.settings import IncidentSettings
+
+STATE_VERSION = 1
+
+
+@dataclass
+class Batch:
+    """One scored batch as the tracker needs it: one value per record, in arrival order."""
+
+    asset: Sequence[str]
+    ts: np.ndarray
+    partition: np.ndarray
+    offset: np.ndarray
+    flagged: np.ndarray  # the record alerts (is_anomaly)
+    critical: np.ndarray  # critical p-value, not finite, or out of range: opens an incident at once
+    score: np.ndarray  # -log10(p-value)
+    p_value: np.ndarray
+    mode: np.ndarray
+    share: np.ndarray | None = None  # (B, C) misfit share per channel
+    topic: str = ""
+
+
+@dataclass(frozen=True)
+class Change:
+    """One message for the incidents topic: `status` is opened, updated or resolved."""
+
+    status: str
+    sequence: int
+    body: dict[str, Any]
+
+
+@dataclass
+class AssetState:
+    seen: int = 0  # records of this asset observed while it had state (the `j` of Rows)
+    recent: Rows | None = None  # flagged records of the debounce window, not in an incident
+    open: Incident | None = None
+    last_wall: float = 0.0
+
+
+@dataclass
+class _Pending:
+    """Incidents a batch touched, and whether their `opened` is still to be published."""
+
+    order: list[Incident] = field(default_factory=list)
+    unopened: set[str] = field(default_factory=set)
+
+    def touch(self, inc: Incident) -> None:
+        if all(inc is not x for x in self.order):
+            self.order.append(inc)
+
+
+class IncidentTracker:
+    def __init__(self, scope: str, settings: IncidentSettings, channels: list[str], topic: str = "") -> None:
+        self.scope, self.settings, self.channels, self.topic = scope, settings, list(channels), topic
+        self.assets: dict[str, AssetState] = {}
+
+    # ---- records --------------------------------------------------------------------------------------------
+
+    def observe(self, batch: Batch, now: float = 0.0) -> list[Change]:
+        """Fold a batch into the incidents; `now` is the wall clock (seconds), for `expire`."""
+        n = len(batch.ts)
+        flagged = np.asarray(batch.flagged, bool)
+        if n == 0 or (not flagged.any() and not self.assets):
+            return []
+        assets = np.asarray(batch.asset, dtype=object)
+        names, inverse = np.unique(assets, return_inverse=True)
+        per_asset = np.bincount(inverse, weights=flagged, minlength=len(names))
+        order = np.argsort(inverse, kind="stable")
+        bounds = np.concatenate([[0], np.cumsum(np.bincount(inverse, minlength=len(names)))])
+        rows = self._rows(batch, flagged)
+        self.topic = batch.topic or self.topic
+        changes: list[Change] = []
+        for a, name in enumerate(names.tolist()):
+            state = self.assets.get(name)
+            if state is None and per_asset[a] == 0:
+                continue
+            state = state or AssetState()
+            idx = order[bounds[a] : bounds[a + 1]]
+            group = rows.take(idx)
+            group.j = state.seen + np.arange(len(idx), dtype=np.int64)
+            state.seen += len(idx)
+            changes += self._advance(name, state, group)
+            if state.open is None and (state.recent is None or not len(state.recent)):
+                self.assets.pop(name, None)
+            else:
+                state.last_wall = now
+                self.assets[name] = state
+        return changes
+
+    def _rows(self, batch: Batch, flagged: np.ndarray) -> Rows:
+        n = len(flagged)
+        score = np.asarray(batch.score, np.float64)
+        c = len(self.channels)
+        share = batch.share if batch.share is not None and c else np.zeros((n, c), np.float32)
+        return Rows(
+            j=np.zeros(n, np.int64), ts=np.asarray(batch.ts, np.int64), partition=np.asarray(batch.partition, np.int32),
+            offset=np.asarray(batch.offset, np.int64), flagged=flagged, critical=np.asarray(batch.critical, bool) & flagged,
+            score=np.where(np.isnan(score), np.inf, score), p_value=np.nan_to_num(np.asarray(batch.p_value, np.float64), nan=0.0),
+            mode=np.asarray(batch.mode, np.int64), share=np.asarray(share, np.float32),
+        )
+
+    def _advance(self, asset: str, state: AssetState, rows: Rows) -> list[Change]:
+        """Walk one asset's rows from state change to state change."""
+        s = self.settings
+        flagged_at = np.flatnonzero(rows.flagged)
+        pending = _Pending()
+        changes: list[Change] = []
+        i, m, j0 = 0, len(rows), int(rows.j[0])
+        while i < m:
+            fpos = flagged_at[np.searchsorted(flagged_at, i) :]
+            inc = state.open
+            if inc is not None:
+                end = self._quiet_end(inc, rows, fpos, i)
+                if end is None:
+                    inc.absorb(rows.take(fpos))
+                    pending.touch(inc)
+                    break
+                c, r = end
+                inc.absorb(rows.take(fpos[:c]))
+                pending.touch(inc)
+                changes += self._resolve(inc, pending, "quiet", int(rows.ts[r]),
+                                         Source(self.topic, int(rows.partition[r]), int(rows.offset[r])))
+                state.open, state.recent = None, None
+                i = r + 1
+                continue
+            recent = state.recent if state.recent is not None else Rows.empty(rows.share.shape[1])
+            both = Rows.concat([recent, rows.take(fpos)])
+            lo = np.searchsorted(both.j, both.j - s.open_n + 1)
+            fire = ((np.arange(len(both)) - lo + 1) >= s.open_k) | both.critical
+            fire[: len(recent)] = False
+            if not fire.any():  # keep what a later record's window can still reach
+                state.recent = both.take(both.j >= j0 + m + 1 - s.open_n)
+                break
+            t = int(np.argmax(fire))
+            p = int(fpos[t - len(recent)])
+            opener = Source(self.topic, int(rows.partition[p]), int(rows.offset[p]))
+            window = both.take(slice(int(lo[t]), t + 1))
+            inc = Incident(
+                id=incident_id(self.scope, asset, opener), scope=self.scope, asset=asset, topic=self.topic,
+                opened_by=opener, opened_ts=int(rows.ts[p]), first_j=int(window.j[0]), first_ts=int(window.ts[0]),
+                first_source=Source(self.topic, int(window.partition[0]), int(window.offset[0])),
+            )
+            inc.absorb(window)
+            state.open, state.recent = inc, None
+            pending.touch(inc)
+            pending.unopened.add(inc.id)
+            i = p + 1
+        for inc in pending.order:
+            if inc.resolution is None:
+                changes += self._publish_open(inc, pending)
+        return changes
+
+    def _quiet_end(self, inc: Incident, rows: Rows, fpos: np.ndarray, i: int) -> tuple[int, int] | None:
+        """(gap, row) of the first quiet period after `inc`'s last anomaly that resolves it, or None.
+
+        Gap c is the run of records before the c-th anomaly in `fpos` (c = len(fpos): the tail); the row is
+        the first of that run with quiet_records quiet records behind it and quiet_ms of `ts` since."""
+        s = self.settings
+        j0, m = int(rows.j[0]), len(rows)
+        prev_j = np.concatenate([[inc.last_j], rows.j[fpos]])
+        prev_ts = np.concatenate([[inc.last_ts], rows.ts[fpos]])
+        next_loc = np.concatenate([fpos, [m]])
+        next_j = np.concatenate([rows.j[fpos], [j0 + m]])
+        for c in np.flatnonzero(next_j - prev_j - 1 >= s.quiet_records).tolist():
+            start = max(int(prev_j[c]) + s.quiet_records - j0, i)
+            stop = int(next_loc[c])
+            ok = rows.ts[start:stop] - prev_ts[c] >= s.quiet_ms
+            if ok.any():
+                return c, start + int(np.argmax(ok))
+        return None
+
+    # ---- messages -------------------------------------------------------------------------------------------
+
+    def _emit(self, inc: Incident, status: str) -> Change:
+        inc.sequence += 1
+        body = inc.body(self.channels, self.settings.top_channels)
+        inc.published = {"ts": inc.last_ts, "count": inc.count, "severity": inc.severity, "kind": inc.kind}
+        return Change(status, inc.sequence, body)
+
+    def _publish_open(self, inc: Incident, pending: _Pending) -> list[Change]:
+        if inc.id in pending.unopened:
+            pending.unopened.discard(inc.id)
+            return [self._emit(inc, "opened")]
+        last = inc.published
+        if inc.count == last.get("count") and inc.kind == last.get("kind"):
+            return []
+        urgent = (inc.severity != last.get("severity")) or (inc.kind != last.get("kind"))
+        if urgent or inc.last_ts - int(last.get("ts", inc.last_ts)) >= self.settings.update_interval_ms:
+            return [self._emit(inc, "updated")]
+        return []
+
+    def _resolve(self, inc: Incident, pending: _Pending, by: str, ts: int | None, source: Source | None) -> list[Change]:
+        out = self._publish_open(inc, pending) if inc.id in pending.unopened else []
+        inc.resolve(by, ts, source)
+        return out + [self._emit(inc, "resolved")]
+
+    # ---- outside the records --------------------------------------------------------------------------------
+
+    def expire(self, now: float) -> list[Change]:
+        """Resolve the incidents of assets that sent nothing for `stale_after_s` wall-clock seconds."""
+        changes: list[Change] = []
+        for name in [n for n, st in self.assets.items() if now - st.last_wall >= self.settings.stale_after_s]:
+            state = self.assets.pop(name)
+            if state.open is not None:
+                changes += self._resolve(state.open, _Pending(), "stale", None, None)
+        return changes
+
+    def link_mode_added(self, expert: int, first: Source | None, last: Source | None,
+                        detail: dict[str, Any] | None = None) -> list[Change]:
+        """A `mode_added` event: open incidents whose records overlap its run become one `new_mode` incident."""
+        if first is None or last is None:
+            return []
+        changes: list[Change] = []
+        for state in self.assets.values():
+            inc = state.open
+            if inc is None or inc.kind == "new_mode" or inc.last_source is None:
+                continue
+            same = inc.first_source.partition == first.partition == last.partition
+            if same and inc.first_source.offset <= last.offset and inc.last_source.offset >= first.offset:
+                inc.kind = "new_mode"
+                inc.mode_event = {"kind": "mode_added", "expert": int(expert), "first_source": first.as_dict(),
+                                  "last_source": last.as_dict(), "detail": dict(detail or {})}
+                changes.append(self._emit(inc, "updated"))
+        return changes
+
+    def open_incidents(self) -> list[Incident]:
+        return [st.open for st in self.assets.values() if st.open is not None]
+
+    # ---- state ----------------------------------------------------------------------------------------------
+
+    def to_state(self) -> dict[str, Any]:
+        """Plain JSON: the open incidents and debounce windows, for checkpoints and scope snapshots."""
+        return {"version": STATE_VERSION, "assets": {
+            name: {"seen": st.seen, "recent": None if st.recent is None else st.recent.to_state(),
+                   "open": None if st.open is None else st.open.to_state()}
+            for name, st in self.assets.items()}}
+
+    def load_state(self, state: dict[str, Any], now: float) -> None:
+        """Restore `to_state`; the stale clock restarts at `now` (a restart is not an asset falling silent)."""
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"incident state version {state.get('version')!r}, this build reads {STATE_VERSION}")
+        c = len(self.channels)
+        self.assets = {
+            name: AssetState(seen=int(d["seen"]), recent=None if d["recent"] is None else Rows.from_state(d["recent"], c),
+                             open=None if d["open"] is None else Incident.from_state(d["open"]), last_wall=now)
+            for name, d in state["assets"].items()
+        }
