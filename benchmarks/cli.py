@@ -32,9 +32,16 @@ SCALAR_TYPES = (int, float)
 
 
 def default_data_root() -> Path:
-    """$STREAMMOE_DATA, else ../shared/datasets beside the repository checkout."""
+    """$STREAMMOE_DATA, else the nearest shared/datasets above the checkout (a git worktree sits one level deeper
+    than the main checkout, so a fixed ../shared missed it and SPLICE, T1-T3 found no data)."""
     env = os.environ.get("STREAMMOE_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "datasets"
+    if env:
+        return Path(env)
+    here = Path(__file__).resolve()
+    for parent in here.parents[1:]:
+        if (parent / "shared" / "datasets").is_dir():
+            return parent / "shared" / "datasets"
+    return here.parents[2] / "shared" / "datasets"
 
 
 def _config_fields() -> dict[str, type]:
