@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streammoe.kafka.properties import for_consumer, for_producer
+from streammoe.incidents.settings import IncidentSettings
 from streammoe.model.config import ModelConfig
 from streammoe.state.scopes import ScopeSettings
 from streammoe.variables import unknown_variables
@@ -160,6 +161,7 @@ class Settings(BaseSettings):
     records: RecordSettings
     batching: BatchingSettings = Field(default_factory=BatchingSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
+    incidents: IncidentSettings = Field(default_factory=IncidentSettings)
     model: ModelConfig = Field(default_factory=ModelConfig)
     checkpoint: CheckpointSettings = Field(default_factory=CheckpointSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
