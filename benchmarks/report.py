@@ -71,6 +71,7 @@ def track_markdown(track: TrackResult) -> str:
     if cal:
         lines += ["", "AUC-PR of streammoe's calibrated score (-log10 p, what its decision thresholds) instead of the NLL: "
                   + ", ".join(f"{m} {_fmt(v)}" for m, v in cal.items()) + "."]
+    lines += events_markdown(track)
     lines += ["", "Methods:", ""] + [f"- **{m}**: {d}" for m, d in track.methods.items()]
     if track.notes:
         lines += ["", "Notes:", ""] + [f"- {n}" for n in track.notes]
@@ -94,6 +95,28 @@ def _t4a_breakdown(track: TrackResult) -> list[str]:
         cells = [f"{_fmt(s.get('far_mode' + k))} / {_fmt(s.get('auc_roc_mode' + k))}" for k in modes]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return lines
+
+
+EVENT_COLUMNS = [("segment_recall", "segments hit"), ("false_per_10k", "false / 10k normal"),
+                 ("per_detected_segment", "incidents / detected segment"), ("median_delay", "median delay (rows)"),
+                 ("normal_inside", "normal rows inside"), ("normal_flagged", "normal rows flagged"),
+                 ("incidents", "incidents")]
+
+
+def events_markdown(track: TrackResult) -> list[str]:
+    """Event-level table: each method's decisions grouped by the incident tracker and by gaps under 10 rows."""
+    rows = []
+    for m, s in track.summary.items():
+        for part, by_grouping in sorted(s.get("events", {}).items()):
+            for grouping, e in by_grouping.items():
+                rows.append(f"| {m} | {part} | {grouping} | " + " | ".join(_fmt(e.get(k)) for k, _ in EVENT_COLUMNS) + " |")
+    if not rows:
+        return []
+    title = ("Event level (pooled; `incidents`: the daemon's incident tracker at its defaults, row index as offset; "
+             "`gap10`: flagged rows grouped while gaps are under 10 rows):")
+    return ["", title, "",
+            "| method | data | grouping | " + " | ".join(c for _, c in EVENT_COLUMNS) + " |",
+            "|---|---|---|" + "---:|" * len(EVENT_COLUMNS), *rows]
 
 
 def _json_default(o: object) -> object:

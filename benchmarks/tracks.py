@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.events import add_events, pool_events
 from benchmarks.metrics import Decisions, auc_pr, decisions, mean_defined, series_metrics
 from benchmarks.peers import (
     Extras,
@@ -27,8 +28,9 @@ from benchmarks.peers import (
     Peer,
     StreamMoEPeer,
 )
-from streammoe.model.config import ModelConfig
 from streammoe.files.series import Series, read_series
+from streammoe.incidents import IncidentSettings
+from streammoe.model.config import ModelConfig
 
 METHODS = ("streammoe", "streammoe-K1", "river-HST", "IsolationForest", "PCA-T2+Q")
 T3_METHODS = ("streammoe", "streammoe-static", "river-HST")
@@ -52,6 +54,7 @@ class BenchOptions:
     methods: tuple[str, ...] | None = None
     pairs: tuple[tuple[str, str], ...] = T3_PAIRS
     batch_size: int = 256
+    incidents: IncidentSettings = field(default_factory=IncidentSettings)
 
 
 @dataclass
@@ -222,6 +225,7 @@ def run_t1(opts: BenchOptions, observe: Observer | None = None) -> TrackResult:
             pooled[m] = pooled[m] + decisions(labels, flagged)
             ex = _extras(peer)
             metrics = _with_calibrated(series_metrics(labels, scores, flagged), labels, ex)
+            add_events(metrics, labels, flagged, ex.critical, ex.mode_added, opts.incidents)
             run = SeriesRun(name, m, metrics, fit_s, score_s, ex.info)
             track.runs.append(run)
             if observe is not None:
@@ -231,6 +235,7 @@ def run_t1(opts: BenchOptions, observe: Observer | None = None) -> TrackResult:
         summary = _mean_summary(runs, ("auc_pr", "auc_roc", "best_f1"))
         d = pooled[m]
         summary.update({"f1": d.f1, "far": d.far, "mar": d.mar, "precision": d.precision, "pooled": d.as_dict()})
+        summary["events"] = pool_events(("all", r.metrics) for r in runs)
         track.summary[m] = summary
     track.notes.append("F1/FAR/MAR pooled over rows 400+ of every file; AUC-PR, AUC-ROC, best-F1 are means of per-file values.")
     _skip_notes(track)
@@ -256,6 +261,7 @@ def _t2_one(name: str, method: str, opts: BenchOptions, cache: FitCache, observe
     scores, flagged, fit_s, score_s = _run(peer, train.values, test.values)
     ex = _extras(peer)
     metrics = _with_calibrated(series_metrics(test.labels, scores, flagged), test.labels, ex)
+    add_events(metrics, test.labels, flagged, ex.critical, ex.mode_added, opts.incidents)
     run = SeriesRun(name, method, metrics, fit_s, score_s, ex.info)
     if observe is not None:
         observe(track, run, test.labels, scores, flagged, ex, 0, [])
@@ -271,7 +277,9 @@ def run_t2(opts: BenchOptions, cache: FitCache, observe: Observer | None = None)
             track.methods.setdefault(m, desc)
             track.runs.append(run)
     for m in track.methods:
-        track.summary[m] = _mean_summary([r for r in track.runs if r.method == m], SUMMARY_KEYS)
+        runs = [r for r in track.runs if r.method == m]
+        track.summary[m] = _mean_summary(runs, SUMMARY_KEYS)
+        track.summary[m]["events"] = pool_events((r.series.split("/")[0], r.metrics) for r in runs)
     track.notes.append(SHARED_FIT_NOTE)
     _skip_notes(track)
     return track
@@ -302,6 +310,7 @@ def run_t3(opts: BenchOptions, cache: FitCache, t2: TrackResult | None = None,
             _with_calibrated(metrics, b_test.labels, ex, slice(n_train, None))
             metrics["far_b_train_2nd_half"] = float(flagged[n_train // 2 : n_train].mean())
             metrics["far_b_train_1st_half"] = float(flagged[: n_train // 2].mean())
+            add_events(metrics, b_test.labels, flagged, ex.critical, ex.mode_added, opts.incidents, n_train)
             ref = baseline.get((f"smd/{b}", m))
             if ref is None:
                 ref, _ = _t2_one(f"smd/{b}", m, opts, cache, None)
@@ -318,7 +327,9 @@ def run_t3(opts: BenchOptions, cache: FitCache, t2: TrackResult | None = None,
                 observe("T3", run, labels, scores, flagged, ex, 0, marks)
     keys = ("far_b_train_2nd_half", *SUMMARY_KEYS, "auc_pr_ratio", "auc_roc_ratio", "f1_ratio", "best_f1_ratio")
     for m in track.methods:
-        track.summary[m] = _mean_summary([r for r in track.runs if r.method == m], keys)
+        runs = [r for r in track.runs if r.method == m]
+        track.summary[m] = _mean_summary(runs, keys)
+        track.summary[m]["events"] = pool_events(("all", r.metrics) for r in runs)
     track.notes.append(SHARED_FIT_NOTE)
     _skip_notes(track)
     return track

@@ -78,6 +78,7 @@ def cmd_score(args: argparse.Namespace) -> int:
             "aleatoric": np.round(result.aleatoric, 6),
             "n_experts": result.n_experts,
             "top_channels": result.top_channels,
+            "incident": _incident_column(result, series),
         },
     )
     if args.save_model:
@@ -85,6 +86,15 @@ def cmd_score(args: argparse.Namespace) -> int:
     n_alarm = int(result.is_anomaly.sum())
     print(f"score: {len(series.values)} rows, {n_alarm} flagged, {detector.model.n_active} experts -> {args.out}")
     return 0
+
+
+def _incident_column(result, series) -> list[str]:  # type: ignore[no-untyped-def]
+    """Each row's incident id (empty when none), by the daemon's incident tracker with the row as offset."""
+    from streammoe.incidents.series import track_series
+
+    return track_series(result.is_anomaly, result.critical, result.calibrated_score, result.p_value, result.mode,
+                        result.channel_share, series.channels, mode_added=result.mode_added,
+                        name=series.path.name).column
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,11 +7,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from streammoe.model.detector import MixtureDetector, ScoredBatch
 from streammoe.model.config import ModelConfig
+from streammoe.model.detector import MixtureDetector, ScoredBatch
 from streammoe.novelty.events import ModeEvent
 
 TOP_CHANNELS = 3
+CRITICAL_P_VALUE = 1e-6  # AlertSettings.critical_p_value's default: what the daemon calls critical
 
 
 @dataclass
@@ -37,17 +38,33 @@ class StreamResult:
     # Mode events raised while learning, each with the number of rows scored when it was raised (the end of
     # its batch): how long after a switch a new expert came is read from here.
     events: list[tuple[int, ModeEvent]] = field(default_factory=list)
+    # Rows that open an incident at once (alerted with a critical p-value, not finite, or out of range) and
+    # each row's misfit share per channel (0 for warm-up rows): what the incident tracker aggregates.
+    critical: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    channel_share: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+
+    @property
+    def mode_added(self) -> list[tuple[int, int, int]]:
+        """(expert, first row, last row) of each new expert's records (refs are row indices here)."""
+        return [(ev.expert, int(ev.first_ref), int(ev.last_ref)) for _, ev in self.events
+                if ev.kind == "mode_added" and ev.first_ref is not None and ev.last_ref is not None]
 
     @classmethod
-    def empty(cls, n: int) -> "StreamResult":
+    def empty(cls, n: int, n_channels: int = 0) -> StreamResult:
         return cls(
             score=np.zeros(n), calibrated_score=np.zeros(n), is_anomaly=np.zeros(n, dtype=np.int8), mode=np.full(n, -1), mode_entropy=np.zeros(n),
             p_value=np.ones(n), nll=np.full(n, np.nan), epistemic=np.zeros(n), aleatoric=np.zeros(n),
-            top_channels=[""] * n, n_experts=np.zeros(n, dtype=np.int32),
+            top_channels=[""] * n, n_experts=np.zeros(n, dtype=np.int32), critical=np.zeros(n, dtype=bool),
+            channel_share=np.zeros((n, n_channels), dtype=np.float32),
         )
 
-    def put(self, start: int, scored: ScoredBatch, channels: list[str], n_experts: int) -> None:
+    def put(self, start: int, scored: ScoredBatch, channels: list[str], n_experts: int,
+            critical_p_value: float = CRITICAL_P_VALUE) -> None:
         end = start + len(scored)
+        self.critical[start:end] = scored.is_anomaly & (
+            ~scored.valid | ~scored.in_range | (scored.log_p_value < np.log(critical_p_value))
+        )
+        self.channel_share[start:end] = np.nan_to_num(scored.channel_share, nan=0.0, posinf=0.0, neginf=0.0)
         self.score[start:end] = np.where(scored.valid, scored.nll, np.inf)
         self.calibrated_score[start:end] = scored.score
         self.is_anomaly[start:end] = scored.is_anomaly
@@ -76,7 +93,7 @@ def score_stream(
 ) -> tuple[StreamResult, MixtureDetector]:
     """Run the prequential loop over `values` (N, C). Without a detector, fit one on the first `warmup` rows."""
     n = len(values)
-    out = StreamResult.empty(n)
+    out = StreamResult.empty(n, values.shape[1])
     start = 0
     if detector is None:
         if warmup < 10:
@@ -90,7 +107,7 @@ def score_stream(
             progress(start)
     while start < n:
         batch = values[start : start + batch_size]
-        scored = detector.score_many(batch)
+        scored = detector.score_many(batch, refs=np.arange(start, start + len(batch)))
         out.put(start, scored, channels, detector.model.n_active)
         if learn:
             report = detector.learn_many(scored)

@@ -47,6 +47,11 @@ def test_fit_then_score_with_model(series) -> None:
     score = np.array([float(r["score"]) for r in rows])
     assert score[300:320].min() > np.percentile(score[:300], 99)
     assert rows[305]["top_channels"].startswith("ch2:")
+    # The anomalous stretch is one incident in the `incident` column; rows outside any incident are empty.
+    incidents = [r["incident"] for r in rows]
+    assert len(set(incidents[300:320])) == 1 and incidents[300] != ""
+    assert incidents.count(incidents[300]) < 60  # it ends with the stretch (plus its debounce window)
+    assert sum(i != "" for i in incidents[:290]) < 30
 
 
 def test_label_column_never_reaches_the_model(series) -> None:

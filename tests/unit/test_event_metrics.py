@@ -1,0 +1,79 @@
+"""Event-level metrics of `streammoe bench`: segments, the gap-under-10 grouping, and what each number counts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from benchmarks.events import add_events, count_events, gap_groups, pool_events, segments
+from streammoe.incidents import IncidentSettings
+
+
+def test_segments_are_runs_of_label_one() -> None:
+    assert segments(np.array([0, 1, 1, 0, 1, 0, 0, 1])) == [(1, 2), (4, 4), (7, 7)]
+    assert segments(np.zeros(5)) == []
+
+
+def test_gap_groups_break_at_ten_unflagged_rows() -> None:
+    f = np.zeros(60, bool)
+    f[[0, 10, 21, 40]] = True  # 9 rows between 0 and 10: one group; 10 rows between 10 and 21: a new one
+    assert gap_groups(f) == [(0, 10, 0), (21, 21, 21), (40, 40, 40)]
+    assert gap_groups(np.zeros(5, bool)) == []
+
+
+def test_counts_of_each_metric() -> None:
+    labels = np.zeros(200, np.int8)
+    labels[50:60] = 1
+    labels[100:110] = 1
+    labels[150:160] = 1  # never touched
+    flagged = np.zeros(200, bool)
+    flagged[[10, 55, 56, 105, 108]] = True
+    spans = [(10, 10, 10), (45, 56, 56), (103, 104, 104), (106, 108, 108)]
+    c = count_events(labels, flagged, spans)
+    m = c.metrics()
+    assert m["segments"] == 3 and c.detected == 2
+    assert m["segment_recall"] == pytest.approx(2 / 3)
+    assert m["false_incidents"] == 1 and m["false_per_10k"] == pytest.approx(1e4 / 170)
+    assert m["per_detected_segment"] == pytest.approx(1.5)  # 1 for the first, 2 for the second segment
+    assert c.delays == [6, 4]  # opened at 56 (segment from 50), first opening 104 (from 100)
+    assert m["median_delay"] == 5
+    assert c.normal_inside == 1 + 5  # row 10 and rows 45-49
+    assert m["normal_flagged"] == pytest.approx(1 / 170)
+
+
+def test_one_incident_over_everything_is_not_good() -> None:
+    labels = np.zeros(1000, np.int8)
+    labels[100:110] = 1
+    m = count_events(labels, np.ones(1000, bool), [(0, 999, 0)]).metrics()
+    assert m["segment_recall"] == 1 and m["false_per_10k"] == 0
+    assert m["normal_inside"] == 1.0  # what gives it away
+
+
+def test_add_events_runs_both_groupings_and_pools_by_part() -> None:
+    labels = np.zeros(300, np.int8)
+    labels[200:220] = 1
+    flagged = np.zeros(300, bool)
+    flagged[[5]] = True  # a stray warning: a gap10 incident, not a tracker incident
+    flagged[200:220] = True
+    runs = []
+    for _ in range(2):
+        metrics: dict = {}
+        add_events(metrics, labels, flagged, None, [], IncidentSettings())
+        runs.append(("smd", metrics))
+    assert runs[0][1]["events"]["incidents"]["false_incidents"] == 0
+    assert runs[0][1]["events"]["gap10"]["false_incidents"] == 1
+    pooled = pool_events(runs)
+    assert pooled["smd"]["incidents"]["segments"] == 2 and pooled["smd"]["gap10"]["incidents"] == 4
+
+
+def test_a_critical_row_opens_at_once_and_start_skips_an_unlabelled_prefix() -> None:
+    labels = np.zeros(100, np.int8)
+    labels[40] = 1
+    flagged = np.zeros(150, bool)
+    flagged[90] = True  # row 40 of the labelled part
+    critical = flagged.copy()
+    metrics: dict = {}
+    add_events(metrics, labels, flagged, critical, [], IncidentSettings(), start=50)
+    assert metrics["events"]["incidents"]["segment_recall"] == 1.0
+    add_events(metrics, labels, flagged, None, [], IncidentSettings(), start=50)
+    assert metrics["events"]["incidents"]["segment_recall"] == 0.0  # a lone warning is debounced
