@@ -20,37 +20,14 @@ import time
 import uuid
 from pathlib import Path
 
-import numpy as np
-import orjson
 
+from benchmarks.perf import consume_rate, produce, synthetic
 from streammoe.testing.broker import EmbeddedBroker
-from streammoe.kafka.sink import produce as produce_message
-
-
-def synthetic(n: int, k: int, c: int, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    centers = rng.normal(0, 4, (k, c))
-    mixing = rng.normal(0, 1, (k, 3, c))
-    mode = rng.integers(0, k, n)
-    z = rng.normal(0, 1, (n, 3))
-    return (centers[mode] + np.einsum("nf,nfc->nc", z, mixing[mode]) + rng.normal(0, 0.3, (n, c))).astype(np.float32)
-
-
-def produce(bootstrap: str, topic: str, rows: np.ndarray, channels: list[str]) -> None:
-    from confluent_kafka import Producer
-
-    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "all"})
-    for i, row in enumerate(rows):
-        asset = f"asset-{i % 50}"
-        value = orjson.dumps({"asset_id": asset, "ts": i, "values": dict(zip(channels, row.round(4).tolist()))})
-        produce_message(p, topic, value, asset.encode())
-    assert p.flush(60) == 0
+from streammoe.testing.settings import daemon_settings, topics_for
 
 
 def raw_rate(settings, n: int) -> float:  # type: ignore[no-untyped-def]
     """Consume and decode `n` records with the daemon's own consumer settings and decoder; records/s."""
-    from benchmarks.perf import consume_rate
-
     return consume_rate(settings, n, decode=True)
 
 
@@ -79,29 +56,21 @@ def main(argv: list[str] | None = None) -> int:
     with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp:
         bootstrap = broker.bootstrap
         topic = f"bench-{uuid.uuid4().hex[:6]}"
-        rows = synthetic(args.records, args.k, args.channels)
+        rows = synthetic(args.records, args.k, args.channels, seed=2)
         t0 = time.monotonic()
         produce(bootstrap, topic, rows, channels)
         produce_s = time.monotonic() - t0
         config = ModelConfig(k_max=args.k, n_samples=args.n_samples, fit_steps=args.fit_steps)
         detector = MixtureDetector(args.channels, config, channels, device="cpu")
-        detector.fit(synthetic(20_000, args.k, args.channels, seed=0), k=args.k)
+        detector.fit(synthetic(20_000, args.k, args.channels, seed=1), k=args.k)
         save_detector(detector, Path(tmp) / "model")
 
         def settings(group: str) -> Settings:
-            return Settings(  # type: ignore[call-arg]
-                kafka={"bootstrap_servers": bootstrap, "group_id": group, "input_topic": topic,
-                       "alerts_topic": f"{topic}-alerts", "dead_letter_topic": f"{topic}-dead",
-                       "scores_topic": f"{topic}-scores" if args.scores_topic else None, "events_topic": f"{topic}-events",
-                       "session_timeout_ms": 6000, "fetch_wait_max_ms": 10, "commit_interval_s": 1.0,
-                       "extra": {"heartbeat.interval.ms": "2000"}},
-                records={"channels": channels},
-                batching={"max_batch": args.max_batch, "max_wait_ms": 50},
-                checkpoint={"dir": Path(tmp) / "ckpt", "bootstrap_model_dir": Path(tmp) / "model",
-                            "interval_s": 3600},
-                http={"enabled": False},
-                torch_threads=args.torch_threads,
-            )
+            roles = ("alerts", "dead", "events", "control", *(("scores",) if args.scores_topic else ()))
+            return daemon_settings(bootstrap, topics_for(topic, roles), channels, group=group,
+                                   checkpoint_dir=Path(tmp) / "ckpt", model_dir=Path(tmp) / "model",
+                                   kafka__commit_interval_s=1.0, kafka__extra={"heartbeat.interval.ms": "2000"},
+                                   batching__max_batch=args.max_batch, torch_threads=args.torch_threads)
 
         raw = raw_rate(settings("bench-raw"), args.records)
         daemon = Daemon(settings("bench-e2e"))

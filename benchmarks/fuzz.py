@@ -28,8 +28,11 @@ import numpy as np
 import orjson
 
 from benchmarks.probe import rss_mb, samples
+from streammoe.testing.machine import Machine
+from streammoe.testing.settings import daemon_env
 
 CHANNELS = [f"c{i}" for i in range(6)]
+MACHINE = Machine(len(CHANNELS), modes=1, factors=2)
 MAX_RECORD_BYTES = 65_536
 SCORED = "scored"  # expected outcome of a valid record (an alert or not)
 ANY_DEAD = "dead"  # random bytes: dead-lettered, whatever the reason
@@ -44,9 +47,8 @@ class Item:
 
 
 def normal_rows(rng: np.random.Generator, n: int) -> np.ndarray:
-    """Two latent factors mixed into six channels plus noise (the distribution the bootstrap model is fitted on)."""
-    mixing = np.random.default_rng(42).normal(0, 1, (2, len(CHANNELS)))
-    return (rng.normal(0, 1, (n, 2)) @ mixing + rng.normal(0, 0.3, (n, len(CHANNELS)))).astype(np.float32)
+    """The distribution the bootstrap model is fitted on: the test kit's six-channel, two-factor machine."""
+    return MACHINE.rows(rng, n)
 
 
 def _record(asset: object, ts: object, values: object, **extra: object) -> dict:
@@ -247,21 +249,11 @@ def run_fuzz(n: int = 10_000, seed: int = 0, bootstrap: str | None = None, timeo
             torch.set_num_threads(threads)
         save_detector(detector, Path(tmp) / "model")
         port = free_port()
-        env = {
-            **os.environ,
-            "STREAMMOE_KAFKA__BOOTSTRAP_SERVERS": bootstrap, "STREAMMOE_KAFKA__GROUP_ID": f"{topic}-group",
-            "STREAMMOE_KAFKA__INPUT_TOPIC": topic, "STREAMMOE_KAFKA__ALERTS_TOPIC": t["alerts"],
-            "STREAMMOE_KAFKA__DEAD_LETTER_TOPIC": t["dead"], "STREAMMOE_KAFKA__SCORES_TOPIC": t["scores"],
-            "STREAMMOE_KAFKA__EVENTS_TOPIC": t["events"], "STREAMMOE_KAFKA__CONTROL_TOPIC": t["control"],
-            "STREAMMOE_KAFKA__SESSION_TIMEOUT_MS": "6000", "STREAMMOE_KAFKA__FETCH_WAIT_MAX_MS": "10",
-            "STREAMMOE_KAFKA__COMMIT_INTERVAL_S": "0.5",
-            "STREAMMOE_RECORDS__CHANNELS": json.dumps(CHANNELS),
-            "STREAMMOE_RECORDS__MAX_RECORD_BYTES": str(MAX_RECORD_BYTES),
-            "STREAMMOE_BATCHING__MAX_BATCH": str(max_batch), "STREAMMOE_BATCHING__MAX_WAIT_MS": "50",
-            "STREAMMOE_CHECKPOINT__DIR": str(Path(tmp) / "ckpt"),
-            "STREAMMOE_CHECKPOINT__BOOTSTRAP_MODEL_DIR": str(Path(tmp) / "model"),
-            "STREAMMOE_HTTP__PORT": str(port), "STREAMMOE_LOG_LEVEL": "WARNING", "STREAMMOE_LOG_FORMAT": "json",
-        }
+        env = {**os.environ, **daemon_env(
+            bootstrap, {"input": topic, **t}, CHANNELS, group=f"{topic}-group", checkpoint_dir=Path(tmp) / "ckpt",
+            model_dir=Path(tmp) / "model", kafka__extra=None, records__max_record_bytes=MAX_RECORD_BYTES,
+            batching__max_batch=max_batch, checkpoint__interval_s=None, http__enabled=None, http__port=port,
+            log_level="WARNING")}
         log_path = Path(tmp) / "daemon.log"
         with open(log_path, "wb") as log:
             proc = subprocess.Popen([sys.executable, "-m", "streammoe.cli", "run"], env=env,

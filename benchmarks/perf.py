@@ -35,36 +35,30 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from streammoe.testing.broker import EmbeddedBroker
+from streammoe.config import Settings
 from streammoe.kafka.sink import produce as produce_message
+from streammoe.testing.broker import EmbeddedBroker
+from streammoe.testing.machine import Machine
+from streammoe.testing.records import keyed_records
+from streammoe.testing.settings import daemon_settings as kit_settings
+from streammoe.testing.settings import topics_for
 
 N_MODES = 16
 ANOMALY_SHIFT = 60.0  # added to one channel of an injected anomaly (the modes' spread is a few units)
 
 
 def synthetic(n: int, modes: int, c: int, seed: int = 0) -> np.ndarray:
-    """Rows from `modes` operating modes, each a 3-factor linear model plus noise; the modes are the same for
-    every `seed` (the fit data and the stream come from one machine), the rows differ."""
-    shape = np.random.default_rng(12345)
-    centers = shape.normal(0, 4, (modes, c))
-    mixing = shape.normal(0, 1, (modes, 3, c))
-    rng = np.random.default_rng(seed)
-    mode = rng.integers(0, modes, n)
-    z = rng.normal(0, 1, (n, 3))
-    return (centers[mode] + np.einsum("nf,nfc->nc", z, mixing[mode]) + rng.normal(0, 0.3, (n, c))).astype(np.float32)
-
-
-def record(i: int, row: np.ndarray, channels: list[str], ts: int) -> bytes:
-    asset = f"asset-{i % 50}"
-    return orjson.dumps({"asset_id": asset, "ts": ts, "values": dict(zip(channels, row.round(4).tolist()))})
+    """Rows of the benchmarks' machine: `modes` 3-factor operating modes in `c` channels, the same modes for every
+    `seed` (the fit data and the stream come from one machine), the rows differ."""
+    return Machine(c, modes, factors=3, spread=4.0, shape_seed=12345).rows(seed, n)
 
 
 def produce(bootstrap: str, topic: str, rows: np.ndarray, channels: list[str]) -> None:
     from confluent_kafka import Producer
 
     p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "all"})
-    for i, row in enumerate(rows):
-        produce_message(p, topic, record(i, row, channels, i), f"asset-{i % 50}".encode())
+    for key, value in keyed_records(rows, channels):
+        produce_message(p, topic, value, key)
     assert p.flush(60) == 0
 
 
@@ -150,7 +144,7 @@ def variants(detector, batches: list[np.ndarray], repeats: int, compile: bool) -
 
 
 def hst_rate(rows: np.ndarray, n: int, height: int = 8) -> tuple[float, str]:
-    """river HalfSpaceTrees as the quality bench's peer (25 trees; height 8 there, 15 in PLATFORM.md): fit on
+    """river HalfSpaceTrees as the quality bench's peer (25 trees; height 8 there, 15 in docs/platform.md): fit on
     2000 rows, then score + learn `n` rows."""
     from benchmarks.peers import HalfSpaceTreesPeer
 
@@ -188,25 +182,11 @@ class PerfOptions:
 
 
 def daemon_settings(bootstrap: str, topic: str, channels: list[str], tmp: Path, group: str, max_batch: int,
-                    max_wait_ms: int, threads: int, pipeline: bool = True):  # type: ignore[no-untyped-def]
-    from streammoe.config import Settings
-
-    batching = {"max_batch": max_batch, "max_wait_ms": max_wait_ms}
-    from streammoe.config import BatchingSettings
-
-    if "pipeline" in BatchingSettings.model_fields:
-        batching["pipeline"] = pipeline
-    return Settings(  # type: ignore[call-arg]
-        kafka={"bootstrap_servers": bootstrap, "group_id": group, "input_topic": topic,
-               "alerts_topic": f"{topic}-alerts", "dead_letter_topic": f"{topic}-dead", "events_topic": f"{topic}-events",
-               "control_topic": f"{topic}-control", "session_timeout_ms": 6000, "fetch_wait_max_ms": 10,
-               "commit_interval_s": 1.0, "extra": {"heartbeat.interval.ms": "2000"}},
-        records={"channels": channels},
-        batching=batching,
-        checkpoint={"dir": tmp / f"ckpt-{group}", "bootstrap_model_dir": tmp / "model", "interval_s": 3600},
-        http={"enabled": False},
-        torch_threads=threads,
-    )
+                    max_wait_ms: int, threads: int, pipeline: bool = True) -> Settings:
+    return kit_settings(bootstrap, topics_for(topic), channels, group=group, checkpoint_dir=tmp / f"ckpt-{group}",
+                        model_dir=tmp / "model", kafka__commit_interval_s=1.0,
+                        kafka__extra={"heartbeat.interval.ms": "2000"}, batching__max_batch=max_batch,
+                        batching__max_wait_ms=max_wait_ms, batching__pipeline=pipeline, torch_threads=threads)
 
 
 def fitted(k: int, s: int, channels: list[str], fit_steps: int, device: str = "cpu"):  # type: ignore[no-untyped-def]
@@ -251,7 +231,7 @@ def measure(opts: PerfOptions, progress=print) -> dict:  # type: ignore[no-untyp
 
         transport()
         decoder = RecordDecoder(base.records)
-        raws = [record(i, r, channels, i) for i, r in enumerate(rows[: 8 * opts.max_batch])]
+        raws = [value for _, value in keyed_records(rows[: 8 * opts.max_batch], channels)]
         batches = [decoder.decode(raws[i : i + opts.max_batch]).values for i in range(0, len(raws), opts.max_batch)]
         hst, hst_desc = hst_rate(rows, opts.hst_records)
         hst15, hst15_desc = hst_rate(rows, opts.hst_records // 4, height=15)
@@ -319,8 +299,9 @@ def _paced_producer(bootstrap: str, topic: str, channels: list[str], rate: int, 
     bad = rng.random(n) < 0.01
     rows[bad, 0] += ANOMALY_SHIFT
     # Payloads prepared up front with a placeholder where the send time goes: the pacing loop only splices it in.
-    parts = [record(i, row, channels, 0).split(b'"ts":0', 1) for i, row in enumerate(rows)]
-    keys = [f"asset-{i % 50}".encode() for i in range(n)]
+    records = keyed_records(rows, channels, step_ts=0)
+    parts = [value.split(b'"ts":0', 1) for _, value in records]
+    keys = [key for key, _ in records]
     start = time.time()
     tick = 0.005  # send what is due every 5 ms
     i = 0

@@ -26,8 +26,10 @@ from pathlib import Path
 import orjson
 
 from benchmarks.perf import synthetic
-from streammoe.testing.broker import EmbeddedBroker
 from streammoe.kafka.sink import produce as produce_message
+from streammoe.testing.broker import EmbeddedBroker
+from streammoe.testing.records import keyed_records
+from streammoe.testing.settings import daemon_env, topics_for
 
 
 class WorkerProcess:
@@ -164,29 +166,16 @@ def run(args: argparse.Namespace) -> ScaleoutResult:
             if err is None:
                 ends[msg.partition()] = max(ends.get(msg.partition(), 0), msg.offset() + 1)
 
-        for i, row in enumerate(rows):
-            asset = f"asset-{i % args.assets}"
-            value = orjson.dumps({"asset_id": asset, "ts": i, "values": dict(zip(channels, row.round(4).tolist()))})
-            produce_message(p, topic, value, asset.encode(), on_delivery=delivered)
+        for key, value in keyed_records(rows, channels, assets=args.assets):
+            produce_message(p, topic, value, key, on_delivery=delivered)
         assert p.flush(60) == 0
         result.partitions = len(ends)
 
         def env(group: str, name: str) -> dict[str, str]:
-            return {
-                "STREAMMOE_KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap, "STREAMMOE_KAFKA__INPUT_TOPIC": topic,
-                "STREAMMOE_KAFKA__GROUP_ID": group, "STREAMMOE_KAFKA__ALERTS_TOPIC": f"{topic}-alerts",
-                "STREAMMOE_KAFKA__DEAD_LETTER_TOPIC": f"{topic}-dead", "STREAMMOE_KAFKA__EVENTS_TOPIC": f"{topic}-events",
-                "STREAMMOE_KAFKA__CONTROL_TOPIC": f"{topic}-control", "STREAMMOE_KAFKA__SESSION_TIMEOUT_MS": "6000",
-                "STREAMMOE_KAFKA__FETCH_WAIT_MAX_MS": "10", "STREAMMOE_KAFKA__COMMIT_INTERVAL_S": "0.5",
-                "STREAMMOE_RECORDS__CHANNELS": json.dumps(channels),
-                "STREAMMOE_BATCHING__MAX_BATCH": str(args.max_batch),
-                "STREAMMOE_CHECKPOINT__DIR": str(tmp / f"ckpt-{group}-{name}"),
-                "STREAMMOE_CHECKPOINT__INTERVAL_S": "3600",
-                "STREAMMOE_CHECKPOINT__BOOTSTRAP_MODEL_DIR": str(tmp / "model"),
-                "STREAMMOE_SCOPES__MODE": "asset", "STREAMMOE_SNAPSHOT__TOPIC": f"{group}-snapshots",
-                "STREAMMOE_SNAPSHOT__INTERVAL_S": "3600",
-                "STREAMMOE_HTTP__ENABLED": "false", "STREAMMOE_LOG_FORMAT": "json",
-            }
+            return daemon_env(broker.bootstrap, topics_for(topic), channels, group=group,
+                              checkpoint_dir=tmp / f"ckpt-{group}-{name}", model_dir=tmp / "model", kafka__extra=None,
+                              batching__max_batch=args.max_batch, batching__max_wait_ms=None, scopes__mode="asset",
+                              snapshot__topic=f"{group}-snapshots", snapshot__interval_s=3600)
 
         for r in range(args.rounds):
             for n in (1, 2):

@@ -28,12 +28,13 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
-import orjson
 
+from benchmarks.perf import synthetic
 from benchmarks.probe import rss_mb, samples
-from streammoe.testing.broker import EmbeddedBroker, free_port
-from benchmarks.e2e import synthetic
 from streammoe.kafka.sink import produce as produce_message
+from streammoe.testing.broker import EmbeddedBroker, free_port
+from streammoe.testing.records import keyed_records
+from streammoe.testing.settings import daemon_env, topics_for
 
 POOL = 100_000
 AHEAD = 300_000  # the producer stays at most this many records ahead of the daemon
@@ -71,11 +72,7 @@ def payloads(channels: list[str], k: int, seed: int = 1) -> list[tuple[bytes, by
     rng = np.random.default_rng(seed)
     spikes = rng.random(POOL) < 0.005
     rows[spikes, rng.integers(0, len(channels), int(spikes.sum()))] += 25.0
-    out = []
-    for i, row in enumerate(rows):
-        asset = f"asset-{i % 50}"
-        out.append((asset.encode(), orjson.dumps({"asset_id": asset, "ts": i, "values": row.round(4).tolist()})))
-    return out
+    return keyed_records(rows, None)
 
 
 def run(args: argparse.Namespace) -> SoakResult:
@@ -94,18 +91,12 @@ def run(args: argparse.Namespace) -> SoakResult:
         detector.fit(synthetic(20_000, args.k, args.channels, seed=1), k=args.k)
         save_detector(detector, Path(tmp) / "model")
         port = free_port()
-        env = {
-            **os.environ,
-            "STREAMMOE_KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap, "STREAMMOE_KAFKA__INPUT_TOPIC": topic,
-            "STREAMMOE_KAFKA__GROUP_ID": f"{topic}-group", "STREAMMOE_KAFKA__ALERTS_TOPIC": f"{topic}-alerts",
-            "STREAMMOE_KAFKA__DEAD_LETTER_TOPIC": f"{topic}-dead", "STREAMMOE_KAFKA__EVENTS_TOPIC": f"{topic}-events",
-            "STREAMMOE_KAFKA__CONTROL_TOPIC": f"{topic}-control", "STREAMMOE_KAFKA__SESSION_TIMEOUT_MS": "6000",
-            "STREAMMOE_RECORDS__CHANNELS": json.dumps(channels),
-            "STREAMMOE_BATCHING__MAX_BATCH": str(args.max_batch),
-            "STREAMMOE_CHECKPOINT__DIR": str(Path(tmp) / "ckpt"), "STREAMMOE_CHECKPOINT__INTERVAL_S": "30",
-            "STREAMMOE_CHECKPOINT__BOOTSTRAP_MODEL_DIR": str(Path(tmp) / "model"),
-            "STREAMMOE_HTTP__PORT": str(port), "STREAMMOE_LOG_LEVEL": "WARNING", "STREAMMOE_LOG_FORMAT": "json",
-        }
+        # The daemon's own defaults for fetch wait, batching wait and commit interval: the soak runs it as deployed.
+        env = {**os.environ, **daemon_env(
+            broker.bootstrap, topics_for(topic), channels, group=f"{topic}-group", checkpoint_dir=Path(tmp) / "ckpt",
+            model_dir=Path(tmp) / "model", kafka__fetch_wait_max_ms=None, kafka__commit_interval_s=None,
+            kafka__extra=None, batching__max_batch=args.max_batch, batching__max_wait_ms=None,
+            checkpoint__interval_s=30, http__enabled=None, http__port=port, log_level="WARNING")}
         pool = payloads(channels, args.k)
         produced = [0]
         processed = [0.0]

@@ -1,6 +1,6 @@
 """Scoring throughput of MixtureDetector.score_many alone (no learning, no I/O).
 
-The model is fitted on synthetic data with 8 well-separated clusters so that 8 experts are active: the
+The model is fitted on 8 well-separated modes of the test kit's machine so that 8 experts are active: the
 cost of scoring grows with the active experts, and a daemon near capacity runs at K = k_max.
 """
 
@@ -11,18 +11,18 @@ import time
 import numpy as np
 import torch
 
-from streammoe.model.detector import MixtureDetector
 from streammoe.model.config import ModelConfig
+from streammoe.model.detector import MixtureDetector
+from streammoe.testing.machine import Machine
 
 N_CLUSTERS = 8
 
 
 def synthetic_modes(n_channels: int, rows_per_mode: int, seed: int = 0) -> np.ndarray:
-    """Rows from N_CLUSTERS Gaussian clusters with far-apart centres and their own scales."""
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(0, 10, size=(N_CLUSTERS, n_channels))
-    blocks = [c + rng.normal(0, rng.uniform(0.5, 2.0), size=(rows_per_mode, n_channels)) for c in centres]
-    return np.concatenate(blocks).astype(np.float32)
+    """`rows_per_mode` rows of each of N_CLUSTERS far-apart modes of the test kit's machine (centres spread 10,
+    three factors each), mode by mode."""
+    machine = Machine(n_channels, N_CLUSTERS, factors=3, spread=10.0, shape_seed=seed)
+    return machine.rows(seed, N_CLUSTERS * rows_per_mode, mode=np.repeat(np.arange(N_CLUSTERS), rows_per_mode))
 
 
 def measure(n_channels: int = 38, batch: int = 1024, samples: tuple[int, ...] = (8, 1), repeats: int = 15,
@@ -48,7 +48,7 @@ def measure(n_channels: int = 38, batch: int = 1024, samples: tuple[int, ...] = 
             rates.append(batch / (time.perf_counter() - t))
         runs.append({"n_samples": s, "median": float(np.median(rates)), "min": float(np.min(rates)),
                      "max": float(np.max(rates)), "repeats": repeats})
-    setup = (f"K={detector.model.n_active} active experts (fit k={N_CLUSTERS} on synthetic 8-cluster data, "
+    setup = (f"K={detector.model.n_active} active experts (fit k={N_CLUSTERS} on 8 modes of the kit machine, "
              f"{fit_steps} steps, {fit_s:.0f} s), {n_channels} channels, batch {batch}, device {detector.device}, "
              f"torch {torch.__version__} with {torch.get_num_threads()} threads; {warmup} warm-up calls, "
              f"median of {repeats} timed calls")

@@ -11,29 +11,27 @@ import pytest
 
 from streammoe.config import Settings
 from streammoe.daemon import Daemon
+from streammoe.testing.machine import Machine
+from streammoe.testing.records import encode, keyed_records
+from streammoe.testing.settings import daemon_env
 
 CHANNELS = [f"c{i}" for i in range(6)]
-MIXING = np.random.default_rng(42).normal(0, 1, (2, 6)).astype(np.float32)
+MACHINE = Machine(len(CHANNELS), modes=1, factors=2)  # two latent factors mixed into six channels plus noise
 
 
 def normal_rows(rng: np.random.Generator, n: int) -> np.ndarray:
-    """Two latent factors mixed into six channels plus sensor noise: correlated, like a real machine."""
-    z = rng.normal(0, 1, (n, 2)).astype(np.float32)
-    return z @ MIXING + rng.normal(0, 0.3, (n, 6)).astype(np.float32)
+    """The machine's normal records: correlated channels, like a real machine."""
+    return MACHINE.rows(rng, n)
 
 
 def record(asset: str, ts: int, row: np.ndarray, as_list: bool = False) -> bytes:
-    values = [round(float(v), 4) for v in row]
-    return orjson.dumps({"asset_id": asset, "ts": ts, "values": values if as_list else dict(zip(CHANNELS, values))})
+    return encode(asset, ts, row, None if as_list else CHANNELS)
 
 
 def valid_items(rng: np.random.Generator, n: int, start_ts: int = 0) -> list[tuple[bytes, bytes]]:
-    rows = normal_rows(rng, n)
-    items = []
-    for i, row in enumerate(rows):
-        asset = f"pump-{i % 7}"
-        items.append((asset.encode(), record(asset, start_ts + i, row, as_list=i % 5 == 0)))
-    return items
+    """Seven pumps; every fifth record writes its values as a list (the configured order) instead of by name."""
+    return keyed_records(normal_rows(rng, n), CHANNELS, assets=[f"pump-{a}" for a in range(7)], start_ts=start_ts,
+                         as_list=lambda i: i % 5 == 0)
 
 
 MALFORMED = {
@@ -63,29 +61,12 @@ def topics(topic_name) -> dict[str, str]:  # type: ignore[no-untyped-def]
 
 
 def env_for(broker: str, t: dict[str, str], group: str, ckpt: Path, boot: Path | None, **extra: str) -> dict[str, str]:
-    env = {
-        "STREAMMOE_KAFKA__BOOTSTRAP_SERVERS": broker,
-        "STREAMMOE_KAFKA__GROUP_ID": group,
-        "STREAMMOE_KAFKA__INPUT_TOPIC": t["input"],
-        "STREAMMOE_KAFKA__ALERTS_TOPIC": t["alerts"],
-        "STREAMMOE_KAFKA__DEAD_LETTER_TOPIC": t["dead"],
-        "STREAMMOE_KAFKA__SCORES_TOPIC": t["scores"],
-        "STREAMMOE_KAFKA__EVENTS_TOPIC": t["events"],
-        "STREAMMOE_KAFKA__SESSION_TIMEOUT_MS": "4000",
-        "STREAMMOE_KAFKA__MAX_POLL_INTERVAL_MS": "20000",
-        "STREAMMOE_KAFKA__COMMIT_INTERVAL_S": "0.3",
-        "STREAMMOE_KAFKA__FETCH_WAIT_MAX_MS": "10",
-        "STREAMMOE_KAFKA__EXTRA": '{"heartbeat.interval.ms": "1000", "topic.metadata.refresh.interval.ms": "1000"}',
-        "STREAMMOE_RECORDS__CHANNELS": orjson.dumps(CHANNELS).decode(),
-        "STREAMMOE_BATCHING__MAX_BATCH": "256",
-        "STREAMMOE_BATCHING__MAX_WAIT_MS": "50",
-        "STREAMMOE_CHECKPOINT__DIR": str(ckpt),
-        "STREAMMOE_CHECKPOINT__INTERVAL_S": "1",
-        "STREAMMOE_HTTP__PORT": "0",
-        "STREAMMOE_LOG_FORMAT": "json",
-    }
-    if boot is not None:
-        env["STREAMMOE_CHECKPOINT__BOOTSTRAP_MODEL_DIR"] = str(boot)
+    """The daemon of these tests: quick group timeouts and metadata refresh, a checkpoint every second, the HTTP
+    server on a free port; `extra` are more STREAMMOE_* variables."""
+    env = daemon_env(broker, t, CHANNELS, group=group, checkpoint_dir=ckpt, model_dir=boot,
+                     kafka__session_timeout_ms=4000, kafka__max_poll_interval_ms=20000, kafka__commit_interval_s=0.3,
+                     kafka__extra={"heartbeat.interval.ms": "1000", "topic.metadata.refresh.interval.ms": "1000"},
+                     checkpoint__interval_s=1, http__enabled=None, http__port=0)
     env.update(extra)
     return env
 

@@ -9,20 +9,22 @@ import numpy as np
 
 from streammoe.model.detector import MixtureDetector
 from streammoe.model.config import NoveltyConfig
+from streammoe.testing.machine import Machine
 
 C = 5
 NOVELTY = NoveltyConfig(min_records=300, window=600, memory_size=1000, candidate_steps=400)
 
 
-def mode_a(rng: np.random.Generator, n: int) -> np.ndarray:
-    return rng.normal(0, 1, (n, C)).astype(np.float32)
-
-
 B_CENTRE = np.array([15.0, -15.0, 8.0, 0.0, 4.0])
+MACHINE = Machine(C, modes=2, factors=0, noise=1.0, centres=np.stack([np.zeros(C), B_CENTRE]))
+
+
+def mode_a(rng: np.random.Generator, n: int) -> np.ndarray:
+    return MACHINE.rows(rng, n, mode=0)
 
 
 def mode_b(rng: np.random.Generator, n: int) -> np.ndarray:
-    return (rng.normal(0, 1, (n, C)) + B_CENTRE).astype(np.float32)
+    return MACHINE.rows(rng, n, mode=1)
 
 
 def stream(det: MixtureDetector, x: np.ndarray, batch: int = 256) -> tuple[np.ndarray, list]:

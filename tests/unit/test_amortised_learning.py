@@ -10,12 +10,16 @@ import torch
 from streammoe.model.detector import MixtureDetector
 from streammoe.model.config import ModelConfig
 from streammoe.model.learning import StepResult
+from streammoe.testing.machine import Machine
 
 C = 4
 
 
+MACHINE = Machine(C, factors=0, noise=1.0)  # white noise around the origin
+
+
 def normal_rows(n: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).normal(0, 1, (n, C)).astype(np.float32)
+    return MACHINE.rows(seed, n)
 
 
 def detector(learn_every: int) -> MixtureDetector:
