@@ -28,14 +28,21 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
-from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
+from streammoe.demo.feed import Feed
+from streammoe.demo.view import DemoState
+from streammoe.demo.watch import Watch
 from streammoe.testing.broker import BrokerError
-from streammoe.demo.view import DemoState, truth_label
-from streammoe.kafka.sink import produce
+
+if TYPE_CHECKING:
+    from streammoe.config import Settings
+    from streammoe.daemon import Daemon, RunSummary
+    from streammoe.testing.broker import EmbeddedBroker
 
 DEFAULT_RATE = 120.0  # the default schedule (~8.3k records) plays in about 70 s
 TOPICS = {"input": "sensor-records", "alerts": "streammoe-alerts", "events": "streammoe-events",
@@ -58,21 +65,18 @@ class DemoOptions:
 
 
 class Demo:
+    """Starts the broker, the starting model, the daemon, the feed and the watch; stops them in order."""
+
     def __init__(self, opts: DemoOptions) -> None:
         self.opts = opts
         self.state = DemoState()
         self.stop_event = threading.Event()  # Ctrl-C, SIGTERM, or a failing thread
-        self.producer_stop = threading.Event()
-        self.readers_stop = threading.Event()
-        self.truth: dict[int, tuple[str, str | None]] = {}  # ts -> (mode, fault); written before producing
-        self.produced_by_truth: Counter = Counter()
-        self.alert_list: list[dict] = []
-        self.delivered = 0
-        self.delivery_failed = 0
-        self.daemon = None
+        self.feed = Feed(TOPICS["input"], self.state, rate=opts.rate, seed=opts.seed, scale=opts.scale,
+                         malformed_every=opts.malformed_every)
+        self.watch = Watch(TOPICS, self.state, self.feed.truth_of)
+        self.daemon: Daemon | None = None
         self.daemon_error: BaseException | None = None
-        self.daemon_summary = None
-        self.last_output_at = time.monotonic()
+        self.daemon_summary: RunSummary | None = None
         self.threads: list[threading.Thread] = []
         self.stopped_by = "?"
         self.failed: str | None = None  # the first thread that died
@@ -105,30 +109,19 @@ class Demo:
             except Exception:  # already there, or auto-created meanwhile: either way it exists
                 pass
 
-    def _settings(self, bootstrap: str, work: Path):  # type: ignore[no-untyped-def]
-        from streammoe.config import (BatchingSettings, CheckpointSettings, HttpSettings, KafkaSettings,
-                                      RecordSettings, Settings)
+    def _settings(self, bootstrap: str, work: Path) -> Settings:
         from streammoe.demo.sensors import CHANNELS
+        from streammoe.testing.settings import daemon_settings
 
-        return Settings(
-            kafka=KafkaSettings(
-                bootstrap_servers=bootstrap, group_id="streammoe-demo", client_id="streammoe-demo",
-                input_topic=TOPICS["input"], alerts_topic=TOPICS["alerts"], events_topic=TOPICS["events"],
-                dead_letter_topic=TOPICS["dead"], session_timeout_ms=6000, max_poll_interval_ms=60_000,
-                commit_interval_s=1.0, fetch_wait_max_ms=10, delivery_timeout_s=15.0,
-                extra={"heartbeat.interval.ms": "1000"},
-            ),
-            records=RecordSettings(channels=CHANNELS),
-            batching=BatchingSettings(max_batch=256, max_wait_ms=50),
-            checkpoint=CheckpointSettings(dir=work / "checkpoints", interval_s=15.0,
-                                          bootstrap_model_dir=work / "model"),
-            http=HttpSettings(enabled=True, host="127.0.0.1", port=0),
-            log_level=self.opts.log_level,
-        )
+        return daemon_settings(bootstrap, TOPICS, CHANNELS, group="streammoe-demo", checkpoint_dir=work / "checkpoints",
+                               model_dir=work / "model", kafka__client_id="streammoe-demo",
+                               kafka__max_poll_interval_ms=60_000, kafka__commit_interval_s=1.0,
+                               kafka__delivery_timeout_s=15.0, checkpoint__interval_s=15.0, http__enabled=True,
+                               http__port=0, log_format=None, log_level=self.opts.log_level)
 
     # ---- threads -------------------------------------------------------------------------------------------
 
-    def _start(self, name: str, target) -> None:  # type: ignore[no-untyped-def]
+    def _start(self, name: str, target: Callable[[], object]) -> None:
         def guarded() -> None:
             try:
                 target()
@@ -143,131 +136,12 @@ class Demo:
         t.start()
         self.threads.append(t)
 
-    def _run_daemon(self) -> None:
-        self.daemon_summary = self.daemon.run()  # type: ignore[union-attr]
+    def _run_daemon(self, daemon: Daemon) -> None:
+        self.daemon_summary = daemon.run()
 
-    def _produce(self, bootstrap: str) -> None:
-        import orjson
-        from confluent_kafka import Producer
-
-        from streammoe.demo.sensors import PumpSimulator, default_schedule
-        from streammoe.files.replay import TokenBucket
-
-        def on_delivery(err, msg) -> None:  # type: ignore[no-untyped-def]
-            if err is None:
-                self.delivered += 1
-            else:
-                self.delivery_failed += 1
-
-        producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "all",
-                             "client.id": "streammoe-demo-producer"})
-        bucket = TokenBucket(self.opts.rate, burst=max(1.0, self.opts.rate / 10))
-        st = self.state
-        try:
-            for i, rec in enumerate(PumpSimulator(self.opts.seed).run(default_schedule(self.opts.scale))):
-                if self.producer_stop.is_set():
-                    break
-                bucket.take()
-                label = truth_label(rec.mode, rec.fault)
-                self.truth[rec.ts] = (rec.mode, rec.fault)
-                self._send(producer, orjson.dumps(rec.as_json_obj()), rec.asset_id.encode(), on_delivery)
-                self.produced_by_truth[label] += 1
-                every = self.opts.malformed_every
-                malformed = every > 0 and i % every == every - 1
-                if malformed:  # a sensor gateway dropping a channel: the daemon must dead-letter it, not stop
-                    bad = {k: v for k, v in rec.values.items() if k != "temperature"}
-                    self._send(producer, orjson.dumps({"asset_id": rec.asset_id, "ts": rec.ts, "values": bad}),
-                               rec.asset_id.encode(), on_delivery)
-                with st.lock:
-                    st.produced += 1
-                    st.malformed_sent += malformed
-                    st.playing = label
-                producer.poll(0)
-        finally:
-            producer.flush(15)
-            with st.lock:
-                st.producer_done = True
-                st.playing = "-"
-
-    @staticmethod
-    def _send(producer, value: bytes, key: bytes, on_delivery) -> None:  # type: ignore[no-untyped-def]
-        produce(producer, TOPICS["input"], value, key, on_delivery=on_delivery)
-
-    def _read_outputs(self, bootstrap: str) -> None:
-        """The operator's consumer: every alert, event and dead letter, from the start, without a group."""
-        import orjson
-        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-
-        c = Consumer({"bootstrap.servers": bootstrap, "group.id": "streammoe-demo-view", "enable.auto.commit": False,
-                      "fetch.wait.max.ms": 10, "client.id": "streammoe-demo-view"})
-        try:
-            parts = []
-            for role in ("alerts", "events", "dead"):
-                meta = c.list_topics(TOPICS[role], timeout=10).topics[TOPICS[role]]
-                parts += [TopicPartition(TOPICS[role], p, OFFSET_BEGINNING) for p in meta.partitions]
-            c.assign(parts)
-            while not self.readers_stop.is_set():
-                for m in c.consume(num_messages=500, timeout=0.2):
-                    if m.error() is not None:
-                        continue
-                    self.last_output_at = time.monotonic()
-                    if m.topic() == TOPICS["dead"]:  # the refused bytes, untouched; why is in the headers
-                        reason = dict(m.headers() or []).get("reason", b"?").decode(errors="replace")
-                        with self.state.lock:
-                            self.state.dead_letters += 1
-                            self.state.dead_by_reason[reason] += 1
-                    else:
-                        self._on_output(m.topic(), orjson.loads(m.value()))
-        finally:
-            c.close()
-
-    def _on_output(self, topic: str, obj: dict) -> None:
-        st = self.state
-        if topic == TOPICS["alerts"]:
-            mode, fault = self.truth.get(obj.get("ts"), (None, None))
-            label = truth_label(mode, fault)
-            obj["truth"] = label
-            with st.lock:
-                st.alerts += 1
-                st.alerts_by_truth[label] += 1
-                st.alerts_by_severity[obj.get("severity", "?")] += 1
-                st.recent_alerts.append(obj)
-            self.alert_list.append({k: obj.get(k) for k in ("ts", "truth", "severity", "reason", "score", "p_value",
-                                                              "mode", "mode_entropy", "epistemic", "aleatoric",
-                                                              "top_channels")})
-        elif topic == TOPICS["events"]:
-            for end in ("first", "last"):
-                obj[f"truth_{end}"] = truth_label(*self.truth.get(obj.get(f"{end}_ts"), (None, None)))
-            with st.lock:
-                st.events.append(obj)
-
-    def _scrape_metrics(self) -> None:
-        """The daemon's /metrics, as a dashboard would read it: records in, experts, mixture weights."""
-        from prometheus_client.parser import text_string_to_metric_families
-
-        st = self.state
-        while not self.readers_stop.wait(0.5):
-            http = getattr(self.daemon, "http", None)
-            if http is None:
-                continue
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{http.port}/metrics", timeout=1) as r:
-                    text = r.read().decode()
-            except OSError:
-                continue
-            scored, experts, weights = None, None, {}
-            for fam in text_string_to_metric_families(text):
-                for s in fam.samples:
-                    if s.name == "streammoe_records_in_total":
-                        scored = int(s.value)
-                    elif s.name == "streammoe_experts_active":
-                        experts = int(s.value)
-                    elif s.name == "streammoe_mixture_weight" and s.value > 0:
-                        weights[int(s.labels["expert"])] = float(s.value)
-            with st.lock:
-                st.scored = scored if scored is not None else st.scored
-                st.experts_active = experts if experts is not None else st.experts_active
-                st.weights = weights or st.weights
+    def _metrics_port(self) -> int | None:
+        http = getattr(self.daemon, "http", None)
+        return None if http is None else http.port
 
     # ---- the run -------------------------------------------------------------------------------------------
 
@@ -278,7 +152,7 @@ class Demo:
         if opts.duration is not None and st.elapsed() >= opts.duration:
             return "duration"
         sent = st.produced + st.malformed_sent
-        if st.producer_done and st.scored >= sent and time.monotonic() - self.last_output_at > 2.0:
+        if st.producer_done and st.scored >= sent and time.monotonic() - self.watch.last_output_at > 2.0:
             return "done"
         return None
 
@@ -304,11 +178,11 @@ class Demo:
             if not self.stop_event.is_set():
                 fit = self._fit_bootstrap(work / "model")
             if not self.stop_event.is_set():
-                self.daemon = Daemon(self._settings(broker.bootstrap, work))
-                self._start("daemon", self._run_daemon)
-                self._start("reader", lambda: self._read_outputs(broker.bootstrap))
-                self._start("metrics", self._scrape_metrics)
-                self._start("producer", lambda: self._produce(broker.bootstrap))
+                daemon = self.daemon = Daemon(self._settings(broker.bootstrap, work))
+                self._start("daemon", lambda: self._run_daemon(daemon))
+                self._start("reader", lambda: self.watch.read_outputs(broker.bootstrap))
+                self._start("metrics", lambda: self.watch.scrape_metrics(self._metrics_port))
+                self._start("producer", lambda: self.feed.run(broker.bootstrap))
                 self._loop()
             else:
                 self.stopped_by = "signal"
@@ -346,7 +220,7 @@ class Demo:
     def _stop_all(self) -> None:
         """Producer first, then the daemon (flush, commit, checkpoint), then the readers once outputs are in."""
         by_name = {t.name.removeprefix("demo-"): t for t in self.threads}
-        self.producer_stop.set()
+        self.feed.stop.set()
         if "producer" in by_name:
             by_name["producer"].join(20)
         if self.daemon is not None:
@@ -354,9 +228,9 @@ class Demo:
             if "daemon" in by_name:
                 by_name["daemon"].join(60)
         quiet_since = time.monotonic()
-        while time.monotonic() - quiet_since < 5 and time.monotonic() - self.last_output_at < 1.0:
+        while time.monotonic() - quiet_since < 5 and time.monotonic() - self.watch.last_output_at < 1.0:
             time.sleep(0.1)  # let the reader take the daemon's last outputs
-        self.readers_stop.set()
+        self.watch.stop.set()
         for name in ("reader", "metrics"):
             if name in by_name:
                 by_name[name].join(15)
@@ -368,7 +242,7 @@ class Demo:
             self.daemon = None
             gc.collect()
 
-    def _write_pids(self, broker) -> None:  # type: ignore[no-untyped-def]
+    def _write_pids(self, broker: EmbeddedBroker) -> None:
         if self.opts.pid_file is not None:
             import os
 
@@ -382,7 +256,7 @@ class Demo:
         faults = {}
         for kind in FAULTS:
             faults[kind] = {
-                "records": sum(n for lbl, n in self.produced_by_truth.items() if lbl.endswith(f"+{kind}")),
+                "records": sum(n for lbl, n in self.feed.produced_by_truth.items() if lbl.endswith(f"+{kind}")),
                 "alerts": sum(n for lbl, n in st.alerts_by_truth.items() if lbl.endswith(f"+{kind}")),
             }
         d = self.daemon_summary
@@ -392,10 +266,10 @@ class Demo:
             "bootstrap_fit": fit,
             "records_produced": st.produced,
             "malformed_sent": st.malformed_sent,
-            "delivered": self.delivered,
-            "delivery_failed": self.delivery_failed,
+            "delivered": self.feed.delivered,
+            "delivery_failed": self.feed.delivery_failed,
             "records_scored": st.scored,
-            "produced_by_truth": dict(sorted(self.produced_by_truth.items())),
+            "produced_by_truth": dict(sorted(self.feed.produced_by_truth.items())),
             "alerts": st.alerts,
             "alerts_by_severity": dict(st.alerts_by_severity),
             "alerts_by_truth": dict(sorted(st.alerts_by_truth.items())),
@@ -414,9 +288,9 @@ class Demo:
 def run_demo(opts: DemoOptions) -> int:
     demo = Demo(opts)
     in_main = threading.current_thread() is threading.main_thread()
-    previous = {}
+    previous: dict[signal.Signals, Any] = {}
 
-    def on_signal(signum, frame) -> None:  # type: ignore[no-untyped-def]
+    def on_signal(signum: int, frame: FrameType | None) -> None:
         if demo.stop_event.is_set():  # a second Ctrl-C: stop waiting (cleanup still runs in `finally`)
             raise KeyboardInterrupt
         demo.stop_event.set()
@@ -435,7 +309,7 @@ def run_demo(opts: DemoOptions) -> int:
     line = json.dumps(summary, separators=(",", ":"))
     print(line, flush=True)
     if opts.summary_json is not None:
-        full = {**summary, "alert_list": demo.alert_list, "event_list": demo.state.events}
+        full = {**summary, "alert_list": demo.watch.alert_list, "event_list": demo.state.events}
         opts.summary_json.write_text(json.dumps(full, indent=1, default=str))
     return 1 if demo.failed else 0
 
