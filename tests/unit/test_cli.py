@@ -137,3 +137,15 @@ def test_score_with_a_saved_model_refuses_options_it_would_ignore_and_warns_abou
     monkeypatch.setenv("STREAMMOE_MODEL__THRESHOLD", "0.0001")
     assert main(base) == 0
     assert "ignored: STREAMMOE_MODEL__THRESHOLD=0.0001 (the model has 0.001)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("missing", ["rich", "streammoe.demo.app"])
+def test_demo_without_the_extra_says_how_to_install_it(missing, monkeypatch, capsys) -> None:
+    """Without the demo extra (rich, the embedded broker) or its code, `streammoe demo` names the extra to install."""
+    import sys
+
+    for name in [m for m in sys.modules if m.startswith("streammoe.demo")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, missing, None)  # makes `import <missing>` raise ImportError
+    assert main(["demo"]) == 2
+    assert "pip install 'streammoe[demo]'" in capsys.readouterr().err

