@@ -1,4 +1,4 @@
-"""The quality benchmark of EVALUATION.md (tracks T1-T3, peers side by side) and a scoring-speed probe."""
+"""The quality benchmark of docs/evaluation.md (tracks T1-T3, peers side by side) and a scoring-speed probe."""
 
 from benchmarks.cli import register
 

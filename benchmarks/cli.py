@@ -1,4 +1,4 @@
-"""`streammoe bench`: the quality tracks of EVALUATION.md with peers side by side, `--speed`, and `--fuzz`."""
+"""`streammoe bench`: the quality tracks of docs/evaluation.md with peers side by side, `--speed`, and `--fuzz`."""
 
 from __future__ import annotations
 

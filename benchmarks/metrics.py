@@ -1,4 +1,4 @@
-"""Point-wise detection metrics of EVALUATION.md (no point-adjust).
+"""Point-wise detection metrics of docs/evaluation.md (no point-adjust).
 
 Decision metrics (F1, FAR, MAR) judge a detector's own 0/1 output, which is what an operator gets. Ranking
 metrics (AUC-PR, AUC-ROC, best-F1) judge its scores; they are undefined on a series with one class only, so

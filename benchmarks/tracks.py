@@ -1,4 +1,4 @@
-"""Tracks T1-T3 of EVALUATION.md, each method run the same way on the same rows.
+"""Tracks T1-T3 of docs/evaluation.md, each method run the same way on the same rows.
 
 Labels are read only here, to measure; no method ever receives them (`Series.values` has no label column).
 """

@@ -288,7 +288,7 @@ def producer_config(kafka: KafkaSettings) -> dict[str, Any]:
     """librdkafka producer properties: acks from every in-sync replica before a batch counts as delivered.
 
     Not idempotent, on purpose: outputs are deduplicated downstream (`alert_id`), and an idempotent producer
-    never recovers from a Tansu restart (it forgets producer ids: measured), whereas a plain one
+    never recovers from a Tansu restart (it forgets producer ids; docs/platform.md), whereas a plain one
     delivers what it buffered during the outage. `extra` may still turn idempotence on for a real Kafka."""
     conf: dict[str, Any] = {
         "bootstrap.servers": kafka.bootstrap_servers,

@@ -4,7 +4,7 @@ Outputs the broker did not acknowledge (it was down, or did not answer within `d
 again by `flush` until it takes them, so a broker outage delays a batch but never drops its outputs; a resent
 output may reach the topic twice (alerts carry `alert_id` for deduplication). The producer is deliberately not
 idempotent: Tansu forgets producer ids when it restarts and an idempotent producer then never recovers
-(measured), while a plain one just delivers what it buffered, so the same producer serves before and
+(docs/platform.md), while a plain one just delivers what it buffered, so the same producer serves before and
 after an outage.
 """
 

@@ -10,7 +10,7 @@ may be published twice only if it lay past the group's committed position when t
 The kill/restart test runs Tansu on S3 storage (moto's S3 server): measured with Tansu 0.6.0 and moto 5.2.5,
 topics with their partition counts, every acknowledged record at its offset and committed group offsets survive
 a SIGKILL and restart, so the input and the outputs are counted by offset across the restart. With memory
-storage a restart loses all of it (shared/PLATFORM.md) and no count across it would mean anything.
+storage a restart loses all of it (docs/platform.md) and no count across it would mean anything.
 """
 
 from __future__ import annotations
