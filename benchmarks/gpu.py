@@ -67,7 +67,7 @@ def measure(k: int = 16, samples: tuple[int, ...] = (1, 8), batches: tuple[int, 
         detector.config.n_samples = s
         for b in batches:
             x = rows[:b]
-            x_dev = detector.model.scaler.transform(torch.from_numpy(x).to(dev))
+            x_dev = torch.from_numpy(x).to(dev)  # raw: experts standardise themselves
             reference = None
             for precision in precisions:
                 detector.accelerate(precision=precision)

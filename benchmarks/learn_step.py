@@ -30,7 +30,7 @@ def measure(ks: tuple[int, ...], channels: int = 38, steps: int = 50, repeats: i
     detector = None
     for k in ks:
         detector = fitted(k, 1, names, fit_steps=20)
-        x = detector.model.scaler.transform(torch.from_numpy(synthetic(ROWS, N_MODES, channels, seed=3)))
+        x = torch.from_numpy(synthetic(ROWS, N_MODES, channels, seed=3))  # raw: experts standardise themselves
         resp = torch.softmax(torch.randn(ROWS, k, generator=torch.Generator().manual_seed(0)), dim=1)
         for _ in range(20):
             detector.learner.step(x, resp)

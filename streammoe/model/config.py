@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from streammoe.model.poison import PoisonConfig
+
 
 class NoveltyConfig(BaseModel):
     """When a sustained, coherent run of unexplained records becomes a new expert (and when experts go)."""
@@ -129,11 +131,16 @@ class ModelConfig(BaseModel):
     calibration_size: int = Field(2048, ge=16, description="Reference scores kept per mode for p-values.")
     fit_steps: int = Field(3000, ge=1, description="Gradient steps when fitting from files.")
     fit_batch: int = Field(256, ge=1, description="Records per gradient step when fitting.")
+    k_tolerance: float = Field(
+        0.2, ge=0, description="A fit keeps the fewest clusters whose held-out log-likelihood is within this many nats "
+        "per record and channel of the best number's (model/fitting.py): a split of one mode gains little per channel.",
+    )
     min_expert_weight: float = Field(
         0.02, ge=0, lt=1, description="Clusters lighter than this share of the data get no expert at fit time."
     )
     seed: int = Field(0, description="Seeds sampling and initialisation, for reproducible runs.")
     novelty: NoveltyConfig = Field(default_factory=NoveltyConfig)
+    poison: PoisonConfig = Field(default_factory=PoisonConfig)
 
     @model_validator(mode="after")
     def _thresholds_ordered(self) -> "ModelConfig":

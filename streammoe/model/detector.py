@@ -18,7 +18,14 @@ import torch
 from streammoe.model.config import ModelConfig
 from streammoe.model.fitting import FitReport, fit_mixture
 from streammoe.model.learning import ExpertLearner
-from streammoe.model.mixture import STATUS_CONFIRMED, STATUS_FAULT, STATUS_LEARNED, Evaluation, MixtureOfVAEs
+from streammoe.model.mixture import (
+    STATUS_CONFIRMED,
+    STATUS_FAULT,
+    STATUS_LEARNED,
+    Evaluation,
+    MixtureOfVAEs,
+)
+from streammoe.model.poison import PhysicalLimits
 from streammoe.novelty.drift import LikelihoodDrift
 from streammoe.novelty.events import ModeEvent
 from streammoe.novelty.growth import try_grow
@@ -39,8 +46,8 @@ def default_device() -> torch.device:
 class ScoredBatch:
     """Per-record results of `score_many` as numpy arrays (length B; `responsibilities` and
     `channel_share` are (B, k_max) and (B, C)). Rows whose input or likelihood was not finite have `valid`
-    False, mode -1; rows with a channel past the scaler's RANGE have `in_range` False. Both always alert and
-    never teach the model."""
+    False, mode -1; rows with a sentinel reading or one outside its physical bounds (model/poison.py) have
+    `in_range` False. Both always alert and never teach the model."""
 
     nll: np.ndarray
     log_p_value: np.ndarray
@@ -100,6 +107,7 @@ class MixtureDetector:
         self.channels = list(channels) if channels is not None else [f"c{i}" for i in range(n_channels)]
         if len(self.channels) != n_channels:
             raise ValueError(f"{len(self.channels)} channel names for {n_channels} channels")
+        self.limits = PhysicalLimits(self.config.poison, self.channels)
         self.device = torch.device(device) if device is not None else default_device()
         torch.manual_seed(self.config.seed)
         self.model = MixtureOfVAEs(n_channels, self.config).to(self.device)
@@ -162,13 +170,17 @@ class MixtureDetector:
         self.model.autocast_dtype = dtypes[precision]
 
     def fit(self, x: np.ndarray, k: int | None = None, progress: Callable[[int], None] | None = None) -> FitReport:
-        """Learn the mixture from normal records (N, C); several operating modes may be present."""
+        """Learn the mixture from normal records (N, C); several operating modes may be present. Rows with a
+        sentinel or out-of-bounds reading (model/poison.py) are left out and counted in the report."""
         xt = self._tensor(x, staged=False)
         if not torch.isfinite(xt).all():
             raise ValueError("fit data holds NaN or infinite values; clean or drop those rows first")
+        poisoned = self.limits.poisoned(xt)
+        xt = xt[~poisoned]
         if xt.shape[0] < 10:
-            raise ValueError(f"need at least 10 records to fit, got {xt.shape[0]}")
+            raise ValueError(f"need at least 10 records to fit without sentinel readings, got {xt.shape[0]}")
         report, self.learner = fit_mixture(self.model, xt, k, self.generator, progress)
+        report.poisoned_rows = int(poisoned.sum())
         return report
 
     def expert_status(self) -> dict[int, str]:
@@ -203,8 +215,8 @@ class MixtureDetector:
         b = xt.shape[0]
         valid = torch.isfinite(xt).all(dim=1)
         xt = torch.where(valid[:, None], xt, torch.zeros_like(xt))
-        in_range = ~self.model.scaler.out_of_range(xt)
-        ev = self.model.evaluate(self.model.scaler.transform(xt), self.config.n_samples, self.generator)
+        in_range = ~self.limits.poisoned(xt)
+        ev = self.model.evaluate(xt, self.config.n_samples, self.generator)
         finite = valid & torch.isfinite(ev.log_px)
         self.counters["non_finite"] += int((valid & ~finite).sum())
         self.counters["out_of_range"] += int((finite & ~in_range).sum())

@@ -1,4 +1,9 @@
-"""K Gaussian VAEs evaluated in one batched pass.
+"""K Gaussian VAEs evaluated in one batched pass, each on its own standardisation of the raw records.
+
+Expert k sees u_k = (x - loc_k) / scale_k, with a location and scale per channel learned from its own records
+(at fit time and when it is added), so a mode far from the others is modelled as precisely as one near them.
+Its density on the original scale is p_k(x) = p~_k(u_k) / prod_c scale_kc: the log-Jacobian enters every
+log-likelihood, so experts stay comparable (responsibilities, the mixture, merges) whatever their scales.
 
 Every weight has a leading expert axis, so all experts run as batched matrix products (`baddbmm`) and the
 hot path never loops over experts in Python. Capacity for `k_max` experts is allocated up front; `active`
@@ -19,6 +24,10 @@ LOG_2PI = math.log(2.0 * math.pi)
 # from claiming infinite precision, the upper bound keeps a diverging expert from explaining everything.
 LOGVAR_MIN = -6.0
 LOGVAR_MAX = 4.0
+# Standardised inputs are clipped only to keep every expert's arithmetic finite (float32) for any finite reading:
+# a record this many of an expert's own spreads away is hopelessly unexplained by it, and no expert ever learns
+# from such a record (it learns from its own records; the memory keeps raw values).
+CLIP = 1000.0
 
 
 @dataclass(frozen=True)
@@ -43,6 +52,10 @@ def _gaussian_log_density(x: Tensor, mean: Tensor, logvar: Tensor) -> Tensor:
 class StackedVAE(nn.Module):
     """`k_max` VAEs x -> h -> (mu_z, logvar_z); z -> h -> (mean_x, logvar_x), weights stacked over experts."""
 
+    active: Tensor
+    loc: Tensor
+    scale: Tensor
+
     def __init__(self, k_max: int, n_channels: int, hidden: int = 64, latent: int = 8) -> None:
         super().__init__()
         self.k_max, self.n_channels, self.hidden, self.latent = k_max, n_channels, hidden, latent
@@ -59,6 +72,8 @@ class StackedVAE(nn.Module):
         for name, shape in shapes.items():
             self.register_parameter(name, nn.Parameter(torch.zeros(shape)))
         self.register_buffer("active", torch.zeros(k_max, dtype=torch.bool))
+        self.register_buffer("loc", torch.zeros(k_max, n_channels))
+        self.register_buffer("scale", torch.ones(k_max, n_channels))
         for k in range(k_max):
             self.reset_expert(k)
 
@@ -75,19 +90,38 @@ class StackedVAE(nn.Module):
 
     @torch.no_grad()
     def copy_expert(self, src: int, dst: int) -> None:
-        for p in self.parameters():
-            p[dst].copy_(p[src])
+        self.load_expert(dst, self, src)
+
+    @torch.no_grad()
+    def load_expert(self, dst: int, other: StackedVAE, src: int = 0) -> None:
+        """Slot `dst` becomes `other`'s expert `src`: weights, location and scale (a candidate taking a slot)."""
+        for p, q in zip(self.parameters(), other.parameters()):
+            p[dst].copy_(q[src])
+        self.loc[dst].copy_(other.loc[src])
+        self.scale[dst].copy_(other.scale[src])
+
+    @torch.no_grad()
+    def set_scale(self, k: int, x: Tensor) -> None:
+        """Expert k's location and scale from its own raw records `x` (N, C) (floored like the global scaler)."""
+        from streammoe.model.scaler import location_scale
+
+        loc, scale = location_scale(x)
+        self.loc[k].copy_(loc)
+        self.scale[k].copy_(scale)
 
     def _weights(self, idx: Tensor | None) -> dict[str, Tensor]:
-        params = dict(self.named_parameters())
-        if idx is None:
-            return params
-        return {name: p.index_select(0, idx) for name, p in params.items()}
+        """The selected experts' weights, with their location and scale as (K, 1, C) and log-Jacobians (K,)."""
+        params: dict[str, Tensor] = dict(self.named_parameters())
+        params.update(loc=self.loc, scale=self.scale)
+        if idx is not None:
+            params = {name: p.index_select(0, idx) for name, p in params.items()}
+        params["log_det"] = torch.log(params["scale"]).sum(-1)
+        params["loc"], params["scale"] = params["loc"].unsqueeze(1), params["scale"].unsqueeze(1)
+        return params
 
     def encode(self, x: Tensor, w: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """x (B, C) -> posterior mean and log-variance (K, B, Z) for every selected expert."""
-        k = w["enc_w1"].shape[0]
-        h = torch.relu(torch.baddbmm(w["enc_b1"], x.unsqueeze(0).expand(k, -1, -1), w["enc_w1"]))
+        """Raw x (B, C) -> posterior mean and log-variance (K, B, Z) for every selected expert."""
+        h = torch.relu(torch.baddbmm(w["enc_b1"], standardise(x, w), w["enc_w1"]))
         out = torch.baddbmm(w["enc_b2"], h, w["enc_w2"])
         mu, raw = out.chunk(2, dim=-1)
         return mu, _soft_bound(raw, -8.0, 4.0)
@@ -112,29 +146,37 @@ class StackedVAE(nn.Module):
         return importance_from_eps(x, eps, w)
 
     def iwae(self, x: Tensor, n_samples: int, idx: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
-        """IWAE bound on log p_k(x), (K, B); equals the (sampled) ELBO for one sample, tightens as S grows."""
+        """IWAE bound on log p_k(x) of raw records, (K, B); equals the (sampled) ELBO for one sample, tightens as S
+        grows."""
         s = self.importance_samples(x, n_samples, idx, generator)
         return torch.logsumexp(s.log_w, dim=1) - math.log(n_samples)
 
     def elbo(self, x: Tensor, idx: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
-        """Single-sample ELBO with the analytic KL term, (K, B): the training objective (low variance)."""
+        """Single-sample ELBO of raw records with the analytic KL term, (K, B): the training objective (low
+        variance), on the original scale (log-Jacobian included)."""
         w = self._weights(idx)
         mu, logvar = self.encode(x, w)
         eps = torch.randn(mu.shape, generator=generator, device=x.device, dtype=x.dtype)
         z = mu + torch.exp(0.5 * logvar) * eps
         mean, dec_logvar = self.decode(z, w)
-        rec = _gaussian_log_density(x, mean, dec_logvar).sum(-1)
+        rec = _gaussian_log_density(standardise(x, w), mean, dec_logvar).sum(-1)
         kl = 0.5 * (mu.pow(2) + torch.exp(logvar) - 1.0 - logvar).sum(-1)
-        return rec - kl
+        return rec - kl - w["log_det"][:, None]
 
+
+def standardise(x: Tensor, w: dict[str, Tensor]) -> Tensor:
+    """Raw records (B, C) in each selected expert's own units, (K, B, C), clipped at +-CLIP."""
+    return ((x.unsqueeze(0) - w["loc"]) / w["scale"]).clamp(-CLIP, CLIP)
 
 
 def importance_from_eps(x: Tensor, eps: Tensor, w: dict[str, Tensor]) -> ImportanceSamples:
-    """The IWAE pass for given noise `eps` (K, S, B, Z): a pure function of tensors, so it can be compiled.
+    """The IWAE pass of raw records `x` (B, C) for given noise `eps` (K, S, B, Z): a pure function of tensors, so
+    it can be compiled. Means and variances come back in each expert's own units; log_w is on the original scale.
 
     One batched matrix product per layer for all experts; the squared standardised residual is computed once
     and kept, because the channel blame needs it again."""
-    h = torch.relu(torch.baddbmm(w["enc_b1"], x.unsqueeze(0).expand(eps.shape[0], -1, -1), w["enc_w1"]))
+    u = standardise(x, w)  # (K, B, C)
+    h = torch.relu(torch.baddbmm(w["enc_b1"], u, w["enc_w1"]))
     mu, raw = torch.baddbmm(w["enc_b2"], h, w["enc_w2"]).chunk(2, dim=-1)
     logvar = _soft_bound(raw, -8.0, 4.0)  # (K, B, Z)
     k, n_samples, b, zdim = eps.shape
@@ -143,9 +185,9 @@ def importance_from_eps(x: Tensor, eps: Tensor, w: dict[str, Tensor]) -> Importa
     mean, raw = torch.baddbmm(w["dec_b2"], h, w["dec_w2"]).chunk(2, dim=-1)
     mean = mean.reshape(k, n_samples, b, -1)
     dec_logvar = _soft_bound(raw, LOGVAR_MIN, LOGVAR_MAX).reshape(k, n_samples, b, -1)
-    sq_resid = (x - mean).square() * torch.exp(-dec_logvar)
+    sq_resid = (u.unsqueeze(1) - mean).square() * torch.exp(-dec_logvar)
     c = x.shape[-1]
-    log_px_z = -0.5 * (c * LOG_2PI + dec_logvar.sum(-1) + sq_resid.sum(-1))  # (K, S, B)
+    log_px_z = -0.5 * (c * LOG_2PI + dec_logvar.sum(-1) + sq_resid.sum(-1)) - w["log_det"][:, None, None]  # (K, S, B)
     # log p(z) - log q(z|x) for z = mu + std * eps: the LOG_2PI terms cancel.
     log_pz_qz = -0.5 * (z.square().sum(-1) - logvar.sum(-1).unsqueeze(1) - eps.square().sum(-1))
     return ImportanceSamples(log_w=log_px_z + log_pz_qz, mean=mean, logvar=dec_logvar, sq_resid=sq_resid)

@@ -43,7 +43,7 @@ class ExpertLearner:
                 state["exp_avg_sq"][k].zero_()
 
     def step(self, x: Tensor, resp: Tensor | None = None, elog_pi: Tensor | None = None) -> StepResult:
-        """One step on scaled records `x` (N, C).
+        """One step on raw records `x` (N, C) (each expert standardises them itself).
 
         With `resp` (N, k_max) the responsibilities are given (hard labels, replay); otherwise they come from
         this very forward pass (E-step on the detached ELBOs plus E[log pi]), as in stochastic variational EM.

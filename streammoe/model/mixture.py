@@ -31,7 +31,7 @@ STATUS_LEARNED, STATUS_CONFIRMED, STATUS_FAULT = 0, 1, 2
 class Evaluation:
     """The E-step and uncertainty breakdown for a batch, on the model's device (length B unless noted)."""
 
-    x: Tensor  # (B, C) scaled input
+    x: Tensor  # (B, C) raw input (finite)
     log_px: Tensor  # mixture log-likelihood (IWAE estimate)
     log_pk: Tensor  # (k_max, B) per-expert log-likelihood, -inf for inactive slots
     resp: Tensor  # (B, k_max) responsibilities, zero for inactive slots
@@ -54,7 +54,9 @@ class MixtureOfVAEs(nn.Module):
         self.calibration = ModeCalibration(k, config.calibration_size)
         self.replay = ReplayReservoir(k, n_channels, config.replay_size)
         self.register_buffer("status", torch.zeros(k, dtype=torch.int8))
-        from streammoe.novelty.memory import ShortTermMemory  # novelty builds on the model, not the reverse
+        from streammoe.novelty.memory import (
+            ShortTermMemory,  # novelty builds on the model, not the reverse
+        )
 
         self.memory = ShortTermMemory(n_channels, config.novelty, k)
         self.register_buffer("below_floor", torch.zeros(k, dtype=torch.int64))
@@ -87,20 +89,28 @@ class MixtureOfVAEs(nn.Module):
         return max(32, 8192 // per_row)
 
     @torch.no_grad()
-    def evaluate(self, x_scaled: Tensor, n_samples: int, generator: torch.Generator | None = None) -> Evaluation:
-        """Batched E-step over all active experts, chunked over rows; inputs already scaled and finite.
+    def evaluate(self, x: Tensor, n_samples: int, generator: torch.Generator | None = None) -> Evaluation:
+        """Batched E-step over all active experts, chunked over rows, on raw finite records (each expert
+        standardises them its own way; likelihoods are on the original scale).
 
         The noise is drawn here, chunk by chunk, so the random stream is the same whether or not the statistics
         run compiled (`use_compiled`) or under autocast (`autocast_dtype`, CUDA: float16/bfloat16)."""
         idx = torch.nonzero(self.active).flatten()
         if idx.numel() == 0:
             raise RuntimeError("the mixture has no active expert: fit it or warm it up first")
-        elog_pi = self.weights.expected_log_pi(self.active)[idx].to(x_scaled.dtype)
-        log_pibar = torch.log(self.weights.mean(self.active)[idx]).to(x_scaled.dtype)
+        elog_pi = self.weights.expected_log_pi(self.active)[idx].to(x.dtype)
+        log_pibar = torch.log(self.weights.mean(self.active)[idx]).to(x.dtype)
         w = self.experts._weights(idx)
+        # The breakdown's unit: the global scaler's spread per channel (the raw unit before any fit), the same
+        # for every expert.
+        fitted = bool(self.scaler.count > 0)
+        ref_std = self.scaler.std.to(x.dtype) if fitted else torch.ones_like(w["scale"][0, 0])
+        ref_mean = self.scaler.mean.to(x.dtype) if fitted else torch.zeros_like(ref_std)
+        w["ref_a"] = w["scale"] / ref_std
+        w["ref_b"] = (w["loc"] - ref_mean) / ref_std
         stats = self._statistics()
         parts = []
-        for chunk in x_scaled.split(self.chunk_rows(idx.numel(), n_samples)):
+        for chunk in x.split(self.chunk_rows(idx.numel(), n_samples)):
             eps = self.experts.draw_eps(idx.numel(), n_samples, chunk, generator)
             if self.autocast_dtype is not None:
                 with torch.autocast(chunk.device.type, dtype=self.autocast_dtype):
@@ -111,13 +121,13 @@ class MixtureOfVAEs(nn.Module):
             parts.append(out)
         cat = [torch.cat(p, dim=-1 if i in (1, 2) else 0) for i, p in enumerate(zip(*parts))]
         log_px, log_pk_a, resp_a, entropy, epistemic, aleatoric, channel_nll, mode_a = cat
-        k_max, b = self.config.k_max, x_scaled.shape[0]
-        log_pk = torch.full((k_max, b), -math.inf, dtype=x_scaled.dtype, device=x_scaled.device)
+        k_max, b = self.config.k_max, x.shape[0]
+        log_pk = torch.full((k_max, b), -math.inf, dtype=x.dtype, device=x.device)
         log_pk[idx] = log_pk_a
-        resp = torch.zeros((b, k_max), dtype=x_scaled.dtype, device=x_scaled.device)
+        resp = torch.zeros((b, k_max), dtype=x.dtype, device=x.device)
         resp[:, idx] = resp_a.T
         return Evaluation(
-            x=x_scaled, log_px=log_px, log_pk=log_pk, resp=resp, mode=idx[mode_a], entropy=entropy,
+            x=x, log_px=log_px, log_pk=log_pk, resp=resp, mode=idx[mode_a], entropy=entropy,
             epistemic=epistemic, aleatoric=aleatoric, channel_nll=channel_nll,
         )
 
@@ -148,11 +158,14 @@ def chunk_statistics(
     entropy = (-(resp * torch.log(resp.clamp(min=1e-30))).sum(0)).clamp(min=0) + 0.0
     # Law of total variance over (expert, sample) with posterior weights rho = r_k * w_ks:
     # Var[x] = E[sigma^2] (aleatoric: the decoders' own noise) + Var[mu] (epistemic: disagreement).
-    # Both are averaged over channels, so the channel mean is taken before weighting where it can be.
+    # Both are averaged over channels, so the channel mean is taken before weighting where it can be. Each
+    # expert's means and variances are first put into one unit (the global scaler's, `ref_a`/`ref_b`).
     rho = resp[:, None, :] * torch.softmax(s.log_w, dim=1)  # (Ka, S, B)
-    mu_bar = (rho.unsqueeze(-1) * s.mean).sum((0, 1))  # (B, C)
-    second = (rho * s.mean.square().mean(-1)).sum((0, 1))
-    aleatoric = (rho * torch.exp(s.logvar).mean(-1)).sum((0, 1))
+    a, b0 = w["ref_a"].unsqueeze(1), w["ref_b"].unsqueeze(1)  # (Ka, 1, 1, C)
+    mean = b0 + a * s.mean
+    mu_bar = (rho.unsqueeze(-1) * mean).sum((0, 1))  # (B, C)
+    second = (rho * mean.square().mean(-1)).sum((0, 1))
+    aleatoric = (rho * (a.square() * torch.exp(s.logvar)).mean(-1)).sum((0, 1))
     epistemic = (second - mu_bar.square().mean(1)).clamp(min=0)
     # Channel blame under the assigned expert: its importance-weighted squared standardised residual.
     mode = resp.argmax(0)

@@ -1,4 +1,7 @@
-"""Per-channel standardisation learned from the data."""
+"""Per-channel standardisation learned from the data.
+
+The global scaler (all of a fit's records) is what the fit clusters in and the unit of the uncertainty
+breakdown; each expert has its own location and scale (model/experts.py) from `location_scale`."""
 
 from __future__ import annotations
 
@@ -7,12 +10,13 @@ import torch
 from torch import Tensor, nn
 
 # A channel that was constant in training still gets a finite scale, so a later change of it reads as a large
-# but finite deviation; scaled values are clipped so one absurd reading cannot overflow the experts.
+# but finite deviation. `transform` clips (for the fit's clustering only: experts standardise raw records
+# themselves, model/experts.py).
 MIN_STD = 1e-2
 CLIP = 50.0
-# Past the clip the experts see the same value whatever the reading was, so learning from such a record would
-# teach that anything this large is normal. A far-away new mode (tens of standard deviations) is still learned;
-# a reading beyond RANGE standard deviations is a broken sensor or a sentinel (1e30, -9999), never learned.
+# A fit sample has no model to compare with yet: a reading beyond RANGE spreads of nearly all of the sample
+# (`implausible_rows`) is left out of the daemon's warm-up fit. Online, poison is decided by physics instead
+# (model/poison.py), never by the distance from the modes seen so far.
 RANGE = 1000.0
 # Share of a fit sample in each tail that `implausible_rows` does not look at: a mode with more rows than this
 # sets the spread itself and is never dropped.
@@ -34,8 +38,26 @@ def implausible_rows(x: np.ndarray) -> np.ndarray:
     return (np.abs(x - med) > RANGE * spread).any(axis=1)
 
 
+def std_floor(mean: Tensor) -> Tensor:
+    """The smallest scale a channel gets: a channel constant in its records still has a finite one."""
+    return MIN_STD * torch.clamp(mean.abs(), min=1.0)
+
+
+@torch.no_grad()
+def location_scale(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean and floored standard deviation per channel of raw records (N, C), in x's dtype (one expert's units)."""
+    x64 = x.to(torch.float64)
+    mean = x64.mean(0) if x.shape[0] else torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
+    std = x64.std(0, correction=0) if x.shape[0] > 1 else torch.zeros_like(mean)
+    return mean.to(x.dtype), torch.maximum(std, std_floor(mean)).to(x.dtype)
+
+
 class RunningScaler(nn.Module):
     """Running mean/variance per channel (Chan et al.'s parallel update, so batches merge exactly)."""
+
+    count: Tensor
+    mean: Tensor
+    m2: Tensor
 
     def __init__(self, n_channels: int) -> None:
         super().__init__()
@@ -61,14 +83,7 @@ class RunningScaler(nn.Module):
     @property
     def std(self) -> Tensor:
         var = self.m2 / self.count.clamp(min=1.0)
-        floor = MIN_STD * torch.clamp(self.mean.abs(), min=1.0)
-        return torch.maximum(var.sqrt(), floor)
-
-    def out_of_range(self, x: Tensor) -> Tensor:
-        """(B,) True where any channel lies more than RANGE standard deviations from the fitted mean."""
-        mean = self.mean.to(x.dtype)
-        bound = (RANGE * self.std).to(x.dtype)
-        return ((x - mean).abs() > bound).any(dim=1)
+        return torch.maximum(var.sqrt(), std_floor(self.mean))
 
     def transform(self, x: Tensor) -> Tensor:
         mean = self.mean.to(x.dtype)

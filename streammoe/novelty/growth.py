@@ -42,6 +42,7 @@ def _train_candidate(model: MixtureOfVAEs, x: torch.Tensor, generator: torch.Gen
     cfg = model.config
     cand = StackedVAE(1, model.n_channels, cfg.hidden, cfg.latent).to(x.device)
     cand.active[0] = True
+    cand.set_scale(0, x)  # the candidate's own units: a mode far from the others is modelled as precisely
     opt = adam(cand.parameters(), cfg.learning_rate * 3)
     for _ in range(cfg.novelty.candidate_steps):
         batch = x[torch.randint(x.shape[0], (min(CANDIDATE_BATCH, x.shape[0]),), generator=generator, device=x.device)]
@@ -136,8 +137,7 @@ def try_grow(
     else:
         slot = int(free[0])
     with torch.no_grad():
-        for (name, p), q in zip(model.experts.named_parameters(), cand.parameters()):
-            p[slot].copy_(q[0])
+        model.experts.load_expert(slot, cand)
         model.experts.active[slot] = True
         model.status[slot] = STATUS_LEARNED
         model.born[slot] = memory.seen

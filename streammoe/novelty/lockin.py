@@ -43,8 +43,7 @@ def _copy_of(model: MixtureOfVAEs, k: int) -> StackedVAE:
     cfg = model.config
     copy = StackedVAE(1, model.n_channels, cfg.hidden, cfg.latent).to(model.active.device)
     with torch.no_grad():
-        for p, q in zip(model.experts.parameters(), copy.parameters()):
-            q[0].copy_(p[k])
+        copy.load_expert(0, model.experts, k)
         copy.active[0] = True
     return copy
 

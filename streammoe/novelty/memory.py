@@ -28,7 +28,7 @@ MIN_MISFITS = 32  # unexplained records of one expert before it is tested for lo
 class Remembered:
     """The memory's live entries in arrival order."""
 
-    x: Tensor  # (N, C) scaled records
+    x: Tensor  # (N, C) raw records (never saturated: a new expert learns its own scale from them)
     ref: Tensor  # (N,) caller's record ids (e.g. source offsets)
     ts: Tensor  # (N,) caller's timestamps
 

@@ -1,15 +1,15 @@
 """Save and load a detector as a directory that loads back bit-identically.
 
-Layout (format version 1)::
+Layout (format version 2)::
 
     meta.json         format and package version, channel names, counters
     config.json       the ModelConfig that shaped the model
-    experts.pt        expert weights and the active mask
+    experts.pt        expert weights, each expert's location and scale per channel, the active mask
     em.pt             Dirichlet statistics (gamma), operator status per expert
-    scaler.pt         per-channel running mean/variance
-    calibration.pt    per-mode reference scores
-    replay.pt         per-expert replay reservoirs
-    novelty.pt        short-term memory of unexplained records, retirement and merge counters
+    scaler.pt         per-channel running mean/variance of the fit (clustering, the uncertainty unit)
+    calibration.pt    per-mode reference scores (NLL on the original scale)
+    replay.pt         per-expert replay reservoirs (raw records)
+    novelty.pt        short-term memory of unexplained records (raw), retirement and merge counters
     optimizer.pt      Adam state, so online learning continues exactly where it stopped
     rng.pt            sampler state, so a reloaded model draws the same importance samples (on the same kind
                       of device: a model moving between a GPU and a CPU worker is reseeded from it)
@@ -19,6 +19,11 @@ writes a sibling temporary directory, fsyncs it, then renames it into place, so 
 half-written model where a good one was. The model it replaced stays beside it as `.NAME.old` (one
 generation), for rollback. meta.json holds a SHA-256 of every other file: a flipped bit loads as different
 weights without any error from torch, so a file that does not match is refused as damaged.
+
+Format 1 (one global scaler; replay and memory held scaled, clipped records) is migrated on load: every expert
+gets the global scaler's location and scale (so it computes what it computed), stored records are unscaled, and
+calibration scores gain the log-Jacobian the format-2 likelihoods include. Records format 1 clipped at +-50
+stay clipped.
 
 Load errors come in two kinds, because they call for different actions: `ModelDamagedError` (truncated,
 unreadable, checksum mismatch: another copy of the same model may be used instead) and
@@ -37,13 +42,14 @@ from pathlib import Path
 import torch
 
 from streammoe import __version__
-from streammoe.model.detector import MixtureDetector
 from streammoe.logs import get_logger
 from streammoe.model.config import ModelConfig
+from streammoe.model.detector import MixtureDetector
 
 log = get_logger("streammoe.state.persistence")
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE = (1, 2)  # format 1 is migrated on load (`_migrate_v1`)
 PARTS: dict[str, str | tuple[str, ...]] = {
     "experts": "experts.",
     "em": ("weights.", "status"),
@@ -158,7 +164,7 @@ def read_meta(path: str | Path) -> dict:
     if not isinstance(meta, dict) or not isinstance(meta.get("format_version"), int):
         raise ModelDamagedError(f"{path}/meta.json is not a model's meta (no integer format_version)")
     channels = meta.get("channels")
-    if meta["format_version"] == FORMAT_VERSION and (
+    if meta["format_version"] in READABLE and (
         not isinstance(channels, list) or not channels or not all(isinstance(c, str) for c in channels)
     ):
         raise ModelDamagedError(f"{path}/meta.json has no list of channel names")
@@ -194,6 +200,25 @@ def restore_sampler(generator: torch.Generator, state: torch.Tensor) -> bool:
     return False
 
 
+def _migrate_v1(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A format-1 state dict as format 2: per-expert scales from the global scaler, raw stored records,
+    calibration scores on the original scale. Scores and decisions stay what they were (up to float rounding),
+    except for readings format 1 clipped at 50 spreads."""
+    from streammoe.model.scaler import std_floor
+
+    count, mean, m2 = state["scaler.count"], state["scaler.mean"], state["scaler.m2"]
+    std = torch.maximum((m2 / count.clamp(min=1.0)).sqrt(), std_floor(mean))
+    k = state["experts.active"].shape[0]
+    out = dict(state)
+    out["experts.loc"] = mean.to(torch.float32).expand(k, -1).clone()
+    out["experts.scale"] = std.to(torch.float32).expand(k, -1).clone()
+    mean32, std32 = mean.to(torch.float32), std.to(torch.float32)
+    out["replay.records"] = state["replay.records"] * std32 + mean32
+    out["memory.x"] = state["memory.x"] * std32 + mean32
+    out["calibration.scores"] = state["calibration.scores"] + float(torch.log(std).sum())
+    return out
+
+
 def load_detector(
     path: str | Path, device: torch.device | str | None = None, channels: list[str] | None = None
 ) -> MixtureDetector:
@@ -205,9 +230,10 @@ def load_detector(
     if not path.exists() and previous_path(path).exists():
         path = previous_path(path)
     meta = read_meta(path)
-    if meta["format_version"] != FORMAT_VERSION:
+    if meta["format_version"] not in READABLE:
         raise ModelIncompatibleError(
-            f"{path} has model format {meta['format_version']!r}; this streammoe reads format {FORMAT_VERSION}"
+            f"{path} has model format {meta['format_version']!r}; this streammoe reads formats "
+            f"{', '.join(map(str, READABLE))}: refit it with `streammoe fit`"
         )
     if channels is not None and list(channels) != list(meta["channels"]):
         raise ModelIncompatibleError(f"{path} was fitted on channels {meta['channels']}, not {list(channels)}")
@@ -218,6 +244,8 @@ def load_detector(
         state: dict[str, torch.Tensor] = {}
         for name in PARTS:
             state.update(torch.load(path / f"{name}.pt", map_location=detector.device, weights_only=True))
+        if meta["format_version"] == 1:
+            state = _migrate_v1(state)
         detector.model.load_state_dict(state, strict=True)
         optimizer = detector.learner.optimizer
         saved = torch.load(path / "optimizer.pt", map_location=detector.device, weights_only=True)

@@ -95,21 +95,26 @@ def test_iwae_bound_is_above_elbo_and_tightens_with_samples() -> None:
 
 
 def test_stacked_pass_equals_each_expert_alone() -> None:
+    """Each expert in its own units: log p_k(x) = log p~_k((x - loc_k) / scale_k) - sum_c log scale_kc."""
     torch.manual_seed(0)
     vae = StackedVAE(3, 4, hidden=8, latent=2)
     vae.active[:] = True
-    x = torch.randn(10, 4)
+    vae.loc.normal_(0, 3)
+    vae.scale.uniform_(0.2, 5.0)
+    x = torch.randn(10, 4) * 3
     with torch.no_grad():
         full = vae.iwae(x, 4, generator=torch.Generator().manual_seed(5))
         for k in range(3):
             # Expert k alone, with the same noise: draw the full noise tensor and keep slot k's share of it.
             eps = torch.randn((3, 4, 10, 2), generator=torch.Generator().manual_seed(5))[k : k + 1]
-            w = {n: p[k : k + 1] for n, p in vae.named_parameters()}
+            w = vae._weights(torch.tensor([k]))
             mu, lv = vae.encode(x, w)
+            u = (x - vae.loc[k]) / vae.scale[k]
             z = mu.unsqueeze(1) + torch.exp(0.5 * lv).unsqueeze(1) * eps
             mean, dlv = vae.decode(z.reshape(1, 40, 2), w)
             mean, dlv = mean.reshape(1, 4, 10, 4), dlv.reshape(1, 4, 10, 4)
-            lpx = (-0.5 * (math.log(2 * math.pi) + dlv + (x - mean) ** 2 * torch.exp(-dlv))).sum(-1)
+            lpx = (-0.5 * (math.log(2 * math.pi) + dlv + (u - mean) ** 2 * torch.exp(-dlv))).sum(-1)
+            lpx = lpx - torch.log(vae.scale[k]).sum()
             lpz = (-0.5 * (math.log(2 * math.pi) + z**2)).sum(-1)
             lqz = (-0.5 * (math.log(2 * math.pi) + lv.unsqueeze(1) + eps**2)).sum(-1)
             alone = torch.logsumexp(lpx + lpz - lqz, dim=1) - math.log(4)

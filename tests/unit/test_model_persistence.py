@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-import streammoe.state.persistence as persistence
-from streammoe.model.detector import MixtureDetector
 from streammoe.model.config import ModelConfig
+from streammoe.model.detector import MixtureDetector
+from streammoe.state import persistence
 from streammoe.state.persistence import ModelLoadError, load_detector, save_detector
 
 CHANNELS = ["flow", "pressure", "temp", "vibration"]
@@ -70,8 +70,32 @@ def test_wrong_format_version_is_refused_by_name(saved, tmp_path) -> None:
     meta = json.loads((tmp_path / "m" / "meta.json").read_text())
     meta["format_version"] = 7
     (tmp_path / "m" / "meta.json").write_text(json.dumps(meta))
-    with pytest.raises(ModelLoadError, match=r"format 7.*reads format 1"):
+    with pytest.raises(ModelLoadError, match=r"format 7.*reads formats 1, 2: refit it with `streammoe fit`"):
         load_detector(tmp_path / "m")
+
+
+def test_a_format_1_model_loads_migrated_and_scores_as_it_did(tmp_path) -> None:
+    """tests/data/model-v1 was saved by the format-1 code (one global scaler, scaled replay and memory; see
+    the recipe in tests/data/README.md). Migrated, each expert computes what it computed: the same
+    modes and p-values on a probe, the NLL shifted by the log-Jacobian the format-2 likelihoods include."""
+    from pathlib import Path
+
+    data = Path(__file__).resolve().parent.parent / "data"
+    shutil.copytree(data / "model-v1", tmp_path / "m")
+    probe = np.load(data / "model-v1-probe.npz")
+    det = load_detector(tmp_path / "m", device="cpu", channels=["flow", "pressure", "temp"])
+    m = det.model
+    assert torch.equal(m.experts.loc[0], m.scaler.mean.float()) and torch.allclose(m.experts.scale[1], m.scaler.std.float())
+    assert float(m.replay.records[m.active][:, :16].abs().max()) > 10, "replay holds raw records (temp ~20-35)"
+    scored = det.score_many(probe["x"])
+    shift = float(torch.log(m.scaler.std).sum())
+    np.testing.assert_array_equal(scored.mode, probe["mode"])
+    np.testing.assert_allclose(scored.nll, probe["nll"] + shift, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(scored.log_p_value, probe["log_p"], rtol=1e-3, atol=1e-3)
+    np.testing.assert_array_equal(scored.is_anomaly, probe["is_anomaly"])
+    det.learn_many(scored)
+    save_detector(det, tmp_path / "again")
+    assert json.loads((tmp_path / "again" / "meta.json").read_text())["format_version"] == persistence.FORMAT_VERSION == 2
 
 
 @pytest.mark.parametrize("keep", [0, 100, "half"])

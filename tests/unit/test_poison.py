@@ -1,7 +1,9 @@
 """Poison pills: records the model cannot represent are alerted and never teach it.
 
-Two kinds: finite readings far past the scaler's range (1e30, float32's maximum, a -9999 sentinel), which the
-clip would otherwise show the experts as ordinary large values; and records whose likelihood comes out NaN.
+Poison is decided by physics (model/poison.py), never by the distance from the modes seen so far: sentinel
+magnitudes (1e30, float32's maximum), configured sentinel values (-9999) and readings outside configured
+physical bounds; and records whose likelihood comes out NaN. A channel that was constant in the fit and starts
+to move is not poison: it is scored, alerts, and goes to the novelty memory like any unexplained record.
 """
 
 from __future__ import annotations
@@ -13,14 +15,16 @@ import numpy as np
 import pytest
 import torch
 
-from streammoe.wire.alerts import Origin, alert_schema, build_alert
 from streammoe.config import AlertSettings
-from streammoe.model.detector import MixtureDetector
 from streammoe.model.config import ModelConfig
-from streammoe.model.scaler import RANGE, implausible_rows
+from streammoe.model.detector import MixtureDetector
+from streammoe.model.poison import PoisonConfig
+from streammoe.model.scaler import implausible_rows
+from streammoe.wire.alerts import Origin, alert_schema, build_alert
 
 C = 4
-EXTREMES = np.array([1e30, -1e30, 3.4028235e38, -3.4028235e38, -9999.0, 1e10], np.float32)
+EXTREMES = np.array([1e30, -1e30, 3.4028235e38, -3.4028235e38, -9999.0, 1e15, -2e15], np.float32)
+POISON = PoisonConfig(sentinel_values=[-9999.0])
 
 
 def normal(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -28,7 +32,7 @@ def normal(rng: np.random.Generator, n: int) -> np.ndarray:
 
 
 def hostile(rng: np.random.Generator, n: int) -> np.ndarray:
-    """Normal rows with one to four channels replaced by readings past the scaler's range."""
+    """Normal rows with one to four channels replaced by sentinel readings."""
     x = normal(rng, n)
     mask = rng.random((n, C)) < 0.3
     mask[np.arange(n), rng.integers(0, C, n)] = True
@@ -47,7 +51,7 @@ def one_torch_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def fitted() -> MixtureDetector:
-    det = MixtureDetector(C, ModelConfig(k_max=3, fit_steps=150, n_samples=2), device="cpu")
+    det = MixtureDetector(C, ModelConfig(k_max=3, fit_steps=150, n_samples=2, poison=POISON), device="cpu")
     det.fit(normal(np.random.default_rng(0), 2000))
     return det
 
@@ -61,7 +65,7 @@ def assert_same_state(det: MixtureDetector, before: dict[str, torch.Tensor]) -> 
     assert not changed, f"poison changed {changed}"
 
 
-def test_readings_past_the_range_alert_and_leave_the_model_bit_identical(fitted) -> None:
+def test_sentinel_readings_alert_and_leave_the_model_bit_identical(fitted) -> None:
     det = copy.deepcopy(fitted)
     twin = copy.deepcopy(fitted)
     before = state(det)
@@ -83,7 +87,7 @@ def test_readings_past_the_range_alert_and_leave_the_model_bit_identical(fitted)
 
 
 def test_a_sustained_mix_of_poison_and_normal_records_grows_no_expert(fitted) -> None:
-    """Before the range check, scattered readings clipped to +-50 looked coherent enough to the novelty
+    """Before poison was checked, scattered readings clipped to +-50 looked coherent enough to the novelty
     search to become an expert of their own, which then called such readings normal."""
     det = copy.deepcopy(fitted)
     experts = det.model.n_active
@@ -99,7 +103,7 @@ def test_a_sustained_mix_of_poison_and_normal_records_grows_no_expert(fitted) ->
     assert det.model.n_active == experts
     assert det.counters["records_learned"] > 0.9 * (det.counters["records_scored"] - det.counters["out_of_range"])
     m = det.model
-    assert float(m.memory.x.abs().max()) < 50, "no clipped reading reached the novelty memory"
+    assert float(m.memory.x.abs().max()) < 50, "no sentinel reached the novelty memory"
     assert float(m.replay.records.abs().max()) < 50
     assert all(torch.isfinite(p).all() for p in m.experts.parameters())
     again = det.score_many(hostile(rng, 256))
@@ -108,15 +112,58 @@ def test_a_sustained_mix_of_poison_and_normal_records_grows_no_expert(fitted) ->
     assert probe.is_anomaly.mean() < 0.05
 
 
-def test_just_inside_the_range_is_scored_and_learnable(fitted) -> None:
-    det = copy.deepcopy(fitted)
-    std = det.model.scaler.std.numpy()
-    mean = det.model.scaler.mean.numpy()
-    x = np.repeat(mean[None, :], 4, 0).astype(np.float32)
-    x[0, 0] += 0.99 * RANGE * std[0]
-    x[1, 1] -= 1.01 * RANGE * std[1]
+def test_poison_is_a_sentinel_or_out_of_bounds_never_a_distance(fitted) -> None:
+    det = MixtureDetector(C, ModelConfig(k_max=3, fit_steps=150, n_samples=2, poison=PoisonConfig(
+        sentinel_values=[-9999.0], bounds={"c1": (-5.0, None), "c3": (None, 5.0)})), device="cpu")
+    det.model.load_state_dict(fitted.model.state_dict())
+    x = np.zeros((8, C), np.float32)
+    x[0, 0] = 0.99e15  # under the sentinel magnitude: a huge but physical reading
+    x[1, 0] = 1e15
+    x[2, 2] = -9999.0
+    x[3, 2] = -9998.0  # not the sentinel
+    x[4, 1] = -5.5  # below c1's bound
+    x[5, 1] = 1e6  # c1 has no upper bound
+    x[6, 3] = 5.01  # above c3's bound
+    x[7, 3] = -1e6  # c3 has no lower bound
     scored = det.score_many(x)
-    assert scored.in_range.tolist() == [True, False, True, True]
+    assert scored.in_range.tolist() == [True, False, False, True, False, True, False, True]
+    assert scored.is_anomaly[[0, 3, 5, 7]].all(), "far off every mode: alerted by the score"
+
+
+def test_bounds_naming_an_unknown_channel_are_refused() -> None:
+    with pytest.raises(ValueError, match=r"poison.bounds names channels .*'flow'"):
+        MixtureDetector(C, ModelConfig(poison=PoisonConfig(bounds={"flow": (0.0, 1.0)})), device="cpu")
+    with pytest.raises(ValueError, match="must be below"):
+        PoisonConfig(bounds={"c0": (1.0, 0.0)})
+
+
+def test_a_constant_channel_that_starts_to_move_is_remembered_not_poison() -> None:
+    """A valve parked at exactly 0 in the fit that opens: thousands of fitted spreads away, yet a change of
+    mode. Its records alert, are not counted as out of range, and reach the novelty memory unsaturated."""
+    rng = np.random.default_rng(11)
+    x = normal(rng, 2000)
+    x[:, 3] = 0.0
+    det = MixtureDetector(C, ModelConfig(k_max=3, fit_steps=150, n_samples=2), device="cpu")
+    det.fit(x)
+    y = normal(rng, 256)
+    y[:, 3] = 30.0 + rng.normal(0, 1, 256)
+    scored = det.score_many(y)
+    assert scored.in_range.all() and scored.is_anomaly.all()
+    det.learn_many(scored)
+    assert det.counters["out_of_range"] == 0
+    assert det.model.memory.stored == 256
+    stored = det.model.memory.x[:256, 3].numpy()
+    np.testing.assert_allclose(np.sort(stored), np.sort(y[:, 3]), rtol=1e-5)
+
+
+def test_fit_leaves_sentinel_rows_out_and_counts_them() -> None:
+    rng = np.random.default_rng(12)
+    x = normal(rng, 600)
+    x[[3, 30, 300], 1] = 1e30
+    x[42, 0] = -9999.0
+    det = MixtureDetector(C, ModelConfig(k_max=2, fit_steps=40, n_samples=2, poison=POISON), device="cpu")
+    report = det.fit(x)
+    assert report.poisoned_rows == 4 and report.n_rows == 596
 
 
 def test_nan_likelihood_rows_alert_as_non_finite_and_teach_nothing(fitted, monkeypatch) -> None:
@@ -201,17 +248,21 @@ def test_a_few_absurd_readings_in_a_fit_sample_are_found_and_a_rare_mode_is_kept
     assert not implausible_rows(idle).any()
 
 
-def test_fitting_without_the_absurd_rows_keeps_the_channel_in_sight() -> None:
-    """Why the daemon's warm-up drops them: three 1e30 readings among 3000 make channel 2's scale ~1e28."""
+def test_fitting_with_or_without_the_absurd_rows_keeps_the_channel_in_sight() -> None:
+    """Three 1e30 readings among 3000 would make channel 2's scale ~1e28 (blind): the daemon's warm-up drops
+    them (`implausible_rows`), and fit leaves sentinel magnitudes out itself, so either way a reading 40
+    standard deviations off alerts by its score and a 1e30 reading as poison."""
     rng = np.random.default_rng(8)
     x = normal(rng, 3000)
     x[[10, 500, 2000], 2] = 1e30
     probe = normal(rng, 3)
     probe[0, 2] = 40.0
     probe[1, 2] = 1e30
-    for rows, blind in ((np.ones(len(x), bool), True), (~implausible_rows(x), False)):
+    for rows in (np.ones(len(x), bool), ~implausible_rows(x)):
         det = MixtureDetector(C, ModelConfig(k_max=2, fit_steps=60, n_samples=2), device="cpu")
-        det.fit(x[rows])
+        report = det.fit(x[rows])
+        assert report.poisoned_rows == int(rows.sum()) - 2997
         scored = det.score_many(probe)
-        assert bool(scored.is_anomaly[0]) is not blind, "40 standard deviations off on channel 2"
-        assert bool(scored.in_range[1]) is blind
+        assert bool(scored.is_anomaly[0]) and bool(scored.in_range[0]), "40 standard deviations off on channel 2"
+        assert not bool(scored.in_range[1]) and bool(scored.is_anomaly[1])
+        assert float(det.model.scaler.std[2]) < 10
