@@ -89,12 +89,13 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def _incident_column(result, series) -> list[str]:  # type: ignore[no-untyped-def]
-    """Each row's incident id (empty when none), by the daemon's incident tracker with the row as offset."""
+    """Each row's incident id (empty when none), by the daemon's incident tracker with the row as offset.
+
+    The id depends on the rows only, not on the file's name: the same data scores the same."""
     from streammoe.incidents.series import track_series
 
     return track_series(result.is_anomaly, result.critical, result.calibrated_score, result.p_value, result.mode,
-                        result.channel_share, series.channels, mode_added=result.mode_added,
-                        name=series.path.name).column
+                        result.channel_share, series.channels, mode_added=result.mode_added).column
 
 
 def build_parser() -> argparse.ArgumentParser:
