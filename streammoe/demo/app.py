@@ -85,8 +85,8 @@ class Demo:
 
     def _fit_bootstrap(self, model_dir: Path) -> dict:
         from streammoe.demo.sensors import CHANNELS, training_data
-        from streammoe.model.detector import MixtureDetector
         from streammoe.model.config import ModelConfig
+        from streammoe.model.detector import MixtureDetector
         from streammoe.state.persistence import save_detector
 
         t0 = time.monotonic()
@@ -99,6 +99,7 @@ class Demo:
                 "seconds": round(time.monotonic() - t0, 2)}
 
     def _create_topics(self, bootstrap: str) -> None:
+        from confluent_kafka import KafkaException
         from confluent_kafka.admin import AdminClient, NewTopic
 
         admin = AdminClient({"bootstrap.servers": bootstrap})
@@ -106,7 +107,7 @@ class Demo:
         for f in futures.values():
             try:
                 f.result(10)
-            except Exception:  # already there, or auto-created meanwhile: either way it exists
+            except KafkaException:  # already there, or auto-created meanwhile: either way it exists
                 pass
 
     def _settings(self, bootstrap: str, work: Path) -> Settings:
@@ -125,7 +126,7 @@ class Demo:
         def guarded() -> None:
             try:
                 target()
-            except BaseException as e:  # a dying thread stops the demo instead of hanging it
+            except BaseException as e:  # noqa: BLE001 - a dying thread stops the demo instead of hanging it
                 print(f"streammoe demo: {name} failed: {type(e).__name__}: {e}", file=sys.stderr)
                 if name == "daemon":
                     self.daemon_error = e
@@ -159,9 +160,9 @@ class Demo:
     def run(self) -> dict:
         import torch
 
-        from streammoe.testing.broker import EmbeddedBroker
         from streammoe.daemon import Daemon, tune_allocator
         from streammoe.logs import configure_logging
+        from streammoe.testing.broker import EmbeddedBroker
 
         # One intra-op thread: the demo's own threads share the cores, and torch's spinning workers slow a
         # busy 2-core machine down by an order of magnitude (measured: a 100-step fit 0.3 s vs 10-30 s).

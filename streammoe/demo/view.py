@@ -11,7 +11,7 @@ import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from rich import box
 from rich.columns import Columns
@@ -91,7 +91,7 @@ def _clock(ts: object) -> str:
     """A record's `ts` (epoch ms) as UTC time of day."""
     if not isinstance(ts, int):
         return "-"
-    return datetime.fromtimestamp(ts / 1000, tz=timezone.utc).strftime("%H:%M:%S")
+    return datetime.fromtimestamp(ts / 1000, tz=UTC).strftime("%H:%M:%S")
 
 
 def _status(state: DemoState) -> Table:

@@ -25,6 +25,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Self
 
 HOST = "127.0.0.1"
 
@@ -87,7 +88,7 @@ class EmbeddedBroker:
     def pid(self) -> int | None:
         return self.proc.pid if self.proc is not None else None
 
-    def start(self) -> "EmbeddedBroker":
+    def start(self) -> EmbeddedBroker:
         if self.proc is not None:
             return self
         binary = broker_binary()
@@ -129,7 +130,7 @@ class EmbeddedBroker:
         """SIGKILL the broker, as a crash would; the port and the storage stay for `restart()`."""
         self.stop()
 
-    def restart(self) -> "EmbeddedBroker":
+    def restart(self) -> EmbeddedBroker:
         """Kill the broker if it runs and start it again on the same port and storage."""
         self.stop()
         return self.start()
@@ -146,7 +147,7 @@ class EmbeddedBroker:
             raise BrokerError("broker not running")
         os.kill(self.proc.pid, sig)
 
-    def __enter__(self) -> "EmbeddedBroker":
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
