@@ -194,29 +194,27 @@ class Demo:
         return self._summary(fit)
 
     def _loop(self) -> None:
-        if self.opts.view:
-            from rich.live import Live
+        if not self.opts.view:
+            self._wait(0.1, lambda: print(self.state.line(), flush=True))
+            return
+        from rich.live import Live
 
-            from streammoe.demo.view import render
+        from streammoe.demo.view import render
 
-            with Live(get_renderable=lambda: render(self.state), refresh_per_second=4, screen=False) as live:
-                next_tick = time.monotonic() + 1.0
-                while (reason := self._finished()) is None:
-                    time.sleep(0.25)
-                    if time.monotonic() >= next_tick:
-                        next_tick += 1.0
-                        self.state.tick()
-                self.stopped_by = reason
-                live.refresh()
-        else:
-            next_line = time.monotonic() + 1.0
-            while (reason := self._finished()) is None:
-                time.sleep(0.1)
-                if time.monotonic() >= next_line:
-                    next_line += 1.0
-                    self.state.tick()
-                    print(self.state.line(), flush=True)
-            self.stopped_by = reason
+        with Live(get_renderable=lambda: render(self.state), refresh_per_second=4, screen=False) as live:
+            self._wait(0.25, lambda: None)
+            live.refresh()
+
+    def _wait(self, poll_s: float, every_second: Callable[[], None]) -> None:
+        """Until the demo is finished: the rates ticked once a second, then `every_second` (the line view)."""
+        next_tick = time.monotonic() + 1.0
+        while (reason := self._finished()) is None:
+            time.sleep(poll_s)
+            if time.monotonic() >= next_tick:
+                next_tick += 1.0
+                self.state.tick()
+                every_second()
+        self.stopped_by = reason
 
     def _stop_all(self) -> None:
         """Producer first, then the daemon (flush, commit, checkpoint), then the readers once outputs are in."""

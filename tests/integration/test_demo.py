@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,19 @@ def _demo(tmp_path: Path, *args: str) -> subprocess.Popen:
         [sys.executable, "-m", "streammoe.cli", "demo", "--no-view", "--pid-file", str(tmp_path / "pids.json"), *args],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
+
+
+def _finish(proc: subprocess.Popen, timeout: float, first: Callable[[], None] = lambda: None) -> str:
+    """Run `first`, then wait for the demo to exit 0 and return its stdout; a demo still running is killed."""
+    try:
+        first()
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err[-3000:]
+    return out
 
 
 def _alive(pid: int) -> bool:
@@ -67,14 +81,7 @@ def test_demo_shows_faults_and_the_new_mode(tmp_path: Path) -> None:
     summary_path = tmp_path / "summary.json"
     t0 = time.monotonic()
     proc = _demo(tmp_path, "--rate", "400", "--duration", "120", "--summary-json", str(summary_path))
-    try:
-        out, err = proc.communicate(timeout=170)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0, err[-3000:]
-    lines = out.strip().splitlines()
+    lines = _finish(proc, 170).strip().splitlines()
     assert len(lines) >= 2 and lines[0].startswith("t=")  # a progress line per second, then the summary
     final = json.loads(lines[-1])
     summary = json.loads(summary_path.read_text())
@@ -105,19 +112,15 @@ def test_demo_shows_faults_and_the_new_mode(tmp_path: Path) -> None:
 
 def test_demo_stops_cleanly_on_sigint(tmp_path: Path) -> None:
     proc = _demo(tmp_path, "--rate", "200")
-    try:
+
+    def interrupt_once_scoring() -> None:
         assert proc.stdout is not None
         for line in proc.stdout:  # wait until the daemon is scoring
             if line.startswith("t=") and " scored=0 " not in line:
                 break
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0, err[-3000:]
-    final = json.loads(out.strip().splitlines()[-1])
+
+    final = json.loads(_finish(proc, 60, interrupt_once_scoring).strip().splitlines()[-1])
     assert final["stopped_by"] == "signal"
     assert 0 < final["records_scored"] <= final["records_produced"] + final["malformed_sent"]
     assert final["daemon"]["records_in"] == final["records_scored"]  # the daemon finished its run and reported
