@@ -13,7 +13,6 @@ record was acknowledged, 1 when some were not, 2 for a missing/bad file or an un
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import sys
 import time
@@ -22,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from streammoe.files.series import RESERVED, open_text
+from streammoe.files.series import RESERVED, csv_rows
 from streammoe.kafka.sink import produce
 
 
@@ -77,16 +76,7 @@ def _number(cell: str) -> float | None:
 def iter_records(path: str | Path, asset_id: str = "asset-1") -> Iterator[dict]:
     """The file's rows as record objects, streamed; ReplayError for a missing file or a bad layout."""
     path = Path(path)
-    if not path.is_file():
-        raise ReplayError(f"{path}: no such file")
-    with open_text(path) as fh:
-        reader = csv.reader(fh)
-        try:
-            header = next(reader)
-        except StopIteration:
-            raise ReplayError(f"{path}: empty file") from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise ReplayError(f"{path}: cannot read: {e}") from None
+    with csv_rows(path, ReplayError) as (header, reader):
         has_ts = bool(header) and header[0] == "timestamp"
         cols = [(i, h) for i, h in enumerate(header) if h not in RESERVED]
         if not cols:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import csv
 import gzip
 import io
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,16 +39,25 @@ def open_text(path: Path) -> io.TextIOBase:
     return open(path, encoding="utf-8", newline="")
 
 
-def read_series(path: str | Path) -> Series:
-    path = Path(path)
-    if not path.exists():
-        raise SeriesFormatError(f"{path}: no such file")
+@contextmanager
+def csv_rows(path: Path, error: type[Exception]) -> Iterator[tuple[list[str], Iterator[list[str]]]]:
+    """The header and the rows after it of a series file; `error` names a missing, empty or unreadable file."""
+    if not path.is_file():
+        raise error(f"{path}: no such file")
     with open_text(path) as fh:
         reader = csv.reader(fh)
         try:
             header = next(reader)
         except StopIteration:
-            raise SeriesFormatError(f"{path}: empty file") from None
+            raise error(f"{path}: empty file") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise error(f"{path}: cannot read: {e}") from None
+        yield header, reader
+
+
+def read_series(path: str | Path) -> Series:
+    path = Path(path)
+    with csv_rows(path, SeriesFormatError) as (header, reader):
         if not header or header[0] != "timestamp":
             raise SeriesFormatError(f"{path}: the first column must be 'timestamp', got {header[:1]}")
         channels = [h for h in header[1:] if h not in RESERVED]

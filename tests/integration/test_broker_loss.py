@@ -212,6 +212,13 @@ def committed_total(bootstrap: str, group: str, topic: str) -> int:
     return sum(committed_offsets(bootstrap, group, topic).values())
 
 
+def ready_and_committing(bootstrap: str, group: str, topic: str, ready: Readiness) -> dict[int, int]:
+    """Once the daemon is ready and its group has committed 1000 records: the committed offsets."""
+    ready.wait_for(200, 60)
+    wait_until(lambda: committed_total(bootstrap, group, topic) >= 1000, 60, "1000 records committed")
+    return committed_offsets(bootstrap, group, topic)
+
+
 def drain(bootstrap: str, group: str, t: dict[str, str], delivered: list[tuple[int, int]],
           fetch_wait_ms: int = 10) -> set[tuple[int, int]]:
     """Every offset the input topic holds (checked to include every acknowledged one); waits until the group has
@@ -311,9 +318,7 @@ def test_broker_unreachable_for_a_minute(memory_broker, topic_name, bootstrap_mo
     run = DaemonThread(make_daemon(monkeypatch, env))
     ready = Readiness(port)
     try:
-        ready.wait_for(200, 60)
-        wait_until(lambda: committed_total(b.bootstrap, group, t["input"]) >= 1000, 60, "1000 records committed")
-        committed_before = committed_offsets(b.bootstrap, group, t["input"])
+        committed_before = ready_and_committing(b.bootstrap, group, t["input"], ready)
 
         b.freeze()
         frozen_at = time.monotonic()
@@ -357,9 +362,7 @@ def test_sigterm_while_the_broker_is_frozen_exits_cleanly_and_commits_nothing_un
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     ready = Readiness(port)
     try:
-        ready.wait_for(200, 60)
-        wait_until(lambda: committed_total(b.bootstrap, group, t["input"]) >= 1000, 60, "1000 records committed")
-        committed_before = committed_offsets(b.bootstrap, group, t["input"])
+        committed_before = ready_and_committing(b.bootstrap, group, t["input"], ready)
         b.freeze()
         try:
             ready.wait_for(503, 30, "broker unreachable")

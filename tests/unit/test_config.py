@@ -77,13 +77,11 @@ def test_missing_channels_and_bad_settings_exit_2_with_one_line(monkeypatch: pyt
 
 
 def test_secrets_are_redacted_but_reach_librdkafka(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("STREAMMOE_KAFKA__SECURITY_PROTOCOL", "SASL_SSL")
-    monkeypatch.setenv("STREAMMOE_KAFKA__SASL_MECHANISM", "SCRAM-SHA-512")
-    monkeypatch.setenv("STREAMMOE_KAFKA__SASL_USERNAME", "streammoe")
-    monkeypatch.setenv("STREAMMOE_KAFKA__SASL_PASSWORD", "hunter2-secret")
-    monkeypatch.setenv("STREAMMOE_KAFKA__SSL_CA_LOCATION", "/etc/ssl/ca.pem")
-    monkeypatch.setenv("STREAMMOE_KAFKA__SSL_KEY_PASSWORD", "keypass-secret")
-    monkeypatch.setenv("STREAMMOE_KAFKA__EXTRA", '{"sasl.oauthbearer.client.secret": "oauth-secret"}')
+    kafka = {"SECURITY_PROTOCOL": "SASL_SSL", "SASL_MECHANISM": "SCRAM-SHA-512", "SASL_USERNAME": "streammoe",
+             "SASL_PASSWORD": "hunter2-secret", "SSL_CA_LOCATION": "/etc/ssl/ca.pem",
+             "SSL_KEY_PASSWORD": "keypass-secret", "EXTRA": '{"sasl.oauthbearer.client.secret": "oauth-secret"}'}
+    for name, value in kafka.items():
+        monkeypatch.setenv(f"STREAMMOE_KAFKA__{name}", value)
     s = load_settings()
     for shown in (str(s.safe_dump()), repr(s), str(s)):
         for secret in ("hunter2-secret", "keypass-secret", "oauth-secret"):
