@@ -1,11 +1,13 @@
-"""The demo's pump stream, offline: how many records of each injected fault alert, and whether the new mode C
-becomes an expert, for given model settings and seeds.
+"""The demo's pump stream, offline: how many records of each injected fault alert, whether the new mode C
+becomes an expert, and the incidents (streammoe/incidents, judged by streammoe/demo/incidents.py: one per
+fault episode, one `new_mode`, the false ones), for given model and incident settings and seeds.
 
 The demo (streammoe/demo) checks the same things through the broker and the daemon, where batch sizes follow
 timing; this runs the schedule in fixed batches so that two settings can be compared record for record. Built
 to weigh the lock-in breaker (novelty/lockin.py) against slow, coherent faults:
 
     python -m benchmarks.demo_faults --seeds 0,1,2 --set novelty.lockin_share=0.03
+    python -m benchmarks.demo_faults --seeds 0,1,2 --incidents '{"quiet_records": 200}'
 """
 
 from __future__ import annotations
@@ -17,9 +19,12 @@ from collections import Counter
 import numpy as np
 import torch
 
+from streammoe.demo.incidents import judge
 from streammoe.demo.sensors import CHANNELS, PumpSimulator, default_schedule, training_data
-from streammoe.model.detector import MixtureDetector
+from streammoe.files.offline import CRITICAL_P_VALUE
+from streammoe.incidents import Batch, IncidentSettings, IncidentTracker, Source
 from streammoe.model.config import ModelConfig
+from streammoe.model.detector import MixtureDetector
 
 
 def with_settings(config: ModelConfig, sets: list[str]) -> ModelConfig:
@@ -40,7 +45,8 @@ def with_settings(config: ModelConfig, sets: list[str]) -> ModelConfig:
     return ModelConfig.model_validate(data)
 
 
-def run(seed: int, sets: list[str], batch: int = 64, fit_steps: int = 1000) -> dict:
+def run(seed: int, sets: list[str], batch: int = 64, fit_steps: int = 1000,
+        incidents: IncidentSettings | None = None) -> dict:
     """The demo's default schedule through a model fitted as the demo fits it (modes A and B)."""
     torch.manual_seed(seed)
     config = with_settings(ModelConfig(fit_steps=fit_steps, seed=seed), sets)
@@ -50,19 +56,37 @@ def run(seed: int, sets: list[str], batch: int = 64, fit_steps: int = 1000) -> d
     x = np.asarray([list(r.values.values()) for r in records], np.float32)
     flagged = np.zeros(len(x), bool)
     added = []
+    tracker = IncidentTracker("global", incidents or IncidentSettings(), CHANNELS, topic="sensor-records")
+    changes = []
     for i in range(0, len(x), batch):
-        scored = detector.score_many(x[i : i + batch], refs=np.arange(i, min(i + batch, len(x))))
+        refs = np.arange(i, min(i + batch, len(x)))
+        scored = detector.score_many(x[i : i + batch], refs=refs)
         flagged[i : i + batch] = scored.is_anomaly
+        critical = ~scored.valid | ~scored.in_range | (scored.log_p_value < np.log(CRITICAL_P_VALUE))
+        changes += tracker.observe(Batch(
+            asset=[records[0].asset_id] * len(refs), ts=np.array([records[r].ts for r in refs]),
+            partition=np.zeros(len(refs), np.int32), offset=refs, flagged=scored.is_anomaly, critical=critical,
+            score=scored.score, p_value=scored.p_value, mode=scored.mode, share=scored.channel_share,
+            topic="sensor-records"))
         for event in detector.learn_many(scored).events:
-            if event.kind == "mode_added":
+            if event.kind == "mode_added" and event.first_ref is not None and event.last_ref is not None:
                 added.append(records[int(event.last_ref)].mode)
-    alerts, total = Counter(), Counter()
+                changes += tracker.link_mode_added(event.expert, Source("sensor-records", 0, int(event.first_ref)),
+                                                   Source("sensor-records", 0, int(event.last_ref)))
+    alerts: Counter[str] = Counter()
+    total: Counter[str] = Counter()
     for record, flag in zip(records, flagged):
         key = record.fault or f"normal {record.mode}"
         total[key] += 1
         alerts[key] += int(flag)
+    latest = {c.body["incident_id"]: c.body for c in changes}
+    for inc in tracker.open_incidents():
+        latest[inc.id] = inc.body(CHANNELS, 3)
+    judged = judge([(r.ts, r.mode, r.fault) for r in records], list(latest.values()))
     return {"seed": seed, "alerts": {k: f"{alerts[k]}/{total[k]}" for k in total}, "modes_added_in": added,
-            "unlocks": detector.counters["unlocks"]}
+            "unlocks": detector.counters["unlocks"], "incidents": judged, "n_incidents": len(latest),
+            "incident_list": [(b["kind"], (b["first_ts"] - records[0].ts) // 1000, (b["last_ts"] - records[0].ts) // 1000,
+                               b["count"], b["peak_score"]) for b in latest.values()]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,10 +95,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], help="ModelConfig override, e.g. novelty.lockin_share=0.03")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--incidents", default="{}", help='IncidentSettings overrides as JSON, e.g. \'{"quiet_records": 60}\'')
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    settings = IncidentSettings(**json.loads(args.incidents))
     for seed in (int(s) for s in args.seeds.split(",")):
-        print(json.dumps(run(seed, args.set, args.batch)), flush=True)
+        print(json.dumps(run(seed, args.set, args.batch, incidents=settings)), flush=True)
     return 0
 
 

@@ -14,7 +14,7 @@ class IncidentSettings(BaseModel):
     open_k: int = Field(3, ge=1, description="An incident opens when open_k of an asset's last open_n records are "
                         "anomalous (a critical or out-of-range record opens one at once).")
     open_n: int = Field(10, ge=1, description="The debounce window, in records of the asset.")
-    quiet_records: int = Field(30, ge=1, description="An incident resolves after this many of its asset's records "
+    quiet_records: int = Field(100, ge=1, description="An incident resolves after this many of its asset's records "
                                "in a row without an anomaly ...")
     quiet_ms: int = Field(0, ge=0, description="... that also span at least this much `ts` after its last anomaly.")
     update_interval_ms: int = Field(60_000, ge=0, description="At most one `updated` message per incident per this "
