@@ -71,11 +71,15 @@ class IncidentTracker:
     def __init__(self, scope: str, settings: IncidentSettings, channels: list[str], topic: str = "") -> None:
         self.scope, self.settings, self.channels, self.topic = scope, settings, list(channels), topic
         self.assets: dict[str, AssetState] = {}
+        self.next_offsets: dict[str, dict[int, int]] = {}  # per input topic and partition: the next offset to fold
 
     # ---- records --------------------------------------------------------------------------------------------
 
     def observe(self, batch: Batch, now: float = 0.0) -> list[Change]:
         """Fold a batch into the incidents; `now` is the wall clock (seconds), for `expire`."""
+        fresh = self._fresh(batch)
+        if not fresh.all():  # re-read after a restart: already folded into the state that was restored
+            batch = _subset(batch, np.flatnonzero(fresh))
         n = len(batch.ts)
         flagged = np.asarray(batch.flagged, bool)
         if n == 0 or (not flagged.any() and not self.assets):
@@ -104,6 +108,18 @@ class IncidentTracker:
                 state.last_wall = now
                 self.assets[name] = state
         return changes
+
+    def _fresh(self, batch: Batch) -> np.ndarray:
+        """Rows past the offsets already folded in, per partition; moves those offsets on."""
+        partition = np.asarray(batch.partition, np.int64)
+        offset = np.asarray(batch.offset, np.int64)
+        seen = self.next_offsets.setdefault(batch.topic or self.topic, {})
+        fresh = np.ones(len(offset), bool)
+        for p in np.unique(partition).tolist():
+            mine = partition == p
+            fresh &= ~mine | (offset >= seen.get(p, 0))
+            seen[p] = max(seen.get(p, 0), int(offset[mine].max()) + 1)
+        return fresh
 
     def _rows(self, batch: Batch, flagged: np.ndarray) -> Rows:
         n = len(flagged)
@@ -248,7 +264,8 @@ class IncidentTracker:
 
     def to_state(self) -> dict[str, Any]:
         """Plain JSON: the open incidents and debounce windows, for checkpoints and scope snapshots."""
-        return {"version": STATE_VERSION, "assets": {
+        return {"version": STATE_VERSION, "next_offsets": {t: {str(p): o for p, o in parts.items()}
+                                                           for t, parts in self.next_offsets.items()}, "assets": {
             name: {"seen": st.seen, "recent": None if st.recent is None else st.recent.to_state(),
                    "open": None if st.open is None else st.open.to_state()}
             for name, st in self.assets.items()}}
@@ -258,8 +275,20 @@ class IncidentTracker:
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"incident state version {state.get('version')!r}, this build reads {STATE_VERSION}")
         c = len(self.channels)
+        self.next_offsets = {t: {int(p): int(o) for p, o in parts.items()}
+                             for t, parts in state.get("next_offsets", {}).items()}
         self.assets = {
             name: AssetState(seen=int(d["seen"]), recent=None if d["recent"] is None else Rows.from_state(d["recent"], c),
                              open=None if d["open"] is None else Incident.from_state(d["open"]), last_wall=now)
             for name, d in state["assets"].items()
         }
+
+
+def _subset(batch: Batch, idx: np.ndarray) -> Batch:
+    return Batch(
+        asset=[batch.asset[i] for i in idx.tolist()], ts=np.asarray(batch.ts)[idx],
+        partition=np.asarray(batch.partition)[idx], offset=np.asarray(batch.offset)[idx],
+        flagged=np.asarray(batch.flagged)[idx], critical=np.asarray(batch.critical)[idx],
+        score=np.asarray(batch.score)[idx], p_value=np.asarray(batch.p_value)[idx], mode=np.asarray(batch.mode)[idx],
+        share=None if batch.share is None else np.asarray(batch.share)[idx], topic=batch.topic,
+    )

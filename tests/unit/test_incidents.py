@@ -257,3 +257,16 @@ def test_a_large_mixed_batch_matches_the_record_by_record_rules(seed: int) -> No
             for i in t.open_incidents()}
     assert got == reference(assets, flags, crit, ts, s)
     assert len({c.body["incident_id"] for c in changes if c.status == "opened"}) == len(got)
+
+
+def test_records_read_again_after_a_restart_are_not_folded_in_twice() -> None:
+    """The consumer re-reads from its last commit, before the checkpoint: one incident, counted once."""
+    t = IncidentTracker("global", settings(), CHANNELS)
+    opened = t.observe(batch([1, 1, 1, 1]))
+    saved = json.loads(json.dumps(t.to_state()))
+    restored = IncidentTracker("global", settings(), CHANNELS)
+    restored.load_state(saved, now=0.0)
+    again = restored.observe(batch([1, 1, 1, 1, 1, 0, 0, 0, 0]))  # offsets 0-3 again, then new ones
+    assert statuses(again) == ["resolved"]
+    assert again[0].body["incident_id"] == opened[0].body["incident_id"] and again[0].body["count"] == 5
+    assert again[0].sequence == 1
