@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 
 from rich import box
 from rich.columns import Columns
-from rich.console import Group
+from rich.console import Group, JustifyMethod
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
@@ -133,10 +133,11 @@ def _truth_counts(state: DemoState) -> Table:
 def _alerts(state: DemoState) -> Table:
     t = Table(title="latest alerts (ent/epi/ale: mode entropy, epistemic, aleatoric; red: critical)",
               title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1))
-    for name, justify, width in (("time", "right", 8), ("truth", "left", 11), ("score", "right", 5),
-                                 ("p", "right", 5), ("mode", "right", 4), ("ent", "right", 4),
-                                 ("epi", "right", 4), ("ale", "right", 4)):
-        t.add_column(name, justify=justify, no_wrap=True, min_width=width)  # type: ignore[arg-type]
+    columns: list[tuple[str, JustifyMethod, int]] = [
+        ("time", "right", 8), ("truth", "left", 11), ("score", "right", 5), ("p", "right", 5), ("mode", "right", 4),
+        ("ent", "right", 4), ("epi", "right", 4), ("ale", "right", 4)]
+    for name, justify, width in columns:
+        t.add_column(name, justify=justify, no_wrap=True, min_width=width)
     t.add_column("top channels (misfit share)", no_wrap=True, overflow="ellipsis")
     for a in reversed(state.recent_alerts):
         top = " ".join(f"{c['channel']} {c['share']:.0%}" for c in a.get("top_channels", []))

@@ -14,6 +14,7 @@ in unclipped would let a burst of anomalies raise the bar for itself.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -27,6 +28,9 @@ MIN_MODE_SCORES = 64
 
 
 class ModeCalibration(nn.Module):
+    scores: torch.Tensor
+    count: torch.Tensor
+
     def __init__(self, k_max: int, size: int = 2048) -> None:
         super().__init__()
         self.k_max, self.size = k_max, size
@@ -35,7 +39,7 @@ class ModeCalibration(nn.Module):
         self.register_buffer("count", torch.zeros(k_max + 1, dtype=torch.int64))
         self._sorted: Tensor | None = None
 
-    def _load_from_state_dict(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
         super()._load_from_state_dict(*args, **kwargs)
         self._sorted = None
 

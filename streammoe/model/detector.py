@@ -228,10 +228,11 @@ class MixtureDetector:
         is_anomaly = (log_p < math.log(self.config.threshold)) | (fault & finite) | ~finite | ~in_range
         share = ev.channel_nll / ev.channel_nll.sum(1, keepdim=True).clamp(min=1e-12)
         self.counters["records_scored"] += b
-        host = self._to_host(nll, log_p, -log_p / LOG10, is_anomaly, mode, ev.entropy, ev.epistemic, ev.aleatoric,
-                             ev.resp, share, finite, in_range)
+        nll_h, log_p_h, score_h, anomaly_h, mode_h, entropy_h, epi_h, ale_h, resp_h, share_h, finite_h, range_h = (
+            self._to_host(nll, log_p, -log_p / LOG10, is_anomaly, mode, ev.entropy, ev.epistemic, ev.aleatoric,
+                          ev.resp, share, finite, in_range))
         return ScoredBatch(
-            *host,
+            nll_h, log_p_h, score_h, anomaly_h, mode_h, entropy_h, epi_h, ale_h, resp_h, share_h, finite_h, range_h,
             threshold=self.config.threshold,
             evaluation=ev,
             usable_rows=finite & in_range,

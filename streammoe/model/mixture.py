@@ -7,6 +7,7 @@ config that shaped it, and the whole state of one model scope can move between w
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -43,6 +44,11 @@ class Evaluation:
 
 
 class MixtureOfVAEs(nn.Module):
+    status: torch.Tensor
+    below_floor: torch.Tensor
+    since_merge: torch.Tensor
+    born: torch.Tensor
+
     def __init__(self, n_channels: int, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
@@ -131,7 +137,7 @@ class MixtureOfVAEs(nn.Module):
             epistemic=epistemic, aleatoric=aleatoric, channel_nll=channel_nll,
         )
 
-    def _statistics(self):  # type: ignore[no-untyped-def]
+    def _statistics(self) -> Callable[..., tuple[Tensor, ...]]:
         if not self.use_compiled:
             return chunk_statistics
         global _COMPILED
@@ -140,7 +146,7 @@ class MixtureOfVAEs(nn.Module):
         return _COMPILED
 
 
-_COMPILED = None  # one compiled chunk_statistics per process, shared by every model
+_COMPILED: Callable[..., tuple[Tensor, ...]] | None = None  # one compiled chunk_statistics per process, shared by every model
 
 
 def chunk_statistics(

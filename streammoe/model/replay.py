@@ -13,6 +13,9 @@ from streammoe.model.grouped import last_writes, ranks_by_row
 
 
 class ReplayReservoir(nn.Module):
+    records: torch.Tensor
+    seen: torch.Tensor
+
     def __init__(self, k_max: int, n_channels: int, size: int = 512) -> None:
         super().__init__()
         self.size = size

@@ -15,6 +15,9 @@ class DirichletWeights(nn.Module):
     the machine's mix of operating modes as it changes; its stationary total is `half_life / ln 2` records.
     """
 
+    gamma: torch.Tensor
+
+
     def __init__(self, k_max: int, alpha0: float = 1.0, half_life: float = 20_000.0) -> None:
         super().__init__()
         self.alpha0 = float(alpha0)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -34,6 +35,18 @@ class Remembered:
 
 
 class ShortTermMemory(nn.Module):
+    x: torch.Tensor
+    ref: torch.Tensor
+    ts: torch.Tensor
+    seq: torch.Tensor
+    stored: torch.Tensor
+    flags: torch.Tensor
+    seen: torch.Tensor
+    assigned: torch.Tensor
+    misfits: torch.Tensor
+    stream_counts: torch.Tensor
+    since_test: torch.Tensor
+
     def __init__(self, n_channels: int, cfg: NoveltyConfig, k_max: int = 1) -> None:
         super().__init__()
         self.cfg = cfg
@@ -54,7 +67,7 @@ class ShortTermMemory(nn.Module):
         # Per expert, stream records seen since its last lock-in test (or since it was added).
         self.register_buffer("since_test", torch.zeros(k_max, dtype=torch.int64))
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+    def _load_from_state_dict(self, state_dict: dict[str, Tensor], prefix: str, *args: Any, **kwargs: Any) -> None:
         # Models saved before the lock-in counts existed load with none counted yet.
         for name in ("assigned", "misfits", "since_test", "stream_counts"):
             state_dict.setdefault(prefix + name, torch.zeros_like(getattr(self, name)))

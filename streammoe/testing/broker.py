@@ -88,7 +88,7 @@ class EmbeddedBroker:
     def pid(self) -> int | None:
         return self.proc.pid if self.proc is not None else None
 
-    def start(self) -> EmbeddedBroker:
+    def start(self) -> Self:
         if self.proc is not None:
             return self
         binary = broker_binary()
@@ -130,7 +130,7 @@ class EmbeddedBroker:
         """SIGKILL the broker, as a crash would; the port and the storage stay for `restart()`."""
         self.stop()
 
-    def restart(self) -> EmbeddedBroker:
+    def restart(self) -> Self:
         """Kill the broker if it runs and start it again on the same port and storage."""
         self.stop()
         return self.start()
