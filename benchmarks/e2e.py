@@ -19,14 +19,17 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-
+from typing import TYPE_CHECKING
 
 from benchmarks.perf import consume_rate, produce, synthetic
 from streammoe.testing.broker import EmbeddedBroker
 from streammoe.testing.settings import daemon_settings, topics_for
 
+if TYPE_CHECKING:
+    from streammoe.config import Settings
 
-def raw_rate(settings, n: int) -> float:  # type: ignore[no-untyped-def]
+
+def raw_rate(settings: Settings, n: int) -> float:
     """Consume and decode `n` records with the daemon's own consumer settings and decoder; records/s."""
     return consume_rate(settings, n, decode=True)
 
@@ -43,11 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scores-topic", action="store_true", help="also publish a score per record (off by default)")
     args = ap.parse_args(argv)
 
-    from streammoe.config import Settings
     from streammoe.daemon import Daemon, tune_allocator
-    from streammoe.model.detector import MixtureDetector
     from streammoe.logs import configure_logging
     from streammoe.model.config import ModelConfig
+    from streammoe.model.detector import MixtureDetector
     from streammoe.state.persistence import save_detector
 
     configure_logging("WARNING", "console")

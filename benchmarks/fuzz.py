@@ -23,6 +23,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import orjson
@@ -30,6 +31,9 @@ import orjson
 from benchmarks.probe import rss_mb, samples
 from streammoe.testing.machine import Machine
 from streammoe.testing.settings import daemon_env
+
+if TYPE_CHECKING:
+    from confluent_kafka import KafkaError, Message
 
 CHANNELS = [f"c{i}" for i in range(6)]
 MACHINE = Machine(len(CHANNELS), modes=1, factors=2)
@@ -212,10 +216,10 @@ def run_fuzz(n: int = 10_000, seed: int = 0, bootstrap: str | None = None, timeo
     import torch
     from confluent_kafka import Producer
 
-    from streammoe.model.detector import MixtureDetector
-    from streammoe.model.config import ModelConfig
-    from streammoe.state.persistence import save_detector
     from streammoe.kafka.sink import produce
+    from streammoe.model.config import ModelConfig
+    from streammoe.model.detector import MixtureDetector
+    from streammoe.state.persistence import save_detector
 
     started = time.monotonic()
     items = hostile_items(n, seed)
@@ -225,7 +229,7 @@ def run_fuzz(n: int = 10_000, seed: int = 0, bootstrap: str | None = None, timeo
     errors: list[str] = []
 
     def on_delivery(item: Item) -> Callable:
-        def done(err, msg) -> None:  # type: ignore[no-untyped-def]
+        def done(err: KafkaError | None, msg: Message) -> None:
             if err:
                 errors.append(str(err))
             else:
@@ -297,11 +301,11 @@ def _wait_for_all(readers: dict[str, TopicReader], n: int, proc: subprocess.Pope
 
 def _account(report: FuzzReport, delivered: dict[tuple[int, int], Item], scores: list, dead: list,
              alerts: list) -> None:
-    def src(m) -> tuple[int, int]:  # type: ignore[no-untyped-def]
+    def src(m: Message) -> tuple[int, int]:
         s = orjson.loads(m.value())["source"]
         return s["partition"], s["offset"]
 
-    def dsrc(m) -> tuple[int, int]:  # type: ignore[no-untyped-def]
+    def dsrc(m: Message) -> tuple[int, int]:
         h = dict(m.headers() or [])
         return int(h["source_partition"]), int(h["source_offset"])
 

@@ -23,6 +23,7 @@ import copy
 import json
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +40,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _median_rate(fn, rows: int, repeats: int, device: torch.device) -> float:  # type: ignore[no-untyped-def]
+def _median_rate(fn: Callable[[], object], rows: int, repeats: int, device: torch.device) -> float:
     times = []
     for _ in range(repeats):
         _sync(device)
@@ -52,7 +53,7 @@ def _median_rate(fn, rows: int, repeats: int, device: torch.device) -> float:  #
 
 def measure(k: int = 16, samples: tuple[int, ...] = (1, 8), batches: tuple[int, ...] = (1024, 4096, 16384, 65536),
             precisions: tuple[str, ...] = ("float32", "bfloat16", "float16"), channels: int = 38, repeats: int = 10,
-            fit_steps: int = 300, device: str | None = None, progress=print) -> dict:  # type: ignore[no-untyped-def]
+            fit_steps: int = 300, device: str | None = None, progress: Callable[[str], object] = print) -> dict:
     dev = torch.device(device) if device else default_device()
     if dev.type != "cuda":
         precisions = tuple(p for p in precisions if p != "float16")  # float16 autocast needs a GPU

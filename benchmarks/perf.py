@@ -29,8 +29,10 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import orjson
@@ -42,6 +44,9 @@ from streammoe.testing.machine import Machine
 from streammoe.testing.records import keyed_records
 from streammoe.testing.settings import daemon_settings as kit_settings
 from streammoe.testing.settings import topics_for
+
+if TYPE_CHECKING:
+    from streammoe.model.detector import MixtureDetector
 
 N_MODES = 16
 ANOMALY_SHIFT = 60.0  # added to one channel of an injected anomaly (the modes' spread is a few units)
@@ -62,7 +67,7 @@ def produce(bootstrap: str, topic: str, rows: np.ndarray, channels: list[str]) -
     assert p.flush(60) == 0
 
 
-def consume_rate(settings, n: int, decode: bool) -> float:  # type: ignore[no-untyped-def]
+def consume_rate(settings: Settings, n: int, decode: bool) -> float:
     """Consume (and decode) `n` records with the daemon's consumer settings from a fresh group; records/s
     from the first batch to the last, so the group join does not count."""
     from confluent_kafka import Consumer
@@ -91,7 +96,7 @@ def consume_rate(settings, n: int, decode: bool) -> float:  # type: ignore[no-un
     return seen / elapsed if elapsed > 0 else 0.0
 
 
-def model_rates(detector, batches: list[np.ndarray], repeats: int) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+def model_rates(detector: MixtureDetector, batches: list[np.ndarray], repeats: int) -> tuple[float, float]:
     """Median records/s of score_many alone and of learn_many alone over the decoded batches."""
     score, learn = [], []
     detector.score_many(batches[0])  # first call: allocations (and compilation, if on)
@@ -107,7 +112,7 @@ def model_rates(detector, batches: list[np.ndarray], repeats: int) -> tuple[floa
     return statistics.median(score), statistics.median(learn)
 
 
-def variants(detector, batches: list[np.ndarray], repeats: int, compile: bool) -> list[dict]:  # type: ignore[no-untyped-def]
+def variants(detector: MixtureDetector, batches: list[np.ndarray], repeats: int, compile: bool) -> list[dict]:
     """Scoring rate and decisions of the E-step variants against plain float32 on the same batches and noise.
 
     1 % of each batch is pushed far off every mode, so the anomalies are known; `agree` is the share of records
@@ -189,9 +194,9 @@ def daemon_settings(bootstrap: str, topic: str, channels: list[str], tmp: Path, 
                         batching__max_wait_ms=max_wait_ms, batching__pipeline=pipeline, torch_threads=threads)
 
 
-def fitted(k: int, s: int, channels: list[str], fit_steps: int, device: str = "cpu"):  # type: ignore[no-untyped-def]
-    from streammoe.model.detector import MixtureDetector
+def fitted(k: int, s: int, channels: list[str], fit_steps: int, device: str = "cpu") -> MixtureDetector:
     from streammoe.model.config import ModelConfig
+    from streammoe.model.detector import MixtureDetector
 
     config = ModelConfig(k_max=k, n_samples=s, fit_steps=fit_steps, min_expert_weight=0.0)
     detector = MixtureDetector(len(channels), config, channels, device=device)
@@ -199,7 +204,7 @@ def fitted(k: int, s: int, channels: list[str], fit_steps: int, device: str = "c
     return detector
 
 
-def measure(opts: PerfOptions, progress=print) -> dict:  # type: ignore[no-untyped-def]
+def measure(opts: PerfOptions, progress: Callable[[str], object] = print) -> dict:
     import torch
 
     from streammoe.daemon import Daemon, tune_allocator
@@ -317,7 +322,7 @@ def _paced_producer(bootstrap: str, topic: str, channels: list[str], rate: int, 
     out.put(time.time() - start)
 
 
-def _alert_reader(bootstrap: str, topic: str, produced, out: mp.Queue, wait_s: float = 0.005) -> None:  # type: ignore[no-untyped-def]
+def _alert_reader(bootstrap: str, topic: str, produced: threading.Event, out: mp.Queue, wait_s: float = 0.005) -> None:
     """Read alerts as they arrive until 3 s after `produced` (an event) is set; put (receive ms - record ts) for
     each on `out` at the end.
 
@@ -340,7 +345,7 @@ def _alert_reader(bootstrap: str, topic: str, produced, out: mp.Queue, wait_s: f
     out.put(lat)
 
 
-def _relay(settings, ready: threading.Event, stop: threading.Event) -> None:  # type: ignore[no-untyped-def]
+def _relay(settings: Settings, ready: threading.Event, stop: threading.Event) -> None:
     """The daemon's transport without its work: consume with the daemon's consumer settings and batching, forward
     every 100th record (its JSON carries `ts`) to the alerts topic with the daemon's producer settings. The
     latency floor that the broker and the clients set on this box."""
@@ -408,7 +413,8 @@ def _percentiles(lat: np.ndarray) -> dict:
     return {**{f"p{q}_ms": float(np.percentile(lat, q)) for q in (50, 90, 99)}, "max_ms": float(lat.max())}
 
 
-def latency(bootstrap: str, channels: list[str], tmp: Path, opts: PerfOptions, progress=print) -> dict:  # type: ignore[no-untyped-def]
+def latency(bootstrap: str, channels: list[str], tmp: Path, opts: PerfOptions,
+            progress: Callable[[str], object] = print) -> dict:
     """Produce -> alert latency through the daemon, and through a relay that does no work (the floor), in turn."""
     from streammoe.daemon import Daemon
     from streammoe.state.persistence import save_detector

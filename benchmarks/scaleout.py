@@ -19,9 +19,11 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
 
@@ -30,6 +32,9 @@ from streammoe.kafka.sink import produce as produce_message
 from streammoe.testing.broker import EmbeddedBroker
 from streammoe.testing.records import keyed_records
 from streammoe.testing.settings import daemon_env, topics_for
+
+if TYPE_CHECKING:
+    from confluent_kafka import KafkaError, Message
 
 
 class WorkerProcess:
@@ -83,7 +88,7 @@ class WorkerProcess:
         return self.log_path.read_text()[-4000:]
 
 
-def wait_for(what: str, check, timeout: float, *workers: WorkerProcess) -> None:  # type: ignore[no-untyped-def]
+def wait_for(what: str, check: Callable[[], bool], timeout: float, *workers: WorkerProcess) -> None:
     """Poll `check` until true; fail with the workers' log tails if one exits or `timeout` passes."""
     deadline = time.monotonic() + timeout
     while not check():
@@ -145,8 +150,8 @@ class ScaleoutResult:
 def run(args: argparse.Namespace) -> ScaleoutResult:
     from confluent_kafka import Producer
 
-    from streammoe.model.detector import MixtureDetector
     from streammoe.model.config import ModelConfig
+    from streammoe.model.detector import MixtureDetector
     from streammoe.state.persistence import save_detector
 
     channels = [f"ch{i:02d}" for i in range(args.channels)]
@@ -162,7 +167,7 @@ def run(args: argparse.Namespace) -> ScaleoutResult:
         p = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 5, "acks": "all"})
         ends: dict[int, int] = {}
 
-        def delivered(err, msg) -> None:  # type: ignore[no-untyped-def]
+        def delivered(err: KafkaError | None, msg: Message) -> None:
             if err is None:
                 ends[msg.partition()] = max(ends.get(msg.partition(), 0), msg.offset() + 1)
 

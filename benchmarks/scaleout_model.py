@@ -31,8 +31,12 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from streammoe.model.detector import MixtureDetector
 
 CHANNELS = [f"c{i}" for i in range(38)]
 
@@ -118,7 +122,7 @@ def capacity(*, workers: int, scopes: int, partitions: int, batch: int, interval
     )
 
 
-def plan_from(result: dict, k: int, **deployment) -> Plan:  # type: ignore[no-untyped-def]
+def plan_from(result: dict, k: int, **deployment: Any) -> Plan:
     """`capacity` with the figures measured for K experts in a scaleout.json."""
     r = result["k"][str(k)]
     scopes = r["broker"]["scopes"]
@@ -131,7 +135,7 @@ def plan_from(result: dict, k: int, **deployment) -> Plan:  # type: ignore[no-un
 
 # --- measurements -----------------------------------------------------------------------------------------------
 
-def fitted(k: int, fit_steps: int):  # type: ignore[no-untyped-def]
+def fitted(k: int, fit_steps: int) -> MixtureDetector:
     from benchmarks.perf import synthetic
     from streammoe.model.detector import MixtureDetector
     from streammoe.model.config import ModelConfig
@@ -151,7 +155,7 @@ def stream(k: int, n: int = 16_384) -> np.ndarray:
     return synthetic(n, k, len(CHANNELS), seed=2)
 
 
-def time_calls(detector, x: np.ndarray, sizes: list[int], repeats: int) -> dict[int, dict]:  # type: ignore[no-untyped-def]
+def time_calls(detector: MixtureDetector, x: np.ndarray, sizes: list[int], repeats: int) -> dict[int, dict]:
     """Per rows-per-call: median seconds of score_many, learn_many and both, over interleaved repeats."""
     times: dict[int, list[tuple[float, float]]] = {b: [] for b in sizes}
     pos, extra = 0, {"events": 0, "candidates": 0, "steps": 0}
@@ -189,7 +193,7 @@ def time_calls(detector, x: np.ndarray, sizes: list[int], repeats: int) -> dict[
     return out
 
 
-def split_check(model_dir: Path, detector, x: np.ndarray, batch: int, scope_counts: list[int],  # type: ignore[no-untyped-def]
+def split_check(model_dir: Path, detector: MixtureDetector, x: np.ndarray, batch: int, scope_counts: list[int],
                 repeats: int) -> list[dict]:
     """A worker's model stage for one `batch`-record batch split evenly over S scopes: group the rows by scope,
     then score + learn each scope's rows. Run with S detectors ("many", as a worker holds them) and, interleaved
@@ -220,7 +224,7 @@ def split_check(model_dir: Path, detector, x: np.ndarray, batch: int, scope_coun
              "one_detector_records_s": statistics.median(rates[s]["one"])} for s in scope_counts]
 
 
-def levers(detector, x: np.ndarray, sizes: list[int], repeats: int) -> dict:  # type: ignore[no-untyped-def]
+def levers(detector: MixtureDetector, x: np.ndarray, sizes: list[int], repeats: int) -> dict:
     """Per-call cost at small sizes with the settings that cut it (STREAMMOE_MODEL__LEARN_EVERY=4,
     STREAMMOE_MODEL__N_SAMPLES=1), interleaved with the defaults on the same detector."""
     cfg = detector.config
@@ -248,7 +252,7 @@ def _rss_mb() -> float:
     return rss_mb(os.getpid())
 
 
-def _memory_child(model_dir: str, counts: list[int], queue) -> None:  # type: ignore[no-untyped-def]
+def _memory_child(model_dir: str, counts: list[int], queue: mp.Queue) -> None:
     import torch
 
     torch.set_num_threads(1)
@@ -289,7 +293,7 @@ def memory(model_dir: Path, counts: list[int]) -> dict:
     return got
 
 
-def pack_unpack(detector, repeats: int) -> dict:  # type: ignore[no-untyped-def]
+def pack_unpack(detector: MixtureDetector, repeats: int) -> dict:
     from streammoe.state.checkpoint import ModelState
     from streammoe.state.snapshot import DEFAULT_CHUNK_BYTES, Manifest, pack, unpack
 
@@ -326,7 +330,7 @@ def one_partition_topic(bootstrap: str, name: str) -> str:
     return name
 
 
-def broker_snapshots(bootstrap: str, detector, k: int, scope_counts: list[int], rounds: int,  # type: ignore[no-untyped-def]
+def broker_snapshots(bootstrap: str, detector: MixtureDetector, k: int, scope_counts: list[int], rounds: int,
                      rounds_scopes: int) -> dict:
     """Write N scopes' snapshots into a one-partition topic and read them back; then, on the `rounds_scopes` topic,
     write further rounds and read again: the read of an uncompacted log grows with every round written."""
