@@ -41,6 +41,12 @@ from streammoe.state.persistence import (
 
 log = get_logger("streammoe.state.checkpoint")
 
+# The checkpoint's own layer over the model directory (meta keys beside the model's format_version):
+# 1 = learned offsets only (meta without "checkpoint_version"); 2 = also the scope's incident state.
+# A version-1 checkpoint loads as one without open incidents.
+CHECKPOINT_VERSION = 2
+READABLE_CHECKPOINTS = (1, 2)
+
 
 
 @dataclass
@@ -53,6 +59,7 @@ class ModelState:
     origin: str = "warmup"  # checkpoint | bootstrap | warmup
     learned_offsets: dict[str, dict[int, int]] = field(default_factory=dict)
     recovered: str = ""  # why the previous checkpoint generation was loaded instead: "damaged" | "missing"
+    incidents: dict | None = None  # the scope's IncidentTracker.to_state(): open incidents, debounce windows
 
     @property
     def version(self) -> str:
@@ -133,7 +140,14 @@ class Checkpointer:
             offsets = offsets_from_json(meta.get("learned_offsets", {}))
         except (AttributeError, TypeError, ValueError) as e:
             raise ModelDamagedError(f"{path}/meta.json has malformed learned_offsets: {e}") from e
-        return ModelState(scope, detector, meta.get("lineage", "unknown"), "checkpoint", offsets)
+        version = meta.get("checkpoint_version", 1)
+        if version not in READABLE_CHECKPOINTS:
+            raise ModelIncompatibleError(f"{path} has checkpoint version {version!r}; this streammoe reads "
+                                         f"checkpoint versions {list(READABLE_CHECKPOINTS)}")
+        incidents = meta.get("incidents") if version >= 2 else None  # version 1: no incident state (migration)
+        if incidents is not None and not isinstance(incidents, dict):
+            raise ModelDamagedError(f"{path}/meta.json has malformed incident state")
+        return ModelState(scope, detector, meta.get("lineage", "unknown"), "checkpoint", offsets, incidents=incidents)
 
     def _restore_checkpoint(self, scope: str) -> ModelState:
         """The current checkpoint, else (damaged or missing) the previous generation; incompatible: refused."""
@@ -196,6 +210,8 @@ class Checkpointer:
             "lineage": state.lineage,
             "learned_offsets": offsets_to_json(state.learned_offsets),
             "saved_at": time.time(),
+            "checkpoint_version": CHECKPOINT_VERSION,
+            "incidents": state.incidents,
         }
         path = save_detector(state.detector, self.path(state.scope), meta)
         self._saved[state.scope] = state.progress

@@ -186,3 +186,31 @@ def test_damaged_bootstrap_model_names_its_setting(root: Path, tmp_path: Path) -
     (boot / "meta.json").write_text("{")
     with pytest.raises(ModelDamagedError, match="STREAMMOE_CHECKPOINT__BOOTSTRAP_MODEL_DIR: .*unreadable"):
         restore(tmp_path / "empty", boot=boot)
+
+
+def test_incident_state_is_saved_and_restored_with_the_model(root: Path) -> None:
+    state = restore(root)
+    state.incidents = {"version": 1, "next_offsets": {"in": {"0": 300}}, "assets": {}}
+    state.advance("in", 0, 301)
+    Checkpointer(CheckpointSettings(dir=root), CHANNELS).save(state)
+    again = restore(root)
+    assert again.incidents == state.incidents
+    assert json.loads((root / "global" / "meta.json").read_text())["checkpoint_version"] == 2
+
+
+def test_a_checkpoint_from_before_incidents_loads_without_open_incidents(root: Path) -> None:
+    """Version 1 (the fixture's generations are rewritten as the previous streammoe wrote them)."""
+    meta_path = root / "global" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta.pop("checkpoint_version", None)
+    meta.pop("incidents", None)
+    meta_path.write_text(json.dumps(meta))
+    state = restore(root)
+    assert state.incidents is None and state.learned_offsets == {"in": {0: 300}}
+
+
+def test_a_newer_checkpoint_version_is_refused_naming_it(root: Path) -> None:
+    meta_path = root / "global" / "meta.json"
+    meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), "checkpoint_version": 7}))
+    with pytest.raises(ModelIncompatibleError, match="checkpoint version 7"):
+        restore(root)
