@@ -83,33 +83,6 @@ class Demo:
 
     # ---- setup ---------------------------------------------------------------------------------------------
 
-    def _fit_bootstrap(self, model_dir: Path) -> dict:
-        from streammoe.demo.sensors import CHANNELS, training_data
-        from streammoe.model.config import ModelConfig
-        from streammoe.model.detector import MixtureDetector
-        from streammoe.state.persistence import save_detector
-
-        t0 = time.monotonic()
-        x = training_data(seed=self.opts.seed + 1)
-        config = ModelConfig(fit_steps=self.opts.fit_steps, seed=self.opts.seed)
-        detector = MixtureDetector(len(CHANNELS), config, CHANNELS, device="cpu")
-        report = detector.fit(x)
-        save_detector(detector, model_dir, {"fitted_on": "streammoe.demo.sensors.training_data (modes A, B)"})
-        return {"rows": report.n_rows, "experts": report.k_selected, "weights": report.weights,
-                "seconds": round(time.monotonic() - t0, 2)}
-
-    def _create_topics(self, bootstrap: str) -> None:
-        from confluent_kafka import KafkaException
-        from confluent_kafka.admin import AdminClient, NewTopic
-
-        admin = AdminClient({"bootstrap.servers": bootstrap})
-        futures = admin.create_topics([NewTopic(t, 1, 1) for t in TOPICS.values()], operation_timeout=10)
-        for f in futures.values():
-            try:
-                f.result(10)
-            except KafkaException:  # already there, or auto-created meanwhile: either way it exists
-                pass
-
     def _settings(self, bootstrap: str, work: Path) -> Settings:
         from streammoe.demo.sensors import CHANNELS
         from streammoe.testing.settings import daemon_settings
@@ -175,9 +148,9 @@ class Demo:
         try:
             broker.start()
             self._write_pids(broker)
-            self._create_topics(broker.bootstrap)
+            create_topics(broker.bootstrap)
             if not self.stop_event.is_set():
-                fit = self._fit_bootstrap(work / "model")
+                fit = fit_bootstrap(work / "model", self.opts.fit_steps, self.opts.seed)
             if not self.stop_event.is_set():
                 daemon = self.daemon = Daemon(self._settings(broker.bootstrap, work))
                 self._start("daemon", lambda: self._run_daemon(daemon))
@@ -282,6 +255,36 @@ class Demo:
             "failed": self.failed,
             "daemon_error": None if self.daemon_error is None else repr(self.daemon_error),
         }
+
+
+def fit_bootstrap(model_dir: Path, fit_steps: int, seed: int) -> dict:
+    """The daemon's starting model, fitted on the pump's known modes A and B and saved to `model_dir`."""
+    from streammoe.demo.sensors import CHANNELS, training_data
+    from streammoe.model.config import ModelConfig
+    from streammoe.model.detector import MixtureDetector
+    from streammoe.state.persistence import save_detector
+
+    t0 = time.monotonic()
+    x = training_data(seed=seed + 1)
+    detector = MixtureDetector(len(CHANNELS), ModelConfig(fit_steps=fit_steps, seed=seed), CHANNELS, device="cpu")
+    report = detector.fit(x)
+    save_detector(detector, model_dir, {"fitted_on": "streammoe.demo.sensors.training_data (modes A, B)"})
+    return {"rows": report.n_rows, "experts": report.k_selected, "weights": report.weights,
+            "seconds": round(time.monotonic() - t0, 2)}
+
+
+def create_topics(bootstrap: str) -> None:
+    """The demo's topics, one partition each (the daemon would auto-create them with the broker's default)."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    futures = admin.create_topics([NewTopic(t, 1, 1) for t in TOPICS.values()], operation_timeout=10)
+    for f in futures.values():
+        try:
+            f.result(10)
+        except KafkaException:  # already there, or auto-created meanwhile: either way it exists
+            pass
 
 
 def run_demo(opts: DemoOptions) -> int:
