@@ -3,7 +3,9 @@ the daemon's environment on the test broker, and keys that tie outputs back to i
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import orjson
@@ -14,6 +16,9 @@ from streammoe.daemon import Daemon
 from streammoe.testing.machine import Machine
 from streammoe.testing.records import encode, keyed_records
 from streammoe.testing.settings import daemon_env
+
+if TYPE_CHECKING:
+    from conftest import Consumed
 
 CHANNELS = [f"c{i}" for i in range(6)]
 MACHINE = Machine(len(CHANNELS), modes=1, factors=2)  # two latent factors mixed into six channels plus noise
@@ -56,7 +61,7 @@ MALFORMED = {
 }
 
 
-def topics(topic_name) -> dict[str, str]:  # type: ignore[no-untyped-def]
+def topics(topic_name: Callable[[str], str]) -> dict[str, str]:
     return {role: topic_name(role) for role in ("input", "alerts", "dead", "scores", "events")}
 
 
@@ -77,10 +82,10 @@ def make_daemon(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> Daemon:
     return Daemon(Settings())  # type: ignore[call-arg]
 
 
-def source_key(msg) -> tuple[int, int]:  # type: ignore[no-untyped-def]
+def source_key(msg: Consumed) -> tuple[int, int]:
     src = orjson.loads(msg.value)["source"]
     return src["partition"], src["offset"]
 
 
-def dead_key(msg) -> tuple[int, int]:  # type: ignore[no-untyped-def]
+def dead_key(msg: Consumed) -> tuple[int, int]:
     return int(msg.headers["source_partition"]), int(msg.headers["source_offset"])
