@@ -10,6 +10,7 @@ import numpy as np
 import orjson
 import pytest
 from conftest import consume_all, produce
+from modes_kit import mode_a, mode_b
 
 from streammoe.wire.alerts import event_schema
 from streammoe.config import Settings
@@ -21,12 +22,11 @@ from streammoe.state.persistence import load_detector, save_detector
 pytestmark = pytest.mark.integration
 
 CHANNELS = [f"c{i}" for i in range(5)]
-SHIFT_B = np.array([15.0, -15.0, 8.0, 0.0, 4.0], np.float32)
 
 
 def rows(rng: np.random.Generator, n: int, mode: str) -> np.ndarray:
-    x = rng.normal(0, 1, (n, len(CHANNELS))).astype(np.float32)
-    return x + SHIFT_B if mode == "B" else x
+    """Mode A, or mode B far from it: the test kit's two-mode machine of the novelty tests."""
+    return mode_b(rng, n) if mode == "B" else mode_a(rng, n)
 
 
 def items(x: np.ndarray, start_ts: int) -> list[tuple[bytes, bytes]]:

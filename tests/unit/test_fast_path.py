@@ -8,14 +8,16 @@ import torch
 
 from streammoe.model.detector import MixtureDetector
 from streammoe.model.config import ModelConfig
+from streammoe.testing.machine import Machine
 
 C = 12
 
 
+MACHINE = Machine(C, modes=3, factors=0, spread=5.0, noise=1.0, shape_seed=0)  # three modes of white noise
+
+
 def rows(n: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    centres = np.random.default_rng(0).normal(0, 5, (3, C))
-    return (centres[rng.integers(0, 3, n)] + rng.normal(0, 1, (n, C))).astype(np.float32)
+    return MACHINE.rows(seed, n)
 
 
 @pytest.fixture(scope="module")
