@@ -11,7 +11,7 @@ import pytest
 from conftest import committed_offsets, log_ends, produce
 from daemon_kit import env_for, make_daemon, topics, valid_items
 
-import streammoe.daemon.service as daemon_module
+import streammoe.daemon.pipeline as pipeline_module
 
 pytestmark = pytest.mark.integration
 
@@ -21,7 +21,7 @@ def spy_on(daemon):  # type: ignore[no-untyped-def]
     stored: dict[int, list[int]] = {}
     judging = {"now": 0, "most": 0}
     lock = threading.Lock()
-    mark_done, judge = daemon.source.mark_done, daemon._judge
+    mark_done, judge = daemon.source.mark_done, daemon.pipeline.judge
 
     def spy_mark_done(msgs, at=None):  # type: ignore[no-untyped-def]
         for m in msgs:
@@ -39,7 +39,7 @@ def spy_on(daemon):  # type: ignore[no-untyped-def]
                 judging["now"] -= 1
 
     daemon.source.mark_done = spy_mark_done
-    daemon._judge = spy_judge
+    daemon.pipeline.judge = spy_judge
     return stored, judging
 
 
@@ -70,7 +70,7 @@ def test_a_slow_batch_pauses_the_partitions_and_nothing_is_lost(
 ) -> None:
     t = topics(topic_name)
     delivered = produce(broker, t["input"], valid_items(np.random.default_rng(6), 2000))
-    monkeypatch.setattr(daemon_module, "PAUSE_AFTER_S", 0.05)
+    monkeypatch.setattr(pipeline_module, "PAUSE_AFTER_S", 0.05)
     daemon = make_daemon(monkeypatch, env_for(broker, t, topic_name("group"), tmp_path / "ckpt", bootstrap_model,
                                               STREAMMOE_BATCHING__PIPELINE="true"))
     stored, judging = spy_on(daemon)

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from streammoe.wire.alerts import control_schema, event_schema
 from streammoe.state.checkpoint import ModelState
 from streammoe.kafka.control import STATUSES, ControlError, parse_command
-from streammoe.daemon.service import REF_PARTITION_SHIFT, event_payload, marked_event
+from streammoe.daemon import REF_PARTITION_SHIFT, event_payload, marked_event
 from streammoe.model.config import ModelConfig, NoveltyConfig
 from streammoe.model.learning import ExpertLearner
 from streammoe.model.mixture import MixtureOfVAEs

@@ -1,0 +1,112 @@
+"""The broker clients the daemon uses, as the loop sees them, and the factory that builds the Kafka ones.
+
+`Daemon(settings, clients=...)` takes any `Clients`: the Kafka ones by default (`KafkaClients`), fakes in unit
+tests (tests/unit/daemon_fakes.py), so the pipeline, publishing, verdicts and the commit order are tested
+without a broker. The factory builds the sink and the control reader first and the source last, because the
+source's rebalance hooks call into parts that use the other two.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from confluent_kafka import KafkaError, Message
+
+from streammoe.config import Settings
+from streammoe.kafka.control import ControlListener
+from streammoe.kafka.sink import Headers, Sink
+from streammoe.kafka.source import AssignHook, PartitionKey, Positions, ReleaseHook, Source, StatsHook
+
+ErrorHook = Callable[[KafkaError], None]
+
+
+def source_of(m: Message) -> tuple[str, int, int]:
+    """A consumed message's topic, partition and offset (set on every message a consume returns without error)."""
+    topic, partition, offset = m.topic(), m.partition(), m.offset()
+    if topic is None or partition is None or offset is None:
+        raise ValueError("a message without topic, partition or offset (not one the consumer returned)")
+    return topic, partition, offset
+
+
+class SourceClient(Protocol):
+    """The input topic's consumer (streammoe.kafka.source.Source)."""
+
+    assigned: set[PartitionKey]
+    committed: dict[PartitionKey, int]
+
+    def subscribe(self) -> None: ...
+    def poll_batch(self) -> list[Message]: ...
+    def mark_done(self, msgs: list[Message], at: Positions | None = None) -> None: ...
+    def commit(self) -> int: ...
+    def pause(self) -> None: ...
+    def poll_paused(self, timeout: float) -> list[Message]: ...
+    def resume(self) -> None: ...
+    def close(self, timeout: float, commit: bool = True) -> bool: ...
+
+
+class SinkClient(Protocol):
+    """The producer of alerts, scores, events and dead letters (streammoe.kafka.sink.Sink)."""
+
+    resent: int
+    last_failure: str
+
+    @property
+    def pending(self) -> int: ...
+    def send(self, topic: str, value: bytes | None, key: bytes | None = None,
+             headers: Headers | None = None) -> None: ...
+    def dead_letter(self, value: bytes | None, key: bytes | None, topic: str, partition: int, offset: int,
+                    reason: str, detail: str) -> None: ...
+    def flush(self, timeout: float | None = None) -> int: ...
+    def reachable(self, timeout: float) -> bool: ...
+    def drop_pending(self) -> int: ...
+    def poll(self) -> None: ...
+
+
+class ControlClient(Protocol):
+    """The control topic's reader (streammoe.kafka.control.ControlListener)."""
+
+    topic: str
+    assigned: bool
+
+    def start(self, positions: dict[int, int]) -> bool: ...
+    def rewind(self, positions: dict[int, int]) -> None: ...
+    def poll(self, max_messages: int = 100) -> list[Message]: ...
+    def close(self) -> None: ...
+
+
+@dataclass
+class SourceHooks:
+    """What the consumer reports to the loop, from inside its polls."""
+
+    on_assigned: AssignHook
+    on_released: ReleaseHook
+    on_lost: Callable[[], None]
+    on_lag: StatsHook
+    on_committed: Callable[[], None]
+    on_error: ErrorHook
+
+
+class Clients(Protocol):
+    def sink(self, on_error: ErrorHook) -> SinkClient: ...
+    def control(self, on_error: ErrorHook) -> ControlClient: ...
+    def source(self, hooks: SourceHooks) -> SourceClient: ...
+
+
+class KafkaClients:
+    """The daemon's Kafka clients, configured from `settings.kafka` (the default `Clients`)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def sink(self, on_error: ErrorHook) -> SinkClient:
+        return Sink(self.settings.kafka, on_error=on_error)
+
+    def control(self, on_error: ErrorHook) -> ControlClient:
+        return ControlListener(self.settings.kafka, on_error=on_error)
+
+    def source(self, hooks: SourceHooks) -> SourceClient:
+        return Source(self.settings.kafka, self.settings.batching, on_lag=hooks.on_lag, on_error=hooks.on_error,
+                      on_committed=hooks.on_committed, on_lost=hooks.on_lost, on_assigned=hooks.on_assigned,
+                      on_released=hooks.on_released)

@@ -1,0 +1,78 @@
+"""Judged batch -> dead letters, scores, alerts and mode events -> the sink (not yet acknowledged: see delivery)."""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+from confluent_kafka import Message
+
+from streammoe.config import Settings
+from streammoe.daemon.accounting import RunSummary
+from streammoe.daemon.clients import SinkClient, source_of
+from streammoe.daemon.pipeline import REF_PARTITION_SHIFT, Judged
+from streammoe.metrics import Metrics
+from streammoe.wire.alerts import Origin, build_alert, build_score
+from streammoe.wire.records import DecodedBatch
+
+
+class Publisher:
+    def __init__(self, settings: Settings, sink: SinkClient, metrics: Metrics, summary: RunSummary) -> None:
+        self.settings, self.sink, self.metrics, self.summary = settings, sink, metrics, summary
+        self.channels = list(settings.records.channels)
+
+    def publish(self, msgs: list[Message], decoded: DecodedBatch, judged: Judged) -> None:
+        """Every output of a batch: a dead letter per refused record, a score per record (with a scores topic),
+        an alert per anomaly, and the mode events of what each scope learned."""
+        kafka, sink, s = self.settings.kafka, self.sink, self.summary
+        for d in decoded.dead:
+            m = msgs[d.index]
+            sink.dead_letter(m.value(), m.key(), *source_of(m), d.reason, d.detail)
+            self.metrics.dead_letters.labels(d.reason).inc()
+        s.dead_letters += len(decoded.dead)
+        s.non_alerts += judged.warmup_rows
+        self.metrics.non_alerts.inc(judged.warmup_rows)
+        for part in judged.parts:
+            scored, rows = part.scored, part.rows
+            visit = range(len(rows)) if kafka.scores_topic else np.flatnonzero(scored.is_anomaly).tolist()
+            for i in visit:
+                row = rows[i]
+                m = msgs[decoded.index[row]]
+                origin = Origin(*source_of(m))
+                asset, ts = decoded.assets[row], int(decoded.ts[row])
+                if kafka.scores_topic:
+                    score = build_score(scored, i, asset=asset, ts=ts, origin=origin, scope=part.scope)
+                    sink.send(kafka.scores_topic, orjson.dumps(score), asset.encode())
+                if not scored.is_anomaly[i]:
+                    continue
+                alert = build_alert(
+                    scored, i, asset=asset, ts=ts, origin=origin, channels=self.channels,
+                    expert_status=part.expert_status, model_version=part.version, settings=self.settings.alerts,
+                    scope=part.scope,
+                )
+                sink.send(kafka.alerts_topic, orjson.dumps(alert), asset.encode())
+                self.metrics.alerts.labels(alert["severity"]).inc()
+                s.alerts += 1
+            n_normal = int((~scored.is_anomaly).sum())
+            s.non_alerts += n_normal
+            self.metrics.non_alerts.inc(n_normal)
+        for scope, version, report in judged.learned:
+            for event in report.events:
+                self.send_event(event.as_dict(), scope, version)
+
+    def send_event(self, event: dict, scope: str, version: str) -> None:
+        """One event on the events topic, keyed by its scope."""
+        payload = event_payload(event, input_topic=self.settings.kafka.input_topic, scope=scope,
+                                model_version=version)
+        self.sink.send(self.settings.kafka.events_topic, orjson.dumps(payload), scope.encode())
+
+
+def event_payload(event: dict, *, input_topic: str, scope: str, model_version: str) -> dict:
+    """An event for the events topic (schemas/event.schema.json): packed refs become `{topic, partition, offset}`."""
+    for end in ("first", "last"):
+        ref = event.pop(f"{end}_ref", None)
+        event[f"{end}_source"] = None if ref is None else {
+            "topic": input_topic,
+            "partition": ref >> REF_PARTITION_SHIFT,
+            "offset": ref & ((1 << REF_PARTITION_SHIFT) - 1),
+        }
+    return {**event, "scope": scope, "model_version": model_version}

@@ -1,0 +1,90 @@
+"""Control topic -> operator verdicts on experts -> the models they concern (between batches).
+
+The control topic's positions live in the model state beside the input offsets, so a verdict is applied once per
+model and re-applied to an older model restored from a checkpoint that predates it. A command that cannot be
+applied goes to the dead-letter topic with its reason (`bad_control`).
+"""
+
+from __future__ import annotations
+
+import time
+
+from streammoe.daemon.clients import ControlClient, SinkClient, source_of
+from streammoe.daemon.pipeline import JudgeThread
+from streammoe.daemon.publish import Publisher
+from streammoe.kafka.control import ControlError, ExpertVerdict, parse_command
+from streammoe.logs import get_logger
+from streammoe.metrics import Metrics
+from streammoe.state.checkpoint import ModelState
+from streammoe.state.ownership import OwnedScopes
+
+log = get_logger("streammoe.daemon")
+
+CONTROL_RETRY_S = 5.0  # while the control topic does not exist yet, look for it again this often
+
+
+class Verdicts:
+    def __init__(self, control: ControlClient, scopes: OwnedScopes, sink: SinkClient, publisher: Publisher,
+                 judge_thread: JudgeThread, metrics: Metrics) -> None:
+        self.control, self.scopes, self.sink, self.publisher = control, scopes, sink, publisher
+        self.judge_thread, self.metrics = judge_thread, metrics
+        self._retry_at = 0.0
+
+    def apply(self) -> None:
+        """Apply the verdicts that arrived since the last call to the models this worker holds."""
+        topic = self.control.topic
+        if not self.control.assigned:
+            if time.monotonic() < self._retry_at:
+                return
+            self._retry_at = time.monotonic() + CONTROL_RETRY_S
+            if not self.control.start(self.positions()):
+                return
+        msgs = self.control.poll()
+        if msgs:
+            self.judge_thread.require_idle("applying operator verdicts")
+        for m in msgs:
+            _, partition, offset = source_of(m)
+            held = [s for s in self.scopes.models.values() if not s.already_learned(topic, partition, offset)]
+            if not held:
+                continue
+            try:
+                verdict = parse_command(m.value())
+                state = next((s for s in held if s.scope == verdict.scope), None)
+                if state is not None:
+                    self._apply_verdict(state, verdict, partition, offset)
+            except ControlError as e:
+                self.sink.dead_letter(m.value(), m.key(), topic, partition, offset, "bad_control", str(e))
+                self.metrics.dead_letters.labels("bad_control").inc()
+                log.warning("control_rejected", reason=str(e), partition=partition, offset=offset)
+            for s in held:
+                s.advance(topic, partition, offset + 1)
+
+    def _apply_verdict(self, state: ModelState, verdict: ExpertVerdict, partition: int, offset: int) -> None:
+        if state.detector is None:
+            raise ControlError("the scope has no model yet (warming up)")
+        try:
+            state.detector.mark_expert(verdict.expert, verdict.status)
+        except ValueError as e:
+            raise ControlError(str(e)) from None
+        self.publisher.send_event(marked_event(verdict, self.control.topic, partition, offset),
+                                  state.scope, state.version)
+        self.metrics.mode_events.labels("mode_marked").inc()
+        log.info("expert_marked", scope=state.scope, expert=verdict.expert, status=verdict.status,
+                 operator=verdict.operator)
+
+    def positions(self) -> dict[int, int]:
+        """Where to start reading the control topic: the earliest position any held scope has not yet seen."""
+        start: dict[int, int] = {}
+        held = list(self.scopes.models.values())
+        for state in held:
+            for p, o in state.learned_offsets.get(self.control.topic, {}).items():
+                start[p] = min(o, start.get(p, o))
+        return {p: o for p, o in start.items()
+                if all(p in s.learned_offsets.get(self.control.topic, {}) for s in held)}
+
+
+def marked_event(verdict: ExpertVerdict, topic: str, partition: int, offset: int) -> dict:
+    """The `mode_marked` event for an applied operator verdict, before `event_payload`."""
+    return {"kind": "mode_marked", "expert": verdict.expert, "status": verdict.status,
+            "operator": verdict.operator, "note": verdict.note,
+            "control_source": {"topic": topic, "partition": partition, "offset": offset}}
