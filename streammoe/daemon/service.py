@@ -203,6 +203,7 @@ class Daemon:
         acknowledged, after a failure too. During an outage nothing is committed: the acknowledged but
         uncommitted batches are read again after the restart (at-least-once)."""
         steps: list[tuple[str, Callable[[], object]]] = [
+            ("settle", self.judge_thread.wait_idle),  # a loop that failed mid-batch: let the judge thread finish
             ("flush", self.delivery.final_flush),
             ("checkpoint", self.commits.checkpoint),
             ("snapshot", self.commits.snapshot),

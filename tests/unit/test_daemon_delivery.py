@@ -3,9 +3,12 @@ outage holds the batch, a stop abandons it, and commit -> checkpoint -> snapshot
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
+import orjson
+import pytest
 from clients_kit import fitted, make, records
 
 from streammoe.state.checkpoint import ModelState
@@ -91,3 +94,25 @@ def test_lost_partitions_with_a_silent_broker_begin_an_outage(tmp_path: Path) ->
     clients.sink_client.answers = True
     daemon.outage.probe()
     assert not daemon.watch.down, "the probe ends the outage once the broker answers"
+
+
+def test_a_loop_that_fails_while_a_batch_is_judged_still_checkpoints_what_it_learned(tmp_path: Path) -> None:
+    daemon, clients = make(tmp_path, batching={"pipeline": True})
+    daemon.state.detector = fitted()
+    source = clients.source_client
+    source.feed(records(np.random.default_rng(4), 30))
+    judge = daemon.pipeline.judge
+
+    def slow(*args):  # type: ignore[no-untyped-def]
+        time.sleep(0.5)
+        return judge(*args)
+
+    def broken() -> None:
+        raise RuntimeError("the consumer failed")
+
+    daemon.pipeline.judge = slow  # type: ignore[method-assign]
+    source.at_poll(2, broken)  # the read ahead, while the first batch is being judged
+    with pytest.raises(RuntimeError, match="consumer failed"):
+        daemon.run(timeout_s=30)
+    meta = orjson.loads((tmp_path / "ckpt" / "global" / "meta.json").read_bytes())
+    assert meta["learned_offsets"]["input"] == {"0": 30}, "the checkpoint waited for the judged batch"
