@@ -336,20 +336,22 @@ def broker_snapshots(bootstrap: str, detector: MixtureDetector, k: int, scope_co
     write further rounds and read again: the read of an uncompacted log grows with every round written."""
     from streammoe.state.checkpoint import ModelState
     from streammoe.config import KafkaSettings
+    from streammoe.kafka.snapshots import SnapshotTopic
     from streammoe.state.snapshot import SnapshotWriter, pack, read_latest
 
     kafka = KafkaSettings(bootstrap_servers=bootstrap, group_id=f"bench-{uuid.uuid4().hex[:6]}")
     out: dict = {"scopes": [], "rounds": []}
     for n in scope_counts:
         topic = one_partition_topic(bootstrap, f"snap-k{k}-n{n}-{uuid.uuid4().hex[:6]}")
-        writer = SnapshotWriter(kafka, topic)
+        snap = SnapshotTopic(kafka, topic)
+        writer = SnapshotWriter(snap)
         states = [ModelState(f"asset-{i:05d}", detector, learned_offsets={"in": {0: i}}) for i in range(n)]
         t0 = time.perf_counter()
         for s in states:
             writer.write(s)
         write = time.perf_counter() - t0
         t0 = time.perf_counter()
-        got, _ = read_latest(kafka, topic, CHANNELS)
+        got, _ = read_latest(snap, CHANNELS)
         read = time.perf_counter() - t0
         assert len(got) == n, (len(got), n)
         out["scopes"].append({"scopes": n, "write_s": write, "read_s": read, "write_ms_per_scope": write / n * 1e3,
@@ -361,10 +363,10 @@ def broker_snapshots(bootstrap: str, detector: MixtureDetector, k: int, scope_co
                 for s in states:
                     writer.write(s)
                 t0 = time.perf_counter()
-                got, _ = read_latest(kafka, topic, CHANNELS)
+                got, _ = read_latest(snap, CHANNELS)
                 out["rounds"].append({"rounds": r, "scopes": n, "log_mb": r * log_mb, "read_s": time.perf_counter() - t0})
                 assert len(got) == n
-        writer.producer.flush(10)
+        snap.producer.flush(10)
     return out
 
 

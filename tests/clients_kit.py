@@ -4,7 +4,8 @@ of sends, flushes, stored offsets and commits."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,9 +14,12 @@ import orjson
 
 from streammoe.config import Settings
 from streammoe.daemon import Daemon
-from streammoe.daemon.clients import ErrorHook, Headers, SourceHooks
+from streammoe.daemon.clients import ErrorHook, SourceHooks
+from streammoe.kafka.sink import Headers
+from streammoe.kafka.snapshots import SnapshotMessage, snapshot_partition
 from streammoe.kafka.source import PartitionKey, Positions, positions
 from streammoe.model.detector import MixtureDetector
+from streammoe.state.snapshot import SnapshotTransport
 
 
 @dataclass
@@ -49,6 +53,26 @@ class FakeMessage:
 
     def error(self) -> None:
         return None
+
+
+class MemorySnapshotTopic:
+    """The snapshot topic in memory, one log per snapshot partition (`partitions` of them)."""
+
+    def __init__(self, partitions: int = 1) -> None:
+        self.logs: list[list[SnapshotMessage]] = [[] for _ in range(partitions)]
+
+    def send(self, key: str, value: bytes, headers: Headers | None = None, input_partition: int = -1) -> None:
+        p = snapshot_partition(input_partition, len(self.logs)) if input_partition >= 0 else zlib.crc32(key.encode()) % len(self.logs)
+        self.logs[p].append((key, value, {k: v for k, v in headers or [] if isinstance(v, bytes)}))
+
+    def read(self, input_partitions: set[int] | None = None) -> Iterator[SnapshotMessage]:
+        wanted = range(len(self.logs)) if input_partitions is None else sorted(
+            {snapshot_partition(p, len(self.logs)) for p in input_partitions})
+        for p in wanted:
+            yield from list(self.logs[p])
+
+    def close(self) -> None:
+        pass
 
 
 class FakeSource:
@@ -266,6 +290,10 @@ class FakeClients:
         self.source_client = FakeSource(self.topic, self.partitions, self.journal)
         self.sink_client = FakeSink(self.journal)
         self.control_client = FakeControl(self.journal)
+        self.snapshot_topic: SnapshotTransport | None = None
+
+    def snapshots(self) -> SnapshotTransport | None:
+        return self.snapshot_topic
 
     def sink(self, on_error: ErrorHook) -> FakeSink:
         return self.sink_client
@@ -304,9 +332,11 @@ def fitted(seed: int = 0) -> MixtureDetector:
     return detector
 
 
-def make(tmp_path: Path, partitions: int = 1, **sections: object) -> tuple[Daemon, FakeClients]:
+def make(tmp_path: Path, partitions: int = 1, snapshots: SnapshotTransport | None = None,
+         **sections: object) -> tuple[Daemon, FakeClients]:
     """A daemon on fake clients (its global scope warming up unless the test gives it a detector)."""
     clients = FakeClients(partitions=partitions)
+    clients.snapshot_topic = snapshots
     return Daemon(fake_settings(tmp_path, **sections), clients=clients), clients
 
 

@@ -1,9 +1,9 @@
 """The broker clients the daemon uses, as the loop sees them, and the factory that builds the Kafka ones.
 
 `Daemon(settings, clients=...)` takes any `Clients`: the Kafka ones by default (`KafkaClients`), fakes in unit
-tests (tests/unit/daemon_fakes.py), so the pipeline, publishing, verdicts and the commit order are tested
-without a broker. The factory builds the sink and the control reader first and the source last, because the
-source's rebalance hooks call into parts that use the other two.
+tests (tests/clients_kit.py), so the pipeline, publishing, verdicts and the commit order are tested
+without a broker. The factory builds the snapshot topic, the sink and the control reader first and the source
+last, because the source's rebalance hooks call into parts that use the others.
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ from confluent_kafka import KafkaError, Message
 from streammoe.config import Settings
 from streammoe.kafka.control import ControlListener
 from streammoe.kafka.sink import Headers, Sink
+from streammoe.kafka.snapshots import SnapshotTopic
 from streammoe.kafka.source import AssignHook, PartitionKey, Positions, ReleaseHook, Source, StatsHook
+from streammoe.state.snapshot import SnapshotTransport
 
 ErrorHook = Callable[[KafkaError], None]
 
@@ -89,6 +91,7 @@ class SourceHooks:
 
 
 class Clients(Protocol):
+    def snapshots(self) -> SnapshotTransport | None: ...
     def sink(self, on_error: ErrorHook) -> SinkClient: ...
     def control(self, on_error: ErrorHook) -> ControlClient: ...
     def source(self, hooks: SourceHooks) -> SourceClient: ...
@@ -99,6 +102,11 @@ class KafkaClients:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+
+    def snapshots(self) -> SnapshotTransport | None:
+        """The snapshot topic, when STREAMMOE_SNAPSHOT__TOPIC names one."""
+        s = self.settings.snapshot
+        return SnapshotTopic(self.settings.kafka, s.topic, s.read_timeout_s) if s.topic else None
 
     def sink(self, on_error: ErrorHook) -> SinkClient:
         return Sink(self.settings.kafka, on_error=on_error)

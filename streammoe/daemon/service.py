@@ -77,12 +77,12 @@ class Daemon:
         self.checkpointer = Checkpointer(settings.checkpoint, self.channels)
         self.warmup = WarmUp(settings.checkpoint.warmup_records, self.metrics, self.summary)
         events = ScopeEvents(settings, self.warmup, self.metrics)
-        self.scopes = OwnedScopes(settings, self.checkpointer, on_restored=events.restored,
+        clients = clients if clients is not None else KafkaClients(settings)
+        self.scopes = OwnedScopes(settings, self.checkpointer, clients.snapshots(), on_restored=events.restored,
                                   on_dropped=events.dropped, on_snapshot=events.snapshot_done)
         if self.scopes.single:  # restored now: an unusable checkpoint stops the daemon before it joins the group
             self.scopes.get(GLOBAL_SCOPE)
         self.watch = BrokerWatch(self.metrics, self.health)
-        clients = clients if clients is not None else KafkaClients(settings)
         self.sink = clients.sink(on_error=self.watch.client_error)
         self.control = clients.control(on_error=self.watch.client_error)
         self.outage = OutageProbe(self.sink, self.watch)

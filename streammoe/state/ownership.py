@@ -20,11 +20,11 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
-from streammoe.state.checkpoint import Checkpointer, ModelState, offsets_total
 from streammoe.config import Settings
 from streammoe.logs import get_logger
+from streammoe.state.checkpoint import Checkpointer, ModelState, offsets_total
 from streammoe.state.scopes import GLOBAL_SCOPE, ScopeMap
-from streammoe.state.snapshot import SnapshotError, SnapshotWriter, read_latest
+from streammoe.state.snapshot import SnapshotError, SnapshotTransport, SnapshotWriter, read_latest
 
 log = get_logger("streammoe.state.ownership")
 
@@ -32,7 +32,7 @@ log = get_logger("streammoe.state.ownership")
 class OwnedScopes:
     """Model states by scope name, with the input partition each scope's records arrive on."""
 
-    def __init__(self, settings: Settings, checkpointer: Checkpointer,
+    def __init__(self, settings: Settings, checkpointer: Checkpointer, snapshots: SnapshotTransport | None = None,
                  on_restored: Callable[[ModelState], None] | None = None,
                  on_dropped: Callable[[ModelState], None] | None = None,
                  on_snapshot: Callable[[bool], None] | None = None) -> None:
@@ -46,8 +46,8 @@ class OwnedScopes:
         self._on_restored = on_restored
         self._on_dropped = on_dropped
         self._on_snapshot = on_snapshot  # called with True for each snapshot written, False for each that failed
-        topic = settings.snapshot.topic
-        self.writer = SnapshotWriter(settings.kafka, topic, settings.snapshot.chunk_bytes) if topic else None
+        self.snapshots = snapshots  # the snapshot topic (None: snapshots off)
+        self.writer = SnapshotWriter(snapshots, settings.snapshot.chunk_bytes) if snapshots is not None else None
         self._snapshotted: dict[str, tuple[str, int]] = {}  # scope -> its progress at its last snapshot
         self._last_snapshot = time.monotonic()
 
@@ -97,13 +97,11 @@ class OwnedScopes:
         records is scored). Returns the restored states and, per partition, the lowest offset a restored scope has
         learned up to, so the caller can start there if the group's committed position is further on."""
         parts = set(partitions)
-        if self.writer is None or not parts:
+        if self.snapshots is None or not parts:
             return {}, []
-        s = self.settings.snapshot
         t0 = time.monotonic()
         try:
-            states, manifests = read_latest(self.settings.kafka, s.topic, self.channels,  # type: ignore[arg-type]
-                                            timeout_s=s.read_timeout_s, partitions=parts)
+            states, manifests = read_latest(self.snapshots, self.channels, partitions=parts)
         except SnapshotError as e:
             log.error("snapshot_read_failed", partitions=sorted(parts), error=str(e),
                       hint="the scopes start from the checkpoint directory, the bootstrap model or a warm-up")

@@ -13,8 +13,8 @@ the latest manifest still finds its chunks whole, with or without compaction. Th
 latest message per key (Tansu never compacts; Kafka may not have yet) and verifies the checksum; when the newest
 manifest's chunks do not check out, it tries the scope's older manifests still in the log.
 
-Each message is flushed on its own: Tansu reports a partition's end as the last batch's base offset + 1, so a
-multi-record batch at the end of the log would hide its tail from a reader that stops at the high watermark.
+This module is the encoding. The topic itself (bytes in, bytes out) is a `SnapshotTransport`, by default
+streammoe.kafka.snapshots.SnapshotTopic, given to the writer and the reader by whoever builds them.
 """
 
 from __future__ import annotations
@@ -25,26 +25,34 @@ import tarfile
 import tempfile
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import orjson
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
-from streammoe.state.checkpoint import ModelState, offsets_from_json, offsets_to_json
-from streammoe.config import KafkaSettings, consumer_config, producer_config
+from streammoe.kafka.sink import Headers
+from streammoe.kafka.snapshots import SnapshotError, SnapshotMessage
 from streammoe.logs import get_logger
+from streammoe.state.checkpoint import ModelState, offsets_from_json, offsets_to_json
 from streammoe.state.persistence import ModelLoadError, load_detector, save_detector
-from streammoe.kafka.sink import produce
 
 log = get_logger("streammoe.state.snapshot")
 
 SEP = "\x1f"
 DEFAULT_CHUNK_BYTES = 512 * 1024  # under Kafka's default 1 MB message limit, with room for headers
 
+__all__ = ["DEFAULT_CHUNK_BYTES", "SEP", "Manifest", "SnapshotError", "SnapshotTransport", "SnapshotWriter",
+           "chunk_key", "pack", "read_latest", "unpack"]
 
-class SnapshotError(Exception):
-    """A snapshot could not be written, or none usable could be read."""
+
+class SnapshotTransport(Protocol):
+    """The snapshot topic as bytes (streammoe.kafka.snapshots.SnapshotTopic); raises SnapshotError."""
+
+    def send(self, key: str, value: bytes, headers: Headers | None = None, input_partition: int = -1) -> None: ...
+    def read(self, input_partitions: set[int] | None = None) -> Iterable[SnapshotMessage]: ...
+    def close(self) -> None: ...
 
 
 @dataclass
@@ -97,22 +105,12 @@ def unpack(blob: bytes, manifest: Manifest, channels: list[str]) -> ModelState:
                       {t: dict(ps) for t, ps in manifest.learned_offsets.items()})
 
 
-def snapshot_partition(input_partition: int, partitions: int) -> int:
-    """Where the snapshots of a scope living on `input_partition` go: the same number, wrapped if the snapshot
-    topic has fewer partitions, so a worker taking over input partitions reads only the matching ones."""
-    return input_partition % partitions
-
-
 class SnapshotWriter:
-    """Writes scope snapshots; remembers each scope's last slot so the next one goes to the other."""
+    """Writes scope snapshots to `topic`; remembers each scope's last slot so the next one goes to the other."""
 
-    def __init__(self, kafka: KafkaSettings, topic: str, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> None:
+    def __init__(self, topic: SnapshotTransport, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> None:
         self.topic, self.chunk_bytes = topic, chunk_bytes
-        self.timeout_s = kafka.delivery_timeout_s
-        self.producer = Producer(producer_config(kafka))
         self.slots: dict[str, int] = {}
-        self._errors: list[str] = []
-        self._partitions = 0
 
     def write(self, state: ModelState, partition: int = -1) -> Manifest:
         """Snapshot `state`, tied to input `partition` (its records' partition; -1: any, the key decides)."""
@@ -122,12 +120,11 @@ class SnapshotWriter:
         manifest = Manifest(state.scope, uuid.uuid4().hex[:12], slot, n, len(blob), hashlib.sha256(blob).hexdigest(),
                             state.lineage, {t: dict(ps) for t, ps in state.learned_offsets.items()},
                             partition=partition)
-        target = None if partition < 0 else snapshot_partition(partition, self._partition_count())
-        headers = [("snapshot_id", manifest.snapshot_id.encode())]
+        headers: Headers = [("snapshot_id", manifest.snapshot_id.encode())]
         for i in range(n):
             part = blob[i * self.chunk_bytes:(i + 1) * self.chunk_bytes]
-            self._send(chunk_key(state.scope, slot, i), part, headers, target)
-        self._send(state.scope, manifest.to_bytes(), None, target)
+            self.topic.send(chunk_key(state.scope, slot, i), part, headers, partition)
+        self.topic.send(state.scope, manifest.to_bytes(), None, partition)
         self.slots[state.scope] = slot
         detector = state.detector
         log.info("snapshot_written", scope=state.scope, snapshot_id=manifest.snapshot_id, bytes=len(blob), chunks=n,
@@ -135,43 +132,19 @@ class SnapshotWriter:
                  weights=[float(w) for w in detector.mixture_weights()] if detector else [])
         return manifest
 
-    def _partition_count(self) -> int:
-        if not self._partitions:
-            try:
-                meta = self.producer.list_topics(self.topic, timeout=self.timeout_s).topics.get(self.topic)
-            except KafkaException as e:
-                raise SnapshotError(f"snapshot topic {self.topic}: {e}") from e
-            if meta is None or meta.error is not None or not meta.partitions:
-                raise SnapshotError(f"snapshot topic {self.topic} does not exist (create it, compacted, with as many "
-                                    f"partitions as the input topic): {meta.error if meta else 'no metadata'}")
-            self._partitions = len(meta.partitions)
-        return self._partitions
-
     def close(self) -> None:
-        self.producer.flush(self.timeout_s)
-
-    def _send(self, key: str, value: bytes, headers: list[tuple[str, bytes]] | None,
-              partition: int | None = None) -> None:
-        produce(self.producer, self.topic, value, key.encode(), headers, self._delivered, partition)
-        if self.producer.flush(self.timeout_s) or self._errors:
-            errors, self._errors = self._errors, []
-            raise SnapshotError(f"snapshot message {key!r} not acknowledged: {errors[:3] or 'timed out'}")
-
-    def _delivered(self, err, msg) -> None:  # type: ignore[no-untyped-def]
-        if err is not None:
-            self._errors.append(str(err))
+        self.topic.close()
 
 
-def read_latest(kafka: KafkaSettings, topic: str, channels: list[str], scopes: set[str] | None = None,
-                timeout_s: float = 30.0, partitions: set[int] | None = None,
-                ) -> tuple[dict[str, ModelState], dict[str, Manifest]]:
+def read_latest(topic: SnapshotTransport, channels: list[str], scopes: set[str] | None = None,
+                partitions: set[int] | None = None) -> tuple[dict[str, ModelState], dict[str, Manifest]]:
     """The newest whole snapshot of each scope (of `scopes`, or all) in `topic`, as model states, with manifests.
 
     With `partitions` (input partitions), only the snapshot partitions they map to are read, and only scopes whose
     newest manifest names one of them are returned: what a worker needs when it is assigned those partitions."""
     manifests: dict[str, list[Manifest]] = {}
     chunks: dict[str, tuple[str, bytes]] = {}  # latest per chunk key: (snapshot id, bytes)
-    for key, value, headers in _read_topic(kafka, topic, timeout_s, partitions):
+    for key, value, headers in topic.read(partitions):
         if SEP in key:
             if scopes is None or key.split(SEP, 1)[0] in scopes:
                 chunks[key] = (headers.get("snapshot_id", b"").decode(), value)
@@ -211,42 +184,3 @@ def _assemble(manifest: Manifest, chunks: dict[str, tuple[str, bytes]]) -> bytes
     if len(blob) != manifest.size or hashlib.sha256(blob).hexdigest() != manifest.sha256:
         return None
     return blob
-
-
-def _read_topic(kafka: KafkaSettings, topic: str, timeout_s: float,  # type: ignore[no-untyped-def]
-                input_partitions: set[int] | None = None):
-    """Every message of `topic` (of the partitions `input_partitions` map to, or all) from the start to the end it
-    had when reading began, in order per partition."""
-    conf = consumer_config(kafka)
-    conf.update({"group.id": f"{kafka.group_id}-snapshot-reader", "enable.partition.eof": False,
-                 "allow.auto.create.topics": False})
-    conf.pop("statistics.interval.ms", None)
-    consumer = Consumer(conf)
-    try:
-        meta = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
-        if meta is None or meta.error is not None:
-            return
-        wanted = set(meta.partitions) if input_partitions is None else {
-            snapshot_partition(p, len(meta.partitions)) for p in input_partitions}
-        ends = {}
-        for p in sorted(wanted):
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
-            if high > low:
-                ends[p] = high
-        if not ends:
-            return
-        consumer.assign([TopicPartition(topic, p, 0) for p in ends])
-        deadline = time.monotonic() + timeout_s
-        while ends:
-            if time.monotonic() > deadline:
-                raise SnapshotError(f"reading {topic} timed out with partitions {sorted(ends)} unfinished")
-            for m in consumer.consume(num_messages=500, timeout=0.2):
-                if m.error() is not None:
-                    continue
-                p = m.partition()
-                if p in ends:
-                    yield (m.key() or b"").decode(), m.value() or b"", dict(m.headers() or [])
-                    if m.offset() + 1 >= ends[p]:
-                        del ends[p]
-    finally:
-        consumer.close()

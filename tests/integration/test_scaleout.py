@@ -21,6 +21,7 @@ from daemon_kit import (
 from benchmarks.scaleout import WorkerProcess as Worker
 from benchmarks.scaleout import wait_for
 from streammoe.config import KafkaSettings
+from streammoe.kafka.snapshots import SnapshotTopic
 from streammoe.state.snapshot import read_latest
 
 pytestmark = pytest.mark.integration
@@ -95,7 +96,7 @@ def test_two_workers_split_partitions_and_hand_scopes_over_through_snapshots(
         wait_for("a to take over b's scopes",
                  lambda: {e["scope"] for e in a.events("scope_restored") if e["partition"] in held_by_b} >= b_scopes
                  and a.held_partitions() == {0, 1, 2, 3}, 90, a)
-        snap_states, manifests = read_latest(KafkaSettings(bootstrap_servers=broker), snapshots, CHANNELS,
+        snap_states, manifests = read_latest(SnapshotTopic(KafkaSettings(bootstrap_servers=broker), snapshots), CHANNELS,
                                              scopes=b_scopes)
         took_over = {e["scope"]: e for e in a.events("scope_restored") if e["partition"] in held_by_b}
         where_now = last_offsets(second, delivered_second)
@@ -124,7 +125,7 @@ def test_two_workers_split_partitions_and_hand_scopes_over_through_snapshots(
     assert sum(n - 1 for n in published.values()) <= 2 * 256, "duplicates only from batches in flight at a handover"
 
     # The models a ended with continue b's and a's lineages: each scope learned every record once, in one line.
-    final, _ = read_latest(KafkaSettings(bootstrap_servers=broker), snapshots, CHANNELS)
+    final, _ = read_latest(SnapshotTopic(KafkaSettings(bootstrap_servers=broker), snapshots), CHANNELS)
     last_now = last_offsets(third, delivered_third)
     assert set(final) == set(ASSETS)
     for scope, state in final.items():
@@ -188,7 +189,7 @@ def test_a_worker_killed_after_its_last_snapshot_is_taken_over_without_skipping_
     assert all(o >= rewound[str(p)][0] for p, o in duplicated), "nothing before the snapshot's position"
 
     restored = {e["scope"]: e for e in b.events("scope_restored")}
-    final, _ = read_latest(KafkaSettings(bootstrap_servers=broker), snapshots, CHANNELS)
+    final, _ = read_latest(SnapshotTopic(KafkaSettings(bootstrap_servers=broker), snapshots), CHANNELS)
     where_first, where_second = last_offsets(first, delivered_first), last_offsets(second, delivered_second)
     assert set(final) == set(restored) == set(ASSETS)
     for scope, state in final.items():
