@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from streammoe.model.calibration import ModeCalibration
 from streammoe.model.config import ModelConfig
 from streammoe.model.experts import StackedVAE, importance_from_eps
+from streammoe.model.memory import ShortTermMemory
 from streammoe.model.replay import ReplayReservoir
 from streammoe.model.scaler import RunningScaler
 from streammoe.model.weights import DirichletWeights
@@ -60,10 +61,6 @@ class MixtureOfVAEs(nn.Module):
         self.calibration = ModeCalibration(k, config.calibration_size)
         self.replay = ReplayReservoir(k, n_channels, config.replay_size)
         self.register_buffer("status", torch.zeros(k, dtype=torch.int8))
-        from streammoe.novelty.memory import (
-            ShortTermMemory,  # novelty builds on the model, not the reverse
-        )
-
         self.memory = ShortTermMemory(n_channels, config.novelty, k)
         self.register_buffer("below_floor", torch.zeros(k, dtype=torch.int64))
         self.register_buffer("since_merge", torch.zeros((), dtype=torch.int64))

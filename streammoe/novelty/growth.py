@@ -22,10 +22,10 @@ import torch
 
 from streammoe.model.experts import StackedVAE
 from streammoe.model.learning import ExpertLearner, adam
+from streammoe.model.memory import ShortTermMemory
 from streammoe.model.mixture import STATUS_LEARNED, MixtureOfVAEs
 from streammoe.novelty.events import ModeEvent
 from streammoe.novelty.lifecycle import deactivate
-from streammoe.novelty.memory import ShortTermMemory
 
 CANDIDATE_BATCH = 128
 

@@ -9,7 +9,7 @@ expert never catches up ("lock-in"). On SMD's new machines (T3) this kept 5-25 %
 thousands of records.
 
 The memory keeps each expert's unexplained share over about its last `lockin_window` records, and the stream's
-(memory.py). Once both reach `lockin_share` (and 32 of the expert's records went unexplained, and half a window of
+(model/memory.py). Once both reach `lockin_share` (and 32 of the expert's records went unexplained, and half a window of
 records went by since its last test), the expert's unexplained records from the memory are tested for coherence
 with its mode: a copy of the expert
 (warm-started from its weights) is trained for `lockin_steps` on the older 70 % of them plus 70 % of its replay
@@ -34,9 +34,10 @@ import torch
 
 from streammoe.model.experts import StackedVAE
 from streammoe.model.learning import adam
+from streammoe.model.memory import MIN_MISFITS as MIN_RECORDS
+from streammoe.model.memory import ShortTermMemory
 from streammoe.model.mixture import MixtureOfVAEs
 from streammoe.novelty.growth import CANDIDATE_BATCH, Verdict
-from streammoe.novelty.memory import MIN_MISFITS as MIN_RECORDS, ShortTermMemory
 
 
 def _copy_of(model: MixtureOfVAEs, k: int) -> StackedVAE:

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from streammoe.model.memory import MIN_MISFITS
 from streammoe.model.mixture import MixtureOfVAEs
-from streammoe.novelty.memory import MIN_MISFITS
 
 
 def settling(model: MixtureOfVAEs) -> Tensor:
