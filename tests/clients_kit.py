@@ -4,6 +4,7 @@ of sends, flushes, stored offsets and commits."""
 
 from __future__ import annotations
 
+import threading
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -92,6 +93,7 @@ class FakeSource:
         self.paused = False
         self.polls = {"batch": 0, "paused": 0}
         self._at_next_poll: list[tuple[int, Callable[[], None]]] = []
+        self.close_errors: list[Exception] = []
 
     def feed(self, values: list[bytes], partition: int = 0, key: bytes | None = None) -> list[FakeMessage]:
         msgs = []
@@ -174,10 +176,24 @@ class FakeSource:
         self.journal.append("resume")
 
     def close(self, timeout: float, commit: bool = True) -> bool:
+        """Like Source.close: commit, then leave the group on a helper thread, whose revoke calls the hooks there."""
         if commit:
             self.commit()
         self.journal.append("close")
-        return True
+        errors: list[Exception] = []
+
+        def leave() -> None:
+            try:
+                if self.assigned:
+                    self.revoke(sorted(self.assigned))
+            except Exception as e:  # noqa: BLE001 - the test reads what the closing thread raised
+                errors.append(e)
+
+        closer = threading.Thread(target=leave, name="fake-consumer-close")
+        closer.start()
+        closer.join()
+        self.close_errors = errors
+        return not errors
 
 
 @dataclass

@@ -39,10 +39,18 @@ class Inbox:
         self._msgs: list[Message] = []
         self._decoded: DecodedBatch | None = None  # the decode of exactly `_msgs`, when read ahead
         self._owner: int | None = None
+        self._closed = False
 
     def claim(self) -> None:
         """The calling thread runs the loop from now on (a daemon may be built in one thread and run in another)."""
         self._owner = threading.get_ident()
+        self._closed = False
+
+    def close(self) -> None:
+        """The loop is over: what still waits is dropped, and from now on the consumer's last rebalance (leaving the
+        group, on the thread that closes the consumer) finds nothing to drop."""
+        self._check_thread("close")
+        self._msgs, self._decoded, self._closed = [], None, True
 
     def __len__(self) -> int:
         return len(self._msgs)
@@ -54,16 +62,21 @@ class Inbox:
             raise InboxError(f"inbox {what} from thread {threading.current_thread().name}: only the loop's thread "
                              "may touch the inbox (rebalance callbacks run inside its polls)")
 
+    def _check_open(self, what: str) -> None:
+        self._check_thread(what)
+        if self._closed:
+            raise InboxError(f"inbox {what} after the loop ended")
+
     def add(self, msgs: list[Message]) -> None:
         """Messages fetched while the loop was busy: handled after those already waiting."""
-        self._check_thread("add")
+        self._check_open("add")
         if msgs:
             self._msgs.extend(msgs)
             self._decoded = None
 
     def read_ahead(self, msgs: list[Message], decoded: DecodedBatch) -> None:
         """The next batch, fetched and decoded while the current one is judged (at most one batch ahead)."""
-        self._check_thread("read_ahead")
+        self._check_open("read_ahead")
         if self._msgs:
             raise InboxError("read ahead while messages still wait: at most one batch is read ahead")
         if msgs:
@@ -71,13 +84,15 @@ class Inbox:
 
     def take(self) -> tuple[list[Message], DecodedBatch | None]:
         """Everything waiting, with its decode if it is exactly the batch read ahead; the inbox is empty after."""
-        self._check_thread("take")
+        self._check_open("take")
         msgs, decoded = self._msgs, self._decoded
         self._msgs, self._decoded = [], None
         return msgs, decoded
 
     def drop_partitions(self, keys: Iterable[PartitionKey]) -> int:
         """Forget the messages of these partitions (revoked or lost: their new owner reads them); how many."""
+        if self._closed:
+            return 0
         self._check_thread("drop_partitions")
         gone = set(keys)
         kept = [m for m in self._msgs if (m.topic(), m.partition()) not in gone]

@@ -194,6 +194,7 @@ class Daemon:
 
     def _close_source(self) -> None:
         self.rebalance.closing = True  # leaving the group revokes everything: the shutdown snapshot was just written
+        self.inbox.close()  # that revoke runs on the thread that closes the consumer: nothing is left to drop
         self.commits.close_source()
 
     def _shutdown(self, failed: bool) -> None:
