@@ -17,33 +17,11 @@ import math
 from collections.abc import Sequence
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor
 
+from streammoe.model.config import PoisonConfig
 
-class PoisonConfig(BaseModel):
-    """Which readings are poison by what they are (never learned, always alerted)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    sentinel_magnitude: float = Field(
-        1e15, gt=0, description="Readings with |x| at or above this are sentinels or broken sensors (never learned)."
-    )
-    sentinel_values: list[float] = Field(
-        default_factory=list, description="Exact readings that mean 'no value' (e.g. -9999): never learned."
-    )
-    bounds: dict[str, tuple[float | None, float | None]] = Field(
-        default_factory=dict,
-        description="Per channel name, the physical [low, high] (null for no bound): readings outside are never learned.",
-    )
-
-    @field_validator("bounds")
-    @classmethod
-    def _ordered(cls, v: dict[str, tuple[float | None, float | None]]) -> dict[str, tuple[float | None, float | None]]:
-        for name, (lo, hi) in v.items():
-            if lo is not None and hi is not None and not lo < hi:
-                raise ValueError(f"poison.bounds[{name!r}]: low {lo} must be below high {hi}")
-        return v
+__all__ = ["PhysicalLimits", "PoisonConfig"]
 
 
 class PhysicalLimits:
