@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streammoe.wire.alerts import control_schema, event_schema
+from streammoe.wire.incidents import incident_schema
 from streammoe.state.checkpoint import ModelState
 from streammoe.kafka.control import STATUSES, ControlError, parse_command
 from streammoe.daemon import REF_PARTITION_SHIFT, event_payload, marked_event
@@ -33,6 +34,7 @@ from streammoe.novelty.lifecycle import merge_duplicates, retire_idle
 INPUT = "sensor-records"
 EVENTS = jsonschema.Draft202012Validator(event_schema())
 CONTROL = jsonschema.Draft202012Validator(control_schema())
+INCIDENTS = jsonschema.Draft202012Validator(incident_schema())
 
 
 def on_the_wire(event: dict) -> dict:
@@ -193,11 +195,15 @@ def test_the_examples_in_the_docs_match_the_schemas() -> None:
 
     doc = (Path(__file__).parents[2] / "docs" / "alerts.md").read_text()
     blocks = [orjson.loads(line) for b in re.findall(r"```json\n(.*?)```", doc, re.S) for line in b.splitlines()]
-    events = [b for b in blocks if "kind" in b]
+    incidents = [b for b in blocks if "incident_id" in b]
+    events = [b for b in blocks if "kind" in b and "incident_id" not in b]
     commands = [b for b in blocks if "status" in b and "kind" not in b]
     assert {e["kind"] for e in events} == {"mode_added", "mode_retired", "mode_merged", "mode_marked"}
     for e in events:
         EVENTS.validate(e)
+    assert incidents
+    for i in incidents:
+        INCIDENTS.validate(i)
     assert commands
     for c in commands:
         CONTROL.validate(c)
