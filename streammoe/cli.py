@@ -15,6 +15,9 @@ from streammoe.model_options import UsageError, add_model_options, check_saved_m
 if TYPE_CHECKING:
     from tqdm import tqdm
 
+    from streammoe.files.offline import StreamResult
+    from streammoe.files.series import Series
+
 
 def _progress_bar(total: int, desc: str) -> tqdm:
     """A tqdm bar on stderr that only draws on a terminal (quiet in CI and pipes)."""
@@ -88,7 +91,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
-def _incident_column(result, series) -> list[str]:  # type: ignore[no-untyped-def]
+def _incident_column(result: StreamResult, series: Series) -> list[str]:
     """Each row's incident id (empty when none), by the daemon's incident tracker with the row as offset.
 
     The id depends on the rows only, not on the file's name: the same data scores the same."""

@@ -47,8 +47,8 @@ def option_fields(model: type[BaseModel] = ModelConfig, path: tuple[str, ...] = 
         annotation = field.annotation
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             out.update(option_fields(annotation, (*path, name)))
-        elif annotation in SCALARS:
-            out[(*path, name)] = annotation  # type: ignore[assignment]
+        elif isinstance(annotation, type) and annotation in SCALARS:
+            out[(*path, name)] = annotation
     return out
 
 

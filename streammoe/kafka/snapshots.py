@@ -103,8 +103,15 @@ class SnapshotTopic:
                         continue
                     p = m.partition()
                     if p is not None and p in ends:
-                        yield (m.key() or b"").decode(), m.value() or b"", dict(m.headers() or [])  # type: ignore[arg-type]
+                        yield (m.key() or b"").decode(), m.value() or b"", _headers(m)
                         if (m.offset() or 0) + 1 >= ends[p]:
                             del ends[p]
         finally:
             consumer.close()
+
+
+def _headers(m: Message) -> dict[str, bytes]:
+    """A message's headers by name (a snapshot's are bytes; a missing value reads as empty)."""
+    raw = m.headers() or []
+    pairs = raw.items() if isinstance(raw, dict) else raw
+    return {k: v.encode() if isinstance(v, str) else (v or b"") for k, v in pairs}
