@@ -114,9 +114,10 @@ def _git_commit() -> str:
     """HEAD, and how many tracked files differ from it: the figures belong to the tree that made them."""
     here = Path(__file__).resolve().parent
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5, cwd=here)
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5, cwd=here,
+                              check=False)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
-                               timeout=10, cwd=here)
+                               timeout=10, cwd=here, check=False)
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     changed = [line[3:] for line in dirty.stdout.splitlines() if line.strip()]

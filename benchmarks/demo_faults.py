@@ -36,7 +36,7 @@ def with_settings(config: ModelConfig, sets: list[str]) -> ModelConfig:
         node = data
         for part in parents:
             if not isinstance(node.get(part), dict):
-                raise ValueError(f"no settings group {part!r} in {path!r}")
+                raise ValueError(f"no settings group {part!r} in {path!r}")  # noqa: TRY004 - a wrong --set path
             node = node[part]
         try:
             node[leaf] = json.loads(value)

@@ -74,9 +74,10 @@ def measure(k: int = 16, samples: tuple[int, ...] = (1, 8), batches: tuple[int, 
                 detector.accelerate(precision=precision)
                 for _ in range(2):  # warm-up: allocator, kernels, autocast caches
                     detector.score_many(x)
-                score = _median_rate(lambda: detector.score_many(x), b, repeats, dev)
+                score = _median_rate(lambda x=x: detector.score_many(x), b, repeats, dev)
                 with torch.inference_mode():
-                    estep = _median_rate(lambda: detector.model.evaluate(x_dev, s, detector.generator), b, repeats, dev)
+                    estep = _median_rate(lambda x_dev=x_dev, s=s: detector.model.evaluate(x_dev, s, detector.generator),
+                                         b, repeats, dev)
                 detector.generator.manual_seed(NOISE_SEED)
                 flags = detector.score_many(x).is_anomaly
                 reference = flags if reference is None else reference
@@ -87,7 +88,8 @@ def measure(k: int = 16, samples: tuple[int, ...] = (1, 8), batches: tuple[int, 
                 if precision == "float32":  # on a copy: learning must not change what the other precisions score
                     learner = copy.deepcopy(detector)
                     scored = learner.score_many(x)
-                    row["learn_rec_s"] = _median_rate(lambda: learner.learn_many(scored), b, max(3, repeats // 3), dev)
+                    row["learn_rec_s"] = _median_rate(lambda learner=learner, scored=scored: learner.learn_many(scored),
+                                                      b, max(3, repeats // 3), dev)
                 results.append(row)
                 progress(f"gpu: S={s} batch={b} {precision}: score {score:,.0f} rec/s, E-step {estep:,.0f} rec/s, "
                          f"same decisions {row['same_decision']:.4f}")
@@ -105,10 +107,10 @@ def measure(k: int = 16, samples: tuple[int, ...] = (1, 8), batches: tuple[int, 
 def markdown(result: dict) -> str:
     st = result["setup"]
     lines = [f"## Scoring on {st['device_name']} (`python -m benchmarks.gpu`)", "",
-             f"K={st['k']} ({st['k_active']} active), {st['channels']} channels, torch {st['torch']}, median of "
-             f"{st['repeats']} calls; rows per E-step pass by S: {st['chunk_rows']}.", "",
-             "| S | batch | precision | score rec/s | E-step rec/s | learn rec/s | same decision as float32 "
-             "| planted flagged | others flagged |",
+             (f"K={st['k']} ({st['k_active']} active), {st['channels']} channels, torch {st['torch']}, median of "
+             f"{st['repeats']} calls; rows per E-step pass by S: {st['chunk_rows']}."), "",
+             ("| S | batch | precision | score rec/s | E-step rec/s | learn rec/s | same decision as float32 "
+             "| planted flagged | others flagged |"),
              "|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
     for r in result["runs"]:
         learn = f"{r['learn_rec_s']:,.0f}" if "learn_rec_s" in r else ""

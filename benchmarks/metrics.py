@@ -115,7 +115,7 @@ def series_metrics(labels: np.ndarray, scores: np.ndarray, flagged: np.ndarray) 
     """Every per-series number of T2: decision counts and rates, plus the ranking metrics."""
     d = decisions(labels, flagged)
     return {**d.as_dict(), "auc_pr": auc_pr(labels, scores), "auc_roc": auc_roc(labels, scores),
-            "best_f1": best_f1(labels, scores), "n_rows": int(len(labels)),
+            "best_f1": best_f1(labels, scores), "n_rows": len(labels),
             "n_anomalous": int(np.asarray(labels).astype(bool).sum())}
 
 

@@ -459,12 +459,12 @@ def latency(bootstrap: str, channels: list[str], tmp: Path, opts: PerfOptions,
 def markdown(result: dict) -> str:
     t, s = result["transport"], result["setup"]
     lines = ["## Fast path (`streammoe bench --perf`)", "",
-             f"{s['records']} records x {s['channels']} channels from {s['modes_in_data']} modes, batches of "
+             (f"{s['records']} records x {s['channels']} channels from {s['modes_in_data']} modes, batches of "
              f"{s['max_batch']}, torch {s['torch']} with {s['torch_threads']} thread(s), {s['cpu_count']} CPUs, "
-             f"load average at the end {', '.join(f'{v:.1f}' for v in s['load_average'])}.", "",
-             f"- produce: {t['produce_rec_s']:.0f} rec/s; raw consume: {t['consume_median']:.0f} rec/s "
+             f"load average at the end {', '.join(f'{v:.1f}' for v in s['load_average'])}."), "",
+             (f"- produce: {t['produce_rec_s']:.0f} rec/s; raw consume: {t['consume_median']:.0f} rec/s "
              f"(runs {', '.join(f'{v:.0f}' for v in t['consume_rec_s'])}); consume + decode: "
-             f"{t['consume_decode_median']:.0f} rec/s (runs {', '.join(f'{v:.0f}' for v in t['consume_decode_rec_s'])})",
+             f"{t['consume_decode_median']:.0f} rec/s (runs {', '.join(f'{v:.0f}' for v in t['consume_decode_rec_s'])})"),
              f"- {t['hst']}: {t['hst_rec_s']:.0f} rec/s",
              f"- {t['hst15']}: {t['hst15_rec_s']:.0f} rec/s", "",
              "| K (active) | S | score rec/s | learn rec/s | end to end rec/s | e2e / consume+decode | e2e / HST h8 | e2e / HST h15 |"
@@ -488,15 +488,15 @@ def markdown(result: dict) -> str:
                          f"{v['agree']:.4f} | {v['flagged_planted']:.3f} | {v['flagged_other']:.4f} |")
     lat = result.get("latency")
     if lat:
-        lines += ["", f"Produce -> alert latency at {lat['offered_rec_s']} rec/s offered (achieved "
+        lines += ["", (f"Produce -> alert latency at {lat['offered_rec_s']} rec/s offered (achieved "
                   f"{lat['achieved_produce_rec_s']:.0f}) for {lat['seconds']:.0f} s, K={lat['k']} S={lat['s']}, "
-                  f"max_wait_ms {lat['max_wait_ms']}: {lat['alerts']} alerts, {_quantiles_text(lat)}"]
+                  f"max_wait_ms {lat['max_wait_ms']}: {lat['alerts']} alerts, {_quantiles_text(lat)}")]
         floor = lat.get("floor")
         if floor:
-            lines += ["", f"The same path through a relay that does no work (the daemon's consumer and producer settings, "
+            lines += ["", (f"The same path through a relay that does no work (the daemon's consumer and producer settings, "
                       f"every 100th record forwarded; achieved {floor['achieved_produce_rec_s']:.0f} rec/s): "
                       f"{_quantiles_text(floor)}; daemon p99 / relay p99 = "
-                      f"{lat.get('p99_ms', float('nan')) / floor.get('p99_ms', float('nan')):.2f}"]
+                      f"{lat.get('p99_ms', float('nan')) / floor.get('p99_ms', float('nan')):.2f}")]
     return "\n".join(lines) + "\n"
 
 

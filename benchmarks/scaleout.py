@@ -101,7 +101,7 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float, *workers: Wor
 
 
 def log_time(event: dict) -> float:
-    return datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")).timestamp()
+    return datetime.fromisoformat(event["timestamp"]).timestamp()
 
 
 def committed(bootstrap: str, group: str, topic: str) -> dict[int, int]:
@@ -189,7 +189,7 @@ def run(args: argparse.Namespace) -> ScaleoutResult:
                 try:
                     progress: list[tuple[float, int]] = []  # (time, records committed)
 
-                    def drained(group: str = group) -> bool:
+                    def drained(group: str = group, progress: list[tuple[float, int]] = progress) -> bool:
                         done = committed(broker.bootstrap, group, topic)
                         progress.append((time.time(), sum(done.values())))
                         return done == ends

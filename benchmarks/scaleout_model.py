@@ -127,7 +127,7 @@ def plan_from(result: dict, k: int, **deployment: Any) -> Plan:
     r = result["k"][str(k)]
     scopes = r["broker"]["scopes"]
     read_fixed, read_per = line_fit([s["scopes"] for s in scopes], [s["read_s"] for s in scopes])
-    write_fixed, write_per = line_fit([s["scopes"] for s in scopes], [s["write_s"] for s in scopes])
+    _write_fixed, write_per = line_fit([s["scopes"] for s in scopes], [s["write_s"] for s in scopes])
     return capacity(call_points={int(b): c["total_ms"] / 1e3 for b, c in r["calls"].items()},
                     mb_per_scope=r["memory"]["mb_per_scope"], snapshot_bytes=r["snapshot"]["bytes"],
                     write_s=write_per, read_fixed_s=max(0.0, read_fixed), read_s=read_per, **deployment)

@@ -53,7 +53,7 @@ def parse_ts(text: str, index: int) -> int:
         pass
     try:
         f = float(s)
-        return int(round(f)) if math.isfinite(f) else index
+        return round(f) if math.isfinite(f) else index
     except ValueError:
         pass
     try:
@@ -62,7 +62,7 @@ def parse_ts(text: str, index: int) -> int:
         return index
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=timezone.utc)
-    return int(round(dt.timestamp() * 1000))
+    return round(dt.timestamp() * 1000)
 
 
 def _number(cell: str) -> float | None:
