@@ -18,6 +18,8 @@ from streammoe.daemon import Daemon
 from streammoe.model.detector import MixtureDetector
 from streammoe.model.config import ModelConfig, NoveltyConfig
 from streammoe.state.persistence import load_detector, save_detector
+from streammoe.testing.records import keyed_records
+from streammoe.testing.settings import daemon_env
 
 pytestmark = pytest.mark.integration
 
@@ -30,10 +32,7 @@ def rows(rng: np.random.Generator, n: int, mode: str) -> np.ndarray:
 
 
 def items(x: np.ndarray, start_ts: int) -> list[tuple[bytes, bytes]]:
-    return [
-        (b"pump-1", orjson.dumps({"asset_id": "pump-1", "ts": start_ts + i, "values": [float(v) for v in row]}))
-        for i, row in enumerate(x)
-    ]
+    return keyed_records(x, None, assets=["pump-1"], start_ts=start_ts, digits=None)
 
 
 def run_daemon(env: dict[str, str], monkeypatch: pytest.MonkeyPatch, **bounds: float) -> None:
@@ -53,26 +52,9 @@ def test_new_mode_event_then_operator_marks_it_as_fault(broker, topic_name, tmp_
     det.fit(rows(rng, 3000, "A"))
     boot = save_detector(det, tmp_path / "boot")
     t = {role: topic_name(role) for role in ("input", "alerts", "dead", "events", "control")}
-    env = {
-        "STREAMMOE_KAFKA__BOOTSTRAP_SERVERS": broker,
-        "STREAMMOE_KAFKA__GROUP_ID": topic_name("group"),
-        "STREAMMOE_KAFKA__INPUT_TOPIC": t["input"],
-        "STREAMMOE_KAFKA__ALERTS_TOPIC": t["alerts"],
-        "STREAMMOE_KAFKA__DEAD_LETTER_TOPIC": t["dead"],
-        "STREAMMOE_KAFKA__EVENTS_TOPIC": t["events"],
-        "STREAMMOE_KAFKA__CONTROL_TOPIC": t["control"],
-        "STREAMMOE_KAFKA__SESSION_TIMEOUT_MS": "4000",
-        "STREAMMOE_KAFKA__MAX_POLL_INTERVAL_MS": "30000",
-        "STREAMMOE_KAFKA__COMMIT_INTERVAL_S": "0.3",
-        "STREAMMOE_KAFKA__FETCH_WAIT_MAX_MS": "10",
-        "STREAMMOE_KAFKA__EXTRA": '{"heartbeat.interval.ms": "1000"}',
-        "STREAMMOE_RECORDS__CHANNELS": orjson.dumps(CHANNELS).decode(),
-        "STREAMMOE_BATCHING__MAX_BATCH": "256",
-        "STREAMMOE_BATCHING__MAX_WAIT_MS": "50",
-        "STREAMMOE_CHECKPOINT__DIR": str(tmp_path / "ckpt"),
-        "STREAMMOE_CHECKPOINT__BOOTSTRAP_MODEL_DIR": str(boot),
-        "STREAMMOE_HTTP__ENABLED": "false",
-    }
+    env = daemon_env(broker, t, CHANNELS, group=topic_name("group"), checkpoint_dir=tmp_path / "ckpt", model_dir=boot,
+                     kafka__session_timeout_ms=4000, kafka__max_poll_interval_ms=30000, kafka__commit_interval_s=0.3,
+                     checkpoint__interval_s=None, log_format=None)
 
     produce(broker, t["input"], items(rows(rng, 1000, "A"), 0) + items(rows(rng, 2500, "B"), 1000))
     run_daemon(env, monkeypatch, max_records=3500, timeout_s=120)
