@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
 DEFAULT_RATE = 120.0  # the default schedule (~8.3k records) plays in about 70 s
 TOPICS = {"input": "sensor-records", "alerts": "streammoe-alerts", "events": "streammoe-events",
-          "dead": "streammoe-dead-letters"}
+          "dead": "streammoe-dead-letters", "incidents": "streammoe-incidents"}
 
 
 @dataclass
@@ -87,7 +87,9 @@ class Demo:
         from streammoe.demo.sensors import CHANNELS
         from streammoe.testing.settings import daemon_settings
 
-        return daemon_settings(bootstrap, TOPICS, CHANNELS, group="streammoe-demo", checkpoint_dir=work / "checkpoints",
+        kafka_topics = {role: name for role, name in TOPICS.items() if role != "incidents"}
+        return daemon_settings(bootstrap, kafka_topics, CHANNELS, group="streammoe-demo",
+                               checkpoint_dir=work / "checkpoints", incidents__topic=TOPICS["incidents"],
                                model_dir=work / "model", kafka__client_id="streammoe-demo",
                                kafka__max_poll_interval_ms=60_000, kafka__commit_interval_s=1.0,
                                kafka__delivery_timeout_s=15.0, checkpoint__interval_s=15.0, http__enabled=True,
@@ -221,6 +223,20 @@ class Demo:
             self.opts.pid_file.write_text(json.dumps({"demo": os.getpid(), "broker": broker.pid,
                                                       "bootstrap": broker.bootstrap}))
 
+    def _incident_summary(self) -> dict:
+        """The incidents read, and how they match the simulator's truth (streammoe/demo/incidents.py)."""
+        from collections import Counter
+
+        from streammoe.demo.incidents import judge
+
+        st = self.state
+        with st.lock:
+            latest = list(st.incidents.values())
+            messages, still_open = st.incident_messages, st.incidents_open()
+        truth = sorted((ts, mode, fault) for ts, (mode, fault) in self.feed.truth.items())
+        return {"total": len(latest), "open": still_open, "messages": messages,
+                "by_kind": dict(Counter(i.get("kind", "?") for i in latest)), "judged": judge(truth, latest)}
+
     def _summary(self, fit: dict) -> dict:
         from streammoe.demo.sensors import FAULTS
 
@@ -247,6 +263,7 @@ class Demo:
             "alerts_by_truth": dict(sorted(st.alerts_by_truth.items())),
             "faults": faults,
             "events": st.events_by_kind(),
+            "incidents": self._incident_summary(),
             "dead_letters": st.dead_letters,
             "dead_letters_by_reason": dict(st.dead_by_reason),
             "experts_active": st.experts_active,
@@ -311,7 +328,8 @@ def run_demo(opts: DemoOptions) -> int:
     line = json.dumps(summary, separators=(",", ":"))
     print(line, flush=True)
     if opts.summary_json is not None:
-        full = {**summary, "alert_list": demo.watch.alert_list, "event_list": demo.state.events}
+        full = {**summary, "alert_list": demo.watch.alert_list, "event_list": demo.state.events,
+                "incident_list": list(demo.state.incidents.values())}
         opts.summary_json.write_text(json.dumps(full, indent=1, default=str))
     return 1 if demo.failed else 0
 

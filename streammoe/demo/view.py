@@ -49,6 +49,8 @@ class DemoState:
     alerts_by_severity: Counter = field(default_factory=Counter)
     recent_alerts: deque = field(default_factory=lambda: deque(maxlen=6))
     events: list[dict] = field(default_factory=list)
+    incidents: dict[str, dict] = field(default_factory=dict)  # incident_id -> its latest message
+    incident_messages: int = 0  # distinct (incident_id, sequence) read
     dead_letters: int = 0
     dead_by_reason: Counter = field(default_factory=Counter)
     # rates (records/s over the last second), updated by `tick`
@@ -69,6 +71,9 @@ class DemoState:
     def elapsed(self) -> float:
         return time.monotonic() - self.started
 
+    def incidents_open(self) -> int:
+        return sum(1 for i in self.incidents.values() if i.get("status") != "resolved")
+
     def events_by_kind(self) -> dict[str, int]:
         return dict(Counter(e.get("kind", "?") for e in self.events))
 
@@ -79,7 +84,8 @@ class DemoState:
             ev = ",".join(f"{k}={v}" for k, v in sorted(self.events_by_kind().items())) or "none"
             return (f"t={self.elapsed():5.1f}s playing={self.playing:<12} produced={self.produced} "
                     f"({self.produced_rate:.0f}/s) scored={self.scored} ({self.scored_rate:.0f}/s) "
-                    f"experts={self.experts_active} weights=[{w}] alerts={self.alerts} events={ev} "
+                    f"experts={self.experts_active} weights=[{w}] alerts={self.alerts} "
+                    f"incidents={len(self.incidents)} (open {self.incidents_open()}) events={ev} "
                     f"dead_letters={self.dead_letters}")
 
 
@@ -105,6 +111,7 @@ def _status(state: DemoState) -> Table:
     t.add_row("experts active", str(state.experts_active))
     sev = ", ".join(f"{k} {v}" for k, v in sorted(state.alerts_by_severity.items())) or "-"
     t.add_row("alerts", f"{state.alerts}  ({sev})")
+    t.add_row("incidents", f"{len(state.incidents)}  (open {state.incidents_open()})")
     t.add_row("dead letters", f"{state.dead_letters}  " + ", ".join(f"{k} {v}" for k, v in state.dead_by_reason.items()))
     return t
 
@@ -166,10 +173,27 @@ def _events(state: DemoState) -> Table:
     return t
 
 
+def _incidents(state: DemoState) -> Table:
+    t = Table(title="incidents (one per problem: opened, updated, resolved)", title_justify="left",
+              box=box.SIMPLE_HEAD, padding=(0, 1))
+    for name in ("opened", "kind", "status", "severity", "alerts", "truth of first / last record", "top channels"):
+        t.add_column(name, no_wrap=True)
+    for i in list(state.incidents.values())[-4:]:
+        top = " ".join(f"{c['channel']} {c['share']:.0%}" for c in i.get("top_channels", [])[:2])
+        kind = i.get("kind", "?")
+        t.add_row(_clock(i.get("opened_ts")), Text(kind, style="bold magenta" if kind == "new_mode" else ""),
+                  Text(i.get("status", "?"), style="green" if i.get("status") == "resolved" else "bold"),
+                  Text(i.get("severity", "?"), style="bold red" if i.get("severity") == "critical" else "yellow"),
+                  _fmt(i.get("count")), f"{i.get('truth_first', '?')} / {i.get('truth_last', '?')}", top)
+    if not state.incidents:
+        t.add_row("-", "", "", "", "", "none yet", "")
+    return t
+
+
 def render(state: DemoState) -> Panel:
     """The whole live view as one renderable."""
     with state.lock:
         top = Columns([_status(state), _mode_mix(state), _truth_counts(state)], padding=(0, 4))
-        body = Group(top, _alerts(state), _events(state))
+        body = Group(top, _incidents(state), _alerts(state), _events(state))
     return Panel(body, title="streammoe demo: pump with modes A, B (known), C (new) and injected faults",
                  subtitle="Ctrl-C to stop")

@@ -1,4 +1,4 @@
-"""The demo's operator: a consumer of the alerts, events and dead-letter topics (from the start, without a group)
+"""The demo's operator: a consumer of the alerts, incidents, events and dead-letter topics (from the start, without a group)
 and a scraper of the daemon's /metrics, as a dashboard would read them. Alerts and events are matched to the
 feed's ground truth by their `ts`."""
 
@@ -32,7 +32,7 @@ class Watch:
                       "fetch.wait.max.ms": 10, "client.id": "streammoe-demo-view"})
         try:
             parts = []
-            for role in ("alerts", "events", "dead"):
+            for role in ("alerts", "incidents", "events", "dead"):
                 meta = c.list_topics(self.topics[role], timeout=10).topics[self.topics[role]]
                 parts += [TopicPartition(self.topics[role], p, OFFSET_BEGINNING) for p in meta.partitions]
             c.assign(parts)
@@ -64,6 +64,14 @@ class Watch:
                 st.alerts_by_severity[obj.get("severity", "?")] += 1
                 st.recent_alerts.append(obj)
             self.alert_list.append({k: obj.get(k) for k in ALERT_FIELDS})
+        elif topic == self.topics["incidents"]:
+            for end in ("first", "last"):
+                obj[f"truth_{end}"] = truth_label(*self.truth_of(obj.get(f"{end}_ts")))
+            with st.lock:  # delivered at least once: a (incident_id, sequence) already seen is dropped
+                known = st.incidents.get(obj["incident_id"])
+                if known is None or obj["sequence"] > known["sequence"]:
+                    st.incidents[obj["incident_id"]] = obj
+                    st.incident_messages += 1
         elif topic == self.topics["events"]:
             for end in ("first", "last"):
                 obj[f"truth_{end}"] = truth_label(*self.truth_of(obj.get(f"{end}_ts")))

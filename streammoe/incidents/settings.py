@@ -11,6 +11,7 @@ class IncidentSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = Field(True, description="Group anomalous records into incidents and publish them.")
+    topic: str = Field("streammoe-incidents", min_length=1, description="The incidents topic (keyed by asset).")
     open_k: int = Field(3, ge=1, description="An incident opens when open_k of an asset's last open_n records are "
                         "anomalous (a critical or out-of-range record opens one at once).")
     open_n: int = Field(10, ge=1, description="The debounce window, in records of the asset.")
