@@ -121,6 +121,7 @@ class BatchingSettings(Section):
 
 
 class AlertSettings(Section):
+    enabled: bool = Field(True, description="Publish an alert per anomalous record (off: incidents only).")
     critical_p_value: float = Field(1e-6, gt=0, lt=1, description="Alerts with a p-value below this are critical.")
     top_channels: int = Field(3, ge=1, description="Channels named in each alert, by share of the misfit.")
 

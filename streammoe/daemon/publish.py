@@ -9,20 +9,25 @@ from confluent_kafka import Message
 from streammoe.config import Settings
 from streammoe.daemon.accounting import RunSummary
 from streammoe.daemon.clients import SinkClient, source_of
+from streammoe.daemon.incidents import IncidentPublisher
 from streammoe.daemon.pipeline import REF_PARTITION_SHIFT, Judged
+from streammoe.kafka.source import Positions, positions
 from streammoe.metrics import Metrics
 from streammoe.wire.alerts import Origin, build_alert, build_score
 from streammoe.wire.records import DecodedBatch
 
 
 class Publisher:
-    def __init__(self, settings: Settings, sink: SinkClient, metrics: Metrics, summary: RunSummary) -> None:
+    def __init__(self, settings: Settings, sink: SinkClient, metrics: Metrics, summary: RunSummary,
+                 incidents: IncidentPublisher | None = None) -> None:
         self.settings, self.sink, self.metrics, self.summary = settings, sink, metrics, summary
         self.channels = list(settings.records.channels)
+        self.incidents = incidents
 
-    def publish(self, msgs: list[Message], decoded: DecodedBatch, judged: Judged) -> None:
+    def publish(self, msgs: list[Message], decoded: DecodedBatch, judged: Judged, at: Positions | None = None) -> None:
         """Every output of a batch: a dead letter per refused record, a score per record (with a scores topic),
-        an alert per anomaly, and the mode events of what each scope learned."""
+        an alert per anomaly (unless ALERTS__ENABLED is off), the incidents they add up to, and the mode events
+        of what each scope learned."""
         kafka, sink, s = self.settings.kafka, self.sink, self.summary
         for d in decoded.dead:
             m = msgs[d.index]
@@ -49,15 +54,21 @@ class Publisher:
                     expert_status=part.expert_status, model_version=part.version, settings=self.settings.alerts,
                     scope=part.scope,
                 )
-                sink.send(kafka.alerts_topic, orjson.dumps(alert), asset.encode())
+                if self.settings.alerts.enabled:
+                    sink.send(kafka.alerts_topic, orjson.dumps(alert), asset.encode())
                 self.metrics.alerts.labels(alert["severity"]).inc()
                 s.alerts += 1
+            if self.incidents is not None and len(rows):
+                at = at if at is not None else positions(msgs)
+                self.incidents.fold(part, decoded, at)
             n_normal = int((~scored.is_anomaly).sum())
             s.non_alerts += n_normal
             self.metrics.non_alerts.inc(n_normal)
         for scope, version, report in judged.learned:
             for event in report.events:
                 self.send_event(event.as_dict(), scope, version)
+            if self.incidents is not None:
+                self.incidents.learned(scope, report)
 
     def send_event(self, event: dict, scope: str, version: str) -> None:
         """One event on the events topic, keyed by its scope."""

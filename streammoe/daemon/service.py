@@ -38,6 +38,7 @@ from streammoe.daemon.clients import Clients, KafkaClients, SourceHooks
 from streammoe.daemon.delivery import BatchAbandoned, Commits, Delivery, OutageProbe
 from streammoe.daemon.inbox import Inbox
 from streammoe.daemon.pipeline import JudgeThread, Pipeline
+from streammoe.daemon.incidents import IncidentPublisher
 from streammoe.daemon.publish import Publisher
 from streammoe.daemon.rebalance import Rebalance, ScopeEvents
 from streammoe.daemon.verdicts import Verdicts
@@ -94,7 +95,8 @@ class Daemon:
         ))
         self.pipeline = Pipeline(settings, self.scopes, self.source, self.inbox, self.judge_thread, self.warmup,
                                  self.metrics, self.health, self.summary, self._stop)
-        self.publisher = Publisher(settings, self.sink, self.metrics, self.summary)
+        self.incident_publisher = IncidentPublisher(settings, self.sink, self.scopes.models.get)
+        self.publisher = Publisher(settings, self.sink, self.metrics, self.summary, self.incident_publisher)
         self.delivery = Delivery(settings, self.source, self.sink, self.watch, self.inbox, self.metrics,
                                  self.health, self._stop)
         self.commits = Commits(settings, self.source, self.watch, self.checkpointer, self.scopes,
@@ -159,6 +161,7 @@ class Daemon:
                     self.sink.poll()
                 self.outage.probe()
                 self.commits.maybe_commit()
+                self.incident_publisher.expire()
                 self.verdicts.apply()
             failed = False
         finally:
@@ -180,7 +183,7 @@ class Daemon:
             routes = self.pipeline.route(decoded, at)
             judged = self.pipeline.judge_batch(msgs, decoded, routes, at)
             with timed(self.metrics, "publish"):
-                self.publisher.publish(msgs, decoded, judged)
+                self.publisher.publish(msgs, decoded, judged, at)
             with timed(self.metrics, "acknowledge"):
                 waited = self.delivery.acknowledge(msgs, at)
             elapsed = time.monotonic() - t0

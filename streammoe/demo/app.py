@@ -35,6 +35,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from streammoe.demo.feed import Feed
+from streammoe.demo.incidents import incident_summary
 from streammoe.demo.view import DemoState
 from streammoe.demo.watch import Watch
 from streammoe.testing.broker import BrokerError
@@ -223,20 +224,6 @@ class Demo:
             self.opts.pid_file.write_text(json.dumps({"demo": os.getpid(), "broker": broker.pid,
                                                       "bootstrap": broker.bootstrap}))
 
-    def _incident_summary(self) -> dict:
-        """The incidents read, and how they match the simulator's truth (streammoe/demo/incidents.py)."""
-        from collections import Counter
-
-        from streammoe.demo.incidents import judge
-
-        st = self.state
-        with st.lock:
-            latest = list(st.incidents.values())
-            messages, still_open = st.incident_messages, st.incidents_open()
-        truth = sorted((ts, mode, fault) for ts, (mode, fault) in self.feed.truth.items())
-        return {"total": len(latest), "open": still_open, "messages": messages,
-                "by_kind": dict(Counter(i.get("kind", "?") for i in latest)), "judged": judge(truth, latest)}
-
     def _summary(self, fit: dict) -> dict:
         from streammoe.demo.sensors import FAULTS
 
@@ -263,7 +250,7 @@ class Demo:
             "alerts_by_truth": dict(sorted(st.alerts_by_truth.items())),
             "faults": faults,
             "events": st.events_by_kind(),
-            "incidents": self._incident_summary(),
+            "incidents": incident_summary(st, self.feed.truth),
             "dead_letters": st.dead_letters,
             "dead_letters_by_reason": dict(st.dead_by_reason),
             "experts_active": st.experts_active,

@@ -6,8 +6,13 @@ benchmarks/demo_faults.py (the same schedule offline), so both judge incidents t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from streammoe.demo.view import DemoState
 
 NEW_MODE = "C"  # the sensors' mode that is never in the fitting data
 
@@ -74,3 +79,13 @@ def meets_goal(judged: dict) -> bool:
     """Issue 18's demo goal: each episode 1-2 incidents, one new_mode incident, at most 3 false ones."""
     return (all(1 <= e["incidents"] <= 2 for e in judged["episodes"]) and judged["new_mode_incidents"] == 1
             and judged["false_incidents"] <= 3)
+
+
+def incident_summary(state: DemoState, truth: Mapping[int, tuple[str, str | None]]) -> dict:
+    """The demo summary's incidents: what was read from the incidents topic and how it matches the truth."""
+    with state.lock:
+        latest = list(state.incidents.values())
+        messages, still_open = state.incident_messages, state.incidents_open()
+    ordered = sorted((ts, mode, fault) for ts, (mode, fault) in truth.items())
+    return {"total": len(latest), "open": still_open, "messages": messages,
+            "by_kind": dict(Counter(i.get("kind", "?") for i in latest)), "judged": judge(ordered, latest)}

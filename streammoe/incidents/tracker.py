@@ -77,7 +77,7 @@ class IncidentTracker:
 
     def observe(self, batch: Batch, now: float = 0.0) -> list[Change]:
         """Fold a batch into the incidents; `now` is the wall clock (seconds), for `expire`."""
-        fresh = self._fresh(batch)
+        fresh = fresh_rows(self.next_offsets, batch, self.topic)
         if not fresh.all():  # re-read after a restart: already folded into the state that was restored
             batch = _subset(batch, np.flatnonzero(fresh))
         n = len(batch.ts)
@@ -109,18 +109,6 @@ class IncidentTracker:
                 self.assets[name] = state
         return changes
 
-    def _fresh(self, batch: Batch) -> np.ndarray:
-        """Rows past the offsets already folded in, per partition; moves those offsets on."""
-        partition = np.asarray(batch.partition, np.int64)
-        offset = np.asarray(batch.offset, np.int64)
-        seen = self.next_offsets.setdefault(batch.topic or self.topic, {})
-        fresh = np.ones(len(offset), bool)
-        for p in np.unique(partition).tolist():
-            mine = partition == p
-            fresh &= ~mine | (offset >= seen.get(p, 0))
-            seen[p] = max(seen.get(p, 0), int(offset[mine].max()) + 1)
-        return fresh
-
     def _rows(self, batch: Batch, flagged: np.ndarray) -> Rows:
         n = len(flagged)
         score = np.asarray(batch.score, np.float64)
@@ -144,7 +132,7 @@ class IncidentTracker:
             fpos = flagged_at[np.searchsorted(flagged_at, i) :]
             inc = state.open
             if inc is not None:
-                end = self._quiet_end(inc, rows, fpos, i)
+                end = quiet_end(s, inc, rows, fpos, i)
                 if end is None:
                     inc.absorb(rows.take(fpos))
                     pending.touch(inc)
@@ -183,25 +171,6 @@ class IncidentTracker:
             if inc.resolution is None:
                 changes += self._publish_open(inc, pending)
         return changes
-
-    def _quiet_end(self, inc: Incident, rows: Rows, fpos: np.ndarray, i: int) -> tuple[int, int] | None:
-        """(gap, row) of the first quiet period after `inc`'s last anomaly that resolves it, or None.
-
-        Gap c is the run of records before the c-th anomaly in `fpos` (c = len(fpos): the tail); the row is
-        the first of that run with quiet_records quiet records behind it and quiet_ms of `ts` since."""
-        s = self.settings
-        j0, m = int(rows.j[0]), len(rows)
-        prev_j = np.concatenate([[inc.last_j], rows.j[fpos]])
-        prev_ts = np.concatenate([[inc.last_ts], rows.ts[fpos]])
-        next_loc = np.concatenate([fpos, [m]])
-        next_j = np.concatenate([rows.j[fpos], [j0 + m]])
-        for c in np.flatnonzero(next_j - prev_j - 1 >= s.quiet_records).tolist():
-            start = max(int(prev_j[c]) + s.quiet_records - j0, i)
-            stop = int(next_loc[c])
-            ok = rows.ts[start:stop] - prev_ts[c] >= s.quiet_ms
-            if ok.any():
-                return c, start + int(np.argmax(ok))
-        return None
 
     # ---- messages -------------------------------------------------------------------------------------------
 
@@ -292,3 +261,35 @@ def _subset(batch: Batch, idx: np.ndarray) -> Batch:
         score=np.asarray(batch.score)[idx], p_value=np.asarray(batch.p_value)[idx], mode=np.asarray(batch.mode)[idx],
         share=None if batch.share is None else np.asarray(batch.share)[idx], topic=batch.topic,
     )
+
+
+def fresh_rows(seen_by_topic: dict[str, dict[int, int]], batch: Batch, topic: str) -> np.ndarray:
+    """Rows past the offsets already folded in, per partition; moves those offsets on."""
+    partition = np.asarray(batch.partition, np.int64)
+    offset = np.asarray(batch.offset, np.int64)
+    seen = seen_by_topic.setdefault(batch.topic or topic, {})
+    fresh = np.ones(len(offset), bool)
+    for p in np.unique(partition).tolist():
+        mine = partition == p
+        fresh &= ~mine | (offset >= seen.get(p, 0))
+        seen[p] = max(seen.get(p, 0), int(offset[mine].max()) + 1)
+    return fresh
+
+
+def quiet_end(s: IncidentSettings, inc: Incident, rows: Rows, fpos: np.ndarray, i: int) -> tuple[int, int] | None:
+    """(gap, row) of the first quiet period after `inc`'s last anomaly that resolves it, or None.
+
+    Gap c is the run of records before the c-th anomaly in `fpos` (c = len(fpos): the tail); the row is
+    the first of that run with quiet_records quiet records behind it and quiet_ms of `ts` since."""
+    j0, m = int(rows.j[0]), len(rows)
+    prev_j = np.concatenate([[inc.last_j], rows.j[fpos]])
+    prev_ts = np.concatenate([[inc.last_ts], rows.ts[fpos]])
+    next_loc = np.concatenate([fpos, [m]])
+    next_j = np.concatenate([rows.j[fpos], [j0 + m]])
+    for c in np.flatnonzero(next_j - prev_j - 1 >= s.quiet_records).tolist():
+        start = max(int(prev_j[c]) + s.quiet_records - j0, i)
+        stop = int(next_loc[c])
+        ok = rows.ts[start:stop] - prev_ts[c] >= s.quiet_ms
+        if ok.any():
+            return c, start + int(np.argmax(ok))
+    return None

@@ -55,6 +55,11 @@ class SnapshotTransport(Protocol):
     def close(self) -> None: ...
 
 
+# 1: model and learned offsets; 2: also the scope's incident state (a version-1 manifest has none).
+MANIFEST_VERSION = 2
+READABLE_MANIFESTS = (1, 2)
+
+
 @dataclass
 class Manifest:
     scope: str
@@ -67,14 +72,21 @@ class Manifest:
     learned_offsets: dict[str, dict[int, int]]
     written_at: float = field(default_factory=time.time)
     partition: int = -1  # the input partition the scope's records arrive on; -1: not tied to one
+    incidents: dict | None = None  # the scope's incident state (IncidentTracker.to_state), as in checkpoints
+    version: int = MANIFEST_VERSION
 
     def to_bytes(self) -> bytes:
         return orjson.dumps(self.__dict__ | {"learned_offsets": offsets_to_json(self.learned_offsets)})
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Manifest:
+        """Version 1 (no `version`, no incident state) is read as a manifest without open incidents."""
         d = orjson.loads(raw)
         d["learned_offsets"] = offsets_from_json(d["learned_offsets"])
+        d.setdefault("version", 1)
+        if d["version"] not in READABLE_MANIFESTS:
+            raise ValueError(f"snapshot manifest version {d['version']!r} of scope {d.get('scope')!r}; this "
+                                f"streammoe reads {list(READABLE_MANIFESTS)}")
         return cls(**d)
 
 
@@ -102,7 +114,7 @@ def unpack(blob: bytes, manifest: Manifest, channels: list[str]) -> ModelState:
             tar.extractall(tmp, filter="data")
         detector = load_detector(tmp, channels=channels)
     return ModelState(manifest.scope, detector, manifest.lineage, "snapshot",
-                      {t: dict(ps) for t, ps in manifest.learned_offsets.items()})
+                      {t: dict(ps) for t, ps in manifest.learned_offsets.items()}, incidents=manifest.incidents)
 
 
 class SnapshotWriter:
@@ -119,7 +131,7 @@ class SnapshotWriter:
         n = max(1, -(-len(blob) // self.chunk_bytes))
         manifest = Manifest(state.scope, uuid.uuid4().hex[:12], slot, n, len(blob), hashlib.sha256(blob).hexdigest(),
                             state.lineage, {t: dict(ps) for t, ps in state.learned_offsets.items()},
-                            partition=partition)
+                            partition=partition, incidents=state.incidents)
         headers: Headers = [("snapshot_id", manifest.snapshot_id.encode())]
         for i in range(n):
             part = blob[i * self.chunk_bytes:(i + 1) * self.chunk_bytes]

@@ -1,0 +1,107 @@
+"""The publish step's incidents: each scope's judged rows folded into its IncidentTracker, messages to the sink.
+
+A tracker belongs to its scope's ModelState (learned state): its `to_state()` is kept in `state.incidents`
+after every batch, so a checkpoint or a scope snapshot carries it, and a restored or handed-over scope goes on
+with the same open incidents (the tracker skips records it folded in before, by offset). Records are never
+folded into a scope this worker no longer holds: the new owner reads them again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+import orjson
+
+from streammoe.config import Settings
+from streammoe.daemon.clients import SinkClient
+from streammoe.daemon.pipeline import REF_PARTITION_SHIFT, Part
+from streammoe.incidents import Batch, Change, IncidentTracker, Source
+from streammoe.kafka.source import Positions
+from streammoe.model.detector import LearnReport
+from streammoe.state.checkpoint import ModelState
+from streammoe.wire.incidents import build_incident, incident_key
+from streammoe.wire.records import DecodedBatch
+
+_OFFSET_MASK = (1 << REF_PARTITION_SHIFT) - 1
+
+
+class IncidentPublisher:
+    def __init__(self, settings: Settings, sink: SinkClient, state_of: Callable[[str], ModelState | None],
+                 clock: Callable[[], float] = time.time) -> None:
+        self.settings, self.sink, self.state_of, self.clock = settings, sink, state_of, clock
+        self.incidents = settings.incidents
+        self.critical_log_p = float(np.log(settings.alerts.critical_p_value))
+        self._trackers: dict[str, tuple[ModelState, IncidentTracker]] = {}
+        self.published = 0
+
+    def tracker(self, scope: str) -> tuple[ModelState, IncidentTracker] | None:
+        """The scope's tracker, rebuilt from its ModelState when that state is new (restored, handed over)."""
+        state = self.state_of(scope)
+        if state is None:
+            self._trackers.pop(scope, None)
+            return None
+        held = self._trackers.get(scope)
+        if held is None or held[0] is not state:
+            tracker = IncidentTracker(scope, self.incidents, list(self.settings.records.channels),
+                                      topic=self.settings.kafka.input_topic)
+            if state.incidents is not None:
+                tracker.load_state(state.incidents, now=self.clock())
+            held = self._trackers[scope] = (state, tracker)
+        return held
+
+    def fold(self, part: Part, decoded: DecodedBatch, at: Positions) -> None:
+        """One scope's scored rows into its incidents; publishes what changed."""
+        if not self.incidents.enabled:
+            return
+        held = self.tracker(part.scope)
+        if held is None:
+            return
+        state, tracker = held
+        scored, rows = part.scored, part.rows
+        idx = decoded.index[rows]
+        critical = scored.is_anomaly & (~scored.valid | ~scored.in_range | (scored.log_p_value < self.critical_log_p))
+        batch = Batch(
+            asset=[decoded.assets[r] for r in rows.tolist()], ts=decoded.ts[rows], partition=at.partitions[idx],
+            offset=at.offsets[idx], flagged=scored.is_anomaly, critical=critical, score=scored.score,
+            p_value=scored.p_value, mode=scored.mode, share=scored.channel_share, topic=at.topic,
+        )
+        now = self.clock()
+        self._send(tracker.observe(batch, now=now) + tracker.expire(now))
+        state.incidents = tracker.to_state()
+
+    def learned(self, scope: str, report: LearnReport) -> None:
+        """A new expert's records turn the scope's overlapping open incident into one `new_mode` incident."""
+        if not self.incidents.enabled:
+            return
+        held = self.tracker(scope)
+        if held is None:
+            return
+        state, tracker = held
+        topic = self.settings.kafka.input_topic
+        for event in report.events:
+            if event.kind != "mode_added" or event.first_ref is None or event.last_ref is None:
+                continue
+            first = Source(topic, event.first_ref >> REF_PARTITION_SHIFT, event.first_ref & _OFFSET_MASK)
+            last = Source(topic, event.last_ref >> REF_PARTITION_SHIFT, event.last_ref & _OFFSET_MASK)
+            self._send(tracker.link_mode_added(event.expert, first, last, event.detail))
+        state.incidents = tracker.to_state()
+
+    def expire(self) -> None:
+        """Resolve the incidents of assets that fell silent (also while no records arrive at all)."""
+        if not self.incidents.enabled:
+            return
+        now = self.clock()
+        for scope in list(self._trackers):
+            held = self.tracker(scope)
+            if held is not None:
+                changes = held[1].expire(now)
+                if changes:
+                    self._send(changes)
+                    held[0].incidents = held[1].to_state()
+
+    def _send(self, changes: list[Change]) -> None:
+        for change in changes:
+            self.sink.send(self.incidents.topic, orjson.dumps(build_incident(change)), incident_key(change))
+        self.published += len(changes)

@@ -1,0 +1,100 @@
+"""Incidents from the daemon's publish step, on fake clients: one incident per problem, kept across a restart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import orjson
+from clients_kit import fitted, make, records
+
+from streammoe.daemon import REF_PARTITION_SHIFT
+from streammoe.daemon.pipeline import Judged, Part
+from streammoe.model.detector import LearnReport
+from streammoe.novelty.events import ModeEvent
+from streammoe.wire.incidents import incident_schema
+from streammoe.wire.records import RecordDecoder
+
+TOPIC = "streammoe-incidents"
+VALIDATOR = jsonschema.Draft202012Validator(incident_schema())
+
+
+def stream(rng: np.random.Generator) -> list[bytes]:
+    """300 normal records, 20 far off (the problem), then 200 normal ones again."""
+    return records(rng, 300) + records(rng, 20, start_ts=300, shift=40.0) + records(rng, 200, start_ts=320)
+
+
+def incidents(clients) -> list[dict]:  # type: ignore[no-untyped-def]
+    return [orjson.loads(m.value or b"") for m in clients.sink_client.on(TOPIC)]
+
+
+def test_an_anomalous_stretch_is_one_incident_that_opens_and_resolves(tmp_path: Path) -> None:
+    daemon, clients = make(tmp_path)
+    daemon.state.detector = fitted()
+    clients.source_client.feed(stream(np.random.default_rng(0)))
+    summary = daemon.run(max_records=520, timeout_s=60)
+    msgs = incidents(clients)
+    for m in msgs:
+        VALIDATOR.validate(m)
+    wild = [m for m in msgs if m["first_ts"] <= 319 and m["last_ts"] >= 300]
+    assert len({m["incident_id"] for m in wild}) == 1
+    assert wild[0]["status"] == "opened" and wild[-1]["status"] == "resolved"
+    assert wild[-1]["count"] >= 18 and wild[-1]["severity"] == "critical"
+    assert {m.key for m in clients.sink_client.on(TOPIC)} == {b"pump-1"}
+    assert summary.alerts == len(clients.sink_client.on("alerts")) >= 18  # per-record alerts still on
+    assert daemon.state.incidents is not None
+
+
+def test_alerts_off_publishes_incidents_only(tmp_path: Path) -> None:
+    daemon, clients = make(tmp_path, alerts={"enabled": False})
+    daemon.state.detector = fitted()
+    clients.source_client.feed(stream(np.random.default_rng(0)))
+    daemon.run(max_records=520, timeout_s=60)
+    assert clients.sink_client.on("alerts") == []
+    assert any(m["status"] == "resolved" for m in incidents(clients))
+
+
+def test_a_restart_mid_incident_neither_reopens_nor_duplicates_it(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    values = stream(rng)
+    first, clients = make(tmp_path)
+    first.state.detector = fitted()
+    clients.source_client.feed(values[:310])  # stops in the middle of the problem, then checkpoints
+    first.run(max_records=310, timeout_s=60)
+    before = incidents(clients)
+    opened = {m["incident_id"] for m in before if m["status"] == "opened" and m["last_ts"] >= 300}
+    assert len(opened) == 1 and not any(m["status"] == "resolved" and m["incident_id"] in opened for m in before)
+
+    second, clients2 = make(tmp_path)  # restored from the checkpoint; the consumer re-reads from offset 0
+    assert second.state.incidents is not None
+    clients2.source_client.feed(values)
+    second.run(max_records=len(values), timeout_s=60)
+    after = [m for m in incidents(clients2) if m["incident_id"] in opened]
+    assert [m["status"] for m in after][-1] == "resolved"
+    assert "opened" not in [m["status"] for m in after]
+    assert after[0]["sequence"] > max(m["sequence"] for m in before if m["incident_id"] in opened)
+    assert not [m for m in incidents(clients2) if m["status"] == "opened" and m["first_ts"] <= 319
+                and m["last_ts"] >= 300], "no second incident for the same problem"
+
+
+def test_a_new_expert_turns_the_open_incident_into_new_mode(tmp_path: Path) -> None:
+    daemon, clients = make(tmp_path)
+    daemon.state.detector = fitted()
+    state = daemon.state
+    msgs = clients.source_client.feed(records(np.random.default_rng(0), 40, shift=40.0))
+    decoded = RecordDecoder(daemon.settings.records).decode([m.value() for m in msgs])
+    rows = np.arange(len(decoded))
+    scored = state.detector.score_many(decoded.values, refs=rows.astype(np.int64), timestamps=decoded.ts)
+    event = ModeEvent("mode_added", 1, 30, first_ref=(0 << REF_PARTITION_SHIFT) | 5,
+                      last_ref=(0 << REF_PARTITION_SHIFT) | 35, detail={"gain": 2.0, "explained": 0.9})
+    judged = Judged(parts=[Part("global", scored, rows, state.version, state.detector.expert_status())],
+                    learned=[("global", state.version, LearnReport(learned=30, events=[event]))])
+    daemon.publisher.publish(msgs, decoded, judged)  # type: ignore[arg-type]
+    clients.sink_client.flush()
+    out = incidents(clients)
+    assert [m["status"] for m in out] == ["opened", "updated"]
+    assert out[-1]["kind"] == "new_mode" and out[-1]["mode_event"]["expert"] == 1
+    assert out[-1]["mode_event"]["first_source"] == {"topic": "input", "partition": 0, "offset": 5}
+    VALIDATOR.validate(out[-1])
+    assert state.incidents is not None and state.incidents["assets"]["pump-1"]["open"]["kind"] == "new_mode"

@@ -1,0 +1,31 @@
+"""A scope snapshot carries the scope's incident state (manifest version 2); a version-1 manifest has none."""
+
+from __future__ import annotations
+
+import orjson
+from clients_kit import CHANNELS, MemorySnapshotTopic, fitted
+
+from streammoe.state.checkpoint import ModelState
+from streammoe.state.snapshot import Manifest, SnapshotWriter, read_latest
+
+INCIDENTS = {"version": 1, "next_offsets": {"in": {"0": 10}}, "assets": {}}
+
+
+def test_the_incident_state_travels_with_the_snapshot() -> None:
+    topic = MemorySnapshotTopic(partitions=1)
+    state = ModelState("s", fitted(), lineage="lin", learned_offsets={"in": {0: 10}}, incidents=INCIDENTS)
+    manifest = SnapshotWriter(topic).write(state, partition=0)
+    assert manifest.version == 2
+    states, _ = read_latest(topic, CHANNELS)
+    assert states["s"].incidents == INCIDENTS
+
+
+def test_a_version_1_manifest_reads_as_one_without_incidents_and_a_newer_one_is_left_out() -> None:
+    new = Manifest("s", "id", 0, 1, 10, "x", "lin", {"in": {0: 5}}, incidents=INCIDENTS)
+    old = orjson.loads(new.to_bytes())
+    del old["version"], old["incidents"]
+    read = Manifest.from_bytes(orjson.dumps(old))
+    assert read.version == 1 and read.incidents is None and read.learned_offsets == {"in": {0: 5}}
+    topic = MemorySnapshotTopic(partitions=1)
+    topic.send("s", orjson.dumps({**orjson.loads(new.to_bytes()), "version": 9}), None, 0)
+    assert read_latest(topic, CHANNELS)[0] == {}  # logged as unreadable, not loaded
