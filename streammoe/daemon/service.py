@@ -37,8 +37,8 @@ from streammoe.daemon.accounting import RunSummary, timed
 from streammoe.daemon.clients import Clients, KafkaClients, SourceHooks
 from streammoe.daemon.delivery import BatchAbandoned, Commits, Delivery, OutageProbe
 from streammoe.daemon.inbox import Inbox
-from streammoe.daemon.pipeline import JudgeThread, Pipeline
 from streammoe.daemon.incidents import IncidentPublisher
+from streammoe.daemon.pipeline import JudgeThread, Pipeline
 from streammoe.daemon.publish import Publisher
 from streammoe.daemon.rebalance import Rebalance, ScopeEvents
 from streammoe.daemon.verdicts import Verdicts
