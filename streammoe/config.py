@@ -19,9 +19,10 @@ from dotenv import dotenv_values
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from streammoe.kafka.properties import for_consumer, for_producer
 from streammoe.incidents.settings import IncidentSettings
+from streammoe.kafka.properties import for_consumer, for_producer
 from streammoe.model.config import ModelConfig
+from streammoe.silence import SilenceSettings
 from streammoe.state.scopes import ScopeSettings
 from streammoe.variables import unknown_variables
 
@@ -151,6 +152,15 @@ class HttpSettings(Section):
     host: str = "127.0.0.1"
     port: int = Field(9308, ge=0, le=65535, description="0 picks a free port.")
     ready_stale_s: float = Field(30.0, gt=0, description="/readyz fails when the loop has not turned for this long.")
+    live_stale_s: float = Field(
+        300.0, gt=0, description="/healthz fails (and the orchestrator restarts the worker) when the loop has not "
+        "turned and no known long step (restoring snapshots, training a candidate expert, a warm-up fit) has "
+        "reported progress for this long.",
+    )
+    max_scope_series: int = Field(
+        100, ge=0, description="Scopes with their own streammoe_experts_active and streammoe_mixture_weight "
+        "series; the rest are counted in streammoe_scopes_without_series (asset mode can hold thousands).",
+    )
 
 
 class Settings(BaseSettings):
@@ -168,6 +178,7 @@ class Settings(BaseSettings):
     http: HttpSettings = Field(default_factory=HttpSettings)
     scopes: ScopeSettings = Field(default_factory=ScopeSettings)
     snapshot: SnapshotSettings = Field(default_factory=SnapshotSettings)
+    silence: SilenceSettings = Field(default_factory=SilenceSettings)
     torch_threads: int = Field(
         1, ge=0, description="Threads for scoring; 0 = torch's default. On a shared CPU, 2+ OpenMP threads "
         "spin-wait for each other and batches ran 2-20x slower than with 1 (measured on the 2-core CI box).",

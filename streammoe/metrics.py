@@ -1,19 +1,61 @@
-"""Prometheus metrics and the HTTP endpoints operators probe: /metrics, /healthz, /readyz."""
+"""Prometheus metrics and the HTTP endpoints operators probe: /metrics, /healthz, /readyz.
+
+/metrics is prometheus_client's own handler (gzip when asked, OpenMetrics when the scraper asks for it, `name[]`
+filters); /healthz and /readyz are the daemon's. Besides the daemon's metrics the registry carries
+prometheus_client's process, platform and GC collectors and `streammoe_build_info`.
+"""
 
 from __future__ import annotations
 
+import platform
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
+from importlib import metadata
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.exposition import MetricsHandler
+
+OTHER_SCOPES = "_other"
+
+
+def build_labels(device: str) -> dict[str, str]:
+    """What an operator asks first about a misbehaving worker: which streammoe, torch and librdkafka it runs, and
+    on what (versions read from package metadata: this module must not import torch)."""
+    import confluent_kafka
+
+    from streammoe import __version__
+
+    try:
+        torch_version = metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        torch_version = "none"
+    return {"version": __version__, "python": platform.python_version(), "torch": torch_version,
+            "librdkafka": confluent_kafka.libversion()[0], "device": device}
 
 
 class Metrics:
     """One registry per daemon, so several daemons (tests) never share counters."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_scope_series: int = 100, device: str = "cpu") -> None:
         r = self.registry = CollectorRegistry()
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+        Info("streammoe_build", "The running streammoe: versions and the device it scores on.",
+             registry=r).info(build_labels(device))
+        self.max_scope_series = max_scope_series
+        self._scopes_with_series: set[str] = set()
         self.records_in = Counter("streammoe_records_in", "Input records consumed.", registry=r)
         self.dead_letters = Counter("streammoe_dead_letters", "Records dead-lettered, by reason.", ["reason"], registry=r)
         self.alerts = Counter("streammoe_alerts", "Alerts published, by severity.", ["severity"], registry=r)
@@ -67,6 +109,46 @@ class Metrics:
         self.outputs_resent = Counter("streammoe_outputs_resent",
                                       "Outputs sent again after the broker failed to acknowledge them.", registry=r)
 
+        self.asset_silences = Counter("streammoe_asset_silences", "Assets that went silent (asset_silent events).",
+                                      registry=r)
+        self.scopes_without_series = Gauge(
+            "streammoe_scopes_without_series", "Scopes held whose per-scope gauges are not exported (beyond "
+            "STREAMMOE_HTTP__MAX_SCOPE_SERIES; asset mode can hold thousands).", registry=r)
+
+    def scope_series(self, scope: str) -> bool:
+        """Whether `scope` gets its own experts_active and mixture_weight series: the first
+        `max_scope_series` scopes held do, the rest are counted in streammoe_scopes_without_series, so a worker
+        holding thousands of asset scopes keeps /metrics (and Prometheus) small."""
+        if scope in self._scopes_with_series:
+            return True
+        if len(self._scopes_with_series) < self.max_scope_series:
+            self._scopes_with_series.add(scope)
+            return True
+        return False
+
+    def held_scopes(self, scopes: int) -> None:
+        self.scopes_held.set(scopes)
+        self.scopes_without_series.set(max(0, scopes - len(self._scopes_with_series)))
+
+    def forget_scope(self, scope: str, k_max: int) -> None:
+        """A scope another worker owns now: its series here would only mislead (and its slot is free again)."""
+        self._scopes_with_series.discard(scope)
+        for gauge, labels in ((self.experts_active, [(scope,)]),
+                              (self.mixture_weight, [(scope, str(k)) for k in range(k_max)])):
+            for label in labels:
+                try:
+                    gauge.remove(*label)
+                except KeyError:
+                    pass
+
+    def forget_partitions(self, topic: str, partitions: list[int]) -> None:
+        """Partitions revoked or lost: their lag is the new owner's to report (else sums double-count)."""
+        for p in partitions:
+            try:
+                self.consumer_lag.remove(topic, str(p))
+            except KeyError:
+                pass
+
     def stage_totals(self) -> dict[str, float]:
         """Seconds spent so far in each stage (for benchmarks and the shutdown summary)."""
         return {
@@ -79,21 +161,38 @@ class Metrics:
 
 
 class Health:
-    """Liveness is the process answering; readiness needs a reachable broker, partitions and a loop that turned
-    recently."""
+    """Liveness: the main loop turned (or a known long step reported progress) within `live_stale_s`, so a stuck
+    worker is restarted and a busy one is not. Readiness also needs a reachable broker, partitions and a loop
+    that turned within `stale_s`."""
 
-    def __init__(self, stale_s: float) -> None:
+    def __init__(self, stale_s: float, live_stale_s: float = 300.0) -> None:
         self.stale_s = stale_s
+        self.live_stale_s = live_stale_s
         self.assigned = 0
         self.last_progress = 0.0
+        self.last_alive = time.monotonic()  # start-up counts as alive until the loop's first turn is due
+        self.step = "starting"
         self.outage: str | None = None
 
     def progress(self, assigned: int) -> None:
+        """The main loop turned."""
         self.assigned, self.last_progress = assigned, time.monotonic()
+        self.last_alive, self.step = self.last_progress, "loop"
+
+    def working(self, step: str) -> None:
+        """A known long step (restoring snapshots, training a candidate expert, a warm-up fit) is progressing:
+        alive, though the loop has not turned (readiness is not touched)."""
+        self.last_alive, self.step = time.monotonic(), step
 
     def broker_unreachable(self, reason: str | None) -> None:
         """Not ready while `reason` is set (a broker outage in progress); None when it is over."""
         self.outage = reason
+
+    def live(self) -> tuple[bool, str]:
+        age = time.monotonic() - self.last_alive
+        if age > self.live_stale_s:
+            return False, f"stalled: no progress for {age:.0f} s (last step: {self.step})"
+        return True, "ok"
 
     def ready(self) -> tuple[bool, str]:
         if self.outage is not None:
@@ -107,39 +206,33 @@ class Health:
 
 
 class HttpServer:
-    """A small threaded server; prometheus_client's own would not give us /readyz."""
+    """A small threaded server: prometheus_client's handler for /metrics, ours for /healthz and /readyz."""
 
     def __init__(self, host: str, port: int, metrics: Metrics, health: Health) -> None:
-        outer = self
+        class Handler(MetricsHandler):
+            registry = metrics.registry
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":
-                    outer._reply(self, 200, metrics.render(), CONTENT_TYPE_LATEST)
-                elif path == "/healthz":
-                    outer._reply(self, 200, b"ok\n")
-                elif path == "/readyz":
-                    ok, why = health.ready()
-                    outer._reply(self, 200 if ok else 503, why.encode() + b"\n")
+                    super().do_GET()
+                elif path in ("/healthz", "/readyz"):
+                    ok, why = health.live() if path == "/healthz" else health.ready()
+                    self._plain(200 if ok else 503, why.encode() + b"\n")
                 else:
-                    outer._reply(self, 404, b"not found\n")
+                    self._plain(404, b"not found\n")
 
-            def log_message(self, *args: object) -> None:
-                pass
+            def _plain(self, code: int, body: bytes) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
 
         self.server = ThreadingHTTPServer((host, port), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self._thread = threading.Thread(target=self.server.serve_forever, name="streammoe-http", daemon=True)
-
-    @staticmethod
-    def _reply(handler: BaseHTTPRequestHandler, code: int, body: bytes, ctype: str = "text/plain") -> None:
-        handler.send_response(code)
-        handler.send_header("Content-Type", ctype)
-        handler.send_header("Content-Length", str(len(body)))
-        handler.end_headers()
-        handler.wfile.write(body)
 
     def start(self) -> None:
         self._thread.start()

@@ -33,6 +33,7 @@ class FakeMessage:
     _value: bytes | None
     _key: bytes | None = None
     _headers: list[tuple[str, bytes]] | None = None
+    _timestamp: int = 0  # epoch ms; 0: none (TIMESTAMP_NOT_AVAILABLE)
 
     def topic(self) -> str:
         return self._topic
@@ -45,6 +46,11 @@ class FakeMessage:
 
     def value(self) -> bytes | None:
         return self._value
+
+    def timestamp(self) -> tuple[int, int]:
+        from confluent_kafka import TIMESTAMP_CREATE_TIME, TIMESTAMP_NOT_AVAILABLE
+
+        return (TIMESTAMP_CREATE_TIME, self._timestamp) if self._timestamp else (TIMESTAMP_NOT_AVAILABLE, -1)
 
     def key(self) -> bytes | None:
         return self._key
@@ -202,6 +208,7 @@ class Sent:
     value: bytes | None
     key: bytes | None
     headers: Headers | None = None
+    timestamp: int | None = None
 
 
 class FakeSink:
@@ -228,15 +235,16 @@ class FakeSink:
     def on(self, topic: str) -> list[Sent]:
         return [s for s in self.sent if s.topic == topic]
 
-    def send(self, topic: str, value: bytes | None, key: bytes | None = None, headers: Headers | None = None) -> None:
-        self.unacked.append(Sent(topic, value, key, headers))
+    def send(self, topic: str, value: bytes | None, key: bytes | None = None, headers: Headers | None = None,
+             timestamp: int | None = None) -> None:
+        self.unacked.append(Sent(topic, value, key, headers, timestamp))
 
     def dead_letter(self, value: bytes | None, key: bytes | None, topic: str, partition: int, offset: int,
-                    reason: str, detail: str) -> None:
-        headers = [("source_topic", topic.encode()), ("source_partition", str(partition).encode()),
-                   ("source_offset", str(offset).encode()), ("reason", reason.encode()),
-                   ("detail", detail[:1000].encode())]
-        self.send(self.dead_letter_topic, value if value is not None else b"", key, headers)
+                    reason: str, detail: str, headers: Headers | None = None, timestamp: int | None = None) -> None:
+        ours: Headers = [("source_topic", topic.encode()), ("source_partition", str(partition).encode()),
+                         ("source_offset", str(offset).encode()), ("reason", reason.encode()),
+                         ("detail", detail[:1000].encode())]
+        self.send(self.dead_letter_topic, value, key, [*(headers or []), *ours], timestamp)
 
     def flush(self, timeout: float | None = None) -> int:
         if self.on_flush is not None:

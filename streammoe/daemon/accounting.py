@@ -55,6 +55,8 @@ def account_learning(metrics: Metrics, state: ModelState, report: LearnReport | 
         for event in report.events:
             metrics.mode_events.labels(event.kind).inc()
             log.info("mode_event", **event.as_dict())
+    if not metrics.scope_series(scope):  # beyond STREAMMOE_HTTP__MAX_SCOPE_SERIES: counted, not exported
+        return
     metrics.experts_active.labels(scope).set(detector.model.n_active)
     for k, w in enumerate(detector.mixture_weights()):
         metrics.mixture_weight.labels(scope, str(k)).set(float(w))

@@ -19,6 +19,7 @@ from streammoe.kafka.control import ControlListener
 from streammoe.kafka.sink import Headers, Sink
 from streammoe.kafka.snapshots import SnapshotTopic
 from streammoe.kafka.source import AssignHook, PartitionKey, Positions, ReleaseHook, Source, StatsHook
+from streammoe.kafka.topics import report_missing
 from streammoe.state.snapshot import SnapshotTransport
 
 ErrorHook = Callable[[KafkaError], None]
@@ -57,9 +58,10 @@ class SinkClient(Protocol):
     @property
     def pending(self) -> int: ...
     def send(self, topic: str, value: bytes | None, key: bytes | None = None,
-             headers: Headers | None = None) -> None: ...
+             headers: Headers | None = None, timestamp: int | None = None) -> None: ...
     def dead_letter(self, value: bytes | None, key: bytes | None, topic: str, partition: int, offset: int,
-                    reason: str, detail: str) -> None: ...
+                    reason: str, detail: str, headers: Headers | None = None,
+                    timestamp: int | None = None) -> None: ...
     def flush(self, timeout: float | None = None) -> int: ...
     def reachable(self, timeout: float) -> bool: ...
     def drop_pending(self) -> int: ...
@@ -109,7 +111,10 @@ class KafkaClients:
         return SnapshotTopic(self.settings.kafka, s.topic, s.read_timeout_s) if s.topic else None
 
     def sink(self, on_error: ErrorHook) -> SinkClient:
-        return Sink(self.settings.kafka, on_error=on_error)
+        """The producer; it also names, once, each configured topic the cluster does not have (kafka/topics.py)."""
+        sink = Sink(self.settings.kafka, on_error=on_error)
+        report_missing(sink.producer, self.settings.kafka, self.settings.snapshot.topic)
+        return sink
 
     def control(self, on_error: ErrorHook) -> ControlClient:
         return ControlListener(self.settings.kafka, on_error=on_error)

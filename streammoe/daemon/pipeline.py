@@ -15,6 +15,7 @@ the partitions; the consumer is then polled only to keep the group membership, s
 from __future__ import annotations
 
 import contextvars
+import math
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -36,6 +37,7 @@ from streammoe.metrics import Health, Metrics
 from streammoe.model.detector import LearnReport, MixtureDetector, ScoredBatch
 from streammoe.state.checkpoint import ModelState
 from streammoe.state.ownership import OwnedScopes
+from streammoe.wire.identity import expert_ids
 from streammoe.wire.records import DecodedBatch, RecordDecoder
 
 log = get_logger("streammoe.daemon")
@@ -61,6 +63,7 @@ class Part:
     rows: np.ndarray
     version: str
     expert_status: dict[int, str]
+    expert_ids: dict[int, str] = field(default_factory=dict)  # slot -> the expert's own id (wire/identity.py)
 
 
 @dataclass
@@ -70,6 +73,7 @@ class Judged:
     parts: list[Part] = field(default_factory=list)
     warmup_rows: int = 0
     learned: list[tuple[str, str, LearnReport]] = field(default_factory=list)  # scope, model version, report
+    drifts: list[tuple[str, str, dict]] = field(default_factory=list)  # scope, model version, likelihood_drift event
 
 
 class JudgeThread:
@@ -225,9 +229,16 @@ class Pipeline:
             if learn:
                 with timed(self.metrics, "learn"):
                     report = detector.learn_many(scored)
-            judged.parts.append(Part(state.scope, scored, batch_rows, state.version, detector.expert_status()))
+            status = detector.expert_status()
+            judged.parts.append(Part(state.scope, scored, batch_rows, state.version, status,
+                                     expert_ids(state.lineage, detector.model.born.tolist(), status)))
         if report is not None:
             judged.learned.append((state.scope, state.version, report))
+            if report.drift:
+                level = float(detector.drift.detector.estimation)
+                judged.drifts.append((state.scope, state.version, {
+                    "kind": "likelihood_drift", "detections": int(detector.counters["drifts"]),
+                    "level": round(level, 4) if math.isfinite(level) else None}))
             account_learning(self.metrics, state, report)
 
     def _count_poison(self, scored: ScoredBatch) -> None:

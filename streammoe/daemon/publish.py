@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import orjson
-from confluent_kafka import Message
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Message
 
 from streammoe.config import Settings
 from streammoe.daemon.accounting import RunSummary
 from streammoe.daemon.clients import SinkClient, source_of
 from streammoe.daemon.incidents import IncidentPublisher
 from streammoe.daemon.pipeline import REF_PARTITION_SHIFT, Judged
+from streammoe.kafka.sink import Headers
 from streammoe.kafka.source import Positions, positions
 from streammoe.metrics import Metrics
 from streammoe.wire.alerts import Origin, build_alert, build_score
@@ -31,7 +32,10 @@ class Publisher:
         kafka, sink, s = self.settings.kafka, self.sink, self.summary
         for d in decoded.dead:
             m = msgs[d.index]
-            sink.dead_letter(m.value(), m.key(), *source_of(m), d.reason, d.detail)
+            raw = m.headers()
+            headers: Headers | None = list(raw.items()) if isinstance(raw, dict) else raw
+            sink.dead_letter(m.value(), m.key(), *source_of(m), d.reason, d.detail, headers=headers,
+                             timestamp=input_timestamp(m))
             self.metrics.dead_letters.labels(d.reason).inc()
         s.dead_letters += len(decoded.dead)
         s.non_alerts += judged.warmup_rows
@@ -46,16 +50,16 @@ class Publisher:
                 asset, ts = decoded.assets[row], int(decoded.ts[row])
                 if kafka.scores_topic:
                     score = build_score(scored, i, asset=asset, ts=ts, origin=origin, scope=part.scope)
-                    sink.send(kafka.scores_topic, orjson.dumps(score), asset.encode())
+                    sink.send(kafka.scores_topic, orjson.dumps(score), asset.encode(), timestamp=ts)
                 if not scored.is_anomaly[i]:
                     continue
                 alert = build_alert(
                     scored, i, asset=asset, ts=ts, origin=origin, channels=self.channels,
                     expert_status=part.expert_status, model_version=part.version, settings=self.settings.alerts,
-                    scope=part.scope,
+                    scope=part.scope, expert_ids=part.expert_ids,
                 )
                 if self.settings.alerts.enabled:
-                    sink.send(kafka.alerts_topic, orjson.dumps(alert), asset.encode())
+                    sink.send(kafka.alerts_topic, orjson.dumps(alert), asset.encode(), timestamp=ts)
                 self.metrics.alerts.labels(alert["severity"]).inc()
                 s.alerts += 1
             if self.incidents is not None and len(rows):
@@ -69,12 +73,25 @@ class Publisher:
                 self.send_event(event.as_dict(), scope, version)
             if self.incidents is not None:
                 self.incidents.learned(scope, report)
+        for scope, version, drift in judged.drifts:
+            self.send_plain_event(drift, scope, version)
+
+    def send_plain_event(self, event: dict, scope: str, version: str) -> None:
+        """An event that is not about the experts (likelihood_drift, asset_silent, asset_resumed): no sources."""
+        payload = {**event, "scope": scope, "model_version": version}
+        self.sink.send(self.settings.kafka.events_topic, orjson.dumps(payload), scope.encode())
 
     def send_event(self, event: dict, scope: str, version: str) -> None:
         """One event on the events topic, keyed by its scope."""
         payload = event_payload(event, input_topic=self.settings.kafka.input_topic, scope=scope,
                                 model_version=version)
         self.sink.send(self.settings.kafka.events_topic, orjson.dumps(payload), scope.encode())
+
+
+def input_timestamp(m: Message) -> int | None:
+    """The consumed message's own Kafka timestamp (epoch ms), if it has one."""
+    kind, ts = m.timestamp()
+    return ts if kind != TIMESTAMP_NOT_AVAILABLE and ts > 0 else None
 
 
 def event_payload(event: dict, *, input_topic: str, scope: str, model_version: str) -> dict:

@@ -15,15 +15,17 @@ from streammoe.daemon.clients import ControlClient
 from streammoe.daemon.inbox import PartitionDropper, PartitionKey
 from streammoe.daemon.pipeline import JudgeThread
 from streammoe.daemon.warmup import WarmUp
-from streammoe.metrics import Metrics
+from streammoe.metrics import Health, Metrics
+from streammoe.silence import SilenceWatch
 from streammoe.state.checkpoint import ModelState
 from streammoe.state.ownership import OwnedScopes
 
 
 class Rebalance:
     def __init__(self, settings: Settings, scopes: OwnedScopes, control: ControlClient, inbox: PartitionDropper,
-                 judge_thread: JudgeThread, metrics: Metrics) -> None:
+                 judge_thread: JudgeThread, metrics: Metrics, silence: SilenceWatch) -> None:
         self.topic = settings.kafka.input_topic
+        self.silence = silence
         self.scopes, self.control, self.inbox = scopes, control, inbox
         self.judge_thread, self.metrics = judge_thread, metrics
         self.closing = False  # leaving the group revokes everything: the shutdown snapshot was just written
@@ -34,7 +36,7 @@ class Rebalance:
         starts, restored = self.scopes.assigned(self.topic, [p for t, p in keys if t == self.topic])
         for state in restored:  # verdicts it has not seen yet are read again for it
             self.control.rewind(state.learned_offsets.get(self.control.topic, {}))
-        self.metrics.scopes_held.set(len(self.scopes.models))
+        self.metrics.held_scopes(len(self.scopes.models))
         return {(self.topic, p): o for p, o in starts.items()}
 
     def released(self, keys: list[PartitionKey], lost: bool) -> None:
@@ -47,17 +49,20 @@ class Rebalance:
             self.scopes.lost(parts)
         else:
             self.scopes.revoked(parts, snapshot=not self.closing)
-        self.metrics.scopes_held.set(len(self.scopes.models))
+        self.metrics.forget_partitions(self.topic, parts)  # their lag is the new owner's to report
+        self.silence.forget_partitions(parts)
+        self.metrics.held_scopes(len(self.scopes.models))
 
 
 class ScopeEvents:
     """What the metrics say when a scope is restored, dropped or snapshotted (OwnedScopes' callbacks)."""
 
-    def __init__(self, settings: Settings, warmup: WarmUp, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, warmup: WarmUp, metrics: Metrics, health: Health) -> None:
         self.k_max = settings.model.k_max
-        self.warmup, self.metrics = warmup, metrics
+        self.warmup, self.metrics, self.health = warmup, metrics, health
 
     def restored(self, state: ModelState) -> None:
+        self.health.working("restoring scopes")  # each scope restored on assignment: busy, not stuck
         if state.recovered:
             self.metrics.checkpoint_fallbacks.labels(state.recovered).inc()
         self.metrics.scopes_restored.labels(state.origin).inc()
@@ -67,13 +72,7 @@ class ScopeEvents:
     def dropped(self, state: ModelState) -> None:
         """Another worker owns it now: its warm-up records are its new owner's, and its gauges here mislead."""
         self.warmup.forget(state.scope)
-        for gauge, labels in ((self.metrics.experts_active, [(state.scope,)]),
-                              (self.metrics.mixture_weight, [(state.scope, str(k)) for k in range(self.k_max)])):
-            for label in labels:
-                try:
-                    gauge.remove(*label)
-                except KeyError:
-                    pass
+        self.metrics.forget_scope(state.scope, self.k_max)
 
     def snapshot_done(self, written: bool) -> None:
         (self.metrics.snapshots if written else self.metrics.snapshot_failures).inc()

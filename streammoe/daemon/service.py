@@ -32,6 +32,7 @@ import structlog
 import torch
 from confluent_kafka import KafkaException, Message
 
+from streammoe import heartbeat
 from streammoe.config import Settings, SettingsError, load_settings
 from streammoe.daemon.accounting import RunSummary, timed
 from streammoe.daemon.clients import Clients, KafkaClients, SourceHooks
@@ -48,6 +49,7 @@ from streammoe.kafka.sink import DeliveryError
 from streammoe.kafka.source import positions
 from streammoe.logs import configure_logging, get_logger
 from streammoe.metrics import Health, HttpServer, Metrics
+from streammoe.silence import SilenceWatch
 from streammoe.state.checkpoint import Checkpointer, ModelState
 from streammoe.state.ownership import OwnedScopes
 from streammoe.state.persistence import ModelLoadError
@@ -55,6 +57,8 @@ from streammoe.state.scopes import GLOBAL_SCOPE
 from streammoe.wire.records import DecodedBatch
 
 log = get_logger("streammoe.daemon")
+
+SILENCE_CHECK_S = 1.0  # how often assets are checked for silence
 
 
 class Daemon:
@@ -67,8 +71,11 @@ class Daemon:
         self.channels = list(settings.records.channels)
         if settings.torch_threads:
             torch.set_num_threads(settings.torch_threads)
-        self.metrics = Metrics()
-        self.health = Health(settings.http.ready_stale_s)
+        self.metrics = Metrics(settings.http.max_scope_series, "cuda" if torch.cuda.is_available() else "cpu")
+        self.health = Health(settings.http.ready_stale_s, settings.http.live_stale_s)
+        self._stop_heartbeat = heartbeat.listen(self.health.working)  # long steps deep in the model report here
+        self.silence = SilenceWatch(settings.silence)
+        self._silence_check_at = 0.0
         self.summary = RunSummary()
         self._stop = threading.Event()
         self._batch_ids = count(1)
@@ -77,7 +84,7 @@ class Daemon:
         self.judge_thread = JudgeThread()
         self.checkpointer = Checkpointer(settings.checkpoint, self.channels)
         self.warmup = WarmUp(settings.checkpoint.warmup_records, self.metrics, self.summary)
-        events = ScopeEvents(settings, self.warmup, self.metrics)
+        events = ScopeEvents(settings, self.warmup, self.metrics, self.health)
         clients = clients if clients is not None else KafkaClients(settings)
         self.scopes = OwnedScopes(settings, self.checkpointer, clients.snapshots(), on_restored=events.restored,
                                   on_dropped=events.dropped, on_snapshot=events.snapshot_done)
@@ -87,7 +94,8 @@ class Daemon:
         self.sink = clients.sink(on_error=self.watch.client_error)
         self.control = clients.control(on_error=self.watch.client_error)
         self.outage = OutageProbe(self.sink, self.watch)
-        self.rebalance = Rebalance(settings, self.scopes, self.control, self.inbox, self.judge_thread, self.metrics)
+        self.rebalance = Rebalance(settings, self.scopes, self.control, self.inbox, self.judge_thread, self.metrics,
+                                   self.silence)
         self.source = clients.source(SourceHooks(
             on_assigned=self.rebalance.assigned, on_released=self.rebalance.released,
             on_lost=self.outage.partitions_lost, on_lag=self._lag, on_committed=self.metrics.commits.inc,
@@ -160,6 +168,7 @@ class Daemon:
                 else:
                     self.sink.poll()
                 self.outage.probe()
+                self._check_silence()
                 self.commits.maybe_commit()
                 self.incident_publisher.expire()
                 self.verdicts.apply()
@@ -184,6 +193,7 @@ class Daemon:
             judged = self.pipeline.judge_batch(msgs, decoded, routes, at)
             with timed(self.metrics, "publish"):
                 self.publisher.publish(msgs, decoded, judged, at)
+                self._silence_events(self.silence.seen(decoded.assets, decoded.ts, at.partitions[decoded.index]))
             with timed(self.metrics, "acknowledge"):
                 waited = self.delivery.acknowledge(msgs, at)
             elapsed = time.monotonic() - t0
@@ -222,12 +232,33 @@ class Daemon:
                 log.error("shutdown_step_failed", step=name, error=str(e))
         if self.http is not None:
             self.http.stop()
+        self._stop_heartbeat()
         self.judge_thread.shutdown()
         s = self.summary
         log.info("daemon_stopped", failed=failed, records=s.records_in, alerts=s.alerts, non_alerts=s.non_alerts,
                  dead_letters=s.dead_letters, warmup=s.warmup, batches=s.batches, seconds=round(s.seconds, 2),
                  stage_seconds=self.metrics.stage_totals(),
                  committed={f"{t}[{p}]": o for (t, p), o in sorted(self.source.committed.items())})
+
+    def _check_silence(self) -> None:
+        """Once a second: assets silent past their limit (an event each, once per silence)."""
+        if not self.silence.enabled or time.monotonic() < self._silence_check_at:
+            return
+        self._silence_check_at = time.monotonic() + SILENCE_CHECK_S
+        events = self.silence.check()
+        self.metrics.asset_silences.inc(len(events))
+        for e in events:
+            log.warning("asset_silent", **e)
+        self._silence_events(events)
+
+    def _silence_events(self, events: list[dict]) -> None:
+        """asset_silent / asset_resumed on the events topic, keyed by the asset's scope (acknowledged with the
+        batch that carries them, or by the next flush)."""
+        for event in events:
+            state = self.scopes.models.get(self.scopes.map.scope_of(event["asset"]))
+            scope = state.scope if state is not None else self.scopes.map.scope_of(event["asset"])
+            version = state.version if state is not None else "none.0"
+            self.publisher.send_plain_event(event, scope, version)
 
     def _lag(self, topic: str, partition: int, lag: int) -> None:
         self.metrics.consumer_lag.labels(topic, str(partition)).set(lag)

@@ -17,6 +17,7 @@ from streammoe.logs import get_logger
 from streammoe.metrics import Metrics
 from streammoe.state.checkpoint import ModelState
 from streammoe.state.ownership import OwnedScopes
+from streammoe.wire.identity import expert_id, parse_expert_id, same_expert
 
 log = get_logger("streammoe.daemon")
 
@@ -62,6 +63,8 @@ class Verdicts:
     def _apply_verdict(self, state: ModelState, verdict: ExpertVerdict, partition: int, offset: int) -> None:
         if state.detector is None:
             raise ControlError("the scope has no model yet (warming up)")
+        if verdict.expert_id is not None:
+            check_identity(state, verdict.expert_id)
         try:
             state.detector.mark_expert(verdict.expert, verdict.status)
         except ValueError as e:
@@ -83,8 +86,28 @@ class Verdicts:
                 if all(p in s.learned_offsets.get(self.control.topic, {}) for s in held)}
 
 
+def check_identity(state: ModelState, named: str) -> None:
+    """Refuse a verdict on an expert this scope's model does not hold: another lineage (the model started afresh,
+    from a bootstrap directory or a warm-up, or is another deployment's), or a slot that now holds another expert."""
+    assert state.detector is not None
+    lineage, slot, born = parse_expert_id(named)
+    if lineage != state.lineage:
+        raise ControlError(f"expert {named} belongs to model lineage {lineage}; scope {state.scope}'s model is "
+                           f"lineage {state.lineage} (verdicts on an earlier model do not carry over)")
+    model = state.detector.model
+    if slot >= len(model.born) or not bool(model.active[slot]):
+        raise ControlError(f"expert {named} is no longer in the model: slot {slot} is empty")
+    now = int(model.born[slot])
+    if not same_expert(born, now):
+        raise ControlError(f"expert {named} is no longer in the model: slot {slot} now holds "
+                           f"{expert_id(lineage, slot, now)}")
+
+
 def marked_event(verdict: ExpertVerdict, topic: str, partition: int, offset: int) -> dict:
     """The `mode_marked` event for an applied operator verdict, before `event_payload`."""
-    return {"kind": "mode_marked", "expert": verdict.expert, "status": verdict.status,
-            "operator": verdict.operator, "note": verdict.note,
-            "control_source": {"topic": topic, "partition": partition, "offset": offset}}
+    event = {"kind": "mode_marked", "expert": verdict.expert, "status": verdict.status,
+             "operator": verdict.operator, "note": verdict.note,
+             "control_source": {"topic": topic, "partition": partition, "offset": offset}}
+    if verdict.expert_id is not None:
+        event["expert_id"] = verdict.expert_id
+    return event

@@ -2,7 +2,11 @@
 
 A command is a JSON object, keyed by scope on the topic::
 
-    {"scope": "global", "expert": 3, "status": "fault", "operator": "alice", "note": "cavitation, not a mode"}
+    {"scope": "global", "expert_id": "3f9c2a1e:3:51200", "status": "fault", "operator": "alice"}
+
+`expert_id` (from the alert or mode event the operator looked at) names one expert of one model: the verdict is
+refused when that scope's model is of another lineage or the slot now holds another expert. The older form,
+`"expert": 3` (a slot), still works but follows the slot.
 
 `status` is `fault` (every record assigned to the expert alerts, reason `fault_mode`), `confirmed` (an operator
 accepted the mode) or `learned` (back to the default). Every worker reads every partition of the control topic
@@ -21,6 +25,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from streammoe.config import KafkaSettings, consumer_config
 from streammoe.kafka.source import usable
 from streammoe.logs import get_logger
+from streammoe.wire.identity import parse_expert_id
 
 log = get_logger("streammoe.kafka.control")
 
@@ -38,6 +43,7 @@ class ExpertVerdict:
     status: str
     operator: str | None = None
     note: str | None = None
+    expert_id: str | None = None  # `<lineage>:<slot>:<born>`: applied only to that very expert (wire/identity.py)
 
 
 def parse_command(value: bytes | None) -> ExpertVerdict:
@@ -48,15 +54,26 @@ def parse_command(value: bytes | None) -> ExpertVerdict:
     if not isinstance(obj, dict):
         raise ControlError("a control command is a JSON object")
     scope, expert, status = obj.get("scope", "global"), obj.get("expert"), obj.get("status")
+    named = obj.get("expert_id")
     if not isinstance(scope, str) or not scope:
         raise ControlError("'scope' must be a non-empty string")
+    if "expert_id" in obj:
+        if not isinstance(named, str):
+            raise ControlError("'expert_id' must be a string '<lineage>:<slot>:<born>' (as in alerts and events)")
+        try:
+            _, slot, _ = parse_expert_id(named)
+        except ValueError as e:
+            raise ControlError(str(e)) from None
+        if "expert" in obj and expert != slot:
+            raise ControlError(f"'expert' {expert!r} and 'expert_id' {named!r} name different slots")
+        expert = obj.get("expert", slot)
     if not isinstance(expert, int) or isinstance(expert, bool) or expert < 0:
-        raise ControlError("'expert' must be a non-negative integer (the id in mode events and alerts)")
+        raise ControlError("'expert_id' (as in alerts and events), or 'expert', a non-negative integer slot, is required")
     if status not in STATUSES:
         raise ControlError(f"'status' must be one of {', '.join(STATUSES)}")
     operator, note = obj.get("operator"), obj.get("note")
     return ExpertVerdict(scope, expert, status, operator if isinstance(operator, str) else None,
-                         note if isinstance(note, str) else None)
+                         note if isinstance(note, str) else None, named)
 
 
 class ControlListener:

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
+from streammoe import heartbeat
 from streammoe.config import KafkaSettings, consumer_config, producer_config
 from streammoe.kafka.sink import Headers, produce
 
@@ -98,6 +99,7 @@ class SnapshotTopic:
             while ends:
                 if time.monotonic() > deadline:
                     raise SnapshotError(f"reading {self.topic} timed out with partitions {sorted(ends)} unfinished")
+                heartbeat.beat("reading scope snapshots")  # /healthz: busy, not stuck
                 for m in consumer.consume(num_messages=500, timeout=0.2):
                     if m.error() is not None:
                         continue

@@ -279,7 +279,7 @@ class Source:
         for topic, t in stats.get("topics", {}).items():
             for pid, p in t.get("partitions", {}).items():
                 lag = p.get("consumer_lag", -1)
-                if int(pid) >= 0 and lag >= 0:
+                if int(pid) >= 0 and lag >= 0 and (topic, int(pid)) in self.assigned:  # not a revoked one's
                     self._on_lag(topic, int(pid), int(lag))
 
     def _error(self, err: KafkaError) -> None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from streammoe.heartbeat import beat
 from streammoe.model.experts import StackedVAE
 from streammoe.model.learning import ExpertLearner, adam
 from streammoe.model.memory import ShortTermMemory
@@ -44,7 +45,9 @@ def _train_candidate(model: MixtureOfVAEs, x: torch.Tensor, generator: torch.Gen
     cand.active[0] = True
     cand.set_scale(0, x)  # the candidate's own units: a mode far from the others is modelled as precisely
     opt = adam(cand.parameters(), cfg.learning_rate * 3)
-    for _ in range(cfg.novelty.candidate_steps):
+    for step in range(cfg.novelty.candidate_steps):
+        if step % 50 == 0:
+            beat("training a candidate expert")  # /healthz: busy, not stuck
         batch = x[torch.randint(x.shape[0], (min(CANDIDATE_BATCH, x.shape[0]),), generator=generator, device=x.device)]
         loss = -cand.elbo(batch, generator=generator).mean()
         opt.zero_grad(set_to_none=True)

@@ -65,8 +65,10 @@ def build_alert(
     model_version: str,
     settings: AlertSettings,
     scope: str = GLOBAL_SCOPE,
+    expert_ids: dict[int, str] | None = None,
 ) -> dict:
-    """The alert for row `row` of a scored batch (the caller has checked `scored.is_anomaly[row]`)."""
+    """The alert for row `row` of a scored batch (the caller has checked `scored.is_anomaly[row]`).
+    `expert_ids`: slot -> the expert's own identity (wire/identity.py), for `expert_id`."""
     valid = bool(scored.valid[row])
     mode = int(scored.mode[row])
     p_value = float(scored.p_value[row]) if valid else 0.0
@@ -97,6 +99,7 @@ def build_alert(
         "threshold": float(scored.threshold),
         "mode": mode if valid else None,
         "mode_status": expert_status.get(mode) if valid else None,
+        "expert_id": (expert_ids or {}).get(mode) if valid else None,
         "responsibilities": {str(k): round(float(resp[k]), 6) for k in sorted(expert_status)},
         "mode_entropy": _finite(float(scored.mode_entropy[row])),
         "epistemic": _finite(float(scored.epistemic[row])),

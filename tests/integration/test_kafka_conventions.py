@@ -159,3 +159,54 @@ def test_kafka_python_reads_what_librdkafka_wrote_with_compression(broker, topic
     got = read_back(broker, topic, 20)
     assert sorted(m.value for m in got) == sorted(b'{"i": %d}' % i for i in range(20))
     assert all(m.partition == java_partition(m.key, 4) for m in got), "kafka-python keys with murmur2"
+
+
+def test_kafka_python_in_and_out_of_the_daemon(broker, topic_name, bootstrap_model, tmp_path, monkeypatch) -> None:
+    """kafka-python (gzip) produces the input; the daemon scores it; kafka-python reads the outputs: an asset's
+    alert sits on the partition murmur2 gives its key (the partition of its input), stamped with the record's ts;
+    a refused record's dead letter keeps its headers and timestamp and adds Kafka Connect's."""
+    import numpy as np
+    import orjson
+    from daemon_kit import env_for, make_daemon, normal_rows, record, topics
+    from kafka import KafkaProducer
+
+    t = topics(topic_name)
+    for role in ("input", "alerts"):
+        create_topic(broker, t[role], 6)
+    rng = np.random.default_rng(3)
+    base = 1_732_000_000_000
+    producer = KafkaProducer(bootstrap_servers=broker, compression_type="gzip", acks="all")
+    rows = normal_rows(rng, 600)
+    planted = {}
+    for i, row in enumerate(rows):
+        asset = f"pump-{i % 6}"
+        if i >= 540 and i % 6 not in planted:  # one planted anomaly per asset
+            row = row.copy()
+            row[2] += 40.0
+            planted[i % 6] = base + i
+        producer.send(t["input"], key=asset.encode(), value=record(asset, base + i, row), timestamp_ms=base + i)
+    producer.send(t["input"], key=b"pump-0", value=b"{not json", timestamp_ms=base + 999,
+                  headers=[("traceparent", b"00-feed-01")])
+    producer.flush(15)
+    producer.close()
+    n = len(rows) + 1
+
+    daemon = make_daemon(monkeypatch, env_for(broker, t, topic_name("group"), tmp_path / "ckpt", bootstrap_model))
+    summary = daemon.run(max_records=n, timeout_s=90)
+    assert summary.records_in == n
+
+    alerts = read_back(broker, t["alerts"], summary.alerts)
+    assert len(alerts) == summary.alerts >= len(planted)
+    for m in alerts:
+        alert = orjson.loads(m.value)
+        assert m.key == alert["asset"].encode()
+        assert m.partition == java_partition(m.key, 6) == alert["source"]["partition"]
+        assert m.timestamp == alert["ts"], "the record's time, not the daemon's clock"
+    assert {orjson.loads(m.value)["ts"] for m in alerts} >= set(planted.values())
+
+    (dead,) = read_back(broker, t["dead"], 1)
+    headers = dict(dead.headers)
+    assert dead.value == b"{not json" and dead.timestamp == base + 999
+    assert dead.headers[0] == ("traceparent", b"00-feed-01")
+    assert headers["reason"] == b"not_json" and headers["__connect.errors.topic"] == t["input"].encode()
+    assert headers["__connect.errors.offset"] == headers["source_offset"]
