@@ -42,6 +42,7 @@ from streammoe.daemon.incidents import IncidentPublisher
 from streammoe.daemon.pipeline import JudgeThread, Pipeline
 from streammoe.daemon.publish import Publisher
 from streammoe.daemon.rebalance import Rebalance, ScopeEvents
+from streammoe.daemon.silences import Silences
 from streammoe.daemon.verdicts import Verdicts
 from streammoe.daemon.warmup import WarmUp
 from streammoe.kafka.outage import BrokerWatch
@@ -58,7 +59,6 @@ from streammoe.wire.records import DecodedBatch
 
 log = get_logger("streammoe.daemon")
 
-SILENCE_CHECK_S = 1.0  # how often assets are checked for silence
 
 
 class Daemon:
@@ -75,7 +75,6 @@ class Daemon:
         self.health = Health(settings.http.ready_stale_s, settings.http.live_stale_s)
         self._stop_heartbeat = heartbeat.listen(self.health.working)  # long steps deep in the model report here
         self.silence = SilenceWatch(settings.silence)
-        self._silence_check_at = 0.0
         self.summary = RunSummary()
         self._stop = threading.Event()
         self._batch_ids = count(1)
@@ -105,6 +104,7 @@ class Daemon:
                                  self.metrics, self.health, self.summary, self._stop)
         self.incident_publisher = IncidentPublisher(settings, self.sink, self.scopes.models.get)
         self.publisher = Publisher(settings, self.sink, self.metrics, self.summary, self.incident_publisher)
+        self.silences = Silences(self.silence, self.scopes, self.publisher, self.metrics)
         self.delivery = Delivery(settings, self.source, self.sink, self.watch, self.inbox, self.metrics,
                                  self.health, self._stop)
         self.commits = Commits(settings, self.source, self.watch, self.checkpointer, self.scopes,
@@ -168,7 +168,7 @@ class Daemon:
                 else:
                     self.sink.poll()
                 self.outage.probe()
-                self._check_silence()
+                self.silences.check()
                 self.commits.maybe_commit()
                 self.incident_publisher.expire()
                 self.verdicts.apply()
@@ -193,7 +193,7 @@ class Daemon:
             judged = self.pipeline.judge_batch(msgs, decoded, routes, at)
             with timed(self.metrics, "publish"):
                 self.publisher.publish(msgs, decoded, judged, at)
-                self._silence_events(self.silence.seen(decoded.assets, decoded.ts, at.partitions[decoded.index]))
+                self.silences.seen(decoded, at.partitions[decoded.index])
             with timed(self.metrics, "acknowledge"):
                 waited = self.delivery.acknowledge(msgs, at)
             elapsed = time.monotonic() - t0
@@ -239,26 +239,6 @@ class Daemon:
                  dead_letters=s.dead_letters, warmup=s.warmup, batches=s.batches, seconds=round(s.seconds, 2),
                  stage_seconds=self.metrics.stage_totals(),
                  committed={f"{t}[{p}]": o for (t, p), o in sorted(self.source.committed.items())})
-
-    def _check_silence(self) -> None:
-        """Once a second: assets silent past their limit (an event each, once per silence)."""
-        if not self.silence.enabled or time.monotonic() < self._silence_check_at:
-            return
-        self._silence_check_at = time.monotonic() + SILENCE_CHECK_S
-        events = self.silence.check()
-        self.metrics.asset_silences.inc(len(events))
-        for e in events:
-            log.warning("asset_silent", **e)
-        self._silence_events(events)
-
-    def _silence_events(self, events: list[dict]) -> None:
-        """asset_silent / asset_resumed on the events topic, keyed by the asset's scope (acknowledged with the
-        batch that carries them, or by the next flush)."""
-        for event in events:
-            state = self.scopes.models.get(self.scopes.map.scope_of(event["asset"]))
-            scope = state.scope if state is not None else self.scopes.map.scope_of(event["asset"])
-            version = state.version if state is not None else "none.0"
-            self.publisher.send_plain_event(event, scope, version)
 
     def _lag(self, topic: str, partition: int, lag: int) -> None:
         self.metrics.consumer_lag.labels(topic, str(partition)).set(lag)
