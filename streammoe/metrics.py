@@ -85,6 +85,11 @@ class Metrics:
         )
         self.records_learned = Counter("streammoe_records_learned", "Records the model learned from.", registry=r)
         self.mode_events = Counter("streammoe_mode_events", "Experts added, retired or merged.", ["kind"], registry=r)
+        self.incidents_opened = Counter("streammoe_incidents_opened", "Incidents opened, per scope.", ["scope"],
+                                        registry=r)
+        self.incidents_resolved = Counter("streammoe_incidents_resolved", "Incidents resolved, per scope and how.",
+                                          ["scope", "by"], registry=r)
+        self.incidents_open = Gauge("streammoe_incidents_open", "Incidents open now, per scope.", ["scope"], registry=r)
         self.drifts = Counter("streammoe_likelihood_drifts", "Changes of the stream's typical log-likelihood (ADWIN).",
                               ["scope"], registry=r)
         self.commits = Counter("streammoe_commits", "Offset commits that succeeded.", registry=r)

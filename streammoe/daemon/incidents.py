@@ -19,6 +19,7 @@ from streammoe.daemon.clients import SinkClient
 from streammoe.daemon.pipeline import REF_PARTITION_SHIFT, Part
 from streammoe.incidents import Batch, Change, IncidentTracker, Source
 from streammoe.kafka.source import Positions
+from streammoe.metrics import Metrics
 from streammoe.model.detector import LearnReport
 from streammoe.state.checkpoint import ModelState
 from streammoe.wire.incidents import build_incident, incident_key
@@ -29,8 +30,9 @@ _OFFSET_MASK = (1 << REF_PARTITION_SHIFT) - 1
 
 class IncidentPublisher:
     def __init__(self, settings: Settings, sink: SinkClient, state_of: Callable[[str], ModelState | None],
-                 clock: Callable[[], float] = time.time) -> None:
+                 metrics: Metrics | None = None, clock: Callable[[], float] = time.time) -> None:
         self.settings, self.sink, self.state_of, self.clock = settings, sink, state_of, clock
+        self.metrics = metrics
         self.incidents = settings.incidents
         self.critical_log_p = float(np.log(settings.alerts.critical_p_value))
         self._trackers: dict[str, tuple[ModelState, IncidentTracker]] = {}
@@ -70,6 +72,8 @@ class IncidentPublisher:
         now = self.clock()
         self._send(tracker.observe(batch, now=now) + tracker.expire(now))
         state.incidents = tracker.to_state()
+        if self.metrics is not None:
+            self.metrics.incidents_open.labels(part.scope).set(len(tracker.open_incidents()))
 
     def learned(self, scope: str, report: LearnReport) -> None:
         """A new expert's records turn the scope's overlapping open incident into one `new_mode` incident."""
@@ -100,8 +104,17 @@ class IncidentPublisher:
                 if changes:
                     self._send(changes)
                     held[0].incidents = held[1].to_state()
+                    if self.metrics is not None:
+                        self.metrics.incidents_open.labels(scope).set(len(held[1].open_incidents()))
 
     def _send(self, changes: list[Change]) -> None:
         for change in changes:
             self.sink.send(self.incidents.topic, orjson.dumps(build_incident(change)), incident_key(change))
+            if self.metrics is None:
+                continue
+            scope = str(change.body["scope"])
+            if change.status == "opened":
+                self.metrics.incidents_opened.labels(scope).inc()
+            elif change.status == "resolved":
+                self.metrics.incidents_resolved.labels(scope, change.body["resolution"]["by"]).inc()
         self.published += len(changes)

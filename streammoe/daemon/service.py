@@ -102,7 +102,7 @@ class Daemon:
         ))
         self.pipeline = Pipeline(settings, self.scopes, self.source, self.inbox, self.judge_thread, self.warmup,
                                  self.metrics, self.health, self.summary, self._stop)
-        self.incident_publisher = IncidentPublisher(settings, self.sink, self.scopes.models.get)
+        self.incident_publisher = IncidentPublisher(settings, self.sink, self.scopes.models.get, self.metrics)
         self.publisher = Publisher(settings, self.sink, self.metrics, self.summary, self.incident_publisher)
         self.silences = Silences(self.silence, self.scopes, self.publisher, self.metrics)
         self.delivery = Delivery(settings, self.source, self.sink, self.watch, self.inbox, self.metrics,

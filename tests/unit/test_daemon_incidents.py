@@ -44,6 +44,11 @@ def test_an_anomalous_stretch_is_one_incident_that_opens_and_resolves(tmp_path: 
     assert {m.key for m in clients.sink_client.on(TOPIC)} == {b"pump-1"}
     assert summary.alerts == len(clients.sink_client.on("alerts")) >= 18  # per-record alerts still on
     assert daemon.state.incidents is not None
+    m = daemon.metrics
+    assert m.incidents_opened.labels("global")._value.get() == len({x["incident_id"] for x in msgs})
+    assert m.incidents_resolved.labels("global", "quiet")._value.get() >= 1
+    assert m.incidents_open.labels("global")._value.get() == len(daemon.incident_publisher.tracker("global")[1]
+                                                                 .open_incidents())  # type: ignore[index]
 
 
 def test_alerts_off_publishes_incidents_only(tmp_path: Path) -> None:
