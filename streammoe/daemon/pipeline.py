@@ -74,6 +74,7 @@ class Judged:
     warmup_rows: int = 0
     learned: list[tuple[str, str, LearnReport]] = field(default_factory=list)  # scope, model version, report
     drifts: list[tuple[str, str, dict]] = field(default_factory=list)  # scope, model version, likelihood_drift event
+    learned_ids: dict[str, dict[int, str]] = field(default_factory=dict)  # scope -> slot -> expert id, after learning
 
 
 class JudgeThread:
@@ -234,6 +235,9 @@ class Pipeline:
                                      expert_ids(state.lineage, detector.model.born.tolist(), status)))
         if report is not None:
             judged.learned.append((state.scope, state.version, report))
+            if report.events:  # the experts the events name, as they are now (an added one has its birth point)
+                judged.learned_ids[state.scope] = expert_ids(state.lineage, detector.model.born.tolist(),
+                                                             range(len(detector.model.born)))
             if report.drift:
                 level = float(detector.drift.detector.estimation)
                 judged.drifts.append((state.scope, state.version, {

@@ -69,8 +69,15 @@ class Publisher:
             s.non_alerts += n_normal
             self.metrics.non_alerts.inc(n_normal)
         for scope, version, report in judged.learned:
+            ids = judged.learned_ids.get(scope, {})
+            added = {e.expert for e in report.events if e.kind == "mode_added"}
             for event in report.events:
-                self.send_event(event.as_dict(), scope, version)
+                body = event.as_dict()
+                # the id read after learning names the expert the event is about, unless the event's slot was
+                # freed and taken again in the same step (then only the mode_added event gets it)
+                if event.expert in ids and (event.kind == "mode_added" or event.expert not in added):
+                    body["expert_id"] = ids[event.expert]
+                self.send_event(body, scope, version)
             if self.incidents is not None:
                 self.incidents.learned(scope, report)
         for scope, version, drift in judged.drifts:

@@ -126,3 +126,27 @@ def test_long_steps_keep_the_daemon_alive(tmp_path: Path) -> None:
     time.sleep(0.3)
     ok, why = health.live()
     assert not ok and "training a candidate expert" in why
+
+
+def test_mode_events_name_the_expert_by_its_id(tmp_path: Path) -> None:
+    """A new expert's mode_added event carries the id a control command names it by; a slot freed and taken
+    again in one step gives the id to the mode_added event only."""
+    from streammoe.daemon.pipeline import Judged
+    from streammoe.model.detector import LearnReport
+    from streammoe.novelty.events import ModeEvent
+
+    daemon, clients = make(tmp_path)
+    daemon.state.detector = fitted()
+    lineage = daemon.state.lineage
+    report = LearnReport(events=[ModeEvent("mode_retired", 1, 0, detail={"weight": 0.01, "replaced": 1.0}),
+                                 ModeEvent("mode_added", 1, 1000, first_ref=5, last_ref=9, first_ts=5, last_ts=9,
+                                           detail={"gain": 20.0, "explained": 0.9})])
+    judged = Judged(learned=[("global", daemon.state.version, report)],
+                    learned_ids={"global": {0: f"{lineage}:0:fit", 1: f"{lineage}:1:51200"}})
+    daemon.publisher.publish([], daemon.pipeline.decode([], None), judged)
+    clients.sink_client.flush()
+    events = {e["kind"]: e for e in (orjson.loads(m.value or b"") for m in clients.sink_client.on("events"))}
+    assert events["mode_added"]["expert_id"] == f"{lineage}:1:51200"
+    assert "expert_id" not in events["mode_retired"]
+    for e in events.values():
+        EVENTS.validate(e)
