@@ -44,6 +44,30 @@ class NoveltyConfig(BaseModel):
     min_density: float = Field(
         0.5, gt=0, le=1, description="Share of the recent window that must be unexplained (sustained, not scattered)."
     )
+    fast_records: int = Field(
+        220, ge=0, description=(
+            "A dense run this long that lies far from every expert (fast_channels channels at least fast_shift of "
+            "its spreads away from the nearest) is tried as a new mode at once, on its newest fast_records, and "
+            "again every fast_retry records while it lasts (at most memory_size of them); 0 turns this off. A run near the known modes waits for "
+            "min_records (a long fault is not a new mode)."
+        ),
+    )
+    fast_shift: float = Field(
+        20.0, gt=0, description="Spreads (the nearest expert's own scale) a channel's run median must move to count as far."
+    )
+    fast_channels: int = Field(
+        4, ge=1, description="Channels that must move that far: a setpoint change moves many coherently, a fault a few."
+    )
+    fast_density: float = Field(
+        0.9, gt=0, le=1, description="Share of the records since the run began that must be unexplained for a fast try."
+    )
+    fast_retry: int = Field(100, ge=1, description="Records between fast tries of one run (its newest records each time).")
+    fast_settled: float = Field(
+        3.0, gt=0, description=(
+            "A fast candidate is accepted once the median of the run's newest holdout_fraction is within this many "
+            "of the candidate's spreads of the older records' median on every channel (settled, not moving)."
+        ),
+    )
     rate_window: int = Field(
         10_000, ge=16, description="Records over which a sustained rate of scattered unexplained records is measured."
     )
@@ -100,7 +124,10 @@ class NoveltyConfig(BaseModel):
     min_explained: float = Field(
         0.8, gt=0, le=1, description="Share of held-out memory records the candidate must explain at its own 99th pct."
     )
-    candidate_steps: int = Field(600, ge=1, description="Gradient steps to train a candidate expert.")
+    candidate_steps: int = Field(
+        250, ge=1, description="Gradient steps to train a candidate expert, in the batch that tries it (bounded, "
+        "deterministic given the input order). 600 made a 46-channel candidate learn its ~350 records by heart.",
+    )
     replace_weight: float = Field(
         0.05, ge=0, lt=1, description="With every slot taken, a new mode replaces the lightest expert if below this."
     )

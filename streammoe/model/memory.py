@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from streammoe.model.config import NoveltyConfig
 
 MIN_MISFITS = 32  # unexplained records of one expert before it is tested for lock-in (novelty/lockin.py needs them)
+BURST = 16  # an entry with this many others within BURST records either side is part of a dense episode
 
 
 @dataclass
@@ -46,6 +47,7 @@ class ShortTermMemory(nn.Module):
     misfits: torch.Tensor
     stream_counts: torch.Tensor
     since_test: torch.Tensor
+    fast_seen: torch.Tensor
 
     def __init__(self, n_channels: int, cfg: NoveltyConfig, k_max: int = 1) -> None:
         super().__init__()
@@ -66,10 +68,12 @@ class ShortTermMemory(nn.Module):
         self.register_buffer("stream_counts", torch.zeros(2, dtype=torch.float64))
         # Per expert, stream records seen since its last lock-in test (or since it was added).
         self.register_buffer("since_test", torch.zeros(k_max, dtype=torch.int64))
+        # Stream position of the last fast try (novelty/growth.py), so a run is retried every fast_retry records.
+        self.register_buffer("fast_seen", torch.full((), -(2**40), dtype=torch.int64))
 
     def _load_from_state_dict(self, state_dict: dict[str, Tensor], prefix: str, *args: Any, **kwargs: Any) -> None:
         # Models saved before the lock-in counts existed load with none counted yet.
-        for name in ("assigned", "misfits", "since_test", "stream_counts"):
+        for name in ("assigned", "misfits", "since_test", "stream_counts", "fast_seen"):
             state_dict.setdefault(prefix + name, torch.zeros_like(getattr(self, name)))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
@@ -142,7 +146,7 @@ class ShortTermMemory(nn.Module):
 
     def recent_entries(self) -> tuple[Tensor, Remembered]:
         """Slots and contents of the entries from the last `rate_window` records, in arrival order."""
-        kept = self._recent()
+        kept = self._recent_all()
         return kept, Remembered(self.x[kept], self.ref[kept], self.ts[kept])
 
     @torch.no_grad()
@@ -175,10 +179,19 @@ class ShortTermMemory(nn.Module):
     def ready(self) -> bool:
         return self.size() >= self.cfg.min_records and self.density() >= self.cfg.min_density
 
-    def _recent(self) -> Tensor:
+    def _recent_all(self) -> Tensor:
         """Slots of every entry from the last `rate_window` records, in arrival order."""
         recent = torch.nonzero(self.seq >= self.seen - self.cfg.rate_window).flatten()
         return recent[torch.argsort(self.seq[recent])]
+
+    def _recent(self) -> Tensor:
+        """Slots of the scattered entries from the last `rate_window` records, in arrival order. Entries of a
+        dense episode (BURST of them within 2 * BURST records) are left out: a burst or a long fault shorter than
+        min_records is not a new mode, and the rate trigger would otherwise adopt it once it ended."""
+        recent = self._recent_all()
+        seq = self.seq[recent]
+        near = torch.searchsorted(seq, seq + BURST, right=True) - torch.searchsorted(seq, seq - BURST)
+        return recent[near < BURST]
 
     def rate(self) -> float:
         """Unexplained records kept from the last `rate_window` records, as a share of that window."""
@@ -188,15 +201,22 @@ class ShortTermMemory(nn.Module):
         return self.cfg.min_rate > 0 and self.rate() >= self.cfg.min_rate
 
     def trigger(self) -> str | None:
-        """'run' for a dense run, 'rate' for a sustained rate of scattered ones, None while neither holds."""
+        """'run' for a dense run, 'fast' for a dense run not yet min_records long, 'rate' for a sustained rate of
+        scattered ones, None while none holds. While the window is dense a run is building: the rate trigger
+        waits for it (tried on the scattered set, it would take and forget the run's first records)."""
         if self.ready():
             return "run"
-        if self.rate_ready():
+        if fast_ready(self):
+            return "fast"
+        if self.rate_ready() and not building(self):
             return "rate"
         return None
 
     def contents(self, trigger: str = "run") -> Remembered:
-        kept = self._run() if trigger == "run" else self._recent()
+        if trigger == "fast":
+            kept = self._run()[-fast_size(self) :]
+        else:
+            kept = self._run() if trigger == "run" else self._recent()
         return Remembered(self.x[kept], self.ref[kept], self.ts[kept])
 
     @torch.no_grad()
@@ -205,3 +225,30 @@ class ShortTermMemory(nn.Module):
         cut = self.seen if up_to_seq is None else up_to_seq
         self.seq[self.seq < cut] = -(2**62)
         self.flags.zero_()
+
+
+def run_share(memory: ShortTermMemory, run: Tensor) -> float:
+    """The run's share of the records since its first one (1.0: every record since then unexplained)."""
+    return run.numel() / max(1, int(memory.seen - memory.seq[run[0]])) if run.numel() else 0.0
+
+
+def fast_size(memory: ShortTermMemory) -> int:
+    """Records of a fast try: fast_records, at most what the memory holds (a model saved with a small memory)."""
+    return min(memory.cfg.fast_records, memory.x.shape[0])
+
+
+def fast_ready(memory: ShortTermMemory) -> bool:
+    """The run's newest fast_records came with few explained records between them (fast_density of the records
+    since the first of them), and fast_retry records went by since the last fast try: worth asking whether they
+    lie far from every expert (novelty/growth.py)."""
+    cfg = memory.cfg
+    if cfg.fast_records <= 0 or int(memory.seen - memory.fast_seen) < cfg.fast_retry:
+        return False
+    run, n = memory._run(), fast_size(memory)
+    return run.numel() >= n and run_share(memory, run[-n:]) >= cfg.fast_density
+
+
+def building(memory: ShortTermMemory) -> bool:
+    """A run is building: at least MIN_MISFITS records, min_density of the records since it began."""
+    run = memory._run()
+    return run.numel() >= MIN_MISFITS and run_share(memory, run) >= memory.cfg.min_density

@@ -71,7 +71,9 @@ def _context(model: MixtureOfVAEs, x: torch.Tensor, generator: torch.Generator |
 
 @torch.no_grad()
 def judge(model: MixtureOfVAEs, cand: StackedVAE, train: torch.Tensor, hold: torch.Tensor,
-          generator: torch.Generator | None, trigger: str = "run") -> Verdict:
+          generator: torch.Generator | None, trigger: str = "run", far: torch.Tensor | None = None) -> Verdict:
+    """Accept a candidate trained on `train` if it explains the newer `hold` (see the module's docstring; a fast
+    try, with the `far` channels of a run far from every expert, is judged on whether it has settled instead)."""
     cfg = model.config
     s = cfg.n_samples
     cand_hold = cand.iwae(hold, s, generator=generator)[0]
@@ -81,6 +83,16 @@ def judge(model: MixtureOfVAEs, cand: StackedVAE, train: torch.Tensor, hold: tor
     explained = float((cand_hold >= torch.quantile(cand_train, 0.01)).float().mean())
     if not math.isfinite(gain):
         return Verdict(False, gain, explained, "non-finite likelihood")
+    if far is not None:
+        # About 150 records of a state far from every mode: a candidate knows them by heart, and slow
+        # disturbances move the next ones by more than its own spread, so `explained` would refuse every new
+        # mode of a process with slow dynamics. What a far run must show instead is that it has settled: on the
+        # channels that moved far, the newest records' median is within fast_settled of the candidate's spreads
+        # of the older ones' (a drift or a transient still under way fails this).
+        moved = float(((hold.median(0).values - train.median(0).values).abs() / cand.scale[0])[far].max())
+        ok = gain >= cfg.novelty.min_gain and moved <= cfg.novelty.fast_settled
+        reason = "" if ok else ("not better than the mixture" if gain < cfg.novelty.min_gain else "still moving")
+        return Verdict(ok, gain, explained, reason)
     ok = gain >= cfg.novelty.min_gain and explained >= cfg.novelty.min_explained
     reason = "" if ok else ("not better than the mixture" if gain < cfg.novelty.min_gain else "incoherent")
     if ok and trigger == "rate":
@@ -96,6 +108,20 @@ def judge(model: MixtureOfVAEs, cand: StackedVAE, train: torch.Tensor, hold: tor
     return Verdict(ok, gain, explained, reason)
 
 
+@torch.no_grad()
+def far_channels(model: MixtureOfVAEs, x: torch.Tensor) -> torch.Tensor | None:
+    """The channels on which the records' median lies at least fast_shift of the nearest expert's own spreads
+    away, if there are at least fast_channels of them (else None): a setpoint change moves many channels far
+    (valves leave their stops, flows move by hundreds of spreads); a fault moves a few (SKAB's valve faults: at
+    most 2 of 8 channels 20 spreads out)."""
+    cfg = model.config.novelty
+    idx = torch.nonzero(model.active).flatten()
+    shift = (x.median(0).values - model.experts.loc[idx]).abs() / model.experts.scale[idx]  # (Ka, C)
+    far = shift >= cfg.fast_shift
+    nearest = int(far.sum(1).argmin())
+    return far[nearest] if int(far[nearest].sum()) >= cfg.fast_channels else None
+
+
 def try_grow(
     model: MixtureOfVAEs, memory: ShortTermMemory, learner: ExpertLearner, generator: torch.Generator | None
 ) -> tuple[list[ModeEvent], Verdict | None]:
@@ -104,6 +130,11 @@ def try_grow(
     trigger = memory.trigger()
     if trigger is None:
         return [], None
+    if trigger == "fast":
+        memory.fast_seen.fill_(int(memory.seen))
+        far = far_channels(model, memory.contents("fast").x)
+        if far is None:
+            return [], None  # near the known modes: the run waits for min_records, like any fault would
     free = torch.nonzero(~model.active).flatten()
     weights = model.weights.mean(model.active)
     # An expert added in the last `protect_records` is not replaceable: it starts light by construction,
@@ -124,12 +155,14 @@ def try_grow(
     # A scattered set of unexplained records is mostly the edge of modes the mixture already has (a wider spread
     # than their experts learned): trained on those alone the candidate would model a hollow shell. With as many
     # replay records of the experts they fall under, it learns the whole mode and its edge.
-    fit_on = train if trigger == "run" else torch.cat([train, _context(model, train, generator)])
+    fit_on = train if trigger != "rate" else torch.cat([train, _context(model, train, generator)])
     cand = _train_candidate(model, fit_on, generator)
-    verdict = judge(model, cand, train, hold, generator, trigger)
-    memory.forget()
+    verdict = judge(model, cand, train, hold, generator, trigger, far if trigger == "fast" else None)
     if not verdict.accepted:
+        if trigger != "fast":  # a rejected fast try keeps the run: it is retried, and tried whole at min_records
+            memory.forget()
         return [], verdict
+    memory.forget()
     events: list[ModeEvent] = []
     if free.numel() == 0:
         # At capacity: the lightest expert (below replace_weight) makes room for the mode that is here now.
