@@ -81,7 +81,7 @@ USER 10001:10001
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('STREAMMOE_HTTP__PORT', '9308'), timeout=4)"]
 
-# SIGTERM finishes the batch in flight, flushes, commits and checkpoints, then exits 0 (see streammoe/daemon.py);
+# SIGTERM finishes the batch in flight, flushes, commits and checkpoints, then exits 0 (see streammoe/daemon/service.py);
 # give it a grace period of tens of seconds (docker stop -t, terminationGracePeriodSeconds).
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["streammoe"]

@@ -90,7 +90,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--speed-repeats", type=int, default=15)
     p.add_argument("--perf", action="store_true",
                    help="the fast path on an embedded broker: consume, consume+decode, score, learn, end to end per K "
-                        "and S, river HST; table, JSON and plot (see streammoe/bench/perf.py)")
+                        "and S, river HST; table, JSON and plot (see benchmarks/perf.py)")
     p.add_argument("--perf-k", type=_int_list, default=(1, 4, 8, 16), help="--perf: experts K (default 1,4,8,16)")
     p.add_argument("--perf-s", type=_int_list, default=(1, 8), help="--perf: importance samples S (default 1,8)")
     p.add_argument("--perf-records", type=int, default=60_000, help="--perf: records in the topic")

@@ -1,4 +1,4 @@
-"""The latency bench's harness (streammoe/bench/perf.py): paced records through the broker reach the alerts topic
+"""The latency bench's harness (benchmarks/perf.py): paced records through the broker reach the alerts topic
 through the daemon and through the do-nothing relay, and the figures describe exactly those records."""
 
 from __future__ import annotations
