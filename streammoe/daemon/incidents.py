@@ -19,6 +19,7 @@ from streammoe.daemon.clients import SinkClient
 from streammoe.daemon.pipeline import REF_PARTITION_SHIFT, Part
 from streammoe.incidents import Batch, Change, IncidentTracker, Source
 from streammoe.kafka.source import Positions
+from streammoe.logs import get_logger
 from streammoe.metrics import Metrics
 from streammoe.model.detector import LearnReport
 from streammoe.state.checkpoint import ModelState
@@ -26,6 +27,8 @@ from streammoe.wire.incidents import build_incident, incident_key
 from streammoe.wire.records import DecodedBatch
 
 _OFFSET_MASK = (1 << REF_PARTITION_SHIFT) - 1
+
+log = get_logger("streammoe.daemon")
 
 
 class IncidentPublisher:
@@ -46,12 +49,27 @@ class IncidentPublisher:
             return None
         held = self._trackers.get(scope)
         if held is None or held[0] is not state:
-            tracker = IncidentTracker(scope, self.incidents, list(self.settings.records.channels),
-                                      topic=self.settings.kafka.input_topic)
-            if state.incidents is not None:
-                tracker.load_state(state.incidents, now=self.clock())
-            held = self._trackers[scope] = (state, tracker)
+            held = self._trackers[scope] = (state, self._restore(scope, state))
         return held
+
+    def _restore(self, scope: str, state: ModelState) -> IncidentTracker:
+        """The scope's tracker from its saved state; a state this build cannot read (another state version, a
+        damaged checkpoint meta or snapshot) starts the scope without open incidents instead of stopping the
+        daemon: the model itself loaded, and its records still alert."""
+        def fresh() -> IncidentTracker:
+            return IncidentTracker(scope, self.incidents, list(self.settings.records.channels),
+                                   topic=self.settings.kafka.input_topic)
+
+        tracker = fresh()
+        if state.incidents is None:
+            return tracker
+        try:
+            tracker.load_state(state.incidents, now=self.clock())
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            log.warning("incident_state_unreadable", scope=scope, error=f"{type(e).__name__}: {e}",
+                        consequence="the scope starts without open incidents; records re-read may open them again")
+            tracker = fresh()  # load_state may have set part of it
+        return tracker
 
     def fold(self, part: Part, decoded: DecodedBatch, at: Positions) -> None:
         """One scope's scored rows into its incidents; publishes what changed."""

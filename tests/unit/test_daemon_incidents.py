@@ -103,3 +103,19 @@ def test_a_new_expert_turns_the_open_incident_into_new_mode(tmp_path: Path) -> N
     assert out[-1]["mode_event"]["first_source"] == {"topic": "input", "partition": 0, "offset": 5}
     VALIDATOR.validate(out[-1])
     assert state.incidents is not None and state.incidents["assets"]["pump-1"]["open"]["kind"] == "new_mode"
+
+
+def test_an_incident_state_this_build_cannot_read_starts_the_scope_without_incidents(tmp_path: Path) -> None:
+    from structlog.testing import capture_logs
+
+    daemon, clients = make(tmp_path)
+    daemon.state.detector = fitted()
+    daemon.state.incidents = {"version": 99, "assets": {}}  # a newer build's, or a damaged meta.json's
+    clients.source_client.feed(stream(np.random.default_rng(0)))
+    with capture_logs() as logs:
+        summary = daemon.run(max_records=520, timeout_s=60)
+    assert summary.records_in == 520
+    assert [e["scope"] for e in logs if e["event"] == "incident_state_unreadable"] == ["global"]
+    statuses = [m["status"] for m in incidents(clients)]
+    assert "opened" in statuses and "resolved" in statuses
+    assert daemon.state.incidents is not None and daemon.state.incidents["version"] != 99
