@@ -68,7 +68,7 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
         at = nested
         for section in sections:
             at = at.setdefault(section, {})
-        at[field] = json.loads(text) if text[:1] in "[{" else text
+        at[field] = json.loads(text) if text[:1] in ("[", "{") else text  # "" is a value, not JSON
     return Settings(**nested)
 
 
