@@ -84,6 +84,8 @@ def folder_set(root: Path) -> MultiModeSet:
         part = entry.get("part") or ("train" if ".train" in name else "fault" if entry.get("fault") else "test")
         if part == "switch":
             a, b = entry["switch"]
+            for mode, name in zip((a, b), entry.get("mode_names", ())):
+                data.mode_names.setdefault(int(mode), name)
             data.switches[(a, b)] = SwitchRun(a, b, s.values, int(entry["switch_at"]))
             continue
         mode = int(entry["mode"])

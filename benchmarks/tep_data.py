@@ -161,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         a, b = (int(v) for v in pair.split("->"))
         seed = args.seed * 1000 + 900 + a * 10 + b
         run = simulate_tep(a, 2 * args.records, seed, args.settle_hours, switch_to=b, switch_at=args.records)
-        put(f"tep-switch{a}-{b}", run, {"part": "switch", "switch": [a, b], "switch_at": args.records, "seed": seed})
+        put(f"tep-switch{a}-{b}", run, {"part": "switch", "switch": [a, b], "switch_at": args.records, "seed": seed,
+                                         "mode_names": [f"tep-mode{a}", f"tep-mode{b}"]})
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "manifest.json").write_text(json.dumps({"simulator": "tep-studio", "files": files}, indent=2))
     print(args.out / "manifest.json")

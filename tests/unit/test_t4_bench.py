@@ -135,6 +135,22 @@ def test_folder_source_reads_what_write_dataset_wrote(tmp_path):
     assert sw.switch_at == 200 and len(sw.values) == 400
 
 
+def test_folder_source_reads_a_recorded_switch_run_and_its_mode_names(tmp_path):
+    import json
+
+    from streammoe.testing.process import simulate
+    from streammoe.testing.process_files import write_series
+
+    write_series(tmp_path / "a.train.csv.gz", simulate(0, 50, seed=1))
+    write_series(tmp_path / "sw.csv.gz", simulate([(0, 40), (5, 40)], seed=2))
+    files = {"a.train.csv.gz": {"mode": 0, "mode_name": "base", "part": "train"},
+             "sw.csv.gz": {"part": "switch", "switch": [0, 5], "switch_at": 40, "mode_names": ["base", "turndown"]}}
+    (tmp_path / "manifest.json").write_text(json.dumps({"files": files}))
+    data = folder_set(tmp_path)
+    sw = data.switch(0, 5, 999, seed=0)
+    assert sw.switch_at == 40 and len(sw.values) == 80 and data.mode_names == {0: "base", 5: "turndown"}
+
+
 def test_splice_offsets_the_second_machine_and_sets_a_constant_channel_moving():
     rng = np.random.default_rng(0)
     a, b = rng.uniform(size=(1000, 4)), rng.uniform(size=(500, 4))
