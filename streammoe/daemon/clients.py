@@ -113,7 +113,9 @@ class KafkaClients:
     def sink(self, on_error: ErrorHook) -> SinkClient:
         """The producer; it also names, once, each configured topic the cluster does not have (kafka/topics.py)."""
         sink = Sink(self.settings.kafka, on_error=on_error)
-        report_missing(sink.producer, self.settings.kafka, self.settings.snapshot.topic)
+        incidents = self.settings.incidents
+        report_missing(sink.producer, self.settings.kafka, self.settings.snapshot.topic,
+                       incidents_topic=incidents.topic if incidents.enabled else None)
         return sink
 
     def control(self, on_error: ErrorHook) -> ControlClient:

@@ -32,7 +32,9 @@ class ConfiguredTopic:
     setting: str
 
 
-def configured_topics(kafka: KafkaSettings, snapshot_topic: str | None = None) -> list[ConfiguredTopic]:
+def configured_topics(kafka: KafkaSettings, snapshot_topic: str | None = None,
+                      incidents_topic: str | None = None) -> list[ConfiguredTopic]:
+    """Every topic the daemon reads or writes (`incidents_topic`: None when incidents are off)."""
     topics = [
         ConfiguredTopic("input", kafka.input_topic, "STREAMMOE_KAFKA__INPUT_TOPIC"),
         ConfiguredTopic("alerts", kafka.alerts_topic, "STREAMMOE_KAFKA__ALERTS_TOPIC"),
@@ -42,13 +44,15 @@ def configured_topics(kafka: KafkaSettings, snapshot_topic: str | None = None) -
     ]
     if kafka.scores_topic:
         topics.append(ConfiguredTopic("scores", kafka.scores_topic, "STREAMMOE_KAFKA__SCORES_TOPIC"))
+    if incidents_topic:
+        topics.append(ConfiguredTopic("incidents", incidents_topic, "STREAMMOE_INCIDENTS__TOPIC"))
     if snapshot_topic:
         topics.append(ConfiguredTopic("snapshot", snapshot_topic, "STREAMMOE_SNAPSHOT__TOPIC"))
     return topics
 
 
 def report_missing(producer: Producer, kafka: KafkaSettings, snapshot_topic: str | None = None,
-                   timeout: float = 5.0) -> list[ConfiguredTopic]:
+                   timeout: float = 5.0, incidents_topic: str | None = None) -> list[ConfiguredTopic]:
     """Log `topic_missing` (a warning) for each configured topic the cluster does not list; returns them.
 
     Asks for the cluster's whole topic list, not for the topics by name: a metadata request naming a topic
@@ -58,7 +62,7 @@ def report_missing(producer: Producer, kafka: KafkaSettings, snapshot_topic: str
     except KafkaException as e:
         log.warning("topics_unchecked", error=str(e), hint="the broker did not answer; topics are not checked")
         return []
-    missing = [t for t in configured_topics(kafka, snapshot_topic) if t.name not in existing]
+    missing = [t for t in configured_topics(kafka, snapshot_topic, incidents_topic) if t.name not in existing]
     for t in missing:
         log.warning("topic_missing", topic=t.name, role=t.role, setting=t.setting,
                     consequence=CONSEQUENCE.get(t.role, OUTPUT), hint="docs/operations.md, 'Topics'")
