@@ -138,7 +138,7 @@ class Metrics:
     def forget_scope(self, scope: str, k_max: int) -> None:
         """A scope another worker owns now: its series here would only mislead (and its slot is free again)."""
         self._scopes_with_series.discard(scope)
-        for gauge, labels in ((self.experts_active, [(scope,)]),
+        for gauge, labels in ((self.experts_active, [(scope,)]), (self.incidents_open, [(scope,)]),
                               (self.mixture_weight, [(scope, str(k)) for k in range(k_max)])):
             for label in labels:
                 try:

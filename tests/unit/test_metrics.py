@@ -89,3 +89,13 @@ def test_per_scope_gauges_are_bounded() -> None:
     metrics.forget_scope("pump-0", k_max=4)
     assert metrics.registry.get_sample_value("streammoe_experts_active", {"scope": "pump-0"}) is None
     assert metrics.scope_series("pump-9"), "a dropped scope frees its place"
+
+
+def test_a_dropped_scope_takes_its_open_incidents_gauge_with_it() -> None:
+    metrics = Metrics()
+    metrics.incidents_open.labels("pump-0").set(2)
+    metrics.incidents_open.labels("pump-1").set(1)
+    metrics.forget_scope("pump-0", k_max=4)  # its new owner reports them: a sum over workers must not count them twice
+    r = metrics.registry
+    assert r.get_sample_value("streammoe_incidents_open", {"scope": "pump-0"}) is None
+    assert r.get_sample_value("streammoe_incidents_open", {"scope": "pump-1"}) == 1
