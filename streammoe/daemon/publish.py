@@ -32,9 +32,7 @@ class Publisher:
         kafka, sink, s = self.settings.kafka, self.sink, self.summary
         for d in decoded.dead:
             m = msgs[d.index]
-            raw = m.headers()
-            headers: Headers | None = list(raw.items()) if isinstance(raw, dict) else raw
-            sink.dead_letter(m.value(), m.key(), *source_of(m), d.reason, d.detail, headers=headers,
+            sink.dead_letter(m.value(), m.key(), *source_of(m), d.reason, d.detail, headers=input_headers(m),
                              timestamp=input_timestamp(m))
             self.metrics.dead_letters.labels(d.reason).inc()
         s.dead_letters += len(decoded.dead)
@@ -93,6 +91,12 @@ class Publisher:
         payload = event_payload(event, input_topic=self.settings.kafka.input_topic, scope=scope,
                                 model_version=version)
         self.sink.send(self.settings.kafka.events_topic, orjson.dumps(payload), scope.encode())
+
+
+def input_headers(m: Message) -> Headers | None:
+    """The consumed message's own headers, as the producer takes them."""
+    raw = m.headers()
+    return list(raw.items()) if isinstance(raw, dict) else raw
 
 
 def input_timestamp(m: Message) -> int | None:
