@@ -119,3 +119,27 @@ def test_an_incident_state_this_build_cannot_read_starts_the_scope_without_incid
     statuses = [m["status"] for m in incidents(clients)]
     assert "opened" in statuses and "resolved" in statuses
     assert daemon.state.incidents is not None and daemon.state.incidents["version"] != 99
+
+
+def test_stale_incidents_are_looked_for_once_a_second_not_at_every_turn_of_the_loop(tmp_path: Path) -> None:
+    import time
+
+    from streammoe.daemon.incidents import EXPIRE_EVERY_S
+
+    daemon, clients = make(tmp_path)
+    daemon.state.detector = fitted()
+    clients.source_client.feed(stream(np.random.default_rng(0))[:310])  # ends inside the problem: one incident open
+    daemon.run(max_records=310, timeout_s=60)
+    publisher = daemon.incident_publisher
+    visits: list[str] = []
+    tracker = publisher.tracker
+    publisher.tracker = lambda scope: visits.append(scope) or tracker(scope)  # type: ignore[method-assign]
+    publisher.clock = lambda: time.time() + 10 * daemon.settings.incidents.stale_after_s
+    time.sleep(EXPIRE_EVERY_S)
+    publisher.expire()
+    clients.sink_client.flush()
+    assert visits == ["global"]
+    last = incidents(clients)[-1]
+    assert (last["status"], (last["resolution"] or {}).get("by")) == ("resolved", "stale"), incidents(clients)
+    publisher.expire()  # at once again: nothing visited
+    assert visits == ["global"]
