@@ -3,11 +3,16 @@
 The loop is a few lines over named parts, one module per duty:
 
     pipeline.py   decode, route to scopes, score and learn (the read-ahead thread, backpressure)
-    publish.py    judged batch -> dead letters, scores, alerts, mode events -> sink
+    publish.py    judged batch -> dead letters, scores, alerts, mode and drift events -> sink
+    incidents.py  each scope's judged rows -> its incidents (opened, updated, resolved) -> sink
+    silences.py   assets gone silent or back -> asset_silent / asset_resumed events
     delivery.py   wait for the broker's acknowledgements, outages, store offsets; commit -> checkpoint -> snapshot
     rebalance.py  partitions assigned, revoked or lost -> the model scopes this worker holds
     verdicts.py   control topic -> operator verdicts on experts
     inbox.py      the loop's one buffer of fetched messages (rebalances may only drop partitions from it)
+    warmup.py     the records a scope without a model collects for its first fit
+    clients.py    the broker clients as the loop sees them (Kafka ones by default, fakes in unit tests)
+    accounting.py the run summary and what each stage and each learning step tells the metrics
 
 Records are routed by asset to model scopes (`OwnedScopes`: one global model by default, or one per asset or asset
 group); a scope follows its input partition between workers of the group through the snapshot topic.
