@@ -91,7 +91,7 @@ class IncidentPublisher:
         )
         now = self.clock()
         self._send(tracker.observe(batch, now=now) + tracker.expire(now))
-        state.incidents = tracker.to_state()
+        state.keep_incidents(tracker.to_state())
         if self.metrics is not None:
             self.metrics.incidents_open.labels(part.scope).set(len(tracker.open_incidents()))
 
@@ -110,7 +110,7 @@ class IncidentPublisher:
             first = Source(topic, event.first_ref >> REF_PARTITION_SHIFT, event.first_ref & _OFFSET_MASK)
             last = Source(topic, event.last_ref >> REF_PARTITION_SHIFT, event.last_ref & _OFFSET_MASK)
             self._send(tracker.link_mode_added(event.expert, first, last, event.detail))
-        state.incidents = tracker.to_state()
+        state.keep_incidents(tracker.to_state())
 
     def expire(self) -> None:
         """Resolve the incidents of assets that fell silent (also while no records arrive at all); at most once
@@ -125,7 +125,7 @@ class IncidentPublisher:
                 changes = held[1].expire(now)
                 if changes:
                     self._send(changes)
-                    held[0].incidents = held[1].to_state()
+                    held[0].keep_incidents(held[1].to_state())
                     if self.metrics is not None:
                         self.metrics.incidents_open.labels(scope).set(len(held[1].open_incidents()))
 

@@ -48,6 +48,8 @@ CHECKPOINT_VERSION = 2
 READABLE_CHECKPOINTS = (1, 2)
 
 
+Progress = tuple[str, int, int]  # ModelState.progress: model version, offsets seen, incident state revision
+
 
 @dataclass
 class ModelState:
@@ -60,6 +62,7 @@ class ModelState:
     learned_offsets: dict[str, dict[int, int]] = field(default_factory=dict)
     recovered: str = ""  # why the previous checkpoint generation was loaded instead: "damaged" | "missing"
     incidents: dict | None = None  # the scope's IncidentTracker.to_state(): open incidents, debounce windows
+    incidents_revision: int = 0  # bumped by keep_incidents, so a change without records (a stale resolution) saves
 
     @property
     def version(self) -> str:
@@ -68,10 +71,15 @@ class ModelState:
         return f"{self.lineage}.{learned}"
 
     @property
-    def progress(self) -> tuple[str, int]:
-        """Changes whenever the state would save differently: what the model learned, and the offsets it has seen
-        (records judged but not learned, control commands, move the offsets only)."""
-        return self.version, offsets_total(self.learned_offsets)
+    def progress(self) -> Progress:
+        """Changes whenever the state would save differently: what the model learned, the offsets it has seen
+        (records judged but not learned, control commands, move the offsets only), and its incident state."""
+        return self.version, offsets_total(self.learned_offsets), self.incidents_revision
+
+    def keep_incidents(self, incidents: dict) -> None:
+        """The scope's incident state as of now (IncidentTracker.to_state), for its next checkpoint or snapshot."""
+        self.incidents = incidents
+        self.incidents_revision += 1
 
     def already_learned(self, topic: str, partition: int, offset: int) -> bool:
         return offset < self.learned_offsets.get(topic, {}).get(partition, 0)
@@ -101,7 +109,7 @@ class Checkpointer:
         self.settings = settings
         self.channels = channels
         self.last_saved = time.monotonic()
-        self._saved: dict[str, tuple[str, int]] = {}  # scope -> progress at its last save (or restore)
+        self._saved: dict[str, Progress] = {}  # scope -> progress at its last save (or restore)
 
     def path(self, scope: str) -> Path:
         return self.settings.dir / scope

@@ -22,7 +22,7 @@ import numpy as np
 
 from streammoe.config import Settings
 from streammoe.logs import get_logger
-from streammoe.state.checkpoint import Checkpointer, ModelState, offsets_total
+from streammoe.state.checkpoint import Checkpointer, ModelState, Progress, offsets_total
 from streammoe.state.scopes import GLOBAL_SCOPE, ScopeMap
 from streammoe.state.snapshot import SnapshotError, SnapshotTransport, SnapshotWriter, read_latest
 
@@ -48,7 +48,7 @@ class OwnedScopes:
         self._on_snapshot = on_snapshot  # called with True for each snapshot written, False for each that failed
         self.snapshots = snapshots  # the snapshot topic (None: snapshots off)
         self.writer = SnapshotWriter(snapshots, settings.snapshot.chunk_bytes) if snapshots is not None else None
-        self._snapshotted: dict[str, tuple[str, int]] = {}  # scope -> its progress at its last snapshot
+        self._snapshotted: dict[str, Progress] = {}  # scope -> its progress at its last snapshot
         self._last_snapshot = time.monotonic()
 
     @property

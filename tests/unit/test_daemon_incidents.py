@@ -143,3 +143,25 @@ def test_stale_incidents_are_looked_for_once_a_second_not_at_every_turn_of_the_l
     assert (last["status"], (last["resolution"] or {}).get("by")) == ("resolved", "stale"), incidents(clients)
     publisher.expire()  # at once again: nothing visited
     assert visits == ["global"]
+
+
+def test_an_incident_resolved_stale_while_no_records_come_is_checkpointed_resolved(tmp_path: Path) -> None:
+    import time
+
+    from streammoe.daemon.incidents import EXPIRE_EVERY_S
+
+    first, clients = make(tmp_path)
+    first.state.detector = fitted()
+    clients.source_client.feed(stream(np.random.default_rng(0))[:310])  # ends inside the problem: one incident open
+    first.run(max_records=310, timeout_s=60)  # checkpoints at the stop, the incident open
+    first.incident_publisher.clock = lambda: time.time() + 10 * first.settings.incidents.stale_after_s
+    time.sleep(EXPIRE_EVERY_S)
+    first.incident_publisher.expire()  # no record since: the model and its offsets stay as they were
+    clients.sink_client.flush()
+    assert incidents(clients)[-1]["status"] == "resolved"
+    first.commits.checkpoint()
+
+    second, _ = make(tmp_path)
+    assert second.state.incidents is not None
+    assert [a["open"] for a in second.state.incidents["assets"].values() if a["open"] is not None] == [], \
+        "restored with the incident open, it would be resolved (or grow) a second time"
