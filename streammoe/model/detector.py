@@ -253,7 +253,8 @@ class MixtureDetector:
         calibrate = usable & not_fault
         learn = calibrate & (log_p >= math.log(cfg.learn_threshold))
         with torch.no_grad():
-            cap = model.calibration.score_at(ev.mode[calibrate], math.log(cfg.learn_threshold))
+            clip_p = cfg.learn_threshold if cfg.clip_threshold is None else cfg.clip_threshold
+            cap = model.calibration.score_at(ev.mode[calibrate], math.log(clip_p))
             if cfg.novelty.enabled and cfg.novelty.settle_records > 0:
                 cap = torch.where(settling(model)[ev.mode[calibrate]], torch.full_like(cap, math.inf), cap)
             model.calibration.update(ev.mode[calibrate], torch.minimum(nll[calibrate], cap))
