@@ -101,7 +101,7 @@ def _kinds(rng: np.random.Generator) -> dict[str, tuple[float, Callable[[int, li
         "deep_field": (0.01, lambda t, r: (_dump(_record("p", t, r))[:-1] + b', "x": ' + b"[" * 5000 + b"}", "not_json")),
         "oversized": (0.02, lambda t, r: (_dump(_record("pump-6", t, r, pad="y" * int(rng.integers(MAX_RECORD_BYTES, 4 * MAX_RECORD_BYTES)))), "oversized")),
         "empty": (0.01, lambda t, r: (b"", "empty")),
-        "tombstone": (0.01, lambda t, r: (None, "empty")),
+        "tombstone": (0.01, lambda t, r: (None, "tombstone")),
         "not_object": (0.01, lambda t, r: (_dump(r), "not_object")),
         "missing_asset": (0.01, lambda t, r: (_dump({"ts": t, "values": r}), "missing_asset")),
         "bad_asset": (0.01, lambda t, r: (_dump(_record(7, t, r)), "bad_asset")),
@@ -217,7 +217,7 @@ def run_fuzz(n: int = 10_000, seed: int = 0, bootstrap: str | None = None, timeo
     from confluent_kafka import Producer
 
     from streammoe.kafka.sink import produce
-    from streammoe.model.config import ModelConfig
+    from streammoe.model.config import ModelConfig, PoisonConfig
     from streammoe.model.detector import MixtureDetector
     from streammoe.state.persistence import save_detector
 
@@ -247,7 +247,9 @@ def run_fuzz(n: int = 10_000, seed: int = 0, bootstrap: str | None = None, timeo
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # as the daemon does: OpenMP threads spin-wait on a shared CPU
         try:
-            detector = MixtureDetector(len(CHANNELS), ModelConfig(k_max=2, n_samples=2, fit_steps=200), CHANNELS)
+            # -9999 is what some historians write for "no reading": configured as a sentinel, it is poison like 1e30
+            config = ModelConfig(k_max=2, n_samples=2, fit_steps=200, poison=PoisonConfig(sentinel_values=[-9999.0]))
+            detector = MixtureDetector(len(CHANNELS), config, CHANNELS)
             detector.fit(normal_rows(np.random.default_rng(seed + 1), 4000))
         finally:
             torch.set_num_threads(threads)
