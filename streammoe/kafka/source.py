@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import NamedTuple
 
 import numpy as np
@@ -223,32 +223,12 @@ class Source:
         self.assigned.update(keys)
         log.info("partitions_assigned", partitions=sorted(f"{t}[{p}]" for t, p in keys))
         starts = self._on_assigned(keys) if self._on_assigned is not None and keys else {}
-        rewound = self._rewind(consumer, partitions, starts) if starts else False
+        rewound = rewind(consumer, partitions, starts, self.kafka.delivery_timeout_s) if starts else False
         if self._paused or rewound:
             consumer.incremental_assign(partitions)
         if self._paused:
             consumer.pause(partitions)
             self._paused_keys.update(keys)
-
-    def _rewind(self, consumer: Consumer, partitions: list[TopicPartition], starts: dict[PartitionKey, int]) -> bool:
-        """Start a partition before its committed position where the handed-over model learned less than was
-        committed (its last snapshot predates the last commit: a crash), so those records are learned, not skipped."""
-        try:
-            committed = {(tp.topic, tp.partition): tp.offset
-                         for tp in consumer.committed(partitions, timeout=self.kafka.delivery_timeout_s)}
-        except KafkaException as e:
-            log.warning("committed_unknown", error=str(e), hint="partitions start at their committed position")
-            return False
-        rewound = False
-        for tp in partitions:
-            key = (tp.topic, tp.partition)
-            start, done = starts.get(key), committed.get(key, -1)
-            if start is not None and 0 <= start < done:
-                tp.offset = start
-                rewound = True
-                log.warning("partition_rewound", partition=f"{tp.topic}[{tp.partition}]", committed=done, start=start,
-                            reason="the restored model learned less than was committed; the gap is scored again")
-        return rewound
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = [(tp.topic, tp.partition) for tp in partitions]
@@ -275,12 +255,40 @@ class Source:
     def _stats(self, raw: str) -> None:
         if self._on_lag is None:
             return
-        stats = orjson.loads(raw)
-        for topic, t in stats.get("topics", {}).items():
-            for pid, p in t.get("partitions", {}).items():
-                lag = p.get("consumer_lag", -1)
-                if int(pid) >= 0 and lag >= 0 and (topic, int(pid)) in self.assigned:  # not a revoked one's
-                    self._on_lag(topic, int(pid), int(lag))
+        for topic, partition, lag in lags(raw, self.assigned):
+            self._on_lag(topic, partition, lag)
 
     def _error(self, err: KafkaError) -> None:
         log.warning("kafka_error", error=str(err), fatal=err.fatal())
+
+
+def rewind(consumer: Consumer, partitions: list[TopicPartition], starts: dict[PartitionKey, int], timeout: float) -> bool:
+    """Start a partition before its committed position where the handed-over model learned less than was
+    committed (its last snapshot predates the last commit: a crash), so those records are learned, not skipped."""
+    try:
+        committed = {(tp.topic, tp.partition): tp.offset
+                     for tp in consumer.committed(partitions, timeout=timeout)}
+    except KafkaException as e:
+        log.warning("committed_unknown", error=str(e), hint="partitions start at their committed position")
+        return False
+    rewound = False
+    for tp in partitions:
+        key = (tp.topic, tp.partition)
+        start, done = starts.get(key), committed.get(key, -1)
+        if start is not None and 0 <= start < done:
+            tp.offset = start
+            rewound = True
+            log.warning("partition_rewound", partition=f"{tp.topic}[{tp.partition}]", committed=done, start=start,
+                        reason="the restored model learned less than was committed; the gap is scored again")
+    return rewound
+
+
+def lags(raw: str, assigned: set[PartitionKey]) -> Iterator[tuple[str, int, int]]:
+    """(topic, partition, consumer lag) from librdkafka's statistics JSON, for assigned partitions (not a revoked
+    one's) whose lag is known."""
+    stats = orjson.loads(raw)
+    for topic, t in stats.get("topics", {}).items():
+        for pid, p in t.get("partitions", {}).items():
+            lag = p.get("consumer_lag", -1)
+            if int(pid) >= 0 and lag >= 0 and (topic, int(pid)) in assigned:
+                yield topic, int(pid), int(lag)
