@@ -46,20 +46,38 @@ class StreamResult:
     @property
     def mode_added(self) -> list[tuple[int, int, int]]:
         """(expert, first row, last row) of each new expert's records (refs are row indices here)."""
-        return [(ev.expert, int(ev.first_ref), int(ev.last_ref)) for _, ev in self.events
-                if ev.kind == "mode_added" and ev.first_ref is not None and ev.last_ref is not None]
+        return [
+            (ev.expert, int(ev.first_ref), int(ev.last_ref))
+            for _, ev in self.events
+            if ev.kind == "mode_added" and ev.first_ref is not None and ev.last_ref is not None
+        ]
 
     @classmethod
     def empty(cls, n: int, n_channels: int = 0) -> StreamResult:
         return cls(
-            score=np.zeros(n), calibrated_score=np.zeros(n), is_anomaly=np.zeros(n, dtype=np.int8), mode=np.full(n, -1), mode_entropy=np.zeros(n),
-            p_value=np.ones(n), nll=np.full(n, np.nan), epistemic=np.zeros(n), aleatoric=np.zeros(n),
-            top_channels=[""] * n, n_experts=np.zeros(n, dtype=np.int32), critical=np.zeros(n, dtype=bool),
+            score=np.zeros(n),
+            calibrated_score=np.zeros(n),
+            is_anomaly=np.zeros(n, dtype=np.int8),
+            mode=np.full(n, -1),
+            mode_entropy=np.zeros(n),
+            p_value=np.ones(n),
+            nll=np.full(n, np.nan),
+            epistemic=np.zeros(n),
+            aleatoric=np.zeros(n),
+            top_channels=[""] * n,
+            n_experts=np.zeros(n, dtype=np.int32),
+            critical=np.zeros(n, dtype=bool),
             channel_share=np.zeros((n, n_channels), dtype=np.float32),
         )
 
-    def put(self, start: int, scored: ScoredBatch, channels: list[str], n_experts: int,
-            critical_p_value: float = CRITICAL_P_VALUE) -> None:
+    def put(
+        self,
+        start: int,
+        scored: ScoredBatch,
+        channels: list[str],
+        n_experts: int,
+        critical_p_value: float = CRITICAL_P_VALUE,
+    ) -> None:
         end = start + len(scored)
         self.critical[start:end] = scored.is_anomaly & (
             ~scored.valid | ~scored.in_range | (scored.log_p_value < np.log(critical_p_value))

@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from streammoe.files.series import RESERVED, csv_rows
@@ -38,8 +38,13 @@ class ReplayReport:
     errors: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
-        return {"rows": self.rows, "delivered": self.delivered, "failed": self.failed,
-                "seconds": round(self.seconds, 3), "errors": self.errors[:5]}
+        return {
+            "rows": self.rows,
+            "delivered": self.delivered,
+            "failed": self.failed,
+            "seconds": round(self.seconds, 3),
+            "errors": self.errors[:5],
+        }
 
 
 def parse_ts(text: str, index: int) -> int:
@@ -61,7 +66,7 @@ def parse_ts(text: str, index: int) -> int:
     except ValueError:
         return index
     if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
+        dt = dt.replace(tzinfo=UTC)
     return round(dt.timestamp() * 1000)
 
 
@@ -87,7 +92,9 @@ def iter_records(path: str | Path, asset_id: str = "asset-1") -> Iterator[dict]:
             try:
                 values = {name: _number(row[i]) for i, name in cols}
             except (ValueError, IndexError) as e:
-                raise ReplayError(f"{path}: row {index + 1}: a channel value is not a number or the row is short ({e})") from None
+                raise ReplayError(
+                    f"{path}: row {index + 1}: a channel value is not a number or the row is short ({e})"
+                ) from None
             ts = parse_ts(row[0], index) if has_ts else index
             yield {"asset_id": asset_id, "ts": ts, "values": values}
 
@@ -159,10 +166,15 @@ def replay(
         else:
             report.delivered += 1
 
-    producer = Producer({
-        "bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "all",
-        "message.timeout.ms": int(delivery_timeout_s * 1000), **(extra or {}),
-    })
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "linger.ms": 5,
+            "acks": "all",
+            "message.timeout.ms": int(delivery_timeout_s * 1000),
+            **(extra or {}),
+        }
+    )
     bucket = TokenBucket(rate)
     key = asset_id.encode()
     started = time.monotonic()
@@ -202,8 +214,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
             print(f"replay: {r.rows} sent, {r.delivered} acknowledged, {r.failed} failed", file=sys.stderr)
 
     try:
-        report = replay(args.data, args.topic, args.bootstrap_servers, rate=args.rate, asset_id=args.asset_id,
-                        progress=progress)
+        report = replay(
+            args.data, args.topic, args.bootstrap_servers, rate=args.rate, asset_id=args.asset_id, progress=progress
+        )
     except ReplayError as e:
         print(f"streammoe replay: error: {e}", file=sys.stderr)
         return 2

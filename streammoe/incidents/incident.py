@@ -58,8 +58,18 @@ class Rows:
         return len(self.j)
 
     def take(self, idx: np.ndarray | slice) -> Rows:
-        return Rows(self.j[idx], self.ts[idx], self.partition[idx], self.offset[idx], self.flagged[idx],
-                    self.critical[idx], self.score[idx], self.p_value[idx], self.mode[idx], self.share[idx])
+        return Rows(
+            self.j[idx],
+            self.ts[idx],
+            self.partition[idx],
+            self.offset[idx],
+            self.flagged[idx],
+            self.critical[idx],
+            self.score[idx],
+            self.p_value[idx],
+            self.mode[idx],
+            self.share[idx],
+        )
 
     @staticmethod
     def concat(parts: list[Rows]) -> Rows:
@@ -71,9 +81,18 @@ class Rows:
     @classmethod
     def from_state(cls, d: dict[str, list], n_channels: int) -> Rows:
         share = np.asarray(d["share"], np.float32).reshape(len(d["j"]), n_channels)
-        return cls(np.asarray(d["j"], np.int64), np.asarray(d["ts"], np.int64), np.asarray(d["partition"], np.int32),
-                   np.asarray(d["offset"], np.int64), np.asarray(d["flagged"], bool), np.asarray(d["critical"], bool),
-                   _floats(d["score"]), _floats(d["p_value"]), np.asarray(d["mode"], np.int64), share)
+        return cls(
+            np.asarray(d["j"], np.int64),
+            np.asarray(d["ts"], np.int64),
+            np.asarray(d["partition"], np.int32),
+            np.asarray(d["offset"], np.int64),
+            np.asarray(d["flagged"], bool),
+            np.asarray(d["critical"], bool),
+            _floats(d["score"]),
+            _floats(d["p_value"]),
+            np.asarray(d["mode"], np.int64),
+            share,
+        )
 
     @classmethod
     def empty(cls, n_channels: int) -> Rows:
@@ -158,41 +177,79 @@ class Incident:
         """The incident's fields as the wire message carries them (without status and sequence)."""
         assert self.last_source is not None
         return {
-            "incident_id": self.id, "kind": self.kind, "scope": self.scope, "asset": self.asset,
-            "severity": self.severity, "opened_by": self.opened_by.as_dict(), "opened_ts": self.opened_ts,
-            "first_ts": self.first_ts, "last_ts": self.last_ts, "first_source": self.first_source.as_dict(),
-            "last_source": self.last_source.as_dict(), "count": self.count,
-            "records": self.last_j - self.first_j + 1, "peak_score": _finite_or_none(self.peak_score),
-            "min_p_value": float(self.min_p_value), "modes": self.modes(),
-            "top_channels": self.top_channels(channels, top_n), "mode_event": self.mode_event,
+            "incident_id": self.id,
+            "kind": self.kind,
+            "scope": self.scope,
+            "asset": self.asset,
+            "severity": self.severity,
+            "opened_by": self.opened_by.as_dict(),
+            "opened_ts": self.opened_ts,
+            "first_ts": self.first_ts,
+            "last_ts": self.last_ts,
+            "first_source": self.first_source.as_dict(),
+            "last_source": self.last_source.as_dict(),
+            "count": self.count,
+            "records": self.last_j - self.first_j + 1,
+            "peak_score": _finite_or_none(self.peak_score),
+            "min_p_value": float(self.min_p_value),
+            "modes": self.modes(),
+            "top_channels": self.top_channels(channels, top_n),
+            "mode_event": self.mode_event,
             "resolution": self.resolution,
         }
 
     def to_state(self) -> dict[str, Any]:
         return {
-            "id": self.id, "scope": self.scope, "asset": self.asset, "topic": self.topic,
-            "opened_by": self.opened_by.as_dict(), "opened_ts": self.opened_ts, "first_j": self.first_j,
-            "first_ts": self.first_ts, "first_source": self.first_source.as_dict(), "last_j": self.last_j,
-            "last_ts": self.last_ts, "last_source": None if self.last_source is None else self.last_source.as_dict(),
-            "count": self.count, "peak_score": "inf" if self.peak_score == math.inf
-            else _finite_or_none(self.peak_score), "min_p_value": self.min_p_value, "critical": self.critical,
-            "mode_counts": {str(k): v for k, v in self.mode_counts.items()}, "channel_sum": self.channel_sum.tolist(),
-            "kind": self.kind, "mode_event": self.mode_event, "resolution": self.resolution,
-            "sequence": self.sequence, "published": self.published,
+            "id": self.id,
+            "scope": self.scope,
+            "asset": self.asset,
+            "topic": self.topic,
+            "opened_by": self.opened_by.as_dict(),
+            "opened_ts": self.opened_ts,
+            "first_j": self.first_j,
+            "first_ts": self.first_ts,
+            "first_source": self.first_source.as_dict(),
+            "last_j": self.last_j,
+            "last_ts": self.last_ts,
+            "last_source": None if self.last_source is None else self.last_source.as_dict(),
+            "count": self.count,
+            "peak_score": "inf" if self.peak_score == math.inf else _finite_or_none(self.peak_score),
+            "min_p_value": self.min_p_value,
+            "critical": self.critical,
+            "mode_counts": {str(k): v for k, v in self.mode_counts.items()},
+            "channel_sum": self.channel_sum.tolist(),
+            "kind": self.kind,
+            "mode_event": self.mode_event,
+            "resolution": self.resolution,
+            "sequence": self.sequence,
+            "published": self.published,
         }
 
     @classmethod
     def from_state(cls, d: dict[str, Any]) -> Incident:
         peak = d["peak_score"]
         return cls(
-            id=d["id"], scope=d["scope"], asset=d["asset"], topic=d["topic"],
-            opened_by=Source.from_dict(d["opened_by"]), opened_ts=int(d["opened_ts"]), first_j=int(d["first_j"]),
-            first_ts=int(d["first_ts"]), first_source=Source.from_dict(d["first_source"]), last_j=int(d["last_j"]),
+            id=d["id"],
+            scope=d["scope"],
+            asset=d["asset"],
+            topic=d["topic"],
+            opened_by=Source.from_dict(d["opened_by"]),
+            opened_ts=int(d["opened_ts"]),
+            first_j=int(d["first_j"]),
+            first_ts=int(d["first_ts"]),
+            first_source=Source.from_dict(d["first_source"]),
+            last_j=int(d["last_j"]),
             last_ts=int(d["last_ts"]),
             last_source=None if d["last_source"] is None else Source.from_dict(d["last_source"]),
-            count=int(d["count"]), peak_score=math.inf if peak == "inf" else -math.inf if peak is None else float(peak),
-            min_p_value=float(d["min_p_value"]), critical=bool(d["critical"]),
+            count=int(d["count"]),
+            peak_score=math.inf if peak == "inf" else -math.inf if peak is None else float(peak),
+            min_p_value=float(d["min_p_value"]),
+            critical=bool(d["critical"]),
             mode_counts={int(k): int(v) for k, v in d["mode_counts"].items()},
-            channel_sum=np.asarray(d["channel_sum"], np.float64), kind=d["kind"], mode_event=d["mode_event"],
-            resolution=d["resolution"], sequence=int(d["sequence"]), published=dict(d["published"]),
+            channel_sum=np.asarray(d["channel_sum"], np.float64),
+            kind=d["kind"],
+            mode_event=d["mode_event"],
+            resolution=d["resolution"],
+            sequence=int(d["sequence"]),
+            published=dict(d["published"]),
         )

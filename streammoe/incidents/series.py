@@ -26,8 +26,9 @@ class SeriesIncidents:
 
     def spans(self) -> list[tuple[int, int, int]]:
         """(first row, last row, opening row) of each incident."""
-        return [(i["first_source"]["offset"], i["last_source"]["offset"], i["opened_by"]["offset"])
-                for i in self.incidents]
+        return [
+            (i["first_source"]["offset"], i["last_source"]["offset"], i["opened_by"]["offset"]) for i in self.incidents
+        ]
 
 
 def track_series(
@@ -50,8 +51,12 @@ def track_series(
     flagged = np.asarray(flagged, bool)
     tracker = IncidentTracker("global", settings or IncidentSettings(), list(channels), topic=name)
     rows = np.arange(n, dtype=np.int64)
-    fill = {"critical": np.zeros(n, bool), "score": np.where(flagged, 1.0, 0.0), "p_value": np.ones(n),
-            "mode": np.full(n, -1, np.int64)}
+    fill = {
+        "critical": np.zeros(n, bool),
+        "score": np.where(flagged, 1.0, 0.0),
+        "p_value": np.ones(n),
+        "mode": np.full(n, -1, np.int64),
+    }
     critical = fill["critical"] if critical is None else np.asarray(critical, bool)
     score = fill["score"] if score is None else score
     p_value = fill["p_value"] if p_value is None else p_value
@@ -63,11 +68,21 @@ def track_series(
     for stop in cuts:
         if stop > start:
             part = slice(start, stop)
-            messages += tracker.observe(Batch(
-                asset=["series"] * (stop - start), ts=rows[part], partition=np.zeros(stop - start, np.int32),
-                offset=rows[part], flagged=flagged[part], critical=critical[part], score=score[part],
-                p_value=p_value[part], mode=mode[part], share=None if share is None else share[part], topic=name,
-            ))
+            messages += tracker.observe(
+                Batch(
+                    asset=["series"] * (stop - start),
+                    ts=rows[part],
+                    partition=np.zeros(stop - start, np.int32),
+                    offset=rows[part],
+                    flagged=flagged[part],
+                    critical=critical[part],
+                    score=score[part],
+                    p_value=p_value[part],
+                    mode=mode[part],
+                    share=None if share is None else share[part],
+                    topic=name,
+                )
+            )
             start = stop
         while e < len(events) and events[e][2] < stop:
             expert, first_row, last_row = events[e]

@@ -12,16 +12,30 @@ class IncidentSettings(BaseModel):
 
     enabled: bool = Field(True, description="Group anomalous records into incidents and publish them.")
     topic: str = Field("streammoe-incidents", min_length=1, description="The incidents topic (keyed by asset).")
-    open_k: int = Field(3, ge=1, description="An incident opens when open_k of an asset's last open_n records are "
-                        "anomalous (a critical or out-of-range record opens one at once).")
+    open_k: int = Field(
+        3,
+        ge=1,
+        description="An incident opens when open_k of an asset's last open_n records are "
+        "anomalous (a critical or out-of-range record opens one at once).",
+    )
     open_n: int = Field(10, ge=1, description="The debounce window, in records of the asset.")
-    quiet_records: int = Field(100, ge=1, description="An incident resolves after this many of its asset's records "
-                               "in a row without an anomaly ...")
+    quiet_records: int = Field(
+        100,
+        ge=1,
+        description="An incident resolves after this many of its asset's records in a row without an anomaly ...",
+    )
     quiet_ms: int = Field(0, ge=0, description="... that also span at least this much `ts` after its last anomaly.")
-    update_interval_ms: int = Field(60_000, ge=0, description="At most one `updated` message per incident per this "
-                                    "much `ts` (a rise in severity or a new kind is published at once).")
-    stale_after_s: float = Field(900.0, gt=0, description="An open incident whose asset sent nothing for this many "
-                                 "wall-clock seconds resolves as `stale`.")
+    update_interval_ms: int = Field(
+        60_000,
+        ge=0,
+        description="At most one `updated` message per incident per this "
+        "much `ts` (a rise in severity or a new kind is published at once).",
+    )
+    stale_after_s: float = Field(
+        900.0,
+        gt=0,
+        description="An open incident whose asset sent nothing for this many wall-clock seconds resolves as `stale`.",
+    )
     top_channels: int = Field(3, ge=1, description="Channels named in an incident, by their share of its misfit.")
 
     @model_validator(mode="after")

@@ -115,10 +115,16 @@ class IncidentTracker:
         c = len(self.channels)
         share = batch.share if batch.share is not None and c else np.zeros((n, c), np.float32)
         return Rows(
-            j=np.zeros(n, np.int64), ts=np.asarray(batch.ts, np.int64), partition=np.asarray(batch.partition, np.int32),
-            offset=np.asarray(batch.offset, np.int64), flagged=flagged, critical=np.asarray(batch.critical, bool) & flagged,
-            score=np.where(np.isnan(score), np.inf, score), p_value=np.nan_to_num(np.asarray(batch.p_value, np.float64), nan=0.0),
-            mode=np.asarray(batch.mode, np.int64), share=np.asarray(share, np.float32),
+            j=np.zeros(n, np.int64),
+            ts=np.asarray(batch.ts, np.int64),
+            partition=np.asarray(batch.partition, np.int32),
+            offset=np.asarray(batch.offset, np.int64),
+            flagged=flagged,
+            critical=np.asarray(batch.critical, bool) & flagged,
+            score=np.where(np.isnan(score), np.inf, score),
+            p_value=np.nan_to_num(np.asarray(batch.p_value, np.float64), nan=0.0),
+            mode=np.asarray(batch.mode, np.int64),
+            share=np.asarray(share, np.float32),
         )
 
     def _advance(self, asset: str, state: AssetState, rows: Rows) -> list[Change]:
@@ -140,8 +146,13 @@ class IncidentTracker:
                 c, r = end
                 inc.absorb(rows.take(fpos[:c]))
                 pending.touch(inc)
-                changes += self._resolve(inc, pending, "quiet", int(rows.ts[r]),
-                                         Source(self.topic, int(rows.partition[r]), int(rows.offset[r])))
+                changes += self._resolve(
+                    inc,
+                    pending,
+                    "quiet",
+                    int(rows.ts[r]),
+                    Source(self.topic, int(rows.partition[r]), int(rows.offset[r])),
+                )
                 state.open, state.recent = None, None
                 i = r + 1
                 continue
@@ -158,8 +169,14 @@ class IncidentTracker:
             opener = Source(self.topic, int(rows.partition[p]), int(rows.offset[p]))
             window = both.take(slice(int(lo[t]), t + 1))
             inc = Incident(
-                id=incident_id(self.scope, asset, opener), scope=self.scope, asset=asset, topic=self.topic,
-                opened_by=opener, opened_ts=int(rows.ts[p]), first_j=int(window.j[0]), first_ts=int(window.ts[0]),
+                id=incident_id(self.scope, asset, opener),
+                scope=self.scope,
+                asset=asset,
+                topic=self.topic,
+                opened_by=opener,
+                opened_ts=int(rows.ts[p]),
+                first_j=int(window.j[0]),
+                first_ts=int(window.ts[0]),
                 first_source=Source(self.topic, int(window.partition[0]), int(window.offset[0])),
             )
             inc.absorb(window)
@@ -192,7 +209,9 @@ class IncidentTracker:
             return [self._emit(inc, "updated")]
         return []
 
-    def _resolve(self, inc: Incident, pending: _Pending, by: str, ts: int | None, source: Source | None) -> list[Change]:
+    def _resolve(
+        self, inc: Incident, pending: _Pending, by: str, ts: int | None, source: Source | None
+    ) -> list[Change]:
         out = self._publish_open(inc, pending) if inc.id in pending.unopened else []
         inc.resolve(by, ts, source)
         return out + [self._emit(inc, "resolved")]
@@ -208,8 +227,9 @@ class IncidentTracker:
                 changes += self._resolve(state.open, _Pending(), "stale", None, None)
         return changes
 
-    def link_mode_added(self, expert: int, first: Source | None, last: Source | None,
-                        detail: dict[str, Any] | None = None) -> list[Change]:
+    def link_mode_added(
+        self, expert: int, first: Source | None, last: Source | None, detail: dict[str, Any] | None = None
+    ) -> list[Change]:
         """A `mode_added` event: open incidents whose records overlap its run become one `new_mode` incident."""
         if first is None or last is None:
             return []
@@ -221,8 +241,13 @@ class IncidentTracker:
             same = inc.first_source.partition == first.partition == last.partition
             if same and inc.first_source.offset <= last.offset and inc.last_source.offset >= first.offset:
                 inc.kind = "new_mode"
-                inc.mode_event = {"kind": "mode_added", "expert": int(expert), "first_source": first.as_dict(),
-                                  "last_source": last.as_dict(), "detail": dict(detail or {})}
+                inc.mode_event = {
+                    "kind": "mode_added",
+                    "expert": int(expert),
+                    "first_source": first.as_dict(),
+                    "last_source": last.as_dict(),
+                    "detail": dict(detail or {}),
+                }
                 changes.append(self._emit(inc, "updated"))
         return changes
 
@@ -233,33 +258,61 @@ class IncidentTracker:
 
     def to_state(self) -> dict[str, Any]:
         """Plain JSON: the open incidents and debounce windows, for checkpoints and scope snapshots."""
-        return {"version": STATE_VERSION, "next_offsets": {t: {str(p): o for p, o in parts.items()}
-                                                           for t, parts in self.next_offsets.items()}, "assets": {
-            name: {"seen": st.seen, "recent": None if st.recent is None else st.recent.to_state(),
-                   "open": None if st.open is None else st.open.to_state()}
-            for name, st in self.assets.items()}}
+        return state_to_json(self.assets, self.next_offsets)
 
     def load_state(self, state: dict[str, Any], now: float) -> None:
         """Restore `to_state`; the stale clock restarts at `now` (a restart is not an asset falling silent)."""
-        if state.get("version") != STATE_VERSION:
-            raise ValueError(f"incident state version {state.get('version')!r}, this build reads {STATE_VERSION}")
-        c = len(self.channels)
-        self.next_offsets = {t: {int(p): int(o) for p, o in parts.items()}
-                             for t, parts in state.get("next_offsets", {}).items()}
-        self.assets = {
-            name: AssetState(seen=int(d["seen"]), recent=None if d["recent"] is None else Rows.from_state(d["recent"], c),
-                             open=None if d["open"] is None else Incident.from_state(d["open"]), last_wall=now)
-            for name, d in state["assets"].items()
-        }
+        self.next_offsets, self.assets = state_from_json(state, len(self.channels), now)
+
+
+def state_to_json(assets: dict[str, AssetState], next_offsets: dict[str, dict[int, int]]) -> dict[str, Any]:
+    """A tracker's assets and folded offsets as plain JSON (JSON keys are strings: the partitions too)."""
+    return {
+        "version": STATE_VERSION,
+        "next_offsets": {t: {str(p): o for p, o in parts.items()} for t, parts in next_offsets.items()},
+        "assets": {
+            name: {
+                "seen": st.seen,
+                "recent": None if st.recent is None else st.recent.to_state(),
+                "open": None if st.open is None else st.open.to_state(),
+            }
+            for name, st in assets.items()
+        },
+    }
+
+
+def state_from_json(
+    state: dict[str, Any], channels: int, now: float
+) -> tuple[dict[str, dict[int, int]], dict[str, AssetState]]:
+    """The (next_offsets, assets) of `state_to_json`'s output, each asset's stale clock set to `now`."""
+    if state.get("version") != STATE_VERSION:
+        raise ValueError(f"incident state version {state.get('version')!r}, this build reads {STATE_VERSION}")
+    next_offsets = {t: {int(p): int(o) for p, o in parts.items()} for t, parts in state.get("next_offsets", {}).items()}
+    assets = {
+        name: AssetState(
+            seen=int(d["seen"]),
+            recent=None if d["recent"] is None else Rows.from_state(d["recent"], channels),
+            open=None if d["open"] is None else Incident.from_state(d["open"]),
+            last_wall=now,
+        )
+        for name, d in state["assets"].items()
+    }
+    return next_offsets, assets
 
 
 def _subset(batch: Batch, idx: np.ndarray) -> Batch:
     return Batch(
-        asset=[batch.asset[i] for i in idx.tolist()], ts=np.asarray(batch.ts)[idx],
-        partition=np.asarray(batch.partition)[idx], offset=np.asarray(batch.offset)[idx],
-        flagged=np.asarray(batch.flagged)[idx], critical=np.asarray(batch.critical)[idx],
-        score=np.asarray(batch.score)[idx], p_value=np.asarray(batch.p_value)[idx], mode=np.asarray(batch.mode)[idx],
-        share=None if batch.share is None else np.asarray(batch.share)[idx], topic=batch.topic,
+        asset=[batch.asset[i] for i in idx.tolist()],
+        ts=np.asarray(batch.ts)[idx],
+        partition=np.asarray(batch.partition)[idx],
+        offset=np.asarray(batch.offset)[idx],
+        flagged=np.asarray(batch.flagged)[idx],
+        critical=np.asarray(batch.critical)[idx],
+        score=np.asarray(batch.score)[idx],
+        p_value=np.asarray(batch.p_value)[idx],
+        mode=np.asarray(batch.mode)[idx],
+        share=None if batch.share is None else np.asarray(batch.share)[idx],
+        topic=batch.topic,
     )
 
 

@@ -109,8 +109,9 @@ def build_alert(
     }
 
 
-def build_score(scored: ScoredBatch, row: int, *, asset: str, ts: int, origin: Origin,
-                scope: str = GLOBAL_SCOPE) -> dict:
+def build_score(
+    scored: ScoredBatch, row: int, *, asset: str, ts: int, origin: Origin, scope: str = GLOBAL_SCOPE
+) -> dict:
     """A compact per-record score for the optional scores topic (dashboards, threshold studies)."""
     return {
         "asset": asset,

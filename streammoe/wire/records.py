@@ -181,7 +181,9 @@ class RecordDecoder:
         except (OverflowError, ValueError, TypeError):  # e.g. an int too large for a float
             return None
 
-    def _row_by_row(self, rows: list[Sequence], index: np.ndarray, dead: list[DeadLetter]) -> tuple[np.ndarray, np.ndarray]:
+    def _row_by_row(
+        self, rows: list[Sequence], index: np.ndarray, dead: list[DeadLetter]
+    ) -> tuple[np.ndarray, np.ndarray]:
         out = np.empty((len(rows), len(self.channels)), np.float32)
         keep = np.zeros(len(rows), bool)
         with np.errstate(over="ignore"):
