@@ -66,42 +66,77 @@ def _parse_mode_pairs(text: str) -> tuple[tuple[int, int], ...]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="quality benchmark (tracks T1-T4, SPLICE) with peers side by side; --speed for throughput",
-                       description=__doc__)
-    p.add_argument("--tracks", default=None, help=f"comma list of {','.join(TRACKS)} (default: all, or none with --speed)")
-    p.add_argument("--series", default=None, help="only series whose name contains this (e.g. valve1, machine-1, omi-2)")
+    p = sub.add_parser(
+        "bench",
+        help="quality benchmark (tracks T1-T4, SPLICE) with peers side by side; --speed for throughput",
+        description=__doc__,
+    )
+    p.add_argument(
+        "--tracks", default=None, help=f"comma list of {','.join(TRACKS)} (default: all, or none with --speed)"
+    )
+    p.add_argument(
+        "--series", default=None, help="only series whose name contains this (e.g. valve1, machine-1, omi-2)"
+    )
     p.add_argument("--max-series", type=int, default=None, help="at most N series per dataset (T3: N pairs)")
-    p.add_argument("--methods", default=None,
-                   help=f"comma list among {', '.join(ALL_METHODS)} (default: each track's own list)")
-    p.add_argument("--pairs", type=_parse_pairs, default=T3_PAIRS,
-                   help="T3 pairs 'a->b,c->d' of SMD machines (default: " + ",".join(f"{a}->{b}" for a, b in T3_PAIRS) + ")")
-    p.add_argument("--data-root", type=Path, default=None, help="datasets folder (default: $STREAMMOE_DATA or ../shared/datasets)")
-    p.add_argument("--t4-data", type=Path, default=None,
-                   help="T4A/T4B: a folder of series files with manifest.json (benchmarks/tep_data.py, "
-                        "streammoe.testing.process_files); default: the process simulator in memory")
+    p.add_argument(
+        "--methods", default=None, help=f"comma list among {', '.join(ALL_METHODS)} (default: each track's own list)"
+    )
+    p.add_argument(
+        "--pairs",
+        type=_parse_pairs,
+        default=T3_PAIRS,
+        help="T3 pairs 'a->b,c->d' of SMD machines (default: " + ",".join(f"{a}->{b}" for a, b in T3_PAIRS) + ")",
+    )
+    p.add_argument(
+        "--data-root", type=Path, default=None, help="datasets folder (default: $STREAMMOE_DATA or ../shared/datasets)"
+    )
+    p.add_argument(
+        "--t4-data",
+        type=Path,
+        default=None,
+        help="T4A/T4B: a folder of series files with manifest.json (benchmarks/tep_data.py, "
+        "streammoe.testing.process_files); default: the process simulator in memory",
+    )
     p.add_argument("--t4-seed", type=int, default=0, help="T4A/T4B: the simulator's seed")
-    p.add_argument("--t4-pairs", type=_parse_mode_pairs, default=T4B_PAIRS,
-                   help="T4B: fitted->unseen mode pairs (default: " + ",".join(f"{a}->{b}" for a, b in T4B_PAIRS) + ")")
+    p.add_argument(
+        "--t4-pairs",
+        type=_parse_mode_pairs,
+        default=T4B_PAIRS,
+        help="T4B: fitted->unseen mode pairs (default: " + ",".join(f"{a}->{b}" for a, b in T4B_PAIRS) + ")",
+    )
     p.add_argument("--t4-records", type=int, default=2400, help="T4B/SPLICE: records on each side of the switch")
     p.add_argument("--out", type=Path, default=None, help="results folder (default: results/<timestamp>)")
     p.add_argument("--batch-size", type=int, default=256, help="streammoe micro-batch, as `score --batch-size`")
     p.add_argument("--no-plots", action="store_true", help="skip the per-series PNG plots")
     p.add_argument("--speed", action="store_true", help="measure score_many throughput (K=8, 38 channels, S=8 and 1)")
     p.add_argument("--speed-repeats", type=int, default=15)
-    p.add_argument("--perf", action="store_true",
-                   help="the fast path on an embedded broker: consume, consume+decode, score, learn, end to end per K "
-                        "and S, river HST; table, JSON and plot (see benchmarks/perf.py)")
+    p.add_argument(
+        "--perf",
+        action="store_true",
+        help="the fast path on an embedded broker: consume, consume+decode, score, learn, end to end per K "
+        "and S, river HST; table, JSON and plot (see benchmarks/perf.py)",
+    )
     p.add_argument("--perf-k", type=_int_list, default=(1, 4, 8, 16), help="--perf: experts K (default 1,4,8,16)")
     p.add_argument("--perf-s", type=_int_list, default=(1, 8), help="--perf: importance samples S (default 1,8)")
     p.add_argument("--perf-records", type=int, default=60_000, help="--perf: records in the topic")
     p.add_argument("--perf-serial", action="store_true", help="--perf: also run the daemon unpipelined")
-    p.add_argument("--perf-compile", action="store_true", help="--perf: also time the torch.compile'd E-step (slow to compile)")
-    p.add_argument("--perf-latency", action="store_true",
-                   help="--perf: produce -> alert latency at --perf-rate records/s (K=8, S=8)")
+    p.add_argument(
+        "--perf-compile", action="store_true", help="--perf: also time the torch.compile'd E-step (slow to compile)"
+    )
+    p.add_argument(
+        "--perf-latency",
+        action="store_true",
+        help="--perf: produce -> alert latency at --perf-rate records/s (K=8, S=8)",
+    )
     p.add_argument("--perf-rate", type=int, default=10_000, help="--perf-latency: offered records/s")
-    p.add_argument("--perf-latency-s", type=int, default=8, help="--perf-latency: importance samples S of the model (K=8)")
-    p.add_argument("--fuzz", action="store_true",
-                   help="hostile and good records through a real broker and `streammoe run`: every offset accounted for")
+    p.add_argument(
+        "--perf-latency-s", type=int, default=8, help="--perf-latency: importance samples S of the model (K=8)"
+    )
+    p.add_argument(
+        "--fuzz",
+        action="store_true",
+        help="hostile and good records through a real broker and `streammoe run`: every offset accounted for",
+    )
     p.add_argument("--fuzz-records", type=int, default=10_000)
     p.add_argument("--fuzz-seed", type=int, default=0)
     group = p.add_argument_group("model overrides (ModelConfig fields; defaults from ModelConfig)")
@@ -114,10 +149,17 @@ def _git_commit() -> str:
     """HEAD, and how many tracked files differ from it: the figures belong to the tree that made them."""
     here = Path(__file__).resolve().parent
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5, cwd=here,
-                              check=False)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
-                               timeout=10, cwd=here, check=False)
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5, cwd=here, check=False
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            cwd=here,
+            check=False,
+        )
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     changed = [line[3:] for line in dirty.stdout.splitlines() if line.strip()]
@@ -127,10 +169,25 @@ def _git_commit() -> str:
 
 def _log_run(track: str, run: SeriesRun) -> None:
     m = run.metrics
-    parts = [f"{k} {m[k]:.3f}" for k in ("auc_pr", "f1", "far", "far_b_train_2nd_half", "flag_rate", "far_old",
-                                                  "far_new_2nd_half", "records_to_mode_added") if m.get(k) is not None]
-    print(f"  {track} {run.series:28s} {run.method:16s} {'  '.join(parts)}  (fit {run.fit_s:.0f}s, score {run.score_s:.0f}s)",
-          file=sys.stderr, flush=True)
+    parts = [
+        f"{k} {m[k]:.3f}"
+        for k in (
+            "auc_pr",
+            "f1",
+            "far",
+            "far_b_train_2nd_half",
+            "flag_rate",
+            "far_old",
+            "far_new_2nd_half",
+            "records_to_mode_added",
+        )
+        if m.get(k) is not None
+    ]
+    print(
+        f"  {track} {run.series:28s} {run.method:16s} {'  '.join(parts)}  (fit {run.fit_s:.0f}s, score {run.score_s:.0f}s)",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -143,10 +200,16 @@ def _int_list(text: str) -> tuple[int, ...]:
 def _perf(args: argparse.Namespace) -> int:
     from benchmarks import perf
 
-    opts = perf.PerfOptions(ks=args.perf_k, samples=args.perf_s, records=args.perf_records,
-                            latency=args.perf_latency, latency_rate=args.perf_rate,
-                            latency_s=args.perf_latency_s,
-                            pipeline=(True, False) if args.perf_serial else (True,), compile=args.perf_compile)
+    opts = perf.PerfOptions(
+        ks=args.perf_k,
+        samples=args.perf_s,
+        records=args.perf_records,
+        latency=args.perf_latency,
+        latency_rate=args.perf_rate,
+        latency_s=args.perf_latency_s,
+        pipeline=(True, False) if args.perf_serial else (True,),
+        compile=args.perf_compile,
+    )
     out = args.out or Path("results") / datetime.now().strftime("perf-%Y%m%d-%H%M%S")
     result = perf.measure(opts, progress=lambda line: print(line, file=sys.stderr, flush=True))
     result["setup"]["command"] = " ".join(["streammoe"] + sys.argv[1:])
@@ -165,7 +228,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     overrides = {n: getattr(args, f"cfg_{n}") for n in _config_fields() if getattr(args, f"cfg_{n}") is not None}
     config = ModelConfig(**overrides)
     only_other = args.speed or args.fuzz
-    wanted = [t.strip().upper() for t in args.tracks.split(",")] if args.tracks else ([] if only_other else list(TRACKS))
+    wanted = (
+        [t.strip().upper() for t in args.tracks.split(",")] if args.tracks else ([] if only_other else list(TRACKS))
+    )
     unknown_methods = sorted({m.strip() for m in args.methods.split(",")} - set(ALL_METHODS)) if args.methods else []
     if unknown_methods:
         raise SystemExit(f"error: unknown method(s) {unknown_methods}; known: {list(ALL_METHODS)}")
@@ -180,16 +245,28 @@ def cmd_bench(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     opts = tracks.BenchOptions(data_root, config, args.series, args.max_series, methods, args.pairs, args.batch_size)
 
-    def observe(track: str, run: SeriesRun, labels: np.ndarray, scores: np.ndarray, flagged: np.ndarray,
-                extras: Extras, offset: int, marks: list) -> None:
+    def observe(
+        track: str,
+        run: SeriesRun,
+        labels: np.ndarray,
+        scores: np.ndarray,
+        flagged: np.ndarray,
+        extras: Extras,
+        offset: int,
+        marks: list,
+    ) -> None:
         _log_run(track, run)
         if not args.no_plots:
             report.plot_series(out, track, run.series, run.method, labels, scores, flagged, extras, offset, marks)
 
-    header = {"command": "streammoe " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("streammoe") else " ".join(sys.argv),
-              "started": datetime.now().isoformat(timespec="seconds"), "git": _git_commit(),
-              "data_root": str(data_root), "model overrides": overrides or "none",
-              "torch threads": _torch_threads()}
+    header = {
+        "command": "streammoe " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("streammoe") else " ".join(sys.argv),
+        "started": datetime.now().isoformat(timespec="seconds"),
+        "git": _git_commit(),
+        "data_root": str(data_root),
+        "model overrides": overrides or "none",
+        "torch threads": _torch_threads(),
+    }
     started = time.perf_counter()
     results = []
     cache = tracks.FitCache()

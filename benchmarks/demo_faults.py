@@ -45,8 +45,9 @@ def with_settings(config: ModelConfig, sets: list[str]) -> ModelConfig:
     return ModelConfig.model_validate(data)
 
 
-def run(seed: int, sets: list[str], batch: int = 64, fit_steps: int = 1000,
-        incidents: IncidentSettings | None = None) -> dict:
+def run(
+    seed: int, sets: list[str], batch: int = 64, fit_steps: int = 1000, incidents: IncidentSettings | None = None
+) -> dict:
     """The demo's default schedule through a model fitted as the demo fits it (modes A and B)."""
     torch.manual_seed(seed)
     config = with_settings(ModelConfig(fit_steps=fit_steps, seed=seed), sets)
@@ -63,16 +64,29 @@ def run(seed: int, sets: list[str], batch: int = 64, fit_steps: int = 1000,
         scored = detector.score_many(x[i : i + batch], refs=refs)
         flagged[i : i + batch] = scored.is_anomaly
         critical = ~scored.valid | ~scored.in_range | (scored.log_p_value < np.log(CRITICAL_P_VALUE))
-        changes += tracker.observe(Batch(
-            asset=[records[0].asset_id] * len(refs), ts=np.array([records[r].ts for r in refs]),
-            partition=np.zeros(len(refs), np.int32), offset=refs, flagged=scored.is_anomaly, critical=critical,
-            score=scored.score, p_value=scored.p_value, mode=scored.mode, share=scored.channel_share,
-            topic="sensor-records"))
+        changes += tracker.observe(
+            Batch(
+                asset=[records[0].asset_id] * len(refs),
+                ts=np.array([records[r].ts for r in refs]),
+                partition=np.zeros(len(refs), np.int32),
+                offset=refs,
+                flagged=scored.is_anomaly,
+                critical=critical,
+                score=scored.score,
+                p_value=scored.p_value,
+                mode=scored.mode,
+                share=scored.channel_share,
+                topic="sensor-records",
+            )
+        )
         for event in detector.learn_many(scored).events:
             if event.kind == "mode_added" and event.first_ref is not None and event.last_ref is not None:
                 added.append(records[int(event.last_ref)].mode)
-                changes += tracker.link_mode_added(event.expert, Source("sensor-records", 0, int(event.first_ref)),
-                                                   Source("sensor-records", 0, int(event.last_ref)))
+                changes += tracker.link_mode_added(
+                    event.expert,
+                    Source("sensor-records", 0, int(event.first_ref)),
+                    Source("sensor-records", 0, int(event.last_ref)),
+                )
     alerts: Counter[str] = Counter()
     total: Counter[str] = Counter()
     for record, flag in zip(records, flagged):
@@ -83,10 +97,24 @@ def run(seed: int, sets: list[str], batch: int = 64, fit_steps: int = 1000,
     for inc in tracker.open_incidents():
         latest[inc.id] = inc.body(CHANNELS, 3)
     judged = judge([(r.ts, r.mode, r.fault) for r in records], list(latest.values()))
-    return {"seed": seed, "alerts": {k: f"{alerts[k]}/{total[k]}" for k in total}, "modes_added_in": added,
-            "unlocks": detector.counters["unlocks"], "incidents": judged, "n_incidents": len(latest),
-            "incident_list": [(b["kind"], (b["first_ts"] - records[0].ts) // 1000, (b["last_ts"] - records[0].ts) // 1000,
-                               b["count"], b["peak_score"]) for b in latest.values()]}
+    return {
+        "seed": seed,
+        "alerts": {k: f"{alerts[k]}/{total[k]}" for k in total},
+        "modes_added_in": added,
+        "unlocks": detector.counters["unlocks"],
+        "incidents": judged,
+        "n_incidents": len(latest),
+        "incident_list": [
+            (
+                b["kind"],
+                (b["first_ts"] - records[0].ts) // 1000,
+                (b["last_ts"] - records[0].ts) // 1000,
+                b["count"],
+                b["peak_score"],
+            )
+            for b in latest.values()
+        ],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,7 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], help="ModelConfig override, e.g. novelty.lockin_share=0.03")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--incidents", default="{}", help='IncidentSettings overrides as JSON, e.g. \'{"quiet_records": 60}\'')
+    p.add_argument(
+        "--incidents", default="{}", help="IncidentSettings overrides as JSON, e.g. '{\"quiet_records\": 60}'"
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     settings = IncidentSettings(**json.loads(args.incidents))

@@ -69,20 +69,37 @@ def main(argv: list[str] | None = None) -> int:
 
         def settings(group: str) -> Settings:
             roles = ("alerts", "dead", "events", "control", *(("scores",) if args.scores_topic else ()))
-            return daemon_settings(bootstrap, topics_for(topic, roles), channels, group=group,
-                                   checkpoint_dir=Path(tmp) / "ckpt", model_dir=Path(tmp) / "model",
-                                   kafka__commit_interval_s=1.0, kafka__extra={"heartbeat.interval.ms": "2000"},
-                                   batching__max_batch=args.max_batch, torch_threads=args.torch_threads)
+            return daemon_settings(
+                bootstrap,
+                topics_for(topic, roles),
+                channels,
+                group=group,
+                checkpoint_dir=Path(tmp) / "ckpt",
+                model_dir=Path(tmp) / "model",
+                kafka__commit_interval_s=1.0,
+                kafka__extra={"heartbeat.interval.ms": "2000"},
+                batching__max_batch=args.max_batch,
+                torch_threads=args.torch_threads,
+            )
 
         raw = raw_rate(settings("bench-raw"), args.records)
         daemon = Daemon(settings("bench-e2e"))
         summary = daemon.run(max_records=args.records, timeout_s=600)
         e2e = summary.records_in / summary.busy_seconds
     result = {
-        "records": args.records, "k": args.k, "channels": args.channels, "n_samples": args.n_samples,
-        "max_batch": args.max_batch, "scores_topic": args.scores_topic, "produce_rec_s": round(args.records / produce_s),
-        "raw_consume_decode_rec_s": round(raw), "e2e_rec_s": round(e2e), "ratio": round(e2e / raw, 3),
-        "alerts": summary.alerts, "e2e_stage_seconds": daemon.metrics.stage_totals(), "torch_threads": __import__("torch").get_num_threads(),
+        "records": args.records,
+        "k": args.k,
+        "channels": args.channels,
+        "n_samples": args.n_samples,
+        "max_batch": args.max_batch,
+        "scores_topic": args.scores_topic,
+        "produce_rec_s": round(args.records / produce_s),
+        "raw_consume_decode_rec_s": round(raw),
+        "e2e_rec_s": round(e2e),
+        "ratio": round(e2e / raw, 3),
+        "alerts": summary.alerts,
+        "e2e_stage_seconds": daemon.metrics.stage_totals(),
+        "torch_threads": __import__("torch").get_num_threads(),
         "cpu_count": os.cpu_count(),
     }
     print(json.dumps(result))

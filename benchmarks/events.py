@@ -62,10 +62,17 @@ class EventCounts:
     delays: list[int] = field(default_factory=list)
 
     def __add__(self, o: EventCounts) -> EventCounts:
-        return EventCounts(self.segments + o.segments, self.detected + o.detected, self.incidents + o.incidents,
-                           self.false_incidents + o.false_incidents, self.normal_rows + o.normal_rows,
-                           self.normal_inside + o.normal_inside, self.normal_flagged + o.normal_flagged,
-                           self.per_segment + o.per_segment, self.delays + o.delays)
+        return EventCounts(
+            self.segments + o.segments,
+            self.detected + o.detected,
+            self.incidents + o.incidents,
+            self.false_incidents + o.false_incidents,
+            self.normal_rows + o.normal_rows,
+            self.normal_inside + o.normal_inside,
+            self.normal_flagged + o.normal_flagged,
+            self.per_segment + o.per_segment,
+            self.delays + o.delays,
+        )
 
     def metrics(self) -> dict:
         return {
@@ -75,7 +82,9 @@ class EventCounts:
             "median_delay": float(np.median(self.delays)) if self.delays else None,
             "normal_inside": self.normal_inside / self.normal_rows if self.normal_rows else None,
             "normal_flagged": self.normal_flagged / self.normal_rows if self.normal_rows else None,
-            "incidents": self.incidents, "false_incidents": self.false_incidents, "segments": self.segments,
+            "incidents": self.incidents,
+            "false_incidents": self.false_incidents,
+            "segments": self.segments,
         }
 
     def as_dict(self) -> dict:
@@ -107,24 +116,42 @@ def count_events(labels: np.ndarray, flagged: np.ndarray, spans: Sequence[tuple[
     delays = [max(0, min(o for _, _, o in h) - segs[k][0]) for k, h in enumerate(hits) if h]
     normal = ~y
     return EventCounts(
-        segments=len(segs), detected=len(detected), incidents=len(spans), false_incidents=false,
-        normal_rows=int(normal.sum()), normal_inside=int((inside & normal).sum()),
+        segments=len(segs),
+        detected=len(detected),
+        incidents=len(spans),
+        false_incidents=false,
+        normal_rows=int(normal.sum()),
+        normal_inside=int((inside & normal).sum()),
         normal_flagged=int((np.asarray(flagged).astype(bool) & normal).sum()),
-        per_segment=[len(h) for h in detected], delays=delays,
+        per_segment=[len(h) for h in detected],
+        delays=delays,
     )
 
 
-def event_counts(labels: np.ndarray, flagged: np.ndarray, critical: np.ndarray | None = None,
-                 settings: IncidentSettings | None = None, mode_added: Sequence[tuple[int, int, int]] = (),
-                 ) -> dict[str, EventCounts]:
+def event_counts(
+    labels: np.ndarray,
+    flagged: np.ndarray,
+    critical: np.ndarray | None = None,
+    settings: IncidentSettings | None = None,
+    mode_added: Sequence[tuple[int, int, int]] = (),
+) -> dict[str, EventCounts]:
     """Both groupings of one series' decisions; `critical` rows open an incident at once (streammoe's own)."""
     tracked = track_series(flagged, critical, settings=settings, mode_added=mode_added)
-    return {"incidents": count_events(labels, flagged, tracked.spans()),
-            "gap10": count_events(labels, flagged, gap_groups(flagged))}
+    return {
+        "incidents": count_events(labels, flagged, tracked.spans()),
+        "gap10": count_events(labels, flagged, gap_groups(flagged)),
+    }
 
 
-def add_events(metrics: dict, labels: np.ndarray, flagged: np.ndarray, critical: np.ndarray | None,
-               mode_added: Sequence[tuple[int, int, int]], settings: IncidentSettings, start: int = 0) -> None:
+def add_events(
+    metrics: dict,
+    labels: np.ndarray,
+    flagged: np.ndarray,
+    critical: np.ndarray | None,
+    mode_added: Sequence[tuple[int, int, int]],
+    settings: IncidentSettings,
+    start: int = 0,
+) -> None:
     """Put both groupings' event metrics and counts into a run's `metrics["events"]`; `flagged`, `critical`
     and the mode_added rows cover the whole stream, of which rows `start:` are labelled."""
     crit = None if critical is None else critical[start:]

@@ -84,22 +84,41 @@ def _kinds(rng: np.random.Generator) -> dict[str, tuple[float, Callable[[int, li
         "good_list": (0.15, lambda t, r: (_dump(_record(f"pump-{t % 9}", t, r)), SCORED)),
         "ts_out_of_order": (0.04, lambda t, r: (_dump(_record("pump-1", int(t - rng.integers(1, 10**6)), r)), SCORED)),
         "ts_duplicate": (0.04, lambda t, r: (_dump(_record("pump-1", 1_732_000_000_000, r)), SCORED)),
-        "extra_channels": (0.03, lambda t, r: (_dump(_record("pump-2", t, {**as_dict(r), "new": 1.0, "x": [1]})), SCORED)),
+        "extra_channels": (
+            0.03,
+            lambda t, r: (_dump(_record("pump-2", t, {**as_dict(r), "new": 1.0, "x": [1]})), SCORED),
+        ),
         "extra_fields": (0.02, lambda t, r: (_dump(_record("pump-2", t, r, note={"a": [None, True, "é"]})), SCORED)),
         "unicode_asset": (0.01, lambda t, r: (_dump(_record("насос-7 💧", t, r)), SCORED)),
         "near_limit": (0.01, lambda t, r: (_dump(_record("pump-3", t, r, pad="x" * (MAX_RECORD_BYTES - 400))), SCORED)),
-        "extreme_finite": (0.05, lambda t, r: (_dump(_record("pump-4", t, with_value(
-            r, one_of([1e30, -1e30, 3.4e38, -3.4e38, -9999.0])))), "alert:out_of_range")),
+        "extreme_finite": (
+            0.05,
+            lambda t, r: (
+                _dump(_record("pump-4", t, with_value(r, one_of([1e30, -1e30, 3.4e38, -3.4e38, -9999.0])))),
+                "alert:out_of_range",
+            ),
+        ),
         "nan_literal": (0.02, lambda t, r: (_dump(_record("pump-5", t, with_value(r, float("nan")))), "not_json")),
         "inf_literal": (0.02, lambda t, r: (_dump(_record("pump-5", t, with_value(r, float("-inf")))), "not_json")),
-        "beyond_float64": (0.02, lambda t, r: (_dump(_record("pump-5", t, with_value(r, 0.125))).replace(
-            b"0.125", b"1e400"), "non_finite")),
+        "beyond_float64": (
+            0.02,
+            lambda t, r: (_dump(_record("pump-5", t, with_value(r, 0.125))).replace(b"0.125", b"1e400"), "non_finite"),
+        ),
         "beyond_float32": (0.02, lambda t, r: (_dump(_record("pump-5", t, with_value(r, 1e39))), "non_finite")),
         "huge_int": (0.01, lambda t, r: (_dump(_record("pump-5", t, with_value(r, 10**60))), "non_finite")),
         "random_bytes": (0.04, lambda t, r: (rng.bytes(int(rng.integers(1, 200))), ANY_DEAD)),
         "deep_nesting": (0.02, lambda t, r: (b"[" * int(rng.integers(2000, 60_000)), "not_json")),
-        "deep_field": (0.01, lambda t, r: (_dump(_record("p", t, r))[:-1] + b', "x": ' + b"[" * 5000 + b"}", "not_json")),
-        "oversized": (0.02, lambda t, r: (_dump(_record("pump-6", t, r, pad="y" * int(rng.integers(MAX_RECORD_BYTES, 4 * MAX_RECORD_BYTES)))), "oversized")),
+        "deep_field": (
+            0.01,
+            lambda t, r: (_dump(_record("p", t, r))[:-1] + b', "x": ' + b"[" * 5000 + b"}", "not_json"),
+        ),
+        "oversized": (
+            0.02,
+            lambda t, r: (
+                _dump(_record("pump-6", t, r, pad="y" * int(rng.integers(MAX_RECORD_BYTES, 4 * MAX_RECORD_BYTES)))),
+                "oversized",
+            ),
+        ),
         "empty": (0.01, lambda t, r: (b"", "empty")),
         "tombstone": (0.01, lambda t, r: (None, "tombstone")),
         "not_object": (0.01, lambda t, r: (_dump(r), "not_object")),
@@ -109,11 +128,19 @@ def _kinds(rng: np.random.Generator) -> dict[str, tuple[float, Callable[[int, li
         "bad_ts": (0.02, lambda t, r: (_dump(_record("a", one_of(["yesterday", 1.5, True, 2**64]), r)), "bad_ts")),
         "missing_values": (0.01, lambda t, r: (_dump({"asset_id": "a", "ts": t}), "missing_values")),
         "bad_values": (0.01, lambda t, r: (_dump(_record("a", t, "1,2,3")), "bad_values")),
-        "missing_channel": (0.02, lambda t, r: (_dump(_record("a", t, dict(list(as_dict(r).items())[1:]))), "missing_channel")),
+        "missing_channel": (
+            0.02,
+            lambda t, r: (_dump(_record("a", t, dict(list(as_dict(r).items())[1:]))), "missing_channel"),
+        ),
         "null_value": (0.01, lambda t, r: (_dump(_record("a", t, with_value(r, None))), "missing_value")),
-        "wrong_type": (0.02, lambda t, r: (_dump(_record("a", t, with_value(r, one_of(["6", True, [1], {"v": 1}])))),
-                                           "bad_value_type")),
-        "wrong_length": (0.02, lambda t, r: (_dump(_record("a", t, r[: int(rng.integers(0, len(r)))])), "wrong_length")),
+        "wrong_type": (
+            0.02,
+            lambda t, r: (_dump(_record("a", t, with_value(r, one_of(["6", True, [1], {"v": 1}])))), "bad_value_type"),
+        ),
+        "wrong_length": (
+            0.02,
+            lambda t, r: (_dump(_record("a", t, r[: int(rng.integers(0, len(r)))])), "wrong_length"),
+        ),
     }
 
 
@@ -156,8 +183,13 @@ class FuzzReport:
 
     @property
     def ok(self) -> bool:
-        return self.unaccounted == 0 and self.duplicated == 0 and self.unexpected == 0 and self.daemon_alive \
+        return (
+            self.unaccounted == 0
+            and self.duplicated == 0
+            and self.unexpected == 0
+            and self.daemon_alive
             and self.exit_code == 0
+        )
 
 
 class TopicReader:
@@ -169,8 +201,14 @@ class TopicReader:
         self.topic = topic
         self.messages: list = []
         self._assigned = False
-        self._consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"fuzz-reader-{uuid.uuid4().hex}",
-                                   "enable.auto.commit": False, "fetch.wait.max.ms": 10})
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"fuzz-reader-{uuid.uuid4().hex}",
+                "enable.auto.commit": False,
+                "fetch.wait.max.ms": 10,
+            }
+        )
 
     def drain(self, idle_s: float = 0.3) -> list:
         from confluent_kafka import TopicPartition
@@ -205,8 +243,9 @@ def _outcome(item: Item, scored: dict | None, alert: dict | None, dead: str | No
     return None if ok else f"{item.kind}: expected {item.expect}, got {got}"
 
 
-def run_fuzz(n: int = 10_000, seed: int = 0, bootstrap: str | None = None, timeout_s: float = 300.0,
-             max_batch: int = 512) -> FuzzReport:
+def run_fuzz(
+    n: int = 10_000, seed: int = 0, bootstrap: str | None = None, timeout_s: float = 300.0, max_batch: int = 512
+) -> FuzzReport:
     """Produce `n` seeded hostile and good records, run `streammoe run` on them, account for every offset."""
     from streammoe.testing.broker import EmbeddedBroker, free_port
 
@@ -234,6 +273,7 @@ def run_fuzz(n: int = 10_000, seed: int = 0, bootstrap: str | None = None, timeo
                 errors.append(str(err))
             else:
                 delivered[(msg.partition(), msg.offset())] = item
+
         return done
 
     p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "all", "message.max.bytes": 1_000_000})
@@ -255,23 +295,38 @@ def run_fuzz(n: int = 10_000, seed: int = 0, bootstrap: str | None = None, timeo
             torch.set_num_threads(threads)
         save_detector(detector, Path(tmp) / "model")
         port = free_port()
-        env = {**os.environ, **daemon_env(
-            bootstrap, {"input": topic, **t}, CHANNELS, group=f"{topic}-group", checkpoint_dir=Path(tmp) / "ckpt",
-            model_dir=Path(tmp) / "model", kafka__extra=None, records__max_record_bytes=MAX_RECORD_BYTES,
-            batching__max_batch=max_batch, checkpoint__interval_s=None, http__enabled=None, http__port=port,
-            log_level="WARNING")}
+        env = {
+            **os.environ,
+            **daemon_env(
+                bootstrap,
+                {"input": topic, **t},
+                CHANNELS,
+                group=f"{topic}-group",
+                checkpoint_dir=Path(tmp) / "ckpt",
+                model_dir=Path(tmp) / "model",
+                kafka__extra=None,
+                records__max_record_bytes=MAX_RECORD_BYTES,
+                batching__max_batch=max_batch,
+                checkpoint__interval_s=None,
+                http__enabled=None,
+                http__port=port,
+                log_level="WARNING",
+            ),
+        }
         log_path = Path(tmp) / "daemon.log"
         with open(log_path, "wb") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "streammoe.cli", "run"], env=env,
-                                    stdout=log, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "streammoe.cli", "run"], env=env, stdout=log, stderr=subprocess.STDOUT
+            )
             readers = {r: TopicReader(bootstrap, t[r]) for r in ("scores", "dead", "alerts")}
             try:
                 _wait_for_all(readers, n, proc, report, timeout_s)
                 report.daemon_alive = proc.poll() is None
                 report.peak_rss_mb = round(rss_mb(proc.pid, "VmHWM"), 1)
                 report.rss_mb_at_end = round(rss_mb(proc.pid), 1)
-                report.poison_metric = {labels[0]: v for labels, v in
-                                        samples(port, "streammoe_poison_records_total", timeout=5).items()}
+                report.poison_metric = {
+                    labels[0]: v for labels, v in samples(port, "streammoe_poison_records_total", timeout=5).items()
+                }
                 proc.send_signal(signal.SIGTERM)
                 report.exit_code = proc.wait(timeout=60)
                 out = {r: reader.drain(idle_s=1.0) for r, reader in readers.items()}
@@ -288,8 +343,9 @@ def run_fuzz(n: int = 10_000, seed: int = 0, bootstrap: str | None = None, timeo
     return report
 
 
-def _wait_for_all(readers: dict[str, TopicReader], n: int, proc: subprocess.Popen, report: FuzzReport,
-                  timeout_s: float) -> None:
+def _wait_for_all(
+    readers: dict[str, TopicReader], n: int, proc: subprocess.Popen, report: FuzzReport, timeout_s: float
+) -> None:
     """Until every input is out (scores + dead letters), the daemon dies, or time is up."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and proc.poll() is None:
@@ -301,8 +357,9 @@ def _wait_for_all(readers: dict[str, TopicReader], n: int, proc: subprocess.Pope
         time.sleep(0.2)
 
 
-def _account(report: FuzzReport, delivered: dict[tuple[int, int], Item], scores: list, dead: list,
-             alerts: list) -> None:
+def _account(
+    report: FuzzReport, delivered: dict[tuple[int, int], Item], scores: list, dead: list, alerts: list
+) -> None:
     def src(m: Message) -> tuple[int, int]:
         s = orjson.loads(m.value())["source"]
         return s["partition"], s["offset"]
@@ -332,14 +389,21 @@ def _account(report: FuzzReport, delivered: dict[tuple[int, int], Item], scores:
 
 def markdown(report: FuzzReport) -> str:
     rows = [
-        ("records in", report.records_in), ("scored", report.scored),
-        ("alerts", f"{report.alerts} {report.alerts_by_reason}"), ("dead letters", report.dead_letters),
+        ("records in", report.records_in),
+        ("scored", report.scored),
+        ("alerts", f"{report.alerts} {report.alerts_by_reason}"),
+        ("dead letters", report.dead_letters),
         *((f"  dead: {k}", v) for k, v in report.dead_by_reason.items()),
-        ("unaccounted", report.unaccounted), ("published twice", report.duplicated),
+        ("unaccounted", report.unaccounted),
+        ("published twice", report.duplicated),
         ("outcome not as expected", report.unexpected),
-        ("poison metric", report.poison_metric), ("daemon alive at the end", report.daemon_alive),
+        ("poison metric", report.poison_metric),
+        ("daemon alive at the end", report.daemon_alive),
         ("exit code on SIGTERM", report.exit_code),
-        ("RSS MB after 1/4, at end, peak", f"{report.rss_mb_after_first_quarter}, {report.rss_mb_at_end}, {report.peak_rss_mb}"),
+        (
+            "RSS MB after 1/4, at end, peak",
+            f"{report.rss_mb_after_first_quarter}, {report.rss_mb_at_end}, {report.peak_rss_mb}",
+        ),
         ("wall seconds", report.seconds),
     ]
     lines = ["| fuzz | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)]

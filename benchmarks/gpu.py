@@ -51,9 +51,17 @@ def _median_rate(fn: Callable[[], object], rows: int, repeats: int, device: torc
     return rows / statistics.median(times)
 
 
-def measure(k: int = 16, samples: tuple[int, ...] = (1, 8), batches: tuple[int, ...] = (1024, 4096, 16384, 65536),
-            precisions: tuple[str, ...] = ("float32", "bfloat16", "float16"), channels: int = 38, repeats: int = 10,
-            fit_steps: int = 300, device: str | None = None, progress: Callable[[str], object] = print) -> dict:
+def measure(
+    k: int = 16,
+    samples: tuple[int, ...] = (1, 8),
+    batches: tuple[int, ...] = (1024, 4096, 16384, 65536),
+    precisions: tuple[str, ...] = ("float32", "bfloat16", "float16"),
+    channels: int = 38,
+    repeats: int = 10,
+    fit_steps: int = 300,
+    device: str | None = None,
+    progress: Callable[[str], object] = print,
+) -> dict:
     dev = torch.device(device) if device else default_device()
     if dev.type != "cuda":
         precisions = tuple(p for p in precisions if p != "float16")  # float16 autocast needs a GPU
@@ -76,48 +84,77 @@ def measure(k: int = 16, samples: tuple[int, ...] = (1, 8), batches: tuple[int, 
                     detector.score_many(x)
                 score = _median_rate(lambda x=x: detector.score_many(x), b, repeats, dev)
                 with torch.inference_mode():
-                    estep = _median_rate(lambda x_dev=x_dev, s=s: detector.model.evaluate(x_dev, s, detector.generator),
-                                         b, repeats, dev)
+                    estep = _median_rate(
+                        lambda x_dev=x_dev, s=s: detector.model.evaluate(x_dev, s, detector.generator), b, repeats, dev
+                    )
                 detector.generator.manual_seed(NOISE_SEED)
                 flags = detector.score_many(x).is_anomaly
                 reference = flags if reference is None else reference
-                row = {"s": s, "batch": b, "precision": precision, "score_rec_s": score, "estep_rec_s": estep,
-                       "same_decision": float((flags == reference).mean()),
-                       "planted_flagged": float(flags[planted[:b]].mean()) if planted[:b].any() else None,
-                       "others_flagged": float(flags[~planted[:b]].mean())}
+                row = {
+                    "s": s,
+                    "batch": b,
+                    "precision": precision,
+                    "score_rec_s": score,
+                    "estep_rec_s": estep,
+                    "same_decision": float((flags == reference).mean()),
+                    "planted_flagged": float(flags[planted[:b]].mean()) if planted[:b].any() else None,
+                    "others_flagged": float(flags[~planted[:b]].mean()),
+                }
                 if precision == "float32":  # on a copy: learning must not change what the other precisions score
                     learner = copy.deepcopy(detector)
                     scored = learner.score_many(x)
-                    row["learn_rec_s"] = _median_rate(lambda learner=learner, scored=scored: learner.learn_many(scored),
-                                                      b, max(3, repeats // 3), dev)
+                    row["learn_rec_s"] = _median_rate(
+                        lambda learner=learner, scored=scored: learner.learn_many(scored), b, max(3, repeats // 3), dev
+                    )
                 results.append(row)
-                progress(f"gpu: S={s} batch={b} {precision}: score {score:,.0f} rec/s, E-step {estep:,.0f} rec/s, "
-                         f"same decisions {row['same_decision']:.4f}")
+                progress(
+                    f"gpu: S={s} batch={b} {precision}: score {score:,.0f} rec/s, E-step {estep:,.0f} rec/s, "
+                    f"same decisions {row['same_decision']:.4f}"
+                )
     detector.accelerate()
     chunk_rows = {}
     for s in samples:
         detector.config.n_samples = s
         chunk_rows[str(s)] = detector.model.chunk_rows()
-    setup = {"device": str(dev), "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
-             "torch": torch.__version__, "k": k, "k_active": detector.model.n_active, "channels": channels,
-             "fit_steps": fit_steps, "fit_s": round(fit_s, 1), "repeats": repeats, "chunk_rows": chunk_rows}
+    setup = {
+        "device": str(dev),
+        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "k": k,
+        "k_active": detector.model.n_active,
+        "channels": channels,
+        "fit_steps": fit_steps,
+        "fit_s": round(fit_s, 1),
+        "repeats": repeats,
+        "chunk_rows": chunk_rows,
+    }
     return {"setup": setup, "runs": results}
 
 
 def markdown(result: dict) -> str:
     st = result["setup"]
-    lines = [f"## Scoring on {st['device_name']} (`python -m benchmarks.gpu`)", "",
-             (f"K={st['k']} ({st['k_active']} active), {st['channels']} channels, torch {st['torch']}, median of "
-             f"{st['repeats']} calls; rows per E-step pass by S: {st['chunk_rows']}."), "",
-             ("| S | batch | precision | score rec/s | E-step rec/s | learn rec/s | same decision as float32 "
-             "| planted flagged | others flagged |"),
-             "|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"## Scoring on {st['device_name']} (`python -m benchmarks.gpu`)",
+        "",
+        (
+            f"K={st['k']} ({st['k_active']} active), {st['channels']} channels, torch {st['torch']}, median of "
+            f"{st['repeats']} calls; rows per E-step pass by S: {st['chunk_rows']}."
+        ),
+        "",
+        (
+            "| S | batch | precision | score rec/s | E-step rec/s | learn rec/s | same decision as float32 "
+            "| planted flagged | others flagged |"
+        ),
+        "|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in result["runs"]:
         learn = f"{r['learn_rec_s']:,.0f}" if "learn_rec_s" in r else ""
         planted = f"{r['planted_flagged']:.3f}" if r["planted_flagged"] is not None else ""
-        lines.append(f"| {r['s']} | {r['batch']} | {r['precision']} | {r['score_rec_s']:,.0f} | "
-                     f"{r['estep_rec_s']:,.0f} | {learn} | {r['same_decision']:.4f} | {planted} | "
-                     f"{r['others_flagged']:.4f} |")
+        lines.append(
+            f"| {r['s']} | {r['batch']} | {r['precision']} | {r['score_rec_s']:,.0f} | "
+            f"{r['estep_rec_s']:,.0f} | {learn} | {r['same_decision']:.4f} | {planted} | "
+            f"{r['others_flagged']:.4f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -136,8 +173,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default=None, help="default: cuda when torch sees one, else cpu")
     parser.add_argument("--out", type=Path, default=Path("results/gpu"))
     args = parser.parse_args(argv)
-    result = measure(args.k, args.samples, args.batches, tuple(args.precisions.split(",")), repeats=args.repeats,
-                     fit_steps=args.fit_steps, device=args.device)
+    result = measure(
+        args.k,
+        args.samples,
+        args.batches,
+        tuple(args.precisions.split(",")),
+        repeats=args.repeats,
+        fit_steps=args.fit_steps,
+        device=args.device,
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "gpu.json").write_text(json.dumps(result, indent=1))
     (args.out / "gpu.md").write_text(markdown(result))

@@ -34,21 +34,33 @@ from benchmarks.tracks import (
 from streammoe.incidents import IncidentSettings
 from streammoe.model.config import ModelConfig
 
-COLUMNS = ("segment_recall", "false_per_10k", "per_detected_segment", "median_delay", "normal_inside",
-           "normal_flagged", "incidents")
+COLUMNS = (
+    "segment_recall",
+    "false_per_10k",
+    "per_detected_segment",
+    "median_delay",
+    "normal_inside",
+    "normal_flagged",
+    "incidents",
+)
 
 
 def _t1_names(opts: BenchOptions) -> list[str]:
     root = opts.data_root / "skab"
-    return [f"skab/{g}/{p.name.removesuffix('.csv.gz')}" for g in T1_GROUPS
-            for p in sorted((root / g).glob("*.csv.gz"), key=lambda p: natural_key(p.name))]
+    return [
+        f"skab/{g}/{p.name.removesuffix('.csv.gz')}"
+        for g in T1_GROUPS
+        for p in sorted((root / g).glob("*.csv.gz"), key=lambda p: natural_key(p.name))
+    ]
 
 
 def decisions(opts: BenchOptions, tracks: list[str], cache_dir: Path) -> Iterator[tuple[str, str, dict]]:
     """(dataset, method, arrays) for every series and method; runs the method only when not cached."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     fits = FitCache()
-    jobs = [("T1", n) for n in _t1_names(opts)] * ("T1" in tracks) + [("T2", n) for n in t2_names(opts)] * ("T2" in tracks)
+    jobs = [("T1", n) for n in _t1_names(opts)] * ("T1" in tracks) + [("T2", n) for n in t2_names(opts)] * (
+        "T2" in tracks
+    )
     try:
         for track, name in jobs:
             for m in opts.methods or METHODS:
@@ -73,9 +85,14 @@ def _decide(opts: BenchOptions, track: str, name: str, method: str, fits: FitCac
     scores, flagged, _, _ = _run(peer, train, stream)
     ex = _extras(peer)
     print(f"  decided {name} {method}", file=sys.stderr, flush=True)
-    np.savez_compressed(path, labels=labels, flagged=flagged, scores=scores,
-                        critical=ex.critical if ex.critical is not None else np.zeros(len(flagged), bool),
-                        mode_added=np.asarray(ex.mode_added, np.int64).reshape(-1, 3))
+    np.savez_compressed(
+        path,
+        labels=labels,
+        flagged=flagged,
+        scores=scores,
+        critical=ex.critical if ex.critical is not None else np.zeros(len(flagged), bool),
+        mode_added=np.asarray(ex.mode_added, np.int64).reshape(-1, 3),
+    )
 
 
 def sweep(opts: BenchOptions, tracks: list[str], cache_dir: Path, grid: list[dict]) -> dict:

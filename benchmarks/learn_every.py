@@ -58,16 +58,26 @@ def main(argv: list[str] | None = None) -> int:
                 t1 = time.perf_counter()
                 scores = peer.score_many(test.values)
                 m = series_metrics(test.labels, scores, peer.decide(scores))
-                row = {"series": name, "learn_every": every, "seed": seed, "auc_pr": m["auc_pr"], "f1": m["f1"],
-                       "far": m["far"], "steps": peer.detector.counters["steps"], "score_s": time.perf_counter() - t1,
-                       "fit_s": fit_s}
+                row = {
+                    "series": name,
+                    "learn_every": every,
+                    "seed": seed,
+                    "auc_pr": m["auc_pr"],
+                    "f1": m["f1"],
+                    "far": m["far"],
+                    "steps": peer.detector.counters["steps"],
+                    "score_s": time.perf_counter() - t1,
+                    "fit_s": fit_s,
+                }
                 runs.append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)
     lines = ["| learn_every | seed | mean AUC-PR | mean F1 | mean FAR | series |", "|---:|---:|---:|---:|---:|---:|"]
     for every, seed in [(n, 0) for n in args.every] + [(1, 1)]:
         sel = [r for r in runs if r["learn_every"] == every and r["seed"] == seed]
-        lines.append(f"| {every} | {seed} | {np.mean([r['auc_pr'] for r in sel]):.3f} | {np.mean([r['f1'] for r in sel]):.3f} | "
-                     f"{np.mean([r['far'] for r in sel]):.4f} | {len(sel)} |")
+        lines.append(
+            f"| {every} | {seed} | {np.mean([r['auc_pr'] for r in sel]):.3f} | {np.mean([r['f1'] for r in sel]):.3f} | "
+            f"{np.mean([r['far'] for r in sel]):.4f} | {len(sel)} |"
+        )
     print("\n".join(lines))
     if args.out:
         args.out.write_text(json.dumps(runs, indent=1))

@@ -47,12 +47,18 @@ class Decisions:
         anomalous = self.tp + self.fn
         return self.fn / anomalous if anomalous else None
 
-    def __add__(self, other: "Decisions") -> "Decisions":
+    def __add__(self, other: Decisions) -> Decisions:
         return Decisions(self.tp + other.tp, self.fp + other.fp, self.fn + other.fn, self.tn + other.tn)
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "precision": self.precision, "recall": self.recall, "f1": self.f1,
-                "far": self.far, "mar": self.mar}
+        return {
+            **asdict(self),
+            "precision": self.precision,
+            "recall": self.recall,
+            "f1": self.f1,
+            "far": self.far,
+            "mar": self.mar,
+        }
 
 
 def decisions(labels: np.ndarray, flagged: np.ndarray) -> Decisions:
@@ -114,9 +120,14 @@ def best_f1(labels: np.ndarray, scores: np.ndarray) -> float | None:
 def series_metrics(labels: np.ndarray, scores: np.ndarray, flagged: np.ndarray) -> dict:
     """Every per-series number of T2: decision counts and rates, plus the ranking metrics."""
     d = decisions(labels, flagged)
-    return {**d.as_dict(), "auc_pr": auc_pr(labels, scores), "auc_roc": auc_roc(labels, scores),
-            "best_f1": best_f1(labels, scores), "n_rows": len(labels),
-            "n_anomalous": int(np.asarray(labels).astype(bool).sum())}
+    return {
+        **d.as_dict(),
+        "auc_pr": auc_pr(labels, scores),
+        "auc_roc": auc_roc(labels, scores),
+        "best_f1": best_f1(labels, scores),
+        "n_rows": len(labels),
+        "n_anomalous": int(np.asarray(labels).astype(bool).sum()),
+    }
 
 
 def mean_defined(values: list[float | None]) -> tuple[float | None, int]:

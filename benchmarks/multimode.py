@@ -63,7 +63,9 @@ class MultiModeSet:
 
 def simulator_set(seed: int = 0, spec: DatasetSpec | None = None) -> MultiModeSet:
     spec = spec or DatasetSpec()
-    data = MultiModeSet(f"simulator (streammoe.testing.process, seed {seed})", [], {m: MODES[m].name for m in spec.modes}, {})
+    data = MultiModeSet(
+        f"simulator (streammoe.testing.process, seed {seed})", [], {m: MODES[m].name for m in spec.modes}, {}
+    )
     for stem, entry, run in dataset_runs(seed, spec):
         data.channels = list(run.channels)
         if stem.endswith(".train"):

@@ -81,9 +81,11 @@ class HalfSpaceTreesPeer(ThresholdFromTraining):
 
     def describe(self) -> str:
         p = self.params
-        return (f"river HalfSpaceTrees n_trees={p['n_trees']} height={p['height']} window={p['window_size']}, "
-                f"min-max scaled on the training part, score-then-learn every row; "
-                f"threshold q{TRAIN_QUANTILE:.2f} of training scores")
+        return (
+            f"river HalfSpaceTrees n_trees={p['n_trees']} height={p['height']} window={p['window_size']}, "
+            f"min-max scaled on the training part, score-then-learn every row; "
+            f"threshold q{TRAIN_QUANTILE:.2f} of training scores"
+        )
 
     def _rows(self, x: np.ndarray) -> list[dict[int, float]]:
         z = (_impute(x, self.fill) - self.lo) / self.span
@@ -119,8 +121,10 @@ class IsolationForestPeer(ThresholdFromTraining):
         self.n_estimators, self.seed = n_estimators, seed
 
     def describe(self) -> str:
-        return (f"sklearn IsolationForest n_estimators={self.n_estimators}, fitted on the training part, static; "
-                f"score = -score_samples; threshold q{TRAIN_QUANTILE:.2f} of training scores")
+        return (
+            f"sklearn IsolationForest n_estimators={self.n_estimators}, fitted on the training part, static; "
+            f"score = -score_samples; threshold q{TRAIN_QUANTILE:.2f} of training scores"
+        )
 
     def fit(self, x: np.ndarray) -> None:
         from sklearn.ensemble import IsolationForest
@@ -146,8 +150,10 @@ class PcaT2QPeer(ThresholdFromTraining):
         self.variance = variance
 
     def describe(self) -> str:
-        return (f"PCA T²+Q on standardised training data, components for {self.variance:.0%} of variance; "
-                f"score = T²/q99(T²) + Q/q99(Q) (training quantiles); threshold q{TRAIN_QUANTILE:.2f} of training scores")
+        return (
+            f"PCA T²+Q on standardised training data, components for {self.variance:.0%} of variance; "
+            f"score = T²/q99(T²) + Q/q99(Q) (training quantiles); threshold q{TRAIN_QUANTILE:.2f} of training scores"
+        )
 
     def _parts(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         z = (_impute(x, self.mean) - self.mean) / self.std
@@ -210,7 +216,7 @@ class TimeContext:
         count = (end - start)[:, None]
         mean = (csum[end] - csum[start]) / count
         var = np.maximum((csq[end] - csq[start]) / count - mean**2, 0.0)
-        self.history = full[-(self.rows - 1):] if self.rows > 1 else full[:0]
+        self.history = full[-(self.rows - 1) :] if self.rows > 1 else full[:0]
         return np.hstack([x, change, np.sqrt(var), x - mean])
 
     def reset(self) -> None:
@@ -230,8 +236,10 @@ class PcaT2QWindowPeer(PcaT2QPeer):
         self.context = TimeContext(rows)
 
     def describe(self) -> str:
-        return (f"PCA T²+Q as PCA-T2+Q, on per-row time context over the last {self.context.rows} rows (values, "
-                f"change from the previous row, spread, distance from the window mean: 4 features per channel)")
+        return (
+            f"PCA T²+Q as PCA-T2+Q, on per-row time context over the last {self.context.rows} rows (values, "
+            f"change from the previous row, spread, distance from the window mean: 4 features per channel)"
+        )
 
     def fit(self, x: np.ndarray) -> None:
         clean = _finite_rows(x).astype(np.float64)
@@ -254,16 +262,19 @@ class StreamMoEPeer:
     The decision is the detector's own `is_anomaly` for the stream just scored; `decide` ignores its argument.
     """
 
-    def __init__(self, name: str, config: ModelConfig, k: int | None = None, learn: bool = True,
-                 batch_size: int = 256) -> None:
+    def __init__(
+        self, name: str, config: ModelConfig, k: int | None = None, learn: bool = True, batch_size: int = 256
+    ) -> None:
         self.name, self.config, self.k, self.learn, self.batch_size = name, config, k, learn, batch_size
         self.extras = Extras()
 
     def describe(self) -> str:
         k = "K by BIC up to k_max" if self.k is None else f"K={self.k}"
         learn = "learning online" if self.learn else "--no-learn (static)"
-        return (f"streammoe {k}, {learn}, batch {self.batch_size}; score = NLL (the CSV `score`), "
-                f"decision = its own is_anomaly (p < {self.config.threshold:g})")
+        return (
+            f"streammoe {k}, {learn}, batch {self.batch_size}; score = NLL (the CSV `score`), "
+            f"decision = its own is_anomaly (p < {self.config.threshold:g})"
+        )
 
     def fit(self, x: np.ndarray) -> None:
         from streammoe.model.detector import MixtureDetector

@@ -122,7 +122,9 @@ def variants(detector: MixtureDetector, batches: list[np.ndarray], repeats: int,
     data = [b.copy() for b in batches]
     for x, p in zip(data, planted):
         x[p, 0] += ANOMALY_SHIFT
-    wanted = [("float32", False, "float32"), ("bfloat16", False, "bfloat16")] + ([("compiled", True, "float32")] if compile else [])
+    wanted = [("float32", False, "float32"), ("bfloat16", False, "bfloat16")] + (
+        [("compiled", True, "float32")] if compile else []
+    )
     out, base = [], None
     for name, comp, precision in wanted:
         detector.accelerate(comp, precision)
@@ -141,9 +143,16 @@ def variants(detector: MixtureDetector, batches: list[np.ndarray], repeats: int,
         d = np.concatenate(decisions)
         base = d if base is None else base
         p = np.concatenate(planted)
-        out.append({"variant": name, "score_rec_s": statistics.median(rates), "first_batch_s": first_s,
-                    "agree": float((d == base).mean()), "flagged_planted": float(d[p].mean()),
-                    "flagged_other": float(d[~p].mean())})
+        out.append(
+            {
+                "variant": name,
+                "score_rec_s": statistics.median(rates),
+                "first_batch_s": first_s,
+                "agree": float((d == base).mean()),
+                "flagged_planted": float(d[p].mean()),
+                "flagged_other": float(d[~p].mean()),
+            }
+        )
     detector.accelerate()
     return out
 
@@ -186,12 +195,31 @@ class PerfOptions:
     extra: dict = field(default_factory=dict)
 
 
-def daemon_settings(bootstrap: str, topic: str, channels: list[str], tmp: Path, group: str, max_batch: int,
-                    max_wait_ms: int, threads: int, pipeline: bool = True) -> Settings:
-    return kit_settings(bootstrap, topics_for(topic), channels, group=group, checkpoint_dir=tmp / f"ckpt-{group}",
-                        model_dir=tmp / "model", kafka__commit_interval_s=1.0,
-                        kafka__extra={"heartbeat.interval.ms": "2000"}, batching__max_batch=max_batch,
-                        batching__max_wait_ms=max_wait_ms, batching__pipeline=pipeline, torch_threads=threads)
+def daemon_settings(
+    bootstrap: str,
+    topic: str,
+    channels: list[str],
+    tmp: Path,
+    group: str,
+    max_batch: int,
+    max_wait_ms: int,
+    threads: int,
+    pipeline: bool = True,
+) -> Settings:
+    return kit_settings(
+        bootstrap,
+        topics_for(topic),
+        channels,
+        group=group,
+        checkpoint_dir=tmp / f"ckpt-{group}",
+        model_dir=tmp / "model",
+        kafka__commit_interval_s=1.0,
+        kafka__extra={"heartbeat.interval.ms": "2000"},
+        batching__max_batch=max_batch,
+        batching__max_wait_ms=max_wait_ms,
+        batching__pipeline=pipeline,
+        torch_threads=threads,
+    )
 
 
 def fitted(k: int, s: int, channels: list[str], fit_steps: int, device: str = "cpu") -> MixtureDetector:
@@ -249,20 +277,36 @@ def measure(opts: PerfOptions, progress: Callable[[str], object] = print) -> dic
                 row = {"k": k, "k_active": detector.model.n_active, "s": s, "score_rec_s": score, "learn_rec_s": learn}
                 for pipeline in opts.pipeline:
                     group = f"e2e-{k}-{s}-{int(pipeline)}-{uuid.uuid4().hex[:4]}"
-                    daemon = Daemon(daemon_settings(broker.bootstrap, topic, channels, tmp, group, opts.max_batch, 50,
-                                                    opts.torch_threads, pipeline))
+                    daemon = Daemon(
+                        daemon_settings(
+                            broker.bootstrap,
+                            topic,
+                            channels,
+                            tmp,
+                            group,
+                            opts.max_batch,
+                            50,
+                            opts.torch_threads,
+                            pipeline,
+                        )
+                    )
                     summary = daemon.run(max_records=opts.records, timeout_s=600)
                     e2e = summary.records_in / summary.busy_seconds if summary.busy_seconds else 0.0
                     key = "e2e_rec_s" if pipeline else "e2e_serial_rec_s"
                     row[key] = e2e
                     row["stage_seconds" if pipeline else "stage_seconds_serial"] = daemon.metrics.stage_totals()
-                progress(f"perf: K={k} S={s} score {score:.0f} learn {learn:.0f} e2e "
-                         + ", ".join(f"{row[key]:.0f}" for key in ("e2e_rec_s", "e2e_serial_rec_s") if key in row))
+                progress(
+                    f"perf: K={k} S={s} score {score:.0f} learn {learn:.0f} e2e "
+                    + ", ".join(f"{row[key]:.0f}" for key in ("e2e_rec_s", "e2e_serial_rec_s") if key in row)
+                )
                 result["grid"].append(row)
         if opts.variants_k:
             detector = fitted(opts.variants_k, opts.variants_s, channels, opts.fit_steps)
-            result["variants"] = {"k": opts.variants_k, "s": opts.variants_s,
-                                  "runs": variants(detector, batches, opts.repeats, opts.compile)}
+            result["variants"] = {
+                "k": opts.variants_k,
+                "s": opts.variants_s,
+                "runs": variants(detector, batches, opts.repeats, opts.compile),
+            }
             progress(f"perf: variants {json.dumps(result['variants'])}")
         transport()
         consume = statistics.median(raw)
@@ -273,16 +317,32 @@ def measure(opts: PerfOptions, progress: Callable[[str], object] = print) -> dic
                     row[key.replace("rec_s", "vs_consume_decode")] = row[key] / consume_decode
                     row[key.replace("rec_s", "vs_hst")] = row[key] / hst
                     row[key.replace("rec_s", "vs_hst15")] = row[key] / hst15
-        result["transport"] = {"produce_rec_s": produce_rate, "consume_rec_s": raw, "consume_decode_rec_s": dec,
-                               "consume_median": consume, "consume_decode_median": consume_decode,
-                               "hst_rec_s": hst, "hst": hst_desc, "hst15_rec_s": hst15, "hst15": hst15_desc}
+        result["transport"] = {
+            "produce_rec_s": produce_rate,
+            "consume_rec_s": raw,
+            "consume_decode_rec_s": dec,
+            "consume_median": consume,
+            "consume_decode_median": consume_decode,
+            "hst_rec_s": hst,
+            "hst": hst_desc,
+            "hst15_rec_s": hst15,
+            "hst15": hst15_desc,
+        }
         if opts.latency:
             result["latency"] = latency(broker.bootstrap, channels, tmp, opts, progress)
     result["setup"] = {
-        "records": opts.records, "channels": opts.channels, "modes_in_data": N_MODES, "max_batch": opts.max_batch,
-        "fit_steps": opts.fit_steps, "repeats": opts.repeats, "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "device": "cpu",
-        "load_average": os.getloadavg(), "wall_s": round(time.monotonic() - started, 1),
+        "records": opts.records,
+        "channels": opts.channels,
+        "modes_in_data": N_MODES,
+        "max_batch": opts.max_batch,
+        "fit_steps": opts.fit_steps,
+        "repeats": opts.repeats,
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "device": "cpu",
+        "load_average": os.getloadavg(),
+        "wall_s": round(time.monotonic() - started, 1),
     }
     return result
 
@@ -290,8 +350,9 @@ def measure(opts: PerfOptions, progress: Callable[[str], object] = print) -> dic
 # ---- produce -> alert latency -----------------------------------------------------------------------------
 
 
-def _paced_producer(bootstrap: str, topic: str, channels: list[str], rate: int, seconds: float, seed: int,
-                    out: mp.Queue) -> None:
+def _paced_producer(
+    bootstrap: str, topic: str, channels: list[str], rate: int, seconds: float, seed: int, out: mp.Queue
+) -> None:
     """Produce at `rate` records/s for `seconds`, `ts` = send time (epoch ms); 1 % far off every mode. Puts the
     paced stretch's own seconds (first send to last delivery) on `out`: the process's start and the payloads'
     preparation are not part of the offered rate."""
@@ -330,8 +391,15 @@ def _alert_reader(bootstrap: str, topic: str, produced: threading.Event, out: mp
     wait, which would count as latency: the wait is kept short (5 ms)."""
     from confluent_kafka import Consumer
 
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"lat-{uuid.uuid4().hex[:6]}",
-                  "auto.offset.reset": "earliest", "fetch.wait.max.ms": 5, "session.timeout.ms": 6000})
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"lat-{uuid.uuid4().hex[:6]}",
+            "auto.offset.reset": "earliest",
+            "fetch.wait.max.ms": 5,
+            "session.timeout.ms": 6000,
+        }
+    )
     c.subscribe([topic])
     lat = []
     deadline = float("inf")
@@ -378,12 +446,14 @@ def _paced_run(bootstrap: str, topic: str, channels: list[str], opts: PerfOption
     out: mp.Queue = ctx.Queue()
     paced: mp.Queue = ctx.Queue()
     produced = ctx.Event()
-    reader = ctx.Process(target=_alert_reader, args=(bootstrap, f"{topic}-alerts", produced, out,
-                                                   opts.latency_reader_wait_s))
+    reader = ctx.Process(
+        target=_alert_reader, args=(bootstrap, f"{topic}-alerts", produced, out, opts.latency_reader_wait_s)
+    )
     reader.start()
     time.sleep(3)  # the reader's group join
-    producer = ctx.Process(target=_paced_producer,
-                           args=(bootstrap, topic, channels, opts.latency_rate, opts.latency_seconds, 7, paced))
+    producer = ctx.Process(
+        target=_paced_producer, args=(bootstrap, topic, channels, opts.latency_rate, opts.latency_seconds, 7, paced)
+    )
     producer.start()
     produced_s = paced.get(timeout=opts.latency_seconds + 120)
     producer.join()
@@ -413,8 +483,9 @@ def _percentiles(lat: np.ndarray) -> dict:
     return {**{f"p{q}_ms": float(np.percentile(lat, q)) for q in (50, 90, 99)}, "max_ms": float(lat.max())}
 
 
-def latency(bootstrap: str, channels: list[str], tmp: Path, opts: PerfOptions,
-            progress: Callable[[str], object] = print) -> dict:
+def latency(
+    bootstrap: str, channels: list[str], tmp: Path, opts: PerfOptions, progress: Callable[[str], object] = print
+) -> dict:
     """Produce -> alert latency through the daemon, and through a relay that does no work (the floor), in turn."""
     from streammoe.daemon import Daemon
     from streammoe.state.persistence import save_detector
@@ -422,8 +493,19 @@ def latency(bootstrap: str, channels: list[str], tmp: Path, opts: PerfOptions,
     detector = fitted(opts.latency_k, opts.latency_s, channels, opts.fit_steps)
     save_detector(detector, tmp / "model")
     topic = _new_topics(bootstrap, channels)
-    daemon = Daemon(daemon_settings(bootstrap, topic, channels, tmp, f"lat-{topic}", opts.max_batch,
-                                    opts.latency_max_wait_ms, opts.torch_threads, opts.latency_pipeline))
+    daemon = Daemon(
+        daemon_settings(
+            bootstrap,
+            topic,
+            channels,
+            tmp,
+            f"lat-{topic}",
+            opts.max_batch,
+            opts.latency_max_wait_ms,
+            opts.torch_threads,
+            opts.latency_pipeline,
+        )
+    )
     runner = threading.Thread(target=daemon.run, kwargs={"timeout_s": opts.latency_seconds + 180}, daemon=True)
     runner.start()
     deadline = time.monotonic() + 60
@@ -432,14 +514,32 @@ def latency(bootstrap: str, channels: list[str], tmp: Path, opts: PerfOptions,
     lat, achieved = _paced_run(bootstrap, topic, channels, opts)
     daemon.stop()
     runner.join(30)
-    res = {"offered_rec_s": opts.latency_rate, "achieved_produce_rec_s": achieved,
-           "seconds": opts.latency_seconds, "k": opts.latency_k, "s": opts.latency_s, "max_wait_ms": opts.latency_max_wait_ms,
-           "pipeline": opts.latency_pipeline, "reader_wait_ms": opts.latency_reader_wait_s * 1000,
-           "alerts": int(lat.size), "records_in": daemon.summary.records_in, **_percentiles(lat)}
+    res = {
+        "offered_rec_s": opts.latency_rate,
+        "achieved_produce_rec_s": achieved,
+        "seconds": opts.latency_seconds,
+        "k": opts.latency_k,
+        "s": opts.latency_s,
+        "max_wait_ms": opts.latency_max_wait_ms,
+        "pipeline": opts.latency_pipeline,
+        "reader_wait_ms": opts.latency_reader_wait_s * 1000,
+        "alerts": int(lat.size),
+        "records_in": daemon.summary.records_in,
+        **_percentiles(lat),
+    }
 
     topic = _new_topics(bootstrap, channels)
-    settings = daemon_settings(bootstrap, topic, channels, tmp, f"relay-{topic}", opts.max_batch,
-                               opts.latency_max_wait_ms, opts.torch_threads, opts.latency_pipeline)
+    settings = daemon_settings(
+        bootstrap,
+        topic,
+        channels,
+        tmp,
+        f"relay-{topic}",
+        opts.max_batch,
+        opts.latency_max_wait_ms,
+        opts.torch_threads,
+        opts.latency_pipeline,
+    )
     ready, stop = threading.Event(), threading.Event()
     relay = threading.Thread(target=_relay, args=(settings, ready, stop), daemon=True)
     relay.start()
@@ -447,8 +547,7 @@ def latency(bootstrap: str, channels: list[str], tmp: Path, opts: PerfOptions,
     floor, floor_achieved = _paced_run(bootstrap, topic, channels, opts)
     stop.set()
     relay.join(30)
-    res["floor"] = {"achieved_produce_rec_s": floor_achieved,
-                    "forwarded": int(floor.size), **_percentiles(floor)}
+    res["floor"] = {"achieved_produce_rec_s": floor_achieved, "forwarded": int(floor.size), **_percentiles(floor)}
     progress(f"perf: latency {json.dumps(res)}")
     return res
 
@@ -458,50 +557,84 @@ def latency(bootstrap: str, channels: list[str], tmp: Path, opts: PerfOptions,
 
 def markdown(result: dict) -> str:
     t, s = result["transport"], result["setup"]
-    lines = ["## Fast path (`streammoe bench --perf`)", "",
-             (f"{s['records']} records x {s['channels']} channels from {s['modes_in_data']} modes, batches of "
-             f"{s['max_batch']}, torch {s['torch']} with {s['torch_threads']} thread(s), {s['cpu_count']} CPUs, "
-             f"load average at the end {', '.join(f'{v:.1f}' for v in s['load_average'])}."), "",
-             (f"- produce: {t['produce_rec_s']:.0f} rec/s; raw consume: {t['consume_median']:.0f} rec/s "
-             f"(runs {', '.join(f'{v:.0f}' for v in t['consume_rec_s'])}); consume + decode: "
-             f"{t['consume_decode_median']:.0f} rec/s (runs {', '.join(f'{v:.0f}' for v in t['consume_decode_rec_s'])})"),
-             f"- {t['hst']}: {t['hst_rec_s']:.0f} rec/s",
-             f"- {t['hst15']}: {t['hst15_rec_s']:.0f} rec/s", "",
-             "| K (active) | S | score rec/s | learn rec/s | end to end rec/s | e2e / consume+decode | e2e / HST h8 | e2e / HST h15 |"
-             + (" serial e2e rec/s | serial / consume+decode |" if any("e2e_serial_rec_s" in r for r in result["grid"]) else ""),
-             "|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if any("e2e_serial_rec_s" in r for r in result["grid"]) else "")]
+    lines = [
+        "## Fast path (`streammoe bench --perf`)",
+        "",
+        (
+            f"{s['records']} records x {s['channels']} channels from {s['modes_in_data']} modes, batches of "
+            f"{s['max_batch']}, torch {s['torch']} with {s['torch_threads']} thread(s), {s['cpu_count']} CPUs, "
+            f"load average at the end {', '.join(f'{v:.1f}' for v in s['load_average'])}."
+        ),
+        "",
+        (
+            f"- produce: {t['produce_rec_s']:.0f} rec/s; raw consume: {t['consume_median']:.0f} rec/s "
+            f"(runs {', '.join(f'{v:.0f}' for v in t['consume_rec_s'])}); consume + decode: "
+            f"{t['consume_decode_median']:.0f} rec/s (runs {', '.join(f'{v:.0f}' for v in t['consume_decode_rec_s'])})"
+        ),
+        f"- {t['hst']}: {t['hst_rec_s']:.0f} rec/s",
+        f"- {t['hst15']}: {t['hst15_rec_s']:.0f} rec/s",
+        "",
+        "| K (active) | S | score rec/s | learn rec/s | end to end rec/s | e2e / consume+decode | e2e / HST h8 | e2e / HST h15 |"
+        + (
+            " serial e2e rec/s | serial / consume+decode |"
+            if any("e2e_serial_rec_s" in r for r in result["grid"])
+            else ""
+        ),
+        "|---|---:|---:|---:|---:|---:|---:|---:|"
+        + ("---:|---:|" if any("e2e_serial_rec_s" in r for r in result["grid"]) else ""),
+    ]
     for r in result["grid"]:
-        line = (f"| {r['k']} ({r['k_active']}) | {r['s']} | {r['score_rec_s']:.0f} | {r['learn_rec_s']:.0f} | "
-                f"{r.get('e2e_rec_s', 0):.0f} | {r.get('e2e_vs_consume_decode', 0):.2f} | {r.get('e2e_vs_hst', 0):.1f}x | "
-                f"{r.get('e2e_vs_hst15', 0):.0f}x |")
+        line = (
+            f"| {r['k']} ({r['k_active']}) | {r['s']} | {r['score_rec_s']:.0f} | {r['learn_rec_s']:.0f} | "
+            f"{r.get('e2e_rec_s', 0):.0f} | {r.get('e2e_vs_consume_decode', 0):.2f} | {r.get('e2e_vs_hst', 0):.1f}x | "
+            f"{r.get('e2e_vs_hst15', 0):.0f}x |"
+        )
         if "e2e_serial_rec_s" in r:
             line += f" {r['e2e_serial_rec_s']:.0f} | {r['e2e_serial_vs_consume_decode']:.2f} |"
         lines.append(line)
     var = result.get("variants")
     if var:
-        lines += ["", f"E-step variants, K={var['k']} S={var['s']}, same batches and noise, 1 % planted anomalies:", "",
-                  "| variant | score rec/s | vs float32 | first batch s | same decision as float32 | planted flagged | others flagged |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            f"E-step variants, K={var['k']} S={var['s']}, same batches and noise, 1 % planted anomalies:",
+            "",
+            "| variant | score rec/s | vs float32 | first batch s | same decision as float32 | planted flagged | others flagged |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
         f32 = var["runs"][0]["score_rec_s"]
         for v in var["runs"]:
-            lines.append(f"| {v['variant']} | {v['score_rec_s']:.0f} | {v['score_rec_s'] / f32:.2f} | {v['first_batch_s']:.1f} | "
-                         f"{v['agree']:.4f} | {v['flagged_planted']:.3f} | {v['flagged_other']:.4f} |")
+            lines.append(
+                f"| {v['variant']} | {v['score_rec_s']:.0f} | {v['score_rec_s'] / f32:.2f} | {v['first_batch_s']:.1f} | "
+                f"{v['agree']:.4f} | {v['flagged_planted']:.3f} | {v['flagged_other']:.4f} |"
+            )
     lat = result.get("latency")
     if lat:
-        lines += ["", (f"Produce -> alert latency at {lat['offered_rec_s']} rec/s offered (achieved "
-                  f"{lat['achieved_produce_rec_s']:.0f}) for {lat['seconds']:.0f} s, K={lat['k']} S={lat['s']}, "
-                  f"max_wait_ms {lat['max_wait_ms']}: {lat['alerts']} alerts, {_quantiles_text(lat)}")]
+        lines += [
+            "",
+            (
+                f"Produce -> alert latency at {lat['offered_rec_s']} rec/s offered (achieved "
+                f"{lat['achieved_produce_rec_s']:.0f}) for {lat['seconds']:.0f} s, K={lat['k']} S={lat['s']}, "
+                f"max_wait_ms {lat['max_wait_ms']}: {lat['alerts']} alerts, {_quantiles_text(lat)}"
+            ),
+        ]
         floor = lat.get("floor")
         if floor:
-            lines += ["", (f"The same path through a relay that does no work (the daemon's consumer and producer settings, "
-                      f"every 100th record forwarded; achieved {floor['achieved_produce_rec_s']:.0f} rec/s): "
-                      f"{_quantiles_text(floor)}; daemon p99 / relay p99 = "
-                      f"{lat.get('p99_ms', float('nan')) / floor.get('p99_ms', float('nan')):.2f}")]
+            lines += [
+                "",
+                (
+                    f"The same path through a relay that does no work (the daemon's consumer and producer settings, "
+                    f"every 100th record forwarded; achieved {floor['achieved_produce_rec_s']:.0f} rec/s): "
+                    f"{_quantiles_text(floor)}; daemon p99 / relay p99 = "
+                    f"{lat.get('p99_ms', float('nan')) / floor.get('p99_ms', float('nan')):.2f}"
+                ),
+            ]
     return "\n".join(lines) + "\n"
 
 
 def _quantiles_text(figures: dict) -> str:
-    return ", ".join(f"{name} {figures.get(f'{name}_ms', float('nan')):.0f} ms" for name in ("p50", "p90", "p99", "max"))
+    return ", ".join(
+        f"{name} {figures.get(f'{name}_ms', float('nan')):.0f} ms" for name in ("p50", "p90", "p99", "max")
+    )
 
 
 def plot(result: dict, path: Path) -> Path | None:
@@ -518,8 +651,12 @@ def plot(result: dict, path: Path) -> Path | None:
     for ax, s in zip(axes[0], samples):
         rows = [r for r in result["grid"] if r["s"] == s]
         ks = [r["k"] for r in rows]
-        for key, label, style in (("score_rec_s", "score only", "o-"), ("learn_rec_s", "learn only", "s-"),
-                                  ("e2e_rec_s", "end to end", "D-"), ("e2e_serial_rec_s", "end to end, serial", "x--")):
+        for key, label, style in (
+            ("score_rec_s", "score only", "o-"),
+            ("learn_rec_s", "learn only", "s-"),
+            ("e2e_rec_s", "end to end", "D-"),
+            ("e2e_serial_rec_s", "end to end, serial", "x--"),
+        ):
             if all(key in r for r in rows):
                 ax.plot(ks, [r[key] for r in rows], style, label=label)
         ax.axhline(t["consume_median"], color="grey", ls=":", label="raw consume")

@@ -27,5 +27,9 @@ def samples(port: int, name: str, timeout: float = 2.0) -> dict[tuple[str, ...],
             text = r.read().decode()
     except OSError:
         return {}
-    return {tuple(s.labels.values()): float(s.value)
-            for family in text_string_to_metric_families(text) for s in family.samples if s.name == name}
+    return {
+        tuple(s.labels.values()): float(s.value)
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == name
+    }

@@ -45,8 +45,12 @@ class WorkerProcess:
         self.log_path = log_dir / f"{name}.log"
         self._log = self.log_path.open("wb")
         self.started = time.time()
-        self.proc = subprocess.Popen([sys.executable, "-m", "streammoe.cli", "run"], env={**os.environ, **env},
-                                     stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "streammoe.cli", "run"],
+            env={**os.environ, **env},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
 
     def events(self, kind: str | None = None) -> list[dict]:
         out = []
@@ -110,8 +114,11 @@ def committed(bootstrap: str, group: str, topic: str) -> dict[int, int]:
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
     try:
         parts = c.list_topics(topic, timeout=10).topics[topic].partitions
-        return {tp.partition: tp.offset for tp in c.committed([TopicPartition(topic, p) for p in parts], timeout=10)
-                if tp.offset >= 0}
+        return {
+            tp.partition: tp.offset
+            for tp in c.committed([TopicPartition(topic, p) for p in parts], timeout=10)
+            if tp.offset >= 0
+        }
     finally:
         c.close()
 
@@ -158,8 +165,9 @@ def run(args: argparse.Namespace) -> ScaleoutResult:
     result = ScaleoutResult(args.records, args.channels, args.k, args.n_samples, args.assets, 4, os.getloadavg()[0])
     with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        detector = MixtureDetector(args.channels, ModelConfig(k_max=args.k, n_samples=args.n_samples, fit_steps=300),
-                                   channels, device="cpu")
+        detector = MixtureDetector(
+            args.channels, ModelConfig(k_max=args.k, n_samples=args.n_samples, fit_steps=300), channels, device="cpu"
+        )
         detector.fit(synthetic(20_000, args.k, args.channels, seed=1), k=args.k)
         save_detector(detector, tmp / "model")
         topic = f"scaleout-{uuid.uuid4().hex[:6]}"
@@ -177,10 +185,20 @@ def run(args: argparse.Namespace) -> ScaleoutResult:
         result.partitions = len(ends)
 
         def env(group: str, name: str) -> dict[str, str]:
-            return daemon_env(broker.bootstrap, topics_for(topic), channels, group=group,
-                              checkpoint_dir=tmp / f"ckpt-{group}-{name}", model_dir=tmp / "model", kafka__extra=None,
-                              batching__max_batch=args.max_batch, batching__max_wait_ms=None, scopes__mode="asset",
-                              snapshot__topic=f"{group}-snapshots", snapshot__interval_s=3600)
+            return daemon_env(
+                broker.bootstrap,
+                topics_for(topic),
+                channels,
+                group=group,
+                checkpoint_dir=tmp / f"ckpt-{group}-{name}",
+                model_dir=tmp / "model",
+                kafka__extra=None,
+                batching__max_batch=args.max_batch,
+                batching__max_wait_ms=None,
+                scopes__mode="asset",
+                snapshot__topic=f"{group}-snapshots",
+                snapshot__interval_s=3600,
+            )
 
         for r in range(args.rounds):
             for n in (1, 2):
@@ -196,11 +214,17 @@ def run(args: argparse.Namespace) -> ScaleoutResult:
 
                     wait_for(f"{n} worker(s) to drain {args.records} records", drained, 900, *workers)
                     done = time.time()
-                    assigned = [log_time(e) for w in workers for e in w.events("partitions_assigned") if e["partitions"]]
+                    assigned = [
+                        log_time(e) for w in workers for e in w.events("partitions_assigned") if e["partitions"]
+                    ]
                     seconds = done - min(assigned)
                     settled = max(assigned)  # the group's last rebalance: from here on every worker has its share
                     at_settle = max((c for t, c in progress if t <= settled), default=0)
-                    steady = (args.records - at_settle) / (done - settled) if args.records - at_settle > args.records / 4 else None
+                    steady = (
+                        (args.records - at_settle) / (done - settled)
+                        if args.records - at_settle > args.records / 4
+                        else None
+                    )
                     if r == args.rounds - 1 and n == 2:
                         result.handover = handover(workers)
                         print(f"handover: {result.handover}", flush=True)
@@ -208,10 +232,20 @@ def run(args: argparse.Namespace) -> ScaleoutResult:
                         if w.proc.poll() is None and w.stop() != 0:
                             raise RuntimeError(f"{w.name} did not stop cleanly:\n{w.tail()}")
                     read = [w.events("daemon_stopped")[-1]["records"] for w in workers]
-                    result.rounds.append(Round(n, round(seconds, 2), round(args.records / seconds, 1),
-                                               round(steady, 1) if steady else None, read))
-                    print(f"round {r} workers {n}: {args.records / seconds:,.0f} rec/s ({seconds:.1f} s), after the "
-                          f"last rebalance {steady or float('nan'):,.0f} rec/s, records per worker {read}", flush=True)
+                    result.rounds.append(
+                        Round(
+                            n,
+                            round(seconds, 2),
+                            round(args.records / seconds, 1),
+                            round(steady, 1) if steady else None,
+                            read,
+                        )
+                    )
+                    print(
+                        f"round {r} workers {n}: {args.records / seconds:,.0f} rec/s ({seconds:.1f} s), after the "
+                        f"last rebalance {steady or float('nan'):,.0f} rec/s, records per worker {read}",
+                        flush=True,
+                    )
                 finally:
                     for w in workers:
                         w.kill()
@@ -226,14 +260,22 @@ def handover(workers: list[WorkerProcess]) -> Handover:
     t0 = time.time()
     if leaving.stop() != 0:
         raise RuntimeError(f"{leaving.name} did not stop cleanly:\n{leaving.tail()}")
-    wait_for("the survivor to restore the moved scopes",
-             lambda: len(staying.events("snapshots_read")) > before and staying.held_partitions() >= moving, 120, staying)
+    wait_for(
+        "the survivor to restore the moved scopes",
+        lambda: len(staying.events("snapshots_read")) > before and staying.held_partitions() >= moving,
+        120,
+        staying,
+    )
     read = staying.events("snapshots_read")[-1]
     stopped = log_time(leaving.events("daemon_stopped")[-1])
     assigned = max(log_time(e) for e in staying.events("partitions_assigned") if e["partitions"])
-    return Handover(scopes=read["scopes"], total_s=round(log_time(read) - t0, 3),
-                    leaving_shutdown_s=round(stopped - t0, 3), rebalance_s=round(assigned - stopped, 3),
-                    restore_s=read["seconds"])
+    return Handover(
+        scopes=read["scopes"],
+        total_s=round(log_time(read) - t0, 3),
+        leaving_shutdown_s=round(stopped - t0, 3),
+        rebalance_s=round(assigned - stopped, 3),
+        restore_s=read["seconds"],
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -43,6 +43,7 @@ CHANNELS = [f"c{i}" for i in range(38)]
 
 # --- the model: pure arithmetic --------------------------------------------------------------------------------
 
+
 def line_fit(rows: list[int], seconds: list[float]) -> tuple[float, float]:
     """Least-squares `seconds = fixed + per_row * rows`; returns (fixed, per_row)."""
     per_row, fixed = np.polyfit(np.asarray(rows, float), np.asarray(seconds, float), 1)
@@ -98,9 +99,20 @@ class Plan:
     handover_s_per_partition: float
 
 
-def capacity(*, workers: int, scopes: int, partitions: int, batch: int, interval_s: float,
-             call_points: dict[int, float], mb_per_scope: float, snapshot_bytes: float, write_s: float,
-             read_fixed_s: float, read_s: float) -> Plan:
+def capacity(
+    *,
+    workers: int,
+    scopes: int,
+    partitions: int,
+    batch: int,
+    interval_s: float,
+    call_points: dict[int, float],
+    mb_per_scope: float,
+    snapshot_bytes: float,
+    write_s: float,
+    read_fixed_s: float,
+    read_s: float,
+) -> Plan:
     """The capacity model of docs/scaleout.md, for scopes spread evenly over workers and partitions and records
     evenly over scopes. `write_s` and `read_s` are per scope (pack + produce; fetch + unpack), `read_fixed_s`
     the reader's start-up per partition; every scope changes, so each is snapshotted once per `interval_s`."""
@@ -110,14 +122,24 @@ def capacity(*, workers: int, scopes: int, partitions: int, batch: int, interval
     rate = worker_rate(call_points, batch, max(1, round(spw)))
     busy = spw * write_s / interval_s
     return Plan(
-        workers=workers, scopes=scopes, partitions=partitions, batch=batch, interval_s=interval_s,
-        scopes_per_worker=spw, scopes_per_partition=spp, rows_per_scope_per_batch=batch / calls,
-        worker_records_s=rate, batch_s=batch / rate, worker_records_s_net=rate * (1 - busy),
-        cluster_records_s=rate * (1 - busy) * workers, worker_mb=spw * mb_per_scope,
+        workers=workers,
+        scopes=scopes,
+        partitions=partitions,
+        batch=batch,
+        interval_s=interval_s,
+        scopes_per_worker=spw,
+        scopes_per_partition=spp,
+        rows_per_scope_per_batch=batch / calls,
+        worker_records_s=rate,
+        batch_s=batch / rate,
+        worker_records_s_net=rate * (1 - busy),
+        cluster_records_s=rate * (1 - busy) * workers,
+        worker_mb=spw * mb_per_scope,
         snapshot_mb_s_cluster=scopes * snapshot_bytes / 1e6 / interval_s,
         snapshot_mb_s_worker=spw * snapshot_bytes / 1e6 / interval_s,
         snapshot_busy_share=busy,
-        handover_write_s=spp * write_s, handover_read_s=read_fixed_s + spp * read_s,
+        handover_write_s=spp * write_s,
+        handover_read_s=read_fixed_s + spp * read_s,
         handover_s_per_partition=spp * write_s + read_fixed_s + spp * read_s,
     )
 
@@ -128,17 +150,24 @@ def plan_from(result: dict, k: int, **deployment: Any) -> Plan:
     scopes = r["broker"]["scopes"]
     read_fixed, read_per = line_fit([s["scopes"] for s in scopes], [s["read_s"] for s in scopes])
     _write_fixed, write_per = line_fit([s["scopes"] for s in scopes], [s["write_s"] for s in scopes])
-    return capacity(call_points={int(b): c["total_ms"] / 1e3 for b, c in r["calls"].items()},
-                    mb_per_scope=r["memory"]["mb_per_scope"], snapshot_bytes=r["snapshot"]["bytes"],
-                    write_s=write_per, read_fixed_s=max(0.0, read_fixed), read_s=read_per, **deployment)
+    return capacity(
+        call_points={int(b): c["total_ms"] / 1e3 for b, c in r["calls"].items()},
+        mb_per_scope=r["memory"]["mb_per_scope"],
+        snapshot_bytes=r["snapshot"]["bytes"],
+        write_s=write_per,
+        read_fixed_s=max(0.0, read_fixed),
+        read_s=read_per,
+        **deployment,
+    )
 
 
 # --- measurements -----------------------------------------------------------------------------------------------
 
+
 def fitted(k: int, fit_steps: int) -> MixtureDetector:
     from benchmarks.perf import synthetic
-    from streammoe.model.detector import MixtureDetector
     from streammoe.model.config import ModelConfig
+    from streammoe.model.detector import MixtureDetector
 
     config = ModelConfig(k_max=k, fit_steps=fit_steps, min_expert_weight=0.0)
     detector = MixtureDetector(len(CHANNELS), config, CHANNELS, device="cpu")
@@ -165,7 +194,7 @@ def time_calls(detector: MixtureDetector, x: np.ndarray, sizes: list[int], repea
         if pos + b > len(x):
             pos = 0
         pos += b
-        return x[pos - b:pos]
+        return x[pos - b : pos]
 
     for b in sizes:  # warm-up: first calls of each shape allocate
         for _ in range(2):
@@ -187,14 +216,21 @@ def time_calls(detector: MixtureDetector, x: np.ndarray, sizes: list[int], repea
         score = statistics.median(t[0] for t in ts)
         learn = statistics.median(t[1] for t in ts)
         total = statistics.median(t[0] + t[1] for t in ts)
-        out[b] = {"calls": len(ts), "score_ms": score * 1e3, "learn_ms": learn * 1e3, "total_ms": total * 1e3,
-                  "mean_total_ms": statistics.fmean(t[0] + t[1] for t in ts) * 1e3, "records_s": b / total}
+        out[b] = {
+            "calls": len(ts),
+            "score_ms": score * 1e3,
+            "learn_ms": learn * 1e3,
+            "total_ms": total * 1e3,
+            "mean_total_ms": statistics.fmean(t[0] + t[1] for t in ts) * 1e3,
+            "records_s": b / total,
+        }
     out["during_timing"] = extra  # type: ignore[index]
     return out
 
 
-def split_check(model_dir: Path, detector: MixtureDetector, x: np.ndarray, batch: int, scope_counts: list[int],
-                repeats: int) -> list[dict]:
+def split_check(
+    model_dir: Path, detector: MixtureDetector, x: np.ndarray, batch: int, scope_counts: list[int], repeats: int
+) -> list[dict]:
     """A worker's model stage for one `batch`-record batch split evenly over S scopes: group the rows by scope,
     then score + learn each scope's rows. Run with S detectors ("many", as a worker holds them) and, interleaved
     with it, with one detector called S times ("one"): the difference is what holding many models costs beyond
@@ -206,22 +242,29 @@ def split_check(model_dir: Path, detector: MixtureDetector, x: np.ndarray, batch
     rng = np.random.default_rng(0)
     for r in range(repeats + 1):
         for s in scope_counts:
-            rows = x[(r * batch) % (len(x) - batch):][:batch]
+            rows = x[(r * batch) % (len(x) - batch) :][:batch]
             scope = rng.permutation(np.arange(batch) % s)  # an even split, in arrival order
             for label, detectors in (("many", sets[s]), ("one", [detector] * s)):
                 t0 = time.perf_counter()
                 order = np.argsort(scope, kind="stable")
                 bounds = np.searchsorted(scope[order], np.arange(s + 1))
                 for i, det in enumerate(detectors):
-                    idx = order[bounds[i]:bounds[i + 1]]
+                    idx = order[bounds[i] : bounds[i + 1]]
                     if len(idx):
                         det.learn_many(det.score_many(rows[idx]))
                 if r:
                     rates[s][label].append(batch / (time.perf_counter() - t0))
     del sets
     gc.collect()
-    return [{"scopes": s, "rows_per_scope": batch / s, "records_s": statistics.median(rates[s]["many"]),
-             "one_detector_records_s": statistics.median(rates[s]["one"])} for s in scope_counts]
+    return [
+        {
+            "scopes": s,
+            "rows_per_scope": batch / s,
+            "records_s": statistics.median(rates[s]["many"]),
+            "one_detector_records_s": statistics.median(rates[s]["one"]),
+        }
+        for s in scope_counts
+    ]
 
 
 def levers(detector: MixtureDetector, x: np.ndarray, sizes: list[int], repeats: int) -> dict:
@@ -274,8 +317,12 @@ def _memory_child(model_dir: str, counts: list[int], queue: mp.Queue) -> None:
             rss[n] = _rss_mb()
     d = held[0]
     tensors = sum(t.nelement() * t.element_size() for t in d.model.state_dict().values())
-    adam = sum(v.nelement() * v.element_size() for s in d.learner.optimizer.state.values()
-               for v in s.values() if torch.is_tensor(v))
+    adam = sum(
+        v.nelement() * v.element_size()
+        for s in d.learner.optimizer.state.values()
+        for v in s.values()
+        if torch.is_tensor(v)
+    )
     queue.put({"base_mb": base, "rss_mb": rss, "model_tensor_mb": tensors / 1e6, "adam_tensor_mb": adam / 1e6})
 
 
@@ -317,9 +364,13 @@ def pack_unpack(detector: MixtureDetector, repeats: int) -> dict:
         t0 = time.perf_counter()
         unpack(blob, manifest, CHANNELS)
         unpacks.append(time.perf_counter() - t0)
-    return {"bytes": len(blob), "chunks": -(-len(blob) // DEFAULT_CHUNK_BYTES),
-            "pack_ms": statistics.median(packs) * 1e3, "pack_ms_without_fsync": statistics.median(no_fsync) * 1e3,
-            "unpack_ms": statistics.median(unpacks) * 1e3}
+    return {
+        "bytes": len(blob),
+        "chunks": -(-len(blob) // DEFAULT_CHUNK_BYTES),
+        "pack_ms": statistics.median(packs) * 1e3,
+        "pack_ms_without_fsync": statistics.median(no_fsync) * 1e3,
+        "unpack_ms": statistics.median(unpacks) * 1e3,
+    }
 
 
 def one_partition_topic(bootstrap: str, name: str) -> str:
@@ -330,13 +381,14 @@ def one_partition_topic(bootstrap: str, name: str) -> str:
     return name
 
 
-def broker_snapshots(bootstrap: str, detector: MixtureDetector, k: int, scope_counts: list[int], rounds: int,
-                     rounds_scopes: int) -> dict:
+def broker_snapshots(
+    bootstrap: str, detector: MixtureDetector, k: int, scope_counts: list[int], rounds: int, rounds_scopes: int
+) -> dict:
     """Write N scopes' snapshots into a one-partition topic and read them back; then, on the `rounds_scopes` topic,
     write further rounds and read again: the read of an uncompacted log grows with every round written."""
-    from streammoe.state.checkpoint import ModelState
     from streammoe.config import KafkaSettings
     from streammoe.kafka.snapshots import SnapshotTopic
+    from streammoe.state.checkpoint import ModelState
     from streammoe.state.snapshot import SnapshotWriter, pack, read_latest
 
     kafka = KafkaSettings(bootstrap_servers=bootstrap, group_id=f"bench-{uuid.uuid4().hex[:6]}")
@@ -354,8 +406,15 @@ def broker_snapshots(bootstrap: str, detector: MixtureDetector, k: int, scope_co
         got, _ = read_latest(snap, CHANNELS)
         read = time.perf_counter() - t0
         assert len(got) == n, (len(got), n)
-        out["scopes"].append({"scopes": n, "write_s": write, "read_s": read, "write_ms_per_scope": write / n * 1e3,
-                              "read_ms_per_scope": read / n * 1e3})
+        out["scopes"].append(
+            {
+                "scopes": n,
+                "write_s": write,
+                "read_s": read,
+                "write_ms_per_scope": write / n * 1e3,
+                "read_ms_per_scope": read / n * 1e3,
+            }
+        )
         if n == rounds_scopes and rounds > 1:
             log_mb = n * len(pack(states[0])) / 1e6  # one round's bytes (chunks; manifests are ~300 B)
             out["rounds"].append({"rounds": 1, "scopes": n, "log_mb": log_mb, "read_s": read})
@@ -364,13 +423,16 @@ def broker_snapshots(bootstrap: str, detector: MixtureDetector, k: int, scope_co
                     writer.write(s)
                 t0 = time.perf_counter()
                 got, _ = read_latest(snap, CHANNELS)
-                out["rounds"].append({"rounds": r, "scopes": n, "log_mb": r * log_mb, "read_s": time.perf_counter() - t0})
+                out["rounds"].append(
+                    {"rounds": r, "scopes": n, "log_mb": r * log_mb, "read_s": time.perf_counter() - t0}
+                )
                 assert len(got) == n
         snap.producer.flush(10)
     return out
 
 
 # --- the run ----------------------------------------------------------------------------------------------------
+
 
 def run(opts: argparse.Namespace) -> dict:
     import torch
@@ -380,14 +442,25 @@ def run(opts: argparse.Namespace) -> dict:
     from streammoe.state.persistence import save_detector
 
     configure_logging("WARNING", "json")
-    result: dict = {"setup": {
-        "channels": len(CHANNELS), "ks": opts.ks, "sizes": opts.sizes, "repeats": opts.repeats,
-        "fit_steps": opts.fit_steps, "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-        "split_batch": opts.split_batch, "split_scopes": opts.split_scopes, "memory_scopes": opts.memory_scopes,
-        "broker_scopes": opts.broker_scopes if opts.broker else None, "rounds": opts.rounds,
-        "model": "k_max=K, all K experts active, other ModelConfig fields at their defaults (n_samples=8, "
-                 "learn_every=1, learn_batch=256, novelty on)",
-    }, "k": {}}
+    result: dict = {
+        "setup": {
+            "channels": len(CHANNELS),
+            "ks": opts.ks,
+            "sizes": opts.sizes,
+            "repeats": opts.repeats,
+            "fit_steps": opts.fit_steps,
+            "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+            "split_batch": opts.split_batch,
+            "split_scopes": opts.split_scopes,
+            "memory_scopes": opts.memory_scopes,
+            "broker_scopes": opts.broker_scopes if opts.broker else None,
+            "rounds": opts.rounds,
+            "model": "k_max=K, all K experts active, other ModelConfig fields at their defaults (n_samples=8, "
+            "learn_every=1, learn_batch=256, novelty on)",
+        },
+        "k": {},
+    }
     broker = None
     if opts.broker:
         from streammoe.testing.broker import EmbeddedBroker
@@ -418,8 +491,14 @@ def run(opts: argparse.Namespace) -> dict:
                 r["memory"] = memory(model_dir, opts.memory_scopes)
                 r["snapshot"] = pack_unpack(detector, opts.pack_repeats)
                 if broker is not None:
-                    r["broker"] = broker_snapshots(broker.bootstrap, detector, k, opts.broker_scopes,
-                                                   opts.rounds if k == max(opts.ks) else 1, opts.rounds_scopes)
+                    r["broker"] = broker_snapshots(
+                        broker.bootstrap,
+                        detector,
+                        k,
+                        opts.broker_scopes,
+                        opts.rounds if k == max(opts.ks) else 1,
+                        opts.rounds_scopes,
+                    )
                 result["k"][k] = r
                 print(f"K={k} measured", flush=True)
     finally:
@@ -441,42 +520,58 @@ def table(result: dict) -> str:
             c = result["k"][k]["calls"][b]
             cells += [f"{c['total_ms']:.2f} ({c['score_ms']:.2f} + {c['learn_ms']:.2f})", f"{c['records_s']:,.0f}"]
         lines.append(f"| {b} | " + " | ".join(cells) + " |")
-    lines.append("| line: fixed ms + µs/row | " + " | ".join(
-        f"{result['k'][k]['line']['fixed_ms']:.2f} + {result['k'][k]['line']['per_row_us']:.1f} µs/row | " for k in ks)
-        + " |")
+    lines.append(
+        "| line: fixed ms + µs/row | "
+        + " | ".join(
+            f"{result['k'][k]['line']['fixed_ms']:.2f} + {result['k'][k]['line']['per_row_us']:.1f} µs/row | "
+            for k in ks
+        )
+        + " |"
+    )
     lines.append("")
     batch = result["setup"]["split_batch"]
-    lines.append(f"one {batch}-record batch split evenly over S scopes, records/s: S detectors / one detector "
-                 "called S times / predicted from the per-call medians")
+    lines.append(
+        f"one {batch}-record batch split evenly over S scopes, records/s: S detectors / one detector "
+        "called S times / predicted from the per-call medians"
+    )
     lines.append("| S | rows/scope | " + " | ".join(f"K={k}" for k in ks) + " |")
     lines.append("|---:|---:|" + "---:|" * len(ks))
     for i, s in enumerate(result["k"][ks[0]]["split"]):
         cells = []
         for k in ks:
             sp = result["k"][k]["split"][i]
-            cells.append(f"{sp['records_s']:,.0f} / {sp['one_detector_records_s']:,.0f} / {sp['predicted_records_s']:,.0f}")
+            cells.append(
+                f"{sp['records_s']:,.0f} / {sp['one_detector_records_s']:,.0f} / {sp['predicted_records_s']:,.0f}"
+            )
         lines.append(f"| {s['scopes']} | {s['rows_per_scope']:.1f} | " + " | ".join(cells) + " |")
     for k in ks:
         lev = result["k"][k].get("levers")
         if lev:
             sizes_l = list(next(iter(lev.values())))
             lines.append("")
-            lines.append(f"K={k}, mean ms per score + learn call with the settings that cut the fixed cost (interleaved):")
+            lines.append(
+                f"K={k}, mean ms per score + learn call with the settings that cut the fixed cost (interleaved):"
+            )
             lines.append("| setting | " + " | ".join(f"{b} rows" for b in sizes_l) + " |")
             lines.append("|---|" + "---:|" * len(sizes_l))
             for name, got in lev.items():
                 lines.append(f"| {name} | " + " | ".join(f"{got[b]:.2f}" for b in sizes_l) + " |")
     lines.append("")
     lines.append("memory and snapshot per scope:")
-    lines.append("| K | RSS growth N=" + "/".join(str(n) for n in result["setup"]["memory_scopes"])
-                 + " (MB) | MB/scope (slope) | tensors MB (model + Adam) | snapshot bytes | chunks | pack ms "
-                 "(without fsync) | unpack ms |")
+    lines.append(
+        "| K | RSS growth N="
+        + "/".join(str(n) for n in result["setup"]["memory_scopes"])
+        + " (MB) | MB/scope (slope) | tensors MB (model + Adam) | snapshot bytes | chunks | pack ms "
+        "(without fsync) | unpack ms |"
+    )
     lines.append("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for k in ks:
         m, s = result["k"][k]["memory"], result["k"][k]["snapshot"]
         growth = "/".join(f"{v:.1f}" for v in m["growth_mb"].values())
-        lines.append(f"| {k} | {growth} | {m['mb_per_scope']:.2f} | {m['model_tensor_mb']:.2f} + {m['adam_tensor_mb']:.2f}"
-                     f" | {s['bytes']:,} | {s['chunks']} | {s['pack_ms']:.1f} ({s['pack_ms_without_fsync']:.1f}) | {s['unpack_ms']:.1f} |")
+        lines.append(
+            f"| {k} | {growth} | {m['mb_per_scope']:.2f} | {m['model_tensor_mb']:.2f} + {m['adam_tensor_mb']:.2f}"
+            f" | {s['bytes']:,} | {s['chunks']} | {s['pack_ms']:.1f} ({s['pack_ms_without_fsync']:.1f}) | {s['unpack_ms']:.1f} |"
+        )
     if "broker" in result["k"][ks[0]]:
         lines.append("")
         lines.append("snapshot topic on Tansu, N scopes in one partition (SnapshotWriter.write of all N; read_latest):")
@@ -484,19 +579,25 @@ def table(result: dict) -> str:
         lines.append("|---:|---:|---:|---:|---:|---:|")
         for k in ks:
             for s in result["k"][k]["broker"]["scopes"]:
-                lines.append(f"| {k} | {s['scopes']} | {s['write_s']:.2f} | {s['write_ms_per_scope']:.1f} | "
-                             f"{s['read_s']:.2f} | {s['read_ms_per_scope']:.1f} |")
+                lines.append(
+                    f"| {k} | {s['scopes']} | {s['write_s']:.2f} | {s['write_ms_per_scope']:.1f} | "
+                    f"{s['read_s']:.2f} | {s['read_ms_per_scope']:.1f} |"
+                )
         for k in ks:
             sc = result["k"][k]["broker"]["scopes"]
             wf, wp = line_fit([x["scopes"] for x in sc], [x["write_s"] for x in sc])
             rf, rp = line_fit([x["scopes"] for x in sc], [x["read_s"] for x in sc])
-            lines.append(f"K={k} lines over N: write {wf * 1e3:.0f} ms + {wp * 1e3:.1f} ms/scope; "
-                         f"read {rf * 1e3:.0f} ms + {rp * 1e3:.1f} ms/scope")
+            lines.append(
+                f"K={k} lines over N: write {wf * 1e3:.0f} ms + {wp * 1e3:.1f} ms/scope; "
+                f"read {rf * 1e3:.0f} ms + {rp * 1e3:.1f} ms/scope"
+            )
         for k in ks:
             rounds = result["k"][k]["broker"]["rounds"]
             if rounds:
                 lines.append("")
-                lines.append(f"uncompacted log, K={k}, {rounds[0]['scopes']} scopes: read_latest after R rounds of snapshots")
+                lines.append(
+                    f"uncompacted log, K={k}, {rounds[0]['scopes']} scopes: read_latest after R rounds of snapshots"
+                )
                 lines.append("| R | log MB | read s |")
                 lines.append("|---:|---:|---:|")
                 lines += [f"| {r['rounds']} | {r['log_mb']:.0f} | {r['read_s']:.2f} |" for r in rounds]
@@ -521,11 +622,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split-repeats", type=int, default=5)
     p.add_argument("--memory-scopes", type=_ints, default=[1, 10, 50])
     p.add_argument("--pack-repeats", type=int, default=7)
-    p.add_argument("--broker", action=argparse.BooleanOptionalAction, default=True,
-                   help="time SnapshotWriter.write / read_latest on an embedded Tansu broker")
+    p.add_argument(
+        "--broker",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="time SnapshotWriter.write / read_latest on an embedded Tansu broker",
+    )
     p.add_argument("--broker-scopes", type=_ints, default=[1, 10, 50])
     p.add_argument("--lever-sizes", type=_ints, default=[8, 32, 128], help="rows per call for the settings levers")
-    p.add_argument("--rounds", type=int, default=8, help="snapshot rounds written for the uncompacted-log read (largest K)")
+    p.add_argument(
+        "--rounds", type=int, default=8, help="snapshot rounds written for the uncompacted-log read (largest K)"
+    )
     p.add_argument("--rounds-scopes", type=int, default=10, help="scopes in the uncompacted-log read")
     p.add_argument("--torch-threads", type=int, default=1)
     p.add_argument("--table", type=Path, default=None, help="only print the table of an earlier scaleout.json")
@@ -545,8 +652,15 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         for parts in opts.partitions:
             for batch in opts.batch:
-                got = plan_from(result, opts.plan_k, workers=opts.workers, scopes=opts.scopes, partitions=parts,
-                                batch=batch, interval_s=opts.interval_s)
+                got = plan_from(
+                    result,
+                    opts.plan_k,
+                    workers=opts.workers,
+                    scopes=opts.scopes,
+                    partitions=parts,
+                    batch=batch,
+                    interval_s=opts.interval_s,
+                )
                 print(json.dumps(asdict(got)))
         return 0
     t0, load = time.perf_counter(), os.getloadavg()[0]
@@ -556,8 +670,10 @@ def main(argv: list[str] | None = None) -> int:
     opts.out.mkdir(parents=True, exist_ok=True)
     (opts.out / "scaleout.json").write_text(json.dumps(result, indent=2))
     print(table(json.loads(json.dumps(result))))
-    print(f"\nwritten {opts.out / 'scaleout.json'} ({result['setup']['wall_s']:.0f} s, load average "
-          f"{result['setup']['load_average_1min'][0]:.1f} -> {result['setup']['load_average_1min'][1]:.1f})")
+    print(
+        f"\nwritten {opts.out / 'scaleout.json'} ({result['setup']['wall_s']:.0f} s, load average "
+        f"{result['setup']['load_average_1min'][0]:.1f} -> {result['setup']['load_average_1min'][1]:.1f})"
+    )
     return 0
 
 

@@ -78,25 +78,41 @@ def payloads(channels: list[str], k: int, seed: int = 1) -> list[tuple[bytes, by
 def run(args: argparse.Namespace) -> SoakResult:
     from confluent_kafka import Producer
 
-    from streammoe.model.detector import MixtureDetector
     from streammoe.model.config import ModelConfig
+    from streammoe.model.detector import MixtureDetector
     from streammoe.state.persistence import save_detector
 
     channels = [f"ch{i:02d}" for i in range(args.channels)]
     result = SoakResult(args.records, args.channels, args.k, args.n_samples, warmup_share=args.warmup_share)
     with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp:
         topic = f"soak-{uuid.uuid4().hex[:6]}"
-        detector = MixtureDetector(args.channels, ModelConfig(k_max=args.k, n_samples=args.n_samples, fit_steps=300),
-                                   channels, device="cpu")
+        detector = MixtureDetector(
+            args.channels, ModelConfig(k_max=args.k, n_samples=args.n_samples, fit_steps=300), channels, device="cpu"
+        )
         detector.fit(synthetic(20_000, args.k, args.channels, seed=1), k=args.k)
         save_detector(detector, Path(tmp) / "model")
         port = free_port()
         # The daemon's own defaults for fetch wait, batching wait and commit interval: the soak runs it as deployed.
-        env = {**os.environ, **daemon_env(
-            broker.bootstrap, topics_for(topic), channels, group=f"{topic}-group", checkpoint_dir=Path(tmp) / "ckpt",
-            model_dir=Path(tmp) / "model", kafka__fetch_wait_max_ms=None, kafka__commit_interval_s=None,
-            kafka__extra=None, batching__max_batch=args.max_batch, batching__max_wait_ms=None,
-            checkpoint__interval_s=30, http__enabled=None, http__port=port, log_level="WARNING")}
+        env = {
+            **os.environ,
+            **daemon_env(
+                broker.bootstrap,
+                topics_for(topic),
+                channels,
+                group=f"{topic}-group",
+                checkpoint_dir=Path(tmp) / "ckpt",
+                model_dir=Path(tmp) / "model",
+                kafka__fetch_wait_max_ms=None,
+                kafka__commit_interval_s=None,
+                kafka__extra=None,
+                batching__max_batch=args.max_batch,
+                batching__max_wait_ms=None,
+                checkpoint__interval_s=30,
+                http__enabled=None,
+                http__port=port,
+                log_level="WARNING",
+            ),
+        }
         pool = payloads(channels, args.k)
         produced = [0]
         processed = [0.0]
@@ -115,8 +131,9 @@ def run(args: argparse.Namespace) -> SoakResult:
             p.flush(60)
 
         log = open(Path(tmp) / "daemon.log", "wb")  # noqa: SIM115
-        daemon = subprocess.Popen([sys.executable, "-m", "streammoe.cli", "run"], env=env,
-                                  stdout=log, stderr=subprocess.STDOUT)
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "streammoe.cli", "run"], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
         producer = threading.Thread(target=keep_ahead, daemon=True)
         producer.start()
         started = time.monotonic()
@@ -127,8 +144,11 @@ def run(args: argparse.Namespace) -> SoakResult:
                 sample = Sample(round(time.monotonic() - started, 1), int(processed[0]), round(rss_mb(daemon.pid), 1))
                 result.samples.append(sample)
                 if args.verbose:
-                    print(f"  {sample.t_s:7.1f}s {sample.records:>9d} records  RSS {sample.rss_mb:7.1f} MB",
-                          file=sys.stderr, flush=True)
+                    print(
+                        f"  {sample.t_s:7.1f}s {sample.records:>9d} records  RSS {sample.rss_mb:7.1f} MB",
+                        file=sys.stderr,
+                        flush=True,
+                    )
             result.seconds = time.monotonic() - started
             result.alerts = int(sum(samples(port, "streammoe_alerts_total").values()))
         finally:

@@ -25,8 +25,15 @@ def synthetic_modes(n_channels: int, rows_per_mode: int, seed: int = 0) -> np.nd
     return machine.rows(seed, N_CLUSTERS * rows_per_mode, mode=np.repeat(np.arange(N_CLUSTERS), rows_per_mode))
 
 
-def measure(n_channels: int = 38, batch: int = 1024, samples: tuple[int, ...] = (8, 1), repeats: int = 15,
-            warmup: int = 3, fit_steps: int = 600, device: str | None = None) -> dict:
+def measure(
+    n_channels: int = 38,
+    batch: int = 1024,
+    samples: tuple[int, ...] = (8, 1),
+    repeats: int = 15,
+    warmup: int = 3,
+    fit_steps: int = 600,
+    device: str | None = None,
+) -> dict:
     """Median records/s of score_many on one batch, per importance-sample count."""
     config = ModelConfig(k_max=N_CLUSTERS, fit_steps=fit_steps, min_expert_weight=0.01)
     x = synthetic_modes(n_channels, 2000)
@@ -46,10 +53,19 @@ def measure(n_channels: int = 38, batch: int = 1024, samples: tuple[int, ...] = 
             t = time.perf_counter()
             detector.score_many(data)
             rates.append(batch / (time.perf_counter() - t))
-        runs.append({"n_samples": s, "median": float(np.median(rates)), "min": float(np.min(rates)),
-                     "max": float(np.max(rates)), "repeats": repeats})
-    setup = (f"K={detector.model.n_active} active experts (fit k={N_CLUSTERS} on 8 modes of the kit machine, "
-             f"{fit_steps} steps, {fit_s:.0f} s), {n_channels} channels, batch {batch}, device {detector.device}, "
-             f"torch {torch.__version__} with {torch.get_num_threads()} threads; {warmup} warm-up calls, "
-             f"median of {repeats} timed calls")
+        runs.append(
+            {
+                "n_samples": s,
+                "median": float(np.median(rates)),
+                "min": float(np.min(rates)),
+                "max": float(np.max(rates)),
+                "repeats": repeats,
+            }
+        )
+    setup = (
+        f"K={detector.model.n_active} active experts (fit k={N_CLUSTERS} on 8 modes of the kit machine, "
+        f"{fit_steps} steps, {fit_s:.0f} s), {n_channels} channels, batch {batch}, device {detector.device}, "
+        f"torch {torch.__version__} with {torch.get_num_threads()} threads; {warmup} warm-up calls, "
+        f"median of {repeats} timed calls"
+    )
     return {"setup": setup, "runs": runs, "k_active": int(detector.model.n_active), "fit_weights": report.weights}

@@ -35,14 +35,18 @@ def splice(a: np.ndarray, b: np.ndarray, records: int) -> tuple[np.ndarray, Swit
     return fit, SwitchRun(-1, -1, values, records), channel
 
 
-def run_splice(opts: BenchOptions, cache: FitCache, records: int = 2400,
-               observe: Observer | None = None) -> TrackResult | None:
+def run_splice(
+    opts: BenchOptions, cache: FitCache, records: int = 2400, observe: Observer | None = None
+) -> TrackResult | None:
     """The T4B measurement on SMD pairs (opts.pairs, default T3's); None when the SMD files are absent."""
     from benchmarks.t4 import run_switches
 
     root = Path(opts.data_root) / "smd"
-    pairs = [(a, b) for a, b in (opts.pairs or T3_PAIRS)
-             if (root / f"{a}.train.csv.gz").exists() and (root / f"{b}.train.csv.gz").exists()]
+    pairs = [
+        (a, b)
+        for a, b in (opts.pairs or T3_PAIRS)
+        if (root / f"{a}.train.csv.gz").exists() and (root / f"{b}.train.csv.gz").exists()
+    ]
     if opts.series_filter is not None:
         pairs = [(a, b) for a, b in pairs if opts.series_filter in f"{a}->{b}"]
     if opts.max_series is not None:
@@ -51,13 +55,20 @@ def run_splice(opts: BenchOptions, cache: FitCache, records: int = 2400,
         return None
     runs, notes = [], []
     for a, b in pairs:
-        fit, sw, channel = splice(load(root / f"{a}.train.csv.gz").values, load(root / f"{b}.train.csv.gz").values,
-                                  records)
+        fit, sw, channel = splice(
+            load(root / f"{a}.train.csv.gz").values, load(root / f"{b}.train.csv.gz").values, records
+        )
         runs.append((f"{a}->{b}", fit, sw))
-        notes.append(f"{a}->{b}: channel {channel} of {a} is constant over its first {2 * records} rows and moves "
-                     f"after the splice" if channel is not None else f"{a}->{b}: {a} has no constant channel")
-    title = (f"SPLICE: SMD a.train then b.train + {OFFSET:g} (one of a's constant channels set moving); fit on a's "
-             f"first {records} rows, stream a's next {records} then b's first {records}, learning on")
+        notes.append(
+            f"{a}->{b}: channel {channel} of {a} is constant over its first {2 * records} rows and moves "
+            f"after the splice"
+            if channel is not None
+            else f"{a}->{b}: {a} has no constant channel"
+        )
+    title = (
+        f"SPLICE: SMD a.train then b.train + {OFFSET:g} (one of a's constant channels set moving); fit on a's "
+        f"first {records} rows, stream a's next {records} then b's first {records}, learning on"
+    )
     track = run_switches("SPLICE", title, runs, opts, cache, observe)
     track.notes += notes
     return track

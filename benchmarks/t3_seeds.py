@@ -22,9 +22,9 @@ from benchmarks.cli import default_data_root
 from benchmarks.demo_faults import with_settings
 from benchmarks.metrics import auc_pr
 from benchmarks.tracks import T3_PAIRS, load
-from streammoe.model.detector import MixtureDetector
-from streammoe.model.config import ModelConfig
 from streammoe.files.offline import score_stream
+from streammoe.model.config import ModelConfig
+from streammoe.model.detector import MixtureDetector
 from streammoe.state.persistence import load_detector, save_detector
 
 FIT_FIELDS = {"k_max", "hidden", "latent", "fit_steps", "fit_batch", "min_expert_weight", "k_tolerance", "seed"}
@@ -69,8 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", default="0,1,2", help="comma list of model seeds")
     p.add_argument("--set", action="append", default=[], help="ModelConfig override, e.g. novelty.settle_records=0")
     p.add_argument("--data-root", type=Path, default=None, help="default: $STREAMMOE_DATA or ../shared/datasets")
-    p.add_argument("--pairs", default=",".join(str(i) for i in range(len(T3_PAIRS))),
-                   help=f"comma list of indices into {[f'{a}->{b}' for a, b in T3_PAIRS]}")
+    p.add_argument(
+        "--pairs",
+        default=",".join(str(i) for i in range(len(T3_PAIRS))),
+        help=f"comma list of indices into {[f'{a}->{b}' for a, b in T3_PAIRS]}",
+    )
     p.add_argument("--cache", type=Path, default=Path("results/t3-seeds-fits"))
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
@@ -80,8 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     for seed in (int(s) for s in args.seeds.split(",")):
         pairs = {f"{a}->{b}": run_pair(data_root, a, b, seed, args.set, args.cache) for a, b in chosen}
         mean = float(np.mean([r["far_b_train_2nd_half"] for r in pairs.values()]))
-        print(json.dumps({"seed": seed, "set": args.set, "mean_far_b_train_2nd_half": round(mean, 4), "pairs": pairs}),
-              flush=True)
+        print(
+            json.dumps({"seed": seed, "set": args.set, "mean_far_b_train_2nd_half": round(mean, 4), "pairs": pairs}),
+            flush=True,
+        )
     return 0
 
 

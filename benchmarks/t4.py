@@ -21,10 +21,24 @@ from benchmarks.multimode import MultiModeSet, SwitchRun
 from benchmarks.peers import Extras, Peer
 from benchmarks.tracks import BenchOptions, CachedStreamMoE, FitCache, Observer, SeriesRun, TrackResult, make_peer
 
-T4A_METHODS = ("streammoe-static", "streammoe-K1-static", "streammoe", "river-HST", "IsolationForest", "PCA-T2+Q",
-               "PCA-T2+Q-window")
-T4B_METHODS = ("streammoe", "streammoe-K1", "streammoe-static", "river-HST", "IsolationForest", "PCA-T2+Q",
-               "PCA-T2+Q-window")
+T4A_METHODS = (
+    "streammoe-static",
+    "streammoe-K1-static",
+    "streammoe",
+    "river-HST",
+    "IsolationForest",
+    "PCA-T2+Q",
+    "PCA-T2+Q-window",
+)
+T4B_METHODS = (
+    "streammoe",
+    "streammoe-K1",
+    "streammoe-static",
+    "river-HST",
+    "IsolationForest",
+    "PCA-T2+Q",
+    "PCA-T2+Q-window",
+)
 # Fitted mode -> unseen mode. 3 -> 0 unparks three valves (feeds E and C, anti-surge), 4 -> 2 unparks feed D,
 # 0 -> 5 parks nothing but moves every flow.
 T4B_PAIRS = ((3, 0), (4, 2), (0, 5))
@@ -86,20 +100,33 @@ def run_t4a(opts: BenchOptions, mm: MultiModeOptions, cache: FitCache, observe: 
             cal = ex.calibrated_score.copy() if ex.calibrated_score is not None else None
             per.append((run, scores, flagged, cal))
             rows = run.labels.astype(bool) if run.fault else ~run.labels.astype(bool)
-            metrics = {"flag_rate": float(flagged[rows].mean()), "auc_roc": auc_roc(run.labels, scores),
-                       "experts_at_end": ex.info.get("experts_at_end")}
-            sr = SeriesRun(run.name, method, metrics, fit_s if run is data.tests[0] else 0.0, time.perf_counter() - t1,
-                           {"k_selected": ex.info.get("k_selected")})
+            metrics = {
+                "flag_rate": float(flagged[rows].mean()),
+                "auc_roc": auc_roc(run.labels, scores),
+                "experts_at_end": ex.info.get("experts_at_end"),
+            }
+            sr = SeriesRun(
+                run.name,
+                method,
+                metrics,
+                fit_s if run is data.tests[0] else 0.0,
+                time.perf_counter() - t1,
+                {"k_selected": ex.info.get("k_selected")},
+            )
             track.runs.append(sr)
             if observe is not None:
                 observe("T4A", sr, run.labels, scores, flagged, ex, 0, [])
         track.summary[method] = _t4a_summary(per, kinds, sorted(data.train), fit_s, score_s)
         track.summary[method]["k_selected"] = (getattr(peer, "extras", None) or Extras()).info.get("k_selected")
     track.notes += [
-        ("FAR: is_anomaly on each mode's normal test run (mean of the modes); recall: is_anomaly on the labelled rows "
-         "of the fault runs, pooled; far_prefault: is_anomaly on the fault runs' rows before the fault."),
-        (f"recall@FAR≤{FAR_TARGET:.0%}: the score threshold is the {1 - FAR_TARGET:.0%} quantile of the method's "
-         "scores on all normal test runs (picked with the labels, an evaluation device, not the method's own threshold)."),
+        (
+            "FAR: is_anomaly on each mode's normal test run (mean of the modes); recall: is_anomaly on the labelled rows "
+            "of the fault runs, pooled; far_prefault: is_anomaly on the fault runs' rows before the fault."
+        ),
+        (
+            f"recall@FAR≤{FAR_TARGET:.0%}: the score threshold is the {1 - FAR_TARGET:.0%} quantile of the method's "
+            "scores on all normal test runs (picked with the labels, an evaluation device, not the method's own threshold)."
+        ),
         "AUC-ROC: per mode over its normal test run and its fault runs, then the mean; 'pooled' ranks all runs together.",
         "Every run is scored by a fresh copy of the fitted method; river-HST learns within each run (it always does).",
     ]
@@ -135,8 +162,9 @@ def _t4a_summary(per: list[tuple], kinds: list[str], modes: list[int], fit_s: fl
         if cal is not None:
             (normal_cal if run.fault is None else fault_cal).append(cal[run.labels == (1 if run.fault else 0)])
     if normal_scores and fault_scores:
-        out["recall_at_far1"], out["threshold_at_far1"] = recall_at_far(np.concatenate(normal_scores),
-                                                                        np.concatenate(fault_scores))
+        out["recall_at_far1"], out["threshold_at_far1"] = recall_at_far(
+            np.concatenate(normal_scores), np.concatenate(fault_scores)
+        )
         for k in kinds:
             ks = np.concatenate([p[1][p[0].labels == 1] for p in per if p[0].fault == k])
             out[f"recall_at_far1_{k}"] = float((finite_scores(ks) > out["threshold_at_far1"]).mean())
@@ -159,7 +187,7 @@ def switch_metrics(flagged: np.ndarray, switch_at: int, extras: Extras) -> dict:
         "far_old": float(flagged[:switch_at].mean()),
         "far_new_1st_half": float(new[:half].mean()),
         "far_new_2nd_half": float(new[half:].mean()),
-        "far_new_last_tenth": float(new[-max(len(new) // 10, 1):].mean()),
+        "far_new_last_tenth": float(new[-max(len(new) // 10, 1) :].mean()),
         "records_to_mode_added": (after[0] - switch_at) if after else None,
         "mode_added": len(after),
         "mode_added_before_switch": len(added) - len(after),
@@ -167,8 +195,14 @@ def switch_metrics(flagged: np.ndarray, switch_at: int, extras: Extras) -> dict:
     }
 
 
-def run_switches(track_name: str, title: str, runs: list[tuple[str, np.ndarray, SwitchRun]], opts: BenchOptions,
-                 cache: FitCache, observe: Observer | None = None) -> TrackResult:
+def run_switches(
+    track_name: str,
+    title: str,
+    runs: list[tuple[str, np.ndarray, SwitchRun]],
+    opts: BenchOptions,
+    cache: FitCache,
+    observe: Observer | None = None,
+) -> TrackResult:
     """Each (name, fit data, switch run): fit, stream with learning as the method does, measure the switch."""
     track = TrackResult(track_name, title, {})
     for name, train, sw in runs:
@@ -181,14 +215,27 @@ def run_switches(track_name: str, title: str, runs: list[tuple[str, np.ndarray, 
             t1 = time.perf_counter()
             scores, flagged, ex = _score(peer, sw.values)
             metrics = switch_metrics(flagged, sw.switch_at, ex)
-            run = SeriesRun(name, method, metrics, fit_s, time.perf_counter() - t1,
-                            {"k_selected": ex.info.get("k_selected"), "events": ex.events})
+            run = SeriesRun(
+                name,
+                method,
+                metrics,
+                fit_s,
+                time.perf_counter() - t1,
+                {"k_selected": ex.info.get("k_selected"), "events": ex.events},
+            )
             track.runs.append(run)
             if observe is not None:
                 marks = [(sw.switch_at, "switch")] + [(r, k) for r, k, _ in ex.events]
                 observe(track_name, run, np.zeros(len(flagged), np.int8), scores, flagged, ex, 0, marks)
-    keys = ("far_old", "far_new_1st_half", "far_new_2nd_half", "far_new_last_tenth", "mode_added",
-            "mode_added_before_switch", "experts_at_end")
+    keys = (
+        "far_old",
+        "far_new_1st_half",
+        "far_new_2nd_half",
+        "far_new_last_tenth",
+        "mode_added",
+        "mode_added_before_switch",
+        "experts_at_end",
+    )
     for method in track.methods:
         mine = [r for r in track.runs if r.method == method]
         s: dict = {"n_series": len(mine), "wall_s": sum(r.fit_s + r.score_s for r in mine)}
@@ -197,12 +244,16 @@ def run_switches(track_name: str, title: str, runs: list[tuple[str, np.ndarray, 
             s[k] = float(np.mean(vals)) if vals else None
         delays = [r.metrics["records_to_mode_added"] for r in mine]
         s["switches_with_mode_added"] = sum(d is not None for d in delays)
-        s["records_to_mode_added_max"] = max(d for d in delays if d is not None) if any(d is not None for d in delays) else None
+        s["records_to_mode_added_max"] = (
+            max(d for d in delays if d is not None) if any(d is not None for d in delays) else None
+        )
         track.summary[method] = s
     track.notes += [
         "Every record is normal operation (the switch is a setpoint change), so every flag is a false alarm.",
-        ("records_to_mode_added: rows from the switch to the end of the batch whose learning raised the first "
-         "mode_added (None: never); mode_added counts those after the switch; experts_at_end is the active count."),
+        (
+            "records_to_mode_added: rows from the switch to the end of the batch whose learning raised the first "
+            "mode_added (None: never); mode_added counts those after the switch; experts_at_end is the active count."
+        ),
     ]
     return track
 

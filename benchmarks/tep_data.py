@@ -86,8 +86,16 @@ class FaultyController:
         return action, diag
 
 
-def simulate_tep(mode: int, records: int, seed: int, settle_h: float, fault: str | None = None,
-                 fault_start: int = 0, switch_to: int | None = None, switch_at: int = 0) -> Run:
+def simulate_tep(
+    mode: int,
+    records: int,
+    seed: int,
+    settle_h: float,
+    fault: str | None = None,
+    fault_start: int = 0,
+    switch_to: int | None = None,
+    switch_at: int = 0,
+) -> Run:
     """One run: `records` samples after settling in `mode`, with a fault or a switch of setpoints to `switch_to`."""
     tep = _tep()
     mode_setpoints = _tep("tep_studio.simulation.modes").mode_setpoints
@@ -108,8 +116,12 @@ def simulate_tep(mode: int, records: int, seed: int, settle_h: float, fault: str
     controller = FaultyController(tep.RickerMultiLoopController(), plan)
     horizon = settle_h + (records + 1) * SAMPLE_H
     result = tep.ClosedLoopSimulation(controller=controller, control_interval=CONTROL_H, horizon=horizon).run(
-        seed=float(seed + 1), mode=f"mode{mode}", disturbance_schedule=disturbances, setpoint_schedule=schedule,
-        record_every=round(SAMPLE_H / CONTROL_H))
+        seed=float(seed + 1),
+        mode=f"mode{mode}",
+        disturbance_schedule=disturbances,
+        setpoint_schedule=schedule,
+        record_every=round(SAMPLE_H / CONTROL_H),
+    )
     if result.terminated:
         raise RuntimeError(f"mode {mode} ({fault or 'normal'}): the plant shut down at {result.final_time:.1f} h")
     rows = [r for r in result.results if r.time > settle_h + 1e-9][:records]
@@ -150,19 +162,41 @@ def main(argv: list[str] | None = None) -> int:
     for m in modes:
         base = args.seed * 1000 + m * 100
         for part, seed in (("train", base), ("test", base + 1)):
-            put(f"tep-mode{m}.{part}", simulate_tep(m, args.records, seed, args.settle_hours),
-                {"mode": m, "mode_name": f"tep-mode{m}", "part": part, "fault": None, "seed": seed})
+            put(
+                f"tep-mode{m}.{part}",
+                simulate_tep(m, args.records, seed, args.settle_hours),
+                {"mode": m, "mode_name": f"tep-mode{m}", "part": part, "fault": None, "seed": seed},
+            )
         for j, kind in enumerate(faults):
             seed = base + 10 + j
             run = simulate_tep(m, args.fault_records, seed, args.settle_hours, kind, args.fault_start)
-            put(f"tep-mode{m}.fault-{kind}", run, {"mode": m, "mode_name": f"tep-mode{m}", "part": "fault",
-                                                    "fault": kind, "fault_start": args.fault_start, "seed": seed})
+            put(
+                f"tep-mode{m}.fault-{kind}",
+                run,
+                {
+                    "mode": m,
+                    "mode_name": f"tep-mode{m}",
+                    "part": "fault",
+                    "fault": kind,
+                    "fault_start": args.fault_start,
+                    "seed": seed,
+                },
+            )
     for pair in [s for s in args.switches.split(",") if s]:
         a, b = (int(v) for v in pair.split("->"))
         seed = args.seed * 1000 + 900 + a * 10 + b
         run = simulate_tep(a, 2 * args.records, seed, args.settle_hours, switch_to=b, switch_at=args.records)
-        put(f"tep-switch{a}-{b}", run, {"part": "switch", "switch": [a, b], "switch_at": args.records, "seed": seed,
-                                         "mode_names": [f"tep-mode{a}", f"tep-mode{b}"]})
+        put(
+            f"tep-switch{a}-{b}",
+            run,
+            {
+                "part": "switch",
+                "switch": [a, b],
+                "switch_at": args.records,
+                "seed": seed,
+                "mode_names": [f"tep-mode{a}", f"tep-mode{b}"],
+            },
+        )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "manifest.json").write_text(json.dumps({"simulator": "tep-studio", "files": files}, indent=2))
     print(args.out / "manifest.json")

@@ -41,8 +41,10 @@ T2_DATASETS = ("smd", "asd")
 T3_PAIRS = (("machine-1-2", "machine-1-3"), ("machine-2-1", "machine-1-5"), ("machine-1-6", "machine-2-2"))
 WARMUP = 400
 SUMMARY_KEYS = ("f1", "far", "mar", "auc_pr", "auc_roc", "best_f1")
-SHARED_FIT_NOTE = ("wall s = fit + score; a streammoe fit shared by several variants (one saved model directory) "
-                   "counts its full fit time for each of them. The T2-on-b baselines of T3 are not in T3's wall time.")
+SHARED_FIT_NOTE = (
+    "wall s = fit + score; a streammoe fit shared by several variants (one saved model directory) "
+    "counts its full fit time for each of them. The T2-on-b baselines of T3 are not in T3's wall time."
+)
 
 
 @dataclass
@@ -134,8 +136,9 @@ def make_peer(name: str, opts: BenchOptions, cache: FitCache | None) -> Peer:
 class CachedStreamMoE(StreamMoEPeer):
     """StreamMoEPeer whose fit goes through a saved model directory when a cache is given."""
 
-    def __init__(self, name: str, config: ModelConfig, k: int | None, learn: bool, batch_size: int,
-                 cache: FitCache | None) -> None:
+    def __init__(
+        self, name: str, config: ModelConfig, k: int | None, learn: bool, batch_size: int, cache: FitCache | None
+    ) -> None:
         super().__init__(name, config, k, learn, batch_size)
         self.cache = cache
         self.fit_seconds: float | None = None
@@ -208,8 +211,11 @@ def _skip_notes(track: TrackResult) -> None:
 def run_t1(opts: BenchOptions, observe: Observer | None = None) -> TrackResult:
     """SKAB per experiment: learn from the first 400 rows of each file, score the rest; pool rows 400+."""
     root = opts.data_root / "skab"
-    names = [f"skab/{g}/{p.name.removesuffix('.csv.gz')}" for g in T1_GROUPS
-             for p in sorted((root / g).glob("*.csv.gz"), key=lambda p: natural_key(p.name))]
+    names = [
+        f"skab/{g}/{p.name.removesuffix('.csv.gz')}"
+        for g in T1_GROUPS
+        for p in sorted((root / g).glob("*.csv.gz"), key=lambda p: natural_key(p.name))
+    ]
     names = _select(names, opts)
     methods = _methods(METHODS, opts)
     track = TrackResult("T1", "T1 per-experiment (SKAB valve1, valve2, other; warm-up 400 rows, no model)", {})
@@ -237,7 +243,9 @@ def run_t1(opts: BenchOptions, observe: Observer | None = None) -> TrackResult:
         summary.update({"f1": d.f1, "far": d.far, "mar": d.mar, "precision": d.precision, "pooled": d.as_dict()})
         summary["events"] = pool_events(("all", r.metrics) for r in runs)
         track.summary[m] = summary
-    track.notes.append("F1/FAR/MAR pooled over rows 400+ of every file; AUC-PR, AUC-ROC, best-F1 are means of per-file values.")
+    track.notes.append(
+        "F1/FAR/MAR pooled over rows 400+ of every file; AUC-PR, AUC-ROC, best-F1 are means of per-file values."
+    )
     _skip_notes(track)
     return track
 
@@ -246,14 +254,18 @@ def t2_names(opts: BenchOptions) -> list[str]:
     names = []
     for ds in T2_DATASETS:
         tests = sorted((opts.data_root / ds).glob("*.test.csv.gz"), key=lambda p: natural_key(p.name))
-        found = [f"{ds}/{p.name.removesuffix('.test.csv.gz')}" for p in tests
-                 if p.with_name(p.name.replace(".test.", ".train.")).exists()]
+        found = [
+            f"{ds}/{p.name.removesuffix('.test.csv.gz')}"
+            for p in tests
+            if p.with_name(p.name.replace(".test.", ".train.")).exists()
+        ]
         names += _select(found, opts)
     return names
 
 
-def _t2_one(name: str, method: str, opts: BenchOptions, cache: FitCache, observe: Observer | None,
-            track: str = "T2") -> tuple[SeriesRun, str]:
+def _t2_one(
+    name: str, method: str, opts: BenchOptions, cache: FitCache, observe: Observer | None, track: str = "T2"
+) -> tuple[SeriesRun, str]:
     train = load(opts.data_root / f"{name}.train.csv.gz")
     test = load(opts.data_root / f"{name}.test.csv.gz")
     assert test.labels is not None, f"{name}.test has no label column"
@@ -285,12 +297,15 @@ def run_t2(opts: BenchOptions, cache: FitCache, observe: Observer | None = None)
     return track
 
 
-def run_t3(opts: BenchOptions, cache: FitCache, t2: TrackResult | None = None,
-           observe: Observer | None = None) -> TrackResult:
+def run_t3(
+    opts: BenchOptions, cache: FitCache, t2: TrackResult | None = None, observe: Observer | None = None
+) -> TrackResult:
     """New mode a -> b: fit on a.train, score b.train then b.test as one stream (learning unless static)."""
     track = TrackResult("T3", "T3 new mode (SMD a -> b; fit a.train, stream b.train + b.test)", {})
-    track.notes.append("Only development pairs of SMD machines; ratios divide by the same method's T2 on b "
-                       "(fit b.train, score b.test), run here if T2 did not.")
+    track.notes.append(
+        "Only development pairs of SMD machines; ratios divide by the same method's T2 on b "
+        "(fit b.train, score b.test), run here if T2 did not."
+    )
     pairs = [(a, b) for a, b in opts.pairs if opts.series_filter is None or opts.series_filter in f"{a}->{b}"]
     pairs = pairs[: opts.max_series] if opts.max_series is not None else pairs
     baseline = {(r.series, r.method): r for r in (t2.runs if t2 else [])}

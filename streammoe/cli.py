@@ -64,8 +64,14 @@ def cmd_score(args: argparse.Namespace) -> int:
         check_saved_model(detector.config, config, args)
     with _progress_bar(len(series.values), "score") as bar:
         result, detector = score_stream(
-            series.values, detector, series.channels, config if detector is None else None, warmup=args.warmup or 0,
-            learn=not args.no_learn, batch_size=args.batch_size, progress=bar.update,
+            series.values,
+            detector,
+            series.channels,
+            config if detector is None else None,
+            warmup=args.warmup or 0,
+            learn=not args.no_learn,
+            batch_size=args.batch_size,
+            progress=bar.update,
         )
     write_scores(
         args.out,
@@ -97,8 +103,16 @@ def _incident_column(result: StreamResult, series: Series) -> list[str]:
     The id depends on the rows only, not on the file's name: the same data scores the same."""
     from streammoe.incidents.series import track_series
 
-    return track_series(result.is_anomaly, result.critical, result.calibrated_score, result.p_value, result.mode,
-                        result.channel_share, series.channels, mode_added=result.mode_added).column
+    return track_series(
+        result.is_anomaly,
+        result.critical,
+        result.calibrated_score,
+        result.p_value,
+        result.mode,
+        result.channel_share,
+        series.channels,
+        mode_added=result.mode_added,
+    ).column
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -153,8 +167,10 @@ def _register_bench(sub: argparse._SubParsersAction) -> None:
 
         register(sub)
         return
-    _register_missing("bench", "the benchmarks are not installed: they live in benchmarks/ of a source checkout "
-                               "(git clone, then ./dev bench)")(sub)
+    _register_missing(
+        "bench",
+        "the benchmarks are not installed: they live in benchmarks/ of a source checkout (git clone, then ./dev bench)",
+    )(sub)
 
 
 def _register_missing(name: str, message: str) -> Callable[[argparse._SubParsersAction], None]:
@@ -184,8 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except (UsageError, SeriesFormatError, ModelLoadError, SettingsError, OSError) as e:
-        message = " ".join(str(e).split()) if not isinstance(e, OSError) or not e.filename else \
-            f"{e.filename}: {e.strerror}"
+        message = (
+            " ".join(str(e).split()) if not isinstance(e, OSError) or not e.filename else f"{e.filename}: {e.strerror}"
+        )
         print(f"streammoe {args.command}: error: {message}", file=sys.stderr)
         return 2
 

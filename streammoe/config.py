@@ -63,17 +63,21 @@ class KafkaSettings(Section):
     ssl_key_password: SecretStr | None = None
     ssl_endpoint_identification_algorithm: Literal["https", "none"] | None = None
     output_timestamp: Literal["record", "now"] = Field(
-        "record", description="Kafka timestamp of alerts and scores: `record`, the input record's `ts` (epoch "
+        "record",
+        description="Kafka timestamp of alerts and scores: `record`, the input record's `ts` (epoch "
         "milliseconds; time-indexed consumers and retention then follow the sensor's time; a `ts` that cannot be "
         "one gets the clock's), or `now`, the daemon's clock. Dead letters keep their input's timestamp either way.",
     )
     extra: dict[str, str] = Field(
-        default_factory=dict, description="librdkafka properties; each client gets those that apply to it "
+        default_factory=dict,
+        description="librdkafka properties; each client gets those that apply to it "
         "(producer-only ones are kept from the consumers and the other way round).",
     )
-    partitioner: Literal["murmur2_random", "murmur2", "consistent_random", "consistent", "fnv1a_random", "fnv1a",
-                         "random"] = Field(
-        "murmur2_random", description="How outputs keyed by asset are spread over partitions. murmur2_random "
+    partitioner: Literal[
+        "murmur2_random", "murmur2", "consistent_random", "consistent", "fnv1a_random", "fnv1a", "random"
+    ] = Field(
+        "murmur2_random",
+        description="How outputs keyed by asset are spread over partitions. murmur2_random "
         "picks the partition Java clients, Kafka Streams and kafka-python pick for the same key (so, with as many "
         "partitions as the input, an asset's alerts sit beside its records produced by such a client); "
         "librdkafka's own default, consistent_random, hashes with CRC32 and does not.",
@@ -115,7 +119,8 @@ class BatchingSettings(Section):
     max_batch: int = Field(1024, gt=0, le=100_000)
     max_wait_ms: int = Field(100, ge=0, le=60_000)
     pipeline: bool = Field(
-        False, description="Fetch and decode the next batch while this one is scored and learned (one batch ahead). "
+        False,
+        description="Fetch and decode the next batch while this one is scored and learned (one batch ahead). "
         "Off by default: on 2 CPU cores it measured ~10 % slower than the serial loop (decoding competes with "
         "scoring for the interpreter); meant for GPU workers, where scoring leaves the CPU free.",
     )
@@ -130,7 +135,9 @@ class AlertSettings(Section):
 class CheckpointSettings(Section):
     dir: Path = Path("./checkpoints")
     interval_s: float = Field(60.0, gt=0)
-    bootstrap_model_dir: Path | None = Field(None, description="A `streammoe fit` model used when no checkpoint exists.")
+    bootstrap_model_dir: Path | None = Field(
+        None, description="A `streammoe fit` model used when no checkpoint exists."
+    )
     warmup_records: int = Field(5000, ge=10, description="Valid records learned first when neither exists.")
 
 
@@ -138,13 +145,20 @@ class SnapshotSettings(Section):
     """Scope snapshots on a Kafka topic: how a scope moves to the worker that takes its partition (docs/scaleout.md)."""
 
     topic: str | None = Field(
-        None, description="The snapshot topic (compacted, partitions >= the input topic's); unset = no snapshots. "
+        None,
+        description="The snapshot topic (compacted, partitions >= the input topic's); unset = no snapshots. "
         "Needs STREAMMOE_SCOPES__MODE group or asset.",
     )
-    interval_s: float = Field(60.0, gt=0, description="Scopes that learned since their last snapshot are written this often.")
+    interval_s: float = Field(
+        60.0, gt=0, description="Scopes that learned since their last snapshot are written this often."
+    )
     read_timeout_s: float = Field(30.0, gt=0, description="Longest read of a snapshot partition on assignment.")
-    chunk_bytes: int = Field(512 * 1024, ge=1024, le=16 * 1024 * 1024,
-                             description="Model bytes per message; keep under the topic's max.message.bytes.")
+    chunk_bytes: int = Field(
+        512 * 1024,
+        ge=1024,
+        le=16 * 1024 * 1024,
+        description="Model bytes per message; keep under the topic's max.message.bytes.",
+    )
 
 
 class HttpSettings(Section):
@@ -153,12 +167,16 @@ class HttpSettings(Section):
     port: int = Field(9308, ge=0, le=65535, description="0 picks a free port.")
     ready_stale_s: float = Field(30.0, gt=0, description="/readyz fails when the loop has not turned for this long.")
     live_stale_s: float = Field(
-        300.0, gt=0, description="/healthz fails (and the orchestrator restarts the worker) when the loop has not "
+        300.0,
+        gt=0,
+        description="/healthz fails (and the orchestrator restarts the worker) when the loop has not "
         "turned and no known long step (restoring snapshots, training a candidate expert, a warm-up fit) has "
         "reported progress for this long.",
     )
     max_scope_series: int = Field(
-        100, ge=0, description="Scopes with their own streammoe_experts_active and streammoe_mixture_weight "
+        100,
+        ge=0,
+        description="Scopes with their own streammoe_experts_active and streammoe_mixture_weight "
         "series; the rest are counted in streammoe_scopes_without_series (asset mode can hold thousands).",
     )
 
@@ -180,15 +198,19 @@ class Settings(BaseSettings):
     snapshot: SnapshotSettings = Field(default_factory=SnapshotSettings)
     silence: SilenceSettings = Field(default_factory=SilenceSettings)
     torch_threads: int = Field(
-        1, ge=0, description="Threads for scoring; 0 = torch's default. On a shared CPU, 2+ OpenMP threads "
+        1,
+        ge=0,
+        description="Threads for scoring; 0 = torch's default. On a shared CPU, 2+ OpenMP threads "
         "spin-wait for each other and batches ran 2-20x slower than with 1 (measured on the 2-core CI box).",
     )
     torch_compile: bool = Field(
-        False, description="Run the model's E-step through torch.compile: 0.9-2x faster scoring on CPU, after ~20-60 s "
+        False,
+        description="Run the model's E-step through torch.compile: 0.9-2x faster scoring on CPU, after ~20-60 s "
         "of compiling at the first batch (and seconds for each new batch shape). Off by default.",
     )
     precision: Literal["float32", "bfloat16", "float16"] = Field(
-        "float32", description="Precision of the E-step (autocast): bfloat16 on CPUs with AVX512-BF16/AMX or on a GPU, "
+        "float32",
+        description="Precision of the E-step (autocast): bfloat16 on CPUs with AVX512-BF16/AMX or on a GPU, "
         "float16 on a GPU only. Scores, p-values and decisions stay float32; see docs/operations.md for the check.",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -236,7 +258,9 @@ def load_settings(env_file: str | Path | None = None, **overrides: Any) -> Setti
         for err in e.errors():
             loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
             msg = err["msg"].removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden" and any(line.upper().startswith(_variable(loc) + ":") for line in lines):
+            if err["type"] == "extra_forbidden" and any(
+                line.upper().startswith(_variable(loc) + ":") for line in lines
+            ):
                 continue  # named already, with the nearest valid name
             lines.append(f"{_variable(loc)}: {msg}" if loc else msg)
     if lines:
@@ -254,8 +278,10 @@ def _variable_problems(env_file: str | Path | None) -> list[str]:
     extra = ENV_PREFIX + "KAFKA__EXTRA"
     per_property = sorted(n for n in names if n.startswith(extra + "__"))
     if extra in names and per_property:
-        lines.append(f"{extra}: set librdkafka properties either as JSON in {extra} or one per variable "
-                     f"({per_property[0]}, ...), not both")
+        lines.append(
+            f"{extra}: set librdkafka properties either as JSON in {extra} or one per variable "
+            f"({per_property[0]}, ...), not both"
+        )
     return lines
 
 

@@ -40,8 +40,13 @@ def build_labels(device: str) -> dict[str, str]:
         torch_version = metadata.version("torch")
     except metadata.PackageNotFoundError:
         torch_version = "none"
-    return {"version": __version__, "python": platform.python_version(), "torch": torch_version,
-            "librdkafka": confluent_kafka.libversion()[0], "device": device}
+    return {
+        "version": __version__,
+        "python": platform.python_version(),
+        "torch": torch_version,
+        "librdkafka": confluent_kafka.libversion()[0],
+        "device": device,
+    }
 
 
 class Metrics:
@@ -52,73 +57,108 @@ class Metrics:
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
         GCCollector(registry=r)
-        Info("streammoe_build", "The running streammoe: versions and the device it scores on.",
-             registry=r).info(build_labels(device))
+        Info("streammoe_build", "The running streammoe: versions and the device it scores on.", registry=r).info(
+            build_labels(device)
+        )
         self.max_scope_series = max_scope_series
         self._scopes_with_series: set[str] = set()
         self.records_in = Counter("streammoe_records_in", "Input records consumed.", registry=r)
-        self.dead_letters = Counter("streammoe_dead_letters", "Records dead-lettered, by reason.", ["reason"], registry=r)
+        self.dead_letters = Counter(
+            "streammoe_dead_letters", "Records dead-lettered, by reason.", ["reason"], registry=r
+        )
         self.alerts = Counter("streammoe_alerts", "Alerts published, by severity.", ["severity"], registry=r)
-        self.non_alerts = Counter("streammoe_non_alerts", "Valid records that raised no alert (incl. warm-up).", registry=r)
-        self.warmup_records = Counter("streammoe_warmup_records", "Records learned during warm-up, unscored.", registry=r)
+        self.non_alerts = Counter(
+            "streammoe_non_alerts", "Valid records that raised no alert (incl. warm-up).", registry=r
+        )
+        self.warmup_records = Counter(
+            "streammoe_warmup_records", "Records learned during warm-up, unscored.", registry=r
+        )
         self.batch_seconds = Histogram(
-            "streammoe_batch_seconds", "From consume to acknowledged outputs, per batch.", registry=r,
+            "streammoe_batch_seconds",
+            "From consume to acknowledged outputs, per batch.",
+            registry=r,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
         self.stage_seconds = Histogram(
-            "streammoe_stage_seconds", "Time per batch in each stage of the loop.", ["stage"], registry=r,
+            "streammoe_stage_seconds",
+            "Time per batch in each stage of the loop.",
+            ["stage"],
+            registry=r,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
         )
         self.batch_size = Histogram(
             "streammoe_batch_records", "Records per batch.", registry=r, buckets=(1, 16, 64, 256, 1024, 4096, 16384)
         )
-        self.consumer_lag = Gauge("streammoe_consumer_lag", "Records behind the end, per partition.",
-                                  ["topic", "partition"], registry=r)
+        self.consumer_lag = Gauge(
+            "streammoe_consumer_lag", "Records behind the end, per partition.", ["topic", "partition"], registry=r
+        )
         self.experts_active = Gauge("streammoe_experts_active", "Active experts in the mixture.", ["scope"], registry=r)
-        self.mixture_weight = Gauge("streammoe_mixture_weight", "Mixture weight per expert slot.",
-                                    ["scope", "expert"], registry=r)
-        self.learn_steps_skipped = Counter("streammoe_learn_steps_skipped", "Online learning steps skipped, by reason.",
-                                           ["reason"], registry=r)
+        self.mixture_weight = Gauge(
+            "streammoe_mixture_weight", "Mixture weight per expert slot.", ["scope", "expert"], registry=r
+        )
+        self.learn_steps_skipped = Counter(
+            "streammoe_learn_steps_skipped", "Online learning steps skipped, by reason.", ["reason"], registry=r
+        )
         self.poison_records = Counter(
-            "streammoe_poison_records", "Records scored as anomalous but kept out of learning, by reason.", ["reason"],
+            "streammoe_poison_records",
+            "Records scored as anomalous but kept out of learning, by reason.",
+            ["reason"],
             registry=r,
         )
         self.records_learned = Counter("streammoe_records_learned", "Records the model learned from.", registry=r)
         self.mode_events = Counter("streammoe_mode_events", "Experts added, retired or merged.", ["kind"], registry=r)
-        self.incidents_opened = Counter("streammoe_incidents_opened", "Incidents opened, per scope.", ["scope"],
-                                        registry=r)
-        self.incidents_resolved = Counter("streammoe_incidents_resolved", "Incidents resolved, per scope and how.",
-                                          ["scope", "by"], registry=r)
+        self.incidents_opened = Counter(
+            "streammoe_incidents_opened", "Incidents opened, per scope.", ["scope"], registry=r
+        )
+        self.incidents_resolved = Counter(
+            "streammoe_incidents_resolved", "Incidents resolved, per scope and how.", ["scope", "by"], registry=r
+        )
         self.incidents_open = Gauge("streammoe_incidents_open", "Incidents open now, per scope.", ["scope"], registry=r)
-        self.drifts = Counter("streammoe_likelihood_drifts", "Changes of the stream's typical log-likelihood (ADWIN).",
-                              ["scope"], registry=r)
+        self.drifts = Counter(
+            "streammoe_likelihood_drifts",
+            "Changes of the stream's typical log-likelihood (ADWIN).",
+            ["scope"],
+            registry=r,
+        )
         self.commits = Counter("streammoe_commits", "Offset commits that succeeded.", registry=r)
         self.checkpoints = Counter("streammoe_checkpoints", "Model checkpoints written.", registry=r)
         self.checkpoint_fallbacks = Counter(
-            "streammoe_checkpoint_fallbacks", "Starts that loaded the previous checkpoint generation, by reason.",
-            ["reason"], registry=r,
+            "streammoe_checkpoint_fallbacks",
+            "Starts that loaded the previous checkpoint generation, by reason.",
+            ["reason"],
+            registry=r,
         )
         self.assigned_partitions = Gauge("streammoe_assigned_partitions", "Input partitions owned.", registry=r)
         self.scopes_held = Gauge("streammoe_scopes_held", "Model scopes this worker holds.", registry=r)
         self.snapshots = Counter("streammoe_snapshots", "Scope snapshots written to the snapshot topic.", registry=r)
         self.snapshot_failures = Counter("streammoe_snapshot_failures", "Scope snapshots that failed.", registry=r)
-        self.scopes_restored = Counter("streammoe_scopes_restored", "Scopes taken over, by origin.", ["origin"],
-                                       registry=r)
+        self.scopes_restored = Counter(
+            "streammoe_scopes_restored", "Scopes taken over, by origin.", ["origin"], registry=r
+        )
         self.backpressure_pauses = Counter(
-            "streammoe_backpressure_pauses", "Times the partitions were paused because judging a batch took long.",
+            "streammoe_backpressure_pauses",
+            "Times the partitions were paused because judging a batch took long.",
             registry=r,
         )
-        self.broker_unreachable = Gauge("streammoe_broker_unreachable",
-                                        "1 while the broker is unreachable (the daemon waits, not ready).", registry=r)
+        self.broker_unreachable = Gauge(
+            "streammoe_broker_unreachable",
+            "1 while the broker is unreachable (the daemon waits, not ready).",
+            registry=r,
+        )
         self.broker_outages = Counter("streammoe_broker_outages", "Broker outages begun.", registry=r)
-        self.outputs_resent = Counter("streammoe_outputs_resent",
-                                      "Outputs sent again after the broker failed to acknowledge them.", registry=r)
+        self.outputs_resent = Counter(
+            "streammoe_outputs_resent", "Outputs sent again after the broker failed to acknowledge them.", registry=r
+        )
 
-        self.asset_silences = Counter("streammoe_asset_silences", "Assets that went silent (asset_silent events).",
-                                      registry=r)
+        self.asset_silences = Counter(
+            "streammoe_asset_silences", "Assets that went silent (asset_silent events).", registry=r
+        )
         self.scopes_without_series = Gauge(
-            "streammoe_scopes_without_series", "Scopes held whose per-scope gauges are not exported (beyond "
-            "STREAMMOE_HTTP__MAX_SCOPE_SERIES; asset mode can hold thousands).", registry=r)
+            "streammoe_scopes_without_series",
+            "Scopes held whose per-scope gauges are not exported (beyond "
+            "STREAMMOE_HTTP__MAX_SCOPE_SERIES; asset mode can hold thousands).",
+            registry=r,
+        )
 
     def scope_series(self, scope: str) -> bool:
         """Whether `scope` gets its own experts_active and mixture_weight series: the first
@@ -138,8 +178,11 @@ class Metrics:
     def forget_scope(self, scope: str, k_max: int) -> None:
         """A scope another worker owns now: its series here would only mislead (and its slot is free again)."""
         self._scopes_with_series.discard(scope)
-        for gauge, labels in ((self.experts_active, [(scope,)]), (self.incidents_open, [(scope,)]),
-                              (self.mixture_weight, [(scope, str(k)) for k in range(k_max)])):
+        for gauge, labels in (
+            (self.experts_active, [(scope,)]),
+            (self.incidents_open, [(scope,)]),
+            (self.mixture_weight, [(scope, str(k)) for k in range(k_max)]),
+        ):
             for label in labels:
                 try:
                     gauge.remove(*label)
@@ -158,7 +201,9 @@ class Metrics:
         """Seconds spent so far in each stage (for benchmarks and the shutdown summary)."""
         return {
             s.labels["stage"]: round(s.value, 3)
-            for metric in self.stage_seconds.collect() for s in metric.samples if s.name.endswith("_sum")
+            for metric in self.stage_seconds.collect()
+            for s in metric.samples
+            if s.name.endswith("_sum")
         }
 
     def render(self) -> bytes:

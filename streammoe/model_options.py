@@ -34,8 +34,9 @@ class UsageError(Exception):
 class _ModelSettings(BaseSettings):
     """Only the `model` section of the daemon's settings (the rest does not concern fit and score)."""
 
-    model_config = SettingsConfigDict(env_prefix=PREFIX, env_nested_delimiter="__", extra="ignore",
-                                      case_sensitive=False)
+    model_config = SettingsConfigDict(
+        env_prefix=PREFIX, env_nested_delimiter="__", extra="ignore", case_sensitive=False
+    )
 
     model: ModelConfig = Field(default_factory=ModelConfig)
 
@@ -71,11 +72,18 @@ def _boolean(text: str) -> bool:
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
-        "model (every ModelConfig field; defaults from STREAMMOE_MODEL__* variables, else ModelConfig)")
+        "model (every ModelConfig field; defaults from STREAMMOE_MODEL__* variables, else ModelConfig)"
+    )
     for path, typ in option_fields().items():
         field = _field(path)
-        group.add_argument(_flag(path), dest=_dest(path), type=_boolean if typ is bool else typ, default=None,
-                           metavar=typ.__name__.upper(), help=f"{field.description or ''} (default {field.default})".replace("%", "%%"))
+        group.add_argument(
+            _flag(path),
+            dest=_dest(path),
+            type=_boolean if typ is bool else typ,
+            default=None,
+            metavar=typ.__name__.upper(),
+            help=f"{field.description or ''} (default {field.default})".replace("%", "%%"),
+        )
 
 
 def _field(path: tuple[str, ...]) -> FieldInfo:
@@ -120,8 +128,9 @@ def model_config(args: argparse.Namespace, environ: dict[str, str] | None = None
 def environment_paths(environ: dict[str, str] | None = None) -> set[tuple[str, ...]]:
     """The field paths (or sections) the `STREAMMOE_MODEL__*` variables set."""
     env = os.environ if environ is None else environ
-    return {tuple(k.upper().removeprefix(ENV_SECTION).lower().split("__")) for k in env
-            if k.upper().startswith(ENV_SECTION)}
+    return {
+        tuple(k.upper().removeprefix(ENV_SECTION).lower().split("__")) for k in env if k.upper().startswith(ENV_SECTION)
+    }
 
 
 def _value(config: ModelConfig, path: tuple[str, ...]) -> Any:
@@ -135,14 +144,20 @@ def check_saved_model(saved: ModelConfig, wanted: ModelConfig, args: argparse.Na
     """A loaded model keeps its own configuration: refuse command-line options it would ignore, warn about
     environment settings it ignores."""
     typed = given_options(args)
-    differ = {p: (_value(saved, p), _value(wanted, p)) for p in option_fields() if _value(saved, p) != _value(wanted, p)}
+    differ = {
+        p: (_value(saved, p), _value(wanted, p)) for p in option_fields() if _value(saved, p) != _value(wanted, p)
+    }
     refused = {p: v for p, v in differ.items() if p in typed}
     if refused:
         listed = ", ".join(f"{_flag(p)} {new} (the model has {old})" for p, (old, new) in sorted(refused.items()))
-        raise UsageError(f"the saved model keeps its own configuration, so these options would be ignored: {listed}; "
-                         "leave them out, or fit a new model with them (streammoe fit)")
-    from_env = {p: v for p, v in differ.items() if any(p[:len(q)] == q for q in environment_paths())}
+        raise UsageError(
+            f"the saved model keeps its own configuration, so these options would be ignored: {listed}; "
+            "leave them out, or fit a new model with them (streammoe fit)"
+        )
+    from_env = {p: v for p, v in differ.items() if any(p[: len(q)] == q for q in environment_paths())}
     if from_env:
-        listed = ", ".join(f"{ENV_SECTION}{'__'.join(p).upper()}={new} (the model has {old})"
-                           for p, (old, new) in sorted(from_env.items()))
+        listed = ", ".join(
+            f"{ENV_SECTION}{'__'.join(p).upper()}={new} (the model has {old})"
+            for p, (old, new) in sorted(from_env.items())
+        )
         print(f"score: warning: the saved model keeps its own configuration; ignored: {listed}", file=sys.stderr)

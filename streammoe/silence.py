@@ -25,11 +25,13 @@ class SilenceSettings(BaseModel):
 
     after_s: float = Field(0.0, ge=0, description="Seconds without a record after which an asset is silent; 0 = off.")
     clock: Literal["ts", "wall"] = Field(
-        "ts", description="`ts`: the records' time (epoch ms), measured against the newest record of any asset; "
+        "ts",
+        description="`ts`: the records' time (epoch ms), measured against the newest record of any asset; "
         "`wall`: the daemon's clock since the asset's last record arrived.",
     )
     per_asset: dict[str, float] = Field(
-        default_factory=dict, description='Asset id -> seconds, ahead of after_s (0 = never), e.g. {"pump-7": 600}.',
+        default_factory=dict,
+        description='Asset id -> seconds, ahead of after_s (0 = never), e.g. {"pump-7": 600}.',
     )
 
 
@@ -65,8 +67,16 @@ class SilenceWatch:
             t = int(t)
             last = self._assets.get(asset)
             if last is not None and last.silent:
-                resumed.append({"kind": "asset_resumed", "asset": asset, "last_ts": last.ts, "ts": t,
-                                "silent_s": round(self._gap_s(last, t, wall), 3), "clock": self.settings.clock})
+                resumed.append(
+                    {
+                        "kind": "asset_resumed",
+                        "asset": asset,
+                        "last_ts": last.ts,
+                        "ts": t,
+                        "silent_s": round(self._gap_s(last, t, wall), 3),
+                        "clock": self.settings.clock,
+                    }
+                )
             if last is None or t >= last.ts or last.silent:
                 self._assets[asset] = _Seen(t, wall, int(p))
             else:  # out of order: keep the newest time, note the arrival
@@ -92,8 +102,16 @@ class SilenceWatch:
             gap = self._gap_s(seen, self._newest_ts, wall)
             if gap > limit:
                 seen.silent = True
-                events.append({"kind": "asset_silent", "asset": asset, "last_ts": seen.ts,
-                               "silent_s": round(gap, 3), "limit_s": limit, "clock": self.settings.clock})
+                events.append(
+                    {
+                        "kind": "asset_silent",
+                        "asset": asset,
+                        "last_ts": seen.ts,
+                        "silent_s": round(gap, 3),
+                        "limit_s": limit,
+                        "clock": self.settings.clock,
+                    }
+                )
         return events
 
     def forget_partitions(self, partitions: Iterable[int]) -> None:

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from streammoe.config import CheckpointSettings
-from streammoe.model.detector import MixtureDetector
 from streammoe.logs import get_logger
+from streammoe.model.detector import MixtureDetector
 from streammoe.state.persistence import (
     ModelDamagedError,
     ModelIncompatibleError,
@@ -128,8 +128,13 @@ class Checkpointer:
                 raise type(e)(f"STREAMMOE_CHECKPOINT__BOOTSTRAP_MODEL_DIR: {e}") from e
         else:
             state = ModelState(scope, None, origin="warmup")
-        log.info("model_restored", scope=scope, origin=state.origin, version=state.version,
-                 experts=state.detector.model.n_active if state.detector else 0)
+        log.info(
+            "model_restored",
+            scope=scope,
+            origin=state.origin,
+            version=state.version,
+            experts=state.detector.model.n_active if state.detector else 0,
+        )
         return state
 
     def learned_total(self, scope: str) -> int | None:
@@ -150,8 +155,10 @@ class Checkpointer:
             raise ModelDamagedError(f"{path}/meta.json has malformed learned_offsets: {e}") from e
         version = meta.get("checkpoint_version", 1)
         if version not in READABLE_CHECKPOINTS:
-            raise ModelIncompatibleError(f"{path} has checkpoint version {version!r}; this streammoe reads "
-                                         f"checkpoint versions {list(READABLE_CHECKPOINTS)}")
+            raise ModelIncompatibleError(
+                f"{path} has checkpoint version {version!r}; this streammoe reads "
+                f"checkpoint versions {list(READABLE_CHECKPOINTS)}"
+            )
         incidents = meta.get("incidents") if version >= 2 else None  # version 1: no incident state (migration)
         if incidents is not None and not isinstance(incidents, dict):
             raise ModelDamagedError(f"{path}/meta.json has malformed incident state")
@@ -180,12 +187,19 @@ class Checkpointer:
             if candidate == old:
                 if damage is None:  # a crash between the renames of a save: this is the last completed one
                     state.recovered = "missing"
-                    log.warning("checkpoint_fallback", scope=scope, reason="missing", loaded=str(old),
-                                version=state.version)
+                    log.warning(
+                        "checkpoint_fallback", scope=scope, reason="missing", loaded=str(old), version=state.version
+                    )
                 else:
                     state.recovered = "damaged"
-                    log.error("checkpoint_fallback", scope=scope, reason="damaged", loaded=str(old),
-                              version=state.version, hint="what was learned after it is lost; check the disk")
+                    log.error(
+                        "checkpoint_fallback",
+                        scope=scope,
+                        reason="damaged",
+                        loaded=str(old),
+                        version=state.version,
+                        hint="what was learned after it is lost; check the disk",
+                    )
                     self._set_aside(path)
             return state
         raise ModelDamagedError(

@@ -32,10 +32,15 @@ log = get_logger("streammoe.state.ownership")
 class OwnedScopes:
     """Model states by scope name, with the input partition each scope's records arrive on."""
 
-    def __init__(self, settings: Settings, checkpointer: Checkpointer, snapshots: SnapshotTransport | None = None,
-                 on_restored: Callable[[ModelState], None] | None = None,
-                 on_dropped: Callable[[ModelState], None] | None = None,
-                 on_snapshot: Callable[[bool], None] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        checkpointer: Checkpointer,
+        snapshots: SnapshotTransport | None = None,
+        on_restored: Callable[[ModelState], None] | None = None,
+        on_dropped: Callable[[ModelState], None] | None = None,
+        on_snapshot: Callable[[bool], None] | None = None,
+    ) -> None:
         self.settings = settings
         self.checkpointer = checkpointer
         self.channels = list(settings.records.channels)
@@ -87,8 +92,12 @@ class OwnedScopes:
         home = self.home.setdefault(scope, int(partitions[0]))
         if scope not in self._split_warned and (partitions != home).any():
             self._split_warned.add(scope)
-            log.warning("scope_spans_partitions", scope=scope, partitions=sorted({home, *map(int, partitions)}),
-                        hint="key input records by the scope's asset or group; snapshots follow the first partition")
+            log.warning(
+                "scope_spans_partitions",
+                scope=scope,
+                partitions=sorted({home, *map(int, partitions)}),
+                hint="key input records by the scope's asset or group; snapshots follow the first partition",
+            )
 
     # ---- handover ------------------------------------------------------------------------------------------
 
@@ -103,8 +112,12 @@ class OwnedScopes:
         try:
             states, manifests = read_latest(self.snapshots, self.channels, partitions=parts)
         except SnapshotError as e:
-            log.error("snapshot_read_failed", partitions=sorted(parts), error=str(e),
-                      hint="the scopes start from the checkpoint directory, the bootstrap model or a warm-up")
+            log.error(
+                "snapshot_read_failed",
+                partitions=sorted(parts),
+                error=str(e),
+                hint="the scopes start from the checkpoint directory, the bootstrap model or a warm-up",
+            )
             return {}, []
         start: dict[int, int] = {}
         restored = []
@@ -115,8 +128,12 @@ class OwnedScopes:
                 continue  # never gave it up (a revoke and assign back): what is in memory is as new
             local = self.checkpointer.learned_total(scope)
             if held is None and local is not None and local > offsets_total(state.learned_offsets):
-                log.info("scope_snapshot_older_than_checkpoint", scope=scope, snapshot_id=manifest.snapshot_id,
-                         hint="this worker's checkpoint learned further (a restart on the same disk): it is used")
+                log.info(
+                    "scope_snapshot_older_than_checkpoint",
+                    scope=scope,
+                    snapshot_id=manifest.snapshot_id,
+                    hint="this worker's checkpoint learned further (a restart on the same disk): it is used",
+                )
                 continue
             self.models[scope] = state
             restored.append(state)
@@ -128,12 +145,20 @@ class OwnedScopes:
             detector = state.detector
             if self._on_restored is not None:
                 self._on_restored(state)
-            log.info("scope_restored", scope=scope, origin="snapshot", snapshot_id=manifest.snapshot_id,
-                     partition=manifest.partition, version=state.version, learned_to=learned,
-                     experts=detector.model.n_active if detector else 0,
-                     weights=[float(w) for w in detector.mixture_weights()] if detector else [])
-        log.info("snapshots_read", partitions=sorted(parts), scopes=len(states),
-                 seconds=round(time.monotonic() - t0, 3))
+            log.info(
+                "scope_restored",
+                scope=scope,
+                origin="snapshot",
+                snapshot_id=manifest.snapshot_id,
+                partition=manifest.partition,
+                version=state.version,
+                learned_to=learned,
+                experts=detector.model.n_active if detector else 0,
+                weights=[float(w) for w in detector.mixture_weights()] if detector else [],
+            )
+        log.info(
+            "snapshots_read", partitions=sorted(parts), scopes=len(states), seconds=round(time.monotonic() - t0, 3)
+        )
         return start, restored
 
     def revoked(self, partitions: Iterable[int], snapshot: bool = True) -> None:
@@ -165,7 +190,9 @@ class OwnedScopes:
         self._last_snapshot = time.monotonic()
         written = 0
         for state in list(self.models.values()):
-            if self._snapshotted.get(state.scope) != state.progress and self._snapshot(state, self.home.get(state.scope, -1)):
+            if self._snapshotted.get(state.scope) != state.progress and self._snapshot(
+                state, self.home.get(state.scope, -1)
+            ):
                 written += 1
         return written
 
@@ -175,8 +202,12 @@ class OwnedScopes:
         try:
             self.writer.write(state, partition)
         except SnapshotError as e:
-            log.error("snapshot_failed", scope=state.scope, error=str(e),
-                      hint="the next owner restores an older snapshot and re-reads from its position")
+            log.error(
+                "snapshot_failed",
+                scope=state.scope,
+                error=str(e),
+                hint="the next owner restores an older snapshot and re-reads from its position",
+            )
             if self._on_snapshot is not None:
                 self._on_snapshot(False)
             return False

@@ -92,8 +92,9 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def save_detector(detector: MixtureDetector, path: str | Path, extra_meta: dict | None = None,
-                  durable: bool = True) -> Path:
+def save_detector(
+    detector: MixtureDetector, path: str | Path, extra_meta: dict | None = None, durable: bool = True
+) -> Path:
     """Write `detector` to directory `path` atomically (replacing what was there). `durable=False` skips the fsyncs,
     for a directory that is read back at once and thrown away (a snapshot being packed): they cost 5-100 ms."""
     path = Path(path)
@@ -195,8 +196,12 @@ def restore_sampler(generator: torch.Generator, state: torch.Tensor) -> bool:
         generator.set_state(state)
         return True
     generator.manual_seed(int.from_bytes(hashlib.sha256(state.numpy().tobytes()).digest()[:8], "little") >> 1)
-    log.info("sampler_reseeded", device=generator.device.type, saved_state_bytes=int(state.numel()),
-             reason="the model was saved on another kind of device")
+    log.info(
+        "sampler_reseeded",
+        device=generator.device.type,
+        saved_state_bytes=int(state.numel()),
+        reason="the model was saved on another kind of device",
+    )
     return False
 
 

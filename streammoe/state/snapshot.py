@@ -43,8 +43,18 @@ log = get_logger("streammoe.state.snapshot")
 SEP = "\x1f"
 DEFAULT_CHUNK_BYTES = 512 * 1024  # under Kafka's default 1 MB message limit, with room for headers
 
-__all__ = ["DEFAULT_CHUNK_BYTES", "SEP", "Manifest", "SnapshotError", "SnapshotTransport", "SnapshotWriter",
-           "chunk_key", "pack", "read_latest", "unpack"]
+__all__ = [
+    "DEFAULT_CHUNK_BYTES",
+    "SEP",
+    "Manifest",
+    "SnapshotError",
+    "SnapshotTransport",
+    "SnapshotWriter",
+    "chunk_key",
+    "pack",
+    "read_latest",
+    "unpack",
+]
 
 
 class SnapshotTransport(Protocol):
@@ -85,8 +95,10 @@ class Manifest:
         d["learned_offsets"] = offsets_from_json(d["learned_offsets"])
         d.setdefault("version", 1)
         if d["version"] not in READABLE_MANIFESTS:
-            raise ValueError(f"snapshot manifest version {d['version']!r} of scope {d.get('scope')!r}; this "
-                                f"streammoe reads {list(READABLE_MANIFESTS)}")
+            raise ValueError(
+                f"snapshot manifest version {d['version']!r} of scope {d.get('scope')!r}; this "
+                f"streammoe reads {list(READABLE_MANIFESTS)}"
+            )
         return cls(**d)
 
 
@@ -99,8 +111,9 @@ def pack(state: ModelState) -> bytes:
     if state.detector is None:
         raise SnapshotError(f"scope {state.scope!r} has no model yet (warming up): nothing to snapshot")
     with tempfile.TemporaryDirectory() as tmp:
-        model = save_detector(state.detector, Path(tmp) / "model", {"scope": state.scope, "lineage": state.lineage},
-                              durable=False)
+        model = save_detector(
+            state.detector, Path(tmp) / "model", {"scope": state.scope, "lineage": state.lineage}, durable=False
+        )
         buf = io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w") as tar:
             for f in sorted(model.iterdir()):
@@ -113,8 +126,14 @@ def unpack(blob: bytes, manifest: Manifest, channels: list[str]) -> ModelState:
         with tarfile.open(fileobj=io.BytesIO(blob), mode="r") as tar:
             tar.extractall(tmp, filter="data")
         detector = load_detector(tmp, channels=channels)
-    return ModelState(manifest.scope, detector, manifest.lineage, "snapshot",
-                      {t: dict(ps) for t, ps in manifest.learned_offsets.items()}, incidents=manifest.incidents)
+    return ModelState(
+        manifest.scope,
+        detector,
+        manifest.lineage,
+        "snapshot",
+        {t: dict(ps) for t, ps in manifest.learned_offsets.items()},
+        incidents=manifest.incidents,
+    )
 
 
 class SnapshotWriter:
@@ -129,27 +148,45 @@ class SnapshotWriter:
         blob = pack(state)
         slot = 1 - self.slots.get(state.scope, 1)
         n = max(1, -(-len(blob) // self.chunk_bytes))
-        manifest = Manifest(state.scope, uuid.uuid4().hex[:12], slot, n, len(blob), hashlib.sha256(blob).hexdigest(),
-                            state.lineage, {t: dict(ps) for t, ps in state.learned_offsets.items()},
-                            partition=partition, incidents=state.incidents)
+        manifest = Manifest(
+            state.scope,
+            uuid.uuid4().hex[:12],
+            slot,
+            n,
+            len(blob),
+            hashlib.sha256(blob).hexdigest(),
+            state.lineage,
+            {t: dict(ps) for t, ps in state.learned_offsets.items()},
+            partition=partition,
+            incidents=state.incidents,
+        )
         headers: Headers = [("snapshot_id", manifest.snapshot_id.encode())]
         for i in range(n):
-            part = blob[i * self.chunk_bytes:(i + 1) * self.chunk_bytes]
+            part = blob[i * self.chunk_bytes : (i + 1) * self.chunk_bytes]
             self.topic.send(chunk_key(state.scope, slot, i), part, headers, partition)
         self.topic.send(state.scope, manifest.to_bytes(), None, partition)
         self.slots[state.scope] = slot
         detector = state.detector
-        log.info("snapshot_written", scope=state.scope, snapshot_id=manifest.snapshot_id, bytes=len(blob), chunks=n,
-                 partition=partition, version=state.version, experts=detector.model.n_active if detector else 0,
-                 weights=[float(w) for w in detector.mixture_weights()] if detector else [])
+        log.info(
+            "snapshot_written",
+            scope=state.scope,
+            snapshot_id=manifest.snapshot_id,
+            bytes=len(blob),
+            chunks=n,
+            partition=partition,
+            version=state.version,
+            experts=detector.model.n_active if detector else 0,
+            weights=[float(w) for w in detector.mixture_weights()] if detector else [],
+        )
         return manifest
 
     def close(self) -> None:
         self.topic.close()
 
 
-def read_latest(topic: SnapshotTransport, channels: list[str], scopes: set[str] | None = None,
-                partitions: set[int] | None = None) -> tuple[dict[str, ModelState], dict[str, Manifest]]:
+def read_latest(
+    topic: SnapshotTransport, channels: list[str], scopes: set[str] | None = None, partitions: set[int] | None = None
+) -> tuple[dict[str, ModelState], dict[str, Manifest]]:
     """The newest whole snapshot of each scope (of `scopes`, or all) in `topic`, as model states, with manifests.
 
     With `partitions` (input partitions), only the snapshot partitions they map to are read, and only scopes whose
