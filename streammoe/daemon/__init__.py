@@ -8,6 +8,15 @@ from streammoe.daemon.service import Daemon, cmd_run, register, tune_allocator
 from streammoe.daemon.verdicts import marked_event
 
 __all__ = [
-    "REF_PARTITION_SHIFT", "Clients", "Daemon", "KafkaClients", "RunSummary", "SourceHooks", "cmd_run",
-    "event_payload", "marked_event", "register", "tune_allocator",
+    "REF_PARTITION_SHIFT",
+    "Clients",
+    "Daemon",
+    "KafkaClients",
+    "RunSummary",
+    "SourceHooks",
+    "cmd_run",
+    "event_payload",
+    "marked_event",
+    "register",
+    "tune_allocator",
 ]

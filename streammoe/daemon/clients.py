@@ -57,11 +57,26 @@ class SinkClient(Protocol):
 
     @property
     def pending(self) -> int: ...
-    def send(self, topic: str, value: bytes | None, key: bytes | None = None,
-             headers: Headers | None = None, timestamp: int | None = None) -> None: ...
-    def dead_letter(self, value: bytes | None, key: bytes | None, topic: str, partition: int, offset: int,
-                    reason: str, detail: str, headers: Headers | None = None,
-                    timestamp: int | None = None) -> None: ...
+    def send(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None = None,
+        headers: Headers | None = None,
+        timestamp: int | None = None,
+    ) -> None: ...
+    def dead_letter(
+        self,
+        value: bytes | None,
+        key: bytes | None,
+        topic: str,
+        partition: int,
+        offset: int,
+        reason: str,
+        detail: str,
+        headers: Headers | None = None,
+        timestamp: int | None = None,
+    ) -> None: ...
     def flush(self, timeout: float | None = None) -> int: ...
     def reachable(self, timeout: float) -> bool: ...
     def drop_pending(self) -> int: ...
@@ -114,14 +129,25 @@ class KafkaClients:
         """The producer; it also names, once, each configured topic the cluster does not have (kafka/topics.py)."""
         sink = Sink(self.settings.kafka, on_error=on_error)
         incidents = self.settings.incidents
-        report_missing(sink.producer, self.settings.kafka, self.settings.snapshot.topic,
-                       incidents_topic=incidents.topic if incidents.enabled else None)
+        report_missing(
+            sink.producer,
+            self.settings.kafka,
+            self.settings.snapshot.topic,
+            incidents_topic=incidents.topic if incidents.enabled else None,
+        )
         return sink
 
     def control(self, on_error: ErrorHook) -> ControlClient:
         return ControlListener(self.settings.kafka, on_error=on_error)
 
     def source(self, hooks: SourceHooks) -> SourceClient:
-        return Source(self.settings.kafka, self.settings.batching, on_lag=hooks.on_lag, on_error=hooks.on_error,
-                      on_committed=hooks.on_committed, on_lost=hooks.on_lost, on_assigned=hooks.on_assigned,
-                      on_released=hooks.on_released)
+        return Source(
+            self.settings.kafka,
+            self.settings.batching,
+            on_lag=hooks.on_lag,
+            on_error=hooks.on_error,
+            on_committed=hooks.on_committed,
+            on_lost=hooks.on_lost,
+            on_assigned=hooks.on_assigned,
+            on_released=hooks.on_released,
+        )

@@ -43,8 +43,17 @@ class BatchAbandoned(Exception):
 class Delivery:
     """Waits for the broker to hold a batch's outputs, then stores the batch's offsets; tells outages apart."""
 
-    def __init__(self, settings: Settings, source: SourceClient, sink: SinkClient, watch: BrokerWatch,
-                 inbox: Inbox, metrics: Metrics, health: Health, stopped: threading.Event) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        source: SourceClient,
+        sink: SinkClient,
+        watch: BrokerWatch,
+        inbox: Inbox,
+        metrics: Metrics,
+        health: Health,
+        stopped: threading.Event,
+    ) -> None:
         self.settings, self.source, self.sink, self.watch = settings, source, sink, watch
         self.inbox, self.metrics, self.health, self.stopped = inbox, metrics, health, stopped
 
@@ -70,8 +79,11 @@ class Delivery:
                     resent = self.sink.resent
                     self.watch.begin(f"outputs not acknowledged ({self.sink.last_failure})")
                 if self.stopped.is_set():
-                    log.warning("batch_abandoned", unacknowledged_outputs=pending,
-                                reason="stop requested while waiting for the broker; the batch is read again")
+                    log.warning(
+                        "batch_abandoned",
+                        unacknowledged_outputs=pending,
+                        reason="stop requested while waiting for the broker; the batch is read again",
+                    )
                     raise BatchAbandoned()
                 if not paused:
                     self.source.pause()
@@ -119,8 +131,16 @@ class OutageProbe:
 class Commits:
     """The cadence after delivery: stored offsets are committed, models checkpointed, scopes snapshotted."""
 
-    def __init__(self, settings: Settings, source: SourceClient, watch: BrokerWatch, checkpointer: Checkpointer,
-                 scopes: OwnedScopes, judge_thread: JudgeThread, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        source: SourceClient,
+        watch: BrokerWatch,
+        checkpointer: Checkpointer,
+        scopes: OwnedScopes,
+        judge_thread: JudgeThread,
+        metrics: Metrics,
+    ) -> None:
         self.settings, self.source, self.watch = settings, source, watch
         self.checkpointer, self.scopes, self.judge_thread, self.metrics = checkpointer, scopes, judge_thread, metrics
         self._last_commit = time.monotonic()

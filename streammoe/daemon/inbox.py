@@ -59,8 +59,10 @@ class Inbox:
         if self._owner is None:
             self.claim()
         elif threading.get_ident() != self._owner:
-            raise InboxError(f"inbox {what} from thread {threading.current_thread().name}: only the loop's thread "
-                             "may touch the inbox (rebalance callbacks run inside its polls)")
+            raise InboxError(
+                f"inbox {what} from thread {threading.current_thread().name}: only the loop's thread "
+                "may touch the inbox (rebalance callbacks run inside its polls)"
+            )
 
     def _check_open(self, what: str) -> None:
         self._check_thread(what)

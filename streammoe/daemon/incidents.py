@@ -33,8 +33,14 @@ log = get_logger("streammoe.daemon")
 
 
 class IncidentPublisher:
-    def __init__(self, settings: Settings, sink: SinkClient, state_of: Callable[[str], ModelState | None],
-                 metrics: Metrics | None = None, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        sink: SinkClient,
+        state_of: Callable[[str], ModelState | None],
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.settings, self.sink, self.state_of, self.clock = settings, sink, state_of, clock
         self.metrics = metrics
         self.incidents = settings.incidents
@@ -58,9 +64,11 @@ class IncidentPublisher:
         """The scope's tracker from its saved state; a state this build cannot read (another state version, a
         damaged checkpoint meta or snapshot) starts the scope without open incidents instead of stopping the
         daemon: the model itself loaded, and its records still alert."""
+
         def fresh() -> IncidentTracker:
-            return IncidentTracker(scope, self.incidents, list(self.settings.records.channels),
-                                   topic=self.settings.kafka.input_topic)
+            return IncidentTracker(
+                scope, self.incidents, list(self.settings.records.channels), topic=self.settings.kafka.input_topic
+            )
 
         tracker = fresh()
         if state.incidents is None:
@@ -68,8 +76,12 @@ class IncidentPublisher:
         try:
             tracker.load_state(state.incidents, now=self.clock())
         except (ValueError, KeyError, TypeError, AttributeError) as e:
-            log.warning("incident_state_unreadable", scope=scope, error=f"{type(e).__name__}: {e}",
-                        consequence="the scope starts without open incidents; records re-read may open them again")
+            log.warning(
+                "incident_state_unreadable",
+                scope=scope,
+                error=f"{type(e).__name__}: {e}",
+                consequence="the scope starts without open incidents; records re-read may open them again",
+            )
             tracker = fresh()  # load_state may have set part of it
         return tracker
 
@@ -85,9 +97,17 @@ class IncidentPublisher:
         idx = decoded.index[rows]
         critical = scored.is_anomaly & (~scored.valid | ~scored.in_range | (scored.log_p_value < self.critical_log_p))
         batch = Batch(
-            asset=[decoded.assets[r] for r in rows.tolist()], ts=decoded.ts[rows], partition=at.partitions[idx],
-            offset=at.offsets[idx], flagged=scored.is_anomaly, critical=critical, score=scored.score,
-            p_value=scored.p_value, mode=scored.mode, share=scored.channel_share, topic=at.topic,
+            asset=[decoded.assets[r] for r in rows.tolist()],
+            ts=decoded.ts[rows],
+            partition=at.partitions[idx],
+            offset=at.offsets[idx],
+            flagged=scored.is_anomaly,
+            critical=critical,
+            score=scored.score,
+            p_value=scored.p_value,
+            mode=scored.mode,
+            share=scored.channel_share,
+            topic=at.topic,
         )
         now = self.clock()
         self._send(tracker.observe(batch, now=now) + tracker.expire(now))

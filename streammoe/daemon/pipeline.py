@@ -119,9 +119,19 @@ class JudgeThread:
 class Pipeline:
     """Decode, route and judge a batch; the loop then publishes the `Judged` and acknowledges it."""
 
-    def __init__(self, settings: Settings, scopes: OwnedScopes, source: SourceClient, inbox: Inbox,
-                 judge_thread: JudgeThread, warmup: WarmUp, metrics: Metrics, health: Health,
-                 summary: RunSummary, stopped: threading.Event) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        scopes: OwnedScopes,
+        source: SourceClient,
+        inbox: Inbox,
+        judge_thread: JudgeThread,
+        warmup: WarmUp,
+        metrics: Metrics,
+        health: Health,
+        summary: RunSummary,
+        stopped: threading.Event,
+    ) -> None:
         self.settings = settings
         self.channels = list(settings.records.channels)
         self.decoder = RecordDecoder(settings.records)
@@ -135,8 +145,10 @@ class Pipeline:
 
     def route(self, decoded: DecodedBatch, at: Positions) -> Routes:
         """Each scope's state with the decoded rows that belong to it (restored on its first record)."""
-        return [(self.scopes.get(scope), rows)
-                for scope, rows in self.scopes.route(decoded.assets, at.partitions[decoded.index])]
+        return [
+            (self.scopes.get(scope), rows)
+            for scope, rows in self.scopes.route(decoded.assets, at.partitions[decoded.index])
+        ]
 
     def judge_batch(self, msgs: list[Message], decoded: DecodedBatch, routes: Routes, at: Positions) -> Judged:
         """Read ahead only when every scope has a model: a warm-up fit polls the consumer itself."""
@@ -144,8 +156,7 @@ class Pipeline:
             return self._judge_reading_ahead(msgs, decoded, routes, at)
         return self.judge(msgs, decoded, routes, at)
 
-    def _judge_reading_ahead(self, msgs: list[Message], decoded: DecodedBatch, routes: Routes,
-                             at: Positions) -> Judged:
+    def _judge_reading_ahead(self, msgs: list[Message], decoded: DecodedBatch, routes: Routes, at: Positions) -> Judged:
         """Judge the batch in the judge thread while this one fetches and decodes the next batch."""
         future = self.judge_thread.submit(self.judge, msgs, decoded, routes, at)
         if not len(self.inbox) and not self.stopped.is_set():
@@ -191,8 +202,16 @@ class Pipeline:
                 judged.warmup_rows += len(rows)
                 self._warm_up(state, decoded.values[rows])
             elif len(rows):
-                self._score_and_learn(state, state.detector, judged, decoded, rows,
-                                      topic, partitions[decoded.index[rows]], offsets[decoded.index[rows]])
+                self._score_and_learn(
+                    state,
+                    state.detector,
+                    judged,
+                    decoded,
+                    rows,
+                    topic,
+                    partitions[decoded.index[rows]],
+                    offsets[decoded.index[rows]],
+                )
             if self.scopes.single:  # the one model has seen every record of the batch, dead letters too
                 advance(state, topic, partitions, offsets)
             elif len(rows):
@@ -212,8 +231,17 @@ class Pipeline:
         log.info("warmup_fit_done", scope=state.scope, experts=report.k_selected, weights=report.weights)
         account_learning(self.metrics, state, None)
 
-    def _score_and_learn(self, state: ModelState, detector: MixtureDetector, judged: Judged, decoded: DecodedBatch,
-                         rows: np.ndarray, topic: str, partitions: np.ndarray, offsets: np.ndarray) -> None:
+    def _score_and_learn(
+        self,
+        state: ModelState,
+        detector: MixtureDetector,
+        judged: Judged,
+        decoded: DecodedBatch,
+        rows: np.ndarray,
+        topic: str,
+        partitions: np.ndarray,
+        offsets: np.ndarray,
+    ) -> None:
         detector.accelerate(self.settings.torch_compile, self.settings.precision)  # restored or fitted, same way
         learned_to = state.learned_offsets.get(topic, {})
         fresh = offsets >= np.array([learned_to.get(int(p), 0) for p in range(int(partitions.max()) + 1)])[partitions]
@@ -224,31 +252,51 @@ class Pipeline:
                 continue
             batch_rows = rows[part]
             with timed(self.metrics, "score"):
-                scored = detector.score_many(decoded.values[batch_rows], refs=refs[part],
-                                             timestamps=decoded.ts[batch_rows])
+                scored = detector.score_many(
+                    decoded.values[batch_rows], refs=refs[part], timestamps=decoded.ts[batch_rows]
+                )
             self._count_poison(scored)
             if learn:
                 with timed(self.metrics, "learn"):
                     report = detector.learn_many(scored)
             status = detector.expert_status()
-            judged.parts.append(Part(state.scope, scored, batch_rows, state.version, status,
-                                     expert_ids(state.lineage, detector.model.born.tolist(), status)))
+            judged.parts.append(
+                Part(
+                    state.scope,
+                    scored,
+                    batch_rows,
+                    state.version,
+                    status,
+                    expert_ids(state.lineage, detector.model.born.tolist(), status),
+                )
+            )
         if report is not None:
             judged.learned.append((state.scope, state.version, report))
             if report.events:  # the experts the events name, as they are now (an added one has its birth point)
-                judged.learned_ids[state.scope] = expert_ids(state.lineage, detector.model.born.tolist(),
-                                                             range(len(detector.model.born)))
+                judged.learned_ids[state.scope] = expert_ids(
+                    state.lineage, detector.model.born.tolist(), range(len(detector.model.born))
+                )
             if report.drift:
                 level = float(detector.drift.detector.estimation)
-                judged.drifts.append((state.scope, state.version, {
-                    "kind": "likelihood_drift", "detections": int(detector.counters["drifts"]),
-                    "level": round(level, 4) if math.isfinite(level) else None}))
+                judged.drifts.append(
+                    (
+                        state.scope,
+                        state.version,
+                        {
+                            "kind": "likelihood_drift",
+                            "detections": int(detector.counters["drifts"]),
+                            "level": round(level, 4) if math.isfinite(level) else None,
+                        },
+                    )
+                )
             account_learning(self.metrics, state, report)
 
     def _count_poison(self, scored: ScoredBatch) -> None:
         """Records the model scored but must not learn from: alerted (reason non_finite or out_of_range)."""
-        counts = {"non_finite_score": int((~scored.valid).sum()),
-                  "out_of_range": int((scored.valid & ~scored.in_range).sum())}
+        counts = {
+            "non_finite_score": int((~scored.valid).sum()),
+            "out_of_range": int((scored.valid & ~scored.in_range).sum()),
+        }
         for reason, n in counts.items():
             if n:
                 self.metrics.poison_records.labels(reason).inc(n)
@@ -265,5 +313,7 @@ def advance(state: ModelState, topic: str, partitions: np.ndarray, offsets: np.n
 def require_loop_thread(judge_thread: JudgeThread, what: str) -> None:
     """Raise if `what` runs on the judge thread: it polls the consumer, which only the loop's thread may do."""
     if judge_thread.on_it():
-        raise ThreadRuleBroken(f"{what} on the judge thread: it polls the consumer, so only the loop's thread may "
-                               "run it (a batch with a scope still warming up is judged on the loop's thread)")
+        raise ThreadRuleBroken(
+            f"{what} on the judge thread: it polls the consumer, so only the loop's thread may "
+            "run it (a batch with a scope still warming up is judged on the loop's thread)"
+        )

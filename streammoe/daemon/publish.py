@@ -19,8 +19,14 @@ from streammoe.wire.records import DecodedBatch
 
 
 class Publisher:
-    def __init__(self, settings: Settings, sink: SinkClient, metrics: Metrics, summary: RunSummary,
-                 incidents: IncidentPublisher | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        sink: SinkClient,
+        metrics: Metrics,
+        summary: RunSummary,
+        incidents: IncidentPublisher | None = None,
+    ) -> None:
         self.settings, self.sink, self.metrics, self.summary = settings, sink, metrics, summary
         self.channels = list(settings.records.channels)
         self.incidents = incidents
@@ -32,8 +38,15 @@ class Publisher:
         kafka, sink, s = self.settings.kafka, self.sink, self.summary
         for d in decoded.dead:
             m = msgs[d.index]
-            sink.dead_letter(m.value(), m.key(), *source_of(m), d.reason, d.detail, headers=input_headers(m),
-                             timestamp=input_timestamp(m))
+            sink.dead_letter(
+                m.value(),
+                m.key(),
+                *source_of(m),
+                d.reason,
+                d.detail,
+                headers=input_headers(m),
+                timestamp=input_timestamp(m),
+            )
             self.metrics.dead_letters.labels(d.reason).inc()
         s.dead_letters += len(decoded.dead)
         s.non_alerts += judged.warmup_rows
@@ -52,9 +65,17 @@ class Publisher:
                 if not scored.is_anomaly[i]:
                     continue
                 alert = build_alert(
-                    scored, i, asset=asset, ts=ts, origin=origin, channels=self.channels,
-                    expert_status=part.expert_status, model_version=part.version, settings=self.settings.alerts,
-                    scope=part.scope, expert_ids=part.expert_ids,
+                    scored,
+                    i,
+                    asset=asset,
+                    ts=ts,
+                    origin=origin,
+                    channels=self.channels,
+                    expert_status=part.expert_status,
+                    model_version=part.version,
+                    settings=self.settings.alerts,
+                    scope=part.scope,
+                    expert_ids=part.expert_ids,
                 )
                 if self.settings.alerts.enabled:
                     sink.send(kafka.alerts_topic, orjson.dumps(alert), asset.encode(), timestamp=ts)
@@ -88,8 +109,7 @@ class Publisher:
 
     def send_event(self, event: dict, scope: str, version: str) -> None:
         """One event on the events topic, keyed by its scope."""
-        payload = event_payload(event, input_topic=self.settings.kafka.input_topic, scope=scope,
-                                model_version=version)
+        payload = event_payload(event, input_topic=self.settings.kafka.input_topic, scope=scope, model_version=version)
         self.sink.send(self.settings.kafka.events_topic, orjson.dumps(payload), scope.encode())
 
 
@@ -109,9 +129,13 @@ def event_payload(event: dict, *, input_topic: str, scope: str, model_version: s
     """An event for the events topic (schemas/event.schema.json): packed refs become `{topic, partition, offset}`."""
     for end in ("first", "last"):
         ref = event.pop(f"{end}_ref", None)
-        event[f"{end}_source"] = None if ref is None else {
-            "topic": input_topic,
-            "partition": ref >> REF_PARTITION_SHIFT,
-            "offset": ref & ((1 << REF_PARTITION_SHIFT) - 1),
-        }
+        event[f"{end}_source"] = (
+            None
+            if ref is None
+            else {
+                "topic": input_topic,
+                "partition": ref >> REF_PARTITION_SHIFT,
+                "offset": ref & ((1 << REF_PARTITION_SHIFT) - 1),
+            }
+        )
     return {**event, "scope": scope, "model_version": model_version}

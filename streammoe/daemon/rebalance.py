@@ -22,8 +22,16 @@ from streammoe.state.ownership import OwnedScopes
 
 
 class Rebalance:
-    def __init__(self, settings: Settings, scopes: OwnedScopes, control: ControlClient, inbox: PartitionDropper,
-                 judge_thread: JudgeThread, metrics: Metrics, silence: SilenceWatch) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        scopes: OwnedScopes,
+        control: ControlClient,
+        inbox: PartitionDropper,
+        judge_thread: JudgeThread,
+        metrics: Metrics,
+        silence: SilenceWatch,
+    ) -> None:
         self.topic = settings.kafka.input_topic
         self.silence = silence
         self.scopes, self.control, self.inbox = scopes, control, inbox

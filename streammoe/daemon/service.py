@@ -7,6 +7,7 @@ The loop is a few lines over named parts, one module per duty:
     incidents.py  each scope's judged rows -> its incidents (opened, updated, resolved) -> sink
     silences.py   assets gone silent or back -> asset_silent / asset_resumed events
     delivery.py   wait for the broker's acknowledgements, outages, store offsets; commit -> checkpoint -> snapshot
+    shutdown.py   settle, flush, checkpoint, snapshot, leave the group, close: in bounded time
     rebalance.py  partitions assigned, revoked or lost -> the model scopes this worker holds
     verdicts.py   control topic -> operator verdicts on experts
     inbox.py      the loop's one buffer of fetched messages (rebalances may only drop partitions from it)
@@ -30,7 +31,6 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
 from itertools import count
 
 import structlog
@@ -47,6 +47,7 @@ from streammoe.daemon.incidents import IncidentPublisher
 from streammoe.daemon.pipeline import JudgeThread, Pipeline
 from streammoe.daemon.publish import Publisher
 from streammoe.daemon.rebalance import Rebalance, ScopeEvents
+from streammoe.daemon.shutdown import shut_down
 from streammoe.daemon.silences import Silences
 from streammoe.daemon.verdicts import Verdicts
 from streammoe.daemon.warmup import WarmUp
@@ -65,9 +66,8 @@ from streammoe.wire.records import DecodedBatch
 log = get_logger("streammoe.daemon")
 
 
-
 class Daemon:
-    """The service: its parts wired together, the loop over them, and the shutdown steps.
+    """The service: its parts wired together and the loop over them (the shutdown steps are in shutdown.py).
 
     `clients` builds the broker clients (default: the Kafka ones); unit tests pass fakes."""
 
@@ -78,7 +78,7 @@ class Daemon:
             torch.set_num_threads(settings.torch_threads)
         self.metrics = Metrics(settings.http.max_scope_series, "cuda" if torch.cuda.is_available() else "cpu")
         self.health = Health(settings.http.ready_stale_s, settings.http.live_stale_s)
-        self._stop_heartbeat = heartbeat.listen(self.health.working)  # long steps deep in the model report here
+        self.stop_heartbeat = heartbeat.listen(self.health.working)  # long steps deep in the model report here
         self.silence = SilenceWatch(settings.silence)
         self.summary = RunSummary()
         self._stop = threading.Event()
@@ -90,35 +90,59 @@ class Daemon:
         self.warmup = WarmUp(settings.checkpoint.warmup_records, self.metrics, self.summary)
         events = ScopeEvents(settings, self.warmup, self.metrics, self.health)
         clients = clients if clients is not None else KafkaClients(settings)
-        self.scopes = OwnedScopes(settings, self.checkpointer, clients.snapshots(), on_restored=events.restored,
-                                  on_dropped=events.dropped, on_snapshot=events.snapshot_done)
+        self.scopes = OwnedScopes(
+            settings,
+            self.checkpointer,
+            clients.snapshots(),
+            on_restored=events.restored,
+            on_dropped=events.dropped,
+            on_snapshot=events.snapshot_done,
+        )
         if self.scopes.single:  # restored now: an unusable checkpoint stops the daemon before it joins the group
             self.scopes.get(GLOBAL_SCOPE)
         self.watch = BrokerWatch(self.metrics, self.health)
         self.sink = clients.sink(on_error=self.watch.client_error)
         self.control = clients.control(on_error=self.watch.client_error)
         self.outage = OutageProbe(self.sink, self.watch)
-        self.rebalance = Rebalance(settings, self.scopes, self.control, self.inbox, self.judge_thread, self.metrics,
-                                   self.silence)
-        self.source = clients.source(SourceHooks(
-            on_assigned=self.rebalance.assigned, on_released=self.rebalance.released,
-            on_lost=self.outage.partitions_lost, on_lag=self._lag, on_committed=self.metrics.commits.inc,
-            on_error=self.watch.client_error,
-        ))
-        self.pipeline = Pipeline(settings, self.scopes, self.source, self.inbox, self.judge_thread, self.warmup,
-                                 self.metrics, self.health, self.summary, self._stop)
+        self.rebalance = Rebalance(
+            settings, self.scopes, self.control, self.inbox, self.judge_thread, self.metrics, self.silence
+        )
+        self.source = clients.source(
+            SourceHooks(
+                on_assigned=self.rebalance.assigned,
+                on_released=self.rebalance.released,
+                on_lost=self.outage.partitions_lost,
+                on_lag=self._lag,
+                on_committed=self.metrics.commits.inc,
+                on_error=self.watch.client_error,
+            )
+        )
+        self.pipeline = Pipeline(
+            settings,
+            self.scopes,
+            self.source,
+            self.inbox,
+            self.judge_thread,
+            self.warmup,
+            self.metrics,
+            self.health,
+            self.summary,
+            self._stop,
+        )
         self.incident_publisher = IncidentPublisher(settings, self.sink, self.scopes.models.get, self.metrics)
         self.publisher = Publisher(settings, self.sink, self.metrics, self.summary, self.incident_publisher)
         self.silences = Silences(self.silence, self.scopes, self.publisher, self.metrics)
-        self.delivery = Delivery(settings, self.source, self.sink, self.watch, self.inbox, self.metrics,
-                                 self.health, self._stop)
-        self.commits = Commits(settings, self.source, self.watch, self.checkpointer, self.scopes,
-                               self.judge_thread, self.metrics)
-        self.verdicts = Verdicts(self.control, self.scopes, self.sink, self.publisher, self.judge_thread,
-                                 self.metrics)
+        self.delivery = Delivery(
+            settings, self.source, self.sink, self.watch, self.inbox, self.metrics, self.health, self._stop
+        )
+        self.commits = Commits(
+            settings, self.source, self.watch, self.checkpointer, self.scopes, self.judge_thread, self.metrics
+        )
+        self.verdicts = Verdicts(self.control, self.scopes, self.sink, self.publisher, self.judge_thread, self.metrics)
         self.http = (
             HttpServer(settings.http.host, settings.http.port, self.metrics, self.health)
-            if settings.http.enabled else None
+            if settings.http.enabled
+            else None
         )
         if install_signals:
             signal.signal(signal.SIGTERM, self._on_signal)
@@ -149,9 +173,13 @@ class Daemon:
         self.inbox.claim()
         if self.http is not None:
             self.http.start()
-        log.info("daemon_started", input_topic=self.settings.kafka.input_topic, scopes=self.settings.scopes.mode,
-                 model=self.state.version if self.scopes.single else None,
-                 http_port=self.http.port if self.http else None)
+        log.info(
+            "daemon_started",
+            input_topic=self.settings.kafka.input_topic,
+            scopes=self.settings.scopes.mode,
+            model=self.state.version if self.scopes.single else None,
+            http_port=self.http.port if self.http else None,
+        )
         self.source.subscribe()
         failed = True
         try:
@@ -210,40 +238,9 @@ class Daemon:
         self.summary.batches += 1
         self.summary.busy_seconds = time.monotonic() - self._first_batch_at
 
-    def _close_source(self) -> None:
-        self.rebalance.closing = True  # leaving the group revokes everything: the shutdown snapshot was just written
-        self.inbox.close()  # that revoke runs on the thread that closes the consumer: nothing is left to drop
-        self.commits.close_source()
-
     def _shutdown(self, failed: bool) -> None:
-        """Flush, checkpoint, commit and leave the group, in bounded time even while the broker is unreachable.
-
-        Only batches whose outputs were acknowledged have stored offsets, so whatever commits here was
-        acknowledged, after a failure too. During an outage nothing is committed: the acknowledged but
-        uncommitted batches are read again after the restart (at-least-once)."""
-        steps: list[tuple[str, Callable[[], object]]] = [
-            ("settle", self.judge_thread.wait_idle),  # a loop that failed mid-batch: let the judge thread finish
-            ("flush", self.delivery.final_flush),
-            ("checkpoint", self.commits.checkpoint),
-            ("snapshot", self.commits.snapshot),
-            ("close", self._close_source),
-            ("close_control", self.control.close),
-            ("close_snapshots", self.scopes.close),
-        ]
-        for name, step in steps:
-            try:
-                step()
-            except Exception as e:  # noqa: BLE001 - keep shutting down; the first error is what the caller sees
-                log.error("shutdown_step_failed", step=name, error=str(e))
-        if self.http is not None:
-            self.http.stop()
-        self._stop_heartbeat()
-        self.judge_thread.shutdown()
-        s = self.summary
-        log.info("daemon_stopped", failed=failed, records=s.records_in, alerts=s.alerts, non_alerts=s.non_alerts,
-                 dead_letters=s.dead_letters, warmup=s.warmup, batches=s.batches, seconds=round(s.seconds, 2),
-                 stage_seconds=self.metrics.stage_totals(),
-                 committed={f"{t}[{p}]": o for (t, p), o in sorted(self.source.committed.items())})
+        """The shutdown steps (shutdown.py), after the loop ended or failed."""
+        shut_down(self, failed)
 
     def _lag(self, topic: str, partition: int, lag: int) -> None:
         self.metrics.consumer_lag.labels(topic, str(partition)).set(lag)

@@ -25,8 +25,15 @@ CONTROL_RETRY_S = 5.0  # while the control topic does not exist yet, look for it
 
 
 class Verdicts:
-    def __init__(self, control: ControlClient, scopes: OwnedScopes, sink: SinkClient, publisher: Publisher,
-                 judge_thread: JudgeThread, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        control: ControlClient,
+        scopes: OwnedScopes,
+        sink: SinkClient,
+        publisher: Publisher,
+        judge_thread: JudgeThread,
+        metrics: Metrics,
+    ) -> None:
         self.control, self.scopes, self.sink, self.publisher = control, scopes, sink, publisher
         self.judge_thread, self.metrics = judge_thread, metrics
         self._retry_at = 0.0
@@ -54,8 +61,17 @@ class Verdicts:
                 if state is not None:
                     self._apply_verdict(state, verdict, partition, offset)
             except ControlError as e:
-                self.sink.dead_letter(m.value(), m.key(), topic, partition, offset, "bad_control", str(e),
-                                      headers=input_headers(m), timestamp=input_timestamp(m))
+                self.sink.dead_letter(
+                    m.value(),
+                    m.key(),
+                    topic,
+                    partition,
+                    offset,
+                    "bad_control",
+                    str(e),
+                    headers=input_headers(m),
+                    timestamp=input_timestamp(m),
+                )
                 self.metrics.dead_letters.labels("bad_control").inc()
                 log.warning("control_rejected", reason=str(e), partition=partition, offset=offset)
             for s in held:
@@ -70,11 +86,13 @@ class Verdicts:
             state.detector.mark_expert(verdict.expert, verdict.status)
         except ValueError as e:
             raise ControlError(str(e)) from None
-        self.publisher.send_event(marked_event(verdict, self.control.topic, partition, offset),
-                                  state.scope, state.version)
+        self.publisher.send_event(
+            marked_event(verdict, self.control.topic, partition, offset), state.scope, state.version
+        )
         self.metrics.mode_events.labels("mode_marked").inc()
-        log.info("expert_marked", scope=state.scope, expert=verdict.expert, status=verdict.status,
-                 operator=verdict.operator)
+        log.info(
+            "expert_marked", scope=state.scope, expert=verdict.expert, status=verdict.status, operator=verdict.operator
+        )
 
     def positions(self) -> dict[int, int]:
         """Where to start reading the control topic: the earliest position any held scope has not yet seen."""
@@ -83,8 +101,7 @@ class Verdicts:
         for state in held:
             for p, o in state.learned_offsets.get(self.control.topic, {}).items():
                 start[p] = min(o, start.get(p, o))
-        return {p: o for p, o in start.items()
-                if all(p in s.learned_offsets.get(self.control.topic, {}) for s in held)}
+        return {p: o for p, o in start.items() if all(p in s.learned_offsets.get(self.control.topic, {}) for s in held)}
 
 
 def check_identity(state: ModelState, named: str) -> None:
@@ -93,22 +110,30 @@ def check_identity(state: ModelState, named: str) -> None:
     assert state.detector is not None
     lineage, slot, born = parse_expert_id(named)
     if lineage != state.lineage:
-        raise ControlError(f"expert {named} belongs to model lineage {lineage}; scope {state.scope}'s model is "
-                           f"lineage {state.lineage} (verdicts on an earlier model do not carry over)")
+        raise ControlError(
+            f"expert {named} belongs to model lineage {lineage}; scope {state.scope}'s model is "
+            f"lineage {state.lineage} (verdicts on an earlier model do not carry over)"
+        )
     model = state.detector.model
     if slot >= len(model.born) or not bool(model.active[slot]):
         raise ControlError(f"expert {named} is no longer in the model: slot {slot} is empty")
     now = int(model.born[slot])
     if not same_expert(born, now):
-        raise ControlError(f"expert {named} is no longer in the model: slot {slot} now holds "
-                           f"{expert_id(lineage, slot, now)}")
+        raise ControlError(
+            f"expert {named} is no longer in the model: slot {slot} now holds {expert_id(lineage, slot, now)}"
+        )
 
 
 def marked_event(verdict: ExpertVerdict, topic: str, partition: int, offset: int) -> dict:
     """The `mode_marked` event for an applied operator verdict, before `event_payload`."""
-    event = {"kind": "mode_marked", "expert": verdict.expert, "status": verdict.status,
-             "operator": verdict.operator, "note": verdict.note,
-             "control_source": {"topic": topic, "partition": partition, "offset": offset}}
+    event = {
+        "kind": "mode_marked",
+        "expert": verdict.expert,
+        "status": verdict.status,
+        "operator": verdict.operator,
+        "note": verdict.note,
+        "control_source": {"topic": topic, "partition": partition, "offset": offset},
+    }
     if verdict.expert_id is not None:
         event["expert_id"] = verdict.expert_id
     return event

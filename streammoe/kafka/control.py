@@ -68,12 +68,20 @@ def parse_command(value: bytes | None) -> ExpertVerdict:
             raise ControlError(f"'expert' {expert!r} and 'expert_id' {named!r} name different slots")
         expert = obj.get("expert", slot)
     if not isinstance(expert, int) or isinstance(expert, bool) or expert < 0:
-        raise ControlError("'expert_id' (as in alerts and events), or 'expert', a non-negative integer slot, is required")
+        raise ControlError(
+            "'expert_id' (as in alerts and events), or 'expert', a non-negative integer slot, is required"
+        )
     if status not in STATUSES:
         raise ControlError(f"'status' must be one of {', '.join(STATUSES)}")
     operator, note = obj.get("operator"), obj.get("note")
-    return ExpertVerdict(scope, expert, status, operator if isinstance(operator, str) else None,
-                         note if isinstance(note, str) else None, named)
+    return ExpertVerdict(
+        scope,
+        expert,
+        status,
+        operator if isinstance(operator, str) else None,
+        note if isinstance(note, str) else None,
+        named,
+    )
 
 
 class ControlListener:
@@ -99,9 +107,13 @@ class ControlListener:
             return False
         if meta is None or meta.error is not None or not meta.partitions:
             if not self._said_missing:  # once: the caller asks again every few seconds
-                log.warning("control_topic_missing", topic=self.topic, setting="STREAMMOE_KAFKA__CONTROL_TOPIC",
-                            error=str(meta.error) if meta is not None and meta.error is not None else None,
-                            consequence="operator verdicts are not read until it exists (checked every few seconds)")
+                log.warning(
+                    "control_topic_missing",
+                    topic=self.topic,
+                    setting="STREAMMOE_KAFKA__CONTROL_TOPIC",
+                    error=str(meta.error) if meta is not None and meta.error is not None else None,
+                    consequence="operator verdicts are not read until it exists (checked every few seconds)",
+                )
                 self._said_missing = True
             return False
         self.consumer.assign(

@@ -24,9 +24,14 @@ Headers = list[tuple[str, str | bytes | None]]  # as confluent-kafka types them
 
 # Delivery failures that sending again cannot fix: the daemon stops (exit 1) instead of retrying forever.
 PERMANENT = {
-    KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE, KafkaError.INVALID_RECORD,
-    KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.CLUSTER_AUTHORIZATION_FAILED, KafkaError.TOPIC_EXCEPTION,
-    KafkaError.INVALID_REQUIRED_ACKS, KafkaError._INVALID_ARG,
+    KafkaError.MSG_SIZE_TOO_LARGE,
+    KafkaError.RECORD_LIST_TOO_LARGE,
+    KafkaError.INVALID_RECORD,
+    KafkaError.TOPIC_AUTHORIZATION_FAILED,
+    KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+    KafkaError.TOPIC_EXCEPTION,
+    KafkaError.INVALID_REQUIRED_ACKS,
+    KafkaError._INVALID_ARG,
 }
 
 
@@ -34,19 +39,34 @@ class DeliveryError(Exception):
     """The broker refused an output for good (too large, not authorised, ...): retrying cannot help."""
 
 
-def produce(producer: Producer, topic: str, value: bytes | None, key: bytes | None = None,
-            headers: Headers | None = None, on_delivery: Callable[[KafkaError | None, Message], None] | None = None,
-            partition: int | None = None, timestamp: int = 0) -> None:
+def produce(
+    producer: Producer,
+    topic: str,
+    value: bytes | None,
+    key: bytes | None = None,
+    headers: Headers | None = None,
+    on_delivery: Callable[[KafkaError | None, Message], None] | None = None,
+    partition: int | None = None,
+    timestamp: int = 0,
+) -> None:
     """Queue one message (`timestamp`: epoch ms, 0 = now); while librdkafka's local queue is full, serve delivery
     reports and retry (backpressure, never a dropped message)."""
     while True:
         try:
             if partition is None:
-                producer.produce(topic, value=value, key=key, headers=headers, on_delivery=on_delivery,
-                                 timestamp=timestamp)
+                producer.produce(
+                    topic, value=value, key=key, headers=headers, on_delivery=on_delivery, timestamp=timestamp
+                )
             else:
-                producer.produce(topic, value=value, key=key, headers=headers, on_delivery=on_delivery,
-                                 partition=partition, timestamp=timestamp)
+                producer.produce(
+                    topic,
+                    value=value,
+                    key=key,
+                    headers=headers,
+                    on_delivery=on_delivery,
+                    partition=partition,
+                    timestamp=timestamp,
+                )
             return
         except BufferError:
             producer.poll(0.05)
@@ -72,22 +92,39 @@ class Sink:
         self.resent = 0  # outputs sent again after a failed delivery
         self.last_failure = ""
 
-    def send(self, topic: str, value: bytes | None, key: bytes | None = None, headers: Headers | None = None,
-             timestamp: int | None = None) -> None:
+    def send(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None = None,
+        headers: Headers | None = None,
+        timestamp: int | None = None,
+    ) -> None:
         """Queue one output. `timestamp`: the epoch-ms time it is about (the record's `ts`), used as its Kafka
         timestamp when STREAMMOE_KAFKA__OUTPUT_TIMESTAMP=record (the default); else, or when None, the clock's."""
         self._produce(topic, value, key, headers, record_timestamp(timestamp) if self._stamp else 0)
         self.sent += 1
 
-    def _produce(self, topic: str, value: bytes | None, key: bytes | None, headers: Headers | None,
-                 timestamp: int = 0) -> None:
+    def _produce(
+        self, topic: str, value: bytes | None, key: bytes | None, headers: Headers | None, timestamp: int = 0
+    ) -> None:
         # A delivery report carries the value, key and timestamp but not the headers: a message with headers keeps
         # them here, in case it has to be sent again.
         report = self._delivered if headers is None else partial(self._delivered, headers=headers)
         produce(self.producer, topic, value, key, headers, report, timestamp=timestamp)
 
-    def dead_letter(self, value: bytes | None, key: bytes | None, topic: str, partition: int, offset: int,
-                    reason: str, detail: str, headers: Headers | None = None, timestamp: int | None = None) -> None:
+    def dead_letter(
+        self,
+        value: bytes | None,
+        key: bytes | None,
+        topic: str,
+        partition: int,
+        offset: int,
+        reason: str,
+        detail: str,
+        headers: Headers | None = None,
+        timestamp: int | None = None,
+    ) -> None:
         """The original record, untouched: its value (a tombstone stays a null value, an empty one stays empty),
         key, `headers` and `timestamp` (the input's own Kafka timestamp), then where it came from and why it was
         refused, as streammoe's headers and as Kafka Connect's DLQ headers (read by existing DLQ tooling)."""
@@ -154,8 +191,15 @@ class Sink:
             topic = msg.topic()
             assert topic is not None, "a delivery report names its topic"
             kind, timestamp = msg.timestamp()
-            self._retry.append((topic, msg.value(), msg.key(), headers,
-                                timestamp if kind == TIMESTAMP_CREATE_TIME and timestamp > 0 else 0))
+            self._retry.append(
+                (
+                    topic,
+                    msg.value(),
+                    msg.key(),
+                    headers,
+                    timestamp if kind == TIMESTAMP_CREATE_TIME and timestamp > 0 else 0,
+                )
+            )
             self.last_failure = f"{msg.topic()}: {err.str()}"
 
     def _error(self, err: KafkaError) -> None:

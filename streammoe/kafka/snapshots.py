@@ -59,8 +59,10 @@ class SnapshotTopic:
             except KafkaException as e:
                 raise SnapshotError(f"snapshot topic {self.topic}: {e}") from e
             if meta is None or meta.error is not None or not meta.partitions:
-                raise SnapshotError(f"snapshot topic {self.topic} does not exist (create it, compacted, with as many "
-                                    f"partitions as the input topic): {meta.error if meta else 'no metadata'}")
+                raise SnapshotError(
+                    f"snapshot topic {self.topic} does not exist (create it, compacted, with as many "
+                    f"partitions as the input topic): {meta.error if meta else 'no metadata'}"
+                )
             self._partitions = len(meta.partitions)
         return self._partitions
 
@@ -76,8 +78,13 @@ class SnapshotTopic:
         to the end it had when reading began, in order per partition; SnapshotError if that takes longer than
         `read_timeout_s`."""
         conf = consumer_config(self.kafka)
-        conf.update({"group.id": f"{self.kafka.group_id}-snapshot-reader", "enable.partition.eof": False,
-                     "allow.auto.create.topics": False})
+        conf.update(
+            {
+                "group.id": f"{self.kafka.group_id}-snapshot-reader",
+                "enable.partition.eof": False,
+                "allow.auto.create.topics": False,
+            }
+        )
         conf.pop("statistics.interval.ms", None)
         consumer = Consumer(conf)
         timeout_s = self.read_timeout_s
@@ -85,8 +92,11 @@ class SnapshotTopic:
             meta = consumer.list_topics(self.topic, timeout=timeout_s).topics.get(self.topic)
             if meta is None or meta.error is not None:
                 return
-            wanted = set(meta.partitions) if input_partitions is None else {
-                snapshot_partition(p, len(meta.partitions)) for p in input_partitions}
+            wanted = (
+                set(meta.partitions)
+                if input_partitions is None
+                else {snapshot_partition(p, len(meta.partitions)) for p in input_partitions}
+            )
             ends = {}
             for p in sorted(wanted):
                 low, high = consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=timeout_s)

@@ -65,10 +65,17 @@ def usable(msgs: list[Message], event: str) -> list[Message]:
 
 
 class Source:
-    def __init__(self, kafka: KafkaSettings, batching: BatchingSettings, on_lag: StatsHook | None = None,
-                 on_error: Callable[[KafkaError], None] | None = None,
-                 on_committed: Callable[[], None] | None = None, on_lost: Callable[[], None] | None = None,
-                 on_assigned: AssignHook | None = None, on_released: ReleaseHook | None = None) -> None:
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        batching: BatchingSettings,
+        on_lag: StatsHook | None = None,
+        on_error: Callable[[KafkaError], None] | None = None,
+        on_committed: Callable[[], None] | None = None,
+        on_lost: Callable[[], None] | None = None,
+        on_assigned: AssignHook | None = None,
+        on_released: ReleaseHook | None = None,
+    ) -> None:
         self.kafka, self.batching = kafka, batching
         self._on_lag = on_lag
         self._on_committed = on_committed
@@ -138,8 +145,9 @@ class Source:
         if not keys:
             return
         try:
-            self.consumer.commit(offsets=[TopicPartition(t, p, self._acked[(t, p)]) for t, p in keys],
-                                 asynchronous=False)
+            self.consumer.commit(
+                offsets=[TopicPartition(t, p, self._acked[(t, p)]) for t, p in keys], asynchronous=False
+            )
         except KafkaException as e:
             log.warning("commit_failed", error=str(e), partitions=len(keys))
             return
@@ -161,8 +169,11 @@ class Source:
                 if key in self.assigned and offset > newer:  # nothing newer will replace it: try again next time
                     self._acked[key] = offset
         if failed:
-            log.warning("commit_failed", error=str(err or next(tp.error for tp in partitions if tp.error)),
-                        partitions=sorted(failed))
+            log.warning(
+                "commit_failed",
+                error=str(err or next(tp.error for tp in partitions if tp.error)),
+                partitions=sorted(failed),
+            )
         elif self._on_committed is not None:
             self._on_committed()
 
@@ -198,25 +209,15 @@ class Source:
 
     def close(self, timeout: float, commit: bool = True) -> bool:
         """Commit what is acknowledged (unless `commit` is False: the broker is known to be unreachable), then leave
-        the group, all within about `timeout` seconds; False if the consumer could not be closed in time.
-
-        librdkafka's close waits for every outstanding commit, with no limit when the broker is frozen or behind a
-        network that drops packets (measured: > 90 s against a SIGSTOPped Tansu 0.6.0), so the close runs in a
-        helper thread and is abandoned after the timeout: the process exits anyway and the group notices the
-        member gone after its session timeout."""
+        the group, all within about `timeout` seconds; False if the consumer could not be closed in time
+        (see `close_by`)."""
         deadline = time.monotonic() + timeout
         if commit:
             self.commit()
             if not self.await_commits(timeout / 2):
                 log.warning("commit_unanswered", partitions=sorted(f"{t}[{p}]" for t, p in self._committing))
         self._closing = True  # the revoke inside close() must not commit synchronously now
-        closer = threading.Thread(target=self.consumer.close, name="streammoe-consumer-close", daemon=True)
-        closer.start()
-        closer.join(max(0.0, deadline - time.monotonic()) + 1.0)
-        if closer.is_alive():
-            log.warning("consumer_close_timed_out", seconds=timeout)
-            return False
-        return True
+        return close_by(self.consumer, deadline, timeout)
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = [(tp.topic, tp.partition) for tp in partitions]
@@ -262,12 +263,29 @@ class Source:
         log.warning("kafka_error", error=str(err), fatal=err.fatal())
 
 
-def rewind(consumer: Consumer, partitions: list[TopicPartition], starts: dict[PartitionKey, int], timeout: float) -> bool:
+def close_by(consumer: Consumer, deadline: float, timeout: float) -> bool:
+    """Close `consumer` (leave the group) by about `deadline` (monotonic); False if it had not closed by then.
+
+    librdkafka's close waits for every outstanding commit, with no limit when the broker is frozen or behind a
+    network that drops packets (measured: > 90 s against a SIGSTOPped Tansu 0.6.0), so the close runs in a
+    helper thread and is abandoned after the timeout: the process exits anyway and the group notices the
+    member gone after its session timeout."""
+    closer = threading.Thread(target=consumer.close, name="streammoe-consumer-close", daemon=True)
+    closer.start()
+    closer.join(max(0.0, deadline - time.monotonic()) + 1.0)
+    if closer.is_alive():
+        log.warning("consumer_close_timed_out", seconds=timeout)
+        return False
+    return True
+
+
+def rewind(
+    consumer: Consumer, partitions: list[TopicPartition], starts: dict[PartitionKey, int], timeout: float
+) -> bool:
     """Start a partition before its committed position where the handed-over model learned less than was
     committed (its last snapshot predates the last commit: a crash), so those records are learned, not skipped."""
     try:
-        committed = {(tp.topic, tp.partition): tp.offset
-                     for tp in consumer.committed(partitions, timeout=timeout)}
+        committed = {(tp.topic, tp.partition): tp.offset for tp in consumer.committed(partitions, timeout=timeout)}
     except KafkaException as e:
         log.warning("committed_unknown", error=str(e), hint="partitions start at their committed position")
         return False
@@ -278,8 +296,13 @@ def rewind(consumer: Consumer, partitions: list[TopicPartition], starts: dict[Pa
         if start is not None and 0 <= start < done:
             tp.offset = start
             rewound = True
-            log.warning("partition_rewound", partition=f"{tp.topic}[{tp.partition}]", committed=done, start=start,
-                        reason="the restored model learned less than was committed; the gap is scored again")
+            log.warning(
+                "partition_rewound",
+                partition=f"{tp.topic}[{tp.partition}]",
+                committed=done,
+                start=start,
+                reason="the restored model learned less than was committed; the gap is scored again",
+            )
     return rewound
 
 

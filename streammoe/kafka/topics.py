@@ -32,8 +32,9 @@ class ConfiguredTopic:
     setting: str
 
 
-def configured_topics(kafka: KafkaSettings, snapshot_topic: str | None = None,
-                      incidents_topic: str | None = None) -> list[ConfiguredTopic]:
+def configured_topics(
+    kafka: KafkaSettings, snapshot_topic: str | None = None, incidents_topic: str | None = None
+) -> list[ConfiguredTopic]:
     """Every topic the daemon reads or writes (`incidents_topic`: None when incidents are off)."""
     topics = [
         ConfiguredTopic("input", kafka.input_topic, "STREAMMOE_KAFKA__INPUT_TOPIC"),
@@ -51,8 +52,13 @@ def configured_topics(kafka: KafkaSettings, snapshot_topic: str | None = None,
     return topics
 
 
-def report_missing(producer: Producer, kafka: KafkaSettings, snapshot_topic: str | None = None,
-                   timeout: float = 5.0, incidents_topic: str | None = None) -> list[ConfiguredTopic]:
+def report_missing(
+    producer: Producer,
+    kafka: KafkaSettings,
+    snapshot_topic: str | None = None,
+    timeout: float = 5.0,
+    incidents_topic: str | None = None,
+) -> list[ConfiguredTopic]:
     """Log `topic_missing` (a warning) for each configured topic the cluster does not list; returns them.
 
     Asks for the cluster's whole topic list, not for the topics by name: a metadata request naming a topic
@@ -64,6 +70,12 @@ def report_missing(producer: Producer, kafka: KafkaSettings, snapshot_topic: str
         return []
     missing = [t for t in configured_topics(kafka, snapshot_topic, incidents_topic) if t.name not in existing]
     for t in missing:
-        log.warning("topic_missing", topic=t.name, role=t.role, setting=t.setting,
-                    consequence=CONSEQUENCE.get(t.role, OUTPUT), hint="docs/operations.md, 'Topics'")
+        log.warning(
+            "topic_missing",
+            topic=t.name,
+            role=t.role,
+            setting=t.setting,
+            consequence=CONSEQUENCE.get(t.role, OUTPUT),
+            hint="docs/operations.md, 'Topics'",
+        )
     return missing
