@@ -35,7 +35,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from streammoe.demo.feed import Feed
-from streammoe.demo.incidents import incident_summary
+from streammoe.demo.summary import demo_summary
 from streammoe.demo.view import DemoState
 from streammoe.demo.watch import Watch
 from streammoe.testing.broker import BrokerError
@@ -46,8 +46,13 @@ if TYPE_CHECKING:
     from streammoe.testing.broker import EmbeddedBroker
 
 DEFAULT_RATE = 120.0  # the default schedule (~8.3k records) plays in about 70 s
-TOPICS = {"input": "sensor-records", "alerts": "streammoe-alerts", "events": "streammoe-events",
-          "dead": "streammoe-dead-letters", "incidents": "streammoe-incidents"}
+TOPICS = {
+    "input": "sensor-records",
+    "alerts": "streammoe-alerts",
+    "events": "streammoe-events",
+    "dead": "streammoe-dead-letters",
+    "incidents": "streammoe-incidents",
+}
 
 
 @dataclass
@@ -72,8 +77,14 @@ class Demo:
         self.opts = opts
         self.state = DemoState()
         self.stop_event = threading.Event()  # Ctrl-C, SIGTERM, or a failing thread
-        self.feed = Feed(TOPICS["input"], self.state, rate=opts.rate, seed=opts.seed, scale=opts.scale,
-                         malformed_every=opts.malformed_every)
+        self.feed = Feed(
+            TOPICS["input"],
+            self.state,
+            rate=opts.rate,
+            seed=opts.seed,
+            scale=opts.scale,
+            malformed_every=opts.malformed_every,
+        )
         self.watch = Watch(TOPICS, self.state, self.feed.truth_of)
         self.daemon: Daemon | None = None
         self.daemon_error: BaseException | None = None
@@ -89,12 +100,24 @@ class Demo:
         from streammoe.testing.settings import daemon_settings
 
         kafka_topics = {role: name for role, name in TOPICS.items() if role != "incidents"}
-        return daemon_settings(bootstrap, kafka_topics, CHANNELS, group="streammoe-demo",
-                               checkpoint_dir=work / "checkpoints", incidents__topic=TOPICS["incidents"],
-                               model_dir=work / "model", kafka__client_id="streammoe-demo",
-                               kafka__max_poll_interval_ms=60_000, kafka__commit_interval_s=1.0,
-                               kafka__delivery_timeout_s=15.0, checkpoint__interval_s=15.0, http__enabled=True,
-                               http__port=0, log_format=None, log_level=self.opts.log_level)
+        return daemon_settings(
+            bootstrap,
+            kafka_topics,
+            CHANNELS,
+            group="streammoe-demo",
+            checkpoint_dir=work / "checkpoints",
+            incidents__topic=TOPICS["incidents"],
+            model_dir=work / "model",
+            kafka__client_id="streammoe-demo",
+            kafka__max_poll_interval_ms=60_000,
+            kafka__commit_interval_s=1.0,
+            kafka__delivery_timeout_s=15.0,
+            checkpoint__interval_s=15.0,
+            http__enabled=True,
+            http__port=0,
+            log_format=None,
+            log_level=self.opts.log_level,
+        )
 
     # ---- threads -------------------------------------------------------------------------------------------
 
@@ -167,7 +190,15 @@ class Demo:
             self._stop_all()
             broker.stop()
             shutil.rmtree(work, ignore_errors=True)
-        return self._summary(fit)
+        return demo_summary(
+            self.state,
+            self.feed,
+            stopped_by=self.stopped_by,
+            fit=fit,
+            daemon_summary=self.daemon_summary,
+            failed=self.failed,
+            daemon_error=self.daemon_error,
+        )
 
     def _loop(self) -> None:
         if not self.opts.view:
@@ -221,44 +252,9 @@ class Demo:
         if self.opts.pid_file is not None:
             import os
 
-            self.opts.pid_file.write_text(json.dumps({"demo": os.getpid(), "broker": broker.pid,
-                                                      "bootstrap": broker.bootstrap}))
-
-    def _summary(self, fit: dict) -> dict:
-        from streammoe.demo.sensors import FAULTS
-
-        st = self.state
-        faults = {}
-        for kind in FAULTS:
-            faults[kind] = {
-                "records": sum(n for lbl, n in self.feed.produced_by_truth.items() if lbl.endswith(f"+{kind}")),
-                "alerts": sum(n for lbl, n in st.alerts_by_truth.items() if lbl.endswith(f"+{kind}")),
-            }
-        d = self.daemon_summary
-        return {
-            "stopped_by": self.stopped_by,
-            "seconds": round(st.elapsed(), 1),
-            "bootstrap_fit": fit,
-            "records_produced": st.produced,
-            "malformed_sent": st.malformed_sent,
-            "delivered": self.feed.delivered,
-            "delivery_failed": self.feed.delivery_failed,
-            "records_scored": st.scored,
-            "produced_by_truth": dict(sorted(self.feed.produced_by_truth.items())),
-            "alerts": st.alerts,
-            "alerts_by_severity": dict(st.alerts_by_severity),
-            "alerts_by_truth": dict(sorted(st.alerts_by_truth.items())),
-            "faults": faults,
-            "events": st.events_by_kind(),
-            "incidents": incident_summary(st, self.feed.truth),
-            "dead_letters": st.dead_letters,
-            "dead_letters_by_reason": dict(st.dead_by_reason),
-            "experts_active": st.experts_active,
-            "daemon": None if d is None else {"records_in": d.records_in, "alerts": d.alerts,
-                                              "dead_letters": d.dead_letters, "batches": d.batches},
-            "failed": self.failed,
-            "daemon_error": None if self.daemon_error is None else repr(self.daemon_error),
-        }
+            self.opts.pid_file.write_text(
+                json.dumps({"demo": os.getpid(), "broker": broker.pid, "bootstrap": broker.bootstrap})
+            )
 
 
 def fit_bootstrap(model_dir: Path, fit_steps: int, seed: int) -> dict:
@@ -273,8 +269,12 @@ def fit_bootstrap(model_dir: Path, fit_steps: int, seed: int) -> dict:
     detector = MixtureDetector(len(CHANNELS), ModelConfig(fit_steps=fit_steps, seed=seed), CHANNELS, device="cpu")
     report = detector.fit(x)
     save_detector(detector, model_dir, {"fitted_on": "streammoe.demo.sensors.training_data (modes A, B)"})
-    return {"rows": report.n_rows, "experts": report.k_selected, "weights": report.weights,
-            "seconds": round(time.monotonic() - t0, 2)}
+    return {
+        "rows": report.n_rows,
+        "experts": report.k_selected,
+        "weights": report.weights,
+        "seconds": round(time.monotonic() - t0, 2),
+    }
 
 
 def create_topics(bootstrap: str) -> None:
@@ -315,36 +315,66 @@ def run_demo(opts: DemoOptions) -> int:
     line = json.dumps(summary, separators=(",", ":"))
     print(line, flush=True)
     if opts.summary_json is not None:
-        full = {**summary, "alert_list": demo.watch.alert_list, "event_list": demo.state.events,
-                "incident_list": list(demo.state.incidents.values())}
+        full = {
+            **summary,
+            "alert_list": demo.watch.alert_list,
+            "event_list": demo.state.events,
+            "incident_list": list(demo.state.incidents.values()),
+        }
         opts.summary_json.write_text(json.dumps(full, indent=1, default=str))
     return 1 if demo.failed else 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     view = not args.no_view and sys.stdout.isatty()
-    return run_demo(DemoOptions(
-        duration=args.duration, rate=args.rate, seed=args.seed, view=view, summary_json=args.summary_json,
-        malformed_every=args.malformed_every, fit_steps=args.fit_steps, torch_threads=args.torch_threads,
-        scale=args.scale, log_level=args.log_level, pid_file=args.pid_file,
-    ))
+    return run_demo(
+        DemoOptions(
+            duration=args.duration,
+            rate=args.rate,
+            seed=args.seed,
+            view=view,
+            summary_json=args.summary_json,
+            malformed_every=args.malformed_every,
+            fit_steps=args.fit_steps,
+            torch_threads=args.torch_threads,
+            scale=args.scale,
+            log_level=args.log_level,
+            pid_file=args.pid_file,
+        )
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("demo", help="the whole pipeline on a simulated pump, with an embedded broker")
-    p.add_argument("--duration", type=float, default=None,
-                   help="stop after this many seconds (default: when the whole schedule has been scored)")
+    p.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="stop after this many seconds (default: when the whole schedule has been scored)",
+    )
     p.add_argument("--rate", type=float, default=DEFAULT_RATE, help="records per second (0 = as fast as possible)")
     p.add_argument("--seed", type=int, default=0, help="simulator and model seed")
     p.add_argument("--no-view", action="store_true", help="one line per second instead of the live view")
-    p.add_argument("--summary-json", type=Path, default=None,
-                   help="write the final summary, every alert with its ground truth, and every event here")
-    p.add_argument("--malformed-every", type=int, default=2000,
-                   help="send a record missing a channel after every N records (0 = never)")
+    p.add_argument(
+        "--summary-json",
+        type=Path,
+        default=None,
+        help="write the final summary, every alert with its ground truth, and every event here",
+    )
+    p.add_argument(
+        "--malformed-every",
+        type=int,
+        default=2000,
+        help="send a record missing a channel after every N records (0 = never)",
+    )
     p.add_argument("--fit-steps", type=int, default=1000, help="gradient steps for the starting model")
     p.add_argument("--torch-threads", type=int, default=1, help="torch intra-op threads")
     p.add_argument("--scale", type=int, default=1, help="multiply the schedule's phase lengths")
-    p.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-                   help="daemon log level (logs go to stderr)")
+    p.add_argument(
+        "--log-level",
+        default="WARNING",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="daemon log level (logs go to stderr)",
+    )
     p.add_argument("--pid-file", type=Path, default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_demo)

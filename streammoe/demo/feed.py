@@ -20,8 +20,9 @@ if TYPE_CHECKING:
 
 
 class Feed:
-    def __init__(self, topic: str, state: DemoState, *, rate: float, seed: int, scale: int,
-                 malformed_every: int) -> None:
+    def __init__(
+        self, topic: str, state: DemoState, *, rate: float, seed: int, scale: int, malformed_every: int
+    ) -> None:
         self.topic, self.state = topic, state
         self.rate, self.seed, self.scale, self.malformed_every = rate, seed, scale, malformed_every
         self.stop = threading.Event()
@@ -39,8 +40,9 @@ class Feed:
         from streammoe.demo.sensors import PumpSimulator, default_schedule
         from streammoe.files.replay import TokenBucket
 
-        producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "all",
-                             "client.id": "streammoe-demo-producer"})
+        producer = Producer(
+            {"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "all", "client.id": "streammoe-demo-producer"}
+        )
         bucket = TokenBucket(self.rate, burst=max(1.0, self.rate / 10))
         st = self.state
         try:
@@ -50,15 +52,19 @@ class Feed:
                 bucket.take()
                 label = truth_label(rec.mode, rec.fault)
                 self.truth[rec.ts] = (rec.mode, rec.fault)
-                self._send(producer, rec.asset_id, encode(rec.asset_id, rec.ts, rec.values.values(),
-                                                          list(rec.values), digits=None))
+                self._send(
+                    producer,
+                    rec.asset_id,
+                    encode(rec.asset_id, rec.ts, rec.values.values(), list(rec.values), digits=None),
+                )
                 self.produced_by_truth[label] += 1
                 every = self.malformed_every
                 malformed = every > 0 and i % every == every - 1
                 if malformed:
                     kept = {k: v for k, v in rec.values.items() if k != "temperature"}
-                    self._send(producer, rec.asset_id, encode(rec.asset_id, rec.ts, kept.values(), list(kept),
-                                                              digits=None))
+                    self._send(
+                        producer, rec.asset_id, encode(rec.asset_id, rec.ts, kept.values(), list(kept), digits=None)
+                    )
                 with st.lock:
                     st.produced += 1
                     st.malformed_sent += malformed

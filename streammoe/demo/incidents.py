@@ -77,8 +77,11 @@ def _false_by_mode(incidents: Sequence[dict], eps: list[Episode], modes: dict[in
 
 def meets_goal(judged: dict) -> bool:
     """Issue 18's demo goal: each episode 1-2 incidents, one new_mode incident, at most 3 false ones."""
-    return (all(1 <= e["incidents"] <= 2 for e in judged["episodes"]) and judged["new_mode_incidents"] == 1
-            and judged["false_incidents"] <= 3)
+    return (
+        all(1 <= e["incidents"] <= 2 for e in judged["episodes"])
+        and judged["new_mode_incidents"] == 1
+        and judged["false_incidents"] <= 3
+    )
 
 
 def incident_summary(state: DemoState, truth: Mapping[int, tuple[str, str | None]]) -> dict:
@@ -87,5 +90,10 @@ def incident_summary(state: DemoState, truth: Mapping[int, tuple[str, str | None
         latest = list(state.incidents.values())
         messages, still_open = state.incident_messages, state.incidents_open()
     ordered = sorted((ts, mode, fault) for ts, (mode, fault) in truth.items())
-    return {"total": len(latest), "open": still_open, "messages": messages,
-            "by_kind": dict(Counter(i.get("kind", "?") for i in latest)), "judged": judge(ordered, latest)}
+    return {
+        "total": len(latest),
+        "open": still_open,
+        "messages": messages,
+        "by_kind": dict(Counter(i.get("kind", "?") for i in latest)),
+        "judged": judge(ordered, latest),
+    }

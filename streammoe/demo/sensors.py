@@ -61,7 +61,9 @@ def default_schedule(scale: int = 1) -> list[Phase]:
 
 
 class PumpSimulator:
-    def __init__(self, seed: int = 0, asset_id: str = "pump-1", start_ms: int = 1_732_000_000_000, period_ms: int = 1000):
+    def __init__(
+        self, seed: int = 0, asset_id: str = "pump-1", start_ms: int = 1_732_000_000_000, period_ms: int = 1000
+    ):
         self.rng = np.random.default_rng(seed)
         self.asset_id, self.ts, self.period_ms = asset_id, start_ms, period_ms
         self.temperature = 40.0

@@ -82,11 +82,13 @@ class DemoState:
         with self.lock:
             w = " ".join(f"{k}:{v:.2f}" for k, v in sorted(self.weights.items()))
             ev = ",".join(f"{k}={v}" for k, v in sorted(self.events_by_kind().items())) or "none"
-            return (f"t={self.elapsed():5.1f}s playing={self.playing:<12} produced={self.produced} "
-                    f"({self.produced_rate:.0f}/s) scored={self.scored} ({self.scored_rate:.0f}/s) "
-                    f"experts={self.experts_active} weights=[{w}] alerts={self.alerts} "
-                    f"incidents={len(self.incidents)} (open {self.incidents_open()}) events={ev} "
-                    f"dead_letters={self.dead_letters}")
+            return (
+                f"t={self.elapsed():5.1f}s playing={self.playing:<12} produced={self.produced} "
+                f"({self.produced_rate:.0f}/s) scored={self.scored} ({self.scored_rate:.0f}/s) "
+                f"experts={self.experts_active} weights=[{w}] alerts={self.alerts} "
+                f"incidents={len(self.incidents)} (open {self.incidents_open()}) events={ev} "
+                f"dead_letters={self.dead_letters}"
+            )
 
 
 def _fmt(x: object, spec: str = ".3g") -> str:
@@ -112,7 +114,9 @@ def _status(state: DemoState) -> Table:
     sev = ", ".join(f"{k} {v}" for k, v in sorted(state.alerts_by_severity.items())) or "-"
     t.add_row("alerts", f"{state.alerts}  ({sev})")
     t.add_row("incidents", f"{len(state.incidents)}  (open {state.incidents_open()})")
-    t.add_row("dead letters", f"{state.dead_letters}  " + ", ".join(f"{k} {v}" for k, v in state.dead_by_reason.items()))
+    t.add_row(
+        "dead letters", f"{state.dead_letters}  " + ", ".join(f"{k} {v}" for k, v in state.dead_by_reason.items())
+    )
     return t
 
 
@@ -138,11 +142,22 @@ def _truth_counts(state: DemoState) -> Table:
 
 
 def _alerts(state: DemoState) -> Table:
-    t = Table(title="latest alerts (ent/epi/ale: mode entropy, epistemic, aleatoric; red: critical)",
-              title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1))
+    t = Table(
+        title="latest alerts (ent/epi/ale: mode entropy, epistemic, aleatoric; red: critical)",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        padding=(0, 1),
+    )
     columns: list[tuple[str, JustifyMethod, int]] = [
-        ("time", "right", 8), ("truth", "left", 11), ("score", "right", 5), ("p", "right", 5), ("mode", "right", 4),
-        ("ent", "right", 4), ("epi", "right", 4), ("ale", "right", 4)]
+        ("time", "right", 8),
+        ("truth", "left", 11),
+        ("score", "right", 5),
+        ("p", "right", 5),
+        ("mode", "right", 4),
+        ("ent", "right", 4),
+        ("epi", "right", 4),
+        ("ale", "right", 4),
+    ]
     for name, justify, width in columns:
         t.add_column(name, justify=justify, no_wrap=True, min_width=width)
     t.add_column("top channels (misfit share)", no_wrap=True, overflow="ellipsis")
@@ -150,11 +165,18 @@ def _alerts(state: DemoState) -> Table:
         top = " ".join(f"{c['channel']} {c['share']:.0%}" for c in a.get("top_channels", []))
         score = a.get("score")
         t.add_row(
-            _clock(a.get("ts")), Text(a.get("truth", "?"), style="red" if "+" in a.get("truth", "") else ""),
-            Text(_fmt(score, ".0f" if (score or 0) >= 10 else ".1f"),
-                 style="bold red" if a.get("severity") == "critical" else "yellow"),
-            _fmt(a.get("p_value"), ".0e"), _fmt(a.get("mode")),
-            _fmt(a.get("mode_entropy"), ".2f"), _fmt(a.get("epistemic"), ".2f"), _fmt(a.get("aleatoric"), ".2f"), top,
+            _clock(a.get("ts")),
+            Text(a.get("truth", "?"), style="red" if "+" in a.get("truth", "") else ""),
+            Text(
+                _fmt(score, ".0f" if (score or 0) >= 10 else ".1f"),
+                style="bold red" if a.get("severity") == "critical" else "yellow",
+            ),
+            _fmt(a.get("p_value"), ".0e"),
+            _fmt(a.get("mode")),
+            _fmt(a.get("mode_entropy"), ".2f"),
+            _fmt(a.get("epistemic"), ".2f"),
+            _fmt(a.get("aleatoric"), ".2f"),
+            top,
         )
     return t
 
@@ -166,25 +188,39 @@ def _events(state: DemoState) -> Table:
     t.add_column("detail", no_wrap=True)
     for e in state.events[-3:]:
         detail = ", ".join(f"{k} {v:.3g}" for k, v in (e.get("detail") or {}).items() if isinstance(v, (int, float)))
-        t.add_row(Text(e.get("kind", "?"), style="bold magenta"), _fmt(e.get("expert")), _fmt(e.get("size")),
-                  f"{e.get('truth_first', '?')} / {e.get('truth_last', '?')}", detail[:60])
+        t.add_row(
+            Text(e.get("kind", "?"), style="bold magenta"),
+            _fmt(e.get("expert")),
+            _fmt(e.get("size")),
+            f"{e.get('truth_first', '?')} / {e.get('truth_last', '?')}",
+            detail[:60],
+        )
     if not state.events:
         t.add_row("-", "", "", "none yet", "")
     return t
 
 
 def _incidents(state: DemoState) -> Table:
-    t = Table(title="incidents (one per problem: opened, updated, resolved)", title_justify="left",
-              box=box.SIMPLE_HEAD, padding=(0, 1))
+    t = Table(
+        title="incidents (one per problem: opened, updated, resolved)",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        padding=(0, 1),
+    )
     for name in ("opened", "kind", "status", "severity", "alerts", "truth of first / last record", "top channels"):
         t.add_column(name, no_wrap=True)
     for i in list(state.incidents.values())[-4:]:
         top = " ".join(f"{c['channel']} {c['share']:.0%}" for c in i.get("top_channels", [])[:2])
         kind = i.get("kind", "?")
-        t.add_row(_clock(i.get("opened_ts")), Text(kind, style="bold magenta" if kind == "new_mode" else ""),
-                  Text(i.get("status", "?"), style="green" if i.get("status") == "resolved" else "bold"),
-                  Text(i.get("severity", "?"), style="bold red" if i.get("severity") == "critical" else "yellow"),
-                  _fmt(i.get("count")), f"{i.get('truth_first', '?')} / {i.get('truth_last', '?')}", top)
+        t.add_row(
+            _clock(i.get("opened_ts")),
+            Text(kind, style="bold magenta" if kind == "new_mode" else ""),
+            Text(i.get("status", "?"), style="green" if i.get("status") == "resolved" else "bold"),
+            Text(i.get("severity", "?"), style="bold red" if i.get("severity") == "critical" else "yellow"),
+            _fmt(i.get("count")),
+            f"{i.get('truth_first', '?')} / {i.get('truth_last', '?')}",
+            top,
+        )
     if not state.incidents:
         t.add_row("-", "", "", "", "", "none yet", "")
     return t
@@ -195,5 +231,8 @@ def render(state: DemoState) -> Panel:
     with state.lock:
         top = Columns([_status(state), _mode_mix(state), _truth_counts(state)], padding=(0, 4))
         body = Group(top, _incidents(state), _alerts(state), _events(state))
-    return Panel(body, title="streammoe demo: pump with modes A, B (known), C (new) and injected faults",
-                 subtitle="Ctrl-C to stop")
+    return Panel(
+        body,
+        title="streammoe demo: pump with modes A, B (known), C (new) and injected faults",
+        subtitle="Ctrl-C to stop",
+    )

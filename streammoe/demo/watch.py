@@ -11,13 +11,25 @@ from collections.abc import Callable, Mapping
 
 from streammoe.demo.view import DemoState, truth_label
 
-ALERT_FIELDS = ("ts", "truth", "severity", "reason", "score", "p_value", "mode", "mode_entropy", "epistemic",
-                "aleatoric", "top_channels")
+ALERT_FIELDS = (
+    "ts",
+    "truth",
+    "severity",
+    "reason",
+    "score",
+    "p_value",
+    "mode",
+    "mode_entropy",
+    "epistemic",
+    "aleatoric",
+    "top_channels",
+)
 
 
 class Watch:
-    def __init__(self, topics: Mapping[str, str], state: DemoState,
-                 truth_of: Callable[[object], tuple[str | None, str | None]]) -> None:
+    def __init__(
+        self, topics: Mapping[str, str], state: DemoState, truth_of: Callable[[object], tuple[str | None, str | None]]
+    ) -> None:
         self.topics, self.state, self.truth_of = topics, state, truth_of
         self.stop = threading.Event()
         self.alert_list: list[dict] = []
@@ -28,8 +40,15 @@ class Watch:
         import orjson
         from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-        c = Consumer({"bootstrap.servers": bootstrap, "group.id": "streammoe-demo-view", "enable.auto.commit": False,
-                      "fetch.wait.max.ms": 10, "client.id": "streammoe-demo-view"})
+        c = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": "streammoe-demo-view",
+                "enable.auto.commit": False,
+                "fetch.wait.max.ms": 10,
+                "client.id": "streammoe-demo-view",
+            }
+        )
         try:
             parts = []
             for role in ("alerts", "incidents", "events", "dead"):

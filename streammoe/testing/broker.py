@@ -69,8 +69,14 @@ class EmbeddedBroker:
     """A Tansu broker on a free loopback port; `bootstrap` is its address. `storage` is Tansu's storage engine URL
     (memory by default); `env` adds environment variables for the broker process (the S3 settings)."""
 
-    def __init__(self, port: int | None = None, start_timeout: float = 15.0, log_file: Path | None = None,
-                 storage: str = MEMORY, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        start_timeout: float = 15.0,
+        log_file: Path | None = None,
+        storage: str = MEMORY,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.port = port
         self.start_timeout = start_timeout
         self.log_file = log_file
@@ -98,9 +104,20 @@ class EmbeddedBroker:
         out = log if log is not None else subprocess.DEVNULL
         try:
             self.proc = subprocess.Popen(
-                [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url,
-                 "--storage-engine", self.storage],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=out, env={**os.environ, **self.env},
+                [
+                    str(binary),
+                    "broker",
+                    "--listener-url",
+                    url,
+                    "--advertised-listener-url",
+                    url,
+                    "--storage-engine",
+                    self.storage,
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                env={**os.environ, **self.env},
             )
         finally:
             if log is not None:

@@ -17,8 +17,17 @@ import numpy as np
 class Machine:
     """`modes` operating modes of a machine with `channels` sensors; `rows()` draws records from it."""
 
-    def __init__(self, channels: int, modes: int = 1, factors: int = 2, *, spread: float = 0.0, noise: float = 0.3,
-                 shape_seed: int = 42, centres: np.ndarray | None = None) -> None:
+    def __init__(
+        self,
+        channels: int,
+        modes: int = 1,
+        factors: int = 2,
+        *,
+        spread: float = 0.0,
+        noise: float = 0.3,
+        shape_seed: int = 42,
+        centres: np.ndarray | None = None,
+    ) -> None:
         """`spread`: the standard deviation of the modes' centres around the origin (0: every mode centred there);
         `centres` (modes, channels) places them by hand instead."""
         shape = np.random.default_rng(shape_seed)

@@ -109,8 +109,9 @@ def _disturbances(rng: np.random.Generator, total: int) -> np.ndarray:
     return out
 
 
-def _apply_faults(faults: Sequence[Fault], dist: np.ndarray, n: int, rng: np.random.Generator
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _apply_faults(
+    faults: Sequence[Fault], dist: np.ndarray, n: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Add the disturbance-borne faults to `dist` in place; return labels, the valve deadband and the sensor bias."""
     labels = np.zeros(n, np.int8)
     deadband = np.zeros(BURN_IN + n)
@@ -140,8 +141,9 @@ def _apply_faults(faults: Sequence[Fault], dist: np.ndarray, n: int, rng: np.ran
     return labels, deadband, bias
 
 
-def simulate(modes: int | Sequence[tuple[int, int]], n: int | None = None, faults: Sequence[Fault] = (),
-             seed: int = 0) -> Run:
+def simulate(
+    modes: int | Sequence[tuple[int, int]], n: int | None = None, faults: Sequence[Fault] = (), seed: int = 0
+) -> Run:
     """Simulate one run: `modes` is a mode index (with `n` records) or a schedule [(mode, records), ...] whose
     switches are abrupt setpoint changes. Faults index the run's records. The plant first settles for BURN_IN
     records in the first mode; those are not returned."""
@@ -190,8 +192,9 @@ def _pi_clamped(integral: float, kc: float, ti: float, e: float) -> tuple[float,
     return op, integral + kc / ti * e
 
 
-def _integrate(sp: np.ndarray, dist: np.ndarray, noise: np.ndarray, deadband: np.ndarray,
-               bias: np.ndarray) -> np.ndarray:
+def _integrate(
+    sp: np.ndarray, dist: np.ndarray, noise: np.ndarray, deadband: np.ndarray, bias: np.ndarray
+) -> np.ndarray:
     """The plant and its loops, one record at a time; returns the true value of every channel per record."""
     ix = CHANNEL_INDEX
     rows: list[tuple[float, ...]] = []
@@ -285,14 +288,54 @@ def _integrate(sp: np.ndarray, dist: np.ndarray, noise: np.ndarray, deadband: np
         imp += (2.0 * math.exp(-0.08 * (tst - 95.0)) * (1 + 2.0 * (0.85 - conv)) - imp) / 10.0
         y_a += (100 * 0.2 * ua / max(gas, 1e-6) - y_a) / 5.0
         y_c += (100 * 0.5 * uc / max(gas, 1e-6) - y_c) / 5.0
-        rows.append((
-            flow[0], flow[1], flow[2], flow[3], fv[0], fv[1], fv[2], fv[3],
-            flow[0] + flow[3] + 25.0 * r_vap, pr, lr, tr, v_cw_pos, fcw, t_cw_in, t_cw_in + 0.25 * h_cool / max(ncw, 0.02),
-            v_purge, 0.4 * f_purge, v_eff, 20.0 * f_eff,
-            ts, ls, pr - 30.0 - 8.0 * f_eff**2, v_cond, fcond, t_cond_in, t_cond_in + 2.0 * h_out / max(ncond, 0.02),
-            v_sep, 20.0 * f_sep,
-            25.0 * q_c, 25.0 * r_vap, v_as, 280.0 * q_c * (1 + 0.01 * (30.0 + 8.0 * f_eff**2)), ts + 30.0 + 8.0 * q_c,
-            lst, tst, 300.0 + 40.0 * nst + 20.0 * f_sep, v_steam, fst, v_prod, 20.0 * f_prod, 20.0 * strip * f_sep,
-            x_g, imp, y_a, y_c,
-        ))
+        rows.append(
+            (
+                flow[0],
+                flow[1],
+                flow[2],
+                flow[3],
+                fv[0],
+                fv[1],
+                fv[2],
+                fv[3],
+                flow[0] + flow[3] + 25.0 * r_vap,
+                pr,
+                lr,
+                tr,
+                v_cw_pos,
+                fcw,
+                t_cw_in,
+                t_cw_in + 0.25 * h_cool / max(ncw, 0.02),
+                v_purge,
+                0.4 * f_purge,
+                v_eff,
+                20.0 * f_eff,
+                ts,
+                ls,
+                pr - 30.0 - 8.0 * f_eff**2,
+                v_cond,
+                fcond,
+                t_cond_in,
+                t_cond_in + 2.0 * h_out / max(ncond, 0.02),
+                v_sep,
+                20.0 * f_sep,
+                25.0 * q_c,
+                25.0 * r_vap,
+                v_as,
+                280.0 * q_c * (1 + 0.01 * (30.0 + 8.0 * f_eff**2)),
+                ts + 30.0 + 8.0 * q_c,
+                lst,
+                tst,
+                300.0 + 40.0 * nst + 20.0 * f_sep,
+                v_steam,
+                fst,
+                v_prod,
+                20.0 * f_prod,
+                20.0 * strip * f_sep,
+                x_g,
+                imp,
+                y_a,
+                y_c,
+            )
+        )
     return np.array(rows)

@@ -67,13 +67,18 @@ def dataset_runs(seed: int = 0, spec: DatasetSpec | None = None) -> list[tuple[s
         base = seed * 1000 + m * 100
         for part, n, s in (("train", spec.train, base), ("test", spec.test, base + 1)):
             entry = {"mode": m, "mode_name": MODES[m].name, "part": part, "fault": None, "seed": s}
-            out.append((f"mode{m}.{part}", entry,
-                        simulate(m, n, seed=s)))
+            out.append((f"mode{m}.{part}", entry, simulate(m, n, seed=s)))
         for j, kind in enumerate(spec.kinds):
             s = base + 10 + j
             fault = Fault(kind, spec.fault_start)
-            entry = {"mode": m, "mode_name": MODES[m].name, "part": "fault", "fault": kind,
-                     "fault_start": spec.fault_start, "seed": s}
+            entry = {
+                "mode": m,
+                "mode_name": MODES[m].name,
+                "part": "fault",
+                "fault": kind,
+                "fault_start": spec.fault_start,
+                "seed": s,
+            }
             out.append((f"mode{m}.fault-{kind}", entry, simulate(m, spec.fault_run, faults=[fault], seed=s)))
     return out
 

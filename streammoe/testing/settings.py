@@ -17,8 +17,14 @@ from typing import Any
 from streammoe.config import Settings
 
 PREFIX = "STREAMMOE_"
-ROLES = {"input": "input_topic", "alerts": "alerts_topic", "dead": "dead_letter_topic", "scores": "scores_topic",
-         "events": "events_topic", "control": "control_topic"}
+ROLES = {
+    "input": "input_topic",
+    "alerts": "alerts_topic",
+    "dead": "dead_letter_topic",
+    "scores": "scores_topic",
+    "events": "events_topic",
+    "control": "control_topic",
+}
 DEFAULTS: dict[str, object] = {
     "kafka__session_timeout_ms": 6000,
     "kafka__fetch_wait_max_ms": 10,
@@ -37,8 +43,16 @@ def topics_for(input_topic: str, roles: Sequence[str] = ("alerts", "dead", "even
     return {"input": input_topic, **{role: f"{input_topic}-{role}" for role in roles}}
 
 
-def daemon_env(bootstrap: str, topics: Mapping[str, str], channels: Sequence[str], *, group: str,
-               checkpoint_dir: Path, model_dir: Path | None = None, **overrides: object) -> dict[str, str]:
+def daemon_env(
+    bootstrap: str,
+    topics: Mapping[str, str],
+    channels: Sequence[str],
+    *,
+    group: str,
+    checkpoint_dir: Path,
+    model_dir: Path | None = None,
+    **overrides: object,
+) -> dict[str, str]:
     """The variables of one daemon. `topics` maps roles (input, alerts, dead, scores, events, control) to topic
     names; `model_dir` is the bootstrap model; `overrides` are `section__field=value`, as the variables are named
     (`kafka__session_timeout_ms=4000`, `http__port=0`, `torch_threads=1`); a value of None drops a default."""
@@ -64,7 +78,7 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
     for name, text in env.items():
         if not name.startswith(PREFIX):
             continue
-        *sections, field = name[len(PREFIX):].lower().split("__")
+        *sections, field = name[len(PREFIX) :].lower().split("__")
         at = nested
         for section in sections:
             at = at.setdefault(section, {})
@@ -72,11 +86,22 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
     return Settings(**nested)
 
 
-def daemon_settings(bootstrap: str, topics: Mapping[str, str], channels: Sequence[str], *, group: str,
-                    checkpoint_dir: Path, model_dir: Path | None = None, **overrides: object) -> Settings:
+def daemon_settings(
+    bootstrap: str,
+    topics: Mapping[str, str],
+    channels: Sequence[str],
+    *,
+    group: str,
+    checkpoint_dir: Path,
+    model_dir: Path | None = None,
+    **overrides: object,
+) -> Settings:
     """`daemon_env()` as Settings, for a daemon in this process."""
-    return settings_from_env(daemon_env(bootstrap, topics, channels, group=group, checkpoint_dir=checkpoint_dir,
-                                        model_dir=model_dir, **overrides))
+    return settings_from_env(
+        daemon_env(
+            bootstrap, topics, channels, group=group, checkpoint_dir=checkpoint_dir, model_dir=model_dir, **overrides
+        )
+    )
 
 
 def _text(value: object) -> str:
