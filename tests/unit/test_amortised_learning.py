@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from streammoe.model.detector import MixtureDetector
 from streammoe.model.config import ModelConfig
+from streammoe.model.detector import MixtureDetector
 from streammoe.model.learning import StepResult
 from streammoe.testing.machine import Machine
 
@@ -23,8 +23,17 @@ def normal_rows(n: int, seed: int) -> np.ndarray:
 
 
 def detector(learn_every: int) -> MixtureDetector:
-    cfg = ModelConfig(k_max=3, hidden=8, latent=2, fit_steps=50, learn_every=learn_every, learn_batch=1000,
-                      replay_per_step=0, learn_threshold=1e-3, threshold=1e-3)
+    cfg = ModelConfig(
+        k_max=3,
+        hidden=8,
+        latent=2,
+        fit_steps=50,
+        learn_every=learn_every,
+        learn_batch=1000,
+        replay_per_step=0,
+        learn_threshold=1e-3,
+        threshold=1e-3,
+    )
     det = MixtureDetector(C, cfg, device="cpu")
     det.fit(normal_rows(800, seed=0), k=1)
     return det
@@ -67,7 +76,11 @@ def test_steps_come_every_nth_batch_and_draw_from_every_batch_since_the_last(lea
 def test_amortised_batches_still_feed_calibration_weights_replay_and_novelty_memory() -> None:
     det = detector(learn_every=4)
     model = det.model
-    calib, memory_seen, replay_seen = int(model.calibration.count[-1]), int(model.memory.seen), int(model.replay.seen.sum())
+    calib, memory_seen, replay_seen = (
+        int(model.calibration.count[-1]),
+        int(model.memory.seen),
+        int(model.replay.seen.sum()),
+    )
     gamma = model.weights.gamma.clone()
     for b in range(3):  # batch 0 steps, batches 1 and 2 are amortised
         det.learn_many(det.score_many(normal_rows(50, seed=20 + b)))

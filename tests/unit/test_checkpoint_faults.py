@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from structlog.testing import capture_logs
 
-from streammoe.state.checkpoint import Checkpointer, ModelState
 from streammoe.config import CheckpointSettings
-from streammoe.model.detector import MixtureDetector
 from streammoe.model.config import ModelConfig
+from streammoe.model.detector import MixtureDetector
+from streammoe.state.checkpoint import Checkpointer, ModelState
 from streammoe.state.persistence import ModelDamagedError, ModelIncompatibleError, load_detector, previous_path
 
 CHANNELS = ["a", "b", "c"]

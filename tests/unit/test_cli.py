@@ -36,7 +36,9 @@ FAST = ["--fit-steps", "300", "--k-max", "2", "--n-samples", "4"]
 def test_fit_then_score_with_model(series) -> None:
     assert main(["fit", "--data", str(series / "train.csv.gz"), "--out", str(series / "model"), *FAST]) == 0
     out = series / "scores.csv"
-    assert main(["score", "--data", str(series / "test.csv.gz"), "--model", str(series / "model"), "--out", str(out)]) == 0
+    assert (
+        main(["score", "--data", str(series / "test.csv.gz"), "--model", str(series / "model"), "--out", str(out)]) == 0
+    )
     rows = read_scores(out)
     assert len(rows) == 400
     assert [r["timestamp"] for r in rows] == [f"t{i}" for i in range(400)]
@@ -72,7 +74,10 @@ def test_warmup_without_model(series) -> None:
 
 def test_score_without_model_or_warmup_is_a_clear_error(series, capsys) -> None:
     assert main(["score", "--data", str(series / "test.csv.gz"), "--out", str(series / "x.csv")]) == 2
-    assert capsys.readouterr().err == "streammoe score: error: without --model, give --warmup N (rows to learn from before scoring)\n"
+    assert (
+        capsys.readouterr().err
+        == "streammoe score: error: without --model, give --warmup N (rows to learn from before scoring)\n"
+    )
 
 
 @pytest.mark.parametrize("command", ["fit", "score"])
@@ -81,17 +86,36 @@ def test_a_missing_input_file_is_one_line_and_a_non_zero_exit(tmp_path, command:
     import subprocess
     import sys
 
-    args = ["--data", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "out")] + (["--warmup", "10"] if command == "score" else [])
-    run = subprocess.run([sys.executable, "-m", "streammoe.cli", command, *args], check=False, capture_output=True, text=True,
-                         timeout=120)
+    args = ["--data", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "out")] + (
+        ["--warmup", "10"] if command == "score" else []
+    )
+    run = subprocess.run(
+        [sys.executable, "-m", "streammoe.cli", command, *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 2
     assert run.stderr.splitlines() == [f"streammoe {command}: error: {tmp_path / 'nope.csv'}: no such file"]
 
 
 def test_a_model_that_cannot_be_loaded_is_one_line(series, capsys) -> None:
     (series / "notamodel").mkdir()
-    assert main(["score", "--data", str(series / "test.csv.gz"), "--model", str(series / "notamodel"),
-                 "--out", str(series / "x.csv")]) == 2
+    assert (
+        main(
+            [
+                "score",
+                "--data",
+                str(series / "test.csv.gz"),
+                "--model",
+                str(series / "notamodel"),
+                "--out",
+                str(series / "x.csv"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert err.startswith("streammoe score: error: ") and err.count("\n") == 1
 
@@ -121,11 +145,15 @@ def test_fit_honours_the_daemons_model_variables_and_the_command_line_wins(serie
 
     monkeypatch.setenv("STREAMMOE_MODEL__HIDDEN_UNITS", "12")
     assert main(["fit", "--data", str(series / "train.csv.gz"), "--out", str(out), *FAST]) == 2
-    assert "STREAMMOE_MODEL__HIDDEN_UNITS: not a setting (did you mean STREAMMOE_MODEL__HIDDEN?)" in capsys.readouterr().err
+    assert (
+        "STREAMMOE_MODEL__HIDDEN_UNITS: not a setting (did you mean STREAMMOE_MODEL__HIDDEN?)"
+        in capsys.readouterr().err
+    )
 
 
 def test_score_with_a_saved_model_refuses_options_it_would_ignore_and_warns_about_the_environment(
-        series, monkeypatch, capsys) -> None:
+    series, monkeypatch, capsys
+) -> None:
     model, out = series / "model", series / "s.csv"
     assert main(["fit", "--data", str(series / "train.csv.gz"), "--out", str(model), *FAST]) == 0
     capsys.readouterr()

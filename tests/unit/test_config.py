@@ -58,7 +58,9 @@ def test_env_file_is_read_and_environment_wins(tmp_path, monkeypatch: pytest.Mon
         ("STREAMMOE_RECORDS__CHANNELS", "[]", "STREAMMOE_RECORDS__CHANNELS: List should have at least 1 item"),
     ],
 )
-def test_invalid_setting_names_the_variable(monkeypatch: pytest.MonkeyPatch, var: str, value: str, message: str) -> None:
+def test_invalid_setting_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch, var: str, value: str, message: str
+) -> None:
     monkeypatch.setenv(var, value)
     with pytest.raises(SettingsError) as err:
         load_settings()
@@ -77,9 +79,15 @@ def test_missing_channels_and_bad_settings_exit_2_with_one_line(monkeypatch: pyt
 
 
 def test_secrets_are_redacted_but_reach_librdkafka(monkeypatch: pytest.MonkeyPatch) -> None:
-    kafka = {"SECURITY_PROTOCOL": "SASL_SSL", "SASL_MECHANISM": "SCRAM-SHA-512", "SASL_USERNAME": "streammoe",
-             "SASL_PASSWORD": "hunter2-secret", "SSL_CA_LOCATION": "/etc/ssl/ca.pem",
-             "SSL_KEY_PASSWORD": "keypass-secret", "EXTRA": '{"sasl.oauthbearer.client.secret": "oauth-secret"}'}
+    kafka = {
+        "SECURITY_PROTOCOL": "SASL_SSL",
+        "SASL_MECHANISM": "SCRAM-SHA-512",
+        "SASL_USERNAME": "streammoe",
+        "SASL_PASSWORD": "hunter2-secret",
+        "SSL_CA_LOCATION": "/etc/ssl/ca.pem",
+        "SSL_KEY_PASSWORD": "keypass-secret",
+        "EXTRA": '{"sasl.oauthbearer.client.secret": "oauth-secret"}',
+    }
     for name, value in kafka.items():
         monkeypatch.setenv(f"STREAMMOE_KAFKA__{name}", value)
     s = load_settings()
@@ -128,19 +136,25 @@ def test_shipped_env_files_load(env_file, monkeypatch: pytest.MonkeyPatch) -> No
     ],
 )
 def test_a_misspelt_variable_stops_start_up_naming_the_nearest_setting(
-        monkeypatch: pytest.MonkeyPatch, capsys, var: str, value: str, nearest: str) -> None:
+    monkeypatch: pytest.MonkeyPatch, capsys, var: str, value: str, nearest: str
+) -> None:
     monkeypatch.setenv(var, value)
     with pytest.raises(SettingsError) as err:
         load_settings()
     assert str(err.value) == f"{var}: not a setting (did you mean {nearest}?)"
     assert main(["run"]) == 2
-    assert capsys.readouterr().err.strip() == f"streammoe run: invalid setting: {var}: not a setting (did you mean {nearest}?)"
+    assert (
+        capsys.readouterr().err.strip()
+        == f"streammoe run: invalid setting: {var}: not a setting (did you mean {nearest}?)"
+    )
 
 
 def test_a_misspelt_key_in_the_env_file_is_refused(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     env = tmp_path / "site.env"
     env.write_text("STREAMMOE_KAFKA__GROUP_ID=site\nSTREAMMOE_KAFKA__GROUPID=typo\n")
-    with pytest.raises(SettingsError, match=r"^STREAMMOE_KAFKA__GROUPID: not a setting \(did you mean STREAMMOE_KAFKA__GROUP_ID\?\)$"):
+    with pytest.raises(
+        SettingsError, match=r"^STREAMMOE_KAFKA__GROUPID: not a setting \(did you mean STREAMMOE_KAFKA__GROUP_ID\?\)$"
+    ):
         load_settings(env)
 
 
@@ -150,8 +164,11 @@ def test_legitimate_variables_that_are_not_settings_pass(monkeypatch: pytest.Mon
 
     allowed = {
         **{name: "x" for name in NON_SETTINGS},
-        "STREAMMOE_SERVICE_HOST": "10.0.0.9", "STREAMMOE_SERVICE_PORT": "9308", "STREAMMOE_PORT": "tcp://10.0.0.9:9308",
-        "STREAMMOE_METRICS_SERVICE_PORT_METRICS": "9308", "STREAMMOE_METRICS_PORT_9308_TCP_PROTO": "tcp",
+        "STREAMMOE_SERVICE_HOST": "10.0.0.9",
+        "STREAMMOE_SERVICE_PORT": "9308",
+        "STREAMMOE_PORT": "tcp://10.0.0.9:9308",
+        "STREAMMOE_METRICS_SERVICE_PORT_METRICS": "9308",
+        "STREAMMOE_METRICS_PORT_9308_TCP_PROTO": "tcp",
         "STREAMMOE_SCOPES__GROUPS__pump-7": "line-2",
     }
     allowed.pop("STREAMMOE_ENV_FILE")  # it must name a file; tested with one above
@@ -184,11 +201,16 @@ def test_extra_properties_in_the_shell_form_and_per_variable(monkeypatch: pytest
     import sys
 
     script = "from streammoe.config import load_settings, producer_config; print(producer_config(load_settings().kafka)['linger.ms'])"
-    line = f"export STREAMMOE_KAFKA__EXTRA='{{\"linger.ms\": \"7\"}}'; \"{sys.executable}\" -c \"{script}\""
+    line = f'export STREAMMOE_KAFKA__EXTRA=\'{{"linger.ms": "7"}}\'; "{sys.executable}" -c "{script}"'
     run = subprocess.run(["bash", "-c", line], check=False, capture_output=True, text=True, timeout=60)
     assert run.stdout.strip() == "7", run.stderr
-    bash_refuses = subprocess.run(["bash", "-c", "export STREAMMOE_KAFKA__EXTRA__linger.ms=5"], check=False, capture_output=True,
-                                  text=True, timeout=10)
+    bash_refuses = subprocess.run(
+        ["bash", "-c", "export STREAMMOE_KAFKA__EXTRA__linger.ms=5"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
     assert bash_refuses.returncode != 0 and "not a valid identifier" in bash_refuses.stderr
     monkeypatch.setenv("STREAMMOE_KAFKA__EXTRA__linger.ms", "9")
     assert producer_config(load_settings().kafka)["linger.ms"] == "9"
@@ -205,9 +227,16 @@ def test_each_client_gets_only_its_own_extra_properties() -> None:
 
     from streammoe.kafka.properties import CONSUMER_ONLY, PRODUCER_ONLY
 
-    extra = {"linger.ms": "5", "compression.type": "lz4", "batch.size": "100000", "acks": "1",
-             "heartbeat.interval.ms": "2000", "fetch.min.bytes": "1", "isolation.level": "read_committed",
-             "socket.keepalive.enable": "true"}
+    extra = {
+        "linger.ms": "5",
+        "compression.type": "lz4",
+        "batch.size": "100000",
+        "acks": "1",
+        "heartbeat.interval.ms": "2000",
+        "fetch.min.bytes": "1",
+        "isolation.level": "read_committed",
+        "socket.keepalive.enable": "true",
+    }
     script = f"""
 import json
 from confluent_kafka import Consumer, Producer

@@ -54,11 +54,21 @@ def test_the_examples_are_there() -> None:
 
 
 def test_the_walk_knows_real_settings_from_typos() -> None:
-    for real in ("STREAMMOE_KAFKA__BOOTSTRAP_SERVERS", "STREAMMOE_MODEL__NOVELTY__MIN_RECORDS",
-                 "STREAMMOE_TORCH_THREADS", "STREAMMOE_KAFKA__EXTRA"):
+    for real in (
+        "STREAMMOE_KAFKA__BOOTSTRAP_SERVERS",
+        "STREAMMOE_MODEL__NOVELTY__MIN_RECORDS",
+        "STREAMMOE_TORCH_THREADS",
+        "STREAMMOE_KAFKA__EXTRA",
+    ):
         assert is_setting(real), real
-    for bogus in ("STREAMMOE_KAFKA__BOOTSTRAP_SERVER", "STREAMMOE_MODEL__NOVELTY", "STREAMMOE_MODEL__N_SAMPLES__X",
-                  "STREAMMOE_NOVELTY__MIN_RECORDS", "STREAMMOE_KAFKA", "STREAMMOE_TORCH__THREADS"):
+    for bogus in (
+        "STREAMMOE_KAFKA__BOOTSTRAP_SERVER",
+        "STREAMMOE_MODEL__NOVELTY",
+        "STREAMMOE_MODEL__N_SAMPLES__X",
+        "STREAMMOE_NOVELTY__MIN_RECORDS",
+        "STREAMMOE_KAFKA",
+        "STREAMMOE_TORCH__THREADS",
+    ):
         assert not is_setting(bogus), bogus
 
 
@@ -112,8 +122,9 @@ def test_scaleout_example_is_a_scaleout_worker() -> None:
     assert scopes.scope_of("pump-7") == worker.scopes.default_group
     production = load_settings(configs["production.env"])
     assert production.scopes.mode == "global" and production.snapshot.topic is None
-    assert worker.kafka.model_dump(exclude={"client_id"}) == production.kafka.model_dump(exclude={"client_id"}), \
+    assert worker.kafka.model_dump(exclude={"client_id"}) == production.kafka.model_dump(exclude={"client_id"}), (
         "the same cluster, group and topics as production.env"
+    )
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from streammoe.model.detector import MixtureDetector
 from streammoe.model.calibration import ModeCalibration
 from streammoe.model.config import ModelConfig
+from streammoe.model.detector import MixtureDetector
 from streammoe.model.experts import StackedVAE
 from streammoe.model.weights import DirichletWeights
 
@@ -164,8 +164,8 @@ def test_young_mode_uses_pooled_calibration_and_empty_gives_p_one() -> None:
 def test_calibration_false_alarm_rate_stays_put_under_online_updates() -> None:
     torch.manual_seed(0)
     cal = ModeCalibration(1, 2048)
-    zero = lambda n: torch.zeros(n, dtype=torch.long)  # noqa: E731
-    draw = lambda n: torch.distributions.Gamma(3.0, 1.0).sample((n,)) * 3  # noqa: E731
+    zero = lambda n: torch.zeros(n, dtype=torch.long)
+    draw = lambda n: torch.distributions.Gamma(3.0, 1.0).sample((n,)) * 3
     cal.update(zero(2048), draw(2048))
     for _ in range(80):
         s = draw(256)

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from modes_kit import C, NOVELTY, mode_a, mode_b, stream
+from modes_kit import NOVELTY, C, mode_a, mode_b, stream
 
-from streammoe.model.detector import MixtureDetector
 from streammoe.model.config import ModelConfig
+from streammoe.model.detector import MixtureDetector
 from streammoe.state.persistence import load_detector, save_detector
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="torch sees no GPU (torch.cuda.is_available())")
@@ -24,8 +24,15 @@ def cpu_detector() -> MixtureDetector:
 
 def on_device(det: MixtureDetector, device: str) -> list[str]:
     """Names of the model's tensors that are not on `device`."""
-    state = {**det.model.state_dict(), **{f"adam.{i}.{k}": v for i, s in enumerate(det.learner.optimizer.state.values())
-                                         for k, v in s.items() if k != "step"}}
+    state = {
+        **det.model.state_dict(),
+        **{
+            f"adam.{i}.{k}": v
+            for i, s in enumerate(det.learner.optimizer.state.values())
+            for k, v in s.items()
+            if k != "step"
+        },
+    }
     return [name for name, t in state.items() if t.device.type != device]
 
 

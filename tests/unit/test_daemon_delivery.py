@@ -81,7 +81,7 @@ def test_commit_then_checkpoint_then_snapshot_between_batches_and_at_shutdown(tm
 
     j = clients.journal
     first = j.index("store 0:30")
-    assert j[first + 1:first + 4] == ["commit", "checkpoint", "snapshot"], j
+    assert j[first + 1 : first + 4] == ["commit", "checkpoint", "snapshot"], j
     assert j[-6:] == ["checkpoint", "snapshot", "commit", "close", "revoked [0]", "close_control"], "the shutdown"
     assert source.close_errors == [], "leaving the group revokes on the closing thread, which may not touch the loop"
     assert source.committed == {("input", 0): 30}

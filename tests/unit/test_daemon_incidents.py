@@ -47,8 +47,9 @@ def test_an_anomalous_stretch_is_one_incident_that_opens_and_resolves(tmp_path: 
     m = daemon.metrics
     assert m.incidents_opened.labels("global")._value.get() == len({x["incident_id"] for x in msgs})
     assert m.incidents_resolved.labels("global", "quiet")._value.get() >= 1
-    assert m.incidents_open.labels("global")._value.get() == len(daemon.incident_publisher.tracker("global")[1]
-                                                                 .open_incidents())  # type: ignore[index]
+    assert m.incidents_open.labels("global")._value.get() == len(
+        daemon.incident_publisher.tracker("global")[1].open_incidents()
+    )  # type: ignore[index]
 
 
 def test_alerts_off_publishes_incidents_only(tmp_path: Path) -> None:
@@ -79,8 +80,9 @@ def test_a_restart_mid_incident_neither_reopens_nor_duplicates_it(tmp_path: Path
     assert [m["status"] for m in after][-1] == "resolved"
     assert "opened" not in [m["status"] for m in after]
     assert after[0]["sequence"] > max(m["sequence"] for m in before if m["incident_id"] in opened)
-    assert not [m for m in incidents(clients2) if m["status"] == "opened" and m["first_ts"] <= 319
-                and m["last_ts"] >= 300], "no second incident for the same problem"
+    assert not [
+        m for m in incidents(clients2) if m["status"] == "opened" and m["first_ts"] <= 319 and m["last_ts"] >= 300
+    ], "no second incident for the same problem"
 
 
 def test_a_new_expert_turns_the_open_incident_into_new_mode(tmp_path: Path) -> None:
@@ -91,10 +93,18 @@ def test_a_new_expert_turns_the_open_incident_into_new_mode(tmp_path: Path) -> N
     decoded = RecordDecoder(daemon.settings.records).decode([m.value() for m in msgs])
     rows = np.arange(len(decoded))
     scored = state.detector.score_many(decoded.values, refs=rows.astype(np.int64), timestamps=decoded.ts)
-    event = ModeEvent("mode_added", 1, 30, first_ref=(0 << REF_PARTITION_SHIFT) | 5,
-                      last_ref=(0 << REF_PARTITION_SHIFT) | 35, detail={"gain": 2.0, "explained": 0.9})
-    judged = Judged(parts=[Part("global", scored, rows, state.version, state.detector.expert_status())],
-                    learned=[("global", state.version, LearnReport(learned=30, events=[event]))])
+    event = ModeEvent(
+        "mode_added",
+        1,
+        30,
+        first_ref=(0 << REF_PARTITION_SHIFT) | 5,
+        last_ref=(0 << REF_PARTITION_SHIFT) | 35,
+        detail={"gain": 2.0, "explained": 0.9},
+    )
+    judged = Judged(
+        parts=[Part("global", scored, rows, state.version, state.detector.expert_status())],
+        learned=[("global", state.version, LearnReport(learned=30, events=[event]))],
+    )
     daemon.publisher.publish(msgs, decoded, judged)  # type: ignore[arg-type]
     clients.sink_client.flush()
     out = incidents(clients)
@@ -163,5 +173,6 @@ def test_an_incident_resolved_stale_while_no_records_come_is_checkpointed_resolv
 
     second, _ = make(tmp_path)
     assert second.state.incidents is not None
-    assert [a["open"] for a in second.state.incidents["assets"].values() if a["open"] is not None] == [], \
+    assert [a["open"] for a in second.state.incidents["assets"].values() if a["open"] is not None] == [], (
         "restored with the incident open, it would be resolved (or grow) a second time"
+    )

@@ -27,8 +27,15 @@ def test_outputs_carry_the_records_time_and_dead_letters_the_inputs_headers(tmp_
     good = records(rng, 20, start_ts=1_732_000_000_000) + records(rng, 2, start_ts=1_732_000_000_020, shift=40.0)
     source, sink = clients.source_client, clients.sink_client
     source.feed(good)
-    bad = FakeMessage("input", 0, source.next_offset[0], b"{not json", b"pump-1", [("traceparent", b"00-ab-01")],
-                      _timestamp=1_731_999_999_000)
+    bad = FakeMessage(
+        "input",
+        0,
+        source.next_offset[0],
+        b"{not json",
+        b"pump-1",
+        [("traceparent", b"00-ab-01")],
+        _timestamp=1_731_999_999_000,
+    )
     source.next_offset[0] += 1
     source.queue.append(bad)
     daemon.run(max_records=len(good) + 1, timeout_s=30)
@@ -85,8 +92,9 @@ def test_drift_and_silence_reach_the_events_topic(tmp_path: Path) -> None:
 
     from streammoe.daemon.pipeline import Judged
 
-    judged = Judged(drifts=[("global", daemon.state.version, {"kind": "likelihood_drift", "detections": 1,
-                                                              "level": 9.5})])
+    judged = Judged(
+        drifts=[("global", daemon.state.version, {"kind": "likelihood_drift", "detections": 1, "level": 9.5})]
+    )
     daemon.publisher.publish([], daemon.pipeline.decode([], None), judged)
     sink.flush()
     drift = [orjson.loads(e.value or b"") for e in sink.on("events") if b"likelihood_drift" in (e.value or b"")]
@@ -138,11 +146,25 @@ def test_mode_events_name_the_expert_by_its_id(tmp_path: Path) -> None:
     daemon, clients = make(tmp_path)
     daemon.state.detector = fitted()
     lineage = daemon.state.lineage
-    report = LearnReport(events=[ModeEvent("mode_retired", 1, 0, detail={"weight": 0.01, "replaced": 1.0}),
-                                 ModeEvent("mode_added", 1, 1000, first_ref=5, last_ref=9, first_ts=5, last_ts=9,
-                                           detail={"gain": 20.0, "explained": 0.9})])
-    judged = Judged(learned=[("global", daemon.state.version, report)],
-                    learned_ids={"global": {0: f"{lineage}:0:fit", 1: f"{lineage}:1:51200"}})
+    report = LearnReport(
+        events=[
+            ModeEvent("mode_retired", 1, 0, detail={"weight": 0.01, "replaced": 1.0}),
+            ModeEvent(
+                "mode_added",
+                1,
+                1000,
+                first_ref=5,
+                last_ref=9,
+                first_ts=5,
+                last_ts=9,
+                detail={"gain": 20.0, "explained": 0.9},
+            ),
+        ]
+    )
+    judged = Judged(
+        learned=[("global", daemon.state.version, report)],
+        learned_ids={"global": {0: f"{lineage}:0:fit", 1: f"{lineage}:1:51200"}},
+    )
     daemon.publisher.publish([], daemon.pipeline.decode([], None), judged)
     clients.sink_client.flush()
     events = {e["kind"]: e for e in (orjson.loads(m.value or b"") for m in clients.sink_client.on("events"))}

@@ -58,8 +58,9 @@ def test_with_a_scores_topic_every_scored_record_gets_a_score(tmp_path: Path) ->
 
 def test_mode_events_name_the_input_records_they_came_from(tmp_path: Path) -> None:
     publisher, msgs, decoded, judged, sink, _, _ = judged_batch(tmp_path, 5, 0, scores=False)
-    event = ModeEvent("mode_added", 1, 64, first_ref=(3 << REF_PARTITION_SHIFT) | 42,
-                      last_ref=(3 << REF_PARTITION_SHIFT) | 99)
+    event = ModeEvent(
+        "mode_added", 1, 64, first_ref=(3 << REF_PARTITION_SHIFT) | 42, last_ref=(3 << REF_PARTITION_SHIFT) | 99
+    )
     judged.parts = []
     judged.learned = [("line-1", "lineage.9", LearnReport(learned=5, events=[event]))]
     publisher.publish(msgs, decoded, judged)  # type: ignore[arg-type]

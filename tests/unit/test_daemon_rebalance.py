@@ -17,8 +17,9 @@ def holding(tmp_path: Path, topic: MemorySnapshotTopic, name: str):  # type: ign
     """A worker that holds scope pump-1 (on input partition 1) with a model that learned up to offset 300."""
     daemon, clients = make(tmp_path / name, partitions=2, snapshots=topic, scopes=ASSET)
     daemon.scopes.route(["pump-1"], np.array([1]))
-    daemon.scopes.models["pump-1"] = ModelState("pump-1", fitted(), lineage="lin-1",
-                                                learned_offsets={"input": {1: 300}, "control": {0: 4}})
+    daemon.scopes.models["pump-1"] = ModelState(
+        "pump-1", fitted(), lineage="lin-1", learned_offsets={"input": {1: 300}, "control": {0: 4}}
+    )
     return daemon, clients
 
 

@@ -34,7 +34,8 @@ numbers = st.one_of(
 )
 scalars = st.one_of(st.none(), st.booleans(), numbers, st.text(max_size=8))
 json_values = st.recursive(
-    scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
     max_leaves=12,
 )
 assets = st.one_of(st.text(min_size=1, max_size=20), st.just(""), scalars)
@@ -50,8 +51,11 @@ def records(draw: st.DrawFn) -> dict:
     float32, a channel missing or extra, a list of the wrong length, junk beside the fields."""
     row = draw(st.lists(st.one_of(st.floats(-1e6, 1e6), st.integers(-(2**31), 2**31)), min_size=3, max_size=3))
     values: list | dict = row if draw(st.booleans()) else dict(zip(CHANNELS, row))
-    obj: dict = {"asset_id": draw(st.text(min_size=1, max_size=20)), "ts": draw(st.integers(-(2**63), 2**63 - 1)),
-                 "values": values}
+    obj: dict = {
+        "asset_id": draw(st.text(min_size=1, max_size=20)),
+        "ts": draw(st.integers(-(2**63), 2**63 - 1)),
+        "values": values,
+    }
     for change in draw(st.lists(st.integers(0, 7), max_size=3)):
         if change == 0:
             obj.pop(draw(st.sampled_from(["asset_id", "ts", "values"])), None)
@@ -77,8 +81,10 @@ def records(draw: st.DrawFn) -> dict:
 
 def good_records(n: int, seed: int) -> list[dict]:
     rng = np.random.default_rng(seed)
-    return [{"asset_id": f"pump-{i}", "ts": int(t), "values": [round(float(v), 3) for v in row]}
-            for i, (t, row) in enumerate(zip(rng.integers(0, 2**40, n), rng.normal(0, 5, (n, 3))))]
+    return [
+        {"asset_id": f"pump-{i}", "ts": int(t), "values": [round(float(v), 3) for v in row]}
+        for i, (t, row) in enumerate(zip(rng.integers(0, 2**40, n), rng.normal(0, 5, (n, 3))))
+    ]
 
 
 def encode(obj: object) -> bytes:
@@ -137,8 +143,11 @@ def assert_partition(out: DecodedBatch, n: int) -> None:
 
 
 @FUZZ
-@given(st.lists(st.one_of(st.binary(max_size=64), st.none(), st.sampled_from([b"{", b"[]", b"null", b'"x"', b"1"])),
-                max_size=20))
+@given(
+    st.lists(
+        st.one_of(st.binary(max_size=64), st.none(), st.sampled_from([b"{", b"[]", b"null", b'"x"', b"1"])), max_size=20
+    )
+)
 def test_arbitrary_bytes_never_raise_and_each_is_accounted(raws: list[bytes | None]) -> None:
     out = DECODER.decode(raws)
     assert_partition(out, len(raws))
@@ -165,8 +174,14 @@ def test_agrees_with_the_oracle_and_keeps_good_records_of_a_mixed_batch(objs: li
 
 
 @FUZZ
-@given(st.lists(st.one_of(st.floats(allow_nan=False, allow_infinity=False), st.integers(-(2**200), 2**200)),
-                min_size=3, max_size=3), st.booleans())
+@given(
+    st.lists(
+        st.one_of(st.floats(allow_nan=False, allow_infinity=False), st.integers(-(2**200), 2**200)),
+        min_size=3,
+        max_size=3,
+    ),
+    st.booleans(),
+)
 def test_a_value_beyond_float32_is_non_finite_and_its_neighbours_still_decode(row: list, as_dict: bool) -> None:
     good = orjson.dumps({"asset_id": "ok", "ts": 2, "values": [1, 2, 3]})
     obj = {"asset_id": "a", "ts": 1, "values": dict(zip(CHANNELS, row)) if as_dict else row}
@@ -191,7 +206,7 @@ def test_out_of_order_and_duplicate_timestamps_are_decoded_as_given(ts: list[int
 
 
 @FUZZ
-@given(st.sampled_from(["[", "{\"a\":", "[{\"a\":"]), st.integers(1000, 100_000))
+@given(st.sampled_from(["[", '{"a":', '[{"a":']), st.integers(1000, 100_000))
 def test_deep_nesting_is_not_json_and_cheap(opener: str, depth: int) -> None:
     decoder = RecordDecoder(RecordSettings(channels=CHANNELS, max_record_bytes=10_000_000))
     raw = (opener * depth).encode()
@@ -207,7 +222,7 @@ def test_huge_records_are_refused_before_parsing() -> None:
     good = orjson.dumps({"asset_id": "a", "ts": 1, "values": [1, 2, 3]})
     near = good[:-1] + b',"pad":"' + b"x" * (MAX_BYTES - len(good) - 9) + b'"}'
     assert len(near) == MAX_BYTES
-    huge = good[:-1] + b',"pad":[' + b"1," * 5_000_000 + b'1]}'
+    huge = good[:-1] + b',"pad":[' + b"1," * 5_000_000 + b"1]}"
     t0 = time.perf_counter()
     out = DECODER.decode([near, near + b" ", huge, good])
     assert time.perf_counter() - t0 < 0.5, "a 10 MB record is refused by its length, not parsed"
@@ -220,10 +235,11 @@ def test_a_decoded_batch_stays_valid_after_later_batches() -> None:
     decoder = RecordDecoder(RecordSettings(channels=CHANNELS, max_record_bytes=MAX_BYTES))
     kept = []
     for n in (500, 10, 300, 500, 1):
-        raws = [b"\xff" * 100] * (n // 2) + [orjson.dumps({"asset_id": "a", "ts": n, "values": [n, 2, 3]})] * (n - n // 2)
+        raws = [b"\xff" * 100] * (n // 2) + [orjson.dumps({"asset_id": "a", "ts": n, "values": [n, 2, 3]})] * (
+            n - n // 2
+        )
         out = decoder.decode(raws)
         assert len(out) == n - n // 2
         kept.append((n, out))
     for n, out in kept:
         assert (out.values[:, 0] == n).all() and (out.ts == n).all()
-

@@ -5,9 +5,13 @@ from __future__ import annotations
 from streammoe.demo.incidents import episodes, judge, meets_goal
 
 # ts, mode, fault: A normal, a 2-record spike, A normal, B with a 3-record vibration, then the new mode C.
-TRUTH = ([(t, "A", None) for t in range(0, 10)] + [(10, "A", "spike"), (11, "A", "spike")]
-         + [(t, "A", None) for t in range(12, 20)] + [(t, "B", "vibration") for t in range(20, 23)]
-         + [(t, "C", None) for t in range(23, 60)])
+TRUTH = (
+    [(t, "A", None) for t in range(10)]
+    + [(10, "A", "spike"), (11, "A", "spike")]
+    + [(t, "A", None) for t in range(12, 20)]
+    + [(t, "B", "vibration") for t in range(20, 23)]
+    + [(t, "C", None) for t in range(23, 60)]
+)
 
 
 def inc(a: int, b: int, kind: str = "anomaly") -> dict:
@@ -16,8 +20,10 @@ def inc(a: int, b: int, kind: str = "anomaly") -> dict:
 
 def test_episodes_are_runs_of_one_fault() -> None:
     eps = episodes(TRUTH)
-    assert [(e.fault, e.mode, e.first_ts, e.last_ts) for e in eps] == [("spike", "A", 10, 11),
-                                                                       ("vibration", "B", 20, 22)]
+    assert [(e.fault, e.mode, e.first_ts, e.last_ts) for e in eps] == [
+        ("spike", "A", 10, 11),
+        ("vibration", "B", 20, 22),
+    ]
 
 
 def test_judge_counts_per_episode_new_mode_and_false() -> None:

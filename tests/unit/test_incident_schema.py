@@ -40,8 +40,13 @@ def test_every_message_validates() -> None:
 def test_the_schema_is_a_valid_schema_and_refuses_inconsistent_messages() -> None:
     jsonschema.Draft202012Validator.check_schema(incident_schema())
     good = messages()[1]
-    for bad in ({**good, "resolution": None}, {**good, "kind": "new_mode"}, {**good, "extra": 1},
-                {**messages()[0], "sequence": 1}, {**good, "severity": "info"}):
+    for bad in (
+        {**good, "resolution": None},
+        {**good, "kind": "new_mode"},
+        {**good, "extra": 1},
+        {**messages()[0], "sequence": 1},
+        {**good, "severity": "info"},
+    ):
         with pytest.raises(jsonschema.ValidationError):
             VALIDATOR.validate(bad)
 

@@ -24,17 +24,29 @@ def settings(**kw: object) -> IncidentSettings:
     return IncidentSettings(**{**base, **kw})
 
 
-def batch(flags: list[int], start: int = 0, asset: str | list[str] = "pump-1", critical: list[int] | None = None,
-          ts: np.ndarray | None = None, share: np.ndarray | None = None) -> Batch:
+def batch(
+    flags: list[int],
+    start: int = 0,
+    asset: str | list[str] = "pump-1",
+    critical: list[int] | None = None,
+    ts: np.ndarray | None = None,
+    share: np.ndarray | None = None,
+) -> Batch:
     n = len(flags)
     f = np.asarray(flags, bool)
     offsets = np.arange(start, start + n)
     return Batch(
-        asset=[asset] * n if isinstance(asset, str) else asset, ts=offsets * 1000 if ts is None else ts,
-        partition=np.zeros(n, np.int32), offset=offsets, flagged=f,
+        asset=[asset] * n if isinstance(asset, str) else asset,
+        ts=offsets * 1000 if ts is None else ts,
+        partition=np.zeros(n, np.int32),
+        offset=offsets,
+        flagged=f,
         critical=np.zeros(n, bool) if critical is None else np.asarray(critical, bool),
-        score=np.where(f, 3.0 + offsets / 1000, 0.5), p_value=np.where(f, 10 ** -(3.0 + offsets / 1000), 0.3),
-        mode=np.where(f, offsets % 2, 0), share=share, topic="in",
+        score=np.where(f, 3.0 + offsets / 1000, 0.5),
+        p_value=np.where(f, 10 ** -(3.0 + offsets / 1000), 0.3),
+        mode=np.where(f, offsets % 2, 0),
+        share=share,
+        topic="in",
     )
 
 
@@ -147,8 +159,11 @@ def test_a_silent_asset_resolves_as_stale() -> None:
     t.observe(batch([1, 1, 1]), now=100.0)
     assert t.expire(150.0) == []
     changes = t.expire(161.0)
-    assert statuses(changes) == ["resolved"] and changes[0].body["resolution"] == {"by": "stale", "ts": None,
-                                                                                   "source": None}
+    assert statuses(changes) == ["resolved"] and changes[0].body["resolution"] == {
+        "by": "stale",
+        "ts": None,
+        "source": None,
+    }
     assert t.assets == {}
 
 
@@ -246,15 +261,31 @@ def test_a_large_mixed_batch_matches_the_record_by_record_rules(seed: int) -> No
     start = 0
     while start < n:
         stop = min(n, start + int(rng.integers(1, 5000)))
-        b = batch(flags[start:stop].astype(int).tolist(), start=start, asset=assets[start:stop],
-                  critical=crit[start:stop].tolist(), ts=ts[start:stop])
+        b = batch(
+            flags[start:stop].astype(int).tolist(),
+            start=start,
+            asset=assets[start:stop],
+            critical=crit[start:stop].tolist(),
+            ts=ts[start:stop],
+        )
         changes += t.observe(b)
         start = stop
-    got = {(c.body["asset"], c.body["first_source"]["offset"], c.body["opened_by"]["offset"],
-            c.body["last_source"]["offset"], c.body["count"], c.body["resolution"]["source"]["offset"])
-           for c in changes if c.status == "resolved"}
-    got |= {(i.asset, i.first_source.offset, i.opened_by.offset, i.last_source.offset, i.count, None)
-            for i in t.open_incidents()}
+    got = {
+        (
+            c.body["asset"],
+            c.body["first_source"]["offset"],
+            c.body["opened_by"]["offset"],
+            c.body["last_source"]["offset"],
+            c.body["count"],
+            c.body["resolution"]["source"]["offset"],
+        )
+        for c in changes
+        if c.status == "resolved"
+    }
+    got |= {
+        (i.asset, i.first_source.offset, i.opened_by.offset, i.last_source.offset, i.count, None)
+        for i in t.open_incidents()
+    }
     assert got == reference(assets, flags, crit, ts, s)
     assert len({c.body["incident_id"] for c in changes if c.status == "opened"}) == len(got)
 

@@ -151,8 +151,9 @@ def test_the_model_core_does_not_import_novelty() -> None:
 
 def loaded_by(modules: list[str]) -> set[str]:
     code = f"import importlib, sys\nfor m in {modules!r}: importlib.import_module(m)\nprint(' '.join(sys.modules))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT,
-                         timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT, timeout=300
+    )
     return set(out.stdout.split())
 
 
@@ -171,8 +172,11 @@ def test_importing_the_model_and_novelty_loads_no_kafka_client() -> None:
 
 def class_sizes(path: Path) -> dict[str, int]:
     tree = ast.parse(path.read_text(), str(path))
-    return {node.name: (node.end_lineno or node.lineno) - node.lineno + 1
-            for node in ast.walk(tree) if isinstance(node, ast.ClassDef)}
+    return {
+        node.name: (node.end_lineno or node.lineno) - node.lineno + 1
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ClassDef)
+    }
 
 
 def test_no_module_over_400_lines_and_no_class_over_200() -> None:

@@ -33,16 +33,20 @@ def test_metrics_are_served_by_prometheus_clients_handler_with_gzip_and_openmetr
         status, headers, body = get(server.port, "/metrics")
         assert status == 200 and headers["Content-Type"].startswith("text/plain; version=0.0.4")
         text = body.decode()
-        for family in ("process_resident_memory_bytes", "python_info", "python_gc_collections_total",
-                       "streammoe_build_info", "streammoe_records_in_total"):
+        for family in (
+            "process_resident_memory_bytes",
+            "python_info",
+            "python_gc_collections_total",
+            "streammoe_build_info",
+            "streammoe_records_in_total",
+        ):
             assert family in text, family
         build = next(line for line in text.splitlines() if line.startswith("streammoe_build_info{"))
         assert 'version="' in build and 'torch="' in build and 'librdkafka="' in build
 
         status, headers, body = get(server.port, "/metrics", {"Accept-Encoding": "gzip"})
         assert headers.get("Content-Encoding") == "gzip" and b"streammoe_build_info" in gzip.decompress(body)
-        status, headers, body = get(server.port, "/metrics",
-                                    {"Accept": "application/openmetrics-text; version=1.0.0"})
+        status, headers, body = get(server.port, "/metrics", {"Accept": "application/openmetrics-text; version=1.0.0"})
         assert headers["Content-Type"].startswith("application/openmetrics-text") and body.endswith(b"# EOF\n")
         status, _, body = get(server.port, "/metrics?name[]=streammoe_records_in_total")
         assert b"streammoe_records_in_total" in body and b"process_cpu" not in body
@@ -75,8 +79,12 @@ def test_lag_series_go_with_their_partitions() -> None:
         metrics.consumer_lag.labels("in", str(p)).set(10 + p)
     metrics.forget_partitions("in", [1, 3, 7])
     r = metrics.registry
-    assert [r.get_sample_value("streammoe_consumer_lag", {"topic": "in", "partition": str(p)}) for p in range(4)] \
-        == [10, None, 12, None]
+    assert [r.get_sample_value("streammoe_consumer_lag", {"topic": "in", "partition": str(p)}) for p in range(4)] == [
+        10,
+        None,
+        12,
+        None,
+    ]
 
 
 def test_per_scope_gauges_are_bounded() -> None:

@@ -27,7 +27,10 @@ def test_p_values_of_fresh_draws_are_uniform_in_each_mode() -> None:
     cal = ModeCalibration(3, 2048)
     # Two modes with very different score scales, fed interleaved in batches, as the detector does.
     for i in range(4):
-        cal.update(torch.cat([modes(600, 0), modes(600, 2)]), torch.cat([gamma_scores(600, i), 200 + 0.1 * gamma_scores(600, 10 + i)]))
+        cal.update(
+            torch.cat([modes(600, 0), modes(600, 2)]),
+            torch.cat([gamma_scores(600, i), 200 + 0.1 * gamma_scores(600, 10 + i)]),
+        )
     for k, fresh in ((0, gamma_scores(20_000, 99)), (2, 200 + 0.1 * gamma_scores(20_000, 98))):
         p = cal.log_p_value(modes(20_000, k), fresh).exp()
         for level, lo, hi in ((0.05, 0.03, 0.07), (0.2, 0.17, 0.23), (0.5, 0.47, 0.53), (0.01, 0.004, 0.02)):
@@ -43,7 +46,7 @@ def test_inside_the_buffer_p_is_the_empirical_upper_tail_frequency() -> None:
     cal = ModeCalibration(1, 1024)
     cal.update(modes(700), ref)
     srt = np.sort(ref.numpy())
-    q_start = srt[int(math.floor(700 * (1 - TAIL_FRACTION)))]
+    q_start = srt[math.floor(700 * (1 - TAIL_FRACTION))]
     probe = torch.linspace(float(srt[0]) - 1, float(q_start), 300)
     got = cal.log_p_value(modes(300), probe).numpy()
     n_at_or_above = (srt[None, :] >= probe.numpy()[:, None]).sum(1)
@@ -78,7 +81,9 @@ def test_past_the_largest_reference_the_p_value_keeps_falling_without_underflow(
 
 def test_score_at_inverts_log_p_value_in_the_tail() -> None:
     cal = ModeCalibration(3, 1024)
-    cal.update(torch.cat([modes(1024, 0), modes(900, 1)]), torch.cat([gamma_scores(1024, 7), 40 + 3 * gamma_scores(900, 8)]))
+    cal.update(
+        torch.cat([modes(1024, 0), modes(900, 1)]), torch.cat([gamma_scores(1024, 7), 40 + 3 * gamma_scores(900, 8)])
+    )
     for k in (0, 1, 2):  # mode 2 has no scores: pooled
         for log_p in (math.log(0.049), math.log(1e-2), math.log(1e-3), math.log(1e-9), -200.0):
             s = cal.score_at(modes(1, k), log_p)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from streammoe.model.detector import MixtureDetector
 from streammoe.model.config import ModelConfig
+from streammoe.model.detector import MixtureDetector
 
 C = 5
 CENTERS = np.array(
@@ -63,7 +63,7 @@ def test_fit_finds_the_three_modes_with_their_weights(fitted) -> None:
 
 def test_normal_records_are_rarely_flagged_and_far_records_always(fitted) -> None:
     det = fitted
-    x, labels = draw(4000, (0.5, 0.3, 0.2), seed=2)
+    x, _labels = draw(4000, (0.5, 0.3, 0.2), seed=2)
     normal = det.score_many(x)
     assert normal.valid.all()
     assert normal.is_anomaly.mean() < 0.01, normal.is_anomaly.mean()  # nominal 1e-3
@@ -114,13 +114,13 @@ def snapshot(det: MixtureDetector) -> dict:
 
 
 def assert_same(a: dict, b: dict) -> None:
-    for key in a:
-        if isinstance(a[key], list):
-            assert len(a[key]) == len(b[key]) and all(torch.equal(u, v) for u, v in zip(a[key], b[key])), key
-        elif isinstance(a[key], torch.Tensor):
-            assert torch.equal(a[key], b[key]), key
+    for key, value in a.items():
+        if isinstance(value, list):
+            assert len(value) == len(b[key]) and all(torch.equal(u, v) for u, v in zip(value, b[key])), key
+        elif isinstance(value, torch.Tensor):
+            assert torch.equal(value, b[key]), key
         else:
-            assert a[key] == b[key], key
+            assert value == b[key], key
 
 
 def test_an_all_anomalous_batch_teaches_nothing(fitted) -> None:
@@ -154,7 +154,7 @@ def test_an_all_anomalous_batch_teaches_nothing(fitted) -> None:
 
 def test_non_finite_rows_are_flagged_and_the_rest_scored_normally(fitted) -> None:
     det = fitted
-    x, labels = draw(200, (0.5, 0.3, 0.2), seed=11)
+    x, _labels = draw(200, (0.5, 0.3, 0.2), seed=11)
     clean = det.score_many(x)
     mixed = x.copy()
     bad_rows = np.array([3, 50, 51, 120, 199])

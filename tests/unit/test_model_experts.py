@@ -151,7 +151,11 @@ def test_importance_weight_is_the_exact_marginal_under_the_exact_posterior() -> 
     a, c, sigma2 = orthogonal_columns(4, 2, 0), torch.tensor([1.0, -2.0, 0.5, 3.0], dtype=torch.float64), 0.3
     vae = linear_gaussian_vae(a, c, sigma2, exact_encoder=True)
     g = torch.Generator().manual_seed(0)
-    x = c + torch.randn(200, 2, generator=g, dtype=torch.float64) @ a.T + 0.55 * torch.randn(200, 4, generator=g, dtype=torch.float64)
+    x = (
+        c
+        + torch.randn(200, 2, generator=g, dtype=torch.float64) @ a.T
+        + 0.55 * torch.randn(200, 4, generator=g, dtype=torch.float64)
+    )
     truth = exact_log_marginal(x, a, c, sigma2)
     with torch.no_grad():
         log_w = vae.importance_samples(x, 16, generator=g).log_w[0]  # (S, B)
@@ -169,7 +173,9 @@ def test_iwae_approaches_the_exact_marginal_from_below_as_samples_grow() -> None
     a, c, sigma2 = orthogonal_columns(4, 2, 1), torch.zeros(4, dtype=torch.float64), 0.2
     vae = linear_gaussian_vae(a, c, sigma2, exact_encoder=False)  # a deliberately poor q
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(1500, 2, generator=g, dtype=torch.float64) @ a.T + math.sqrt(sigma2) * torch.randn(1500, 4, generator=g, dtype=torch.float64)
+    x = torch.randn(1500, 2, generator=g, dtype=torch.float64) @ a.T + math.sqrt(sigma2) * torch.randn(
+        1500, 4, generator=g, dtype=torch.float64
+    )
     truth = exact_log_marginal(x, a, c, sigma2)
     with torch.no_grad():
         gaps = {s: truth - vae.iwae(x, s, generator=g)[0] for s in (1, 8, 64, 1024)}

@@ -21,7 +21,9 @@ CHANNELS = ["flow", "pressure", "temp", "vibration"]
 def data(n: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     mode = rng.random(n) < 0.6
-    return (np.where(mode[:, None], [0.0, 5.0, 20.0, 1.0], [8.0, 5.0, 35.0, 3.0]) + rng.normal(0, 1, (n, 4))).astype(np.float32)
+    return (np.where(mode[:, None], [0.0, 5.0, 20.0, 1.0], [8.0, 5.0, 35.0, 3.0]) + rng.normal(0, 1, (n, 4))).astype(
+        np.float32
+    )
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +43,16 @@ def fresh(saved: str, tmp_path, name: str = "m") -> MixtureDetector:
 
 
 def assert_same_scores(a, b) -> None:
-    for field in ("nll", "log_p_value", "is_anomaly", "mode", "responsibilities", "channel_share", "epistemic", "aleatoric"):
+    for field in (
+        "nll",
+        "log_p_value",
+        "is_anomaly",
+        "mode",
+        "responsibilities",
+        "channel_share",
+        "epistemic",
+        "aleatoric",
+    ):
         np.testing.assert_array_equal(getattr(a, field), getattr(b, field), err_msg=field)
 
 
@@ -85,7 +96,9 @@ def test_a_format_1_model_loads_migrated_and_scores_as_it_did(tmp_path) -> None:
     probe = np.load(data / "model-v1-probe.npz")
     det = load_detector(tmp_path / "m", device="cpu", channels=["flow", "pressure", "temp"])
     m = det.model
-    assert torch.equal(m.experts.loc[0], m.scaler.mean.float()) and torch.allclose(m.experts.scale[1], m.scaler.std.float())
+    assert torch.equal(m.experts.loc[0], m.scaler.mean.float()) and torch.allclose(
+        m.experts.scale[1], m.scaler.std.float()
+    )
     assert float(m.replay.records[m.active][:, :16].abs().max()) > 10, "replay holds raw records (temp ~20-35)"
     scored = det.score_many(probe["x"])
     shift = float(torch.log(m.scaler.std).sum())
@@ -95,7 +108,9 @@ def test_a_format_1_model_loads_migrated_and_scores_as_it_did(tmp_path) -> None:
     np.testing.assert_array_equal(scored.is_anomaly, probe["is_anomaly"])
     det.learn_many(scored)
     save_detector(det, tmp_path / "again")
-    assert json.loads((tmp_path / "again" / "meta.json").read_text())["format_version"] == persistence.FORMAT_VERSION == 2
+    assert (
+        json.loads((tmp_path / "again" / "meta.json").read_text())["format_version"] == persistence.FORMAT_VERSION == 2
+    )
 
 
 @pytest.mark.parametrize("keep", [0, 100, "half"])
@@ -118,7 +133,9 @@ def test_missing_or_garbled_meta_is_refused(saved, tmp_path) -> None:
         load_detector(tmp_path / "m")
 
 
-@pytest.mark.parametrize("channels", [["flow", "pressure", "temp"], ["pressure", "flow", "temp", "vibration"], ["a", "b", "c", "d"]])
+@pytest.mark.parametrize(
+    "channels", [["flow", "pressure", "temp"], ["pressure", "flow", "temp", "vibration"], ["a", "b", "c", "d"]]
+)
 def test_a_different_channel_list_is_refused(saved, channels) -> None:
     with pytest.raises(ModelLoadError, match=r"fitted on channels \['flow', 'pressure', 'temp', 'vibration'\]"):
         load_detector(saved, channels=channels)

@@ -88,7 +88,9 @@ def test_reservoir_is_a_uniform_sample_of_the_mode_history() -> None:
         g = torch.Generator().manual_seed(t)
         for start in range(0, n, 128):
             stop = min(n, start + 128)
-            res.add(torch.zeros(stop - start, dtype=torch.long), torch.arange(start, stop, dtype=torch.float32)[:, None], g)
+            res.add(
+                torch.zeros(stop - start, dtype=torch.long), torch.arange(start, stop, dtype=torch.float32)[:, None], g
+            )
         early.append(float((res.from_mode(0)[:, 0] < n / 2).float().mean()))
     # Each kept record is from the first half with probability 1/2 (about; sd of the mean ~ 0.5/sqrt(6000)).
     assert abs(np.mean(early) - 0.5) < 0.03, np.mean(early)

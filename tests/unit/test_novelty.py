@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from modes_kit import C, NOVELTY, mode_a, mode_b, stream
+from modes_kit import NOVELTY, C, mode_a, mode_b, stream
 
-from streammoe.model.detector import MixtureDetector
 from streammoe.model.config import ModelConfig, NoveltyConfig
+from streammoe.model.detector import MixtureDetector
 
 
 @pytest.fixture()
@@ -21,7 +21,7 @@ def detector():
 
 def test_sustained_new_mode_adds_exactly_one_expert_and_alerts_stop(detector) -> None:
     rng = np.random.default_rng(1)
-    flags_a, events_a = stream(detector, mode_a(rng, 2000))
+    _flags_a, events_a = stream(detector, mode_a(rng, 2000))
     flags_b, events = stream(detector, mode_b(rng, 4000))
     assert events_a == []
     added = [e for e in events if e.kind == "mode_added"]
@@ -93,7 +93,9 @@ def test_scattered_anomalies_above_the_rate_trigger_never_make_an_expert_and_sti
     det.fit(mode_a(rng, 3000))
     x = mode_a(rng, 12_000)
     spikes = scattered(rng, len(x), 0.06)
-    x[spikes] += rng.normal(0, 1, (len(spikes), C)).astype(np.float32) * 20 + 20 * np.sign(rng.normal(size=(len(spikes), C)))
+    x[spikes] += rng.normal(0, 1, (len(spikes), C)).astype(np.float32) * 20 + 20 * np.sign(
+        rng.normal(size=(len(spikes), C))
+    )
     tried, lockin, flags = [], [], []
     for i in range(0, len(x), 1024):
         scored = det.score_many(x[i : i + 1024])
@@ -120,8 +122,9 @@ def test_a_mode_that_widened_is_unlocked_instead_of_alerting_for_long() -> None:
     # alone takes ~10,000 records to bring the alerts down; the lock-in check unlocks it within a few batches.
     def run(lockin_share: float) -> tuple[np.ndarray, int]:
         rng = np.random.default_rng(11)
-        det = MixtureDetector(C, ModelConfig(k_max=4, fit_steps=400, novelty=NOVELTY.model_copy(
-            update={"lockin_share": lockin_share})))
+        det = MixtureDetector(
+            C, ModelConfig(k_max=4, fit_steps=400, novelty=NOVELTY.model_copy(update={"lockin_share": lockin_share}))
+        )
         det.fit(mode_a(rng, 3000))
         flags, events = stream(det, mode_a(rng, 8000) * 1.6)
         assert [e for e in events if e.kind == "mode_added"] == []
@@ -159,7 +162,9 @@ def test_idle_expert_is_retired_and_duplicates_are_merged() -> None:
     rng = np.random.default_rng(5)
     two = np.concatenate([mode_a(rng, 2000), mode_b(rng, 2000)])
     cfg = ModelConfig(
-        k_max=4, fit_steps=400, half_life=500.0,
+        k_max=4,
+        fit_steps=400,
+        half_life=500.0,
         novelty=NoveltyConfig(retire_weight=0.05, retire_after=1500, merge_every=10**9),
     )
     det = MixtureDetector(C, cfg)
@@ -207,7 +212,9 @@ def test_drift_signal_fires_after_the_likelihood_level_changes_and_not_before() 
 def test_operator_marked_experts_are_never_retired_or_merged() -> None:
     rng = np.random.default_rng(8)
     cfg = ModelConfig(
-        k_max=4, fit_steps=400, half_life=500.0,
+        k_max=4,
+        fit_steps=400,
+        half_life=500.0,
         novelty=NoveltyConfig(retire_weight=0.05, retire_after=1500, merge_every=1000, merge_margin=1e6),
     )
     det = MixtureDetector(C, cfg)

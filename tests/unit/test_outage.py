@@ -6,11 +6,11 @@ import time
 
 from confluent_kafka import KafkaError
 
-from streammoe.testing.broker import free_port
 from streammoe.config import KafkaSettings
-from streammoe.metrics import Health, Metrics
 from streammoe.kafka.outage import BrokerWatch
 from streammoe.kafka.sink import Sink
+from streammoe.metrics import Health, Metrics
+from streammoe.testing.broker import free_port
 
 
 def test_an_outage_makes_the_daemon_unready_once_and_ends_cleanly() -> None:

@@ -7,18 +7,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streammoe.state.checkpoint import Checkpointer, ModelState
 from streammoe.config import Settings, SettingsError, load_settings
-from streammoe.model.detector import MixtureDetector
 from streammoe.model.config import ModelConfig
+from streammoe.model.detector import MixtureDetector
+from streammoe.state.checkpoint import Checkpointer, ModelState
 from streammoe.state.ownership import OwnedScopes
 
 CHANNELS = ["a", "b", "c"]
 
 
 def settings(tmp_path: Path, **scopes: object) -> Settings:
-    return Settings(records={"channels": CHANNELS}, checkpoint={"dir": tmp_path / "ckpt"},  # type: ignore[call-arg]
-                    scopes=scopes)
+    return Settings(
+        records={"channels": CHANNELS},
+        checkpoint={"dir": tmp_path / "ckpt"},  # type: ignore[call-arg]
+        scopes=scopes,
+    )
 
 
 class RecordingWriter:
@@ -42,8 +45,10 @@ def detector() -> MixtureDetector:
 
 
 def test_rows_are_grouped_by_scope_in_order_of_first_appearance(tmp_path: Path) -> None:
-    owned = OwnedScopes(settings(tmp_path, mode="group", group_pattern=r"^(line-\d+)-"), Checkpointer(
-        settings(tmp_path).checkpoint, CHANNELS))
+    owned = OwnedScopes(
+        settings(tmp_path, mode="group", group_pattern=r"^(line-\d+)-"),
+        Checkpointer(settings(tmp_path).checkpoint, CHANNELS),
+    )
     assets = ["line-2-pump", "line-1-fan", "line-2-fan", "other", "line-1-pump"]
     routes = owned.route(assets, np.array([3, 1, 3, 0, 1]))
     assert [(s, r.tolist()) for s, r in routes] == [("line-2", [0, 2]), ("line-1", [1, 4]), ("unassigned", [3])]
@@ -58,8 +63,9 @@ def test_the_global_scope_takes_every_row_whatever_its_partition(tmp_path: Path)
     assert owned.home == {}, "the global scope is never handed over"
 
 
-def test_a_revoke_snapshots_and_drops_only_the_scopes_of_the_revoked_partitions(tmp_path: Path,
-                                                                                detector: MixtureDetector) -> None:
+def test_a_revoke_snapshots_and_drops_only_the_scopes_of_the_revoked_partitions(
+    tmp_path: Path, detector: MixtureDetector
+) -> None:
     s = settings(tmp_path, mode="asset")
     owned = OwnedScopes(s, Checkpointer(s.checkpoint, CHANNELS))
     owned.writer = RecordingWriter()  # type: ignore[assignment]

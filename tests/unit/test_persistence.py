@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from streammoe.model.detector import MixtureDetector
 from streammoe.model.config import ModelConfig
+from streammoe.model.detector import MixtureDetector
 from streammoe.state.persistence import ModelDamagedError, ModelLoadError, load_detector, save_detector
 
 

@@ -113,8 +113,16 @@ def test_a_sustained_mix_of_poison_and_normal_records_grows_no_expert(fitted) ->
 
 
 def test_poison_is_a_sentinel_or_out_of_bounds_never_a_distance(fitted) -> None:
-    det = MixtureDetector(C, ModelConfig(k_max=3, fit_steps=150, n_samples=2, poison=PoisonConfig(
-        sentinel_values=[-9999.0], bounds={"c1": (-5.0, None), "c3": (None, 5.0)})), device="cpu")
+    det = MixtureDetector(
+        C,
+        ModelConfig(
+            k_max=3,
+            fit_steps=150,
+            n_samples=2,
+            poison=PoisonConfig(sentinel_values=[-9999.0], bounds={"c1": (-5.0, None), "c3": (None, 5.0)}),
+        ),
+        device="cpu",
+    )
     det.model.load_state_dict(fitted.model.state_dict())
     x = np.zeros((8, C), np.float32)
     x[0, 0] = 0.99e15  # under the sentinel magnitude: a huge but physical reading
@@ -185,8 +193,17 @@ def test_nan_likelihood_rows_alert_as_non_finite_and_teach_nothing(fitted, monke
     det.learn_many(scored)
     assert_same_state(det, before)
     assert det.counters["non_finite"] == 64
-    alert = build_alert(scored, 0, asset="a", ts=1, origin=Origin("t", 0, 7), channels=list("abcd"),
-                        expert_status=det.expert_status(), model_version="v", settings=AlertSettings())
+    alert = build_alert(
+        scored,
+        0,
+        asset="a",
+        ts=1,
+        origin=Origin("t", 0, 7),
+        channels=list("abcd"),
+        expert_status=det.expert_status(),
+        model_version="v",
+        settings=AlertSettings(),
+    )
     assert alert["reason"] == "non_finite" and alert["severity"] == "critical" and alert["score"] is None
 
 
@@ -229,8 +246,17 @@ def test_out_of_range_alert_names_its_reason_and_fits_the_schema(fitted) -> None
     x = normal(np.random.default_rng(6), 2)
     x[1, 2] = 1e30
     scored = det.score_many(x)
-    alert = build_alert(scored, 1, asset="a", ts=1, origin=Origin("t", 0, 8), channels=list("abcd"),
-                        expert_status=det.expert_status(), model_version="v", settings=AlertSettings())
+    alert = build_alert(
+        scored,
+        1,
+        asset="a",
+        ts=1,
+        origin=Origin("t", 0, 8),
+        channels=list("abcd"),
+        expert_status=det.expert_status(),
+        model_version="v",
+        settings=AlertSettings(),
+    )
     jsonschema.validate(alert, alert_schema())
     assert alert["reason"] == "out_of_range" and alert["severity"] == "critical"
     assert alert["top_channels"][0]["channel"] == "c"

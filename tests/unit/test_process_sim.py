@@ -100,8 +100,10 @@ def test_step_raises_the_cooling_water_inlet_temperature_by_5():
     normal, faulty = _pair("step", 0)
     d = faulty.column("reactor_cw_inlet_temp")[START:] - normal.column("reactor_cw_inlet_temp")[START:]
     assert abs(d.mean() - 5.0) < 0.05
-    assert (faulty.column("reactor_cw_valve")[START + 200 :].mean()
-            > normal.column("reactor_cw_valve")[START + 200 :].mean() + 1.5)
+    assert (
+        faulty.column("reactor_cw_valve")[START + 200 :].mean()
+        > normal.column("reactor_cw_valve")[START + 200 :].mean() + 1.5
+    )
 
 
 def test_drift_grows():
@@ -159,14 +161,17 @@ def test_abrupt_switch_parks_and_unparks_valves_and_is_not_a_fault():
     assert d_flow[390:400].mean() < 3700 and d_flow[700:800].mean() > 7900
 
 
-@pytest.mark.parametrize("bad", [
-    lambda: simulate(9, 10),
-    lambda: simulate(0),
-    lambda: simulate([(0, 0)]),
-    lambda: simulate(0, 100, faults=[Fault("step", 200)]),
-    lambda: Fault("leak", 10),
-    lambda: Fault("step", 10, end=5),
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        lambda: simulate(9, 10),
+        lambda: simulate(0),
+        lambda: simulate([(0, 0)]),
+        lambda: simulate(0, 100, faults=[Fault("step", 200)]),
+        lambda: Fault("leak", 10),
+        lambda: Fault("step", 10, end=5),
+    ],
+)
 def test_bad_arguments_are_refused(bad):
     with pytest.raises(ValueError):
         bad()
@@ -187,7 +192,8 @@ def test_dataset_writes_every_mode_and_fault_with_a_manifest(tmp_path):
     spec = DatasetSpec(train=100, test=100, fault_run=150, fault_start=50, modes=(0, 3), kinds=("step", "bias"))
     manifest = json.loads(write_dataset(tmp_path, seed=1, spec=spec).read_text())
     assert sorted(manifest["files"]) == sorted(
-        f"mode{m}.{p}.csv.gz" for m in (0, 3) for p in ("train", "test", "fault-step", "fault-bias"))
+        f"mode{m}.{p}.csv.gz" for m in (0, 3) for p in ("train", "test", "fault-step", "fault-bias")
+    )
     entry = manifest["files"]["mode3.fault-bias.csv.gz"]
     assert entry["fault"] == "bias" and entry["fault_start"] == 50 and entry["mode_name"] == MODES[3].name
     s = read_series(tmp_path / "mode3.fault-bias.csv.gz")

@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from benchmarks.perf import synthetic
-from streammoe.model.detector import MixtureDetector
 from streammoe.model.config import ModelConfig
+from streammoe.model.detector import MixtureDetector
 
 C, MODES = 38, 8
 

@@ -10,9 +10,9 @@ import orjson
 import pytest
 from conftest import consume_all
 
-from streammoe.testing.broker import free_port
 from streammoe.cli import main
 from streammoe.files.replay import ReplayError, TokenBucket, iter_records, parse_ts, replay
+from streammoe.testing.broker import free_port
 
 CSV = """timestamp,flow,temp,label
 1000,1.5,20.25,0
@@ -34,8 +34,10 @@ def test_parse_ts() -> None:
 def test_rows_without_timestamp_column_use_the_row_index(tmp_path: Path) -> None:
     f = tmp_path / "s.csv"
     f.write_text("flow,label\n1,0\n2,1\n")
-    assert list(iter_records(f, "p")) == [{"asset_id": "p", "ts": 0, "values": {"flow": 1.0}},
-                                          {"asset_id": "p", "ts": 1, "values": {"flow": 2.0}}]
+    assert list(iter_records(f, "p")) == [
+        {"asset_id": "p", "ts": 0, "values": {"flow": 1.0}},
+        {"asset_id": "p", "ts": 1, "values": {"flow": 2.0}},
+    ]
 
 
 def test_token_bucket_paces() -> None:
@@ -59,7 +61,11 @@ def test_replay_delivers_exactly_the_rows(broker: str, topic_name, tmp_path: Pat
     assert records == [
         {"asset_id": "pump-9", "ts": 1000, "values": {"flow": 1.5, "temp": 20.25}},
         {"asset_id": "pump-9", "ts": 1001, "values": {"flow": -2.0, "temp": 21.0}},
-        {"asset_id": "pump-9", "ts": 1002, "values": {"flow": 3.125, "temp": None}},  # a gap: the daemon dead-letters it
+        {
+            "asset_id": "pump-9",
+            "ts": 1002,
+            "values": {"flow": 3.125, "temp": None},
+        },  # a gap: the daemon dead-letters it
         {"asset_id": "pump-9", "ts": 1003, "values": {"flow": 0.001, "temp": 22.5}},
     ]
 
@@ -74,7 +80,9 @@ def test_cli_replay_counts_and_rate(broker: str, topic_name, tmp_path: Path, cap
     assert time.monotonic() - t0 >= 0.2  # 30 rows at 100/s, less the initial burst
     out = orjson.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert (out["rows"], out["delivered"], out["failed"]) == (30, 30, 0)
-    assert sorted(orjson.loads(m.value)["values"]["a"] for m in consume_all(broker, topic, expected=30)) == list(range(30))
+    assert sorted(orjson.loads(m.value)["values"]["a"] for m in consume_all(broker, topic, expected=30)) == list(
+        range(30)
+    )
 
 
 def test_missing_file_is_a_clear_error(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]

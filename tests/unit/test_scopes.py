@@ -14,8 +14,9 @@ def test_global_mode_sends_every_asset_to_one_scope() -> None:
 
 
 def test_group_mode_explicit_map_then_pattern_then_default() -> None:
-    m = ScopeMap(ScopeSettings(mode="group", group_pattern=r"^(line-[0-9]+)-", groups={"pump-7": "line-2"},
-                               default_group="misc"))
+    m = ScopeMap(
+        ScopeSettings(mode="group", group_pattern=r"^(line-[0-9]+)-", groups={"pump-7": "line-2"}, default_group="misc")
+    )
     assert m.scope_of("line-1-pump-3") == "line-1"
     assert m.scope_of("line-12-fan") == "line-12"
     assert m.scope_of("pump-7") == "line-2"
@@ -33,12 +34,15 @@ def test_asset_mode_gives_each_asset_its_own_safe_scope() -> None:
     assert safe_name("..") != safe_name(".")
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"mode": "group"}, "needs STREAMMOE_SCOPES__GROUP_PATTERN"),
-    ({"mode": "group", "group_pattern": "line-[0-9]+"}, "needs a capture group"),
-    ({"mode": "group", "group_pattern": "(unclosed"}, "not a regular expression"),
-    ({"mode": "per-asset"}, "Input should be"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"mode": "group"}, "needs STREAMMOE_SCOPES__GROUP_PATTERN"),
+        ({"mode": "group", "group_pattern": "line-[0-9]+"}, "needs a capture group"),
+        ({"mode": "group", "group_pattern": "(unclosed"}, "not a regular expression"),
+        ({"mode": "per-asset"}, "Input should be"),
+    ],
+)
 def test_bad_scope_settings_are_refused_with_the_reason(kwargs: dict, message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         ScopeSettings(**kwargs)

@@ -13,9 +13,9 @@ import urllib.request
 import pytest
 from confluent_kafka import Consumer, Producer
 
-from streammoe.testing.broker import free_port
 from streammoe.config import consumer_config, load_settings, producer_config
 from streammoe.metrics import Health, HttpServer, Metrics
+from streammoe.testing.broker import free_port
 
 SECRETS = {
     "STREAMMOE_KAFKA__SASL_PASSWORD": "hunter2-sasl-secret",
@@ -26,9 +26,13 @@ SECRETS = {
 
 def test_librdkafka_accepts_the_rendered_security_properties(monkeypatch: pytest.MonkeyPatch) -> None:
     """librdkafka rejects unknown property names and bad values at construction: render, then build real clients."""
-    for k, v in {**SECRETS, "STREAMMOE_KAFKA__SECURITY_PROTOCOL": "SASL_PLAINTEXT",
-                 "STREAMMOE_KAFKA__SASL_MECHANISM": "SCRAM-SHA-256", "STREAMMOE_KAFKA__SASL_USERNAME": "svc",
-                 "STREAMMOE_KAFKA__EXTRA": "{}"}.items():
+    for k, v in {
+        **SECRETS,
+        "STREAMMOE_KAFKA__SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+        "STREAMMOE_KAFKA__SASL_MECHANISM": "SCRAM-SHA-256",
+        "STREAMMOE_KAFKA__SASL_USERNAME": "svc",
+        "STREAMMOE_KAFKA__EXTRA": "{}",
+    }.items():
         monkeypatch.setenv(k, v)
     kafka = load_settings(records={"channels": ["a"]}).kafka
     consumer = Consumer(consumer_config(kafka))
@@ -49,15 +53,21 @@ def test_librdkafka_accepts_the_rendered_security_properties(monkeypatch: pytest
 def test_a_running_daemon_never_shows_secrets_in_logs_or_metrics(tmp_path) -> None:  # type: ignore[no-untyped-def]
     port = free_port()
     env = {
-        **os.environ, **SECRETS,
+        **os.environ,
+        **SECRETS,
         "STREAMMOE_KAFKA__BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",  # nobody listens: errors get logged
-        "STREAMMOE_KAFKA__SECURITY_PROTOCOL": "SASL_PLAINTEXT", "STREAMMOE_KAFKA__SASL_MECHANISM": "PLAIN",
-        "STREAMMOE_KAFKA__SASL_USERNAME": "svc", "STREAMMOE_RECORDS__CHANNELS": '["a", "b"]',
-        "STREAMMOE_CHECKPOINT__DIR": str(tmp_path / "ckpt"), "STREAMMOE_HTTP__PORT": str(port),
-        "STREAMMOE_LOG_FORMAT": "json", "STREAMMOE_LOG_LEVEL": "DEBUG",
+        "STREAMMOE_KAFKA__SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+        "STREAMMOE_KAFKA__SASL_MECHANISM": "PLAIN",
+        "STREAMMOE_KAFKA__SASL_USERNAME": "svc",
+        "STREAMMOE_RECORDS__CHANNELS": '["a", "b"]',
+        "STREAMMOE_CHECKPOINT__DIR": str(tmp_path / "ckpt"),
+        "STREAMMOE_HTTP__PORT": str(port),
+        "STREAMMOE_LOG_FORMAT": "json",
+        "STREAMMOE_LOG_LEVEL": "DEBUG",
     }
-    proc = subprocess.Popen([sys.executable, "-m", "streammoe.cli", "run"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streammoe.cli", "run"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     try:
         metrics = b""
         deadline = time.monotonic() + 30

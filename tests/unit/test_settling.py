@@ -4,15 +4,16 @@ anomalies in that mode keep alerting and the experts the model was fitted with n
 from __future__ import annotations
 
 import numpy as np
-from modes_kit import B_CENTRE, C, NOVELTY, mode_a, mode_b, stream
+from modes_kit import B_CENTRE, NOVELTY, C, mode_a, mode_b, stream
 
-from streammoe.model.detector import MixtureDetector
 from streammoe.model.config import ModelConfig
+from streammoe.model.detector import MixtureDetector
 
 
 def fitted(settle_records: int, seed: int = 0) -> MixtureDetector:
-    det = MixtureDetector(C, ModelConfig(k_max=4, fit_steps=400, novelty=NOVELTY.model_copy(
-        update={"settle_records": settle_records})))
+    det = MixtureDetector(
+        C, ModelConfig(k_max=4, fit_steps=400, novelty=NOVELTY.model_copy(update={"settle_records": settle_records}))
+    )
     det.fit(mode_a(np.random.default_rng(seed), 3000))
     return det
 
@@ -48,7 +49,9 @@ def test_scattered_anomalies_in_a_new_mode_still_alert_while_and_after_it_settle
     x = widening_b(rng, 1500, 20_000)
     late = np.arange(len(x)) >= 6000
     spikes = np.flatnonzero(late & (rng.random(len(x)) < 0.02))
-    x[spikes] += (rng.normal(0, 1, (len(spikes), C)) * 8 + 10 * np.sign(rng.normal(size=(len(spikes), C)))).astype(np.float32)
+    x[spikes] += (rng.normal(0, 1, (len(spikes), C)) * 8 + 10 * np.sign(rng.normal(size=(len(spikes), C)))).astype(
+        np.float32
+    )
     flags, events = stream(det, x)
     assert [e.kind for e in events] == ["mode_added"]
     normal = late.copy()

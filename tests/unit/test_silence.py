@@ -30,14 +30,18 @@ def test_record_time_silence_is_measured_against_the_newest_record_and_raised_on
     watch.seen(["b"], [ms + 59_000], [2])
     assert watch.check() == [], "59 s of record time"
     watch.seen(["b"], [ms + 61_000], [2])
-    assert watch.check() == [{"kind": "asset_silent", "asset": "a", "last_ts": ms, "silent_s": 61.0, "limit_s": 60,
-                              "clock": "ts"}]
+    assert watch.check() == [
+        {"kind": "asset_silent", "asset": "a", "last_ts": ms, "silent_s": 61.0, "limit_s": 60, "clock": "ts"}
+    ]
     watch.seen(["b"], [ms + 90_000], [2])
     assert watch.check() == [], "once per silence"
     assert watch.seen(["a"], [ms + 95_000], [0]) == [
-        {"kind": "asset_resumed", "asset": "a", "last_ts": ms, "ts": ms + 95_000, "silent_s": 95.0, "clock": "ts"}]
+        {"kind": "asset_resumed", "asset": "a", "last_ts": ms, "ts": ms + 95_000, "silent_s": 95.0, "clock": "ts"}
+    ]
     watch.seen(["b"], [ms + 601_000], [2])
-    assert [e["asset"] for e in watch.check()] == ["a", "slow"], "a again (a new silence), slow at its own limit, never exempt"
+    assert [e["asset"] for e in watch.check()] == ["a", "slow"], (
+        "a again (a new silence), slow at its own limit, never exempt"
+    )
 
 
 def test_wall_clock_silence_and_revoked_partitions_are_forgotten() -> None:

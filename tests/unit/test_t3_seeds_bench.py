@@ -29,8 +29,9 @@ def data_root(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def test_fits_are_cached_per_seed_and_learning_settings_reach_the_stream(data_root: Path, tmp_path: Path,
-                                                                        capsys) -> None:
+def test_fits_are_cached_per_seed_and_learning_settings_reach_the_stream(
+    data_root: Path, tmp_path: Path, capsys
+) -> None:
     cache = tmp_path / "fits"
     assert main(["--seeds", "0", "--pairs", "0", "--data-root", str(data_root), "--cache", str(cache)]) == 0
     out = json.loads(capsys.readouterr().out)

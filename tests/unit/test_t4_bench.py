@@ -77,8 +77,9 @@ def test_recall_at_far_picks_the_threshold_on_normal_rows():
 def test_switch_metrics_count_events_after_the_switch():
     flagged = np.zeros(1000, np.int8)
     flagged[500:650] = 1
-    ex = Extras(events=[(256, "mode_added", 1), (768, "mode_added", 2), (900, "mode_retired", 0)],
-                info={"experts_at_end": 3})
+    ex = Extras(
+        events=[(256, "mode_added", 1), (768, "mode_added", 2), (900, "mode_retired", 0)], info={"experts_at_end": 3}
+    )
     m = switch_metrics(flagged, 500, ex)
     assert m["far_old"] == 0 and m["far_new_1st_half"] == pytest.approx(0.6) and m["far_new_2nd_half"] == 0
     assert m["records_to_mode_added"] == 268 and m["mode_added"] == 1 and m["mode_added_before_switch"] == 1
@@ -95,7 +96,7 @@ def test_score_stream_reports_mode_events_with_their_row():
     added = [(row, ev) for row, ev in result.events if ev.kind == "mode_added"]
     assert added and 500 + NOVELTY.min_records <= added[0][0] <= len(x)
     assert added[0][0] % 128 == 0 or added[0][0] == len(x)
-    assert result.n_experts[added[0][0]:].min() > result.n_experts[:500].max()
+    assert result.n_experts[added[0][0] :].min() > result.n_experts[:500].max()
 
 
 def test_t4a_measures_far_per_mode_recall_per_kind_and_recall_at_far(tmp_path):
@@ -117,8 +118,9 @@ def test_t4a_measures_far_per_mode_recall_per_kind_and_recall_at_far(tmp_path):
 
 def test_t4b_streams_a_switch_to_an_unseen_mode(tmp_path):
     data = simulator_set(0, SMALL)
-    track = run_t4b(_opts(tmp_path, ("PCA-T2+Q", "PCA-T2+Q-window")), MultiModeOptions(data, ((3, 0),), 300),
-                    FitCache())
+    track = run_t4b(
+        _opts(tmp_path, ("PCA-T2+Q", "PCA-T2+Q-window")), MultiModeOptions(data, ((3, 0),), 300), FitCache()
+    )
     runs = {r.method: r for r in track.runs}
     assert runs["PCA-T2+Q"].metrics["far_new_2nd_half"] == 1.0, "a static peer alarms on the whole new mode"
     assert set(runs) == {"PCA-T2+Q", "PCA-T2+Q-window"}
@@ -143,8 +145,10 @@ def test_folder_source_reads_a_recorded_switch_run_and_its_mode_names(tmp_path):
 
     write_series(tmp_path / "a.train.csv.gz", simulate(0, 50, seed=1))
     write_series(tmp_path / "sw.csv.gz", simulate([(0, 40), (5, 40)], seed=2))
-    files = {"a.train.csv.gz": {"mode": 0, "mode_name": "base", "part": "train"},
-             "sw.csv.gz": {"part": "switch", "switch": [0, 5], "switch_at": 40, "mode_names": ["base", "turndown"]}}
+    files = {
+        "a.train.csv.gz": {"mode": 0, "mode_name": "base", "part": "train"},
+        "sw.csv.gz": {"part": "switch", "switch": [0, 5], "switch_at": 40, "mode_names": ["base", "turndown"]},
+    }
     (tmp_path / "manifest.json").write_text(json.dumps({"files": files}))
     data = folder_set(tmp_path)
     sw = data.switch(0, 5, 999, seed=0)
@@ -180,8 +184,24 @@ def test_splice_track_skips_without_smd_and_runs_with_it(tmp_path):
 
 def test_bench_command_runs_t4b_on_the_simulator_without_a_datasets_folder(tmp_path, capsys):
     out = tmp_path / "out"
-    code = main(["bench", "--tracks", "T4B", "--methods", "PCA-T2+Q-window", "--t4-pairs", "4->2",
-                 "--t4-records", "300", "--no-plots", "--out", str(out), "--data-root", str(tmp_path / "none")])
+    code = main(
+        [
+            "bench",
+            "--tracks",
+            "T4B",
+            "--methods",
+            "PCA-T2+Q-window",
+            "--t4-pairs",
+            "4->2",
+            "--t4-records",
+            "300",
+            "--no-plots",
+            "--out",
+            str(out),
+            "--data-root",
+            str(tmp_path / "none"),
+        ]
+    )
     assert code == 0
     report = (out / "report.md").read_text()
     assert "T4 (b)" in report and "4:h-only -> 2:h-rich-10/90" in report and "PCA-T2+Q-window" in report

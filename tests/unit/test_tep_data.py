@@ -37,7 +37,9 @@ def test_oscillation_moves_one_valve_within_its_travel():
     ctl = FaultyController(Echo(), FaultPlan("oscillation", start_h=0.0))
     actions = np.array([ctl.compute_action(np.zeros(41), time=t)[0] for t in np.linspace(0, 1, 41)])
     valve = actions[:, OSC_VALVE]
-    assert valve.max() == pytest.approx(50 + OSC_AMPLITUDE, abs=0.1) and valve.min() == pytest.approx(50 - OSC_AMPLITUDE, abs=0.1)
+    assert valve.max() == pytest.approx(50 + OSC_AMPLITUDE, abs=0.1) and valve.min() == pytest.approx(
+        50 - OSC_AMPLITUDE, abs=0.1
+    )
     others = np.delete(actions, OSC_VALVE, axis=1)
     assert (others == 50.0).all()
 

@@ -9,8 +9,15 @@ from streammoe.testing.settings import daemon_env, settings_from_env, topics_for
 
 
 def test_settings_from_env_reads_what_daemon_env_writes_an_empty_value_too(tmp_path: Path, monkeypatch) -> None:
-    env = daemon_env("127.0.0.1:9092", topics_for("in"), ["a", "b"], group="g", checkpoint_dir=tmp_path,
-                     kafka__scores_topic="", model__threshold=1e-3)
+    env = daemon_env(
+        "127.0.0.1:9092",
+        topics_for("in"),
+        ["a", "b"],
+        group="g",
+        checkpoint_dir=tmp_path,
+        kafka__scores_topic="",
+        model__threshold=1e-3,
+    )
     assert env["STREAMMOE_KAFKA__SCORES_TOPIC"] == ""
     here = settings_from_env(env)
     for name, value in env.items():
