@@ -100,7 +100,7 @@ class ModeCalibration(nn.Module):
     @torch.no_grad()
     def score_at(self, modes: Tensor, log_p: float) -> Tensor:
         """The score whose p-value is exp(log_p) in each record's mode (inverse of the tail model)."""
-        _, n_all, q_all, scale_all = self._tables()
+        _, _n_all, q_all, scale_all = self._tables()
         rows = self.rows_for(modes)
         return q_all[rows] + scale_all[rows] * (math.log(TAIL_FRACTION) - log_p)
 

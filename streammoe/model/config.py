@@ -38,14 +38,18 @@ class NoveltyConfig(BaseModel):
     enabled: bool = Field(True, description="Grow, retire and merge experts while learning online.")
     memory_size: int = Field(2000, ge=16, description="Unexplained records kept in the short-term memory (>= window).")
     min_records: int = Field(
-        500, ge=16, description="Unexplained records needed before a candidate expert is tried (a shorter burst never is)."
+        500,
+        ge=16,
+        description="Unexplained records needed before a candidate expert is tried (a shorter burst never is).",
     )
     window: int = Field(1000, ge=16, description="Recent records over which the unexplained share is measured.")
     min_density: float = Field(
         0.5, gt=0, le=1, description="Share of the recent window that must be unexplained (sustained, not scattered)."
     )
     fast_records: int = Field(
-        220, ge=0, description=(
+        220,
+        ge=0,
+        description=(
             "A dense run this long that lies far from every expert (fast_channels channels at least fast_shift of "
             "its spreads away from the nearest) is tried as a new mode at once, on its newest fast_records, and "
             "again every fast_retry records while it lasts (at most memory_size of them); 0 turns this off. A run near the known modes waits for "
@@ -53,7 +57,9 @@ class NoveltyConfig(BaseModel):
         ),
     )
     fast_shift: float = Field(
-        20.0, gt=0, description="Spreads (the nearest expert's own scale) a channel's run median must move to count as far."
+        20.0,
+        gt=0,
+        description="Spreads (the nearest expert's own scale) a channel's run median must move to count as far.",
     )
     fast_channels: int = Field(
         4, ge=1, description="Channels that must move that far: a setpoint change moves many coherently, a fault a few."
@@ -61,9 +67,13 @@ class NoveltyConfig(BaseModel):
     fast_density: float = Field(
         0.9, gt=0, le=1, description="Share of the records since the run began that must be unexplained for a fast try."
     )
-    fast_retry: int = Field(100, ge=1, description="Records between fast tries of one run (its newest records each time).")
+    fast_retry: int = Field(
+        100, ge=1, description="Records between fast tries of one run (its newest records each time)."
+    )
     fast_settled: float = Field(
-        3.0, gt=0, description=(
+        3.0,
+        gt=0,
+        description=(
             "A fast candidate is accepted once the median of the run's newest holdout_fraction is within this many "
             "of the candidate's spreads of the older records' median on every channel (settled, not moving)."
         ),
@@ -72,19 +82,26 @@ class NoveltyConfig(BaseModel):
         10_000, ge=16, description="Records over which a sustained rate of scattered unexplained records is measured."
     )
     min_rate: float = Field(
-        0.04, ge=0, le=1, description=(
+        0.04,
+        ge=0,
+        le=1,
+        description=(
             "Unexplained share of the last rate_window records (about 1 % when nothing changed) that tries a "
             "candidate on them even when scattered in time; 0 turns this trigger off."
         ),
     )
     rate_max_excess: float = Field(
-        0.0, description=(
+        0.0,
+        description=(
             "A candidate from scattered records is accepted only if its median NLL on the held-out ones is at most "
             "the pooled calibration's score at learn_threshold plus this many nats (as tight as a known mode)."
         ),
     )
     lockin_share: float = Field(
-        0.0, ge=0, le=1, description=(
+        0.0,
+        ge=0,
+        le=1,
+        description=(
             "Off by default (0). When > 0, an expert whose unexplained share over about its last lockin_window "
             "records reaches this is tested for lock-in: if a refit on those records is as tight as a known mode and "
             "keeps its own records, its calibration's clipped tail is re-measured with them (novelty/lockin.py). "
@@ -93,31 +110,44 @@ class NoveltyConfig(BaseModel):
         ),
     )
     lockin_window: int = Field(
-        2000, ge=16, description=(
+        2000,
+        ge=16,
+        description=(
             "Records of one expert over which its unexplained share is measured (decayed by e per this many); it is "
             "tested once the share reached lockin_share, 32 of its records went unexplained and lockin_window/2 "
             "stream records went by since its last test (or its start)."
         ),
     )
-    lockin_steps: int = Field(300, ge=1, description="Gradient steps of the lock-in refit (a warm-started copy; only a test).")
+    lockin_steps: int = Field(
+        300, ge=1, description="Gradient steps of the lock-in refit (a warm-started copy; only a test)."
+    )
     lockin_margin: float = Field(
-        2.0, ge=0, description="The lock-in refit may lose at most this many nats (median) on the expert's held-out replay records."
+        2.0,
+        ge=0,
+        description="The lock-in refit may lose at most this many nats (median) on the expert's held-out replay records.",
     )
     settle_records: int = Field(
-        30_000, ge=0, description=(
+        30_000,
+        ge=0,
+        description=(
             "Records after an expert is added during which it may still be settling: while its unexplained share "
             "is at least settle_share, its records enter its calibration unclipped, so a mode wider than the "
             "memory it was trained on is measured instead of locked in (novelty/settling.py). 0 turns it off."
         ),
     )
     settle_share: float = Field(
-        0.03, gt=0, le=1, description=(
+        0.03,
+        gt=0,
+        le=1,
+        description=(
             "Unexplained share (over about the expert's last lockin_window records) at which a new expert is taken "
             "to be settling; about 1 % when calibrated, so scattered anomalies at twice that (tested at 2 %) stay "
             "clipped and alerting."
         ),
     )
-    holdout_fraction: float = Field(0.3, gt=0, lt=1, description="Latest share of the memory the candidate must explain.")
+    holdout_fraction: float = Field(
+        0.3, gt=0, lt=1, description="Latest share of the memory the candidate must explain."
+    )
     min_gain: float = Field(
         10.0, ge=0, description="Median log-likelihood gain (nats per record) of the candidate over the mixture."
     )
@@ -125,7 +155,9 @@ class NoveltyConfig(BaseModel):
         0.8, gt=0, le=1, description="Share of held-out memory records the candidate must explain at its own 99th pct."
     )
     candidate_steps: int = Field(
-        250, ge=1, description="Gradient steps to train a candidate expert, in the batch that tries it (bounded, "
+        250,
+        ge=1,
+        description="Gradient steps to train a candidate expert, in the batch that tries it (bounded, "
         "deterministic given the input order). 600 made a 46-channel candidate learn its ~350 records by heart.",
     )
     replace_weight: float = Field(
@@ -168,7 +200,10 @@ class ModelConfig(BaseModel):
         1e-2, gt=0, lt=1, description="Only records with a p-value at or above this teach the model."
     )
     clip_threshold: float | None = Field(
-        None, gt=0, lt=1, description=(
+        None,
+        gt=0,
+        lt=1,
+        description=(
             "Scores of records with a p-value below this enter the calibration clipped to its score (None: "
             "learn_threshold). At the alert threshold (1e-3) learning lowered a simulated mode's false alarms "
             "(0.144 without learning -> 0.074) instead of raising them (0.212), but anomalies past 1 % of an "
@@ -180,7 +215,9 @@ class ModelConfig(BaseModel):
     learning_rate: float = Field(1e-3, gt=0, description="Adam step size, offline and online.")
     learn_batch: int = Field(256, ge=1, description="At most this many records of a batch per online step.")
     learn_every: int = Field(
-        1, ge=1, description="The experts' gradient step runs on every Nth batch with records to learn (1: every "
+        1,
+        ge=1,
+        description="The experts' gradient step runs on every Nth batch with records to learn (1: every "
         "batch); weights, calibration, replay, drift and the novelty memory still see every record. 4 makes "
         "learning 1.8x cheaper with T2 within noise, but a scattered recurring new mode was added later.",
     )
@@ -190,7 +227,9 @@ class ModelConfig(BaseModel):
     fit_steps: int = Field(3000, ge=1, description="Gradient steps when fitting from files.")
     fit_batch: int = Field(256, ge=1, description="Records per gradient step when fitting.")
     k_tolerance: float = Field(
-        0.2, ge=0, description="A fit keeps the fewest clusters whose held-out log-likelihood is within this many nats "
+        0.2,
+        ge=0,
+        description="A fit keeps the fewest clusters whose held-out log-likelihood is within this many nats "
         "per record and channel of the best number's (model/fitting.py): a split of one mode gains little per channel.",
     )
     min_expert_weight: float = Field(

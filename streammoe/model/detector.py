@@ -17,15 +17,15 @@ import torch
 
 from streammoe.model.config import ModelConfig
 from streammoe.model.fitting import FitReport, fit_mixture
-from streammoe.model.learning import ExpertLearner
+from streammoe.model.learning import ExpertLearner, replay_step
 from streammoe.model.mixture import (
     STATUS_CONFIRMED,
     STATUS_FAULT,
     STATUS_LEARNED,
-    Evaluation,
     MixtureOfVAEs,
 )
 from streammoe.model.poison import PhysicalLimits
+from streammoe.model.scoring import ScoredBatch, score_records
 from streammoe.novelty.drift import LikelihoodDrift
 from streammoe.novelty.events import ModeEvent
 from streammoe.novelty.growth import try_grow
@@ -35,50 +35,9 @@ from streammoe.novelty.settling import settling
 
 STATUSES = {"learned": STATUS_LEARNED, "confirmed": STATUS_CONFIRMED, "fault": STATUS_FAULT}
 
-LOG10 = math.log(10.0)
-
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-@dataclass
-class ScoredBatch:
-    """Per-record results of `score_many` as numpy arrays (length B; `responsibilities` and
-    `channel_share` are (B, k_max) and (B, C)). Rows whose input or likelihood was not finite have `valid`
-    False, mode -1; rows with a sentinel reading or one outside its physical bounds (model/poison.py) have
-    `in_range` False. Both always alert and never teach the model."""
-
-    nll: np.ndarray
-    log_p_value: np.ndarray
-    score: np.ndarray  # -log10(p-value): calibrated, so one threshold means the same in every mode
-    is_anomaly: np.ndarray
-    mode: np.ndarray
-    mode_entropy: np.ndarray
-    epistemic: np.ndarray
-    aleatoric: np.ndarray
-    responsibilities: np.ndarray
-    channel_share: np.ndarray
-    valid: np.ndarray
-    in_range: np.ndarray
-    threshold: float
-    evaluation: Evaluation | None = field(default=None, repr=False)
-    usable_rows: torch.Tensor | None = field(default=None, repr=False)  # valid and in range: may teach the model
-    refs: torch.Tensor | None = field(default=None, repr=False)
-    timestamps: torch.Tensor | None = field(default=None, repr=False)
-
-    def __len__(self) -> int:
-        return len(self.score)
-
-    @property
-    def p_value(self) -> np.ndarray:
-        return np.exp(self.log_p_value)
-
-    def top_channels(self, i: int, n: int = 3) -> list[tuple[int, float]]:
-        """The `n` channels with the largest share of record i's misfit, as (channel index, share)."""
-        share = self.channel_share[i]
-        order = np.argsort(-share)[:n]
-        return [(int(c), float(share[c])) for c in order]
 
 
 @dataclass
@@ -91,6 +50,19 @@ class LearnReport:
     stepped: bool = False  # the experts' gradient step ran (not on batches amortised by ModelConfig.learn_every)
     unlocked: list[int] = field(default_factory=list)  # experts whose lock-in was broken (novelty/lockin.py)
     lockin: str = ""  # why a lock-in test was rejected, if one was tried
+
+
+@torch.no_grad()
+def calibrate_capped(model: MixtureOfVAEs, modes: torch.Tensor, nll: torch.Tensor) -> None:
+    """Teach the per-mode calibration these records' scores, each capped at the score of the clip p-value (the
+    learn threshold by default), so one outlier cannot stretch a mode's tail; a mode still settling (novelty/
+    settling.py) takes its scores uncapped."""
+    cfg = model.config
+    clip_p = cfg.learn_threshold if cfg.clip_threshold is None else cfg.clip_threshold
+    cap = model.calibration.score_at(modes, math.log(clip_p))
+    if cfg.novelty.enabled and cfg.novelty.settle_records > 0:
+        cap = torch.where(settling(model)[modes], torch.full_like(cap, math.inf), cap)
+    model.calibration.update(modes, torch.minimum(nll, cap))
 
 
 class MixtureDetector:
@@ -115,8 +87,14 @@ class MixtureDetector:
         self.generator.manual_seed(self.config.seed)
         self.learner = ExpertLearner(self.model, self.generator)
         self.counters = {
-            "records_scored": 0, "records_learned": 0, "steps_skipped": 0, "non_finite": 0, "out_of_range": 0,
-            "drifts": 0, "steps": 0, "unlocks": 0,
+            "records_scored": 0,
+            "records_learned": 0,
+            "steps_skipped": 0,
+            "non_finite": 0,
+            "out_of_range": 0,
+            "drifts": 0,
+            "steps": 0,
+            "unlocks": 0,
         }
         self._batches_to_step = 1  # the first batch with records to learn takes a step
         self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # learnable rows since the last step
@@ -145,17 +123,6 @@ class MixtureDetector:
         if self.device.type == "cuda" and staged:
             host = host.pin_memory()
         return host.to(self.device, non_blocking=staged)
-
-    def _to_host(self, *tensors: torch.Tensor) -> list[np.ndarray]:
-        """Device tensors as numpy arrays: on a GPU, every copy into page-locked memory is queued first and the
-        stream is synchronised once per batch, not once per array."""
-        if self.device.type == "cpu":
-            return [t.numpy() for t in tensors]
-        host = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for t in tensors]
-        for h, t in zip(host, tensors):
-            h.copy_(t, non_blocking=True)
-        torch.cuda.current_stream(self.device).synchronize()
-        return [h.numpy() for h in host]
 
     def accelerate(self, compile: bool = False, precision: str = "float32") -> None:
         """How the E-step runs, not what the model learns: `compile` wraps it in torch.compile (CPU or GPU; the
@@ -196,7 +163,9 @@ class MixtureDetector:
             raise ValueError(f"expert {expert} is not active (active: {sorted(self.expert_status())})")
         self.model.status[expert] = STATUSES[status]
 
-    def score_many(self, x: np.ndarray, refs: np.ndarray | None = None, timestamps: np.ndarray | None = None) -> ScoredBatch:
+    def score_many(
+        self, x: np.ndarray, refs: np.ndarray | None = None, timestamps: np.ndarray | None = None
+    ) -> ScoredBatch:
         """Score records (B, C) against what was learned so far; never learns.
 
         `refs` and `timestamps` (int64, one per record; default: the running record count) are opaque to the
@@ -205,38 +174,9 @@ class MixtureDetector:
         start = self.counters["records_scored"]
         refs_t = torch.as_tensor(np.arange(start, start + b) if refs is None else np.asarray(refs, np.int64))
         ts_t = torch.as_tensor(np.zeros(b, np.int64) if timestamps is None else np.asarray(timestamps, np.int64))
-        scored = self._score(x)
+        scored = score_records(self.model, self.config, self.limits, self._tensor(x), self.generator, self.counters)
         scored.refs, scored.timestamps = refs_t.to(self.device), ts_t.to(self.device)
         return scored
-
-    @torch.inference_mode()
-    def _score(self, x: np.ndarray) -> ScoredBatch:
-        xt = self._tensor(x)
-        b = xt.shape[0]
-        valid = torch.isfinite(xt).all(dim=1)
-        xt = torch.where(valid[:, None], xt, torch.zeros_like(xt))
-        in_range = ~self.limits.poisoned(xt)
-        ev = self.model.evaluate(xt, self.config.n_samples, self.generator)
-        finite = valid & torch.isfinite(ev.log_px)
-        self.counters["non_finite"] += int((valid & ~finite).sum())
-        self.counters["out_of_range"] += int((finite & ~in_range).sum())
-        nll = torch.where(finite, -ev.log_px, torch.full_like(ev.log_px, math.nan))
-        mode = torch.where(finite, ev.mode, torch.full_like(ev.mode, -1))
-        log_p = self.model.calibration.log_p_value(mode.clamp(min=0), nll)
-        log_p = torch.where(finite, log_p, torch.full_like(log_p, -math.inf))
-        fault = self.model.status[mode.clamp(min=0)] == STATUS_FAULT
-        is_anomaly = (log_p < math.log(self.config.threshold)) | (fault & finite) | ~finite | ~in_range
-        share = ev.channel_nll / ev.channel_nll.sum(1, keepdim=True).clamp(min=1e-12)
-        self.counters["records_scored"] += b
-        nll_h, log_p_h, score_h, anomaly_h, mode_h, entropy_h, epi_h, ale_h, resp_h, share_h, finite_h, range_h = (
-            self._to_host(nll, log_p, -log_p / LOG10, is_anomaly, mode, ev.entropy, ev.epistemic, ev.aleatoric,
-                          ev.resp, share, finite, in_range))
-        return ScoredBatch(
-            nll_h, log_p_h, score_h, anomaly_h, mode_h, entropy_h, epi_h, ale_h, resp_h, share_h, finite_h, range_h,
-            threshold=self.config.threshold,
-            evaluation=ev,
-            usable_rows=finite & in_range,
-        )
 
     def learn_many(self, scored: ScoredBatch) -> LearnReport:
         """Learn from the records of a scored batch that were judged normal (never from flagged ones).
@@ -252,12 +192,7 @@ class MixtureDetector:
         not_fault = model.status[ev.mode] != STATUS_FAULT
         calibrate = usable & not_fault
         learn = calibrate & (log_p >= math.log(cfg.learn_threshold))
-        with torch.no_grad():
-            clip_p = cfg.learn_threshold if cfg.clip_threshold is None else cfg.clip_threshold
-            cap = model.calibration.score_at(ev.mode[calibrate], math.log(clip_p))
-            if cfg.novelty.enabled and cfg.novelty.settle_records > 0:
-                cap = torch.where(settling(model)[ev.mode[calibrate]], torch.full_like(cap, math.inf), cap)
-            model.calibration.update(ev.mode[calibrate], torch.minimum(nll[calibrate], cap))
+        calibrate_capped(model, ev.mode[calibrate], nll[calibrate])
         n = int(learn.sum())
         report = LearnReport(learned=n, drift=self.drift.update(nll[usable]))
         self.counters["drifts"] += report.drift
@@ -279,22 +214,18 @@ class MixtureDetector:
         self._batches_to_step = cfg.learn_every
         if len(self._pending) > 1:  # the step draws from every batch since the last one, not only this one
             x, resp = (torch.cat(t) for t in zip(*self._pending))
-            n = x.shape[0]
         self._pending = []
         report.stepped = True
-        if n > cfg.learn_batch:
-            pick = torch.randperm(n, generator=self.generator, device=self.device)[: cfg.learn_batch]
-            x, resp = x[pick], resp[pick]
-        replay_x, replay_ids = model.replay.sample(model.active, cfg.replay_per_step, self.generator)
-        replay_r = torch.nn.functional.one_hot(replay_ids, cfg.k_max).to(resp.dtype)
-        step = self.learner.step(torch.cat([x, replay_x]), torch.cat([resp, replay_r]))
+        step = replay_step(self.learner, x, resp, cfg, self.generator)
         if not step.applied:
             self.counters["steps_skipped"] += 1
             report.skipped_step = step.reason
         self.counters["steps"] += 1
         return report
 
-    def _novelty(self, scored: ScoredBatch, usable: torch.Tensor, unexplained: torch.Tensor, report: LearnReport) -> None:
+    def _novelty(
+        self, scored: ScoredBatch, usable: torch.Tensor, unexplained: torch.Tensor, report: LearnReport
+    ) -> None:
         """Remember unexplained records; grow an expert from a sustained coherent run; retire and merge."""
         model, ev = self.model, scored.evaluation
         assert ev is not None and scored.refs is not None and scored.timestamps is not None

@@ -145,7 +145,9 @@ class StackedVAE(nn.Module):
         eps = self.draw_eps(w["enc_w1"].shape[0], n_samples, x, generator)
         return importance_from_eps(x, eps, w)
 
-    def iwae(self, x: Tensor, n_samples: int, idx: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
+    def iwae(
+        self, x: Tensor, n_samples: int, idx: Tensor | None = None, generator: torch.Generator | None = None
+    ) -> Tensor:
         """IWAE bound on log p_k(x) of raw records, (K, B); equals the (sampled) ELBO for one sample, tightens as S
         grows."""
         s = self.importance_samples(x, n_samples, idx, generator)

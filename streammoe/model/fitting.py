@@ -64,7 +64,9 @@ def choose_clusters(
         models[n] = gmm.fit(train)
         ll[n] = float(gmm.score(hold)) / xs.shape[1] if n_hold else float("nan")
     best = max(ll.values()) if n_hold else float("nan")
-    chosen = min((n for n in candidates if ll[n] >= best - tolerance), default=candidates[0]) if n_hold else candidates[0]
+    chosen = (
+        min((n for n in candidates if ll[n] >= best - tolerance), default=candidates[0]) if n_hold else candidates[0]
+    )
     gmm = models[chosen]
     keep = np.flatnonzero(gmm.weights_ >= min_weight) if k is None else np.arange(gmm.n_components)
     if keep.size == 0:
@@ -87,8 +89,9 @@ def fit_mixture(
     xs = model.scaler.transform(x)
     if k is not None and k > cfg.k_max:
         raise ValueError(f"k={k} experts do not fit in k_max={cfg.k_max} slots")
-    labels_np, k_sel, heldout = choose_clusters(xs.cpu().numpy(), fit_capacity(cfg.k_max), k, cfg.min_expert_weight,
-                                                cfg.seed, cfg.k_tolerance)
+    labels_np, k_sel, heldout = choose_clusters(
+        xs.cpu().numpy(), fit_capacity(cfg.k_max), k, cfg.min_expert_weight, cfg.seed, cfg.k_tolerance
+    )
     labels = torch.as_tensor(labels_np, device=x.device)
     with torch.no_grad():
         model.experts.active.zero_()
@@ -117,7 +120,9 @@ def fit_mixture(
     n_steps = min(cfg.fit_steps, max(MIN_STEPS, MAX_EPOCHS * len(train) // cfg.fit_batch))
     hard_steps = int(n_steps * HARD_PHASE)
     for step in range(n_steps):
-        batch = train[torch.randint(len(train), (min(cfg.fit_batch, len(train)),), generator=generator, device=x.device)]
+        batch = train[
+            torch.randint(len(train), (min(cfg.fit_batch, len(train)),), generator=generator, device=x.device)
+        ]
         result = learner.step(x[batch], hard[batch] if step < hard_steps else None)
         report.skipped_steps += not result.applied
         report.final_loss = result.loss

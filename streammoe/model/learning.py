@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
+from streammoe.model.config import ModelConfig
 from streammoe.model.mixture import MixtureOfVAEs
 
 MAX_GRAD_NORM = 10.0
@@ -73,3 +74,18 @@ class ExpertLearner:
             return StepResult(False, float(loss.detach()), "non-finite gradient")
         self.optimizer.step()
         return StepResult(True, float(loss.detach()))
+
+
+def replay_step(
+    learner: ExpertLearner, x: Tensor, resp: Tensor, cfg: ModelConfig, generator: torch.Generator | None = None
+) -> StepResult:
+    """The online step: at most `learn_batch` of the records to learn (a random draw), plus `replay_per_step`
+    records from the experts' reservoirs with hard labels, so modes not seen lately are not forgotten."""
+    model = learner.model
+    n = x.shape[0]
+    if n > cfg.learn_batch:
+        pick = torch.randperm(n, generator=generator, device=x.device)[: cfg.learn_batch]
+        x, resp = x[pick], resp[pick]
+    replay_x, replay_ids = model.replay.sample(model.active, cfg.replay_per_step, generator)
+    replay_r = torch.nn.functional.one_hot(replay_ids, cfg.k_max).to(resp.dtype)
+    return learner.step(torch.cat([x, replay_x]), torch.cat([resp, replay_r]))

@@ -108,8 +108,9 @@ class ShortTermMemory(nn.Module):
         self.assigned.mul_(decay).add_(n)
         self.misfits.mul_(decay).add_(torch.bincount(mode[unexplained], minlength=k)[:k].to(self.misfits.dtype))
         self.since_test += mode.shape[0]
-        total = torch.tensor([mode.shape[0], int(unexplained.sum())], dtype=self.stream_counts.dtype,
-                             device=self.stream_counts.device)
+        total = torch.tensor(
+            [mode.shape[0], int(unexplained.sum())], dtype=self.stream_counts.dtype, device=self.stream_counts.device
+        )
         self.stream_counts.mul_(math.exp(-mode.shape[0] / self.cfg.lockin_window)).add_(total)
 
     @torch.no_grad()
@@ -137,8 +138,11 @@ class ShortTermMemory(nn.Module):
         stream_share = float(self.stream_counts[1] / self.stream_counts[0].clamp(min=1.0))
         if stream_share < self.cfg.lockin_share:
             return []
-        hit = (self.misfits >= MIN_MISFITS) & (share >= self.cfg.lockin_share) & (
-            self.since_test >= self.cfg.lockin_window // 2)
+        hit = (
+            (self.misfits >= MIN_MISFITS)
+            & (share >= self.cfg.lockin_share)
+            & (self.since_test >= self.cfg.lockin_window // 2)
+        )
         out = [(int(k), float(share[k])) for k in torch.nonzero(hit).flatten()]
         for k, _ in out:
             self.reset_expert(k)

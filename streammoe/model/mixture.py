@@ -130,8 +130,15 @@ class MixtureOfVAEs(nn.Module):
         resp = torch.zeros((b, k_max), dtype=x.dtype, device=x.device)
         resp[:, idx] = resp_a.T
         return Evaluation(
-            x=x, log_px=log_px, log_pk=log_pk, resp=resp, mode=idx[mode_a], entropy=entropy,
-            epistemic=epistemic, aleatoric=aleatoric, channel_nll=channel_nll,
+            x=x,
+            log_px=log_px,
+            log_pk=log_pk,
+            resp=resp,
+            mode=idx[mode_a],
+            entropy=entropy,
+            epistemic=epistemic,
+            aleatoric=aleatoric,
+            channel_nll=channel_nll,
         )
 
     def _statistics(self) -> Callable[..., tuple[Tensor, ...]]:
@@ -143,7 +150,9 @@ class MixtureOfVAEs(nn.Module):
         return _COMPILED
 
 
-_COMPILED: Callable[..., tuple[Tensor, ...]] | None = None  # one compiled chunk_statistics per process, shared by every model
+_COMPILED: Callable[..., tuple[Tensor, ...]] | None = (
+    None  # one compiled chunk_statistics per process, shared by every model
+)
 
 
 def chunk_statistics(

@@ -17,7 +17,6 @@ class DirichletWeights(nn.Module):
 
     gamma: torch.Tensor
 
-
     def __init__(self, k_max: int, alpha0: float = 1.0, half_life: float = 20_000.0) -> None:
         super().__init__()
         self.alpha0 = float(alpha0)

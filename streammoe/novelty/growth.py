@@ -70,8 +70,15 @@ def _context(model: MixtureOfVAEs, x: torch.Tensor, generator: torch.Generator |
 
 
 @torch.no_grad()
-def judge(model: MixtureOfVAEs, cand: StackedVAE, train: torch.Tensor, hold: torch.Tensor,
-          generator: torch.Generator | None, trigger: str = "run", far: torch.Tensor | None = None) -> Verdict:
+def judge(
+    model: MixtureOfVAEs,
+    cand: StackedVAE,
+    train: torch.Tensor,
+    hold: torch.Tensor,
+    generator: torch.Generator | None,
+    trigger: str = "run",
+    far: torch.Tensor | None = None,
+) -> Verdict:
     """Accept a candidate trained on `train` if it explains the newer `hold` (see the module's docstring; a fast
     try, with the `far` channels of a run far from every expert, is judged on whether it has settled instead)."""
     cfg = model.config
@@ -145,7 +152,9 @@ def try_grow(
         & (model.status == STATUS_LEARNED)  # an operator's verdict is never replaced automatically
     )
     lightest = int(torch.where(mature, weights, torch.full_like(weights, 2.0)).argmin())
-    if free.numel() == 0 and (not bool(mature.any()) or float(weights[lightest]) >= model.config.novelty.replace_weight):
+    if free.numel() == 0 and (
+        not bool(mature.any()) or float(weights[lightest]) >= model.config.novelty.replace_weight
+    ):
         memory.forget()
         return [], Verdict(False, float("nan"), float("nan"), "no free expert slot (k_max reached)")
     seen = memory.contents(trigger)
@@ -166,7 +175,9 @@ def try_grow(
     events: list[ModeEvent] = []
     if free.numel() == 0:
         # At capacity: the lightest expert (below replace_weight) makes room for the mode that is here now.
-        events.append(ModeEvent("mode_retired", lightest, 0, detail={"weight": float(weights[lightest]), "replaced": 1.0}))
+        events.append(
+            ModeEvent("mode_retired", lightest, 0, detail={"weight": float(weights[lightest]), "replaced": 1.0})
+        )
         deactivate(model, lightest)
         learner.reset_expert_state(lightest)
         slot = lightest
@@ -187,9 +198,16 @@ def try_grow(
     model.replay.add(ev_train.mode, train, generator)
     ev_hold = model.evaluate(hold, s, generator)
     model.calibration.update(ev_hold.mode, -ev_hold.log_px)
-    events.append(ModeEvent(
-        kind="mode_added", expert=slot, size=n,
-        first_ref=int(seen.ref[0]), last_ref=int(seen.ref[-1]), first_ts=int(seen.ts[0]), last_ts=int(seen.ts[-1]),
-        detail={"gain": round(verdict.gain, 3), "explained": round(verdict.explained, 3)},
-    ))
+    events.append(
+        ModeEvent(
+            kind="mode_added",
+            expert=slot,
+            size=n,
+            first_ref=int(seen.ref[0]),
+            last_ref=int(seen.ref[-1]),
+            first_ts=int(seen.ts[0]),
+            last_ts=int(seen.ts[-1]),
+            detail={"gain": round(verdict.gain, 3), "explained": round(verdict.explained, 3)},
+        )
+    )
     return events, verdict

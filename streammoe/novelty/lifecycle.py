@@ -52,8 +52,11 @@ def merge_duplicates(model: MixtureOfVAEs, generator: torch.Generator | None) ->
                 k_keep, k_drop = int(idx[keep]), int(idx[drop])
                 model.weights.gamma[k_keep] += model.weights.gamma[k_drop]
                 event = ModeEvent(
-                    "mode_merged", k_drop, int(torch.clamp(model.replay.seen[k_drop], max=model.replay.size)),
-                    into=k_keep, detail={"margin": float(ll[drop, drop] - ll[drop, keep])},
+                    "mode_merged",
+                    k_drop,
+                    int(torch.clamp(model.replay.seen[k_drop], max=model.replay.size)),
+                    into=k_keep,
+                    detail={"margin": float(ll[drop, drop] - ll[drop, keep])},
                 )
                 deactivate(model, k_drop)
                 return [event]

@@ -78,8 +78,9 @@ def try_unlock(
     copy = _copy_of(model, k)
     opt = adam(copy.parameters(), cfg.learning_rate)
     for _ in range(cfg.novelty.lockin_steps):
-        pick = torch.randint(fit_on.shape[0], (min(CANDIDATE_BATCH, fit_on.shape[0]),), generator=generator,
-                             device=fit_on.device)
+        pick = torch.randint(
+            fit_on.shape[0], (min(CANDIDATE_BATCH, fit_on.shape[0]),), generator=generator, device=fit_on.device
+        )
         loss = -copy.elbo(fit_on[pick], generator=generator).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -88,8 +89,10 @@ def try_unlock(
     with torch.no_grad():
         tight = float(torch.median(-copy.iwae(hold, s, generator=generator)[0]))
         kk = torch.tensor([k], device=x.device)
-        loss_own = float(torch.median(model.experts.iwae(own_hold, s, kk, generator)[0])
-                         - torch.median(copy.iwae(own_hold, s, generator=generator)[0]))
+        loss_own = float(
+            torch.median(model.experts.iwae(own_hold, s, kk, generator)[0])
+            - torch.median(copy.iwae(own_hold, s, generator=generator)[0])
+        )
         pooled = torch.tensor([cfg.k_max], device=x.device)
         bar = float(model.calibration.score_at(pooled, math.log(cfg.learn_threshold))[0]) + cfg.novelty.rate_max_excess
         if not math.isfinite(tight) or tight > bar:

@@ -30,9 +30,4 @@ def settling(model: MixtureOfVAEs) -> Tensor:
     calibrated at all, so its status needs no check here)."""
     cfg, memory = model.config.novelty, model.memory
     young = (memory.seen - model.born) < cfg.settle_records
-    return (
-        young
-        & model.active
-        & (memory.misfits >= MIN_MISFITS)
-        & (memory.unexplained_share() >= cfg.settle_share)
-    )
+    return young & model.active & (memory.misfits >= MIN_MISFITS) & (memory.unexplained_share() >= cfg.settle_share)

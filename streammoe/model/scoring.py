@@ -1,0 +1,108 @@
+"""Scoring one micro-batch: the mixture's evaluation turned into calibrated decisions, brought to the host.
+
+Kept apart from the detector, which only stages the records and keeps the counts; nothing here learns."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from streammoe.model.config import ModelConfig
+from streammoe.model.mixture import STATUS_FAULT, Evaluation, MixtureOfVAEs
+from streammoe.model.poison import PhysicalLimits
+
+LOG10 = math.log(10.0)
+
+
+@dataclass
+class ScoredBatch:
+    """Per-record results of `score_many` as numpy arrays (length B; `responsibilities` and
+    `channel_share` are (B, k_max) and (B, C)). Rows whose input or likelihood was not finite have `valid`
+    False, mode -1; rows with a sentinel reading or one outside its physical bounds (model/poison.py) have
+    `in_range` False. Both always alert and never teach the model."""
+
+    nll: np.ndarray
+    log_p_value: np.ndarray
+    score: np.ndarray  # -log10(p-value): calibrated, so one threshold means the same in every mode
+    is_anomaly: np.ndarray
+    mode: np.ndarray
+    mode_entropy: np.ndarray
+    epistemic: np.ndarray
+    aleatoric: np.ndarray
+    responsibilities: np.ndarray
+    channel_share: np.ndarray
+    valid: np.ndarray
+    in_range: np.ndarray
+    threshold: float
+    evaluation: Evaluation | None = field(default=None, repr=False)
+    usable_rows: torch.Tensor | None = field(default=None, repr=False)  # valid and in range: may teach the model
+    refs: torch.Tensor | None = field(default=None, repr=False)
+    timestamps: torch.Tensor | None = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.score)
+
+    @property
+    def p_value(self) -> np.ndarray:
+        return np.exp(self.log_p_value)
+
+    def top_channels(self, i: int, n: int = 3) -> list[tuple[int, float]]:
+        """The `n` channels with the largest share of record i's misfit, as (channel index, share)."""
+        share = self.channel_share[i]
+        order = np.argsort(-share)[:n]
+        return [(int(c), float(share[c])) for c in order]
+
+
+def to_host(device: torch.device, *tensors: torch.Tensor) -> list[np.ndarray]:
+    """Device tensors as numpy arrays: on a GPU, every copy into page-locked memory is queued first and the
+    stream is synchronised once per batch, not once per array."""
+    if device.type == "cpu":
+        return [t.numpy() for t in tensors]
+    host = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for t in tensors]
+    for h, t in zip(host, tensors):
+        h.copy_(t, non_blocking=True)
+    torch.cuda.current_stream(device).synchronize()
+    return [h.numpy() for h in host]
+
+
+@torch.inference_mode()
+def score_records(
+    model: MixtureOfVAEs,
+    config: ModelConfig,
+    limits: PhysicalLimits,
+    xt: torch.Tensor,
+    generator: torch.Generator,
+    counters: dict[str, int],
+) -> ScoredBatch:
+    """Score records `xt` (B, C), already on the model's device; adds to `counters` (records_scored,
+    non_finite, out_of_range). Non-finite rows are zeroed before the model sees them and always alert."""
+    b = xt.shape[0]
+    valid = torch.isfinite(xt).all(dim=1)
+    xt = torch.where(valid[:, None], xt, torch.zeros_like(xt))
+    in_range = ~limits.poisoned(xt)
+    ev = model.evaluate(xt, config.n_samples, generator)
+    finite = valid & torch.isfinite(ev.log_px)
+    counters["non_finite"] += int((valid & ~finite).sum())
+    counters["out_of_range"] += int((finite & ~in_range).sum())
+    nll = torch.where(finite, -ev.log_px, torch.full_like(ev.log_px, math.nan))
+    mode = torch.where(finite, ev.mode, torch.full_like(ev.mode, -1))
+    log_p = model.calibration.log_p_value(mode.clamp(min=0), nll)
+    log_p = torch.where(finite, log_p, torch.full_like(log_p, -math.inf))
+    fault = model.status[mode.clamp(min=0)] == STATUS_FAULT
+    is_anomaly = (log_p < math.log(config.threshold)) | (fault & finite) | ~finite | ~in_range
+    share = ev.channel_nll / ev.channel_nll.sum(1, keepdim=True).clamp(min=1e-12)
+    counters["records_scored"] += b
+    nll_h, log_p_h, score_h, anomaly_h, mode_h, entropy_h, epi_h, ale_h, resp_h, share_h, finite_h, range_h = to_host(
+        xt.device,
+        *(nll, log_p, -log_p / LOG10, is_anomaly, mode, ev.entropy, ev.epistemic, ev.aleatoric, ev.resp, share),
+        *(finite, in_range),
+    )
+    return ScoredBatch(
+        *(nll_h, log_p_h, score_h, anomaly_h, mode_h, entropy_h, epi_h, ale_h, resp_h, share_h, finite_h, range_h),
+        threshold=config.threshold,
+        evaluation=ev,
+        usable_rows=finite & in_range,
+    )
