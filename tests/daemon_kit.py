@@ -3,6 +3,11 @@ the daemon's environment on the test broker, and keys that tie outputs back to i
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -10,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import orjson
 import pytest
+from conftest import committed_offsets, log_ends
 
 from streammoe.config import Settings
 from streammoe.daemon import Daemon
@@ -35,8 +41,13 @@ def record(asset: str, ts: int, row: np.ndarray, as_list: bool = False) -> bytes
 
 def valid_items(rng: np.random.Generator, n: int, start_ts: int = 0) -> list[tuple[bytes, bytes]]:
     """Seven pumps; every fifth record writes its values as a list (the configured order) instead of by name."""
-    return keyed_records(normal_rows(rng, n), CHANNELS, assets=[f"pump-{a}" for a in range(7)], start_ts=start_ts,
-                         as_list=lambda i: i % 5 == 0)
+    return keyed_records(
+        normal_rows(rng, n),
+        CHANNELS,
+        assets=[f"pump-{a}" for a in range(7)],
+        start_ts=start_ts,
+        as_list=lambda i: i % 5 == 0,
+    )
 
 
 MALFORMED = {
@@ -68,12 +79,54 @@ def topics(topic_name: Callable[[str], str]) -> dict[str, str]:
 def env_for(broker: str, t: dict[str, str], group: str, ckpt: Path, boot: Path | None, **extra: str) -> dict[str, str]:
     """The daemon of these tests: quick group timeouts and metadata refresh, a checkpoint every second, the HTTP
     server on a free port; `extra` are more STREAMMOE_* variables."""
-    env = daemon_env(broker, t, CHANNELS, group=group, checkpoint_dir=ckpt, model_dir=boot,
-                     kafka__session_timeout_ms=4000, kafka__max_poll_interval_ms=20000, kafka__commit_interval_s=0.3,
-                     kafka__extra={"heartbeat.interval.ms": "1000", "topic.metadata.refresh.interval.ms": "1000"},
-                     checkpoint__interval_s=1, http__enabled=None, http__port=0)
+    env = daemon_env(
+        broker,
+        t,
+        CHANNELS,
+        group=group,
+        checkpoint_dir=ckpt,
+        model_dir=boot,
+        kafka__session_timeout_ms=4000,
+        kafka__max_poll_interval_ms=20000,
+        kafka__commit_interval_s=0.3,
+        kafka__extra={"heartbeat.interval.ms": "1000", "topic.metadata.refresh.interval.ms": "1000"},
+        checkpoint__interval_s=1,
+        http__enabled=None,
+        http__port=0,
+    )
     env.update(extra)
     return env
+
+
+CRASH_WORKER = Path(__file__).parent / "integration" / "crash_worker.py"
+
+
+def start_crash_worker(env: dict[str, str], **crash: str) -> subprocess.Popen:
+    """`streammoe run` under tests/integration/crash_worker.py; `crash` (CRASH_POINT, CRASH_AFTER) says where it dies."""
+    return subprocess.Popen(
+        [sys.executable, str(CRASH_WORKER)],
+        env={**os.environ, **env, **crash},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def drain_with_crash_worker(
+    broker: str, group: str, input_topic: str, delivered: list[tuple[int, int]], env: dict[str, str]
+) -> None:
+    """The last clean run after the kills: the crash worker reads to the end of the input, then stops on SIGTERM."""
+    final = start_crash_worker(env)
+    try:
+        deadline = time.monotonic() + 120
+        while committed_offsets(broker, group, input_topic) != log_ends(delivered):
+            assert time.monotonic() < deadline and final.poll() is None, final.stderr.read().decode()[-3000:]  # type: ignore[union-attr]
+            time.sleep(0.3)
+        final.send_signal(signal.SIGTERM)
+        _, err = final.communicate(timeout=30)
+    finally:
+        if final.poll() is None:
+            final.kill()
+    assert final.returncode == 0, err.decode()[-3000:]
 
 
 def make_daemon(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> Daemon:

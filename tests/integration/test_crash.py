@@ -11,27 +11,31 @@ restored exactly the last checkpoint a worker completed.
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import subprocess
-import sys
-import time
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import committed_offsets, consume_all, log_ends, produce
+from conftest import committed_offsets, consume_all, produce
 from daemon_kit import (
-    CHANNELS, MALFORMED, dead_key, env_for, source_key, topics, valid_items,
+    CHANNELS,
+    MALFORMED,
+    dead_key,
+    drain_with_crash_worker,
+    env_for,
+    source_key,
+    start_crash_worker,
+    topics,
+    valid_items,
 )
 
 from streammoe.state.persistence import load_detector
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-WORKER = Path(__file__).with_name("crash_worker.py")
 POINTS = {  # where to die -> the occurrences to pick from
     "score": (1, 6),
     "learn": (1, 6),
@@ -49,11 +53,6 @@ def read_ledger(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def start(env: dict[str, str], **crash: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(WORKER)], env={**os.environ, **env, **crash},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
 def test_sigkill_at_random_points_loses_nothing_and_restores_the_last_good_checkpoint(
     broker, topic_name, bootstrap_model, tmp_path
 ) -> None:
@@ -66,12 +65,21 @@ def test_sigkill_at_random_points_loses_nothing_and_restores_the_last_good_check
     delivered = produce(broker, t["input"], items)
     everything = set(delivered)
     ledger = tmp_path / "ledger.jsonl"
-    env = env_for(broker, t, group, tmp_path / "ckpt", bootstrap_model,
-                  CRASH_LEDGER=str(ledger), CRASH_PACE_S="0.03",
-                  STREAMMOE_BATCHING__MAX_BATCH="128", STREAMMOE_CHECKPOINT__INTERVAL_S="0.3",
-                  STREAMMOE_KAFKA__SESSION_TIMEOUT_MS="3000", STREAMMOE_KAFKA__MAX_POLL_INTERVAL_MS="10000",
-                  STREAMMOE_KAFKA__EXTRA='{"heartbeat.interval.ms": "500", "topic.metadata.refresh.interval.ms": "1000"}',
-                  STREAMMOE_HTTP__ENABLED="false")
+    env = env_for(
+        broker,
+        t,
+        group,
+        tmp_path / "ckpt",
+        bootstrap_model,
+        CRASH_LEDGER=str(ledger),
+        CRASH_PACE_S="0.03",
+        STREAMMOE_BATCHING__MAX_BATCH="128",
+        STREAMMOE_CHECKPOINT__INTERVAL_S="0.3",
+        STREAMMOE_KAFKA__SESSION_TIMEOUT_MS="3000",
+        STREAMMOE_KAFKA__MAX_POLL_INTERVAL_MS="10000",
+        STREAMMOE_KAFKA__EXTRA='{"heartbeat.interval.ms": "500", "topic.metadata.refresh.interval.ms": "1000"}',
+        STREAMMOE_HTTP__ENABLED="false",
+    )
 
     pick = random.Random(5)
     plan = [list(POINTS)[i % len(POINTS)] for i in range(TRIALS)]
@@ -80,7 +88,7 @@ def test_sigkill_at_random_points_loses_nothing_and_restores_the_last_good_check
     kills: Counter[str] = Counter()
     for point in plan:
         lo, hi = POINTS[point]
-        proc = start(env, CRASH_POINT=point, CRASH_AFTER=str(pick.randint(lo, hi)))
+        proc = start_crash_worker(env, CRASH_POINT=point, CRASH_AFTER=str(pick.randint(lo, hi)))
         try:
             proc.wait(timeout=90)
         except subprocess.TimeoutExpired:
@@ -93,8 +101,9 @@ def test_sigkill_at_random_points_loses_nothing_and_restores_the_last_good_check
         published = {source_key(m) for m in consume_all(broker, t["scores"])}
         published |= {dead_key(m) for m in consume_all(broker, t["dead"])}
         uncommitted_at_kill |= {(p, o) for p, o in published if o >= committed.get(p, 0)}
-        assert all((p, o) in published for p, c in committed.items() for o in range(c)), \
+        assert all((p, o) in published for p, c in committed.items() for o in range(c)), (
             "a committed offset whose outputs were never published"
+        )
 
         # The checkpoint on disk is whole: it loads (the model itself, or the one it replaced if the kill came
         # between the renames), and it is the last one a worker completed.
@@ -104,18 +113,7 @@ def test_sigkill_at_random_points_loses_nothing_and_restores_the_last_good_check
             assert detector.counters["records_learned"] == int(saves[-1]["version"].split(".")[1])
             assert all(torch_finite(p) for p in detector.model.parameters())
 
-    final = start(env)
-    try:
-        deadline = time.monotonic() + 120
-        while committed_offsets(broker, group, t["input"]) != log_ends(delivered):
-            assert time.monotonic() < deadline and final.poll() is None, final.stderr.read().decode()[-3000:]
-            time.sleep(0.3)
-        final.send_signal(signal.SIGTERM)
-        _, err = final.communicate(timeout=30)
-    finally:
-        if final.poll() is None:
-            final.kill()
-    assert final.returncode == 0, err.decode()[-3000:]
+    drain_with_crash_worker(broker, group, t["input"], delivered, env)
     assert kills == Counter(plan)
 
     scores = [source_key(m) for m in consume_all(broker, t["scores"])]

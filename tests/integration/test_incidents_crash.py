@@ -9,29 +9,18 @@ once and resolved once.
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import orjson
 import pytest
-from conftest import committed_offsets, consume_all, log_ends, produce
-from daemon_kit import env_for, normal_rows, record, topics
+from conftest import consume_all, produce
+from daemon_kit import drain_with_crash_worker, env_for, normal_rows, record, start_crash_worker, topics
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-WORKER = Path(__file__).with_name("crash_worker.py")
 BATCH = 128
 WILD = (1500, 1600)  # ts (= position) of the problem's records
-
-
-def start(env: dict[str, str], **crash: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(WORKER)], env={**os.environ, **env, **crash},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
 def test_sigkill_mid_incident_then_restart_gives_one_incident_that_resolves_once(
@@ -40,15 +29,24 @@ def test_sigkill_mid_incident_then_restart_gives_one_incident_that_resolves_once
     t = topics(topic_name)
     incidents_topic = topic_name("incidents")
     rows = normal_rows(np.random.default_rng(3), 3200)
-    rows[WILD[0]:WILD[1]] += 40.0
+    rows[WILD[0] : WILD[1]] += 40.0
     delivered = produce(broker, t["input"], [(b"pump-1", record("pump-1", i, r)) for i, r in enumerate(rows)])
     group = topic_name("group")
-    env = env_for(broker, t, group, tmp_path / "ckpt", bootstrap_model, CRASH_LEDGER=str(tmp_path / "ledger"),
-                  CRASH_PACE_S="0.02", STREAMMOE_BATCHING__MAX_BATCH=str(BATCH),
-                  STREAMMOE_CHECKPOINT__INTERVAL_S="0.3", STREAMMOE_INCIDENTS__TOPIC=incidents_topic,
-                  STREAMMOE_HTTP__ENABLED="false")
+    env = env_for(
+        broker,
+        t,
+        group,
+        tmp_path / "ckpt",
+        bootstrap_model,
+        CRASH_LEDGER=str(tmp_path / "ledger"),
+        CRASH_PACE_S="0.02",
+        STREAMMOE_BATCHING__MAX_BATCH=str(BATCH),
+        STREAMMOE_CHECKPOINT__INTERVAL_S="0.3",
+        STREAMMOE_INCIDENTS__TOPIC=incidents_topic,
+        STREAMMOE_HTTP__ENABLED="false",
+    )
     # The 13th batch ends at record 1664: past the problem, inside its quiet period (the incident is open).
-    killed = start(env, CRASH_POINT="outputs_acked", CRASH_AFTER=str(WILD[0] // BATCH + 2))
+    killed = start_crash_worker(env, CRASH_POINT="outputs_acked", CRASH_AFTER=str(WILD[0] // BATCH + 2))
     try:
         killed.wait(timeout=120)
     finally:
@@ -59,18 +57,7 @@ def test_sigkill_mid_incident_then_restart_gives_one_incident_that_resolves_once
     assert any(m["status"] == "opened" and m["last_ts"] >= WILD[0] for m in before), before
     assert not any(m["status"] == "resolved" and m["last_ts"] >= WILD[0] for m in before), "killed mid-incident"
 
-    final = start(env)
-    try:
-        deadline = time.monotonic() + 120
-        while committed_offsets(broker, group, t["input"]) != log_ends(delivered):
-            assert time.monotonic() < deadline and final.poll() is None, final.stderr.read().decode()[-3000:]  # type: ignore[union-attr]
-            time.sleep(0.3)
-        final.send_signal(signal.SIGTERM)
-        _, err = final.communicate(timeout=30)
-    finally:
-        if final.poll() is None:
-            final.kill()
-    assert final.returncode == 0, err.decode()[-3000:]
+    drain_with_crash_worker(broker, group, t["input"], delivered, env)
 
     seen: dict[tuple[str, int], dict] = {}
     for m in consume_all(broker, incidents_topic):
