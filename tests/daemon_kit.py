@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Self
 
 import numpy as np
 import orjson
@@ -25,6 +25,8 @@ from streammoe.testing.settings import daemon_env
 
 if TYPE_CHECKING:
     from conftest import Consumed
+
+    from benchmarks.scaleout import WorkerProcess
 
 CHANNELS = [f"c{i}" for i in range(6)]
 MACHINE = Machine(len(CHANNELS), modes=1, factors=2)  # two latent factors mixed into six channels plus noise
@@ -127,6 +129,92 @@ def drain_with_crash_worker(
         if final.poll() is None:
             final.kill()
     assert final.returncode == 0, err.decode()[-3000:]
+
+
+def asset_scope_env(
+    broker: str,
+    t: dict[str, str],
+    group: str,
+    ckpt: Path,
+    boot: Path | None,
+    snapshots: str,
+    interval_s: str = "2",
+    **extra: str,
+) -> dict[str, str]:
+    """The daemon of the two-worker tests: one model per asset, handed over through `snapshots` (written every
+    `interval_s`), no HTTP server, and a 6 s session timeout so that the group notices a worker that leaves."""
+    return env_for(
+        broker,
+        t,
+        group,
+        ckpt,
+        boot,
+        STREAMMOE_SCOPES__MODE="asset",
+        STREAMMOE_SNAPSHOT__TOPIC=snapshots,
+        STREAMMOE_SNAPSHOT__INTERVAL_S=interval_s,
+        STREAMMOE_HTTP__ENABLED="false",
+        STREAMMOE_KAFKA__SESSION_TIMEOUT_MS="6000",
+        **extra,
+    )
+
+
+class Workers:
+    """The `streammoe run` processes of one test, each logging under tmp_path with its own checkpoint folder, all in
+    `group` reading `topic`; leaving the block kills whichever still runs."""
+
+    def __init__(self, env: dict[str, str], tmp_path: Path, broker: str, group: str, topic: str) -> None:
+        self.env, self.tmp_path = env, tmp_path
+        self.broker, self.group, self.topic = broker, group, topic
+        self.started: list[WorkerProcess] = []
+
+    def start(self, name: str, ckpt: str | None = None) -> WorkerProcess:
+        """Worker `name`, its checkpoints in tmp_path / ckpt-<ckpt or name>."""
+        from benchmarks.scaleout import WorkerProcess
+
+        folder = str(self.tmp_path / f"ckpt-{ckpt or name}")
+        worker = WorkerProcess(name, {**self.env, "STREAMMOE_CHECKPOINT__DIR": folder}, self.tmp_path)
+        self.started.append(worker)
+        return worker
+
+    def wait_for_commits(
+        self, what: str, delivered: list[tuple[int, int]], timeout: float, *workers: WorkerProcess
+    ) -> None:
+        """Until the group has committed the end of every partition that `delivered` wrote to."""
+        from benchmarks.scaleout import wait_for
+
+        ends = log_ends(delivered)
+        wait_for(what, lambda: committed_offsets(self.broker, self.group, self.topic) == ends, timeout, *workers)
+
+    def a_then_b(self, delivered_first: list[tuple[int, int]]) -> tuple[WorkerProcess, WorkerProcess]:
+        """Worker a alone reads the first records; then worker b joins and the group splits the partitions."""
+        a = self.start("a")
+        self.wait_for_commits("worker a to process the first records", delivered_first, 120, a)
+        b = self.start("b")
+        wait_for_split(a, b)
+        return a, b
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for w in self.started:
+            w.kill()
+
+
+def wait_for_split(a: WorkerProcess, b: WorkerProcess) -> None:
+    """Until the group has given each of the two workers some of the four partitions, and all of them between them."""
+    from benchmarks.scaleout import wait_for
+
+    wait_for(
+        "the group to split the partitions",
+        lambda: (
+            bool(a.held_partitions() and b.held_partitions())
+            and a.held_partitions() | b.held_partitions() == {0, 1, 2, 3}
+        ),
+        90,
+        a,
+        b,
+    )
 
 
 def make_daemon(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> Daemon:

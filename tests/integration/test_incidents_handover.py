@@ -12,10 +12,9 @@ from __future__ import annotations
 import numpy as np
 import orjson
 import pytest
-from conftest import committed_offsets, consume_all, log_ends, produce
-from daemon_kit import env_for, normal_rows, record, topics
+from conftest import consume_all, produce
+from daemon_kit import Workers, asset_scope_env, normal_rows, record, topics
 
-from benchmarks.scaleout import WorkerProcess as Worker
 from benchmarks.scaleout import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -25,8 +24,10 @@ WILD = 20 * len(ASSETS)  # the first input's last records: 20 per asset
 
 
 def items(rows: np.ndarray, start_ts: int) -> list[tuple[bytes, bytes]]:
-    return [(ASSETS[i % len(ASSETS)].encode(), record(ASSETS[i % len(ASSETS)], start_ts + i, row))
-            for i, row in enumerate(rows)]
+    return [
+        (ASSETS[i % len(ASSETS)].encode(), record(ASSETS[i % len(ASSETS)], start_ts + i, row))
+        for i, row in enumerate(rows)
+    ]
 
 
 def test_a_handover_mid_incident_gives_one_incident_not_two(broker, topic_name, bootstrap_model, tmp_path) -> None:
@@ -38,32 +39,29 @@ def test_a_handover_mid_incident_gives_one_incident_not_two(broker, topic_name, 
     first = items(rows, 0)
     delivered_first = produce(broker, t["input"], first)
     partition_of = {key.decode(): p for (key, _), (p, _) in zip(first, delivered_first)}
-    env = env_for(broker, t, group, tmp_path / "ckpt", bootstrap_model,
-                  STREAMMOE_SCOPES__MODE="asset", STREAMMOE_SNAPSHOT__TOPIC=snapshots,
-                  STREAMMOE_SNAPSHOT__INTERVAL_S="2", STREAMMOE_HTTP__ENABLED="false",
-                  STREAMMOE_KAFKA__SESSION_TIMEOUT_MS="6000", STREAMMOE_INCIDENTS__TOPIC=incidents)
-    a = Worker("a", {**env, "STREAMMOE_CHECKPOINT__DIR": str(tmp_path / "ckpt-a")}, tmp_path)
-    b = None
-    try:
-        wait_for("worker a to process the first records",
-                 lambda: committed_offsets(broker, group, t["input"]) == log_ends(delivered_first), 120, a)
-        b = Worker("b", {**env, "STREAMMOE_CHECKPOINT__DIR": str(tmp_path / "ckpt-b")}, tmp_path)
-        wait_for("the group to split the partitions",
-                 lambda: a.held_partitions() and b.held_partitions()
-                 and a.held_partitions() | b.held_partitions() == {0, 1, 2, 3}, 90, a, b)
+    env = asset_scope_env(
+        broker, t, group, tmp_path / "ckpt", bootstrap_model, snapshots, STREAMMOE_INCIDENTS__TOPIC=incidents
+    )
+    with Workers(env, tmp_path, broker, group, t["input"]) as workers:
+        a, b = workers.a_then_b(delivered_first)
         moved = {s for s, p in partition_of.items() if p in b.held_partitions()}
-        wait_for("b to restore the scopes of its partitions",
-                 lambda: {e["scope"] for e in b.events("scope_restored")} >= moved, 60, a, b)
+        wait_for(
+            "b to restore the scopes of its partitions",
+            lambda: {e["scope"] for e in b.events("scope_restored")} >= moved,
+            60,
+            a,
+            b,
+        )
         second = items(normal_rows(rng, 12_000), 10_000)  # 1000 per asset: room for a 100-record quiet period
         delivered_second = produce(broker, t["input"], second)
-        ends = log_ends(delivered_first + delivered_second)
-        wait_for("both workers to process the normal records",
-                 lambda: committed_offsets(broker, group, t["input"]) == ends, 120, a, b)
+        workers.wait_for_commits(
+            "both workers to process the normal records",
+            delivered_first + delivered_second,
+            120,
+            a,
+            b,
+        )
         assert a.stop() == 0 and b.stop() == 0, a.tail() + b.tail()
-    finally:
-        for w in (a, b):
-            if w is not None and w.proc.poll() is None:
-                w.proc.kill()
 
     seen: dict[tuple[str, int], dict] = {}
     for m in consume_all(broker, incidents):
@@ -73,10 +71,14 @@ def test_a_handover_mid_incident_gives_one_incident_not_two(broker, topic_name, 
     assert moved, "the handover moved some assets"
     wrong = {}
     for asset in ASSETS:
-        problem = [m for m in seen.values() if m["asset"] == asset and m["last_ts"] >= wild_from
-                   and m["first_ts"] < 3600]
+        problem = [
+            m for m in seen.values() if m["asset"] == asset and m["last_ts"] >= wild_from and m["first_ts"] < 3600
+        ]
         statuses = [m["status"] for m in sorted(problem, key=lambda m: m["sequence"])]
-        if len({m["incident_id"] for m in problem}) != 1 or statuses.count("opened") != 1 \
-                or statuses.count("resolved") != 1:
+        if (
+            len({m["incident_id"] for m in problem}) != 1
+            or statuses.count("opened") != 1
+            or statuses.count("resolved") != 1
+        ):
             wrong[asset] = (asset in moved, statuses, [(m["sequence"], m["count"], m["last_ts"]) for m in problem])
     assert wrong == {}

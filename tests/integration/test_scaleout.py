@@ -7,18 +7,18 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from conftest import committed_offsets, consume_all, log_ends, produce
+from conftest import consume_all, log_ends, produce
 from daemon_kit import (
     CHANNELS,
+    Workers,
+    asset_scope_env,
     dead_key,
-    env_for,
     normal_rows,
     record,
     source_key,
     topics,
 )
 
-from benchmarks.scaleout import WorkerProcess as Worker
 from benchmarks.scaleout import wait_for
 from streammoe.config import KafkaSettings
 from streammoe.kafka.snapshots import SnapshotTopic
@@ -31,8 +31,10 @@ ASSETS = [f"pump-{i}" for i in range(12)]
 
 def items_for(rng: np.random.Generator, n: int, start_ts: int) -> list[tuple[bytes, bytes]]:
     rows = normal_rows(rng, n)
-    return [(ASSETS[i % len(ASSETS)].encode(), record(ASSETS[i % len(ASSETS)], start_ts + i, row))
-            for i, row in enumerate(rows)]
+    return [
+        (ASSETS[i % len(ASSETS)].encode(), record(ASSETS[i % len(ASSETS)], start_ts + i, row))
+        for i, row in enumerate(rows)
+    ]
 
 
 def last_offsets(items: list[tuple[bytes, bytes]], delivered: list[tuple[int, int]]) -> dict[str, tuple[int, int]]:
@@ -55,25 +57,21 @@ def test_two_workers_split_partitions_and_hand_scopes_over_through_snapshots(
     where = last_offsets(first[:100] + first[101:], delivered_first[:100] + delivered_first[101:])
     assert {p for p, _ in where.values()} == {0, 1, 2, 3}, "the assets must cover every partition"
 
-    env = env_for(broker, t, group, tmp_path / "ckpt", bootstrap_model,
-                  STREAMMOE_SCOPES__MODE="asset", STREAMMOE_SNAPSHOT__TOPIC=snapshots,
-                  STREAMMOE_SNAPSHOT__INTERVAL_S="2", STREAMMOE_HTTP__ENABLED="false",
-                  STREAMMOE_KAFKA__SESSION_TIMEOUT_MS="6000")
-    a = Worker("a", {**env, "STREAMMOE_CHECKPOINT__DIR": str(tmp_path / "ckpt-a")}, tmp_path)
-    b = None
-    try:
-        wait_for("worker a to process the first records",
-                 lambda: committed_offsets(broker, group, t["input"]) == log_ends(delivered_first), 120, a)
-
+    env = asset_scope_env(broker, t, group, tmp_path / "ckpt", bootstrap_model, snapshots)
+    with Workers(env, tmp_path, broker, group, t["input"]) as workers:
         # Worker b joins: a hands over the scopes of the partitions it gives up.
-        b = Worker("b", {**env, "STREAMMOE_CHECKPOINT__DIR": str(tmp_path / "ckpt-b")}, tmp_path)
-        wait_for("the group to split the partitions",
-                 lambda: a.held_partitions() and b.held_partitions()
-                 and a.held_partitions() | b.held_partitions() == {0, 1, 2, 3}, 90, a, b)
+        a, b = workers.a_then_b(delivered_first)
         moved_to_b = b.held_partitions()
-        wait_for("b to restore the scopes of its partitions",
-                 lambda: {e["scope"] for e in b.events("scope_restored")}
-                 >= {s for s, (p, _) in where.items() if p in moved_to_b}, 60, a, b)
+        wait_for(
+            "b to restore the scopes of its partitions",
+            lambda: (
+                {e["scope"] for e in b.events("scope_restored")}
+                >= {s for s, (p, _) in where.items() if p in moved_to_b}
+            ),
+            60,
+            a,
+            b,
+        )
         for e in b.events("scope_restored"):  # a wrote them when the partitions were revoked, after learning them
             assert e["learned_to"] == where[e["scope"]][1], e
             written = [w for w in a.events("snapshot_written") if w["snapshot_id"] == e["snapshot_id"]]
@@ -82,9 +80,13 @@ def test_two_workers_split_partitions_and_hand_scopes_over_through_snapshots(
         # Both work on new records.
         second = items_for(rng, 4000, 10_000)
         delivered_second = produce(broker, t["input"], second)
-        ends = log_ends(delivered_first + delivered_second)
-        wait_for("both workers to process the second records",
-                 lambda: committed_offsets(broker, group, t["input"]) == ends, 120, a, b)
+        workers.wait_for_commits(
+            "both workers to process the second records",
+            delivered_first + delivered_second,
+            120,
+            a,
+            b,
+        )
         assert b.events("scope_released") == [], "nothing moved while both ran"
 
         # Worker b stops: a takes its scopes over from the snapshots b wrote on the way out.
@@ -93,11 +95,18 @@ def test_two_workers_split_partitions_and_hand_scopes_over_through_snapshots(
         b_scopes = {s for s, (p, _) in where.items() if p in held_by_b}
         b_last = {w["scope"]: w for w in b.events("snapshot_written")}
         assert set(b_last) >= b_scopes
-        wait_for("a to take over b's scopes",
-                 lambda: {e["scope"] for e in a.events("scope_restored") if e["partition"] in held_by_b} >= b_scopes
-                 and a.held_partitions() == {0, 1, 2, 3}, 90, a)
-        snap_states, manifests = read_latest(SnapshotTopic(KafkaSettings(bootstrap_servers=broker), snapshots), CHANNELS,
-                                             scopes=b_scopes)
+        wait_for(
+            "a to take over b's scopes",
+            lambda: (
+                {e["scope"] for e in a.events("scope_restored") if e["partition"] in held_by_b} >= b_scopes
+                and a.held_partitions() == {0, 1, 2, 3}
+            ),
+            90,
+            a,
+        )
+        snap_states, manifests = read_latest(
+            SnapshotTopic(KafkaSettings(bootstrap_servers=broker), snapshots), CHANNELS, scopes=b_scopes
+        )
         took_over = {e["scope"]: e for e in a.events("scope_restored") if e["partition"] in held_by_b}
         where_now = last_offsets(second, delivered_second)
         for scope in b_scopes:
@@ -110,13 +119,13 @@ def test_two_workers_split_partitions_and_hand_scopes_over_through_snapshots(
         # a continues with them.
         third = items_for(rng, 3000, 20_000)
         delivered_third = produce(broker, t["input"], third)
-        ends = log_ends(delivered_first + delivered_second + delivered_third)
-        wait_for("a to process the third records", lambda: committed_offsets(broker, group, t["input"]) == ends, 120, a)
+        workers.wait_for_commits(
+            "a to process the third records",
+            delivered_first + delivered_second + delivered_third,
+            120,
+            a,
+        )
         assert a.stop() == 0, a.tail()
-    finally:
-        for w in (a, b):
-            if w is not None and w.proc.poll() is None:
-                w.proc.kill()
 
     everything = set(delivered_first + delivered_second + delivered_third)
     published = Counter(source_key(m) for m in consume_all(broker, t["scores"]))
@@ -142,42 +151,41 @@ def test_a_worker_killed_after_its_last_snapshot_is_taken_over_without_skipping_
     t = topics(topic_name)
     snapshots, group = topic_name("snapshots"), topic_name("group")
     rng = np.random.default_rng(4)
-    env = env_for(broker, t, group, tmp_path / "ckpt", bootstrap_model,
-                  STREAMMOE_SCOPES__MODE="asset", STREAMMOE_SNAPSHOT__TOPIC=snapshots,
-                  STREAMMOE_SNAPSHOT__INTERVAL_S="3600", STREAMMOE_HTTP__ENABLED="false",
-                  STREAMMOE_KAFKA__SESSION_TIMEOUT_MS="6000")
+    env = asset_scope_env(broker, t, group, tmp_path / "ckpt", bootstrap_model, snapshots, interval_s="3600")
     first = items_for(rng, 3000, 0)
     delivered_first = produce(broker, t["input"], first)
     second = items_for(rng, 3000, 10_000)
-    workers: list[Worker] = []
-    try:
-        a = Worker("a", {**env, "STREAMMOE_CHECKPOINT__DIR": str(tmp_path / "ckpt-a")}, tmp_path)
-        workers.append(a)
-        wait_for("a to process the first records",
-                 lambda: committed_offsets(broker, group, t["input"]) == log_ends(delivered_first), 120, a)
+    with Workers(env, tmp_path, broker, group, t["input"]) as workers:
+        a = workers.start("a")
+        workers.wait_for_commits("a to process the first records", delivered_first, 120, a)
         assert a.stop() == 0, a.tail()  # its shutdown snapshots hold the first records
 
-        killed = Worker("killed", {**env, "STREAMMOE_CHECKPOINT__DIR": str(tmp_path / "ckpt-a")}, tmp_path)
-        workers.append(killed)
+        killed = workers.start("killed", ckpt="a")
         delivered_second = produce(broker, t["input"], second)
         ends = log_ends(delivered_first + delivered_second)
-        wait_for("the second worker to process and commit the second records",
-                 lambda: committed_offsets(broker, group, t["input"]) == ends, 120, killed)
+        workers.wait_for_commits(
+            "the second worker to process and commit the second records",
+            delivered_first + delivered_second,
+            120,
+            killed,
+        )
         killed.kill()  # SIGKILL: what it learned since the snapshots is gone with it, its commits are not
 
-        b = Worker("b", {**env, "STREAMMOE_CHECKPOINT__DIR": str(tmp_path / "ckpt-b")}, tmp_path)
-        workers.append(b)
+        b = workers.start("b")
         everything = set(delivered_first + delivered_second)
-        wait_for("b to score the gap again",
-                 lambda: len(consume_all(broker, t["scores"])) >= len(everything) + len(delivered_second), 120, b)
-        wait_for("b to commit", lambda: committed_offsets(broker, group, t["input"]) == ends, 60, b)
+        wait_for(
+            "b to score the gap again",
+            lambda: len(consume_all(broker, t["scores"])) >= len(everything) + len(delivered_second),
+            120,
+            b,
+        )
+        workers.wait_for_commits("b to commit", delivered_first + delivered_second, 60, b)
         assert b.stop() == 0, b.tail()
-    finally:
-        for w in workers:
-            w.kill()
 
-    rewound = {e["partition"].rsplit("[", 1)[1].rstrip("]"): (e["start"], e["committed"])
-               for e in b.events("partition_rewound")}
+    rewound = {
+        e["partition"].rsplit("[", 1)[1].rstrip("]"): (e["start"], e["committed"])
+        for e in b.events("partition_rewound")
+    }
     first_ends, all_ends = log_ends(delivered_first), ends
     assert {int(p): c for p, (_, c) in rewound.items()} == all_ends, "every partition started before its commit"
     assert all(s < first_ends[int(p)] for p, (s, _) in rewound.items())
