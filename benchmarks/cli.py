@@ -9,10 +9,8 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
-import numpy as np
-
-from benchmarks.peers import Extras
 from benchmarks.t4 import T4A_METHODS, T4B_METHODS, T4B_PAIRS, MultiModeOptions
 from benchmarks.tracks import (
     METHODS,
@@ -245,19 +243,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     opts = tracks.BenchOptions(data_root, config, args.series, args.max_series, methods, args.pairs, args.batch_size)
 
-    def observe(
-        track: str,
-        run: SeriesRun,
-        labels: np.ndarray,
-        scores: np.ndarray,
-        flagged: np.ndarray,
-        extras: Extras,
-        offset: int,
-        marks: list,
-    ) -> None:
+    def observe(track: str, run: SeriesRun, *plot: Any) -> None:
+        """An Observer: log the run; `plot` (labels, scores, flagged, extras, offset, marks) goes on to plot_series."""
         _log_run(track, run)
         if not args.no_plots:
-            report.plot_series(out, track, run.series, run.method, labels, scores, flagged, extras, offset, marks)
+            report.plot_series(out, track, run.series, run.method, *plot)
 
     header = {
         "command": "streammoe " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("streammoe") else " ".join(sys.argv),
