@@ -12,7 +12,6 @@ settings an operator would give it, bootstrapped from a small model fitted on th
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -28,9 +27,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import orjson
 
-from benchmarks.probe import rss_mb, samples
+from benchmarks.probe import rss_mb, samples, start_daemon
 from streammoe.testing.machine import Machine
-from streammoe.testing.settings import daemon_env
 
 if TYPE_CHECKING:
     from confluent_kafka import KafkaError, Message
@@ -247,7 +245,7 @@ def run_fuzz(
     n: int = 10_000, seed: int = 0, bootstrap: str | None = None, timeout_s: float = 300.0, max_batch: int = 512
 ) -> FuzzReport:
     """Produce `n` seeded hostile and good records, run `streammoe run` on them, account for every offset."""
-    from streammoe.testing.broker import EmbeddedBroker, free_port
+    from streammoe.testing.broker import EmbeddedBroker
 
     if bootstrap is None:
         with EmbeddedBroker() as broker:
@@ -294,29 +292,17 @@ def run_fuzz(
         finally:
             torch.set_num_threads(threads)
         save_detector(detector, Path(tmp) / "model")
-        port = free_port()
-        env = {
-            **os.environ,
-            **daemon_env(
+        log_path = Path(tmp) / "daemon.log"
+        with open(log_path, "wb") as log:
+            proc, port = start_daemon(
                 bootstrap,
                 {"input": topic, **t},
                 CHANNELS,
-                group=f"{topic}-group",
-                checkpoint_dir=Path(tmp) / "ckpt",
-                model_dir=Path(tmp) / "model",
-                kafka__extra=None,
+                Path(tmp),
+                log,
                 records__max_record_bytes=MAX_RECORD_BYTES,
                 batching__max_batch=max_batch,
                 checkpoint__interval_s=None,
-                http__enabled=None,
-                http__port=port,
-                log_level="WARNING",
-            ),
-        }
-        log_path = Path(tmp) / "daemon.log"
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "streammoe.cli", "run"], env=env, stdout=log, stderr=subprocess.STDOUT
             )
             readers = {r: TopicReader(bootstrap, t[r]) for r in ("scores", "dead", "alerts")}
             try:

@@ -1,11 +1,46 @@
-"""What the benchmarks read from a running `streammoe run` process: its memory (/proc) and its /metrics."""
+"""How the benchmarks start a `streammoe run` process, and what they read from it: its memory (/proc) and its
+/metrics."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import urllib.request
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import IO
 
 from prometheus_client.parser import text_string_to_metric_families
+
+
+def start_daemon(
+    bootstrap: str, topics: Mapping[str, str], channels: Sequence[str], tmp: Path, log: IO[bytes], **overrides: object
+) -> tuple[subprocess.Popen, int]:
+    """`streammoe run` as a child process, as deployed but for the test broker: group <input topic>-group, the
+    bootstrap model in tmp/model, checkpoints in tmp/ckpt, /metrics on a free port (returned with the process),
+    warnings and worse written to `log`. `overrides` are more of daemon_env's settings."""
+    from streammoe.testing.broker import free_port
+    from streammoe.testing.settings import daemon_env
+
+    port = free_port()
+    env = daemon_env(
+        bootstrap,
+        topics,
+        channels,
+        group=f"{topics['input']}-group",
+        checkpoint_dir=tmp / "ckpt",
+        model_dir=tmp / "model",
+        kafka__extra=None,
+        http__enabled=None,
+        http__port=port,
+        log_level="WARNING",
+        **overrides,
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streammoe.cli", "run"], env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT
+    )
+    return proc, port
 
 
 def rss_mb(pid: int, field_name: str = "VmRSS") -> float:

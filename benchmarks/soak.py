@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -30,11 +29,11 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.perf import synthetic
-from benchmarks.probe import rss_mb, samples
+from benchmarks.probe import rss_mb, samples, start_daemon
 from streammoe.kafka.sink import produce as produce_message
-from streammoe.testing.broker import EmbeddedBroker, free_port
+from streammoe.testing.broker import EmbeddedBroker
 from streammoe.testing.records import keyed_records
-from streammoe.testing.settings import daemon_env, topics_for
+from streammoe.testing.settings import topics_for
 
 POOL = 100_000
 AHEAD = 300_000  # the producer stays at most this many records ahead of the daemon
@@ -91,28 +90,6 @@ def run(args: argparse.Namespace) -> SoakResult:
         )
         detector.fit(synthetic(20_000, args.k, args.channels, seed=1), k=args.k)
         save_detector(detector, Path(tmp) / "model")
-        port = free_port()
-        # The daemon's own defaults for fetch wait, batching wait and commit interval: the soak runs it as deployed.
-        env = {
-            **os.environ,
-            **daemon_env(
-                broker.bootstrap,
-                topics_for(topic),
-                channels,
-                group=f"{topic}-group",
-                checkpoint_dir=Path(tmp) / "ckpt",
-                model_dir=Path(tmp) / "model",
-                kafka__fetch_wait_max_ms=None,
-                kafka__commit_interval_s=None,
-                kafka__extra=None,
-                batching__max_batch=args.max_batch,
-                batching__max_wait_ms=None,
-                checkpoint__interval_s=30,
-                http__enabled=None,
-                http__port=port,
-                log_level="WARNING",
-            ),
-        }
         pool = payloads(channels, args.k)
         produced = [0]
         processed = [0.0]
@@ -131,8 +108,18 @@ def run(args: argparse.Namespace) -> SoakResult:
             p.flush(60)
 
         log = open(Path(tmp) / "daemon.log", "wb")  # noqa: SIM115
-        daemon = subprocess.Popen(
-            [sys.executable, "-m", "streammoe.cli", "run"], env=env, stdout=log, stderr=subprocess.STDOUT
+        # The daemon's own defaults for fetch wait, batching wait and commit interval: the soak runs it as deployed.
+        daemon, port = start_daemon(
+            broker.bootstrap,
+            topics_for(topic),
+            channels,
+            Path(tmp),
+            log,
+            kafka__fetch_wait_max_ms=None,
+            kafka__commit_interval_s=None,
+            batching__max_batch=args.max_batch,
+            batching__max_wait_ms=None,
+            checkpoint__interval_s=30,
         )
         producer = threading.Thread(target=keep_ahead, daemon=True)
         producer.start()
