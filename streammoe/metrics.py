@@ -10,6 +10,7 @@ from __future__ import annotations
 import platform
 import threading
 import time
+from functools import partial
 from http.server import ThreadingHTTPServer
 from importlib import metadata
 
@@ -60,104 +61,79 @@ class Metrics:
         Info("streammoe_build", "The running streammoe: versions and the device it scores on.", registry=r).info(
             build_labels(device)
         )
+        counter = partial(Counter, registry=r)  # every metric of this daemon goes in its own registry
+        gauge = partial(Gauge, registry=r)
+        histogram = partial(Histogram, registry=r)
         self.max_scope_series = max_scope_series
         self._scopes_with_series: set[str] = set()
-        self.records_in = Counter("streammoe_records_in", "Input records consumed.", registry=r)
-        self.dead_letters = Counter(
-            "streammoe_dead_letters", "Records dead-lettered, by reason.", ["reason"], registry=r
-        )
-        self.alerts = Counter("streammoe_alerts", "Alerts published, by severity.", ["severity"], registry=r)
-        self.non_alerts = Counter(
-            "streammoe_non_alerts", "Valid records that raised no alert (incl. warm-up).", registry=r
-        )
-        self.warmup_records = Counter(
-            "streammoe_warmup_records", "Records learned during warm-up, unscored.", registry=r
-        )
-        self.batch_seconds = Histogram(
+        self.records_in = counter("streammoe_records_in", "Input records consumed.")
+        self.dead_letters = counter("streammoe_dead_letters", "Records dead-lettered, by reason.", ["reason"])
+        self.alerts = counter("streammoe_alerts", "Alerts published, by severity.", ["severity"])
+        self.non_alerts = counter("streammoe_non_alerts", "Valid records that raised no alert (incl. warm-up).")
+        self.warmup_records = counter("streammoe_warmup_records", "Records learned during warm-up, unscored.")
+        self.batch_seconds = histogram(
             "streammoe_batch_seconds",
             "From consume to acknowledged outputs, per batch.",
-            registry=r,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
-        self.stage_seconds = Histogram(
+        self.stage_seconds = histogram(
             "streammoe_stage_seconds",
             "Time per batch in each stage of the loop.",
             ["stage"],
-            registry=r,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
         )
-        self.batch_size = Histogram(
-            "streammoe_batch_records", "Records per batch.", registry=r, buckets=(1, 16, 64, 256, 1024, 4096, 16384)
+        self.batch_size = histogram(
+            "streammoe_batch_records", "Records per batch.", buckets=(1, 16, 64, 256, 1024, 4096, 16384)
         )
-        self.consumer_lag = Gauge(
-            "streammoe_consumer_lag", "Records behind the end, per partition.", ["topic", "partition"], registry=r
+        self.consumer_lag = gauge(
+            "streammoe_consumer_lag", "Records behind the end, per partition.", ["topic", "partition"]
         )
-        self.experts_active = Gauge("streammoe_experts_active", "Active experts in the mixture.", ["scope"], registry=r)
-        self.mixture_weight = Gauge(
-            "streammoe_mixture_weight", "Mixture weight per expert slot.", ["scope", "expert"], registry=r
+        self.experts_active = gauge("streammoe_experts_active", "Active experts in the mixture.", ["scope"])
+        self.mixture_weight = gauge("streammoe_mixture_weight", "Mixture weight per expert slot.", ["scope", "expert"])
+        self.learn_steps_skipped = counter(
+            "streammoe_learn_steps_skipped", "Online learning steps skipped, by reason.", ["reason"]
         )
-        self.learn_steps_skipped = Counter(
-            "streammoe_learn_steps_skipped", "Online learning steps skipped, by reason.", ["reason"], registry=r
+        self.poison_records = counter(
+            "streammoe_poison_records", "Records scored as anomalous but kept out of learning, by reason.", ["reason"]
         )
-        self.poison_records = Counter(
-            "streammoe_poison_records",
-            "Records scored as anomalous but kept out of learning, by reason.",
-            ["reason"],
-            registry=r,
+        self.records_learned = counter("streammoe_records_learned", "Records the model learned from.")
+        self.mode_events = counter("streammoe_mode_events", "Experts added, retired or merged.", ["kind"])
+        self.incidents_opened = counter("streammoe_incidents_opened", "Incidents opened, per scope.", ["scope"])
+        self.incidents_resolved = counter(
+            "streammoe_incidents_resolved", "Incidents resolved, per scope and how.", ["scope", "by"]
         )
-        self.records_learned = Counter("streammoe_records_learned", "Records the model learned from.", registry=r)
-        self.mode_events = Counter("streammoe_mode_events", "Experts added, retired or merged.", ["kind"], registry=r)
-        self.incidents_opened = Counter(
-            "streammoe_incidents_opened", "Incidents opened, per scope.", ["scope"], registry=r
+        self.incidents_open = gauge("streammoe_incidents_open", "Incidents open now, per scope.", ["scope"])
+        self.drifts = counter(
+            "streammoe_likelihood_drifts", "Changes of the stream's typical log-likelihood (ADWIN).", ["scope"]
         )
-        self.incidents_resolved = Counter(
-            "streammoe_incidents_resolved", "Incidents resolved, per scope and how.", ["scope", "by"], registry=r
-        )
-        self.incidents_open = Gauge("streammoe_incidents_open", "Incidents open now, per scope.", ["scope"], registry=r)
-        self.drifts = Counter(
-            "streammoe_likelihood_drifts",
-            "Changes of the stream's typical log-likelihood (ADWIN).",
-            ["scope"],
-            registry=r,
-        )
-        self.commits = Counter("streammoe_commits", "Offset commits that succeeded.", registry=r)
-        self.checkpoints = Counter("streammoe_checkpoints", "Model checkpoints written.", registry=r)
-        self.checkpoint_fallbacks = Counter(
+        self.commits = counter("streammoe_commits", "Offset commits that succeeded.")
+        self.checkpoints = counter("streammoe_checkpoints", "Model checkpoints written.")
+        self.checkpoint_fallbacks = counter(
             "streammoe_checkpoint_fallbacks",
             "Starts that loaded the previous checkpoint generation, by reason.",
             ["reason"],
-            registry=r,
         )
-        self.assigned_partitions = Gauge("streammoe_assigned_partitions", "Input partitions owned.", registry=r)
-        self.scopes_held = Gauge("streammoe_scopes_held", "Model scopes this worker holds.", registry=r)
-        self.snapshots = Counter("streammoe_snapshots", "Scope snapshots written to the snapshot topic.", registry=r)
-        self.snapshot_failures = Counter("streammoe_snapshot_failures", "Scope snapshots that failed.", registry=r)
-        self.scopes_restored = Counter(
-            "streammoe_scopes_restored", "Scopes taken over, by origin.", ["origin"], registry=r
+        self.assigned_partitions = gauge("streammoe_assigned_partitions", "Input partitions owned.")
+        self.scopes_held = gauge("streammoe_scopes_held", "Model scopes this worker holds.")
+        self.snapshots = counter("streammoe_snapshots", "Scope snapshots written to the snapshot topic.")
+        self.snapshot_failures = counter("streammoe_snapshot_failures", "Scope snapshots that failed.")
+        self.scopes_restored = counter("streammoe_scopes_restored", "Scopes taken over, by origin.", ["origin"])
+        self.backpressure_pauses = counter(
+            "streammoe_backpressure_pauses", "Times the partitions were paused because judging a batch took long."
         )
-        self.backpressure_pauses = Counter(
-            "streammoe_backpressure_pauses",
-            "Times the partitions were paused because judging a batch took long.",
-            registry=r,
+        self.broker_unreachable = gauge(
+            "streammoe_broker_unreachable", "1 while the broker is unreachable (the daemon waits, not ready)."
         )
-        self.broker_unreachable = Gauge(
-            "streammoe_broker_unreachable",
-            "1 while the broker is unreachable (the daemon waits, not ready).",
-            registry=r,
-        )
-        self.broker_outages = Counter("streammoe_broker_outages", "Broker outages begun.", registry=r)
-        self.outputs_resent = Counter(
-            "streammoe_outputs_resent", "Outputs sent again after the broker failed to acknowledge them.", registry=r
+        self.broker_outages = counter("streammoe_broker_outages", "Broker outages begun.")
+        self.outputs_resent = counter(
+            "streammoe_outputs_resent", "Outputs sent again after the broker failed to acknowledge them."
         )
 
-        self.asset_silences = Counter(
-            "streammoe_asset_silences", "Assets that went silent (asset_silent events).", registry=r
-        )
-        self.scopes_without_series = Gauge(
+        self.asset_silences = counter("streammoe_asset_silences", "Assets that went silent (asset_silent events).")
+        self.scopes_without_series = gauge(
             "streammoe_scopes_without_series",
             "Scopes held whose per-scope gauges are not exported (beyond "
             "STREAMMOE_HTTP__MAX_SCOPE_SERIES; asset mode can hold thousands).",
-            registry=r,
         )
 
     def scope_series(self, scope: str) -> bool:
