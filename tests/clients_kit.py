@@ -69,12 +69,19 @@ class MemorySnapshotTopic:
         self.logs: list[list[SnapshotMessage]] = [[] for _ in range(partitions)]
 
     def send(self, key: str, value: bytes, headers: Headers | None = None, input_partition: int = -1) -> None:
-        p = snapshot_partition(input_partition, len(self.logs)) if input_partition >= 0 else zlib.crc32(key.encode()) % len(self.logs)
+        p = (
+            snapshot_partition(input_partition, len(self.logs))
+            if input_partition >= 0
+            else zlib.crc32(key.encode()) % len(self.logs)
+        )
         self.logs[p].append((key, value, {k: v for k, v in headers or [] if isinstance(v, bytes)}))
 
     def read(self, input_partitions: set[int] | None = None) -> Iterator[SnapshotMessage]:
-        wanted = range(len(self.logs)) if input_partitions is None else sorted(
-            {snapshot_partition(p, len(self.logs)) for p in input_partitions})
+        wanted = (
+            range(len(self.logs))
+            if input_partitions is None
+            else sorted({snapshot_partition(p, len(self.logs)) for p in input_partitions})
+        )
         for p in wanted:
             yield from list(self.logs[p])
 
@@ -146,7 +153,7 @@ class FakeSource:
         self._serve()
         if self.paused:
             return []
-        ready = [m for m in self.queue if (m.topic(), m.partition()) in self.assigned][:self.max_batch]
+        ready = [m for m in self.queue if (m.topic(), m.partition()) in self.assigned][: self.max_batch]
         taken = {id(m) for m in ready}
         self.queue = [m for m in self.queue if id(m) not in taken]
         return ready
@@ -235,15 +242,35 @@ class FakeSink:
     def on(self, topic: str) -> list[Sent]:
         return [s for s in self.sent if s.topic == topic]
 
-    def send(self, topic: str, value: bytes | None, key: bytes | None = None, headers: Headers | None = None,
-             timestamp: int | None = None) -> None:
+    def send(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None = None,
+        headers: Headers | None = None,
+        timestamp: int | None = None,
+    ) -> None:
         self.unacked.append(Sent(topic, value, key, headers, timestamp))
 
-    def dead_letter(self, value: bytes | None, key: bytes | None, topic: str, partition: int, offset: int,
-                    reason: str, detail: str, headers: Headers | None = None, timestamp: int | None = None) -> None:
-        ours: Headers = [("source_topic", topic.encode()), ("source_partition", str(partition).encode()),
-                         ("source_offset", str(offset).encode()), ("reason", reason.encode()),
-                         ("detail", detail[:1000].encode())]
+    def dead_letter(
+        self,
+        value: bytes | None,
+        key: bytes | None,
+        topic: str,
+        partition: int,
+        offset: int,
+        reason: str,
+        detail: str,
+        headers: Headers | None = None,
+        timestamp: int | None = None,
+    ) -> None:
+        ours: Headers = [
+            ("source_topic", topic.encode()),
+            ("source_partition", str(partition).encode()),
+            ("source_offset", str(offset).encode()),
+            ("reason", reason.encode()),
+            ("detail", detail[:1000].encode()),
+        ]
         self.send(self.dead_letter_topic, value, key, [*(headers or []), *ours], timestamp)
 
     def flush(self, timeout: float | None = None) -> int:
@@ -294,7 +321,7 @@ class FakeControl:
         self.position = min(self.position, positions.get(0, 0))
 
     def poll(self, max_messages: int = 100) -> list[FakeMessage]:  # type: ignore[override]
-        msgs = self.log[self.position:self.position + max_messages]
+        msgs = self.log[self.position : self.position + max_messages]
         self.position += len(msgs)
         return msgs
 
@@ -336,8 +363,14 @@ CHANNELS = ["a", "b", "c"]
 def fake_settings(tmp_path: Path, **sections: object) -> Settings:
     """Daemon settings for fake clients: three channels, a small fast model, no HTTP server, topics named by role."""
     base: dict[str, object] = {
-        "kafka": {"input_topic": "input", "alerts_topic": "alerts", "dead_letter_topic": "dead",
-                  "events_topic": "events", "control_topic": "control", "commit_interval_s": 0.001},
+        "kafka": {
+            "input_topic": "input",
+            "alerts_topic": "alerts",
+            "dead_letter_topic": "dead",
+            "events_topic": "events",
+            "control_topic": "control",
+            "commit_interval_s": 0.001,
+        },
         "records": {"channels": CHANNELS},
         "checkpoint": {"dir": tmp_path / "ckpt", "warmup_records": 200, "interval_s": 3600},
         "http": {"enabled": False},
@@ -356,15 +389,20 @@ def fitted(seed: int = 0) -> MixtureDetector:
     return detector
 
 
-def make(tmp_path: Path, partitions: int = 1, snapshots: SnapshotTransport | None = None,
-         **sections: object) -> tuple[Daemon, FakeClients]:
+def make(
+    tmp_path: Path, partitions: int = 1, snapshots: SnapshotTransport | None = None, **sections: object
+) -> tuple[Daemon, FakeClients]:
     """A daemon on fake clients (its global scope warming up unless the test gives it a detector)."""
     clients = FakeClients(partitions=partitions)
     clients.snapshot_topic = snapshots
     return Daemon(fake_settings(tmp_path, **sections), clients=clients), clients
 
 
-def records(rng: np.random.Generator, n: int, asset: str = "pump-1", start_ts: int = 0, shift: float = 0.0) -> list[bytes]:
+def records(
+    rng: np.random.Generator, n: int, asset: str = "pump-1", start_ts: int = 0, shift: float = 0.0
+) -> list[bytes]:
     rows = rng.normal(shift, 1.0, (n, len(CHANNELS)))
-    return [orjson.dumps({"asset_id": asset, "ts": start_ts + i, "values": [round(float(v), 4) for v in row]})
-            for i, row in enumerate(rows)]
+    return [
+        orjson.dumps({"asset_id": asset, "ts": start_ts + i, "values": [round(float(v), 4) for v in row]})
+        for i, row in enumerate(rows)
+    ]

@@ -70,6 +70,7 @@ def produce(bootstrap: str, topic: str, items: list[tuple[bytes | None, bytes | 
                 errors.append(str(err))
             else:
                 delivered[i] = (msg.partition(), msg.offset())
+
         return report
 
     p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "all"})
@@ -87,15 +88,28 @@ def log_ends(delivered: list[tuple[int, int]]) -> dict[int, int]:
     return ends
 
 
-def consume_all(bootstrap: str, topic: str, expected: int | None = None, idle_s: float = 1.5,
-                timeout: float = 30.0, fetch_wait_ms: int = 10) -> list[Consumed]:
+def consume_all(
+    bootstrap: str,
+    topic: str,
+    expected: int | None = None,
+    idle_s: float = 1.5,
+    timeout: float = 30.0,
+    fetch_wait_ms: int = 10,
+) -> list[Consumed]:
     """Every message in `topic` from the start, without joining a group: until `expected` messages arrived,
     or nothing new came for `idle_s` (a topic never written to reads as empty). Tansu on S3 storage answers a
     fetch with nothing when listing the bucket takes longer than `fetch_wait_ms`: give it ~500 there."""
     from confluent_kafka import Consumer, TopicPartition
 
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4().hex}",
-                  "enable.auto.commit": False, "fetch.wait.max.ms": fetch_wait_ms, "allow.auto.create.topics": False})
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"reader-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+            "fetch.wait.max.ms": fetch_wait_ms,
+            "allow.auto.create.topics": False,
+        }
+    )
     try:
         meta = c.list_topics(topic, timeout=10).topics[topic]
         if meta.error is not None:
@@ -108,8 +122,9 @@ def consume_all(bootstrap: str, topic: str, expected: int | None = None, idle_s:
             msgs = c.consume(num_messages=1000, timeout=0.1)
             for m in msgs:
                 if m.error() is None:
-                    out.append(Consumed(m.topic(), m.partition(), m.offset(), m.key(), m.value(),
-                                        dict(m.headers() or [])))
+                    out.append(
+                        Consumed(m.topic(), m.partition(), m.offset(), m.key(), m.value(), dict(m.headers() or []))
+                    )
             if msgs:
                 last = time.monotonic()
             elif expected is None and time.monotonic() - last > idle_s:
@@ -132,8 +147,8 @@ def bootstrap_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import numpy as np
     from daemon_kit import CHANNELS, normal_rows
 
-    from streammoe.model.detector import MixtureDetector
     from streammoe.model.config import ModelConfig
+    from streammoe.model.detector import MixtureDetector
     from streammoe.state.persistence import save_detector
 
     x = normal_rows(np.random.default_rng(0), 4000)

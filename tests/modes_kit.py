@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from streammoe.model.detector import MixtureDetector
 from streammoe.model.config import NoveltyConfig
+from streammoe.model.detector import MixtureDetector
 from streammoe.testing.machine import Machine
 
 C = 5

@@ -13,6 +13,8 @@ def write_series(path, values: np.ndarray, labels: np.ndarray | None) -> None:
     opener = gzip.open if str(path).endswith(".gz") else open
     with opener(path, "wt", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["timestamp", *[f"ch{i}" for i in range(values.shape[1])], *(["label"] if labels is not None else [])])
+        w.writerow(
+            ["timestamp", *[f"ch{i}" for i in range(values.shape[1])], *(["label"] if labels is not None else [])]
+        )
         for i, row in enumerate(values):
             w.writerow([f"t{i}", *[f"{v:.5f}" for v in row], *([int(labels[i])] if labels is not None else [])])

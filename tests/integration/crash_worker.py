@@ -21,15 +21,16 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from streammoe.daemon import service as daemon
-from streammoe.state import checkpoint, persistence
-from streammoe.model.detector import MixtureDetector
 from streammoe.kafka.source import Source
+from streammoe.model.detector import MixtureDetector
+from streammoe.state import checkpoint, persistence
 
 POINT = os.environ.get("CRASH_POINT", "")
 AFTER = int(os.environ.get("CRASH_AFTER", "1"))
@@ -59,8 +60,13 @@ def state_fields(state: checkpoint.ModelState) -> dict[str, Any]:
     return {"origin": state.origin, "version": state.version, "learned_offsets": state.learned_offsets}
 
 
-def wrap(owner: Any, name: str, before: str | None = None, after: str | None = None,
-         then: Callable[[Any, tuple], None] | None = None) -> None:
+def wrap(
+    owner: Any,
+    name: str,
+    before: str | None = None,
+    after: str | None = None,
+    then: Callable[[Any, tuple], None] | None = None,
+) -> None:
     original = getattr(owner, name)
 
     def wrapped(*args: Any, **kwargs: Any) -> Any:

@@ -30,12 +30,17 @@ import numpy as np
 import pytest
 from conftest import committed_offsets, consume_all, log_ends, produce
 from daemon_kit import (
-    dead_key, env_for, make_daemon, source_key, topics, valid_items,
+    dead_key,
+    env_for,
+    make_daemon,
+    source_key,
+    topics,
+    valid_items,
 )
 
-from streammoe.testing.broker import EmbeddedBroker, free_port, wait_for_port
 from streammoe.daemon import Daemon
 from streammoe.kafka.sink import produce as produce_message
+from streammoe.testing.broker import EmbeddedBroker, free_port, wait_for_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -62,14 +67,20 @@ def s3_broker(tmp_path) -> Iterator[EmbeddedBroker]:  # type: ignore[no-untyped-
     """Tansu storing in a bucket of moto's S3 server, both on free loopback ports."""
     pytest.importorskip("moto.server", reason="the S3 test storage needs moto[server] (the dev extra)")
     port = free_port()
-    moto = subprocess.Popen([sys.executable, "-m", "moto.server", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    moto = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         wait_for_port(port, timeout=30)
         endpoint = f"http://127.0.0.1:{port}"
         urllib.request.urlopen(urllib.request.Request(f"{endpoint}/{BUCKET}", method="PUT"), timeout=10).read()
-        env = {"AWS_ENDPOINT": endpoint, "AWS_ALLOW_HTTP": "true", "AWS_ACCESS_KEY_ID": "test",
-               "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
+        env = {
+            "AWS_ENDPOINT": endpoint,
+            "AWS_ALLOW_HTTP": "true",
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
         with EmbeddedBroker(storage=f"s3://{BUCKET}/", env=env, log_file=tmp_path / "tansu.log") as b:
             yield b
     finally:
@@ -85,13 +96,15 @@ class Feeder:
 
     `delivered` holds the (partition, offset) of each record the broker acknowledged."""
 
-    def __init__(self, bootstrap: str, topic: str, per_tick: int = 50, every_s: float = 0.1,
-                 linger_ms: int = 5) -> None:
+    def __init__(
+        self, bootstrap: str, topic: str, per_tick: int = 50, every_s: float = 0.1, linger_ms: int = 5
+    ) -> None:
         from confluent_kafka import Producer
 
         self.topic, self.per_tick, self.every_s = topic, per_tick, every_s
-        self.producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": linger_ms, "acks": "all",
-                                  "message.timeout.ms": 300_000})
+        self.producer = Producer(
+            {"bootstrap.servers": bootstrap, "linger.ms": linger_ms, "acks": "all", "message.timeout.ms": 300_000}
+        )
         self.delivered: list[tuple[int, int]] = []
         self.errors: list[str] = []
         self._stop = threading.Event()
@@ -113,7 +126,7 @@ class Feeder:
             self.producer.poll(0)
             self._stop.wait(self.every_s)
 
-    def start(self) -> "Feeder":
+    def start(self) -> Feeder:
         self._thread.start()
         return self
 
@@ -219,21 +232,29 @@ def ready_and_committing(bootstrap: str, group: str, topic: str, ready: Readines
     return committed_offsets(bootstrap, group, topic)
 
 
-def drain(bootstrap: str, group: str, t: dict[str, str], delivered: list[tuple[int, int]],
-          fetch_wait_ms: int = 10) -> set[tuple[int, int]]:
+def drain(
+    bootstrap: str, group: str, t: dict[str, str], delivered: list[tuple[int, int]], fetch_wait_ms: int = 10
+) -> set[tuple[int, int]]:
     """Every offset the input topic holds (checked to include every acknowledged one); waits until the group has
     committed to its end."""
     held = {(m.partition, m.offset) for m in consume_all(bootstrap, t["input"], fetch_wait_ms=fetch_wait_ms)}
     assert set(delivered) <= held, f"the broker lost {len(set(delivered) - held)} acknowledged input records"
     ends = log_ends(list(held))
-    wait_until(lambda: committed_offsets(bootstrap, group, t["input"]) == ends, 120,
-               f"the group to commit to the end {ends}")
+    wait_until(
+        lambda: committed_offsets(bootstrap, group, t["input"]) == ends, 120, f"the group to commit to the end {ends}"
+    )
     return held
 
 
-def assert_accounted(bootstrap: str, t: dict[str, str], held: set[tuple[int, int]],
-                     committed_before: dict[int, int], fetch_wait_ms: int = 10) -> dict[str, int]:
+def assert_accounted(
+    bootstrap: str,
+    t: dict[str, str],
+    held: set[tuple[int, int]],
+    committed_before: dict[int, int],
+    fetch_wait_ms: int = 10,
+) -> dict[str, int]:
     """Every input offset scored or dead-lettered, nothing else; repeats only past `committed_before`."""
+
     def read(role: str) -> list:  # type: ignore[type-arg]
         return consume_all(bootstrap, t[role], fetch_wait_ms=fetch_wait_ms)
 
@@ -248,8 +269,14 @@ def assert_accounted(bootstrap: str, t: dict[str, str], held: set[tuple[int, int
     repeats = {k: n for k, n in Counter(scores + dead).items() if n > 1}
     early = sorted(k for k in repeats if k[1] < committed_before.get(k[0], 0))
     assert not early, f"records before the committed position were published twice: {early[:5]}"
-    return {"input": len(held), "scored": len(set(scores)), "dead": len(set(dead)), "alerts": len(set(alerts)),
-            "repeated": len(repeats), "extra_messages": len(scores) + len(dead) - len(held)}
+    return {
+        "input": len(held),
+        "scored": len(set(scores)),
+        "dead": len(set(dead)),
+        "alerts": len(set(alerts)),
+        "repeated": len(repeats),
+        "extra_messages": len(scores) + len(dead) - len(held),
+    }
 
 
 def assert_went_unready_and_back(seen: list[tuple[int, str]]) -> None:
@@ -262,8 +289,16 @@ def assert_went_unready_and_back(seen: list[tuple[int, str]]) -> None:
 
 def start(broker: EmbeddedBroker, topic_name, bootstrap_model, tmp_path, **extra: str):  # type: ignore[no-untyped-def]
     t, group, port = topics(topic_name), topic_name("group"), free_port()
-    env = env_for(broker.bootstrap, t, group, tmp_path / "ckpt", bootstrap_model, STREAMMOE_HTTP__PORT=str(port),
-                  **OUTAGE_ENV, **extra)
+    env = env_for(
+        broker.bootstrap,
+        t,
+        group,
+        tmp_path / "ckpt",
+        bootstrap_model,
+        STREAMMOE_HTTP__PORT=str(port),
+        **OUTAGE_ENV,
+        **extra,
+    )
     return t, group, port, env
 
 
@@ -274,8 +309,15 @@ def test_broker_killed_and_restarted_mid_stream(s3_broker, topic_name, bootstrap
     b = s3_broker
     # Tansu's S3 engine lists a partition's objects on every fetch and answers empty when that outlasts the
     # fetch wait; with moto a list takes 10-100 ms. So: a longer fetch wait, and fewer, larger batches.
-    t, group, port, env = start(b, topic_name, bootstrap_model, tmp_path, STREAMMOE_KAFKA__FETCH_WAIT_MAX_MS=str(S3_WAIT),
-                                STREAMMOE_BATCHING__MAX_BATCH="2048", STREAMMOE_BATCHING__MAX_WAIT_MS="200")
+    t, group, port, env = start(
+        b,
+        topic_name,
+        bootstrap_model,
+        tmp_path,
+        STREAMMOE_KAFKA__FETCH_WAIT_MAX_MS=str(S3_WAIT),
+        STREAMMOE_BATCHING__MAX_BATCH="2048",
+        STREAMMOE_BATCHING__MAX_WAIT_MS="200",
+    )
     feeder = Feeder(b.bootstrap, t["input"], per_tick=200, every_s=0.5, linger_ms=50).start()
     run = DaemonThread(make_daemon(monkeypatch, env))
     ready = Readiness(port)
@@ -306,9 +348,11 @@ def test_broker_killed_and_restarted_mid_stream(s3_broker, topic_name, bootstrap
     assert_went_unready_and_back(seen)
     assert run.daemon.state.detector is detector, "the model was kept in memory"
     assert run.metric("streammoe_broker_outages_total") >= 1 and run.metric("streammoe_broker_unreachable") == 0
-    print(f"\nkill/restart: not ready {down_after:.1f} s after the kill, ready {back_after:.1f} s after the restart; "
-          f"{counts}; outages {run.metric('streammoe_broker_outages_total'):.0f}, "
-          f"resent {run.metric('streammoe_outputs_resent_total'):.0f}; readiness {seen}")
+    print(
+        f"\nkill/restart: not ready {down_after:.1f} s after the kill, ready {back_after:.1f} s after the restart; "
+        f"{counts}; outages {run.metric('streammoe_broker_outages_total'):.0f}, "
+        f"resent {run.metric('streammoe_outputs_resent_total'):.0f}; readiness {seen}"
+    )
 
 
 def test_broker_unreachable_for_a_minute(memory_broker, topic_name, bootstrap_model, tmp_path, monkeypatch) -> None:
@@ -347,9 +391,11 @@ def test_broker_unreachable_for_a_minute(memory_broker, topic_name, bootstrap_mo
     assert detector.counters["records_learned"] > learned, "learning went on after the outage"
     assert_went_unready_and_back(seen)
     assert run.metric("streammoe_broker_outages_total") >= 1 and run.metric("streammoe_broker_unreachable") == 0
-    print(f"\nfrozen 60 s: not ready {down_after:.1f} s after the freeze, ready {back_after:.1f} s after the thaw; "
-          f"{counts}; outages {run.metric('streammoe_broker_outages_total'):.0f}, "
-          f"resent {run.metric('streammoe_outputs_resent_total'):.0f}; readiness {seen}")
+    print(
+        f"\nfrozen 60 s: not ready {down_after:.1f} s after the freeze, ready {back_after:.1f} s after the thaw; "
+        f"{counts}; outages {run.metric('streammoe_broker_outages_total'):.0f}, "
+        f"resent {run.metric('streammoe_outputs_resent_total'):.0f}; readiness {seen}"
+    )
 
 
 def test_sigterm_while_the_broker_is_frozen_exits_cleanly_and_commits_nothing_unacknowledged(
@@ -358,8 +404,12 @@ def test_sigterm_while_the_broker_is_frozen_exits_cleanly_and_commits_nothing_un
     b = memory_broker
     t, group, port, env = start(b, topic_name, bootstrap_model, tmp_path)
     feeder = Feeder(b.bootstrap, t["input"]).start()
-    proc = subprocess.Popen([sys.executable, "-m", "streammoe.cli", "run"], env={**os.environ, **env},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streammoe.cli", "run"],
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     ready = Readiness(port)
     try:
         committed_before = ready_and_committing(b.bootstrap, group, t["input"], ready)
@@ -379,7 +429,9 @@ def test_sigterm_while_the_broker_is_frozen_exits_cleanly_and_commits_nothing_un
             proc.kill()
         b.thaw()
     assert proc.returncode == 0, err.decode()[-3000:]
-    events = [line.split(b'"event": "')[1].split(b'"')[0].decode() for line in err.splitlines() if b'"event": "' in line]
+    events = [
+        line.split(b'"event": "')[1].split(b'"')[0].decode() for line in err.splitlines() if b'"event": "' in line
+    ]
     # A batch is abandoned only if one was waiting on the broker when SIGTERM came; the outage may instead have
     # been noticed through the lost partitions with nothing pending. Either way nothing unacknowledged commits.
     assert {"broker_unreachable", "daemon_stopped"} <= set(events), events[-20:]
@@ -388,7 +440,8 @@ def test_sigterm_while_the_broker_is_frozen_exits_cleanly_and_commits_nothing_un
     # Whatever the group committed was acknowledged: every offset below the commit has its output.
     committed = committed_offsets(b.bootstrap, group, t["input"])
     outputs = {source_key(m) for m in consume_all(b.bootstrap, t["scores"])} | {
-        dead_key(m) for m in consume_all(b.bootstrap, t["dead"])}
+        dead_key(m) for m in consume_all(b.bootstrap, t["dead"])
+    }
     unpublished = [(p, o) for p, c in committed.items() for o in range(c) if (p, o) not in outputs]
     assert not unpublished, f"committed without output: {unpublished[:5]}"
 
@@ -399,7 +452,7 @@ def test_sigterm_while_the_broker_is_frozen_exits_cleanly_and_commits_nothing_un
     held = drain(b.bootstrap, group, t, delivered)
     finisher.stop()
     counts = assert_accounted(b.bootstrap, t, held, committed_before)
-    shutdown = [e for e in events[events.index("broker_unreachable"):] if e not in ("kafka_error", "batch_done")]
+    shutdown = [e for e in events[events.index("broker_unreachable") :] if e not in ("kafka_error", "batch_done")]
     print(f"\nSIGTERM while frozen: exit 0 after {stop_seconds:.1f} s; {counts}; shutdown: {shutdown}")
 
 
@@ -411,8 +464,14 @@ def test_leaving_the_group_is_given_up_when_a_frozen_broker_holds_a_commit(memor
 
     b, topic = memory_broker, topic_name("input")
     delivered = produce_all(b.bootstrap, topic, 200)
-    kafka = KafkaSettings(bootstrap_servers=b.bootstrap, group_id=topic_name("group"), input_topic=topic,
-                          session_timeout_ms=4000, fetch_wait_max_ms=10, extra={"heartbeat.interval.ms": "1000"})
+    kafka = KafkaSettings(
+        bootstrap_servers=b.bootstrap,
+        group_id=topic_name("group"),
+        input_topic=topic,
+        session_timeout_ms=4000,
+        fetch_wait_max_ms=10,
+        extra={"heartbeat.interval.ms": "1000"},
+    )
     source = Source(kafka, BatchingSettings(max_batch=500, max_wait_ms=100), on_error=lambda err: None)
     source.subscribe()
     got: list = []
@@ -428,8 +487,9 @@ def test_leaving_the_group_is_given_up_when_a_frozen_broker_holds_a_commit(memor
     took = time.monotonic() - t0
     b.thaw()
     assert not closed and took < 6, f"close returned {closed} after {took:.1f} s"
-    assert committed_offsets(b.bootstrap, kafka.group_id, topic) in ({}, log_ends(delivered)), \
+    assert committed_offsets(b.bootstrap, kafka.group_id, topic) in ({}, log_ends(delivered)), (
         "the commit either never happened or happened whole"
+    )
 
 
 def produce_all(bootstrap: str, topic: str, n: int) -> list[tuple[int, int]]:

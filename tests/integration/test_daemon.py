@@ -18,11 +18,19 @@ import orjson
 import pytest
 from conftest import committed_offsets, consume_all, log_ends, produce
 from daemon_kit import (
-    MALFORMED, dead_key, env_for, make_daemon, normal_rows, record, source_key, topics, valid_items,
+    MALFORMED,
+    dead_key,
+    env_for,
+    make_daemon,
+    normal_rows,
+    record,
+    source_key,
+    topics,
+    valid_items,
 )
 
-from streammoe.wire.alerts import alert_schema
 from streammoe.state.persistence import read_meta
+from streammoe.wire.alerts import alert_schema
 
 pytestmark = pytest.mark.integration
 
@@ -163,8 +171,12 @@ def test_sigterm_mid_stream_exits_zero_and_loses_nothing(
 
     producer = threading.Thread(target=keep_producing, daemon=True)
     producer.start()
-    proc = subprocess.Popen([sys.executable, "-m", "streammoe.cli", "run"], env={**os.environ, **env},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streammoe.cli", "run"],
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.monotonic() + 40
         while time.monotonic() < deadline and proc.poll() is None:
@@ -189,8 +201,9 @@ def test_sigterm_mid_stream_exits_zero_and_loses_nothing(
     committed = committed_offsets(broker, group, t["input"])
     scored_before = [source_key(m) for m in consume_all(broker, t["scores"])]
     assert len(scored_before) == len(set(scored_before))
-    assert set(scored_before) == {(p, o) for p, c in committed.items() for o in range(c)}, \
+    assert set(scored_before) == {(p, o) for p, c in committed.items() for o in range(c)}, (
         "a graceful stop commits exactly what it published"
+    )
     assert sum(committed.values()) < len(delivered), "stopped mid-stream"
 
     rest = make_daemon(monkeypatch, env | {"STREAMMOE_HTTP__ENABLED": "false"})
@@ -204,9 +217,17 @@ def test_sigterm_mid_stream_exits_zero_and_loses_nothing(
 def test_warm_up_learns_first_records_without_alerting_then_scores(broker, topic_name, tmp_path, monkeypatch) -> None:
     t = topics(topic_name)
     delivered = produce(broker, t["input"], valid_items(np.random.default_rng(4), 1200))
-    env = env_for(broker, t, topic_name("group"), tmp_path / "ckpt", None,
-                  STREAMMOE_CHECKPOINT__WARMUP_RECORDS="500", STREAMMOE_MODEL__FIT_STEPS="100",
-                  STREAMMOE_MODEL__K_MAX="2", STREAMMOE_MODEL__N_SAMPLES="2")
+    env = env_for(
+        broker,
+        t,
+        topic_name("group"),
+        tmp_path / "ckpt",
+        None,
+        STREAMMOE_CHECKPOINT__WARMUP_RECORDS="500",
+        STREAMMOE_MODEL__FIT_STEPS="100",
+        STREAMMOE_MODEL__K_MAX="2",
+        STREAMMOE_MODEL__N_SAMPLES="2",
+    )
     daemon = make_daemon(monkeypatch, env)
     assert daemon.state.origin == "warmup" and daemon.state.detector is None
     summary = daemon.run(max_records=1200, timeout_s=90)

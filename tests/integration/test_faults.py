@@ -12,10 +12,10 @@ from conftest import consume_all, produce
 from daemon_kit import CHANNELS, env_for, make_daemon, normal_rows, record, topics, valid_items
 
 from benchmarks.fuzz import ANY_DEAD, SCORED, hostile_items, run_fuzz
-from streammoe.state.checkpoint import Checkpointer, ModelState
 from streammoe.config import CheckpointSettings
-from streammoe.model.detector import MixtureDetector
 from streammoe.model.config import ModelConfig
+from streammoe.model.detector import MixtureDetector
+from streammoe.state.checkpoint import Checkpointer, ModelState
 
 pytestmark = pytest.mark.integration
 
@@ -69,7 +69,9 @@ def test_daemon_starts_from_the_previous_generation_when_the_checkpoint_is_damag
     assert Path(tmp_path / "ckpt" / ".global.old").is_dir()
 
 
-def test_absurd_readings_during_warm_up_are_left_out_of_the_first_fit(broker, topic_name, tmp_path, monkeypatch) -> None:
+def test_absurd_readings_during_warm_up_are_left_out_of_the_first_fit(
+    broker, topic_name, tmp_path, monkeypatch
+) -> None:
     """Two 1e30 readings among 2000 warm-up records would set channel c2's scale to ~1e28 (blind for good)."""
     rng = np.random.default_rng(5)
     t = topics(topic_name)
@@ -84,13 +86,23 @@ def test_absurd_readings_during_warm_up_are_left_out_of_the_first_fit(broker, to
         row[2] += 40.0 if i % 20 else 1e30
         items[i] = (b"", record(f"late-{i}", i, row))
     produce(broker, t["input"], [(b"one-partition", value) for _, value in items])  # in order: warm-up first
-    env = env_for(broker, t, topic_name("group"), tmp_path / "ckpt", None,
-                  STREAMMOE_CHECKPOINT__WARMUP_RECORDS="2000", STREAMMOE_MODEL__FIT_STEPS="100",
-                  STREAMMOE_MODEL__K_MAX="2", STREAMMOE_MODEL__N_SAMPLES="2")
+    env = env_for(
+        broker,
+        t,
+        topic_name("group"),
+        tmp_path / "ckpt",
+        None,
+        STREAMMOE_CHECKPOINT__WARMUP_RECORDS="2000",
+        STREAMMOE_MODEL__FIT_STEPS="100",
+        STREAMMOE_MODEL__K_MAX="2",
+        STREAMMOE_MODEL__N_SAMPLES="2",
+    )
     daemon = make_daemon(monkeypatch, env)
     summary = daemon.run(max_records=2400, timeout_s=90)
     assert summary.records_in == 2400 and 2000 <= summary.warmup < 2260
     assert b'streammoe_poison_records_total{reason="warmup_out_of_range"} 2.0' in daemon.metrics.render()
     assert float(daemon.state.detector.model.scaler.std[2]) < 10
     alerts = [orjson.loads(m.value) for m in consume_all(broker, t["alerts"]) if m.key.startswith(b"late")]
-    assert {a["asset"]: a["reason"] for a in alerts} == {f"late-{i}": "score" if i % 20 else "out_of_range" for i in late}
+    assert {a["asset"]: a["reason"] for a in alerts} == {
+        f"late-{i}": "score" if i % 20 else "out_of_range" for i in late
+    }

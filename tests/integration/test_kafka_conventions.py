@@ -30,8 +30,9 @@ def read_back(bootstrap: str, topic: str, expected: int, timeout: float = 20.0) 
     """Every record of `topic` through kafka-python's consumer (no group)."""
     from kafka import KafkaConsumer, TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
-                             consumer_timeout_ms=1000)
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None, consumer_timeout_ms=1000
+    )
     try:
         deadline = time.monotonic() + timeout
         while not consumer.partitions_for_topic(topic) and time.monotonic() < deadline:
@@ -94,8 +95,17 @@ def test_dead_letters_keep_the_input_and_carry_streammoe_and_connect_headers(bro
     dlq = topic_name("dead")
     sink = Sink(KafkaSettings(bootstrap_servers=broker, dead_letter_topic=dlq))
     input_headers = [("traceparent", b"00-abc-01"), ("source_system", b"scada-3")]
-    sink.dead_letter(b"{not json", b"pump-1", "sensors", 3, 1234, "not_json", "unexpected character",
-                     headers=input_headers, timestamp=1_732_000_000_123)
+    sink.dead_letter(
+        b"{not json",
+        b"pump-1",
+        "sensors",
+        3,
+        1234,
+        "not_json",
+        "unexpected character",
+        headers=input_headers,
+        timestamp=1_732_000_000_123,
+    )
     sink.dead_letter(None, b"pump-2", "sensors", 3, 1235, "tombstone", "record has a null value")
     sink.dead_letter(b"", b"pump-3", "sensors", 3, 1236, "empty", "record has an empty value")
     assert sink.flush(15) == 0
@@ -117,15 +127,23 @@ def test_dead_letters_keep_the_input_and_carry_streammoe_and_connect_headers(bro
 def test_missing_topics_are_named_once_and_not_created(broker, topic_name) -> None:
     present = topic_name("alerts")
     create_topic(broker, present, 1)
-    kafka = KafkaSettings(bootstrap_servers=broker, alerts_topic=present, input_topic=topic_name("input"),
-                          control_topic=topic_name("control"), dead_letter_topic=topic_name("dead"),
-                          events_topic=topic_name("events"))
+    kafka = KafkaSettings(
+        bootstrap_servers=broker,
+        alerts_topic=present,
+        input_topic=topic_name("input"),
+        control_topic=topic_name("control"),
+        dead_letter_topic=topic_name("dead"),
+        events_topic=topic_name("events"),
+    )
     sink, snapshots = Sink(kafka), topic_name("snaps")
     with capture_logs() as logs:
         missing = report_missing(sink.producer, kafka, snapshot_topic=snapshots)
     named = {e["topic"]: e for e in logs if e["event"] == "topic_missing"}
-    assert set(named) == {t.name for t in missing} == {
-        kafka.input_topic, kafka.control_topic, kafka.dead_letter_topic, kafka.events_topic, snapshots}
+    assert (
+        set(named)
+        == {t.name for t in missing}
+        == {kafka.input_topic, kafka.control_topic, kafka.dead_letter_topic, kafka.events_topic, snapshots}
+    )
     assert named[kafka.input_topic]["setting"] == "STREAMMOE_KAFKA__INPUT_TOPIC"
     assert "nothing is consumed" in named[kafka.input_topic]["consequence"]
     assert present not in named
@@ -152,8 +170,9 @@ def test_kafka_python_reads_what_librdkafka_wrote_with_compression(broker, topic
     topic = f"interop-{uuid.uuid4().hex[:8]}"
     producer = KafkaProducer(bootstrap_servers=broker, compression_type="gzip", acks="all")
     for i in range(20):
-        producer.send(topic, key=f"pump-{i % 4}".encode(), value=b'{"i": %d}' % i, timestamp_ms=1_000 + i,
-                      headers=[("h", b"v")])
+        producer.send(
+            topic, key=f"pump-{i % 4}".encode(), value=b'{"i": %d}' % i, timestamp_ms=1_000 + i, headers=[("h", b"v")]
+        )
     producer.flush(15)
     producer.close()
     got = read_back(broker, topic, 20)
@@ -185,8 +204,9 @@ def test_kafka_python_in_and_out_of_the_daemon(broker, topic_name, bootstrap_mod
             row[2] += 40.0
             planted[i % 6] = base + i
         producer.send(t["input"], key=asset.encode(), value=record(asset, base + i, row), timestamp_ms=base + i)
-    producer.send(t["input"], key=b"pump-0", value=b"{not json", timestamp_ms=base + 999,
-                  headers=[("traceparent", b"00-feed-01")])
+    producer.send(
+        t["input"], key=b"pump-0", value=b"{not json", timestamp_ms=base + 999, headers=[("traceparent", b"00-feed-01")]
+    )
     producer.flush(15)
     producer.close()
     n = len(rows) + 1

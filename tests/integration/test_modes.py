@@ -12,14 +12,14 @@ import pytest
 from conftest import consume_all, produce
 from modes_kit import mode_a, mode_b
 
-from streammoe.wire.alerts import event_schema
 from streammoe.config import Settings
 from streammoe.daemon import Daemon
-from streammoe.model.detector import MixtureDetector
 from streammoe.model.config import ModelConfig, NoveltyConfig
+from streammoe.model.detector import MixtureDetector
 from streammoe.state.persistence import load_detector, save_detector
 from streammoe.testing.records import keyed_records
 from streammoe.testing.settings import daemon_env
+from streammoe.wire.alerts import event_schema
 
 pytestmark = pytest.mark.integration
 
@@ -52,9 +52,19 @@ def test_new_mode_event_then_operator_marks_it_as_fault(broker, topic_name, tmp_
     det.fit(rows(rng, 3000, "A"))
     boot = save_detector(det, tmp_path / "boot")
     t = {role: topic_name(role) for role in ("input", "alerts", "dead", "events", "control")}
-    env = daemon_env(broker, t, CHANNELS, group=topic_name("group"), checkpoint_dir=tmp_path / "ckpt", model_dir=boot,
-                     kafka__session_timeout_ms=4000, kafka__max_poll_interval_ms=30000, kafka__commit_interval_s=0.3,
-                     checkpoint__interval_s=None, log_format=None)
+    env = daemon_env(
+        broker,
+        t,
+        CHANNELS,
+        group=topic_name("group"),
+        checkpoint_dir=tmp_path / "ckpt",
+        model_dir=boot,
+        kafka__session_timeout_ms=4000,
+        kafka__max_poll_interval_ms=30000,
+        kafka__commit_interval_s=0.3,
+        checkpoint__interval_s=None,
+        log_format=None,
+    )
 
     produce(broker, t["input"], items(rows(rng, 1000, "A"), 0) + items(rows(rng, 2500, "B"), 1000))
     run_daemon(env, monkeypatch, max_records=3500, timeout_s=120)
@@ -70,10 +80,14 @@ def test_new_mode_event_then_operator_marks_it_as_fault(broker, topic_name, tmp_
     assert added[0]["size"] >= novelty.min_records
 
     # The operator says the new mode is a fault; one malformed command goes to the dead-letter topic.
-    produce(broker, t["control"], [
-        (b"global", orjson.dumps({"scope": "global", "expert": expert, "status": "fault", "operator": "alice"})),
-        (b"global", b'{"expert": "three", "status": "fault"}'),
-    ])
+    produce(
+        broker,
+        t["control"],
+        [
+            (b"global", orjson.dumps({"scope": "global", "expert": expert, "status": "fault", "operator": "alice"})),
+            (b"global", b'{"expert": "three", "status": "fault"}'),
+        ],
+    )
     run_daemon(env, monkeypatch, timeout_s=8)  # no new input: only the control topic is read
     marked = [orjson.loads(m.value) for m in consume_all(broker, t["events"])]
     marked = [e for e in marked if e["kind"] == "mode_marked"]

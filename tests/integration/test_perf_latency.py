@@ -9,8 +9,9 @@ from benchmarks import perf
 
 
 def test_latency_bench_times_the_daemon_and_the_relay_floor_on_one_broker(broker: str, tmp_path: Path) -> None:
-    opts = perf.PerfOptions(latency=True, latency_rate=2000, latency_seconds=2.0, latency_k=2, latency_s=1,
-                            fit_steps=50)
+    opts = perf.PerfOptions(
+        latency=True, latency_rate=2000, latency_seconds=2.0, latency_k=2, latency_s=1, fit_steps=50
+    )
     res = perf.latency(broker, [f"ch{i:02d}" for i in range(38)], tmp_path, opts, progress=lambda *a: None)
     # 4000 paced records plus the 10 that created the topic, all through the daemon; ~1 % planted far off.
     assert res["records_in"] == 4010

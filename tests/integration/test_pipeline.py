@@ -48,8 +48,12 @@ def test_reading_ahead_stores_offsets_in_order_and_accounts_every_record(
 ) -> None:
     t = topics(topic_name)
     delivered = produce(broker, t["input"], valid_items(np.random.default_rng(5), 4000))
-    daemon = make_daemon(monkeypatch, env_for(broker, t, topic_name("group"), tmp_path / "ckpt", bootstrap_model,
-                                              STREAMMOE_BATCHING__PIPELINE="true"))
+    daemon = make_daemon(
+        monkeypatch,
+        env_for(
+            broker, t, topic_name("group"), tmp_path / "ckpt", bootstrap_model, STREAMMOE_BATCHING__PIPELINE="true"
+        ),
+    )
     assert daemon.settings.batching.pipeline
     stored, judging = spy_on(daemon)
     summary = daemon.run(max_records=len(delivered), timeout_s=60)
@@ -71,8 +75,12 @@ def test_a_slow_batch_pauses_the_partitions_and_nothing_is_lost(
     t = topics(topic_name)
     delivered = produce(broker, t["input"], valid_items(np.random.default_rng(6), 2000))
     monkeypatch.setattr(pipeline_module, "PAUSE_AFTER_S", 0.05)
-    daemon = make_daemon(monkeypatch, env_for(broker, t, topic_name("group"), tmp_path / "ckpt", bootstrap_model,
-                                              STREAMMOE_BATCHING__PIPELINE="true"))
+    daemon = make_daemon(
+        monkeypatch,
+        env_for(
+            broker, t, topic_name("group"), tmp_path / "ckpt", bootstrap_model, STREAMMOE_BATCHING__PIPELINE="true"
+        ),
+    )
     stored, judging = spy_on(daemon)
     paused = threading.Event()
     pause = daemon.source.pause
@@ -110,8 +118,9 @@ def test_a_slow_batch_pauses_the_partitions_and_nothing_is_lost(
 def test_without_pipeline_nothing_is_read_ahead(broker, topic_name, bootstrap_model, tmp_path, monkeypatch) -> None:
     t = topics(topic_name)
     delivered = produce(broker, t["input"], valid_items(np.random.default_rng(7), 1500))
-    env = env_for(broker, t, topic_name("group"), tmp_path / "ckpt", bootstrap_model,
-                  STREAMMOE_BATCHING__PIPELINE="false")
+    env = env_for(
+        broker, t, topic_name("group"), tmp_path / "ckpt", bootstrap_model, STREAMMOE_BATCHING__PIPELINE="false"
+    )
     daemon = make_daemon(monkeypatch, env)
     summary = daemon.run(max_records=len(delivered), timeout_s=60)
     assert summary.read_ahead == 0 and summary.records_in == len(delivered)
