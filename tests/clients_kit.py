@@ -16,7 +16,7 @@ import orjson
 from streammoe.config import Settings
 from streammoe.daemon import Daemon
 from streammoe.daemon.clients import ErrorHook, SourceHooks
-from streammoe.kafka.sink import Headers
+from streammoe.kafka.sink import Headers, dead_letter_headers
 from streammoe.kafka.snapshots import SnapshotMessage, snapshot_partition
 from streammoe.kafka.source import PartitionKey, Positions, positions
 from streammoe.model.detector import MixtureDetector
@@ -264,13 +264,7 @@ class FakeSink:
         headers: Headers | None = None,
         timestamp: int | None = None,
     ) -> None:
-        ours: Headers = [
-            ("source_topic", topic.encode()),
-            ("source_partition", str(partition).encode()),
-            ("source_offset", str(offset).encode()),
-            ("reason", reason.encode()),
-            ("detail", detail[:1000].encode()),
-        ]
+        ours = dead_letter_headers(topic, partition, offset, reason, detail)
         self.send(self.dead_letter_topic, value, key, [*(headers or []), *ours], timestamp)
 
     def flush(self, timeout: float | None = None) -> int:

@@ -128,19 +128,7 @@ class Sink:
         """The original record, untouched: its value (a tombstone stays a null value, an empty one stays empty),
         key, `headers` and `timestamp` (the input's own Kafka timestamp), then where it came from and why it was
         refused, as streammoe's headers and as Kafka Connect's DLQ headers (read by existing DLQ tooling)."""
-        detail = detail[:1000]
-        ours: Headers = [
-            ("source_topic", topic.encode()),
-            ("source_partition", str(partition).encode()),
-            ("source_offset", str(offset).encode()),
-            ("reason", reason.encode()),
-            ("detail", detail.encode()),
-            ("__connect.errors.topic", topic.encode()),
-            ("__connect.errors.partition", str(partition).encode()),
-            ("__connect.errors.offset", str(offset).encode()),
-            ("__connect.errors.exception.class.name", f"streammoe.{reason}".encode()),
-            ("__connect.errors.exception.message", f"{reason}: {detail}".encode()),
-        ]
+        ours = dead_letter_headers(topic, partition, offset, reason, detail)
         self._produce(self.kafka.dead_letter_topic, value, key, [*(headers or []), *ours], record_timestamp(timestamp))
         self.sent += 1
 
@@ -204,3 +192,21 @@ class Sink:
 
     def _error(self, err: KafkaError) -> None:
         log.warning("kafka_error", error=str(err), fatal=err.fatal())
+
+
+def dead_letter_headers(topic: str, partition: int, offset: int, reason: str, detail: str) -> Headers:
+    """Where a refused record came from and why, as streammoe's headers and as Kafka Connect's DLQ headers (so
+    existing DLQ tooling reads them); `detail` is cut to 1,000 characters."""
+    detail = detail[:1000]
+    return [
+        ("source_topic", topic.encode()),
+        ("source_partition", str(partition).encode()),
+        ("source_offset", str(offset).encode()),
+        ("reason", reason.encode()),
+        ("detail", detail.encode()),
+        ("__connect.errors.topic", topic.encode()),
+        ("__connect.errors.partition", str(partition).encode()),
+        ("__connect.errors.offset", str(offset).encode()),
+        ("__connect.errors.exception.class.name", f"streammoe.{reason}".encode()),
+        ("__connect.errors.exception.message", f"{reason}: {detail}".encode()),
+    ]
