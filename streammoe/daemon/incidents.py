@@ -17,7 +17,7 @@ import orjson
 from streammoe.config import Settings
 from streammoe.daemon.clients import SinkClient
 from streammoe.daemon.pipeline import REF_PARTITION_SHIFT, Part
-from streammoe.incidents import Batch, Change, IncidentTracker, Source
+from streammoe.incidents import Batch, Change, IncidentTracker, Source, opens_at_once
 from streammoe.kafka.source import Positions
 from streammoe.logs import get_logger
 from streammoe.metrics import Metrics
@@ -95,7 +95,9 @@ class IncidentPublisher:
         state, tracker = held
         scored, rows = part.scored, part.rows
         idx = decoded.index[rows]
-        critical = scored.is_anomaly & (~scored.valid | ~scored.in_range | (scored.log_p_value < self.critical_log_p))
+        critical = opens_at_once(
+            scored.is_anomaly, scored.valid, scored.in_range, scored.log_p_value, self.critical_log_p
+        )
         batch = Batch(
             asset=[decoded.assets[r] for r in rows.tolist()],
             ts=decoded.ts[rows],

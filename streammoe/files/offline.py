@@ -7,12 +7,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from streammoe.config import AlertSettings
+from streammoe.incidents import opens_at_once
 from streammoe.model.config import ModelConfig
 from streammoe.model.detector import MixtureDetector, ScoredBatch
 from streammoe.novelty.events import ModeEvent
 
 TOP_CHANNELS = 3
-CRITICAL_P_VALUE = 1e-6  # AlertSettings.critical_p_value's default: what the daemon calls critical
+CRITICAL_P_VALUE: float = AlertSettings.model_fields["critical_p_value"].default  # what the daemon calls critical
 
 
 @dataclass
@@ -79,8 +81,8 @@ class StreamResult:
         critical_p_value: float = CRITICAL_P_VALUE,
     ) -> None:
         end = start + len(scored)
-        self.critical[start:end] = scored.is_anomaly & (
-            ~scored.valid | ~scored.in_range | (scored.log_p_value < np.log(critical_p_value))
+        self.critical[start:end] = opens_at_once(
+            scored.is_anomaly, scored.valid, scored.in_range, scored.log_p_value, float(np.log(critical_p_value))
         )
         self.channel_share[start:end] = np.nan_to_num(scored.channel_share, nan=0.0, posinf=0.0, neginf=0.0)
         self.score[start:end] = np.where(scored.valid, scored.nll, np.inf)

@@ -6,6 +6,15 @@ publish or write what comes back (docs/alerts.md, "Incidents").
 
 from streammoe.incidents.incident import Incident, Source, incident_id
 from streammoe.incidents.settings import IncidentSettings
-from streammoe.incidents.tracker import Batch, Change, IncidentTracker
+from streammoe.incidents.tracker import Batch, Change, IncidentTracker, opens_at_once
 
-__all__ = ["Batch", "Change", "Incident", "IncidentSettings", "IncidentTracker", "Source", "incident_id"]
+__all__ = [
+    "Batch",
+    "Change",
+    "Incident",
+    "IncidentSettings",
+    "IncidentTracker",
+    "Source",
+    "incident_id",
+    "opens_at_once",
+]

@@ -346,3 +346,12 @@ def quiet_end(s: IncidentSettings, inc: Incident, rows: Rows, fpos: np.ndarray, 
         if ok.any():
             return c, start + int(np.argmax(ok))
     return None
+
+
+def opens_at_once(
+    is_anomaly: np.ndarray, valid: np.ndarray, in_range: np.ndarray, log_p_value: np.ndarray, critical_log_p: float
+) -> np.ndarray:
+    """The alerted records that open an incident without the debounce: not finite, poison, or alerted with a
+    p-value below the critical one (`AlertSettings.critical_p_value`, as a natural log). One rule for the daemon and
+    the offline scorer."""
+    return is_anomaly & (~valid | ~in_range | (log_p_value < critical_log_p))
