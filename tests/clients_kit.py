@@ -16,7 +16,7 @@ import orjson
 from streammoe.config import Settings
 from streammoe.daemon import Daemon
 from streammoe.daemon.clients import ErrorHook, SourceHooks
-from streammoe.kafka.sink import Headers, dead_letter_headers
+from streammoe.kafka.sink import DeadLetter, Headers
 from streammoe.kafka.snapshots import SnapshotMessage, snapshot_partition
 from streammoe.kafka.source import PartitionKey, Positions, positions
 from streammoe.model.detector import MixtureDetector
@@ -242,30 +242,13 @@ class FakeSink:
     def on(self, topic: str) -> list[Sent]:
         return [s for s in self.sent if s.topic == topic]
 
-    def send(
-        self,
-        topic: str,
-        value: bytes | None,
-        key: bytes | None = None,
-        headers: Headers | None = None,
-        timestamp: int | None = None,
-    ) -> None:
-        self.unacked.append(Sent(topic, value, key, headers, timestamp))
+    def send(self, topic: str, value: bytes | None, key: bytes | None = None, timestamp: int | None = None) -> None:
+        self.unacked.append(Sent(topic, value, key, None, timestamp))
 
-    def dead_letter(
-        self,
-        value: bytes | None,
-        key: bytes | None,
-        topic: str,
-        partition: int,
-        offset: int,
-        reason: str,
-        detail: str,
-        headers: Headers | None = None,
-        timestamp: int | None = None,
-    ) -> None:
-        ours = dead_letter_headers(topic, partition, offset, reason, detail)
-        self.send(self.dead_letter_topic, value, key, [*(headers or []), *ours], timestamp)
+    def dead_letter(self, letter: DeadLetter) -> None:
+        self.unacked.append(
+            Sent(self.dead_letter_topic, letter.value, letter.key, letter.headers_out(), letter.timestamp)
+        )
 
     def flush(self, timeout: float | None = None) -> int:
         if self.on_flush is not None:

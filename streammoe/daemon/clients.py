@@ -16,7 +16,7 @@ from confluent_kafka import KafkaError, Message
 
 from streammoe.config import Settings
 from streammoe.kafka.control import ControlListener
-from streammoe.kafka.sink import Headers, Sink
+from streammoe.kafka.sink import DeadLetter, Sink
 from streammoe.kafka.snapshots import SnapshotTopic
 from streammoe.kafka.source import AssignHook, PartitionKey, Positions, ReleaseHook, Source, StatsHook
 from streammoe.kafka.topics import report_missing
@@ -57,26 +57,8 @@ class SinkClient(Protocol):
 
     @property
     def pending(self) -> int: ...
-    def send(
-        self,
-        topic: str,
-        value: bytes | None,
-        key: bytes | None = None,
-        headers: Headers | None = None,
-        timestamp: int | None = None,
-    ) -> None: ...
-    def dead_letter(
-        self,
-        value: bytes | None,
-        key: bytes | None,
-        topic: str,
-        partition: int,
-        offset: int,
-        reason: str,
-        detail: str,
-        headers: Headers | None = None,
-        timestamp: int | None = None,
-    ) -> None: ...
+    def send(self, topic: str, value: bytes | None, key: bytes | None = None, timestamp: int | None = None) -> None: ...
+    def dead_letter(self, letter: DeadLetter) -> None: ...
     def flush(self, timeout: float | None = None) -> int: ...
     def reachable(self, timeout: float) -> bool: ...
     def drop_pending(self) -> int: ...

@@ -11,7 +11,7 @@ from streammoe.daemon.accounting import RunSummary
 from streammoe.daemon.clients import SinkClient, source_of
 from streammoe.daemon.incidents import IncidentPublisher
 from streammoe.daemon.pipeline import REF_PARTITION_SHIFT, Judged
-from streammoe.kafka.sink import Headers
+from streammoe.kafka.sink import DeadLetter, Headers
 from streammoe.kafka.source import Positions, positions
 from streammoe.metrics import Metrics
 from streammoe.wire.alerts import Origin, build_alert, build_score
@@ -38,15 +38,7 @@ class Publisher:
         kafka, sink, s = self.settings.kafka, self.sink, self.summary
         for d in decoded.dead:
             m = msgs[d.index]
-            sink.dead_letter(
-                m.value(),
-                m.key(),
-                *source_of(m),
-                d.reason,
-                d.detail,
-                headers=input_headers(m),
-                timestamp=input_timestamp(m),
-            )
+            sink.dead_letter(refused(m, d.reason, d.detail))
             self.metrics.dead_letters.labels(d.reason).inc()
         s.dead_letters += len(decoded.dead)
         s.non_alerts += judged.warmup_rows
@@ -111,6 +103,11 @@ class Publisher:
         """One event on the events topic, keyed by its scope."""
         payload = event_payload(event, input_topic=self.settings.kafka.input_topic, scope=scope, model_version=version)
         self.sink.send(self.settings.kafka.events_topic, orjson.dumps(payload), scope.encode())
+
+
+def refused(m: Message, reason: str, detail: str) -> DeadLetter:
+    """A consumed message as a dead letter: untouched, with where it came from and why it was refused."""
+    return DeadLetter(m.value(), m.key(), *source_of(m), reason, detail, input_headers(m), input_timestamp(m))
 
 
 def input_headers(m: Message) -> Headers | None:

@@ -11,7 +11,7 @@ import time
 
 from streammoe.daemon.clients import ControlClient, SinkClient, source_of
 from streammoe.daemon.pipeline import JudgeThread
-from streammoe.daemon.publish import Publisher, input_headers, input_timestamp
+from streammoe.daemon.publish import Publisher, refused
 from streammoe.kafka.control import ControlError, ExpertVerdict, parse_command
 from streammoe.logs import get_logger
 from streammoe.metrics import Metrics
@@ -61,17 +61,7 @@ class Verdicts:
                 if state is not None:
                     self._apply_verdict(state, verdict, partition, offset)
             except ControlError as e:
-                self.sink.dead_letter(
-                    m.value(),
-                    m.key(),
-                    topic,
-                    partition,
-                    offset,
-                    "bad_control",
-                    str(e),
-                    headers=input_headers(m),
-                    timestamp=input_timestamp(m),
-                )
+                self.sink.dead_letter(refused(m, "bad_control", str(e)))
                 self.metrics.dead_letters.labels("bad_control").inc()
                 log.warning("control_rejected", reason=str(e), partition=partition, offset=offset)
             for s in held:

@@ -11,6 +11,7 @@ after an outage.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 
 from confluent_kafka import TIMESTAMP_CREATE_TIME, KafkaError, KafkaException, Message, Producer
@@ -21,6 +22,7 @@ from streammoe.logs import get_logger
 log = get_logger("streammoe.kafka.sink")
 
 Headers = list[tuple[str, str | bytes | None]]  # as confluent-kafka types them
+PARTITION_UA = -1  # librdkafka's "unassigned": the configured partitioner picks (produce's own default)
 
 # Delivery failures that sending again cannot fix: the daemon stops (exit 1) instead of retrying forever.
 PERMANENT = {
@@ -53,20 +55,15 @@ def produce(
     reports and retry (backpressure, never a dropped message)."""
     while True:
         try:
-            if partition is None:
-                producer.produce(
-                    topic, value=value, key=key, headers=headers, on_delivery=on_delivery, timestamp=timestamp
-                )
-            else:
-                producer.produce(
-                    topic,
-                    value=value,
-                    key=key,
-                    headers=headers,
-                    on_delivery=on_delivery,
-                    partition=partition,
-                    timestamp=timestamp,
-                )
+            producer.produce(
+                topic,
+                value=value,
+                key=key,
+                headers=headers,
+                on_delivery=on_delivery,
+                partition=PARTITION_UA if partition is None else partition,
+                timestamp=timestamp,
+            )
             return
         except BufferError:
             producer.poll(0.05)
@@ -81,6 +78,29 @@ def record_timestamp(ts: int | None) -> int:
 MAX_TIMESTAMP_MS = 253_402_300_800_000  # 10000-01-01: beyond it `ts` is not epoch milliseconds
 
 
+@dataclass(frozen=True)
+class DeadLetter:
+    """A refused input record as the dead-letter topic keeps it: its value (a tombstone stays a null value, an empty
+    one stays empty), key, `headers` and `timestamp` (the input's own Kafka timestamp) untouched, then where it came
+    from and why it was refused, as streammoe's headers and as Kafka Connect's DLQ headers (read by existing DLQ
+    tooling). One type for the Sink and its fakes, so the rule is written once."""
+
+    value: bytes | None
+    key: bytes | None
+    topic: str
+    partition: int
+    offset: int
+    reason: str
+    detail: str
+    headers: Headers | None = None
+    timestamp: int | None = None
+
+    def headers_out(self) -> Headers:
+        """The input's headers first, then streammoe's and Kafka Connect's."""
+        ours = dead_letter_headers(self.topic, self.partition, self.offset, self.reason, self.detail)
+        return [*(self.headers or []), *ours]
+
+
 class Sink:
     def __init__(self, kafka: KafkaSettings, on_error: Callable[[KafkaError], None] | None = None) -> None:
         self.kafka = kafka
@@ -92,17 +112,10 @@ class Sink:
         self.resent = 0  # outputs sent again after a failed delivery
         self.last_failure = ""
 
-    def send(
-        self,
-        topic: str,
-        value: bytes | None,
-        key: bytes | None = None,
-        headers: Headers | None = None,
-        timestamp: int | None = None,
-    ) -> None:
+    def send(self, topic: str, value: bytes | None, key: bytes | None = None, timestamp: int | None = None) -> None:
         """Queue one output. `timestamp`: the epoch-ms time it is about (the record's `ts`), used as its Kafka
         timestamp when STREAMMOE_KAFKA__OUTPUT_TIMESTAMP=record (the default); else, or when None, the clock's."""
-        self._produce(topic, value, key, headers, record_timestamp(timestamp) if self._stamp else 0)
+        self._produce(topic, value, key, None, record_timestamp(timestamp) if self._stamp else 0)
         self.sent += 1
 
     def _produce(
@@ -113,23 +126,16 @@ class Sink:
         report = self._delivered if headers is None else partial(self._delivered, headers=headers)
         produce(self.producer, topic, value, key, headers, report, timestamp=timestamp)
 
-    def dead_letter(
-        self,
-        value: bytes | None,
-        key: bytes | None,
-        topic: str,
-        partition: int,
-        offset: int,
-        reason: str,
-        detail: str,
-        headers: Headers | None = None,
-        timestamp: int | None = None,
-    ) -> None:
-        """The original record, untouched: its value (a tombstone stays a null value, an empty one stays empty),
-        key, `headers` and `timestamp` (the input's own Kafka timestamp), then where it came from and why it was
-        refused, as streammoe's headers and as Kafka Connect's DLQ headers (read by existing DLQ tooling)."""
-        ours = dead_letter_headers(topic, partition, offset, reason, detail)
-        self._produce(self.kafka.dead_letter_topic, value, key, [*(headers or []), *ours], record_timestamp(timestamp))
+    def dead_letter(self, letter: DeadLetter) -> None:
+        """The original record, untouched, under its own Kafka timestamp, with where it came from and why it was
+        refused (DeadLetter)."""
+        self._produce(
+            self.kafka.dead_letter_topic,
+            letter.value,
+            letter.key,
+            letter.headers_out(),
+            record_timestamp(letter.timestamp),
+        )
         self.sent += 1
 
     def flush(self, timeout: float | None = None) -> int:

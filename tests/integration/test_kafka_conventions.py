@@ -12,7 +12,7 @@ from structlog.testing import capture_logs
 
 from streammoe.config import KafkaSettings
 from streammoe.kafka.control import ControlListener
-from streammoe.kafka.sink import Sink
+from streammoe.kafka.sink import DeadLetter, Sink
 from streammoe.kafka.topics import report_missing
 
 pytestmark = pytest.mark.integration
@@ -96,18 +96,20 @@ def test_dead_letters_keep_the_input_and_carry_streammoe_and_connect_headers(bro
     sink = Sink(KafkaSettings(bootstrap_servers=broker, dead_letter_topic=dlq))
     input_headers = [("traceparent", b"00-abc-01"), ("source_system", b"scada-3")]
     sink.dead_letter(
-        b"{not json",
-        b"pump-1",
-        "sensors",
-        3,
-        1234,
-        "not_json",
-        "unexpected character",
-        headers=input_headers,
-        timestamp=1_732_000_000_123,
+        DeadLetter(
+            b"{not json",
+            b"pump-1",
+            "sensors",
+            3,
+            1234,
+            "not_json",
+            "unexpected character",
+            headers=input_headers,
+            timestamp=1_732_000_000_123,
+        )
     )
-    sink.dead_letter(None, b"pump-2", "sensors", 3, 1235, "tombstone", "record has a null value")
-    sink.dead_letter(b"", b"pump-3", "sensors", 3, 1236, "empty", "record has an empty value")
+    sink.dead_letter(DeadLetter(None, b"pump-2", "sensors", 3, 1235, "tombstone", "record has a null value"))
+    sink.dead_letter(DeadLetter(b"", b"pump-3", "sensors", 3, 1236, "empty", "record has an empty value"))
     assert sink.flush(15) == 0
     got = {m.key: m for m in read_back(broker, dlq, 3)}
     bad = got[b"pump-1"]

@@ -8,7 +8,7 @@ from confluent_kafka import KafkaError
 
 from streammoe.config import KafkaSettings
 from streammoe.kafka.outage import BrokerWatch
-from streammoe.kafka.sink import Sink
+from streammoe.kafka.sink import DeadLetter, Sink
 from streammoe.metrics import Health, Metrics
 from streammoe.testing.broker import free_port
 
@@ -50,7 +50,7 @@ def test_outputs_the_broker_never_took_are_sent_again_with_their_headers() -> No
     produced: list[tuple] = []
     real_produce = sink._produce
     sink._produce = lambda *args: (produced.append(args), real_produce(*args))  # type: ignore[method-assign]
-    sink.dead_letter(b"{bad", b"k", "in", 2, 17, "not_json", "unexpected character")
+    sink.dead_letter(DeadLetter(b"{bad", b"k", "in", 2, 17, "not_json", "unexpected character"))
     sink.send("alerts", b'{"alert": 1}', b"pump-1")
     deadline, pending = time.monotonic() + 10, 0
     while sink.resent < 2 and time.monotonic() < deadline:
