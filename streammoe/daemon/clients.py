@@ -9,7 +9,6 @@ last, because the source's rebalance hooks call into parts that use the others.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Protocol
 
 from confluent_kafka import KafkaError, Message
@@ -18,7 +17,7 @@ from streammoe.config import Settings
 from streammoe.kafka.control import ControlListener
 from streammoe.kafka.sink import DeadLetter, Sink
 from streammoe.kafka.snapshots import SnapshotTopic
-from streammoe.kafka.source import AssignHook, PartitionKey, Positions, ReleaseHook, Source, StatsHook
+from streammoe.kafka.source import PartitionKey, Positions, Source, SourceHooks
 from streammoe.kafka.topics import report_missing
 from streammoe.state.snapshot import SnapshotTransport
 
@@ -77,18 +76,6 @@ class ControlClient(Protocol):
     def close(self) -> None: ...
 
 
-@dataclass
-class SourceHooks:
-    """What the consumer reports to the loop, from inside its polls."""
-
-    on_assigned: AssignHook
-    on_released: ReleaseHook
-    on_lost: Callable[[], None]
-    on_lag: StatsHook
-    on_committed: Callable[[], None]
-    on_error: ErrorHook
-
-
 class Clients(Protocol):
     def snapshots(self) -> SnapshotTransport | None: ...
     def sink(self, on_error: ErrorHook) -> SinkClient: ...
@@ -123,13 +110,4 @@ class KafkaClients:
         return ControlListener(self.settings.kafka, on_error=on_error)
 
     def source(self, hooks: SourceHooks) -> SourceClient:
-        return Source(
-            self.settings.kafka,
-            self.settings.batching,
-            on_lag=hooks.on_lag,
-            on_error=hooks.on_error,
-            on_committed=hooks.on_committed,
-            on_lost=hooks.on_lost,
-            on_assigned=hooks.on_assigned,
-            on_released=hooks.on_released,
-        )
+        return Source(self.settings.kafka, self.settings.batching, hooks)

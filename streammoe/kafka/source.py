@@ -20,6 +20,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -64,26 +65,26 @@ def usable(msgs: list[Message], event: str) -> list[Message]:
     return good
 
 
+@dataclass
+class SourceHooks:
+    """What the consumer reports to its owner (the loop), from inside its polls; each one optional."""
+
+    on_assigned: AssignHook | None = None
+    on_released: ReleaseHook | None = None
+    on_lost: Callable[[], None] | None = None
+    on_lag: StatsHook | None = None
+    on_committed: Callable[[], None] | None = None
+    on_error: Callable[[KafkaError], None] | None = None
+
+
 class Source:
-    def __init__(
-        self,
-        kafka: KafkaSettings,
-        batching: BatchingSettings,
-        on_lag: StatsHook | None = None,
-        on_error: Callable[[KafkaError], None] | None = None,
-        on_committed: Callable[[], None] | None = None,
-        on_lost: Callable[[], None] | None = None,
-        on_assigned: AssignHook | None = None,
-        on_released: ReleaseHook | None = None,
-    ) -> None:
+    def __init__(self, kafka: KafkaSettings, batching: BatchingSettings, hooks: SourceHooks | None = None) -> None:
         self.kafka, self.batching = kafka, batching
-        self._on_lag = on_lag
-        self._on_committed = on_committed
-        self._on_lost_hook = on_lost
-        self._on_assigned = on_assigned
-        self._on_released = on_released
+        self.hooks = hooks = hooks or SourceHooks()
         conf = consumer_config(kafka)
-        conf.update({"stats_cb": self._stats, "error_cb": on_error or self._error, "on_commit": self._commit_result})
+        conf.update(
+            {"stats_cb": self._stats, "error_cb": hooks.on_error or self._error, "on_commit": self._commit_result}
+        )
         self.consumer = Consumer(conf)
         self.assigned: set[PartitionKey] = set()
         self._acked: dict[PartitionKey, int] = {}  # next offset to read, acknowledged but not yet committed
@@ -174,8 +175,8 @@ class Source:
                 error=str(err or next(tp.error for tp in partitions if tp.error)),
                 partitions=sorted(failed),
             )
-        elif self._on_committed is not None:
-            self._on_committed()
+        elif self.hooks.on_committed is not None:
+            self.hooks.on_committed()
 
     def await_commits(self, timeout: float) -> bool:
         """Serve the consumer until every commit sent has its answer (or `timeout` passes); True when all have.
@@ -223,7 +224,7 @@ class Source:
         keys = [(tp.topic, tp.partition) for tp in partitions]
         self.assigned.update(keys)
         log.info("partitions_assigned", partitions=sorted(f"{t}[{p}]" for t, p in keys))
-        starts = self._on_assigned(keys) if self._on_assigned is not None and keys else {}
+        starts = self.hooks.on_assigned(keys) if self.hooks.on_assigned is not None and keys else {}
         rewound = rewind(consumer, partitions, starts, self.kafka.delivery_timeout_s) if starts else False
         if self._paused or rewound:
             consumer.incremental_assign(partitions)
@@ -233,8 +234,8 @@ class Source:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = [(tp.topic, tp.partition) for tp in partitions]
-        if self._on_released is not None and keys:
-            self._on_released(keys, False)
+        if self.hooks.on_released is not None and keys:
+            self.hooks.on_released(keys, False)
         if not self._closing:
             self._commit_now(keys)
         self.assigned.difference_update(keys)
@@ -248,16 +249,16 @@ class Source:
         for k in keys:
             self._acked.pop(k, None)
         log.warning("partitions_lost", partitions=sorted(f"{t}[{p}]" for t, p in keys))
-        if self._on_released is not None and keys:
-            self._on_released(keys, True)
-        if self._on_lost_hook is not None:
-            self._on_lost_hook()
+        if self.hooks.on_released is not None and keys:
+            self.hooks.on_released(keys, True)
+        if self.hooks.on_lost is not None:
+            self.hooks.on_lost()
 
     def _stats(self, raw: str) -> None:
-        if self._on_lag is None:
+        if self.hooks.on_lag is None:
             return
         for topic, partition, lag in lags(raw, self.assigned):
-            self._on_lag(topic, partition, lag)
+            self.hooks.on_lag(topic, partition, lag)
 
     def _error(self, err: KafkaError) -> None:
         log.warning("kafka_error", error=str(err), fatal=err.fatal())

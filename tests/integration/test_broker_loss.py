@@ -460,7 +460,7 @@ def test_leaving_the_group_is_given_up_when_a_frozen_broker_holds_a_commit(memor
     """librdkafka's close waits for outstanding commits, with no limit while the broker is frozen: Source.close
     must give up after its timeout instead of holding the shutdown."""
     from streammoe.config import BatchingSettings, KafkaSettings
-    from streammoe.kafka.source import Source
+    from streammoe.kafka.source import Source, SourceHooks
 
     b, topic = memory_broker, topic_name("input")
     delivered = produce_all(b.bootstrap, topic, 200)
@@ -472,7 +472,7 @@ def test_leaving_the_group_is_given_up_when_a_frozen_broker_holds_a_commit(memor
         fetch_wait_max_ms=10,
         extra={"heartbeat.interval.ms": "1000"},
     )
-    source = Source(kafka, BatchingSettings(max_batch=500, max_wait_ms=100), on_error=lambda err: None)
+    source = Source(kafka, BatchingSettings(max_batch=500, max_wait_ms=100), SourceHooks(on_error=lambda err: None))
     source.subscribe()
     got: list = []
     deadline = time.monotonic() + 30
