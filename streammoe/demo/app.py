@@ -29,7 +29,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -326,22 +326,9 @@ def run_demo(opts: DemoOptions) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    view = not args.no_view and sys.stdout.isatty()
-    return run_demo(
-        DemoOptions(
-            duration=args.duration,
-            rate=args.rate,
-            seed=args.seed,
-            view=view,
-            summary_json=args.summary_json,
-            malformed_every=args.malformed_every,
-            fit_steps=args.fit_steps,
-            torch_threads=args.torch_threads,
-            scale=args.scale,
-            log_level=args.log_level,
-            pid_file=args.pid_file,
-        )
-    )
+    """Each DemoOptions field is the option of its name, but `view`: on unless --no-view or not on a terminal."""
+    named = {f.name: getattr(args, f.name) for f in fields(DemoOptions) if f.name != "view"}
+    return run_demo(DemoOptions(**named, view=not args.no_view and sys.stdout.isatty()))
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
