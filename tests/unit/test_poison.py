@@ -20,6 +20,7 @@ from streammoe.model.config import ModelConfig
 from streammoe.model.detector import MixtureDetector
 from streammoe.model.poison import PoisonConfig
 from streammoe.model.scaler import implausible_rows
+from streammoe.model.scoring import ScoredBatch
 from streammoe.wire.alerts import Origin, alert_schema, build_alert
 
 C = 4
@@ -63,6 +64,21 @@ def state(det: MixtureDetector) -> dict[str, torch.Tensor]:
 def assert_same_state(det: MixtureDetector, before: dict[str, torch.Tensor]) -> None:
     changed = [k for k, v in det.model.state_dict().items() if not torch.equal(v, before[k])]
     assert not changed, f"poison changed {changed}"
+
+
+def alert_of(det: MixtureDetector, scored: ScoredBatch, i: int, offset: int) -> dict:
+    """The alert the daemon would publish for row `i` of `scored`, consumed from offset `offset`."""
+    return build_alert(
+        scored,
+        i,
+        asset="a",
+        ts=1,
+        origin=Origin("t", 0, offset),
+        channels=list("abcd"),
+        expert_status=det.expert_status(),
+        model_version="v",
+        settings=AlertSettings(),
+    )
 
 
 def test_sentinel_readings_alert_and_leave_the_model_bit_identical(fitted) -> None:
@@ -193,17 +209,7 @@ def test_nan_likelihood_rows_alert_as_non_finite_and_teach_nothing(fitted, monke
     det.learn_many(scored)
     assert_same_state(det, before)
     assert det.counters["non_finite"] == 64
-    alert = build_alert(
-        scored,
-        0,
-        asset="a",
-        ts=1,
-        origin=Origin("t", 0, 7),
-        channels=list("abcd"),
-        expert_status=det.expert_status(),
-        model_version="v",
-        settings=AlertSettings(),
-    )
+    alert = alert_of(det, scored, 0, offset=7)
     assert alert["reason"] == "non_finite" and alert["severity"] == "critical" and alert["score"] is None
 
 
@@ -246,17 +252,7 @@ def test_out_of_range_alert_names_its_reason_and_fits_the_schema(fitted) -> None
     x = normal(np.random.default_rng(6), 2)
     x[1, 2] = 1e30
     scored = det.score_many(x)
-    alert = build_alert(
-        scored,
-        1,
-        asset="a",
-        ts=1,
-        origin=Origin("t", 0, 8),
-        channels=list("abcd"),
-        expert_status=det.expert_status(),
-        model_version="v",
-        settings=AlertSettings(),
-    )
+    alert = alert_of(det, scored, 1, offset=8)
     jsonschema.validate(alert, alert_schema())
     assert alert["reason"] == "out_of_range" and alert["severity"] == "critical"
     assert alert["top_channels"][0]["channel"] == "c"
