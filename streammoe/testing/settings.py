@@ -10,12 +10,13 @@ wait, batches of 256 within 50 ms, checkpoints only on stop, no HTTP server and 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec
 
 from streammoe.config import Settings
 
+P = ParamSpec("P")
 PREFIX = "STREAMMOE_"
 ROLES = {
     "input": "input_topic",
@@ -86,22 +87,17 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
     return Settings(**nested)
 
 
-def daemon_settings(
-    bootstrap: str,
-    topics: Mapping[str, str],
-    channels: Sequence[str],
-    *,
-    group: str,
-    checkpoint_dir: Path,
-    model_dir: Path | None = None,
-    **overrides: object,
-) -> Settings:
-    """`daemon_env()` as Settings, for a daemon in this process."""
-    return settings_from_env(
-        daemon_env(
-            bootstrap, topics, channels, group=group, checkpoint_dir=checkpoint_dir, model_dir=model_dir, **overrides
-        )
-    )
+def _in_process(env_builder: Callable[P, dict[str, str]]) -> Callable[P, Settings]:
+    """An env builder whose variables are read as Settings here, with the builder's own signature."""
+
+    def build(*args: P.args, **kwargs: P.kwargs) -> Settings:
+        return settings_from_env(env_builder(*args, **kwargs))
+
+    build.__doc__ = f"`{env_builder.__name__}()` as Settings, for a daemon in this process."
+    return build
+
+
+daemon_settings = _in_process(daemon_env)
 
 
 def _text(value: object) -> str:
