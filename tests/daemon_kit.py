@@ -100,6 +100,22 @@ def env_for(broker: str, t: dict[str, str], group: str, ckpt: Path, boot: Path |
     return env
 
 
+def warmup_env(broker: str, t: dict[str, str], group: str, ckpt: Path, records: int) -> dict[str, str]:
+    """`env_for` with no bootstrap model: the daemon fits a small one (2 experts, 100 steps, 2 samples) on its
+    first `records` records."""
+    return env_for(
+        broker,
+        t,
+        group,
+        ckpt,
+        None,
+        STREAMMOE_CHECKPOINT__WARMUP_RECORDS=str(records),
+        STREAMMOE_MODEL__FIT_STEPS="100",
+        STREAMMOE_MODEL__K_MAX="2",
+        STREAMMOE_MODEL__N_SAMPLES="2",
+    )
+
+
 CRASH_WORKER = Path(__file__).parent / "integration" / "crash_worker.py"
 
 

@@ -27,6 +27,7 @@ from daemon_kit import (
     source_key,
     topics,
     valid_items,
+    warmup_env,
 )
 
 from streammoe.state.persistence import read_meta
@@ -217,17 +218,7 @@ def test_sigterm_mid_stream_exits_zero_and_loses_nothing(
 def test_warm_up_learns_first_records_without_alerting_then_scores(broker, topic_name, tmp_path, monkeypatch) -> None:
     t = topics(topic_name)
     delivered = produce(broker, t["input"], valid_items(np.random.default_rng(4), 1200))
-    env = env_for(
-        broker,
-        t,
-        topic_name("group"),
-        tmp_path / "ckpt",
-        None,
-        STREAMMOE_CHECKPOINT__WARMUP_RECORDS="500",
-        STREAMMOE_MODEL__FIT_STEPS="100",
-        STREAMMOE_MODEL__K_MAX="2",
-        STREAMMOE_MODEL__N_SAMPLES="2",
-    )
+    env = warmup_env(broker, t, topic_name("group"), tmp_path / "ckpt", 500)
     daemon = make_daemon(monkeypatch, env)
     assert daemon.state.origin == "warmup" and daemon.state.detector is None
     summary = daemon.run(max_records=1200, timeout_s=90)

@@ -9,7 +9,7 @@ import numpy as np
 import orjson
 import pytest
 from conftest import consume_all, produce
-from daemon_kit import CHANNELS, env_for, make_daemon, normal_rows, record, topics, valid_items
+from daemon_kit import CHANNELS, env_for, make_daemon, normal_rows, record, topics, valid_items, warmup_env
 
 from benchmarks.fuzz import ANY_DEAD, SCORED, hostile_items, run_fuzz
 from streammoe.config import CheckpointSettings
@@ -86,17 +86,7 @@ def test_absurd_readings_during_warm_up_are_left_out_of_the_first_fit(
         row[2] += 40.0 if i % 20 else 1e30
         items[i] = (b"", record(f"late-{i}", i, row))
     produce(broker, t["input"], [(b"one-partition", value) for _, value in items])  # in order: warm-up first
-    env = env_for(
-        broker,
-        t,
-        topic_name("group"),
-        tmp_path / "ckpt",
-        None,
-        STREAMMOE_CHECKPOINT__WARMUP_RECORDS="2000",
-        STREAMMOE_MODEL__FIT_STEPS="100",
-        STREAMMOE_MODEL__K_MAX="2",
-        STREAMMOE_MODEL__N_SAMPLES="2",
-    )
+    env = warmup_env(broker, t, topic_name("group"), tmp_path / "ckpt", 2000)
     daemon = make_daemon(monkeypatch, env)
     summary = daemon.run(max_records=2400, timeout_s=90)
     assert summary.records_in == 2400 and 2000 <= summary.warmup < 2260
