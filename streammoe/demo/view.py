@@ -121,7 +121,7 @@ def _status(state: DemoState) -> Table:
 
 
 def _mode_mix(state: DemoState) -> Table:
-    t = Table(title="mode mix (weight per expert)", title_justify="left", box=None, padding=(0, 1))
+    t = _table("mode mix (weight per expert)", None)
     t.add_column("expert", justify="right")
     t.add_column("weight", justify="right")
     t.add_column("")
@@ -132,8 +132,17 @@ def _mode_mix(state: DemoState) -> Table:
     return t
 
 
+def _table(title: str, edges: box.Box | None = box.SIMPLE_HEAD) -> Table:
+    """One of the view's tables: its title on the left, one space between columns."""
+    return Table(title=title, title_justify="left", box=edges, padding=(0, 1))
+
+
+def _top_channels(top: list[dict]) -> str:
+    return " ".join(f"{c['channel']} {c['share']:.0%}" for c in top)
+
+
 def _truth_counts(state: DemoState) -> Table:
-    t = Table(title="alerts by truth", title_justify="left", box=None, padding=(0, 1))
+    t = _table("alerts by truth", None)
     t.add_column("truth")
     t.add_column("alerts", justify="right")
     for label, n in sorted(state.alerts_by_truth.items()):
@@ -142,12 +151,7 @@ def _truth_counts(state: DemoState) -> Table:
 
 
 def _alerts(state: DemoState) -> Table:
-    t = Table(
-        title="latest alerts (ent/epi/ale: mode entropy, epistemic, aleatoric; red: critical)",
-        title_justify="left",
-        box=box.SIMPLE_HEAD,
-        padding=(0, 1),
-    )
+    t = _table("latest alerts (ent/epi/ale: mode entropy, epistemic, aleatoric; red: critical)")
     columns: list[tuple[str, JustifyMethod, int]] = [
         ("time", "right", 8),
         ("truth", "left", 11),
@@ -162,7 +166,7 @@ def _alerts(state: DemoState) -> Table:
         t.add_column(name, justify=justify, no_wrap=True, min_width=width)
     t.add_column("top channels (misfit share)", no_wrap=True, overflow="ellipsis")
     for a in reversed(state.recent_alerts):
-        top = " ".join(f"{c['channel']} {c['share']:.0%}" for c in a.get("top_channels", []))
+        top = _top_channels(a.get("top_channels", []))
         score = a.get("score")
         t.add_row(
             _clock(a.get("ts")),
@@ -182,7 +186,7 @@ def _alerts(state: DemoState) -> Table:
 
 
 def _events(state: DemoState) -> Table:
-    t = Table(title="mode events", title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1))
+    t = _table("mode events")
     for name, width in (("kind", 12), ("expert", 6), ("records", 7), ("truth of first / last record", 28)):
         t.add_column(name, no_wrap=True)
     t.add_column("detail", no_wrap=True)
@@ -201,16 +205,11 @@ def _events(state: DemoState) -> Table:
 
 
 def _incidents(state: DemoState) -> Table:
-    t = Table(
-        title="incidents (one per problem: opened, updated, resolved)",
-        title_justify="left",
-        box=box.SIMPLE_HEAD,
-        padding=(0, 1),
-    )
+    t = _table("incidents (one per problem: opened, updated, resolved)")
     for name in ("opened", "kind", "status", "severity", "alerts", "truth of first / last record", "top channels"):
         t.add_column(name, no_wrap=True)
     for i in list(state.incidents.values())[-4:]:
-        top = " ".join(f"{c['channel']} {c['share']:.0%}" for c in i.get("top_channels", [])[:2])
+        top = _top_channels(i.get("top_channels", [])[:2])
         kind = i.get("kind", "?")
         t.add_row(
             _clock(i.get("opened_ts")),
