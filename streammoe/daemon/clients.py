@@ -18,7 +18,7 @@ from streammoe.kafka.control import ControlListener
 from streammoe.kafka.sink import DeadLetter, Sink
 from streammoe.kafka.snapshots import SnapshotTopic
 from streammoe.kafka.source import PartitionKey, Positions, Source, SourceHooks
-from streammoe.kafka.topics import report_missing
+from streammoe.kafka.topics import configured_topics, report_missing
 from streammoe.state.snapshot import SnapshotTransport
 
 ErrorHook = Callable[[KafkaError], None]
@@ -98,12 +98,12 @@ class KafkaClients:
         """The producer; it also names, once, each configured topic the cluster does not have (kafka/topics.py)."""
         sink = Sink(self.settings.kafka, on_error=on_error)
         incidents = self.settings.incidents
-        report_missing(
-            sink.producer,
+        topics = configured_topics(
             self.settings.kafka,
             self.settings.snapshot.topic,
             incidents_topic=incidents.topic if incidents.enabled else None,
         )
+        report_missing(sink.producer, topics)
         return sink
 
     def control(self, on_error: ErrorHook) -> ControlClient:

@@ -52,14 +52,9 @@ def configured_topics(
     return topics
 
 
-def report_missing(
-    producer: Producer,
-    kafka: KafkaSettings,
-    snapshot_topic: str | None = None,
-    timeout: float = 5.0,
-    incidents_topic: str | None = None,
-) -> list[ConfiguredTopic]:
-    """Log `topic_missing` (a warning) for each configured topic the cluster does not list; returns them.
+def report_missing(producer: Producer, topics: list[ConfiguredTopic], timeout: float = 5.0) -> list[ConfiguredTopic]:
+    """Log `topic_missing` (a warning) for each of `topics` (configured_topics) the cluster does not list; returns
+    them.
 
     Asks for the cluster's whole topic list, not for the topics by name: a metadata request naming a topic
     makes a broker with auto-creation create it (Tansu does)."""
@@ -68,7 +63,7 @@ def report_missing(
     except KafkaException as e:
         log.warning("topics_unchecked", error=str(e), hint="the broker did not answer; topics are not checked")
         return []
-    missing = [t for t in configured_topics(kafka, snapshot_topic, incidents_topic) if t.name not in existing]
+    missing = [t for t in topics if t.name not in existing]
     for t in missing:
         log.warning(
             "topic_missing",

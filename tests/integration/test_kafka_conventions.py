@@ -13,7 +13,7 @@ from structlog.testing import capture_logs
 from streammoe.config import KafkaSettings
 from streammoe.kafka.control import ControlListener
 from streammoe.kafka.sink import DeadLetter, Sink
-from streammoe.kafka.topics import report_missing
+from streammoe.kafka.topics import configured_topics, report_missing
 
 pytestmark = pytest.mark.integration
 kafka_python = pytest.importorskip("kafka", reason="kafka-python (dev extra) reads the outputs back")
@@ -139,7 +139,7 @@ def test_missing_topics_are_named_once_and_not_created(broker, topic_name) -> No
     )
     sink, snapshots = Sink(kafka), topic_name("snaps")
     with capture_logs() as logs:
-        missing = report_missing(sink.producer, kafka, snapshot_topic=snapshots)
+        missing = report_missing(sink.producer, configured_topics(kafka, snapshot_topic=snapshots))
     named = {e["topic"]: e for e in logs if e["event"] == "topic_missing"}
     assert (
         set(named)
@@ -149,7 +149,10 @@ def test_missing_topics_are_named_once_and_not_created(broker, topic_name) -> No
     assert named[kafka.input_topic]["setting"] == "STREAMMOE_KAFKA__INPUT_TOPIC"
     assert "nothing is consumed" in named[kafka.input_topic]["consequence"]
     assert present not in named
-    assert report_missing(sink.producer, kafka) and kafka.input_topic not in sink.producer.list_topics(timeout=5).topics
+    assert (
+        report_missing(sink.producer, configured_topics(kafka))
+        and kafka.input_topic not in sink.producer.list_topics(timeout=5).topics
+    )
 
     control = ControlListener(kafka)
     try:
