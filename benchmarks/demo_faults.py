@@ -19,10 +19,12 @@ from collections import Counter
 import numpy as np
 import torch
 
+from streammoe.daemon.incidents import scored_batch
 from streammoe.demo.incidents import judge
 from streammoe.demo.sensors import CHANNELS, PumpSimulator, default_schedule, training_data
 from streammoe.files.offline import CRITICAL_P_VALUE
-from streammoe.incidents import Batch, IncidentSettings, IncidentTracker, Source
+from streammoe.incidents import IncidentSettings, IncidentTracker, Source
+from streammoe.kafka.source import Positions
 from streammoe.model.config import ModelConfig
 from streammoe.model.detector import MixtureDetector
 
@@ -58,27 +60,15 @@ def run(
     flagged = np.zeros(len(x), bool)
     added = []
     tracker = IncidentTracker("global", incidents or IncidentSettings(), CHANNELS, topic="sensor-records")
+    critical_log_p = float(np.log(CRITICAL_P_VALUE))
     changes = []
     for i in range(0, len(x), batch):
         refs = np.arange(i, min(i + batch, len(x)))
         scored = detector.score_many(x[i : i + batch], refs=refs)
         flagged[i : i + batch] = scored.is_anomaly
-        critical = ~scored.valid | ~scored.in_range | (scored.log_p_value < np.log(CRITICAL_P_VALUE))
-        changes += tracker.observe(
-            Batch(
-                asset=[records[0].asset_id] * len(refs),
-                ts=np.array([records[r].ts for r in refs]),
-                partition=np.zeros(len(refs), np.int32),
-                offset=refs,
-                flagged=scored.is_anomaly,
-                critical=critical,
-                score=scored.score,
-                p_value=scored.p_value,
-                mode=scored.mode,
-                share=scored.channel_share,
-                topic="sensor-records",
-            )
-        )
+        at = Positions("sensor-records", np.zeros(len(refs), np.int32), refs)
+        ts = np.array([records[r].ts for r in refs])
+        changes += tracker.observe(scored_batch(scored, critical_log_p, [records[0].asset_id] * len(refs), ts, at))
         for event in detector.learn_many(scored).events:
             if event.kind == "mode_added" and event.first_ref is not None and event.last_ref is not None:
                 added.append(records[int(event.last_ref)].mode)

@@ -22,6 +22,7 @@ from streammoe.kafka.source import Positions
 from streammoe.logs import get_logger
 from streammoe.metrics import Metrics
 from streammoe.model.detector import LearnReport
+from streammoe.model.scoring import ScoredBatch
 from streammoe.state.checkpoint import ModelState
 from streammoe.wire.incidents import build_incident, incident_key
 from streammoe.wire.records import DecodedBatch
@@ -30,6 +31,24 @@ _OFFSET_MASK = (1 << REF_PARTITION_SHIFT) - 1
 EXPIRE_EVERY_S = 1.0  # the loop asks every turn; staleness is minutes (INCIDENTS__STALE_AFTER_S), so once a second
 
 log = get_logger("streammoe.daemon")
+
+
+def scored_batch(scored: ScoredBatch, critical_log_p: float, assets: list[str], ts: np.ndarray, at: Positions) -> Batch:
+    """Scored records as the incident tracker takes them, `at` where each came from; the ones that open an
+    incident at once by the one rule (opens_at_once). For the daemon and the demo's offline check."""
+    return Batch(
+        asset=assets,
+        ts=ts,
+        partition=at.partitions,
+        offset=at.offsets,
+        flagged=scored.is_anomaly,
+        critical=opens_at_once(scored.is_anomaly, scored.valid, scored.in_range, scored.log_p_value, critical_log_p),
+        score=scored.score,
+        p_value=scored.p_value,
+        mode=scored.mode,
+        share=scored.channel_share,
+        topic=at.topic,
+    )
 
 
 class IncidentPublisher:
@@ -95,21 +114,9 @@ class IncidentPublisher:
         state, tracker = held
         scored, rows = part.scored, part.rows
         idx = decoded.index[rows]
-        critical = opens_at_once(
-            scored.is_anomaly, scored.valid, scored.in_range, scored.log_p_value, self.critical_log_p
-        )
-        batch = Batch(
-            asset=[decoded.assets[r] for r in rows.tolist()],
-            ts=decoded.ts[rows],
-            partition=at.partitions[idx],
-            offset=at.offsets[idx],
-            flagged=scored.is_anomaly,
-            critical=critical,
-            score=scored.score,
-            p_value=scored.p_value,
-            mode=scored.mode,
-            share=scored.channel_share,
-            topic=at.topic,
+        where = Positions(at.topic, at.partitions[idx], at.offsets[idx])
+        batch = scored_batch(
+            scored, self.critical_log_p, [decoded.assets[r] for r in rows.tolist()], decoded.ts[rows], where
         )
         now = self.clock()
         self._send(tracker.observe(batch, now=now) + tracker.expire(now))
