@@ -29,6 +29,18 @@ class RunSummary:
     busy_seconds: float = 0.0  # from the first batch's arrival to the last batch's acknowledgement
     read_ahead: int = 0  # batches fetched and decoded while the batch before them was being judged
 
+    def totals(self) -> dict[str, int | float]:
+        """The run's totals as the `daemon_stopped` log line names them (`records`: records_in)."""
+        return {
+            "records": self.records_in,
+            "alerts": self.alerts,
+            "non_alerts": self.non_alerts,
+            "dead_letters": self.dead_letters,
+            "warmup": self.warmup,
+            "batches": self.batches,
+            "seconds": round(self.seconds, 2),
+        }
+
 
 @contextmanager
 def timed(metrics: Metrics, stage: str) -> Iterator[None]:

@@ -37,17 +37,10 @@ def shut_down(d: Daemon, failed: bool) -> None:
         d.http.stop()
     d.stop_heartbeat()
     d.judge_thread.shutdown()
-    s = d.summary
     log.info(
         "daemon_stopped",
         failed=failed,
-        records=s.records_in,
-        alerts=s.alerts,
-        non_alerts=s.non_alerts,
-        dead_letters=s.dead_letters,
-        warmup=s.warmup,
-        batches=s.batches,
-        seconds=round(s.seconds, 2),
+        **d.summary.totals(),
         stage_seconds=d.metrics.stage_totals(),
         committed={f"{t}[{p}]": o for (t, p), o in sorted(d.source.committed.items())},
     )
