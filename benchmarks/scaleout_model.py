@@ -31,7 +31,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -99,65 +99,71 @@ class Plan:
     handover_s_per_partition: float
 
 
-def capacity(
-    *,
-    workers: int,
-    scopes: int,
-    partitions: int,
-    batch: int,
-    interval_s: float,
-    call_points: dict[int, float],
-    mb_per_scope: float,
-    snapshot_bytes: float,
-    write_s: float,
-    read_fixed_s: float,
-    read_s: float,
-) -> Plan:
+@dataclass(frozen=True)
+class Deployment:
+    """What an operator chooses: workers, scopes (one model each), input partitions, batch size, snapshot interval."""
+
+    workers: int
+    scopes: int
+    partitions: int
+    batch: int
+    interval_s: float
+
+
+@dataclass(frozen=True)
+class Figures:
+    """What scaleout.json measured for one K: seconds of a call by rows per call (`call_points`), and per scope its
+    memory, snapshot size, write and read seconds (pack + produce; fetch + unpack), plus the reader's start-up per
+    partition (`read_fixed_s`)."""
+
+    call_points: dict[int, float]
+    mb_per_scope: float
+    snapshot_bytes: float
+    write_s: float
+    read_fixed_s: float
+    read_s: float
+
+
+def capacity(d: Deployment, f: Figures) -> Plan:
     """The capacity model of docs/scaleout.md, for scopes spread evenly over workers and partitions and records
-    evenly over scopes. `write_s` and `read_s` are per scope (pack + produce; fetch + unpack), `read_fixed_s`
-    the reader's start-up per partition; every scope changes, so each is snapshotted once per `interval_s`."""
-    spw = scopes / workers
-    spp = scopes / partitions
-    calls = scopes_in_batch(batch, max(1, round(spw)))
-    rate = worker_rate(call_points, batch, max(1, round(spw)))
-    busy = spw * write_s / interval_s
+    evenly over scopes; every scope changes, so each is snapshotted once per `interval_s`."""
+    spw = d.scopes / d.workers
+    spp = d.scopes / d.partitions
+    calls = scopes_in_batch(d.batch, max(1, round(spw)))
+    rate = worker_rate(f.call_points, d.batch, max(1, round(spw)))
+    busy = spw * f.write_s / d.interval_s
     return Plan(
-        workers=workers,
-        scopes=scopes,
-        partitions=partitions,
-        batch=batch,
-        interval_s=interval_s,
+        **asdict(d),
         scopes_per_worker=spw,
         scopes_per_partition=spp,
-        rows_per_scope_per_batch=batch / calls,
+        rows_per_scope_per_batch=d.batch / calls,
         worker_records_s=rate,
-        batch_s=batch / rate,
+        batch_s=d.batch / rate,
         worker_records_s_net=rate * (1 - busy),
-        cluster_records_s=rate * (1 - busy) * workers,
-        worker_mb=spw * mb_per_scope,
-        snapshot_mb_s_cluster=scopes * snapshot_bytes / 1e6 / interval_s,
-        snapshot_mb_s_worker=spw * snapshot_bytes / 1e6 / interval_s,
+        cluster_records_s=rate * (1 - busy) * d.workers,
+        worker_mb=spw * f.mb_per_scope,
+        snapshot_mb_s_cluster=d.scopes * f.snapshot_bytes / 1e6 / d.interval_s,
+        snapshot_mb_s_worker=spw * f.snapshot_bytes / 1e6 / d.interval_s,
         snapshot_busy_share=busy,
-        handover_write_s=spp * write_s,
-        handover_read_s=read_fixed_s + spp * read_s,
-        handover_s_per_partition=spp * write_s + read_fixed_s + spp * read_s,
+        handover_write_s=spp * f.write_s,
+        handover_read_s=f.read_fixed_s + spp * f.read_s,
+        handover_s_per_partition=spp * f.write_s + f.read_fixed_s + spp * f.read_s,
     )
 
 
-def plan_from(result: dict, k: int, **deployment: Any) -> Plan:
-    """`capacity` with the figures measured for K experts in a scaleout.json."""
+def figures_from(result: dict, k: int) -> Figures:
+    """The figures measured for K experts in a scaleout.json."""
     r = result["k"][str(k)]
     scopes = r["broker"]["scopes"]
     read_fixed, read_per = line_fit([s["scopes"] for s in scopes], [s["read_s"] for s in scopes])
     _write_fixed, write_per = line_fit([s["scopes"] for s in scopes], [s["write_s"] for s in scopes])
-    return capacity(
+    return Figures(
         call_points={int(b): c["total_ms"] / 1e3 for b, c in r["calls"].items()},
         mb_per_scope=r["memory"]["mb_per_scope"],
         snapshot_bytes=r["snapshot"]["bytes"],
         write_s=write_per,
         read_fixed_s=max(0.0, read_fixed),
         read_s=read_per,
-        **deployment,
     )
 
 
@@ -650,17 +656,10 @@ def main(argv: list[str] | None = None) -> int:
         if not opts.plan:
             print(table(result))
             return 0
+        figures = figures_from(result, opts.plan_k)
         for parts in opts.partitions:
             for batch in opts.batch:
-                got = plan_from(
-                    result,
-                    opts.plan_k,
-                    workers=opts.workers,
-                    scopes=opts.scopes,
-                    partitions=parts,
-                    batch=batch,
-                    interval_s=opts.interval_s,
-                )
+                got = capacity(Deployment(opts.workers, opts.scopes, parts, batch, opts.interval_s), figures)
                 print(json.dumps(asdict(got)))
         return 0
     t0, load = time.perf_counter(), os.getloadavg()[0]

@@ -6,7 +6,15 @@ import math
 
 import pytest
 
-from benchmarks.scaleout_model import call_seconds, capacity, line_fit, scopes_in_batch, worker_rate
+from benchmarks.scaleout_model import (
+    Deployment,
+    Figures,
+    call_seconds,
+    capacity,
+    line_fit,
+    scopes_in_batch,
+    worker_rate,
+)
 
 POINTS = {8: 0.007, 32: 0.008, 2048: 0.080}  # seconds per score + learn call, by rows per call
 
@@ -39,19 +47,9 @@ def test_line_fit_recovers_a_line() -> None:
 
 
 def test_capacity_of_a_worked_example() -> None:
-    plan = capacity(
-        workers=100,
-        scopes=10_000,
-        partitions=200,
-        batch=2048,
-        interval_s=60.0,
-        call_points=POINTS,
-        mb_per_scope=2.0,
-        snapshot_bytes=2_000_000,
-        write_s=0.03,
-        read_fixed_s=0.2,
-        read_s=0.02,
-    )
+    deployment = Deployment(workers=100, scopes=10_000, partitions=200, batch=2048, interval_s=60.0)
+    figures = Figures(POINTS, mb_per_scope=2.0, snapshot_bytes=2_000_000, write_s=0.03, read_fixed_s=0.2, read_s=0.02)
+    plan = capacity(deployment, figures)
     assert plan.scopes_per_worker == 100 and plan.scopes_per_partition == 50
     assert plan.worker_mb == 200.0
     assert plan.snapshot_mb_s_cluster == pytest.approx(10_000 * 2.0 / 60)  # every scope once per interval
