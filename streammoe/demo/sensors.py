@@ -1,9 +1,10 @@
-"""A synthetic pump with several operating modes, mode switches and injected faults, for the demo and tests.
+"""The demo's pump: the kit's synthetic machine drives it, its physics turns that into sensors, faults are injected.
 
-Channels come from two hidden drivers, shaft speed and load, through the pump's physics (pressure grows with
-the square of flow, current with torque, temperature follows power slowly), so the channels are correlated in
-a mode-specific, non-linear way, as on a real machine. Each record carries its ground truth (mode, fault) for
-checking, which the daemon never sees.
+The operating modes are the kit's one machine (streammoe.testing.machine): each mode an operating point of the two
+hidden drivers, shaft speed (rpm) and load (0..1), the speed varying by 1 % and the load by 0.03 around it. The
+pump's physics maps the drivers to eight channels (pressure grows with the square of flow, current with torque,
+temperature follows power slowly), so the channels are correlated in a mode-specific, non-linear way, as on a real
+machine. Each record carries its ground truth (mode, fault) for checking, which the daemon never sees.
 """
 
 from __future__ import annotations
@@ -13,10 +14,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from streammoe.testing.machine import Machine
+
 CHANNELS = ["speed", "flow", "pressure", "current", "voltage", "temperature", "vibration_x", "vibration_y"]
 
 # Operating points: (speed rpm, load 0..1). "C" is never in the fitting data: the demo's new mode.
 MODES = {"A": (1450.0, 0.45), "B": (2900.0, 0.70), "C": (2200.0, 0.25)}
+DRIVERS = Machine(
+    2,
+    modes=len(MODES),
+    factors=2,
+    centres=np.array(list(MODES.values())),
+    mixing=np.array([np.diag([0.01 * speed, 0.03]) for speed, _ in MODES.values()]),
+    noise=0.0,
+)
 FAULTS = ("spike", "drift", "stuck", "vibration")
 
 
@@ -69,11 +80,9 @@ class PumpSimulator:
         self.temperature = 40.0
         self.last: np.ndarray | None = None
 
-    def _physics(self, mode: str) -> np.ndarray:
-        speed0, load0 = MODES[mode]
+    def _physics(self, speed: float, load: float) -> np.ndarray:
         r = self.rng
-        speed = speed0 * (1 + 0.01 * r.standard_normal())
-        load = float(np.clip(load0 + 0.03 * r.standard_normal(), 0.05, 1.0))
+        load = float(np.clip(load, 0.05, 1.0))
         flow = 0.022 * speed * (1.1 - 0.5 * load) + 0.4 * r.standard_normal()
         pressure = 1.0 + 2.2e-3 * flow**2 * (0.5 + load) + 0.05 * r.standard_normal()
         current = 2.0 + 9e-3 * speed * load + 0.15 * r.standard_normal()
@@ -102,8 +111,10 @@ class PumpSimulator:
     def run(self, schedule: list[Phase]) -> Iterator[SimRecord]:
         for phase in schedule:
             stuck_at = None
+            mode = list(MODES).index(phase.mode)
             for step in range(phase.records):
-                x = self._physics(phase.mode)
+                speed, load = DRIVERS.rows(self.rng, 1, mode)[0].tolist()  # one record at a time: one stream of draws
+                x = self._physics(speed, load)
                 if phase.fault is not None:
                     if phase.fault == "stuck":
                         stuck_at = stuck_at if stuck_at is not None else x.copy()

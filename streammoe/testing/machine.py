@@ -27,9 +27,11 @@ class Machine:
         noise: float = 0.3,
         shape_seed: int = 42,
         centres: np.ndarray | None = None,
+        mixing: np.ndarray | None = None,
     ) -> None:
         """`spread`: the standard deviation of the modes' centres around the origin (0: every mode centred there);
-        `centres` (modes, channels) places them by hand instead."""
+        `centres` (modes, channels) places them by hand instead, and `mixing` (modes, factors, channels) the way
+        the factors move the channels (by default drawn from `shape_seed`)."""
         shape = np.random.default_rng(shape_seed)
         self.channels, self.modes, self.factors, self.noise = channels, modes, factors, noise
         if centres is not None:
@@ -38,7 +40,10 @@ class Machine:
             self.centres = shape.normal(0, spread, (modes, channels))
         else:
             self.centres = np.zeros((modes, channels))
-        self.mixing = shape.normal(0, 1, (modes, factors, channels))
+        if mixing is not None:
+            self.mixing = np.asarray(mixing, np.float64).reshape(modes, factors, channels)
+        else:
+            self.mixing = shape.normal(0, 1, (modes, factors, channels))
 
     def rows(self, rng: np.random.Generator | int, n: int, mode: int | np.ndarray | None = None) -> np.ndarray:
         """`n` rows (float32, shape (n, channels)); `mode` picks the mode of every row (an int) or of each row
@@ -53,4 +58,6 @@ class Machine:
         for m in np.unique(which):
             at = which == m
             x[at] += z[at] @ self.mixing[m]
-        return (x + rng.normal(0, self.noise, (n, self.channels))).astype(np.float32)
+        if self.noise:  # a noiseless machine (the demo pump's drivers) draws none
+            x += rng.normal(0, self.noise, (n, self.channels))
+        return x.astype(np.float32)
