@@ -17,7 +17,7 @@ runs of label 1.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
@@ -62,17 +62,8 @@ class EventCounts:
     delays: list[int] = field(default_factory=list)
 
     def __add__(self, o: EventCounts) -> EventCounts:
-        return EventCounts(
-            self.segments + o.segments,
-            self.detected + o.detected,
-            self.incidents + o.incidents,
-            self.false_incidents + o.false_incidents,
-            self.normal_rows + o.normal_rows,
-            self.normal_inside + o.normal_inside,
-            self.normal_flagged + o.normal_flagged,
-            self.per_segment + o.per_segment,
-            self.delays + o.delays,
-        )
+        """Pooled over series: every count adds, the per-segment lists join."""
+        return EventCounts(**{f.name: getattr(self, f.name) + getattr(o, f.name) for f in fields(self)})
 
     def metrics(self) -> dict:
         return {
