@@ -13,6 +13,7 @@ from typing import Any
 
 from benchmarks.t4 import T4A_METHODS, T4B_METHODS, T4B_PAIRS, MultiModeOptions
 from benchmarks.tracks import (
+    EXTRA_METHODS,
     METHODS,
     T3_METHODS,
     T3_PAIRS,
@@ -25,7 +26,7 @@ from benchmarks.tracks import (
 from streammoe.model.config import ModelConfig
 
 TRACKS = ("T1", "T2", "T3", "T4A", "T4B", "SPLICE")
-ALL_METHODS = tuple(dict.fromkeys(METHODS + T3_METHODS + T4A_METHODS + T4B_METHODS))
+ALL_METHODS = tuple(dict.fromkeys(METHODS + T3_METHODS + T4A_METHODS + T4B_METHODS + EXTRA_METHODS))
 SCALAR_TYPES = (int, float)
 
 
@@ -137,6 +138,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--fuzz-records", type=int, default=10_000)
     p.add_argument("--fuzz-seed", type=int, default=0)
+    p.add_argument(
+        "--context-window",
+        type=int,
+        default=None,
+        help="the model's time context window (ModelConfig.context.window; 1: none); streammoe-W1 and "
+        "streammoe-ctx run window 1 and the default context beside it",
+    )
     group = p.add_argument_group("model overrides (ModelConfig fields; defaults from ModelConfig)")
     for name, typ in _config_fields().items():
         group.add_argument(f"--{name.replace('_', '-')}", dest=f"cfg_{name}", type=typ, default=None)
@@ -224,6 +232,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from benchmarks import report, speed, tracks
 
     overrides = {n: getattr(args, f"cfg_{n}") for n in _config_fields() if getattr(args, f"cfg_{n}") is not None}
+    if args.context_window is not None:
+        overrides["context"] = {"window": args.context_window}
     config = ModelConfig(**overrides)
     only_other = args.speed or args.fuzz
     wanted = (

@@ -267,6 +267,20 @@ class StreamMoEPeer:
     ) -> None:
         self.name, self.config, self.k, self.learn, self.batch_size = name, config, k, learn, batch_size
         self.extras = Extras()
+        self.timestamps: tuple[list[str], list[str]] | None = None  # (fit rows, scored rows): the context's gaps
+
+    def _axes(self) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """The fit's and the stream's time axes in the series' median steps (one series: one asset)."""
+        from streammoe.context.timeline import in_steps, parse_times
+
+        if self.timestamps is None:
+            return None, None
+        fit, stream = self.timestamps
+        times = parse_times([*fit, *stream])
+        if times is None:
+            return None, None
+        axis = in_steps(times)
+        return axis[: len(fit)], axis[len(fit) :]
 
     def describe(self) -> str:
         k = "K by BIC up to k_max" if self.k is None else f"K={self.k}"
@@ -280,14 +294,22 @@ class StreamMoEPeer:
         from streammoe.model.detector import MixtureDetector
 
         self.detector = MixtureDetector(x.shape[1], self.config)
-        report = self.detector.fit(_finite_rows(x), k=self.k)
+        times, _ = self._axes()
+        finite = np.isfinite(x).all(axis=1)
+        report = self.detector.fit(
+            x[finite],
+            k=self.k,
+            times=None if times is None else times[finite],
+            max_gap=self.config.context.gap_steps,
+        )
         self.extras = Extras(info={"k_selected": report.k_selected, "fit_weights": report.weights})
 
     def score_many(self, x: np.ndarray) -> np.ndarray:
         from streammoe.files.offline import score_stream
 
+        _, times = self._axes()
         result, self.detector = score_stream(
-            x, self.detector, self.detector.channels, learn=self.learn, batch_size=self.batch_size
+            x, self.detector, self.detector.channels, learn=self.learn, batch_size=self.batch_size, times=times
         )
         self._flagged = result.is_anomaly.astype(np.int8)
         self.extras.mode = result.mode

@@ -32,9 +32,12 @@ from streammoe.files.series import Series, read_series
 from streammoe.incidents import IncidentSettings
 from streammoe.model.config import ModelConfig
 
-METHODS = ("streammoe", "streammoe-K1", "river-HST", "IsolationForest", "PCA-T2+Q")
+METHODS = ("streammoe", "streammoe-K1", "river-HST", "IsolationForest", "PCA-T2+Q", "PCA-T2+Q-window")
 T3_METHODS = ("streammoe", "streammoe-static", "river-HST")
-EXTRA_METHODS = ("streammoe-K1-static", "PCA-T2+Q-window")  # used by the multi-mode tracks (t4.py)
+# streammoe-K1-static: the multi-mode tracks (t4.py); streammoe-W1 and streammoe-ctx: the configured model at
+# context window 1 and with the default context (window CONTEXT_WINDOW unless the configuration sets one).
+EXTRA_METHODS = ("streammoe-K1-static", "streammoe-W1", "streammoe-ctx")
+CONTEXT_WINDOW = 10
 T1_GROUPS = ("valve1", "valve2", "other")
 T2_DATASETS = ("smd", "asd")
 # Dev pairs only: within SMD group 1, across groups 2 -> 1 and 1 -> 2.
@@ -116,6 +119,16 @@ def load(path: Path) -> Series:
 def make_peer(name: str, opts: BenchOptions, cache: FitCache | None) -> Peer:
     if name == "streammoe":
         return CachedStreamMoE(name, opts.config, None, True, opts.batch_size, cache)
+    if name in ("streammoe-W1", "streammoe-ctx"):  # point-wise and with context, in the same run
+        window = (
+            1
+            if name == "streammoe-W1"
+            else (opts.config.context.window if opts.config.context.enabled else CONTEXT_WINDOW)
+        )
+        context = opts.config.context.model_copy(update={"window": window})
+        return CachedStreamMoE(
+            name, opts.config.model_copy(update={"context": context}), None, True, opts.batch_size, cache
+        )
     if name == "streammoe-K1":
         return CachedStreamMoE(name, opts.config, 1, True, opts.batch_size, cache)
     if name == "streammoe-static":
@@ -160,7 +173,10 @@ class CachedStreamMoE(StreamMoEPeer):
 
 
 def _methods(default: tuple[str, ...], opts: BenchOptions) -> list[str]:
-    return [m for m in default if opts.methods is None or m in opts.methods]
+    """The track's own methods, or those asked for among them and the context variants (EXTRA_METHODS)."""
+    if opts.methods is None:
+        return list(default)
+    return [m for m in dict.fromkeys((*default, "streammoe-W1", "streammoe-ctx")) if m in opts.methods]
 
 
 def _select(names: list[str], opts: BenchOptions) -> list[str]:
@@ -168,8 +184,13 @@ def _select(names: list[str], opts: BenchOptions) -> list[str]:
     return picked[: opts.max_series] if opts.max_series is not None else picked
 
 
-def _run(peer: Peer, train: np.ndarray, stream: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, float]:
-    """Fit on `train`, score `stream` in order; returns scores, decisions and the seconds each part took."""
+def _run(
+    peer: Peer, train: np.ndarray, stream: np.ndarray, times: tuple[list[str], list[str]] | None = None
+) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """Fit on `train`, score `stream` in order; returns scores, decisions and the seconds each part took.
+    `times`: the timestamps of both, for a peer that keeps a time context with gaps (streammoe)."""
+    if times is not None and hasattr(peer, "timestamps"):
+        peer.timestamps = times
     t0 = time.perf_counter()
     peer.fit(train)
     t1 = time.perf_counter()
@@ -227,7 +248,8 @@ def run_t1(opts: BenchOptions, observe: Observer | None = None) -> TrackResult:
         for m in methods:
             peer = make_peer(m, opts, None)
             track.methods.setdefault(m, peer.describe())
-            scores, flagged, fit_s, score_s = _run(peer, s.values[:WARMUP], s.values[WARMUP:])
+            stamps = (s.timestamps[:WARMUP], s.timestamps[WARMUP:])
+            scores, flagged, fit_s, score_s = _run(peer, s.values[:WARMUP], s.values[WARMUP:], stamps)
             pooled[m] = pooled[m] + decisions(labels, flagged)
             ex = _extras(peer)
             metrics = _with_calibrated(series_metrics(labels, scores, flagged), labels, ex)
@@ -270,7 +292,7 @@ def _t2_one(
     test = load(opts.data_root / f"{name}.test.csv.gz")
     assert test.labels is not None, f"{name}.test has no label column"
     peer = make_peer(method, opts, cache)
-    scores, flagged, fit_s, score_s = _run(peer, train.values, test.values)
+    scores, flagged, fit_s, score_s = _run(peer, train.values, test.values, (train.timestamps, test.timestamps))
     ex = _extras(peer)
     metrics = _with_calibrated(series_metrics(test.labels, scores, flagged), test.labels, ex)
     add_events(metrics, test.labels, flagged, ex.critical, ex.mode_added, opts.incidents)

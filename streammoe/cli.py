@@ -38,13 +38,17 @@ def cmd_fit(args: argparse.Namespace) -> int:
         if s.channels != channels:
             raise UsageError(f"{s.path} has channels {s.channels}, {series[0].path} has {channels}")
     values = np.concatenate([s.values for s in series])
+    assets = np.concatenate([np.full(len(s.values), s.path.name) for s in series])  # one file, one asset
+    times = np.concatenate([_time_axis(s) for s in series])
     finite = np.isfinite(values).all(axis=1)
     if not finite.all():
         print(f"fit: dropping {int((~finite).sum())} rows with missing or non-finite values", file=sys.stderr)
-        values = values[finite]
+        values, assets, times = values[finite], assets[finite], times[finite]
     detector = MixtureDetector(len(channels), config, channels)
     with _progress_bar(config.fit_steps, "fit") as bar:
-        report = detector.fit(values, k=args.k, progress=bar.update)
+        report = detector.fit(
+            values, k=args.k, progress=bar.update, assets=assets, times=times, max_gap=config.context.gap_steps
+        )
     save_detector(detector, args.out, {"fitted_on": [str(s.path) for s in series], "fit_report": report.__dict__})
     print(f"fit: {report.n_rows} rows, {report.k_selected} experts, weights {report.weights} -> {args.out}")
     return 0
@@ -72,6 +76,8 @@ def cmd_score(args: argparse.Namespace) -> int:
             learn=not args.no_learn,
             batch_size=args.batch_size,
             progress=bar.update,
+            times=_time_axis(series),
+            asset=series.path.name,
         )
     write_scores(
         args.out,
@@ -95,6 +101,14 @@ def cmd_score(args: argparse.Namespace) -> int:
     n_alarm = int(result.is_anomaly.sum())
     print(f"score: {len(series.values)} rows, {n_alarm} flagged, {detector.model.n_active} experts -> {args.out}")
     return 0
+
+
+def _time_axis(series: Series) -> np.ndarray:
+    """The file's timestamps in its own median steps, for the context's gaps (one step per row if unparseable)."""
+    from streammoe.context.timeline import series_axis
+
+    axis = series_axis(series.timestamps, str(series.path))
+    return np.arange(len(series.values), dtype=np.float64) if axis is None else axis
 
 
 def _incident_column(result: StreamResult, series: Series) -> list[str]:

@@ -197,10 +197,11 @@ class Pipeline:
         they flag). Rows of a scope still warming up are collected for its first fit instead."""
         judged = Judged()
         topic, partitions, offsets = at
+        assets = np.asarray(decoded.assets, dtype=str)  # once per batch, not per scope
         for state, rows in routes:
             if state.detector is None:
                 judged.warmup_rows += len(rows)
-                self._warm_up(state, decoded.values[rows])
+                self._warm_up(state, decoded.values[rows], assets[rows], decoded.ts[rows])
             elif len(rows):
                 self._score_and_learn(
                     state,
@@ -208,6 +209,7 @@ class Pipeline:
                     judged,
                     decoded,
                     rows,
+                    assets,
                     topic,
                     partitions[decoded.index[rows]],
                     offsets[decoded.index[rows]],
@@ -218,15 +220,20 @@ class Pipeline:
                 advance(state, topic, partitions[decoded.index[rows]], offsets[decoded.index[rows]])
         return judged
 
-    def _warm_up(self, state: ModelState, values: np.ndarray) -> None:
-        """Collect a scope's first valid records; once there are enough, fit its first model (polling meanwhile)."""
+    def _warm_up(
+        self, state: ModelState, values: np.ndarray, assets: np.ndarray | None = None, ts: np.ndarray | None = None
+    ) -> None:
+        """Collect a scope's first records (with assets and ts: the context); then fit its first model, polling."""
         require_loop_thread(self.judge_thread, "a warm-up fit")
-        x = self.warmup.collect(state.scope, values)
-        if x is None:
+        fit = self.warmup.collect(state.scope, values, assets, ts)
+        if fit is None:
             return
         detector = MixtureDetector(len(self.channels), self.settings.model, self.channels)
-        log.info("warmup_fit_started", scope=state.scope, records=len(x))
-        report = self.keep_polling(lambda: detector.fit(x))
+        log.info("warmup_fit_started", scope=state.scope, records=len(fit.values))
+        gap = self.settings.model.context.gap_ms
+        report = self.keep_polling(
+            lambda: detector.fit(fit.values, assets=fit.assets, times=fit.ts.astype(np.float64), max_gap=gap)
+        )
         state.detector = detector
         log.info("warmup_fit_done", scope=state.scope, experts=report.k_selected, weights=report.weights)
         account_learning(self.metrics, state, None)
@@ -238,6 +245,7 @@ class Pipeline:
         judged: Judged,
         decoded: DecodedBatch,
         rows: np.ndarray,
+        assets: np.ndarray,
         topic: str,
         partitions: np.ndarray,
         offsets: np.ndarray,
@@ -253,7 +261,13 @@ class Pipeline:
             batch_rows = rows[part]
             with timed(self.metrics, "score"):
                 scored = detector.score_many(
-                    decoded.values[batch_rows], refs=refs[part], timestamps=decoded.ts[batch_rows]
+                    decoded.values[batch_rows],
+                    refs=refs[part],
+                    timestamps=decoded.ts[batch_rows],
+                    assets=assets[batch_rows],
+                    times=decoded.ts[batch_rows].astype(np.float64),
+                    max_gap=detector.config.context.gap_ms,
+                    update_context=learn,  # records re-read after a restart are in the context already
                 )
             self._count_poison(scored)
             if learn:

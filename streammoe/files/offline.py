@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from streammoe.config import AlertSettings
+from streammoe.context.inputs import DEFAULT_ASSET
 from streammoe.incidents import opens_at_once
 from streammoe.model.config import ModelConfig
 from streammoe.model.detector import MixtureDetector, ScoredBatch
@@ -95,9 +96,10 @@ class StreamResult:
         self.epistemic[start:end] = scored.epistemic
         self.aleatoric[start:end] = scored.aleatoric
         self.n_experts[start:end] = n_experts
+        names = scored.names(channels)  # with a context also features, `d(flow):0.412`
         for i in range(len(scored)):
             self.top_channels[start + i] = ";".join(
-                f"{channels[c]}:{share:.3f}" for c, share in scored.top_channels(i, TOP_CHANNELS)
+                f"{names[c]}:{share:.3f}" for c, share in scored.top_channels(i, TOP_CHANNELS)
             )
 
 
@@ -110,24 +112,37 @@ def score_stream(
     learn: bool = True,
     batch_size: int = 256,
     progress: Callable[[int], None] | None = None,
+    times: np.ndarray | None = None,
+    asset: str = DEFAULT_ASSET,
 ) -> tuple[StreamResult, MixtureDetector]:
-    """Run the prequential loop over `values` (N, C). Without a detector, fit one on the first `warmup` rows."""
+    """Run the prequential loop over `values` (N, C). Without a detector, fit one on the first `warmup` rows.
+
+    The series is one asset (`asset`) for the context; `times` is its time axis in median steps
+    (context/timeline.py; None: one step per row), against which `context.gap_steps` counts a gap."""
     n = len(values)
     out = StreamResult.empty(n, values.shape[1])
     start = 0
+    axis = None if times is None else np.asarray(times, np.float64)
     if detector is None:
         if warmup < 10:
             raise ValueError("without a model, --warmup must give at least 10 rows to learn from")
-        warm = values[:warmup]
-        warm = warm[np.isfinite(warm).all(axis=1)]
+        finite = np.isfinite(values[:warmup]).all(axis=1)
         detector = MixtureDetector(values.shape[1], config, channels)
-        detector.fit(warm)
+        gap = detector.config.context.gap_steps
+        warm_times = None if axis is None else axis[:warmup][finite]
+        detector.fit(values[:warmup][finite], assets=np.full(int(finite.sum()), asset), times=warm_times, max_gap=gap)
         start = min(warmup, n)
         if progress is not None:
             progress(start)
     while start < n:
         batch = values[start : start + batch_size]
-        scored = detector.score_many(batch, refs=np.arange(start, start + len(batch)))
+        scored = detector.score_many(
+            batch,
+            refs=np.arange(start, start + len(batch)),
+            assets=np.full(len(batch), asset),
+            times=None if axis is None else axis[start : start + len(batch)],
+            max_gap=detector.config.context.gap_steps,
+        )
         out.put(start, scored, channels, detector.model.n_active)
         if learn:
             report = detector.learn_many(scored)

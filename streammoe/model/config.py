@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from streammoe.context.settings import ContextConfig
+
 
 class PoisonConfig(BaseModel):
     """Which readings are poison by what they are (never learned, always alerted)."""
@@ -238,6 +240,7 @@ class ModelConfig(BaseModel):
     seed: int = Field(0, description="Seeds sampling and initialisation, for reproducible runs.")
     novelty: NoveltyConfig = Field(default_factory=NoveltyConfig)
     poison: PoisonConfig = Field(default_factory=PoisonConfig)
+    context: ContextConfig = Field(default_factory=ContextConfig)
 
     @model_validator(mode="after")
     def _thresholds_ordered(self) -> ModelConfig:

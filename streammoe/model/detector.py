@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from streammoe.context.inputs import ContextInputs
 from streammoe.model.config import ModelConfig
 from streammoe.model.fitting import FitReport, fit_mixture
 from streammoe.model.learning import ExpertLearner, replay_step
@@ -52,6 +53,18 @@ class LearnReport:
     lockin: str = ""  # why a lock-in test was rejected, if one was tried
 
 
+class RecordLimits(PhysicalLimits):
+    """The poison rules applied to a record's own values only: a context feature (a change of exactly 0, say)
+    is never a sentinel."""
+
+    def __init__(self, config: ModelConfig, channels: Sequence[str]) -> None:
+        super().__init__(config.poison, channels)
+        self.n = len(channels)
+
+    def poisoned(self, x: torch.Tensor) -> torch.Tensor:
+        return super().poisoned(x[:, : self.n])
+
+
 @torch.no_grad()
 def calibrate_capped(model: MixtureOfVAEs, modes: torch.Tensor, nll: torch.Tensor) -> None:
     """Teach the per-mode calibration these records' scores, each capped at the score of the clip p-value (the
@@ -63,6 +76,15 @@ def calibrate_capped(model: MixtureOfVAEs, modes: torch.Tensor, nll: torch.Tenso
     if cfg.novelty.enabled and cfg.novelty.settle_records > 0:
         cap = torch.where(settling(model)[modes], torch.full_like(cap, math.inf), cap)
     model.calibration.update(modes, torch.minimum(nll, cap))
+
+
+def fill_partial(inputs: torch.Tensor, model: MixtureOfVAEs, n_channels: int) -> torch.Tensor:
+    """Context features a record's past does not define (NaN) take the fit's mean of that feature, the most
+    typical value, so a record right after a gap is judged on its values and defined features alone, not
+    flagged for its missing past. The hook for a masked likelihood, which could leave them out instead."""
+    values, features = inputs[:, :n_channels], inputs[:, n_channels:]
+    fill = model.scaler.mean[n_channels:].to(inputs.dtype)[None, :]
+    return torch.cat([values, torch.where(torch.isnan(features), fill, features)], dim=1)
 
 
 class MixtureDetector:
@@ -79,10 +101,11 @@ class MixtureDetector:
         self.channels = list(channels) if channels is not None else [f"c{i}" for i in range(n_channels)]
         if len(self.channels) != n_channels:
             raise ValueError(f"{len(self.channels)} channel names for {n_channels} channels")
-        self.limits = PhysicalLimits(self.config.poison, self.channels)
+        self.limits = RecordLimits(self.config, self.channels)
         self.device = torch.device(device) if device is not None else default_device()
+        self.inputs = ContextInputs(self.config.context, self.channels, self.device)
         torch.manual_seed(self.config.seed)
-        self.model = MixtureOfVAEs(n_channels, self.config).to(self.device)
+        self.model = MixtureOfVAEs(self.inputs.n_inputs, self.config).to(self.device)
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(self.config.seed)
         self.learner = ExpertLearner(self.model, self.generator)
@@ -102,7 +125,8 @@ class MixtureDetector:
 
     @property
     def n_channels(self) -> int:
-        return self.model.n_channels
+        """Channels of a record; the experts see `inputs.n_inputs` values per record (the context's features too)."""
+        return len(self.channels)
 
     @property
     def is_fitted(self) -> bool:
@@ -136,14 +160,26 @@ class MixtureDetector:
         self.model.use_compiled = compile
         self.model.autocast_dtype = dtypes[precision]
 
-    def fit(self, x: np.ndarray, k: int | None = None, progress: Callable[[int], None] | None = None) -> FitReport:
-        """Learn the mixture from normal records (N, C); several operating modes may be present. Rows with a
-        sentinel or out-of-bounds reading (model/poison.py) are left out and counted in the report."""
+    def fit(
+        self,
+        x: np.ndarray,
+        k: int | None = None,
+        progress: Callable[[int], None] | None = None,
+        *,
+        assets: Sequence[str] | np.ndarray | None = None,
+        times: np.ndarray | None = None,
+        max_gap: float = math.inf,
+    ) -> FitReport:
+        """Learn the mixture from normal records (N, C) in time order; several operating modes may be present.
+        Rows with a sentinel or out-of-bounds reading (model/poison.py) are left out and counted in the report,
+        and so are rows whose context is partial (`assets`, `times`, `max_gap` as in `score_many`); each asset's
+        context ends up holding its latest records, so scoring what follows continues from them."""
         xt = self._tensor(x, staged=False)
         if not torch.isfinite(xt).all():
             raise ValueError("fit data holds NaN or infinite values; clean or drop those rows first")
         poisoned = self.limits.poisoned(xt)
-        xt = xt[~poisoned]
+        xt, complete = self.inputs.fit_input(xt, ~poisoned, assets, times, max_gap)
+        xt = xt[complete & ~poisoned]
         if xt.shape[0] < 10:
             raise ValueError(f"need at least 10 records to fit without sentinel readings, got {xt.shape[0]}")
         report, self.learner = fit_mixture(self.model, xt, k, self.generator, progress)
@@ -164,18 +200,36 @@ class MixtureDetector:
         self.model.status[expert] = STATUSES[status]
 
     def score_many(
-        self, x: np.ndarray, refs: np.ndarray | None = None, timestamps: np.ndarray | None = None
+        self,
+        x: np.ndarray,
+        refs: np.ndarray | None = None,
+        timestamps: np.ndarray | None = None,
+        *,
+        assets: Sequence[str] | np.ndarray | None = None,
+        times: np.ndarray | None = None,
+        max_gap: float = math.inf,
+        update_context: bool = True,
     ) -> ScoredBatch:
-        """Score records (B, C) against what was learned so far; never learns.
+        """Score records (B, C) against what was learned so far; never learns (but moves the context on).
 
         `refs` and `timestamps` (int64, one per record; default: the running record count) are opaque to the
-        model; they come back in new-mode events so an operator can find the records behind them."""
+        model; they come back in new-mode events. With a context, `assets` name each record's asset (default:
+        one), `times` its time (in the unit of `max_gap`; default: one step per record), and `update_context`
+        False scores records the context already holds without adding them again."""
         b = len(x)
         start = self.counters["records_scored"]
         refs_t = torch.as_tensor(np.arange(start, start + b) if refs is None else np.asarray(refs, np.int64))
         ts_t = torch.as_tensor(np.zeros(b, np.int64) if timestamps is None else np.asarray(timestamps, np.int64))
-        scored = score_records(self.model, self.config, self.limits, self._tensor(x), self.generator, self.counters)
+        xt = self._tensor(x)
+        if self.inputs.enabled:
+            keep = torch.isfinite(xt).all(dim=1) & ~self.limits.poisoned(torch.nan_to_num(xt))
+            built = self.inputs.build(xt, assets, times, max_gap, keep, update_context)
+            xt = fill_partial(built, self.model, self.n_channels)
+        scored = score_records(self.model, self.config, self.limits, xt, self.generator, self.counters)
         scored.refs, scored.timestamps = refs_t.to(self.device), ts_t.to(self.device)
+        if self.inputs.enabled:  # shares per input for explanations, summed per channel for incidents
+            scored.input_names, scored.input_share = self.inputs.names, scored.channel_share
+            scored.channel_share = self.inputs.fold(scored.channel_share)
         return scored
 
     def learn_many(self, scored: ScoredBatch) -> LearnReport:
@@ -201,7 +255,7 @@ class MixtureDetector:
         # unexplained stretch and were replaced before the new machine was covered.
         model.weights.update(ev.resp[learn].sum(0), n)
         if cfg.novelty.enabled:
-            self._novelty(scored, usable, usable & not_fault & ~learn, report)
+            learn_novelty(self, scored, usable, usable & not_fault & ~learn, report)
         if n == 0:
             return report
         x, resp, mode = ev.x[learn], ev.resp[learn], ev.mode[learn]
@@ -223,31 +277,36 @@ class MixtureDetector:
         self.counters["steps"] += 1
         return report
 
-    def _novelty(
-        self, scored: ScoredBatch, usable: torch.Tensor, unexplained: torch.Tensor, report: LearnReport
-    ) -> None:
-        """Remember unexplained records; grow an expert from a sustained coherent run; retire and merge."""
-        model, ev = self.model, scored.evaluation
-        assert ev is not None and scored.refs is not None and scored.timestamps is not None
-        model.memory.observe(ev.x[usable], unexplained[usable], scored.refs[usable], scored.timestamps[usable])
-        mine = usable & (model.status[ev.mode] != STATUS_FAULT)
-        model.memory.count_modes(ev.mode[mine], unexplained[mine])
-        events, verdict = try_grow(model, model.memory, self.learner, self.generator)
-        report.events += events
-        if verdict is not None and not verdict.accepted:
-            report.candidate = verdict.reason
-        if not events:  # an expert just added or replaced changes what the lock-in counts meant
-            for k, share in model.memory.locked_in():
-                if bool(model.active[k]) and int(model.status[k]) == STATUS_LEARNED:
-                    lockin = try_unlock(model, model.memory, k, share, self.generator)
-                    if lockin.accepted:
-                        report.unlocked.append(k)
-                        self.counters["unlocks"] += 1
-                    else:
-                        report.lockin = lockin.reason
-        n = int(usable.sum())
-        report.events += retire_idle(model, model.below_floor, n)
-        model.since_merge += n
-        if int(model.since_merge) >= self.config.novelty.merge_every:
-            model.since_merge.zero_()
-            report.events += merge_duplicates(model, self.generator)
+
+def learn_novelty(
+    detector: MixtureDetector,
+    scored: ScoredBatch,
+    usable: torch.Tensor,
+    unexplained: torch.Tensor,
+    report: LearnReport,
+) -> None:
+    """Remember unexplained records; grow an expert from a sustained coherent run; retire and merge."""
+    model, ev = detector.model, scored.evaluation
+    assert ev is not None and scored.refs is not None and scored.timestamps is not None
+    model.memory.observe(ev.x[usable], unexplained[usable], scored.refs[usable], scored.timestamps[usable])
+    mine = usable & (model.status[ev.mode] != STATUS_FAULT)
+    model.memory.count_modes(ev.mode[mine], unexplained[mine])
+    events, verdict = try_grow(model, model.memory, detector.learner, detector.generator)
+    report.events += events
+    if verdict is not None and not verdict.accepted:
+        report.candidate = verdict.reason
+    if not events:  # an expert just added or replaced changes what the lock-in counts meant
+        for k, share in model.memory.locked_in():
+            if bool(model.active[k]) and int(model.status[k]) == STATUS_LEARNED:
+                lockin = try_unlock(model, model.memory, k, share, detector.generator)
+                if lockin.accepted:
+                    report.unlocked.append(k)
+                    detector.counters["unlocks"] += 1
+                else:
+                    report.lockin = lockin.reason
+    n = int(usable.sum())
+    report.events += retire_idle(model, model.below_floor, n)
+    model.since_merge += n
+    if int(model.since_merge) >= detector.config.novelty.merge_every:
+        model.since_merge.zero_()
+        report.events += merge_duplicates(model, detector.generator)

@@ -41,17 +41,26 @@ class ScoredBatch:
     usable_rows: torch.Tensor | None = field(default=None, repr=False)  # valid and in range: may teach the model
     refs: torch.Tensor | None = field(default=None, repr=False)
     timestamps: torch.Tensor | None = field(default=None, repr=False)
+    # With a context (context/inputs.py): the experts' inputs' names (channels, then features such as `d(flow)`)
+    # and each input's share (B, C + F*C); `channel_share` then sums each channel's inputs.
+    input_names: list[str] | None = field(default=None, repr=False)
+    input_share: np.ndarray | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.score)
+
+    def names(self, channels: list[str]) -> list[str]:
+        """What `top_channels` indexes: the channels, or with a context every input's name."""
+        return channels if self.input_names is None else self.input_names
 
     @property
     def p_value(self) -> np.ndarray:
         return np.exp(self.log_p_value)
 
     def top_channels(self, i: int, n: int = 3) -> list[tuple[int, float]]:
-        """The `n` channels with the largest share of record i's misfit, as (channel index, share)."""
-        share = self.channel_share[i]
+        """The `n` inputs with the largest share of record i's misfit, as (index into `names(channels)`, share):
+        a channel's value, or with a context one of its features."""
+        share = (self.channel_share if self.input_share is None else self.input_share)[i]
         order = np.argsort(-share)[:n]
         return [(int(c), float(share[c])) for c in order]
 

@@ -1,6 +1,6 @@
 """Save and load a detector as a directory that loads back bit-identically.
 
-Layout (format version 2)::
+Layout (format version 3)::
 
     meta.json         format and package version, channel names, counters
     config.json       the ModelConfig that shaped the model
@@ -10,6 +10,8 @@ Layout (format version 2)::
     calibration.pt    per-mode reference scores (NLL on the original scale)
     replay.pt         per-expert replay reservoirs (raw records)
     novelty.pt        short-term memory of unexplained records (raw), retirement and merge counters
+    context.pt        each asset's recent records and their times (streammoe/context/), so a restored model
+                      judges the next record of an asset with the same past
     optimizer.pt      Adam state, so online learning continues exactly where it stopped
     rng.pt            sampler state, so a reloaded model draws the same importance samples (on the same kind
                       of device: a model moving between a GPU and a CPU worker is reseeded from it)
@@ -23,7 +25,8 @@ weights without any error from torch, so a file that does not match is refused a
 Format 1 (one global scaler; replay and memory held scaled, clipped records) is migrated on load: every expert
 gets the global scaler's location and scale (so it computes what it computed), stored records are unscaled, and
 calibration scores gain the log-Jacobian the format-2 likelihoods include. Records format 1 clipped at +-50
-stay clipped.
+stay clipped. Format 2 (no time context) is read as a model without one: its config gets `context.window` 1
+(the context it was made with), so it scores and learns as before; formats 1 and 2 have no context.pt.
 
 Load errors come in two kinds, because they call for different actions: `ModelDamagedError` (truncated,
 unreadable, checksum mismatch: another copy of the same model may be used instead) and
@@ -48,8 +51,8 @@ from streammoe.model.detector import MixtureDetector
 
 log = get_logger("streammoe.state.persistence")
 
-FORMAT_VERSION = 2
-READABLE = (1, 2)  # format 1 is migrated on load (`_migrate_v1`)
+FORMAT_VERSION = 3
+READABLE = (1, 2, 3)  # format 1 is migrated on load (`_migrate_v1`); 1 and 2 have no context (`_config_of`)
 PARTS: dict[str, str | tuple[str, ...]] = {
     "experts": "experts.",
     "em": ("weights.", "status"),
@@ -105,6 +108,7 @@ def save_detector(
         for name, part in _split_state(state).items():
             torch.save(part, tmp / f"{name}.pt")
         torch.save(detector.learner.optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(detector.inputs.state(), tmp / "context.pt")
         torch.save({"generator": detector.generator.get_state().cpu()}, tmp / "rng.pt")
         (tmp / "config.json").write_text(detector.config.model_dump_json(indent=2))
         meta = {
@@ -224,6 +228,14 @@ def _migrate_v1(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def _config_of(path: Path, version: int) -> ModelConfig:
+    """The saved ModelConfig; a model of format 1 or 2 was made without a time context, whatever the default."""
+    raw = json.loads((path / "config.json").read_text())
+    if version < 3 and isinstance(raw, dict):
+        raw["context"] = {"window": 1}
+    return ModelConfig.model_validate(raw)
+
+
 def load_detector(
     path: str | Path, device: torch.device | str | None = None, channels: list[str] | None = None
 ) -> MixtureDetector:
@@ -244,7 +256,7 @@ def load_detector(
         raise ModelIncompatibleError(f"{path} was fitted on channels {meta['channels']}, not {list(channels)}")
     intact = _verify(path, meta)
     try:
-        config = ModelConfig.model_validate_json((path / "config.json").read_text())
+        config = _config_of(path, meta["format_version"])
         detector = MixtureDetector(len(meta["channels"]), config, meta["channels"], device)
         state: dict[str, torch.Tensor] = {}
         for name in PARTS:
@@ -257,6 +269,8 @@ def load_detector(
         for group in saved["param_groups"]:  # how Adam runs is this version's choice (older ones saved it unfused)
             group.update({k: optimizer.param_groups[0][k] for k in ("fused", "foreach")})
         optimizer.load_state_dict(saved)
+        if meta["format_version"] >= 3:
+            detector.inputs.load_state(torch.load(path / "context.pt", map_location="cpu", weights_only=True))
         rng = torch.load(path / "rng.pt", map_location="cpu", weights_only=True)
         restore_sampler(detector.generator, rng["generator"])
     except Exception as e:  # a truncated or foreign file surfaces as many exception types; name the model

@@ -11,6 +11,7 @@ from importlib import resources
 import numpy as np
 
 from streammoe.config import AlertSettings
+from streammoe.context.features import split_name
 from streammoe.model.detector import ScoredBatch
 from streammoe.state.scopes import GLOBAL_SCOPE
 
@@ -82,7 +83,8 @@ def build_alert(
     else:
         reason = "score"
     resp = scored.responsibilities[row]
-    top = scored.top_channels(row, min(settings.top_channels, len(channels))) if valid else []
+    names = scored.names(channels)  # with a context: the channels, then their features (`d(flow)`)
+    top = scored.top_channels(row, min(settings.top_channels, len(names))) if valid else []
     return {
         "schema_version": SCHEMA_VERSION,
         "alert_id": f"{origin.topic}/{origin.partition}/{origin.offset}",
@@ -104,9 +106,18 @@ def build_alert(
         "mode_entropy": _finite(float(scored.mode_entropy[row])),
         "epistemic": _finite(float(scored.epistemic[row])),
         "aleatoric": _finite(float(scored.aleatoric[row])),
-        "top_channels": [{"channel": channels[c], "share": round(s, 6)} for c, s in top if np.isfinite(s)],
+        "top_channels": [top_entry(names[c], s, c >= len(channels)) for c, s in top if np.isfinite(s)],
         "model_version": model_version,
     }
+
+
+def top_entry(name: str, share: float, derived: bool) -> dict:
+    """One `top_channels` item: the channel; for a context feature (`derived`) also which one (`feature`: diff,
+    mean, dev or std) and the input's name (`input`, e.g. `d(flow)`). Without `feature` it is the value."""
+    if not derived:
+        return {"channel": name, "share": round(share, 6)}
+    channel, feature = split_name(name)
+    return {"channel": channel, "share": round(share, 6), "feature": feature, "input": name}
 
 
 def build_score(
