@@ -68,7 +68,10 @@ def run(
         flagged[i : i + batch] = scored.is_anomaly
         at = Positions("sensor-records", np.zeros(len(refs), np.int32), refs)
         ts = np.array([records[r].ts for r in refs])
-        changes += tracker.observe(scored_batch(scored, critical_log_p, [records[0].asset_id] * len(refs), ts, at))
+        assets = [records[0].asset_id] * len(refs)
+        changes += tracker.observe(
+            scored_batch(scored, critical_log_p, assets, ts, at, tracker.settings.spike_deviation)
+        )
         for event in detector.learn_many(scored).events:
             if event.kind == "mode_added" and event.first_ref is not None and event.last_ref is not None:
                 added.append(records[int(event.last_ref)].mode)

@@ -18,6 +18,7 @@ from streammoe.config import Settings
 from streammoe.daemon.clients import SinkClient
 from streammoe.daemon.pipeline import REF_PARTITION_SHIFT, Part
 from streammoe.incidents import Batch, Change, IncidentTracker, Source, opens_at_once
+from streammoe.incidents.settings import SPIKE_DEVIATION
 from streammoe.kafka.source import Positions
 from streammoe.logs import get_logger
 from streammoe.metrics import Metrics
@@ -33,21 +34,38 @@ EXPIRE_EVERY_S = 1.0  # the loop asks every turn; staleness is minutes (INCIDENT
 log = get_logger("streammoe.daemon")
 
 
-def scored_batch(scored: ScoredBatch, critical_log_p: float, assets: list[str], ts: np.ndarray, at: Positions) -> Batch:
-    """Scored records as the incident tracker takes them, `at` where each came from; the ones that open an
-    incident at once by the one rule (opens_at_once). For the daemon and the demo's offline check."""
+def scored_batch(
+    scored: ScoredBatch,
+    critical_log_p: float,
+    assets: list[str],
+    ts: np.ndarray,
+    at: Positions,
+    spike_deviation: float = SPIKE_DEVIATION,
+) -> Batch:
+    """Scored records as the incident tracker takes them, `at` where each came from: their severity, and the ones
+    that open an incident at once by the one rule (opens_at_once: spikes, poison, not finite). For the daemon and
+    the demo's offline check."""
     return Batch(
         asset=assets,
         ts=ts,
         partition=at.partitions,
         offset=at.offsets,
         flagged=scored.is_anomaly,
-        critical=opens_at_once(scored.is_anomaly, scored.valid, scored.in_range, scored.log_p_value, critical_log_p),
+        critical=~scored.valid | ~scored.in_range | (scored.log_p_value < critical_log_p),
         score=scored.score,
         p_value=scored.p_value,
         mode=scored.mode,
         share=scored.channel_share,
         topic=at.topic,
+        at_once=opens_at_once(
+            scored.is_anomaly,
+            scored.valid,
+            scored.in_range,
+            scored.log_p_value,
+            critical_log_p,
+            scored.deviation,
+            spike_deviation,
+        ),
     )
 
 
@@ -116,7 +134,12 @@ class IncidentPublisher:
         idx = decoded.index[rows]
         where = Positions(at.topic, at.partitions[idx], at.offsets[idx])
         batch = scored_batch(
-            scored, self.critical_log_p, [decoded.assets[r] for r in rows.tolist()], decoded.ts[rows], where
+            scored,
+            self.critical_log_p,
+            [decoded.assets[r] for r in rows.tolist()],
+            decoded.ts[rows],
+            where,
+            self.incidents.spike_deviation,
         )
         now = self.clock()
         self._send(tracker.observe(batch, now=now) + tracker.expire(now))
@@ -124,8 +147,24 @@ class IncidentPublisher:
         if self.metrics is not None:
             self.metrics.incidents_open.labels(part.scope).set(len(tracker.open_incidents()))
 
-    def learned(self, scope: str, report: LearnReport) -> None:
-        """A new expert's records turn the scope's overlapping open incident into one `new_mode` incident."""
+    def act(self, scope: str, command: Callable[[IncidentTracker], list[Change]]) -> None:
+        """An operator's command on the scope's incidents (daemon/incident_commands.py): publishes what it changed
+        and keeps the state. The scope is one this worker holds (the caller found its ModelState)."""
+        held = self.tracker(scope)
+        if held is None:
+            return
+        state, tracker = held
+        self._send(command(tracker))
+        state.keep_incidents(tracker.to_state())
+
+    def muted(self, scope: str, asset: str, ts: int, channel: str | None) -> bool:
+        """Whether an alert of `asset` at `ts` whose top channel is `channel` is muted (incidents/mutes.py)."""
+        held = self._trackers.get(scope)
+        return held is not None and held[1].kept.mutes.covers(asset, ts, channel)
+
+    def learned(self, scope: str, report: LearnReport, expert_ids: dict[int, str] | None = None) -> None:
+        """A new expert's records turn the scope's overlapping open incident into one `new_mode` incident (naming
+        the expert's id, from `expert_ids`, so that a verdict on it finds the incident)."""
         if not self.incidents.enabled:
             return
         held = self.tracker(scope)
@@ -138,7 +177,8 @@ class IncidentPublisher:
                 continue
             first = Source(topic, event.first_ref >> REF_PARTITION_SHIFT, event.first_ref & _OFFSET_MASK)
             last = Source(topic, event.last_ref >> REF_PARTITION_SHIFT, event.last_ref & _OFFSET_MASK)
-            self._send(tracker.link_mode_added(event.expert, first, last, event.detail))
+            named = (expert_ids or {}).get(event.expert)
+            self._send(tracker.link_mode_added(event.expert, first, last, event.detail, named))
         state.keep_incidents(tracker.to_state())
 
     def expire(self) -> None:

@@ -69,6 +69,9 @@ class Publisher:
                     scope=part.scope,
                     expert_ids=part.expert_ids,
                 )
+                if self.incidents is not None:  # an operator's mute flags the alert, it is still published
+                    top = alert["top_channels"][0]["channel"] if alert["top_channels"] else None
+                    alert["muted"] = self.incidents.muted(part.scope, asset, ts, top)
                 if self.settings.alerts.enabled:
                     sink.send(kafka.alerts_topic, orjson.dumps(alert), asset.encode(), timestamp=ts)
                 self.metrics.alerts.labels(alert["severity"]).inc()
@@ -90,7 +93,7 @@ class Publisher:
                     body["expert_id"] = ids[event.expert]
                 self.send_event(body, scope, version)
             if self.incidents is not None:
-                self.incidents.learned(scope, report)
+                self.incidents.learned(scope, report, ids)
         for scope, version, drift in judged.drifts:
             self.send_plain_event(drift, scope, version)
 

@@ -1,4 +1,5 @@
-"""Control topic -> operator verdicts on experts -> the models they concern (between batches).
+"""Control topic -> operator verdicts on experts, and commands on incidents -> the scopes they concern (between
+batches).
 
 The control topic's positions live in the model state beside the input offsets, so a verdict is applied once per
 model and re-applied to an older model restored from a checkpoint that predates it. A command that cannot be
@@ -10,13 +11,16 @@ from __future__ import annotations
 import time
 
 from streammoe.daemon.clients import ControlClient, SinkClient, source_of
+from streammoe.daemon.incident_commands import IncidentCommands
 from streammoe.daemon.pipeline import JudgeThread
-from streammoe.daemon.publish import Publisher, refused
+from streammoe.daemon.publish import Publisher, input_timestamp, refused
+from streammoe.incidents.operator import expert_judged
 from streammoe.kafka.control import ControlError, ExpertVerdict, parse_command
 from streammoe.logs import get_logger
 from streammoe.metrics import Metrics
 from streammoe.state.checkpoint import ModelState
 from streammoe.state.ownership import OwnedScopes
+from streammoe.wire.commands import IncidentCommand
 from streammoe.wire.identity import expert_id, parse_expert_id, same_expert
 
 log = get_logger("streammoe.daemon")
@@ -37,6 +41,10 @@ class Verdicts:
         self.control, self.scopes, self.sink, self.publisher = control, scopes, sink, publisher
         self.judge_thread, self.metrics = judge_thread, metrics
         self._retry_at = 0.0
+        self.incident_commands = IncidentCommands(publisher.incidents, self._mark_only)
+
+    def _mark_only(self, state: ModelState, verdict: ExpertVerdict, control_source: dict) -> None:
+        self._apply_verdict(state, verdict, control_source["partition"], control_source["offset"], link=False)
 
     def apply(self) -> None:
         """Apply the verdicts that arrived since the last call to the models this worker holds."""
@@ -56,10 +64,12 @@ class Verdicts:
             if not held:
                 continue
             try:
-                verdict = parse_command(m.value())
-                state = next((s for s in held if s.scope == verdict.scope), None)
-                if state is not None:
-                    self._apply_verdict(state, verdict, partition, offset)
+                cmd = parse_command(m.value(), input_timestamp(m), self.publisher.channels)
+                state = next((s for s in held if s.scope == cmd.scope), None)
+                if state is not None and isinstance(cmd, IncidentCommand):
+                    self.incident_commands.apply(state, cmd, {"topic": topic, "partition": partition, "offset": offset})
+                elif state is not None and isinstance(cmd, ExpertVerdict):
+                    self._apply_verdict(state, cmd, partition, offset)
             except ControlError as e:
                 self.sink.dead_letter(refused(m, "bad_control", str(e)))
                 self.metrics.dead_letters.labels("bad_control").inc()
@@ -67,7 +77,10 @@ class Verdicts:
             for s in held:
                 s.advance(topic, partition, offset + 1)
 
-    def _apply_verdict(self, state: ModelState, verdict: ExpertVerdict, partition: int, offset: int) -> None:
+    def _apply_verdict(
+        self, state: ModelState, verdict: ExpertVerdict, partition: int, offset: int, link: bool = True
+    ) -> None:
+        """Mark the expert; with `link`, also close or reclassify the incident linked to its `mode_added` event."""
         if state.detector is None:
             raise ControlError("the scope has no model yet (warming up)")
         if verdict.expert_id is not None:
@@ -80,6 +93,16 @@ class Verdicts:
             marked_event(verdict, self.control.topic, partition, offset), state.scope, state.version
         )
         self.metrics.mode_events.labels("mode_marked").inc()
+        incidents = self.publisher.incidents
+        if link and incidents is not None and incidents.incidents.enabled:
+            by = {
+                "operator": verdict.operator,
+                "note": verdict.note,
+                "control_source": source(self.control.topic, partition, offset),
+            }
+            incidents.act(
+                state.scope, lambda t: expert_judged(t, verdict.expert, verdict.expert_id, verdict.status, by)
+            )
         log.info(
             "expert_marked", scope=state.scope, expert=verdict.expert, status=verdict.status, operator=verdict.operator
         )
@@ -122,8 +145,12 @@ def marked_event(verdict: ExpertVerdict, topic: str, partition: int, offset: int
         "status": verdict.status,
         "operator": verdict.operator,
         "note": verdict.note,
-        "control_source": {"topic": topic, "partition": partition, "offset": offset},
+        "control_source": source(topic, partition, offset),
     }
     if verdict.expert_id is not None:
         event["expert_id"] = verdict.expert_id
     return event
+
+
+def source(topic: str, partition: int, offset: int) -> dict:
+    return {"topic": topic, "partition": partition, "offset": offset}

@@ -41,10 +41,11 @@ class StreamResult:
     # Mode events raised while learning, each with the number of rows scored when it was raised (the end of
     # its batch): how long after a switch a new expert came is read from here.
     events: list[tuple[int, ModeEvent]] = field(default_factory=list)
-    # Rows that open an incident at once (alerted with a critical p-value, not finite, or out of range) and
+    # Rows that open an incident at once (a spike: incidents.opens_at_once; not finite; out of range) and
     # each row's misfit share per channel (0 for warm-up rows): what the incident tracker aggregates.
     critical: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
     channel_share: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    deviation: np.ndarray = field(default_factory=lambda: np.zeros(0))  # ScoredBatch.deviation (0: warm-up rows)
 
     @property
     def mode_added(self) -> list[tuple[int, int, int]]:
@@ -71,6 +72,7 @@ class StreamResult:
             n_experts=np.zeros(n, dtype=np.int32),
             critical=np.zeros(n, dtype=bool),
             channel_share=np.zeros((n, n_channels), dtype=np.float32),
+            deviation=np.zeros(n),
         )
 
     def put(
@@ -83,8 +85,15 @@ class StreamResult:
     ) -> None:
         end = start + len(scored)
         self.critical[start:end] = opens_at_once(
-            scored.is_anomaly, scored.valid, scored.in_range, scored.log_p_value, float(np.log(critical_p_value))
+            scored.is_anomaly,
+            scored.valid,
+            scored.in_range,
+            scored.log_p_value,
+            float(np.log(critical_p_value)),
+            scored.deviation,
         )
+        if scored.deviation is not None:
+            self.deviation[start:end] = scored.deviation
         self.channel_share[start:end] = np.nan_to_num(scored.channel_share, nan=0.0, posinf=0.0, neginf=0.0)
         self.score[start:end] = np.where(scored.valid, scored.nll, np.inf)
         self.calibrated_score[start:end] = scored.score

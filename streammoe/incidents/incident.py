@@ -14,7 +14,9 @@ from typing import Any
 import numpy as np
 
 SEVERITIES = ("warning", "critical")
+KEEP_RECORDS = 2048  # positions of an incident's latest anomalous records kept, for an operator's verdict
 KINDS = ("anomaly", "new_mode")
+VERDICTS = ("normal", "fault")
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,8 @@ class Rows:
     partition: np.ndarray
     offset: np.ndarray
     flagged: np.ndarray
-    critical: np.ndarray
+    critical: np.ndarray  # the record's severity is critical
+    at_once: np.ndarray  # the record opens an incident without the debounce (incidents.opens_at_once)
     score: np.ndarray  # -log10(p-value); +inf when not finite
     p_value: np.ndarray
     mode: np.ndarray  # -1 when no expert explains the record
@@ -65,6 +68,7 @@ class Rows:
             self.offset[idx],
             self.flagged[idx],
             self.critical[idx],
+            self.at_once[idx],
             self.score[idx],
             self.p_value[idx],
             self.mode[idx],
@@ -88,6 +92,7 @@ class Rows:
             np.asarray(d["offset"], np.int64),
             np.asarray(d["flagged"], bool),
             np.asarray(d["critical"], bool),
+            np.asarray(d.get("at_once", d["critical"]), bool),  # incident state v1: every critical opened at once
             _floats(d["score"]),
             _floats(d["p_value"]),
             np.asarray(d["mode"], np.int64),
@@ -97,6 +102,23 @@ class Rows:
     @classmethod
     def empty(cls, n_channels: int) -> Rows:
         return cls.from_state({f: [] for f in cls.__dataclass_fields__}, n_channels)
+
+
+def mode_added_link(
+    expert: int, first: Source, last: Source, detail: dict[str, Any] | None, expert_id: str | None
+) -> dict[str, Any]:
+    """An incident's `mode_event`: the `mode_added` event its records became (`expert_id`: what an operator's
+    verdict on the expert names, incidents/operator.py)."""
+    link = {
+        "kind": "mode_added",
+        "expert": int(expert),
+        "first_source": first.as_dict(),
+        "last_source": last.as_dict(),
+        "detail": dict(detail or {}),
+    }
+    if expert_id is not None:
+        link["expert_id"] = expert_id
+    return link
 
 
 def _floats(values: list) -> np.ndarray:
@@ -134,6 +156,10 @@ class Incident:
     resolution: dict[str, Any] | None = None
     sequence: int = -1
     published: dict[str, Any] = field(default_factory=dict)  # what the last message said: ts, count, severity, kind
+    acknowledged: dict[str, Any] | None = None  # operator, note, control_source of the acknowledgement
+    verdict: dict[str, Any] | None = None  # an operator's verdict: normal or fault, and what it did
+    muted: bool = False  # as of the last message (incidents/mutes.py)
+    records_at: list[list[int]] = field(default_factory=list)  # [partition, offset] of its last KEEP_RECORDS
 
     @property
     def severity(self) -> str:
@@ -152,6 +178,8 @@ class Incident:
         modes, counts = np.unique(rows.mode[rows.mode >= 0], return_counts=True)
         for m, c in zip(modes.tolist(), counts.tolist()):
             self.mode_counts[m] = self.mode_counts.get(m, 0) + c
+        fresh = np.stack([rows.partition[-KEEP_RECORDS:], rows.offset[-KEEP_RECORDS:]], axis=1).tolist()
+        self.records_at = (self.records_at + fresh)[-KEEP_RECORDS:]
         if rows.share.shape[1]:
             total = rows.share.sum(axis=0, dtype=np.float64)
             self.channel_sum = total if self.channel_sum.size == 0 else self.channel_sum + total
@@ -196,6 +224,9 @@ class Incident:
             "top_channels": self.top_channels(channels, top_n),
             "mode_event": self.mode_event,
             "resolution": self.resolution,
+            "acknowledged": self.acknowledged,
+            "verdict": self.verdict,
+            "muted": self.muted,
         }
 
     def to_state(self) -> dict[str, Any]:
@@ -223,6 +254,10 @@ class Incident:
             "resolution": self.resolution,
             "sequence": self.sequence,
             "published": self.published,
+            "acknowledged": self.acknowledged,
+            "verdict": self.verdict,
+            "muted": self.muted,
+            "records_at": self.records_at,
         }
 
     @classmethod
@@ -252,4 +287,8 @@ class Incident:
             resolution=d["resolution"],
             sequence=int(d["sequence"]),
             published=dict(d["published"]),
+            acknowledged=d.get("acknowledged"),  # incident state v1 had no operator commands
+            verdict=d.get("verdict"),
+            muted=bool(d.get("muted", False)),
+            records_at=[[int(p), int(o)] for p, o in d.get("records_at", [])],
         )

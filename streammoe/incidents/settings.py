@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+SPIKE_DEVIATION = 10.0
+
 
 class IncidentSettings(BaseModel):
     """`STREAMMOE_INCIDENTS__*`. Counts are in records of one asset, spans in its `ts` units (milliseconds)."""
@@ -16,9 +18,16 @@ class IncidentSettings(BaseModel):
         3,
         ge=1,
         description="An incident opens when open_k of an asset's last open_n records are "
-        "anomalous (a critical or out-of-range record opens one at once).",
+        "anomalous (a spike, an out-of-range or a non-finite record opens one at once).",
     )
     open_n: int = Field(10, ge=1, description="The debounce window, in records of the asset.")
+    spike_deviation: float = Field(
+        SPIKE_DEVIATION,
+        ge=0,
+        description="A critical record opens an incident at once only when its worst channel is at least this "
+        "many of its expert's predicted standard deviations off what the expert reconstructs for it: a spike. "
+        "Other critical records count in the debounce like any anomaly. 0: every critical record opens one at once.",
+    )
     quiet_records: int = Field(
         100,
         ge=1,
@@ -37,6 +46,12 @@ class IncidentSettings(BaseModel):
         description="An open incident whose asset sent nothing for this many wall-clock seconds resolves as `stale`.",
     )
     top_channels: int = Field(3, ge=1, description="Channels named in an incident, by their share of its misfit.")
+    keep_resolved: int = Field(
+        64,
+        ge=0,
+        description="Resolved incidents a scope remembers (state), so that an operator can still acknowledge "
+        "or judge them; older ones are forgotten.",
+    )
 
     @model_validator(mode="after")
     def _k_fits_n(self) -> IncidentSettings:

@@ -15,10 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from streammoe.incidents.incident import Incident, Rows, Source, incident_id
-from streammoe.incidents.settings import IncidentSettings
-
-STATE_VERSION = 1
+from streammoe.incidents.incident import Incident, Rows, Source, incident_id, mode_added_link
+from streammoe.incidents.settings import SPIKE_DEVIATION, IncidentSettings
+from streammoe.incidents.state import AssetState, TrackerState, state_from_json, state_to_json
 
 
 @dataclass
@@ -30,12 +29,13 @@ class Batch:
     partition: np.ndarray
     offset: np.ndarray
     flagged: np.ndarray  # the record alerts (is_anomaly)
-    critical: np.ndarray  # critical p-value, not finite, or out of range: opens an incident at once
+    critical: np.ndarray  # the record's severity is critical (critical p-value, not finite, out of range)
     score: np.ndarray  # -log10(p-value)
     p_value: np.ndarray
     mode: np.ndarray
     share: np.ndarray | None = None  # (B, C) misfit share per channel
     topic: str = ""
+    at_once: np.ndarray | None = None  # opens an incident without the debounce (opens_at_once); None: `critical`
 
 
 @dataclass(frozen=True)
@@ -45,14 +45,6 @@ class Change:
     status: str
     sequence: int
     body: dict[str, Any]
-
-
-@dataclass
-class AssetState:
-    seen: int = 0  # records of this asset observed while it had state (the `j` of Rows)
-    recent: Rows | None = None  # flagged records of the debounce window, not in an incident
-    open: Incident | None = None
-    last_wall: float = 0.0
 
 
 @dataclass
@@ -70,26 +62,30 @@ class _Pending:
 class IncidentTracker:
     def __init__(self, scope: str, settings: IncidentSettings, channels: list[str], topic: str = "") -> None:
         self.scope, self.settings, self.channels, self.topic = scope, settings, list(channels), topic
-        self.assets: dict[str, AssetState] = {}
-        self.next_offsets: dict[str, dict[int, int]] = {}  # per input topic and partition: the next offset to fold
+        self.kept = TrackerState()  # also: the next offset to fold per input topic and partition, mutes
+
+    @property
+    def assets(self) -> dict[str, AssetState]:
+        return self.kept.assets
 
     # ---- records --------------------------------------------------------------------------------------------
 
     def observe(self, batch: Batch, now: float = 0.0) -> list[Change]:
         """Fold a batch into the incidents; `now` is the wall clock (seconds), for `expire`."""
-        fresh = fresh_rows(self.next_offsets, batch, self.topic)
+        fresh = fresh_rows(self.kept.next_offsets, batch, self.topic)
         if not fresh.all():  # re-read after a restart: already folded into the state that was restored
             batch = _subset(batch, np.flatnonzero(fresh))
         n = len(batch.ts)
         flagged = np.asarray(batch.flagged, bool)
+        assets = np.asarray(batch.asset, dtype=object)
+        self.kept.mutes.passed(assets, np.asarray(batch.ts))
         if n == 0 or (not flagged.any() and not self.assets):
             return []
-        assets = np.asarray(batch.asset, dtype=object)
         names, inverse = np.unique(assets, return_inverse=True)
         per_asset = np.bincount(inverse, weights=flagged, minlength=len(names))
         order = np.argsort(inverse, kind="stable")
         bounds = np.concatenate([[0], np.cumsum(np.bincount(inverse, minlength=len(names)))])
-        rows = self._rows(batch, flagged)
+        rows = rows_of(batch, flagged, len(self.channels))
         self.topic = batch.topic or self.topic
         changes: list[Change] = []
         for a, name in enumerate(names.tolist()):
@@ -108,24 +104,6 @@ class IncidentTracker:
                 state.last_wall = now
                 self.assets[name] = state
         return changes
-
-    def _rows(self, batch: Batch, flagged: np.ndarray) -> Rows:
-        n = len(flagged)
-        score = np.asarray(batch.score, np.float64)
-        c = len(self.channels)
-        share = batch.share if batch.share is not None and c else np.zeros((n, c), np.float32)
-        return Rows(
-            j=np.zeros(n, np.int64),
-            ts=np.asarray(batch.ts, np.int64),
-            partition=np.asarray(batch.partition, np.int32),
-            offset=np.asarray(batch.offset, np.int64),
-            flagged=flagged,
-            critical=np.asarray(batch.critical, bool) & flagged,
-            score=np.where(np.isnan(score), np.inf, score),
-            p_value=np.nan_to_num(np.asarray(batch.p_value, np.float64), nan=0.0),
-            mode=np.asarray(batch.mode, np.int64),
-            share=np.asarray(share, np.float32),
-        )
 
     def _advance(self, asset: str, state: AssetState, rows: Rows) -> list[Change]:
         """Walk one asset's rows from state change to state change."""
@@ -159,7 +137,7 @@ class IncidentTracker:
             recent = state.recent if state.recent is not None else Rows.empty(rows.share.shape[1])
             both = Rows.concat([recent, rows.take(fpos)])
             lo = np.searchsorted(both.j, both.j - s.open_n + 1)
-            fire = ((np.arange(len(both)) - lo + 1) >= s.open_k) | both.critical
+            fire = ((np.arange(len(both)) - lo + 1) >= s.open_k) | both.at_once
             fire[: len(recent)] = False
             if not fire.any():  # keep what a later record's window can still reach
                 state.recent = both.take(both.j >= j0 + m + 1 - s.open_n)
@@ -191,7 +169,10 @@ class IncidentTracker:
 
     # ---- messages -------------------------------------------------------------------------------------------
 
-    def _emit(self, inc: Incident, status: str) -> Change:
+    def emit(self, inc: Incident, status: str) -> Change:
+        """The incident's next message (also for operator commands: incidents/operator.py)."""
+        top = inc.top_channels(self.channels, 1)
+        inc.muted = self.kept.mutes.covers(inc.asset, inc.last_ts, top[0]["channel"] if top else None)
         inc.sequence += 1
         body = inc.body(self.channels, self.settings.top_channels)
         inc.published = {"ts": inc.last_ts, "count": inc.count, "severity": inc.severity, "kind": inc.kind}
@@ -200,13 +181,13 @@ class IncidentTracker:
     def _publish_open(self, inc: Incident, pending: _Pending) -> list[Change]:
         if inc.id in pending.unopened:
             pending.unopened.discard(inc.id)
-            return [self._emit(inc, "opened")]
+            return [self.emit(inc, "opened")]
         last = inc.published
         if inc.count == last.get("count") and inc.kind == last.get("kind"):
             return []
         urgent = (inc.severity != last.get("severity")) or (inc.kind != last.get("kind"))
         if urgent or inc.last_ts - int(last.get("ts", inc.last_ts)) >= self.settings.update_interval_ms:
-            return [self._emit(inc, "updated")]
+            return [self.emit(inc, "updated")]
         return []
 
     def _resolve(
@@ -214,7 +195,19 @@ class IncidentTracker:
     ) -> list[Change]:
         out = self._publish_open(inc, pending) if inc.id in pending.unopened else []
         inc.resolve(by, ts, source)
-        return out + [self._emit(inc, "resolved")]
+        closed = self.kept.closed
+        closed[inc.id] = inc  # operators may still acknowledge or judge it
+        while len(closed) > self.settings.keep_resolved:
+            closed.pop(next(iter(closed)))
+        return out + [self.emit(inc, "resolved")]
+
+    def close(self, inc: Incident, by: str) -> list[Change]:
+        """Resolve an open incident now (`by`: operator), or publish a resolved one again with what changed."""
+        state = self.assets.get(inc.asset)
+        if state is not None and state.open is inc:
+            state.open, state.recent = None, None
+            return self._resolve(inc, _Pending(), by, inc.last_ts, inc.last_source)
+        return [self.emit(inc, "resolved" if inc.resolution is not None else "updated")]
 
     # ---- outside the records --------------------------------------------------------------------------------
 
@@ -228,7 +221,12 @@ class IncidentTracker:
         return changes
 
     def link_mode_added(
-        self, expert: int, first: Source | None, last: Source | None, detail: dict[str, Any] | None = None
+        self,
+        expert: int,
+        first: Source | None,
+        last: Source | None,
+        detail: dict[str, Any] | None = None,
+        expert_id: str | None = None,
     ) -> list[Change]:
         """A `mode_added` event: open incidents whose records overlap its run become one `new_mode` incident."""
         if first is None or last is None:
@@ -241,14 +239,8 @@ class IncidentTracker:
             same = inc.first_source.partition == first.partition == last.partition
             if same and inc.first_source.offset <= last.offset and inc.last_source.offset >= first.offset:
                 inc.kind = "new_mode"
-                inc.mode_event = {
-                    "kind": "mode_added",
-                    "expert": int(expert),
-                    "first_source": first.as_dict(),
-                    "last_source": last.as_dict(),
-                    "detail": dict(detail or {}),
-                }
-                changes.append(self._emit(inc, "updated"))
+                inc.mode_event = mode_added_link(expert, first, last, detail, expert_id)
+                changes.append(self.emit(inc, "updated"))
         return changes
 
     def open_incidents(self) -> list[Incident]:
@@ -257,47 +249,32 @@ class IncidentTracker:
     # ---- state ----------------------------------------------------------------------------------------------
 
     def to_state(self) -> dict[str, Any]:
-        """Plain JSON: the open incidents and debounce windows, for checkpoints and scope snapshots."""
-        return state_to_json(self.assets, self.next_offsets)
+        """Plain JSON (incidents/state.py), for checkpoints and scope snapshots."""
+        return state_to_json(self.kept)
 
     def load_state(self, state: dict[str, Any], now: float) -> None:
         """Restore `to_state`; the stale clock restarts at `now` (a restart is not an asset falling silent)."""
-        self.next_offsets, self.assets = state_from_json(state, len(self.channels), now)
+        self.kept = state_from_json(state, len(self.channels), now)
 
 
-def state_to_json(assets: dict[str, AssetState], next_offsets: dict[str, dict[int, int]]) -> dict[str, Any]:
-    """A tracker's assets and folded offsets as plain JSON (JSON keys are strings: the partitions too)."""
-    return {
-        "version": STATE_VERSION,
-        "next_offsets": {t: {str(p): o for p, o in parts.items()} for t, parts in next_offsets.items()},
-        "assets": {
-            name: {
-                "seen": st.seen,
-                "recent": None if st.recent is None else st.recent.to_state(),
-                "open": None if st.open is None else st.open.to_state(),
-            }
-            for name, st in assets.items()
-        },
-    }
-
-
-def state_from_json(
-    state: dict[str, Any], channels: int, now: float
-) -> tuple[dict[str, dict[int, int]], dict[str, AssetState]]:
-    """The (next_offsets, assets) of `state_to_json`'s output, each asset's stale clock set to `now`."""
-    if state.get("version") != STATE_VERSION:
-        raise ValueError(f"incident state version {state.get('version')!r}, this build reads {STATE_VERSION}")
-    next_offsets = {t: {int(p): int(o) for p, o in parts.items()} for t, parts in state.get("next_offsets", {}).items()}
-    assets = {
-        name: AssetState(
-            seen=int(d["seen"]),
-            recent=None if d["recent"] is None else Rows.from_state(d["recent"], channels),
-            open=None if d["open"] is None else Incident.from_state(d["open"]),
-            last_wall=now,
-        )
-        for name, d in state["assets"].items()
-    }
-    return next_offsets, assets
+def rows_of(batch: Batch, flagged: np.ndarray, c: int) -> Rows:
+    """A batch as the tracker's Rows (`j` filled in per asset later); `c` channels."""
+    n = len(flagged)
+    score = np.asarray(batch.score, np.float64)
+    share = batch.share if batch.share is not None and c else np.zeros((n, c), np.float32)
+    return Rows(
+        j=np.zeros(n, np.int64),
+        ts=np.asarray(batch.ts, np.int64),
+        partition=np.asarray(batch.partition, np.int32),
+        offset=np.asarray(batch.offset, np.int64),
+        flagged=flagged,
+        critical=np.asarray(batch.critical, bool) & flagged,
+        at_once=np.asarray(batch.critical if batch.at_once is None else batch.at_once, bool) & flagged,
+        score=np.where(np.isnan(score), np.inf, score),
+        p_value=np.nan_to_num(np.asarray(batch.p_value, np.float64), nan=0.0),
+        mode=np.asarray(batch.mode, np.int64),
+        share=np.asarray(share, np.float32),
+    )
 
 
 def _subset(batch: Batch, idx: np.ndarray) -> Batch:
@@ -313,6 +290,7 @@ def _subset(batch: Batch, idx: np.ndarray) -> Batch:
         mode=np.asarray(batch.mode)[idx],
         share=None if batch.share is None else np.asarray(batch.share)[idx],
         topic=batch.topic,
+        at_once=None if batch.at_once is None else np.asarray(batch.at_once)[idx],
     )
 
 
@@ -349,9 +327,21 @@ def quiet_end(s: IncidentSettings, inc: Incident, rows: Rows, fpos: np.ndarray, 
 
 
 def opens_at_once(
-    is_anomaly: np.ndarray, valid: np.ndarray, in_range: np.ndarray, log_p_value: np.ndarray, critical_log_p: float
+    is_anomaly: np.ndarray,
+    valid: np.ndarray,
+    in_range: np.ndarray,
+    log_p_value: np.ndarray,
+    critical_log_p: float,
+    deviation: np.ndarray | None = None,
+    spike_deviation: float = SPIKE_DEVIATION,
 ) -> np.ndarray:
-    """The alerted records that open an incident without the debounce: not finite, poison, or alerted with a
-    p-value below the critical one (`AlertSettings.critical_p_value`, as a natural log). One rule for the daemon and
-    the offline scorer."""
-    return is_anomaly & (~valid | ~in_range | (log_p_value < critical_log_p))
+    """The alerted records that open an incident without the debounce: not finite, poison, or a spike: alerted
+    with a p-value below the critical one (`AlertSettings.critical_p_value`, as a natural log) and a channel at
+    least `spike_deviation` of its expert's predicted standard deviations off (`ScoredBatch.deviation`). A
+    critical p-value alone is not enough: the model gives odd but plausible records (a few deviations off on
+    their worst channel) critical p-values too, and each would page on its own. `spike_deviation` 0 (or no
+    `deviation`) lets every critical record open at once. One rule for the daemon and the offline scorer."""
+    extreme = log_p_value < critical_log_p
+    if deviation is not None and spike_deviation > 0:
+        extreme &= ~(np.asarray(deviation, np.float64) < spike_deviation)  # NaN: not known, counts as a spike
+    return is_anomaly & (~valid | ~in_range | extreme)

@@ -1,4 +1,4 @@
-"""Operator feedback: verdicts on experts arrive on the control topic and are kept in the model.
+"""Operator feedback: verdicts on experts, and commands on incidents (wire/commands.py), on the control topic.
 
 A command is a JSON object, keyed by scope on the topic::
 
@@ -25,6 +25,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from streammoe.config import KafkaSettings, consumer_config
 from streammoe.kafka.source import usable
 from streammoe.logs import get_logger
+from streammoe.wire.commands import IncidentCommand, parse_incident_command
 from streammoe.wire.identity import parse_expert_id
 
 log = get_logger("streammoe.kafka.control")
@@ -46,13 +47,22 @@ class ExpertVerdict:
     expert_id: str | None = None  # `<lineage>:<slot>:<born>`: applied only to that very expert (wire/identity.py)
 
 
-def parse_command(value: bytes | None) -> ExpertVerdict:
+def parse_command(
+    value: bytes | None, sent_ms: int | None = None, channels: list[str] | None = None
+) -> ExpertVerdict | IncidentCommand:
+    """A verdict on an expert, or (with a `command` field) a command on incidents (wire/commands.py); `sent_ms`
+    is the message's Kafka timestamp, from which a mute's `for_s` counts."""
     try:
         obj = orjson.loads(value or b"")
     except orjson.JSONDecodeError as e:
         raise ControlError(f"not JSON: {e}") from None
     if not isinstance(obj, dict):
         raise ControlError("a control command is a JSON object")
+    if "command" in obj:
+        try:
+            return parse_incident_command(obj, sent_ms, channels)
+        except ValueError as e:
+            raise ControlError(str(e)) from None
     scope, expert, status = obj.get("scope", "global"), obj.get("expert"), obj.get("status")
     named = obj.get("expert_id")
     if not isinstance(scope, str) or not scope:

@@ -45,6 +45,10 @@ class ScoredBatch:
     # and each input's share (B, C + F*C); `channel_share` then sums each channel's inputs.
     input_names: list[str] | None = field(default=None, repr=False)
     input_share: np.ndarray | None = field(default=None, repr=False)
+    # Per record, by how many of its expert's predicted standard deviations its worst channel misses what the
+    # expert reconstructs (the square root of the largest channel misfit; +inf when not finite): a spike on a
+    # channel is tens of them out, an odd but plausible record a few (incidents.opens_at_once reads it).
+    deviation: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.score)
@@ -103,15 +107,20 @@ def score_records(
     fault = model.status[mode.clamp(min=0)] == STATUS_FAULT
     is_anomaly = (log_p < math.log(config.threshold)) | (fault & finite) | ~finite | ~in_range
     share = ev.channel_nll / ev.channel_nll.sum(1, keepdim=True).clamp(min=1e-12)
+    worst = torch.nan_to_num(ev.channel_nll, nan=0.0).amax(1).clamp(min=0)  # a channel not measured: no misfit
+    deviation = torch.where(finite, worst.sqrt(), torch.full_like(nll, math.inf))
     counters["records_scored"] += b
-    nll_h, log_p_h, score_h, anomaly_h, mode_h, entropy_h, epi_h, ale_h, resp_h, share_h, finite_h, range_h = to_host(
-        xt.device,
-        *(nll, log_p, -log_p / LOG10, is_anomaly, mode, ev.entropy, ev.epistemic, ev.aleatoric, ev.resp, share),
-        *(finite, in_range),
+    nll_h, log_p_h, score_h, anomaly_h, mode_h, entropy_h, epi_h, ale_h, resp_h, share_h, finite_h, range_h, dev_h = (
+        to_host(
+            xt.device,
+            *(nll, log_p, -log_p / LOG10, is_anomaly, mode, ev.entropy, ev.epistemic, ev.aleatoric, ev.resp, share),
+            *(finite, in_range, deviation),
+        )
     )
     return ScoredBatch(
         *(nll_h, log_p_h, score_h, anomaly_h, mode_h, entropy_h, epi_h, ale_h, resp_h, share_h, finite_h, range_h),
         threshold=config.threshold,
         evaluation=ev,
         usable_rows=finite & in_range,
+        deviation=dev_h,
     )
