@@ -125,9 +125,11 @@ def event_counts(
     critical: np.ndarray | None = None,
     settings: IncidentSettings | None = None,
     mode_added: Sequence[tuple[int, int, int]] = (),
+    at_once: np.ndarray | None = None,
 ) -> dict[str, EventCounts]:
-    """Both groupings of one series' decisions; `critical` rows open an incident at once (streammoe's own)."""
-    tracked = track_series(flagged, critical, settings=settings, mode_added=mode_added)
+    """Both groupings of one series' decisions; `critical` rows are of critical severity, `at_once` rows open an
+    incident at once (streammoe's own; default: the critical ones)."""
+    tracked = track_series(flagged, critical, settings=settings, mode_added=mode_added, at_once=at_once)
     return {
         "incidents": count_events(labels, flagged, tracked.spans()),
         "gap10": count_events(labels, flagged, gap_groups(flagged)),
@@ -142,12 +144,14 @@ def add_events(
     mode_added: Sequence[tuple[int, int, int]],
     settings: IncidentSettings,
     start: int = 0,
+    at_once: np.ndarray | None = None,
 ) -> None:
-    """Put both groupings' event metrics and counts into a run's `metrics["events"]`; `flagged`, `critical`
-    and the mode_added rows cover the whole stream, of which rows `start:` are labelled."""
+    """Put both groupings' event metrics and counts into a run's `metrics["events"]`; `flagged`, `critical`,
+    `at_once` and the mode_added rows cover the whole stream, of which rows `start:` are labelled."""
     crit = None if critical is None else critical[start:]
+    once = None if at_once is None else at_once[start:]
     added = [(e, a - start, b - start) for e, a, b in mode_added if b >= start]
-    counts = event_counts(labels, flagged[start:], crit, settings, added)
+    counts = event_counts(labels, flagged[start:], crit, settings, added, once)
     metrics["events"] = {g: {**c.metrics(), "counts": c.as_dict()} for g, c in counts.items()}
 
 

@@ -91,6 +91,7 @@ def _decide(opts: BenchOptions, track: str, name: str, method: str, fits: FitCac
         flagged=flagged,
         scores=scores,
         critical=ex.critical if ex.critical is not None else np.zeros(len(flagged), bool),
+        at_once=ex.at_once if ex.at_once is not None else np.zeros(len(flagged), bool),
         mode_added=np.asarray(ex.mode_added, np.int64).reshape(-1, 3),
     )
 
@@ -100,9 +101,10 @@ def sweep(opts: BenchOptions, tracks: list[str], cache_dir: Path, grid: list[dic
     pools: dict[tuple[str, str, str], EventCounts] = {}
     for ds, m, d in decisions(opts, tracks, cache_dir):
         critical = d["critical"] if d["critical"].any() else None
+        at_once = d["at_once"] if "at_once" in d and critical is not None else None  # caches before it: critical
         added = [tuple(int(v) for v in e) for e in d["mode_added"]]
         for i, kw in enumerate(grid):
-            ev = event_counts(d["labels"], d["flagged"], critical, IncidentSettings(**kw), added)  # type: ignore[arg-type]
+            ev = event_counts(d["labels"], d["flagged"], critical, IncidentSettings(**kw), added, at_once)  # type: ignore[arg-type]
             keys = [("incidents " + json.dumps(kw), ev["incidents"])] + ([("gap10", ev["gap10"])] if i == 0 else [])
             for label, c in keys:
                 pools[(ds, m, label)] = pools.get((ds, m, label), EventCounts()) + c

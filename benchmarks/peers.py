@@ -40,7 +40,8 @@ class Extras:
     calibrated_threshold: float | None = None
     n_experts: np.ndarray | None = None
     events: list[tuple[int, str, int]] = field(default_factory=list)  # (rows scored when raised, kind, expert)
-    critical: np.ndarray | None = None  # rows that open an incident at once (critical p-value, out of range)
+    critical: np.ndarray | None = None  # alerted rows of critical severity (critical p-value, out of range)
+    at_once: np.ndarray | None = None  # of them, the rows that open an incident at once (incidents.opens_at_once)
     mode_added: list[tuple[int, int, int]] = field(default_factory=list)  # (expert, first row, last row)
     info: dict = field(default_factory=dict)
 
@@ -318,6 +319,7 @@ class StreamMoEPeer:
         self.extras.n_experts = result.n_experts
         self.extras.events = [(row, ev.kind, ev.expert) for row, ev in result.events]
         self.extras.critical = result.critical
+        self.extras.at_once = result.at_once
         self.extras.mode_added = result.mode_added
         self.extras.info["experts_at_end"] = int(self.detector.model.n_active)
         return result.score

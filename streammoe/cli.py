@@ -126,6 +126,7 @@ def _incident_column(result: StreamResult, series: Series) -> list[str]:
         result.channel_share,
         series.channels,
         mode_added=result.mode_added,
+        at_once=result.at_once,
     ).column
 
 

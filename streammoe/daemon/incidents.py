@@ -159,7 +159,7 @@ class IncidentPublisher:
 
     def muted(self, scope: str, asset: str, ts: int, channel: str | None) -> bool:
         """Whether an alert of `asset` at `ts` whose top channel is `channel` is muted (incidents/mutes.py)."""
-        held = self._trackers.get(scope)
+        held = self.tracker(scope) if self.incidents.enabled else None  # restored on a scope's first batch too
         return held is not None and held[1].kept.mutes.covers(asset, ts, channel)
 
     def learned(self, scope: str, report: LearnReport, expert_ids: dict[int, str] | None = None) -> None:

@@ -41,9 +41,11 @@ class StreamResult:
     # Mode events raised while learning, each with the number of rows scored when it was raised (the end of
     # its batch): how long after a switch a new expert came is read from here.
     events: list[tuple[int, ModeEvent]] = field(default_factory=list)
-    # Rows that open an incident at once (a spike: incidents.opens_at_once; not finite; out of range) and
-    # each row's misfit share per channel (0 for warm-up rows): what the incident tracker aggregates.
+    # Alerted rows of critical severity (p-value below the critical one, not finite, out of range), the rows
+    # among them that open an incident at once (incidents.opens_at_once: spikes, poison) and each row's misfit
+    # share per channel (0 for warm-up rows): what the incident tracker takes.
     critical: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    at_once: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
     channel_share: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
     deviation: np.ndarray = field(default_factory=lambda: np.zeros(0))  # ScoredBatch.deviation (0: warm-up rows)
 
@@ -71,6 +73,7 @@ class StreamResult:
             top_channels=[""] * n,
             n_experts=np.zeros(n, dtype=np.int32),
             critical=np.zeros(n, dtype=bool),
+            at_once=np.zeros(n, dtype=bool),
             channel_share=np.zeros((n, n_channels), dtype=np.float32),
             deviation=np.zeros(n),
         )
@@ -84,12 +87,16 @@ class StreamResult:
         critical_p_value: float = CRITICAL_P_VALUE,
     ) -> None:
         end = start + len(scored)
-        self.critical[start:end] = opens_at_once(
+        log_crit = float(np.log(critical_p_value))
+        self.critical[start:end] = scored.is_anomaly & (
+            ~scored.valid | ~scored.in_range | (scored.log_p_value < log_crit)
+        )
+        self.at_once[start:end] = opens_at_once(
             scored.is_anomaly,
             scored.valid,
             scored.in_range,
             scored.log_p_value,
-            float(np.log(critical_p_value)),
+            log_crit,
             scored.deviation,
         )
         if scored.deviation is not None:

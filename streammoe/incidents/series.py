@@ -42,8 +42,10 @@ def track_series(
     settings: IncidentSettings | None = None,
     mode_added: Sequence[tuple[int, int, int]] = (),
     name: str = "series",
+    at_once: np.ndarray | None = None,
 ) -> SeriesIncidents:
-    """Run the tracker over a whole series (one asset, scope `global`); `mode_added` is (expert, first, last row).
+    """Run the tracker over a whole series (one asset, scope `global`); `mode_added` is (expert, first, last row);
+    `critical` is the rows' severity, `at_once` the rows that open an incident at once (default: `critical`).
 
     A mode_added event is applied once the tracker has seen its last row, as the daemon applies it after the
     batch whose learning raised it."""
@@ -81,6 +83,7 @@ def track_series(
                     mode=mode[part],
                     share=None if share is None else share[part],
                     topic=name,
+                    at_once=None if at_once is None else np.asarray(at_once, bool)[part],
                 )
             )
             start = stop

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 SPIKE_DEVIATION = 10.0
+CRITICAL_WEIGHT = 2
 
 
 class IncidentSettings(BaseModel):
@@ -27,6 +28,13 @@ class IncidentSettings(BaseModel):
         description="A critical record opens an incident at once only when its worst channel is at least this "
         "many of its expert's predicted standard deviations off what the expert reconstructs for it: a spike. "
         "Other critical records count in the debounce like any anomaly. 0: every critical record opens one at once.",
+    )
+    critical_weight: int = Field(
+        CRITICAL_WEIGHT,
+        ge=1,
+        description="A critical record that is not a spike counts as this many anomalous records in the "
+        "debounce: with the defaults, a critical record and one more alert within open_n records open an "
+        "incident, a lone one does not.",
     )
     quiet_records: int = Field(
         100,

@@ -137,7 +137,8 @@ class IncidentTracker:
             recent = state.recent if state.recent is not None else Rows.empty(rows.share.shape[1])
             both = Rows.concat([recent, rows.take(fpos)])
             lo = np.searchsorted(both.j, both.j - s.open_n + 1)
-            fire = ((np.arange(len(both)) - lo + 1) >= s.open_k) | both.at_once
+            weight = np.concatenate([[0], np.cumsum(np.where(both.critical, s.critical_weight, 1))])
+            fire = ((weight[1:] - weight[lo]) >= s.open_k) | both.at_once
             fire[: len(recent)] = False
             if not fire.any():  # keep what a later record's window can still reach
                 state.recent = both.take(both.j >= j0 + m + 1 - s.open_n)

@@ -154,8 +154,11 @@ def test_a_verdict_on_an_expert_closes_its_new_mode_incident(tmp_path: Path) -> 
     clients.sink_client.flush()
     out = incidents(clients)
     assert out[1]["kind"] == "new_mode" and out[1]["mode_event"]["expert_id"] == "abc:0:fit"
-    assert dead(clients) == [b"expert abc:0:fit belongs to model lineage abc; scope global's model is lineage "
-                             + state.lineage.encode() + b" (verdicts on an earlier model do not carry over)"]
+    assert dead(clients) == [
+        b"expert abc:0:fit belongs to model lineage abc; scope global's model is lineage "
+        + state.lineage.encode()
+        + b" (verdicts on an earlier model do not carry over)"
+    ]
     control(clients, expert=0, status="confirmed", operator="alice")  # by slot
     daemon.verdicts.apply()
     clients.sink_client.flush()

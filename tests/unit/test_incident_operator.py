@@ -189,3 +189,15 @@ def test_only_a_spike_opens_at_once_among_critical_records() -> None:
         False,  # not alerted
     ]
     assert opens_at_once(flagged, valid, in_range, log_p, crit, deviation, 0.0)[0]  # 0: every critical opens
+
+
+def test_a_critical_record_that_is_no_spike_weighs_double_in_the_debounce() -> None:
+    t = IncidentTracker("global", settings(open_k=3, open_n=5), CHANNELS)  # critical_weight 2 by default
+    lone = batch([1, 0, 0, 0, 0, 0], critical=[1, 0, 0, 0, 0, 0])
+    lone.at_once = np.zeros(6, bool)
+    assert t.observe(lone) == []  # a stray critical record pages no one
+    pair = batch([1, 0, 1, 0, 0], start=6, critical=[1, 0, 0, 0, 0])
+    pair.at_once = np.zeros(5, bool)
+    [change] = t.observe(pair)  # with one more alert within open_n it opens, at that alert
+    assert change.status == "opened" and change.body["opened_by"]["offset"] == 8
+    assert change.body["severity"] == "critical" and change.body["first_source"]["offset"] == 6
