@@ -115,9 +115,9 @@ def test_demo_shows_faults_and_the_new_mode(tmp_path: Path) -> None:
     assert len(judged["episodes"]) == 5 and all(1 <= e["incidents"] <= 2 for e in judged["episodes"]), judged
     assert judged["new_mode_incidents"] == 1, judged
     assert summary["incidents"]["by_kind"].get("new_mode") == 1
-    # Issue 18 asks for at most 3 false incidents; the offline check measured 7, 7 and 2 at seeds 0-2 (single
-    # critical records on the known modes, mode switches): this bound catches a flood, not the goal.
-    assert judged["false_incidents"] <= 10, judged
+    # Issue 18: at most 3 false incidents (3 in two live runs at dabdde9: the stream's first records while the
+    # simulated temperature settles, the A->B and the B->A switch; offline 3, 3, 2 at seeds 0-2).
+    assert judged["false_incidents"] <= 3, judged
     assert summary["incidents"]["open"] <= 1  # at most the last one, if the stream ended inside it
 
     _assert_nothing_left(json.loads((tmp_path / "pids.json").read_text()))
