@@ -29,3 +29,25 @@ def test_a_version_1_manifest_reads_as_one_without_incidents_and_a_newer_one_is_
     topic = MemorySnapshotTopic(partitions=1)
     topic.send("s", orjson.dumps({**orjson.loads(new.to_bytes()), "version": 9}), None, 0)
     assert read_latest(topic, CHANNELS)[0] == {}  # logged as unreadable, not loaded
+
+
+def test_mutes_and_acknowledgements_travel_with_the_snapshot() -> None:
+    """Incident state version 2 (operator commands): a handed-over scope keeps its mutes and what operators said."""
+    from streammoe.incidents import IncidentSettings, IncidentTracker
+    from streammoe.incidents.mutes import Mute
+    from streammoe.incidents.operator import acknowledge, mute
+    from tests.unit.test_incidents import batch
+
+    tracker = IncidentTracker("s", IncidentSettings(open_k=3, open_n=5), CHANNELS)
+    [opened] = tracker.observe(batch([1, 1, 1]))
+    by = {"operator": "alice", "note": None, "control_source": {"topic": "control", "partition": 0, "offset": 3}}
+    acknowledge(tracker, opened.body["incident_id"], by)
+    mute(tracker, Mute("pump-1", "b", until=10**13, by=by))
+    topic = MemorySnapshotTopic(partitions=1)
+    state = ModelState("s", fitted(), lineage="lin", learned_offsets={"in": {0: 3}}, incidents=tracker.to_state())
+    SnapshotWriter(topic).write(state, partition=0)
+    states, _ = read_latest(topic, CHANNELS)
+    taken = IncidentTracker("s", IncidentSettings(open_k=3, open_n=5), CHANNELS)
+    taken.load_state(states["s"].incidents, now=0.0)  # type: ignore[arg-type]
+    assert taken.open_incidents()[0].acknowledged == by
+    assert taken.kept.mutes.covers("pump-1", 5, "b") and not taken.kept.mutes.covers("pump-1", 5, "a")
