@@ -1,0 +1,94 @@
+"""Scoring throughput with a time context against window 1, paired in one process.
+
+`python -m benchmarks.context_speed [--window 10] [--assets 64] [--repeats 15]`: the same 8-mode machine as
+`bench --speed` (benchmarks/speed.py), fitted once at window 1 and once with the context; then score_many on
+one batch of `--batch` records from `--assets` interleaved assets, the two models timed alternately (ABAB...)
+so the box's noise falls on both. Prints records/s per model and the ratio of the medians (the goal: >= 0.7).
+The context model's calls move its context on, as in the daemon.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+
+from benchmarks.speed import N_CLUSTERS, synthetic_modes
+from streammoe.context.settings import ContextConfig
+from streammoe.model.config import ModelConfig
+from streammoe.model.detector import MixtureDetector
+
+
+def measure(
+    window: int = 10,
+    n_channels: int = 38,
+    batch: int = 1024,
+    assets: int = 64,
+    repeats: int = 15,
+    n_samples: int = 8,
+    fit_steps: int = 300,
+) -> dict:
+    x = synthetic_modes(n_channels, 1000)
+    names = np.array([f"asset-{i % assets}" for i in range(len(x))])
+    models = {}
+    for w in (1, window):
+        cfg = ModelConfig(
+            k_max=N_CLUSTERS,
+            fit_steps=fit_steps,
+            min_expert_weight=0.01,
+            n_samples=n_samples,
+            context=ContextConfig(window=w),
+        )
+        det = MixtureDetector(n_channels, cfg)
+        det.fit(x, k=N_CLUSTERS, assets=names)
+        models[w] = det
+    rng = np.random.default_rng(1)
+    rows = rng.choice(len(x), batch, replace=False)
+    data, batch_assets = x[rows], np.array([f"asset-{i % assets}" for i in range(batch)])
+    clock = {w: float(len(x)) for w in models}
+    rates: dict[int, list[float]] = {w: [] for w in models}
+
+    def call(w: int) -> float:
+        times = clock[w] + np.arange(batch, dtype=np.float64) // assets
+        clock[w] = float(times[-1]) + 1
+        t = time.perf_counter()
+        models[w].score_many(data, assets=batch_assets, times=times, max_gap=10.0)
+        return batch / (time.perf_counter() - t)
+
+    for _ in range(3):
+        for w in models:
+            call(w)
+    for _ in range(repeats):
+        for w in models:
+            rates[w].append(call(w))
+    med = {w: float(np.median(r)) for w, r in rates.items()}
+    return {
+        "setup": (
+            f"K={models[1].model.n_active} experts, {n_channels} channels ({models[window].inputs.n_inputs} inputs "
+            f"at window {window}: {', '.join(models[window].inputs.features)}), batch {batch} from {assets} "
+            f"interleaved assets, S={n_samples}, torch {torch.__version__} with {torch.get_num_threads()} "
+            f"threads; 3 warm-up rounds, {repeats} alternating timed rounds"
+        ),
+        "records_per_s": {f"W={w}": {"median": med[w], "min": min(rates[w]), "max": max(rates[w])} for w in models},
+        "ratio": med[window] / med[1],
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--window", type=int, default=10)
+    p.add_argument("--assets", type=int, default=64)
+    p.add_argument("--batch", type=int, default=1024)
+    p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--samples", type=int, default=8)
+    a = p.parse_args()
+    print(
+        json.dumps(measure(a.window, batch=a.batch, assets=a.assets, repeats=a.repeats, n_samples=a.samples), indent=2)
+    )
+
+
+if __name__ == "__main__":
+    main()
