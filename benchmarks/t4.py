@@ -19,7 +19,16 @@ import numpy as np
 from benchmarks.metrics import auc_roc, finite_scores
 from benchmarks.multimode import MultiModeSet, SwitchRun
 from benchmarks.peers import Extras, Peer
-from benchmarks.tracks import BenchOptions, CachedStreamMoE, FitCache, Observer, SeriesRun, TrackResult, make_peer
+from benchmarks.tracks import (
+    BenchOptions,
+    CachedStreamMoE,
+    FitCache,
+    Observer,
+    SeriesRun,
+    TrackResult,
+    _methods,
+    make_peer,
+)
 
 T4A_METHODS = (
     "streammoe-static",
@@ -51,10 +60,6 @@ class MultiModeOptions:
     pairs: tuple[tuple[int, int], ...] = T4B_PAIRS
     records: int = 2400  # per side of a switch
     seed: int = 0
-
-
-def _methods(default: tuple[str, ...], opts: BenchOptions) -> list[str]:
-    return [m for m in default if opts.methods is None or m in opts.methods]
 
 
 def _fresh(peer: Peer, train: np.ndarray) -> Peer:
