@@ -61,8 +61,8 @@ class RecordLimits(PhysicalLimits):
         super().__init__(config.poison, channels)
         self.n = len(channels)
 
-    def poisoned(self, x: torch.Tensor) -> torch.Tensor:
-        return super().poisoned(x[:, : self.n])
+    def poisoned(self, x: torch.Tensor, observed: torch.Tensor | None = None) -> torch.Tensor:
+        return super().poisoned(x[:, : self.n], None if observed is None else observed[:, : self.n])
 
 
 @torch.no_grad()
@@ -85,6 +85,17 @@ def fill_partial(inputs: torch.Tensor, model: MixtureOfVAEs, n_channels: int) ->
     values, features = inputs[:, :n_channels], inputs[:, n_channels:]
     fill = model.scaler.mean[n_channels:].to(inputs.dtype)[None, :]
     return torch.cat([values, torch.where(torch.isnan(features), fill, features)], dim=1)
+
+
+def input_mask(
+    missing: np.ndarray, shape: tuple[int, int], inputs: ContextInputs, device: torch.device
+) -> torch.Tensor:
+    """A caller's mask of missing channels (B, C), checked, as a mask of the experts' inputs: a missing channel's
+    context features are missing with it."""
+    mask = np.asarray(missing, dtype=bool)
+    if mask.shape != shape:
+        raise ValueError(f"missing must have shape {shape}, got {mask.shape}")
+    return torch.from_numpy(mask).to(device).repeat(1, inputs.n_inputs // shape[1])
 
 
 class MixtureDetector:
@@ -118,6 +129,7 @@ class MixtureDetector:
             "drifts": 0,
             "steps": 0,
             "unlocks": 0,
+            "partial": 0,
         }
         self._batches_to_step = 1  # the first batch with records to learn takes a step
         self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # learnable rows since the last step
@@ -204,6 +216,7 @@ class MixtureDetector:
         x: np.ndarray,
         refs: np.ndarray | None = None,
         timestamps: np.ndarray | None = None,
+        missing: np.ndarray | None = None,
         *,
         assets: Sequence[str] | np.ndarray | None = None,
         times: np.ndarray | None = None,
@@ -215,28 +228,34 @@ class MixtureDetector:
         `refs` and `timestamps` (int64, one per record; default: the running record count) are opaque to the
         model; they come back in new-mode events. With a context, `assets` name each record's asset (default:
         one), `times` its time (in the unit of `max_gap`; default: one step per record), and `update_context`
-        False scores records the context already holds without adding them again."""
+        False scores records the context already holds without adding them again. `missing` (B, C) bool marks
+        channels without a reading (whatever `x` holds there): such a record is scored on the inputs present
+        (its missing channels' context features are missing too; `ScoredBatch.partial`) and never learned."""
         b = len(x)
         start = self.counters["records_scored"]
         refs_t = torch.as_tensor(np.arange(start, start + b) if refs is None else np.asarray(refs, np.int64))
         ts_t = torch.as_tensor(np.zeros(b, np.int64) if timestamps is None else np.asarray(timestamps, np.int64))
         xt = self._tensor(x)
+        mask = None if missing is None else input_mask(missing, (b, self.n_channels), self.inputs, self.device)
         if self.inputs.enabled:
             keep = torch.isfinite(xt).all(dim=1) & ~self.limits.poisoned(torch.nan_to_num(xt))
+            if mask is not None:  # a partial record's values never enter later records' features
+                keep &= ~mask.any(dim=1)
             built = self.inputs.build(xt, assets, times, max_gap, keep, update_context)
             xt = fill_partial(built, self.model, self.n_channels)
-        scored = score_records(self.model, self.config, self.limits, xt, self.generator, self.counters)
+        scored = score_records(self.model, self.config, self.limits, xt, self.generator, self.counters, mask)
         scored.refs, scored.timestamps = refs_t.to(self.device), ts_t.to(self.device)
         if self.inputs.enabled:  # shares per input for explanations, summed per channel for incidents
             scored.input_names, scored.input_share = self.inputs.names, scored.channel_share
             scored.channel_share = self.inputs.fold(scored.channel_share)
+            scored.missing = scored.missing[:, : self.n_channels]  # per channel, as the record had them
         return scored
 
     def learn_many(self, scored: ScoredBatch) -> LearnReport:
         """Learn from the records of a scored batch that were judged normal (never from flagged ones).
 
-        Rows that were not finite or out of range are left out of everything: the experts' step, weights,
-        calibration, replay, drift and the novelty memory."""
+        Rows that were not finite, out of range or partial (a dimension missing) are left out of everything: the
+        experts' step, weights, calibration, replay, drift and the novelty memory."""
         ev, usable = scored.evaluation, scored.usable_rows
         if ev is None or usable is None:
             raise ValueError("learn_many needs a batch returned by score_many of this detector")

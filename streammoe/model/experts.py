@@ -171,13 +171,24 @@ def standardise(x: Tensor, w: dict[str, Tensor]) -> Tensor:
     return ((x.unsqueeze(0) - w["loc"]) / w["scale"]).clamp(-CLIP, CLIP)
 
 
-def importance_from_eps(x: Tensor, eps: Tensor, w: dict[str, Tensor]) -> ImportanceSamples:
+def importance_from_eps(
+    x: Tensor, eps: Tensor, w: dict[str, Tensor], observed: Tensor | None = None
+) -> ImportanceSamples:
     """The IWAE pass of raw records `x` (B, C) for given noise `eps` (K, S, B, Z): a pure function of tensors, so
     it can be compiled. Means and variances come back in each expert's own units; log_w is on the original scale.
 
     One batched matrix product per layer for all experts; the squared standardised residual is computed once
-    and kept, because the channel blame needs it again."""
+    and kept, because the channel blame needs it again.
+
+    `observed` (B, C), 1.0 where a reading is present and 0.0 where it is missing: log_w is then the marginal over
+    the observed dimensions. The decoder is a diagonal Gaussian, so p(x_obs | z) is the product of its observed
+    factors (exactly), and the log-Jacobian sums over the observed channels only. The encoder sees a missing
+    input at the expert's own location (0 in its units): only the proposal q(z | x) depends on that imputation,
+    and any proposal gives a valid importance-sampling estimate of log p(x_obs). Residuals of missing channels
+    are 0, so they take no share of the blame."""
     u = standardise(x, w)  # (K, B, C)
+    if observed is not None:
+        u = u * observed
     h = torch.relu(torch.baddbmm(w["enc_b1"], u, w["enc_w1"]))
     mu, raw = torch.baddbmm(w["enc_b2"], h, w["enc_w2"]).chunk(2, dim=-1)
     logvar = _soft_bound(raw, -8.0, 4.0)  # (K, B, Z)
@@ -188,8 +199,14 @@ def importance_from_eps(x: Tensor, eps: Tensor, w: dict[str, Tensor]) -> Importa
     mean = mean.reshape(k, n_samples, b, -1)
     dec_logvar = _soft_bound(raw, LOGVAR_MIN, LOGVAR_MAX).reshape(k, n_samples, b, -1)
     sq_resid = (u.unsqueeze(1) - mean).square() * torch.exp(-dec_logvar)
-    c = x.shape[-1]
-    log_px_z = -0.5 * (c * LOG_2PI + dec_logvar.sum(-1) + sq_resid.sum(-1)) - w["log_det"][:, None, None]  # (K, S, B)
+    if observed is None:
+        c = x.shape[-1]
+        log_px_z = -0.5 * (c * LOG_2PI + dec_logvar.sum(-1) + sq_resid.sum(-1)) - w["log_det"][:, None, None]
+    else:
+        sq_resid = sq_resid * observed
+        log_det = (torch.log(w["scale"]) * observed).sum(-1)  # (K, B): the Jacobian of the observed channels
+        n_obs = observed.sum(-1)  # (B,)
+        log_px_z = -0.5 * (n_obs * LOG_2PI + (dec_logvar * observed).sum(-1) + sq_resid.sum(-1)) - log_det[:, None]
     # log p(z) - log q(z|x) for z = mu + std * eps: the LOG_2PI terms cancel.
     log_pz_qz = -0.5 * (z.square().sum(-1) - logvar.sum(-1).unsqueeze(1) - eps.square().sum(-1))
     return ImportanceSamples(log_w=log_px_z + log_pz_qz, mean=mean, logvar=dec_logvar, sq_resid=sq_resid)

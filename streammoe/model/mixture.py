@@ -92,9 +92,19 @@ class MixtureOfVAEs(nn.Module):
         return max(32, 8192 // per_row)
 
     @torch.no_grad()
-    def evaluate(self, x: Tensor, n_samples: int, generator: torch.Generator | None = None) -> Evaluation:
+    def evaluate(
+        self,
+        x: Tensor,
+        n_samples: int,
+        generator: torch.Generator | None = None,
+        observed: Tensor | None = None,
+    ) -> Evaluation:
         """Batched E-step over all active experts, chunked over rows, on raw finite records (each expert
         standardises them its own way; likelihoods are on the original scale).
+
+        `observed` (B, C) bool, False for missing input dimensions (their values are ignored): every likelihood is
+        then the marginal over the observed dimensions (experts.importance_from_eps), and the breakdown averages
+        over them. None (every dimension observed) runs the full pass unchanged.
 
         The noise is drawn here, chunk by chunk, so the random stream is the same whether or not the statistics
         run compiled (`use_compiled`) or under autocast (`autocast_dtype`, CUDA: float16/bfloat16)."""
@@ -113,14 +123,16 @@ class MixtureOfVAEs(nn.Module):
         w["ref_b"] = (w["loc"] - ref_mean) / ref_std
         stats = self._statistics()
         parts = []
-        for chunk in x.split(self.chunk_rows(idx.numel(), n_samples)):
+        rows = self.chunk_rows(idx.numel(), n_samples)
+        masks = [None] * len(x.split(rows)) if observed is None else observed.to(x.dtype).split(rows)
+        for chunk, mask in zip(x.split(rows), masks):
             eps = self.experts.draw_eps(idx.numel(), n_samples, chunk, generator)
             if self.autocast_dtype is not None:
                 with torch.autocast(chunk.device.type, dtype=self.autocast_dtype):
-                    out = stats(chunk, eps, w, elog_pi, log_pibar)
+                    out = stats(chunk, eps, w, elog_pi, log_pibar, mask)
                 out = tuple(t.float() if t.is_floating_point() else t for t in out)
             else:
-                out = stats(chunk, eps, w, elog_pi, log_pibar)
+                out = stats(chunk, eps, w, elog_pi, log_pibar, mask)
             parts.append(out)
         cat = [torch.cat(p, dim=-1 if i in (1, 2) else 0) for i, p in enumerate(zip(*parts))]
         log_px, log_pk_a, resp_a, entropy, epistemic, aleatoric, channel_nll, mode_a = cat
@@ -156,13 +168,19 @@ _COMPILED: Callable[..., tuple[Tensor, ...]] | None = (
 
 
 def chunk_statistics(
-    x: Tensor, eps: Tensor, w: dict[str, Tensor], elog_pi: Tensor, log_pibar: Tensor
+    x: Tensor,
+    eps: Tensor,
+    w: dict[str, Tensor],
+    elog_pi: Tensor,
+    log_pibar: Tensor,
+    observed: Tensor | None = None,
 ) -> tuple[Tensor, ...]:
     """E-step and uncertainty breakdown of one chunk for the selected experts (a pure function: compilable).
+    `observed` (B, C) float, 0 for missing dimensions: likelihoods marginalised, channel means over the observed.
 
     Returns log_px (B,), log_pk (Ka, B), resp (Ka, B), entropy, epistemic, aleatoric (B,), channel_nll (B, C),
     mode (B,) as an index into the selected experts."""
-    s = importance_from_eps(x, eps, w)
+    s = importance_from_eps(x, eps, w, observed)
     n_samples = eps.shape[1]
     log_pk = torch.logsumexp(s.log_w, dim=1) - math.log(n_samples)  # (Ka, B)
     resp = torch.softmax(log_pk + elog_pi[:, None], dim=0)
@@ -176,9 +194,15 @@ def chunk_statistics(
     a, b0 = w["ref_a"].unsqueeze(1), w["ref_b"].unsqueeze(1)  # (Ka, 1, 1, C)
     mean = b0 + a * s.mean
     mu_bar = (rho.unsqueeze(-1) * mean).sum((0, 1))  # (B, C)
-    second = (rho * mean.square().mean(-1)).sum((0, 1))
-    aleatoric = (rho * (a.square() * torch.exp(s.logvar)).mean(-1)).sum((0, 1))
-    epistemic = (second - mu_bar.square().mean(1)).clamp(min=0)
+    if observed is None:
+        second = (rho * mean.square().mean(-1)).sum((0, 1))
+        aleatoric = (rho * (a.square() * torch.exp(s.logvar)).mean(-1)).sum((0, 1))
+        epistemic = (second - mu_bar.square().mean(1)).clamp(min=0)
+    else:
+        share = observed / observed.sum(-1, keepdim=True).clamp(min=1.0)  # (B, C): a mean over observed channels
+        second = (rho * (mean.square() * share).sum(-1)).sum((0, 1))
+        aleatoric = (rho * (a.square() * torch.exp(s.logvar) * share).sum(-1)).sum((0, 1))
+        epistemic = (second - (mu_bar.square() * share).sum(1)).clamp(min=0)
     # Channel blame under the assigned expert: its importance-weighted squared standardised residual.
     mode = resp.argmax(0)
     rows = torch.arange(x.shape[0], device=x.device)

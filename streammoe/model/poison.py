@@ -39,11 +39,14 @@ class PhysicalLimits:
         self.high = torch.tensor([math.inf if v is None else v for v in hi], dtype=torch.float32)
         self.has_bounds = bool(cfg.bounds)
 
-    def poisoned(self, x: Tensor) -> Tensor:
-        """(B,) True for finite rows (of raw records) with a sentinel or a reading outside its physical bounds."""
+    def poisoned(self, x: Tensor, observed: Tensor | None = None) -> Tensor:
+        """(B,) True for finite rows (of raw records) with a sentinel or a reading outside its physical bounds;
+        `observed` (B, C) bool: only those readings are judged (a missing one holds a placeholder)."""
         bad = x.abs() >= self.magnitude
         if self.sentinels.numel():
             bad |= torch.isin(x, self.sentinels.to(x.device, x.dtype))
         if self.has_bounds:
             bad |= (x < self.low.to(x.device, x.dtype)) | (x > self.high.to(x.device, x.dtype))
+        if observed is not None:
+            bad &= observed
         return bad.any(dim=1)

@@ -12,6 +12,7 @@ import torch
 
 from streammoe.model.config import ModelConfig
 from streammoe.model.mixture import STATUS_FAULT, Evaluation, MixtureOfVAEs
+from streammoe.model.partial import partial_log_p
 from streammoe.model.poison import PhysicalLimits
 
 LOG10 = math.log(10.0)
@@ -22,7 +23,9 @@ class ScoredBatch:
     """Per-record results of `score_many` as numpy arrays (length B; `responsibilities` and
     `channel_share` are (B, k_max) and (B, C)). Rows whose input or likelihood was not finite have `valid`
     False, mode -1; rows with a sentinel reading or one outside its physical bounds (model/poison.py) have
-    `in_range` False. Both always alert and never teach the model."""
+    `in_range` False. Both always alert and never teach the model. Rows with missing dimensions (`missing`,
+    (B, C), True where a reading is absent) are scored on the dimensions present (`partial`): their likelihood is
+    the marginal over those, their p-value is judged like with like (model/partial.py), and they never teach."""
 
     nll: np.ndarray
     log_p_value: np.ndarray
@@ -37,6 +40,7 @@ class ScoredBatch:
     valid: np.ndarray
     in_range: np.ndarray
     threshold: float
+    missing: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), bool))
     evaluation: Evaluation | None = field(default=None, repr=False)
     usable_rows: torch.Tensor | None = field(default=None, repr=False)  # valid and in range: may teach the model
     refs: torch.Tensor | None = field(default=None, repr=False)
@@ -60,6 +64,13 @@ class ScoredBatch:
     @property
     def p_value(self) -> np.ndarray:
         return np.exp(self.log_p_value)
+
+    @property
+    def partial(self) -> np.ndarray:
+        """(B,) rows scored with at least one dimension missing."""
+        if self.missing.shape[0] != len(self):
+            return np.zeros(len(self), bool)
+        return np.asarray(self.missing.any(axis=1))
 
     def top_channels(self, i: int, n: int = 3) -> list[tuple[int, float]]:
         """The `n` inputs with the largest share of record i's misfit, as (index into `names(channels)`, share):
@@ -89,20 +100,35 @@ def score_records(
     xt: torch.Tensor,
     generator: torch.Generator,
     counters: dict[str, int],
+    missing: torch.Tensor | None = None,
 ) -> ScoredBatch:
     """Score records `xt` (B, C), already on the model's device; adds to `counters` (records_scored,
-    non_finite, out_of_range). Non-finite rows are zeroed before the model sees them and always alert."""
+    non_finite, out_of_range, partial). Non-finite rows are zeroed before the model sees them and always alert.
+
+    `missing` (B, C) bool marks input dimensions without a reading (their values are ignored): such a row is
+    scored on the dimensions present; a row with none present is not finite."""
     b = xt.shape[0]
+    start = counters["records_scored"]
+    observed = None if missing is None or not bool(missing.any()) else ~missing
+    if observed is not None:
+        xt = torch.where(observed, xt, torch.zeros_like(xt))
     valid = torch.isfinite(xt).all(dim=1)
+    if observed is not None:
+        valid &= observed.any(dim=1)
     xt = torch.where(valid[:, None], xt, torch.zeros_like(xt))
-    in_range = ~limits.poisoned(xt)
-    ev = model.evaluate(xt, config.n_samples, generator)
+    in_range = ~limits.poisoned(xt, observed)
+    ev = model.evaluate(xt, config.n_samples, generator, observed)
     finite = valid & torch.isfinite(ev.log_px)
     counters["non_finite"] += int((valid & ~finite).sum())
     counters["out_of_range"] += int((finite & ~in_range).sum())
     nll = torch.where(finite, -ev.log_px, torch.full_like(ev.log_px, math.nan))
     mode = torch.where(finite, ev.mode, torch.full_like(ev.mode, -1))
     log_p = model.calibration.log_p_value(mode.clamp(min=0), nll)
+    partial = torch.zeros_like(finite) if observed is None else finite & ~observed.all(dim=1)
+    if bool(partial.any()):
+        assert missing is not None
+        log_p = partial_log_p(model, config.n_samples, config.seed + start, log_p, nll, mode, missing, partial)
+        counters["partial"] += int(partial.sum())
     log_p = torch.where(finite, log_p, torch.full_like(log_p, -math.inf))
     fault = model.status[mode.clamp(min=0)] == STATUS_FAULT
     is_anomaly = (log_p < math.log(config.threshold)) | (fault & finite) | ~finite | ~in_range
@@ -120,7 +146,8 @@ def score_records(
     return ScoredBatch(
         *(nll_h, log_p_h, score_h, anomaly_h, mode_h, entropy_h, epi_h, ale_h, resp_h, share_h, finite_h, range_h),
         threshold=config.threshold,
+        missing=np.zeros((b, xt.shape[1]), bool) if missing is None else missing.cpu().numpy(),
         evaluation=ev,
-        usable_rows=finite & in_range,
+        usable_rows=finite & in_range & ~partial,
         deviation=dev_h,
     )
