@@ -126,11 +126,20 @@ def _kinds(rng: np.random.Generator) -> dict[str, tuple[float, Callable[[int, li
         "bad_ts": (0.02, lambda t, r: (_dump(_record("a", one_of(["yesterday", 1.5, True, 2**64]), r)), "bad_ts")),
         "missing_values": (0.01, lambda t, r: (_dump({"asset_id": "a", "ts": t}), "missing_values")),
         "bad_values": (0.01, lambda t, r: (_dump(_record("a", t, "1,2,3")), "bad_values")),
+        # Up to half the channels may be missing (RECORDS__MAX_MISSING_SHARE): scored on the rest; more: dead.
+        "one_channel_absent": (
+            0.01,
+            lambda t, r: (_dump(_record("pump-8", t, dict(list(as_dict(r).items())[1:]))), SCORED),
+        ),
+        "one_null": (0.01, lambda t, r: (_dump(_record("pump-8", t, with_value(r, None))), SCORED)),
         "missing_channel": (
             0.02,
-            lambda t, r: (_dump(_record("a", t, dict(list(as_dict(r).items())[1:]))), "missing_channel"),
+            lambda t, r: (_dump(_record("a", t, dict(list(as_dict(r).items())[: len(r) // 2 - 1]))), "missing_channel"),
         ),
-        "null_value": (0.01, lambda t, r: (_dump(_record("a", t, with_value(r, None))), "missing_value")),
+        "null_value": (
+            0.01,
+            lambda t, r: (_dump(_record("a", t, [None] * (len(r) // 2 + 1) + r[len(r) // 2 + 1 :])), "missing_value"),
+        ),
         "wrong_type": (
             0.02,
             lambda t, r: (_dump(_record("a", t, with_value(r, one_of(["6", True, [1], {"v": 1}])))), "bad_value_type"),

@@ -94,6 +94,7 @@ def cmd_score(args: argparse.Namespace) -> int:
             "n_experts": result.n_experts,
             "top_channels": result.top_channels,
             "incident": _incident_column(result, series),
+            "missing_channels": result.missing_channels,
         },
     )
     if args.save_model:

@@ -107,6 +107,14 @@ class RecordSettings(Section):
     ts_field: str = "ts"
     values_field: str = "values"
     max_record_bytes: int = Field(65_536, gt=0, description="Larger records are dead-lettered as oversized.")
+    max_missing_share: float = Field(
+        0.5,
+        ge=0,
+        lt=1,
+        description="The largest share of channels that may be missing (null or absent) from a record: such a "
+        "record is scored on the channels present and never learned; one missing more is dead-lettered "
+        "(missing_channel / missing_value). 0: every channel is required.",
+    )
 
     @model_validator(mode="after")
     def _unique(self) -> RecordSettings:

@@ -96,6 +96,12 @@ class Metrics:
         self.poison_records = counter(
             "streammoe_poison_records", "Records scored as anomalous but kept out of learning, by reason.", ["reason"]
         )
+        self.partial_records = counter(
+            "streammoe_partial_records",
+            "Records with missing channels, never learned: scored on the channels present (stage scored), or "
+            "left out of a warm-up fit (stage warmup).",
+            ["stage"],
+        )
         self.records_learned = counter("streammoe_records_learned", "Records the model learned from.")
         self.mode_events = counter("streammoe_mode_events", "Experts added, retired or merged.", ["kind"])
         self.incidents_opened = counter("streammoe_incidents_opened", "Incidents opened, per scope.", ["scope"])

@@ -63,7 +63,7 @@ MALFORMED = {
     b'{"asset_id": "a", "ts": 1}': "missing_values",
     b'{"asset_id": "a", "ts": 1, "values": "1,2,3"}': "bad_values",
     b'{"asset_id": "a", "ts": 1, "values": {"c0": 1, "c1": 2}}': "missing_channel",
-    b'{"asset_id": "a", "ts": 1, "values": [1,2,3,4,5,null]}': "missing_value",
+    b'{"asset_id": "a", "ts": 1, "values": [1,2,null,null,null,null]}': "missing_value",
     b'{"asset_id": "a", "ts": 1, "values": [1,2,3,4,5,true]}': "bad_value_type",
     b'{"asset_id": "a", "ts": 1, "values": [1,2,3,4,5,"6"]}': "bad_value_type",
     b'{"asset_id": "a", "ts": 2, "values": [1,2,3,4,5]}': "wrong_length",

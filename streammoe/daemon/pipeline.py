@@ -201,7 +201,8 @@ class Pipeline:
         for state, rows in routes:
             if state.detector is None:
                 judged.warmup_rows += len(rows)
-                self._warm_up(state, decoded.values[rows], assets[rows], decoded.ts[rows])
+                whole = complete(decoded, rows, self.metrics)
+                self._warm_up(state, decoded.values[whole], assets[whole], decoded.ts[whole])
             elif len(rows):
                 self._score_and_learn(
                     state,
@@ -264,6 +265,7 @@ class Pipeline:
                     decoded.values[batch_rows],
                     refs=refs[part],
                     timestamps=decoded.ts[batch_rows],
+                    missing=decoded.missing_rows(batch_rows),
                     assets=assets[batch_rows],
                     times=decoded.ts[batch_rows].astype(np.float64),
                     max_gap=detector.config.context.gap_ms,
@@ -306,7 +308,11 @@ class Pipeline:
             account_learning(self.metrics, state, report)
 
     def _count_poison(self, scored: ScoredBatch) -> None:
-        """Records the model scored but must not learn from: alerted (reason non_finite or out_of_range)."""
+        """Records the model scored but must not learn from: alerted (reason non_finite or out_of_range), or
+        scored on the channels present (missing channels; alerted only when their score says so)."""
+        partial = int((scored.valid & scored.partial).sum())
+        if partial:
+            self.metrics.partial_records.labels("scored").inc(partial)
         counts = {
             "non_finite_score": int((~scored.valid).sum()),
             "out_of_range": int((scored.valid & ~scored.in_range).sum()),
@@ -316,6 +322,17 @@ class Pipeline:
                 self.metrics.poison_records.labels(reason).inc(n)
         if any(counts.values()):
             log.warning("poison_records", **counts)
+
+
+def complete(decoded: DecodedBatch, rows: np.ndarray, metrics: Metrics) -> np.ndarray:
+    """The `rows` that miss no channel: a first fit learns only from complete records (the others are counted,
+    as scored records with missing channels are)."""
+    missing = decoded.missing_rows(rows)
+    if missing is None:
+        return rows
+    partial = missing.any(axis=1)
+    metrics.partial_records.labels("warmup").inc(int(partial.sum()))
+    return rows[~partial]
 
 
 def advance(state: ModelState, topic: str, partitions: np.ndarray, offsets: np.ndarray) -> None:

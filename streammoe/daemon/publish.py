@@ -52,7 +52,9 @@ class Publisher:
                 origin = Origin(*source_of(m))
                 asset, ts = decoded.assets[row], int(decoded.ts[row])
                 if kafka.scores_topic:
-                    score = build_score(scored, i, asset=asset, ts=ts, origin=origin, scope=part.scope)
+                    score = build_score(
+                        scored, i, asset=asset, ts=ts, origin=origin, scope=part.scope, channels=self.channels
+                    )
                     sink.send(kafka.scores_topic, orjson.dumps(score), asset.encode(), timestamp=ts)
                 if not scored.is_anomaly[i]:
                     continue

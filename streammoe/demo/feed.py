@@ -1,8 +1,10 @@
 """The demo's producer: the simulated pump's schedule played onto the input topic at a steady rate.
 
 It writes each record's ground truth (mode, fault) by its `ts` before producing it, so the demo can match alerts
-to the truth; the daemon never sees it. Every `malformed_every` records it also sends one record missing a
-channel, as a sensor gateway dropping one would: the daemon must dead-letter it and carry on.
+to the truth; the daemon never sees it. Every `malformed_every` records it also sends one more record missing
+channels, as a sensor gateway dropping some would: alternately one missing `temperature` (the daemon scores it
+on the other channels) and one with only three channels left (more missing than the daemon's share: it must
+dead-letter it and carry on).
 """
 
 from __future__ import annotations
@@ -60,14 +62,18 @@ class Feed:
                 self.produced_by_truth[label] += 1
                 every = self.malformed_every
                 malformed = every > 0 and i % every == every - 1
+                partial = malformed and (i // every) % 2 == 0
                 if malformed:
-                    kept = {k: v for k, v in rec.values.items() if k != "temperature"}
+                    names = list(rec.values)
+                    keep = [k for k in names if k != "temperature"] if partial else names[:3]
+                    kept = {k: rec.values[k] for k in keep}
                     self._send(
                         producer, rec.asset_id, encode(rec.asset_id, rec.ts, kept.values(), list(kept), digits=None)
                     )
                 with st.lock:
                     st.produced += 1
                     st.malformed_sent += malformed
+                    st.partial_sent += partial
                     st.playing = label
                 producer.poll(0)
         finally:

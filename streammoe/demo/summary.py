@@ -40,6 +40,7 @@ def demo_summary(
         "bootstrap_fit": fit,
         "records_produced": st.produced,
         "malformed_sent": st.malformed_sent,
+        "partial_sent": st.partial_sent,
         "delivered": feed.delivered,
         "delivery_failed": feed.delivery_failed,
         "records_scored": st.scored,

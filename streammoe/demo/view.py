@@ -36,7 +36,8 @@ class DemoState:
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     # producer
     produced: int = 0
-    malformed_sent: int = 0
+    malformed_sent: int = 0  # extra records missing channels, both kinds
+    partial_sent: int = 0  # of those, the ones missing one channel (scored on the rest, not dead-lettered)
     playing: str = "-"  # ground truth of the record being produced now
     producer_done: bool = False
     # daemon, from /metrics

@@ -24,7 +24,9 @@ class StreamResult:
 
     `score` is the mixture's negative log-likelihood (it ranks rows best, for AUC); `calibrated_score` is
     -log10 of the per-mode p-value, the scale on which `is_anomaly` is decided and alerts are reported.
-    Rows with non-finite values get score +inf and is_anomaly 1.
+    Rows with missing values (NaN: an empty cell) are scored on the channels present, never learned, and
+    `missing_channels` names what they missed (';'-joined); a row with no value at all, or with an infinite one,
+    gets score +inf and is_anomaly 1.
     """
 
     score: np.ndarray
@@ -38,6 +40,7 @@ class StreamResult:
     aleatoric: np.ndarray
     top_channels: list[str]
     n_experts: np.ndarray  # experts active when the row was scored
+    missing_channels: list[str] = field(default_factory=list)  # per row: the channels it was scored without
     # Mode events raised while learning, each with the number of rows scored when it was raised (the end of
     # its batch): how long after a switch a new expert came is read from here.
     events: list[tuple[int, ModeEvent]] = field(default_factory=list)
@@ -72,6 +75,7 @@ class StreamResult:
             aleatoric=np.zeros(n),
             top_channels=[""] * n,
             n_experts=np.zeros(n, dtype=np.int32),
+            missing_channels=[""] * n,
             critical=np.zeros(n, dtype=bool),
             at_once=np.zeros(n, dtype=bool),
             channel_share=np.zeros((n, n_channels), dtype=np.float32),
@@ -137,6 +141,9 @@ def score_stream(
     (context/timeline.py; None: one step per row), against which `context.gap_steps` counts a gap."""
     n = len(values)
     out = StreamResult.empty(n, values.shape[1])
+    missing = np.isnan(values)  # an empty cell: scored on the other channels
+    for i in np.flatnonzero(missing.any(axis=1)):
+        out.missing_channels[i] = ";".join(channels[c] for c in np.flatnonzero(missing[i]))
     start = 0
     axis = None if times is None else np.asarray(times, np.float64)
     if detector is None:
@@ -152,9 +159,11 @@ def score_stream(
             progress(start)
     while start < n:
         batch = values[start : start + batch_size]
+        gaps = missing[start : start + batch_size]
         scored = detector.score_many(
             batch,
             refs=np.arange(start, start + len(batch)),
+            missing=gaps if gaps.any() else None,
             assets=np.full(len(batch), asset),
             times=None if axis is None else axis[start : start + len(batch)],
             max_gap=detector.config.context.gap_steps,

@@ -3,7 +3,8 @@
 Each row becomes ``{"asset_id": A, "ts": T, "values": {channel: number}}`` keyed by the asset. `label` is
 dropped (a model must never see it). `ts` is the `timestamp` column when it is numeric (passed through as an
 integer) or ISO 8601 (epoch milliseconds, UTC when no zone is given), else the row index. An empty cell is
-sent as `null`, which the daemon dead-letters as `missing_value`, as it would a real sensor gap.
+sent as `null`, a missing channel, as a real sensor gap would be: the daemon scores the record on the others
+(up to `RECORDS__MAX_MISSING_SHARE` missing; more are dead-lettered as `missing_value`).
 
 The file is streamed (never loaded whole) at `--rate` records/s through a token bucket (0 = as fast as the
 broker takes them); every delivery report is counted and a final count printed. Exit status 0 when every

@@ -54,6 +54,13 @@ def _finite(x: float) -> float | None:
     return float(x) if math.isfinite(x) else None
 
 
+def missing_channels(scored: ScoredBatch, row: int, channels: list[str]) -> list[str]:
+    """The channels row `row` was scored without (null or absent in the record), in channel order."""
+    if not scored.partial[row]:
+        return []
+    return [channels[c] for c in np.flatnonzero(scored.missing[row])]
+
+
 def build_alert(
     scored: ScoredBatch,
     row: int,
@@ -107,6 +114,7 @@ def build_alert(
         "epistemic": _finite(float(scored.epistemic[row])),
         "aleatoric": _finite(float(scored.aleatoric[row])),
         "top_channels": [top_entry(names[c], s, c >= len(channels)) for c, s in top if np.isfinite(s)],
+        "missing_channels": missing_channels(scored, row, channels),
         "model_version": model_version,
     }
 
@@ -121,9 +129,17 @@ def top_entry(name: str, share: float, derived: bool) -> dict:
 
 
 def build_score(
-    scored: ScoredBatch, row: int, *, asset: str, ts: int, origin: Origin, scope: str = GLOBAL_SCOPE
+    scored: ScoredBatch,
+    row: int,
+    *,
+    asset: str,
+    ts: int,
+    origin: Origin,
+    scope: str = GLOBAL_SCOPE,
+    channels: list[str] | None = None,
 ) -> dict:
-    """A compact per-record score for the optional scores topic (dashboards, threshold studies)."""
+    """A compact per-record score for the optional scores topic (dashboards, threshold studies); `channels`
+    names the missing ones (`missing_channels`, empty without `channels`)."""
     return {
         "asset": asset,
         "scope": scope,
@@ -134,4 +150,5 @@ def build_score(
         "nll": _finite(float(scored.nll[row])),
         "is_anomaly": bool(scored.is_anomaly[row]),
         "mode": int(scored.mode[row]),
+        "missing_channels": missing_channels(scored, row, channels) if channels is not None else [],
     }

@@ -6,9 +6,12 @@ Accepted shapes (field names configurable)::
     {"asset_id": "pump-7", "ts": 1732000000123, "values": [31.2, 61.0]}   # in the configured channel order
 
 Channels in a dict that the configuration does not name are ignored (a sensor gaining a channel must not
-stop the line); a configured channel that is missing dead-letters the record. `ts` is an integer (epoch
-milliseconds by convention; the daemon passes it through). The decoder never raises: a record it cannot use
-comes back as a `DeadLetter` with a reason code from `REASONS` and a human-readable detail.
+stop the line). A configured channel that is `null`, or absent from a dict, is missing: up to
+`max_missing_share` of the channels may be (the record is then scored on the channels present, and
+`DecodedBatch.missing` marks which are not); a record missing more is dead-lettered (`missing_channel` when one
+is absent, else `missing_value`). `ts` is an integer (epoch milliseconds by convention; the daemon passes it
+through). The decoder never raises: a record it cannot use comes back as a `DeadLetter` with a reason code from
+`REASONS` and a human-readable detail.
 """
 
 from __future__ import annotations
@@ -56,14 +59,22 @@ class DeadLetter:
 class DecodedBatch:
     """Valid records as parallel arrays; `index` maps each row back to its position in the input batch."""
 
-    values: np.ndarray  # (n, C) float32
+    values: np.ndarray  # (n, C) float32; NaN where a channel is missing
     ts: np.ndarray  # (n,) int64
     assets: list[str]
     index: np.ndarray  # (n,) int64
     dead: list[DeadLetter] = field(default_factory=list)
+    missing: np.ndarray | None = None  # (n, C) bool, True where a channel is missing; None: nothing is
 
     def __len__(self) -> int:
         return len(self.assets)
+
+    def missing_rows(self, rows: np.ndarray) -> np.ndarray | None:
+        """The missing mask of `rows`, or None when none of them misses a channel."""
+        if self.missing is None:
+            return None
+        mask = self.missing[rows]
+        return mask if mask.any() else None
 
 
 class _Reject(Exception):
@@ -84,6 +95,15 @@ class RecordDecoder:
         self.channels = list(settings.channels)
         pick = itemgetter(*self.channels)
         self._pick = pick if len(self.channels) > 1 else (lambda values: (pick(values),))
+        # A record may miss this many channels (the rest are enough to score it on).
+        self.max_missing = int(settings.max_missing_share * len(self.channels) + 1e-9)
+
+    def _too_many_missing(self, reason: str, missing: list[str]) -> _Reject:
+        return _Reject(
+            reason,
+            f"channels {missing} missing: {len(missing)} of {len(self.channels)}, more than max_missing_share "
+            f"{self.settings.max_missing_share} allows ({self.max_missing})",
+        )
 
     def _fields(self, raw: bytes | None) -> tuple[str, int, Sequence]:
         """Parse one record and check everything but the type of each value."""
@@ -119,8 +139,11 @@ class RecordDecoder:
         if type(values) is dict:
             try:
                 row = self._pick(values)
-            except KeyError as e:
-                raise _Reject("missing_channel", f"channel {e.args[0]!r} missing") from None
+            except KeyError:
+                row = [values.get(c) for c in self.channels]  # absent channels as null: scored if few enough
+                missing = [c for c, v in zip(self.channels, row) if v is None]
+                if len(missing) > self.max_missing:
+                    raise self._too_many_missing("missing_channel", missing) from None
         elif type(values) is list:
             if len(values) != len(self.channels):
                 raise _Reject("wrong_length", f"{len(values)} values for {len(self.channels)} channels")
@@ -129,13 +152,17 @@ class RecordDecoder:
             raise _Reject("bad_values", f"{s.values_field!r} must be an object or a list")
         return asset, ts, row
 
-    def _check_values(self, row: Sequence) -> None:
-        if not set(map(type, row)) <= _NUMBERS:
-            for name, v in zip(self.channels, row):
-                if v is None:
-                    raise _Reject("missing_value", f"channel {name!r} is null")
-                if type(v) not in _NUMBERS:
-                    raise _Reject("bad_value_type", f"channel {name!r} is {type(v).__name__}, not a number")
+    def _check_values(self, row: Sequence) -> list[bool] | None:
+        """Raise for a value that is no number; the row's missing channels (None when it has none)."""
+        if set(map(type, row)) <= _NUMBERS:
+            return None
+        for name, v in zip(self.channels, row):
+            if v is not None and type(v) not in _NUMBERS:
+                raise _Reject("bad_value_type", f"channel {name!r} is {type(v).__name__}, not a number")
+        missing = [v is None for v in row]
+        if sum(missing) > self.max_missing:
+            raise self._too_many_missing("missing_value", [c for c, m in zip(self.channels, missing) if m])
+        return missing
 
     def decode(self, raws: Sequence[bytes | None]) -> DecodedBatch:
         n = len(raws)
@@ -155,20 +182,26 @@ class RecordDecoder:
             assets.append(asset)
         j = len(rows)
         values = self._batch_values(rows)
-        if values is None:  # some value is not a plain number (or too large): find the records one by one
-            values, keep = self._row_by_row(rows, index[:j], dead)
+        missing = None
+        if values is None:  # a value is missing, not a plain number or too large: the records one by one
+            values, missing, keep = self._row_by_row(rows, index[:j], dead)
             ts, index, assets = ts[:j][keep], index[:j][keep], [a for a, k in zip(assets, keep) if k]
             j = len(assets)
+            if not missing.any():
+                missing = None
         ts, index = ts[:j], index[:j]
-        finite = np.isfinite(values).all(axis=1)
+        present = np.isfinite(values) if missing is None else np.isfinite(values) | missing
+        finite = present.all(axis=1)
         if not finite.all():
             for bad_row in np.flatnonzero(~finite):
-                bad = [self.channels[c] for c in np.flatnonzero(~np.isfinite(values[bad_row]))]
+                bad = [self.channels[c] for c in np.flatnonzero(~present[bad_row])]
                 dead.append(DeadLetter(int(index[bad_row]), "non_finite", f"not finite as float32: {bad}"))
             values, ts, index = values[finite], ts[finite], index[finite]
             assets = [a for a, ok in zip(assets, finite) if ok]
+            if missing is not None:
+                missing = missing[finite]
         dead.sort(key=lambda d: d.index)
-        return DecodedBatch(values=values, ts=ts, assets=assets, index=index, dead=dead)
+        return DecodedBatch(values=values, ts=ts, assets=assets, index=index, dead=dead, missing=missing)
 
     def _batch_values(self, rows: list[Sequence]) -> np.ndarray | None:
         """All rows as one (n, C) float32 array in one pass, or None when a value is not a plain int or float."""
@@ -183,14 +216,20 @@ class RecordDecoder:
 
     def _row_by_row(
         self, rows: list[Sequence], index: np.ndarray, dead: list[DeadLetter]
-    ) -> tuple[np.ndarray, np.ndarray]:
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Values, missing mask and which rows were kept."""
         out = np.empty((len(rows), len(self.channels)), np.float32)
+        missing = np.zeros(out.shape, bool)
         keep = np.zeros(len(rows), bool)
         with np.errstate(over="ignore"):
             for r, row in enumerate(rows):
                 try:
-                    self._check_values(row)
-                    out[r] = row
+                    absent = self._check_values(row)
+                    if absent is None:
+                        out[r] = row
+                    else:
+                        out[r] = [np.nan if v is None else v for v in row]
+                        missing[r] = absent
                 except _Reject as e:
                     dead.append(DeadLetter(int(index[r]), e.reason, e.detail))
                     continue
@@ -198,4 +237,4 @@ class RecordDecoder:
                     dead.append(DeadLetter(int(index[r]), "bad_value_type", str(e)))
                     continue
                 keep[r] = True
-        return out[keep], keep
+        return out[keep], missing[keep], keep

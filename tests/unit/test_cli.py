@@ -177,3 +177,28 @@ def test_demo_without_the_extra_says_how_to_install_it(missing, monkeypatch, cap
     monkeypatch.setitem(sys.modules, missing, None)  # makes `import <missing>` raise ImportError
     assert main(["demo"]) == 2
     assert "pip install 'streammoe[demo]'" in capsys.readouterr().err
+
+
+def test_rows_with_empty_cells_are_scored_on_the_cells_present(series) -> None:
+    """An empty cell is a missing channel: the row gets a finite score and a mode, `missing_channels` names the
+    channel; a row with every cell empty has nothing to score (+inf, flagged, mode -1)."""
+    main(["fit", "--data", str(series / "train.csv.gz"), "--out", str(series / "model"), *FAST])
+    lines = (series / "test_nolabel.csv").read_text().splitlines()
+    cells = [line.split(",") for line in lines]
+    for i in (10, 11, 12):
+        cells[1 + i][2] = ""  # ch1 empty
+    cells[1 + 20][1] = cells[1 + 20][3] = ""  # ch0 and ch2 empty
+    cells[1 + 30][1:] = ["", "", ""]
+    gappy = series / "gappy.csv"
+    gappy.write_text("\n".join(",".join(c) for c in cells) + "\n")
+    out = series / "gappy_scores.csv"
+    assert main(["score", "--data", str(gappy), "--model", str(series / "model"), "--out", str(out)]) == 0
+    rows = read_scores(out)
+    assert [r["missing_channels"] for r in rows[9:13]] == ["", "ch1", "ch1", "ch1"]
+    assert rows[20]["missing_channels"] == "ch0;ch2"
+    for i in (10, 11, 12, 20):
+        assert np.isfinite(float(rows[i]["score"])) and int(rows[i]["mode"]) >= 0, rows[i]
+        assert rows[i]["is_anomaly"] == "0", rows[i]  # normal rows, normal on what is present
+    assert "ch1:0.000" in rows[10]["top_channels"]  # a missing channel takes no share of the misfit
+    assert rows[30]["missing_channels"] == "ch0;ch1;ch2" and rows[30]["score"] == "inf" and rows[30]["mode"] == "-1"
+    assert sum(r["missing_channels"] != "" for r in rows) == 5

@@ -49,8 +49,12 @@ INVALID = [
     (b'{"asset_id": "a", "ts": true, "values": [1, 2, 3]}', "bad_ts"),
     (b'{"asset_id": "a", "ts": 1}', "missing_values"),
     (b'{"asset_id": "a", "ts": 1, "values": 7}', "bad_values"),
-    (b'{"asset_id": "a", "ts": 1, "values": {"flow": 1, "temp": 2}}', "missing_channel"),
-    (b'{"asset_id": "a", "ts": 1, "values": {"flow": 1, "temp": 2, "vib": null}}', "missing_value"),
+    # 3 channels, max_missing_share 0.5: one may be missing, two may not
+    (b'{"asset_id": "a", "ts": 1, "values": {"flow": 1}}', "missing_channel"),
+    (b'{"asset_id": "a", "ts": 1, "values": {"flow": 1, "temp": null}}', "missing_channel"),
+    (b'{"asset_id": "a", "ts": 1, "values": {"flow": 1, "temp": null, "vib": null}}', "missing_value"),
+    (b'{"asset_id": "a", "ts": 1, "values": [null, 2, null]}', "missing_value"),
+    (b'{"asset_id": "a", "ts": 1, "values": [null, null, null]}', "missing_value"),
     (b'{"asset_id": "a", "ts": 1, "values": [1, true, 3]}', "bad_value_type"),
     (b'{"asset_id": "a", "ts": 1, "values": [1, "2", 3]}', "bad_value_type"),
     (b'{"asset_id": "a", "ts": 1, "values": [1, [2], 3]}', "bad_value_type"),
@@ -101,3 +105,43 @@ def test_the_batch_conversion_gives_the_same_rows_as_record_by_record(decoder: R
     assert fast.ts.tolist() == slow.ts.tolist() and (slow.index - 1).tolist() == fast.index.tolist()
     want = np.array([r for r in rows if r != rows[-2]], np.float64).astype(np.float32)
     np.testing.assert_array_equal(fast.values, want)
+
+
+def test_records_missing_up_to_the_share_decode_with_their_mask(decoder: RecordDecoder) -> None:
+    """A null or absent channel, up to max_missing_share, is kept: NaN in the values, True in `missing`."""
+    raws = [
+        orjson.dumps({"asset_id": "a", "ts": 1, "values": [1, 2, 3]}),
+        orjson.dumps({"asset_id": "a", "ts": 2, "values": {"flow": 1, "temp": 2}}),  # vib absent
+        orjson.dumps({"asset_id": "a", "ts": 3, "values": {"flow": None, "temp": 2, "vib": 3}}),  # flow null
+        orjson.dumps({"asset_id": "a", "ts": 4, "values": [1, None, 3]}),  # list form, temp null
+        orjson.dumps({"asset_id": "a", "ts": 5, "values": [None, None, 3]}),  # two of three: dead
+        orjson.dumps({"asset_id": "a", "ts": 6, "values": [1, "x", None]}),  # a bad value is still bad
+    ]
+    out = decoder.decode(raws)
+    assert [(d.index, d.reason) for d in out.dead] == [(4, "missing_value"), (5, "bad_value_type")]
+    assert "['flow', 'temp']" in out.dead[0].detail and "max_missing_share" in out.dead[0].detail
+    assert out.ts.tolist() == [1, 2, 3, 4]
+    assert out.missing is not None
+    assert out.missing.tolist() == [[False] * 3, [False, False, True], [True, False, False], [False, True, False]]
+    np.testing.assert_array_equal(np.isnan(out.values), out.missing)
+    np.testing.assert_array_equal(out.values[1, :2], [1, 2])
+    assert out.missing_rows(np.array([0])) is None and out.missing_rows(np.array([0, 2])) is not None
+
+
+def test_a_complete_batch_has_no_missing_mask(decoder: RecordDecoder) -> None:
+    out = decoder.decode([orjson.dumps({"asset_id": "a", "ts": 1, "values": [1, 2, 3]})])
+    assert out.missing is None
+
+
+@pytest.mark.parametrize(("share", "allowed"), [(0.0, 0), (0.34, 1), (0.5, 1), (0.67, 2), (0.99, 2)])
+def test_max_missing_share_sets_how_many_channels_may_be_missing(share: float, allowed: int) -> None:
+    dec = RecordDecoder(RecordSettings(channels=CHANNELS, max_missing_share=share))
+    raws = [orjson.dumps({"asset_id": "a", "ts": n, "values": [None] * n + [1.0] * (3 - n)}) for n in range(4)]
+    out = dec.decode(raws)
+    assert out.ts.tolist() == list(range(allowed + 1))
+    assert {d.reason for d in out.dead} <= {"missing_value"} and len(out.dead) == 3 - allowed
+
+
+def test_max_missing_share_of_one_is_refused() -> None:
+    with pytest.raises(ValueError):
+        RecordSettings(channels=CHANNELS, max_missing_share=1.0)
