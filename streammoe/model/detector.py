@@ -81,7 +81,8 @@ def calibrate_capped(model: MixtureOfVAEs, modes: torch.Tensor, nll: torch.Tenso
 def fill_partial(inputs: torch.Tensor, model: MixtureOfVAEs, n_channels: int) -> torch.Tensor:
     """Context features a record's past does not define (NaN) take the fit's mean of that feature, the most
     typical value, so a record right after a gap is judged on its values and defined features alone, not
-    flagged for its missing past. The hook for a masked likelihood, which could leave them out instead."""
+    flagged for its missing past. The features of a channel missing from the record itself are masked instead
+    (`input_mask`: the likelihood leaves them out)."""
     values, features = inputs[:, :n_channels], inputs[:, n_channels:]
     fill = model.scaler.mean[n_channels:].to(inputs.dtype)[None, :]
     return torch.cat([values, torch.where(torch.isnan(features), fill, features)], dim=1)

@@ -155,3 +155,28 @@ def test_a_row_with_nothing_present_is_not_finite(fitted: MixtureDetector) -> No
     scored = fitted.score_many(x, missing=missing)
     assert scored.valid.tolist() == [True, False, True] and scored.is_anomaly[1]
     assert math.isinf(scored.log_p_value[1])
+
+
+def test_with_a_time_context_a_missing_channel_masks_its_features_too() -> None:
+    """The experts see [x, features(x)]: a missing channel's features are missing with it, the record is scored
+    on the rest (finite, a mode, its channel mask per channel), and its values never enter later windows."""
+    from streammoe.context.settings import ContextConfig
+
+    config = ModelConfig(seed=0, k_max=4, context=ContextConfig(window=4))
+    x = _two_modes(np.random.default_rng(2), 64)
+    missing = np.zeros(x.shape, bool)
+    missing[10, 4] = True
+    runs = []
+    for placeholder in (1e9, -3.0):  # what a missing value holds never matters, nor later records' features
+        det = MixtureDetector(6, config, device="cpu")
+        det.fit(_two_modes(np.random.default_rng(0), 2000))
+        assert det.inputs.n_inputs == 6 * 4  # values, d(c), sd(c), rd(c)
+        x[10, 4] = placeholder
+        runs.append(det.score_many(x, missing=missing))
+    np.testing.assert_array_equal(runs[0].nll, runs[1].nll)
+    scored = runs[0]
+    assert scored.partial.tolist() == [i == 10 for i in range(64)]
+    assert scored.missing.shape == (64, 6) and scored.missing[10].tolist() == [False] * 4 + [True, False]
+    assert np.isfinite(scored.nll).all() and (scored.mode >= 0).all() and not scored.is_anomaly[10:12].any()
+    assert scored.input_share is not None and scored.input_share[10, [4, 10, 16, 22]].sum() == 0.0
+    assert det.counters["partial"] == 1
