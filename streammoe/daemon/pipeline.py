@@ -271,7 +271,7 @@ class Pipeline:
                     max_gap=detector.config.context.gap_ms,
                     update_context=learn,  # records re-read after a restart are in the context already
                 )
-            self._count_poison(scored)
+            count_unlearned(self.metrics, scored)
             if learn:
                 with timed(self.metrics, "learn"):
                     report = detector.learn_many(scored)
@@ -307,21 +307,22 @@ class Pipeline:
                 )
             account_learning(self.metrics, state, report)
 
-    def _count_poison(self, scored: ScoredBatch) -> None:
-        """Records the model scored but must not learn from: alerted (reason non_finite or out_of_range), or
-        scored on the channels present (missing channels; alerted only when their score says so)."""
-        partial = int((scored.valid & scored.partial).sum())
-        if partial:
-            self.metrics.partial_records.labels("scored").inc(partial)
-        counts = {
-            "non_finite_score": int((~scored.valid).sum()),
-            "out_of_range": int((scored.valid & ~scored.in_range).sum()),
-        }
-        for reason, n in counts.items():
-            if n:
-                self.metrics.poison_records.labels(reason).inc(n)
-        if any(counts.values()):
-            log.warning("poison_records", **counts)
+
+def count_unlearned(metrics: Metrics, scored: ScoredBatch) -> None:
+    """Records the model scored but must not learn from: alerted (reason non_finite or out_of_range), or
+    scored on the channels present (missing channels; alerted only when their score says so)."""
+    partial = int((scored.valid & scored.partial).sum())
+    if partial:
+        metrics.partial_records.labels("scored").inc(partial)
+    counts = {
+        "non_finite_score": int((~scored.valid).sum()),
+        "out_of_range": int((scored.valid & ~scored.in_range).sum()),
+    }
+    for reason, n in counts.items():
+        if n:
+            metrics.poison_records.labels(reason).inc(n)
+    if any(counts.values()):
+        log.warning("poison_records", **counts)
 
 
 def complete(decoded: DecodedBatch, rows: np.ndarray, metrics: Metrics) -> np.ndarray:
