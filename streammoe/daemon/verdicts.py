@@ -69,6 +69,7 @@ class Verdicts:
                 if state is not None and isinstance(cmd, IncidentCommand):
                     self.incident_commands.apply(state, cmd, {"topic": topic, "partition": partition, "offset": offset})
                 elif state is not None and isinstance(cmd, ExpertVerdict):
+                    check_fresh(state, cmd, input_timestamp(m))
                     self._apply_verdict(state, cmd, partition, offset)
             except ControlError as e:
                 self.sink.dead_letter(refused(m, "bad_control", str(e)))
@@ -115,6 +116,20 @@ class Verdicts:
             for p, o in state.learned_offsets.get(self.control.topic, {}).items():
                 start[p] = min(o, start.get(p, o))
         return {p: o for p, o in start.items() if all(p in s.learned_offsets.get(self.control.topic, {}) for s in held)}
+
+
+def check_fresh(state: ModelState, verdict: ExpertVerdict, sent_ms: int | None) -> None:
+    """Refuse a command that names only a slot and was sent before this model's lineage began: a fresh model (a
+    bootstrap directory, a warm-up) reads the control topic from its beginning, and the slot now holds an expert
+    that command never meant. Without a timestamp on the message, or a birth time (a checkpoint of before it was
+    kept), it applies as it always did."""
+    if verdict.expert_id is not None or not state.born_ms or sent_ms is None or sent_ms >= state.born_ms:
+        return
+    raise ControlError(
+        f"a command naming only slot {verdict.expert} was sent at {sent_ms} (epoch ms), before scope "
+        f"{state.scope}'s model (lineage {state.lineage}) began at {state.born_ms}: it was meant for an earlier "
+        "model; name the expert by expert_id (as in alerts and events)"
+    )
 
 
 def check_identity(state: ModelState, named: str) -> None:

@@ -6,7 +6,8 @@ A command is a JSON object, keyed by scope on the topic::
 
 `expert_id` (from the alert or mode event the operator looked at) names one expert of one model: the verdict is
 refused when that scope's model is of another lineage or the slot now holds another expert. The older form,
-`"expert": 3` (a slot), still works but follows the slot.
+`"expert": 3` (a slot), still works but follows the slot; a model that began after such a command was sent
+refuses it (daemon/verdicts.check_fresh), as a fresh model reads the topic from its beginning.
 
 `status` is `fault` (every record assigned to the expert alerts, reason `fault_mode`), `confirmed` (an operator
 accepted the mode) or `learned` (back to the default). Every worker reads every partition of the control topic

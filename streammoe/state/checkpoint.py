@@ -42,10 +42,11 @@ from streammoe.state.persistence import (
 log = get_logger("streammoe.state.checkpoint")
 
 # The checkpoint's own layer over the model directory (meta keys beside the model's format_version):
-# 1 = learned offsets only (meta without "checkpoint_version"); 2 = also the scope's incident state.
-# A version-1 checkpoint loads as one without open incidents.
-CHECKPOINT_VERSION = 2
-READABLE_CHECKPOINTS = (1, 2)
+# 1 = learned offsets only (meta without "checkpoint_version"); 2 = also the scope's incident state; 3 = also when
+# the model's lineage began (`born_ms`). A version-1 checkpoint loads as one without open incidents; 1 and 2 load
+# with born_ms 0 (unknown: every command that names a slot applies, as those versions did).
+CHECKPOINT_VERSION = 3
+READABLE_CHECKPOINTS = (1, 2, 3)
 
 
 Progress = tuple[str, int, int]  # ModelState.progress: model version, offsets seen, incident state revision
@@ -63,6 +64,9 @@ class ModelState:
     recovered: str = ""  # why the previous checkpoint generation was loaded instead: "damaged" | "missing"
     incidents: dict | None = None  # the scope's IncidentTracker.to_state(): open incidents, debounce windows
     incidents_revision: int = 0  # bumped by keep_incidents, so a change without records (a stale resolution) saves
+    # When this lineage began (epoch ms, the worker's clock; 0: unknown): a command on the control topic that names
+    # only a slot and was sent before it was meant for an earlier model (daemon/verdicts.py).
+    born_ms: int = field(default_factory=lambda: int(time.time() * 1000))
 
     @property
     def version(self) -> str:
@@ -162,7 +166,12 @@ class Checkpointer:
         incidents = meta.get("incidents") if version >= 2 else None  # version 1: no incident state (migration)
         if incidents is not None and not isinstance(incidents, dict):
             raise ModelDamagedError(f"{path}/meta.json has malformed incident state")
-        return ModelState(scope, detector, meta.get("lineage", "unknown"), "checkpoint", offsets, incidents=incidents)
+        born_ms = meta.get("born_ms", 0) if version >= 3 else 0  # versions 1, 2: unknown (migration)
+        if type(born_ms) is not int:
+            raise ModelDamagedError(f"{path}/meta.json has a malformed born_ms")
+        return ModelState(
+            scope, detector, meta.get("lineage", "unknown"), "checkpoint", offsets, incidents=incidents, born_ms=born_ms
+        )
 
     def _restore_checkpoint(self, scope: str) -> ModelState:
         """The current checkpoint, else (damaged or missing) the previous generation; incompatible: refused."""
@@ -234,6 +243,7 @@ class Checkpointer:
             "saved_at": time.time(),
             "checkpoint_version": CHECKPOINT_VERSION,
             "incidents": state.incidents,
+            "born_ms": state.born_ms,
         }
         path = save_detector(state.detector, self.path(state.scope), meta)
         self._saved[state.scope] = state.progress

@@ -65,9 +65,10 @@ class SnapshotTransport(Protocol):
     def close(self) -> None: ...
 
 
-# 1: model and learned offsets; 2: also the scope's incident state (a version-1 manifest has none).
-MANIFEST_VERSION = 2
-READABLE_MANIFESTS = (1, 2)
+# 1: model and learned offsets; 2: also the scope's incident state (a version-1 manifest has none); 3: also when
+# the model's lineage began (`born_ms`; versions 1 and 2 read as 0, unknown).
+MANIFEST_VERSION = 3
+READABLE_MANIFESTS = (1, 2, 3)
 
 
 @dataclass
@@ -83,6 +84,7 @@ class Manifest:
     written_at: float = field(default_factory=time.time)
     partition: int = -1  # the input partition the scope's records arrive on; -1: not tied to one
     incidents: dict | None = None  # the scope's incident state (IncidentTracker.to_state), as in checkpoints
+    born_ms: int = 0  # ModelState.born_ms: when the model's lineage began (0: unknown)
     version: int = MANIFEST_VERSION
 
     def to_bytes(self) -> bytes:
@@ -90,7 +92,8 @@ class Manifest:
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Manifest:
-        """Version 1 (no `version`, no incident state) is read as a manifest without open incidents."""
+        """Version 1 (no `version`, no incident state) is read as a manifest without open incidents; versions 1 and
+        2 (no `born_ms`) with born_ms 0."""
         d = orjson.loads(raw)
         d["learned_offsets"] = offsets_from_json(d["learned_offsets"])
         d.setdefault("version", 1)
@@ -133,6 +136,7 @@ def unpack(blob: bytes, manifest: Manifest, channels: list[str]) -> ModelState:
         "snapshot",
         {t: dict(ps) for t, ps in manifest.learned_offsets.items()},
         incidents=manifest.incidents,
+        born_ms=manifest.born_ms,
     )
 
 
@@ -159,6 +163,7 @@ class SnapshotWriter:
             {t: dict(ps) for t, ps in state.learned_offsets.items()},
             partition=partition,
             incidents=state.incidents,
+            born_ms=state.born_ms,
         )
         headers: Headers = [("snapshot_id", manifest.snapshot_id.encode())]
         for i in range(n):

@@ -195,7 +195,7 @@ def test_incident_state_is_saved_and_restored_with_the_model(root: Path) -> None
     Checkpointer(CheckpointSettings(dir=root), CHANNELS).save(state)
     again = restore(root)
     assert again.incidents == state.incidents
-    assert json.loads((root / "global" / "meta.json").read_text())["checkpoint_version"] == 2
+    assert json.loads((root / "global" / "meta.json").read_text())["checkpoint_version"] == 3
 
 
 def test_a_checkpoint_from_before_incidents_loads_without_open_incidents(root: Path) -> None:

@@ -15,7 +15,7 @@ def test_the_incident_state_travels_with_the_snapshot() -> None:
     topic = MemorySnapshotTopic(partitions=1)
     state = ModelState("s", fitted(), lineage="lin", learned_offsets={"in": {0: 10}}, incidents=INCIDENTS)
     manifest = SnapshotWriter(topic).write(state, partition=0)
-    assert manifest.version == 2
+    assert manifest.version == 3
     states, _ = read_latest(topic, CHANNELS)
     assert states["s"].incidents == INCIDENTS
 
