@@ -162,6 +162,15 @@ class NoveltyConfig(BaseModel):
         description="Gradient steps to train a candidate expert, in the batch that tries it (bounded, "
         "deterministic given the input order). 600 made a 46-channel candidate learn its ~350 records by heart.",
     )
+    candidate_scale_floor: float = Field(
+        1.0,
+        ge=0,
+        description=(
+            "A candidate's scale per channel is at least this times the median of the active experts' scales "
+            "(0: its own records' spread alone). A few hundred records of a new state under-state how much a "
+            "channel moves in it."
+        ),
+    )
     replace_weight: float = Field(
         0.05, ge=0, lt=1, description="With every slot taken, a new mode replaces the lightest expert if below this."
     )

@@ -101,13 +101,14 @@ class StackedVAE(nn.Module):
         self.scale[dst].copy_(other.scale[src])
 
     @torch.no_grad()
-    def set_scale(self, k: int, x: Tensor) -> None:
-        """Expert k's location and scale from its own raw records `x` (N, C) (floored like the global scaler)."""
+    def set_scale(self, k: int, x: Tensor, floor: Tensor | None = None) -> None:
+        """Expert k's location and scale from its own raw records `x` (N, C) (floored like the global scaler, and
+        at `floor` per channel where given)."""
         from streammoe.model.scaler import location_scale
 
         loc, scale = location_scale(x)
         self.loc[k].copy_(loc)
-        self.scale[k].copy_(scale)
+        self.scale[k].copy_(scale if floor is None else torch.maximum(scale, floor.to(scale.dtype)))
 
     def _weights(self, idx: Tensor | None) -> dict[str, Tensor]:
         """The selected experts' weights, with their location and scale as (K, 1, C) and log-Jacobians (K,)."""

@@ -39,11 +39,22 @@ class Verdict:
     reason: str = ""
 
 
+def candidate_scale_floor(model: MixtureOfVAEs) -> torch.Tensor | None:
+    """The smallest scale per channel a candidate may take: `candidate_scale_floor` times the median over the
+    active experts of theirs. A candidate learns its own units from a few hundred records, and a channel quiet in
+    them (a load level that moves over hours) would get a spread far below what the machine shows in any mode."""
+    f = model.config.novelty.candidate_scale_floor
+    idx = torch.nonzero(model.active).flatten()
+    if f <= 0 or idx.numel() == 0:
+        return None
+    return f * model.experts.scale[idx].median(0).values
+
+
 def _train_candidate(model: MixtureOfVAEs, x: torch.Tensor, generator: torch.Generator | None) -> StackedVAE:
     cfg = model.config
     cand = StackedVAE(1, model.n_channels, cfg.hidden, cfg.latent).to(x.device)
     cand.active[0] = True
-    cand.set_scale(0, x)  # the candidate's own units: a mode far from the others is modelled as precisely
+    cand.set_scale(0, x, candidate_scale_floor(model))
     opt = adam(cand.parameters(), cfg.learning_rate * 3)
     for step in range(cfg.novelty.candidate_steps):
         if step % 50 == 0:
