@@ -1,6 +1,6 @@
 """Scoring throughput with a time context against window 1, paired in one process.
 
-`python -m benchmarks.context_speed [--window 10] [--assets 64] [--repeats 15]`: the same 8-mode machine as
+`python -m benchmarks.context_speed [--window 10] [--features diff,std,rough] [--assets 64] [--repeats 15]`: the same 8-mode machine as
 `bench --speed` (benchmarks/speed.py), fitted once at window 1 and once with the context; then score_many on
 one batch of `--batch` records from `--assets` interleaved assets, the two models timed alternately (ABAB...)
 so the box's noise falls on both. Prints records/s per model and the ratio of the medians (the goal: >= 0.7).
@@ -24,6 +24,7 @@ from streammoe.model.detector import MixtureDetector
 
 def measure(
     window: int = 10,
+    features: tuple[str, ...] = ("diff", "std", "rough"),
     n_channels: int = 38,
     batch: int = 1024,
     assets: int = 64,
@@ -40,7 +41,7 @@ def measure(
             fit_steps=fit_steps,
             min_expert_weight=0.01,
             n_samples=n_samples,
-            context=ContextConfig(window=w),
+            context=ContextConfig(window=w, **{f: f in features for f in ("diff", "mean", "dev", "std", "rough")}),
         )
         det = MixtureDetector(n_channels, cfg)
         det.fit(x, k=N_CLUSTERS, assets=names)
@@ -84,10 +85,11 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=1024)
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--samples", type=int, default=8)
+    p.add_argument("--features", default="diff,std,rough", help="comma list of diff, mean, dev, std, rough")
     a = p.parse_args()
-    print(
-        json.dumps(measure(a.window, batch=a.batch, assets=a.assets, repeats=a.repeats, n_samples=a.samples), indent=2)
-    )
+    features = tuple(a.features.split(","))
+    result = measure(a.window, features, batch=a.batch, assets=a.assets, repeats=a.repeats, n_samples=a.samples)
+    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":
