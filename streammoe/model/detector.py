@@ -67,12 +67,14 @@ class RecordLimits(PhysicalLimits):
 
 @torch.no_grad()
 def calibrate_capped(model: MixtureOfVAEs, modes: torch.Tensor, nll: torch.Tensor) -> None:
-    """Teach the per-mode calibration these records' scores, each capped at the score of the clip p-value (the
-    learn threshold by default), so one outlier cannot stretch a mode's tail; a mode still settling (novelty/
-    settling.py) takes its scores uncapped."""
+    """Teach the per-mode calibration these records' scores, those past the clip p-value's score (the learn
+    threshold's by default; `clip_threshold`'s when set) capped at the learn threshold's score, so one outlier
+    cannot stretch a mode's tail; a mode still settling (novelty/settling.py) takes its scores uncapped."""
     cfg = model.config
-    clip_p = cfg.learn_threshold if cfg.clip_threshold is None else cfg.clip_threshold
-    cap = model.calibration.score_at(modes, math.log(clip_p))
+    cap = model.calibration.score_at(modes, math.log(cfg.learn_threshold))
+    if cfg.clip_threshold is not None:  # records between the two thresholds are measured as they are
+        past = nll > model.calibration.score_at(modes, math.log(cfg.clip_threshold))
+        cap = torch.where(past, cap, torch.full_like(cap, math.inf))
     if cfg.novelty.enabled and cfg.novelty.settle_records > 0:
         cap = torch.where(settling(model)[modes], torch.full_like(cap, math.inf), cap)
     model.calibration.update(modes, torch.minimum(nll, cap))

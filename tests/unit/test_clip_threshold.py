@@ -1,5 +1,5 @@
-"""Where scores enter the calibration clipped: at the learning threshold's score by default, at `clip_threshold`'s
-when set (records between the two are then measured, not clipped)."""
+"""Which scores enter the calibration clipped, always to the learning threshold's score: those past it by default,
+those past `clip_threshold`'s score when set (records between the two are then measured, not clipped)."""
 
 from __future__ import annotations
 
@@ -31,8 +31,14 @@ def test_records_between_the_thresholds_enter_the_calibration_clipped_only_by_de
         n_before, m = int(cal.n_reference()[k]), int((scored.mode == k).sum())
         assert n_before + m <= cal.size
         det.model.config.novelty.settle_records = 0  # settling would let a new expert's records in unclipped
+        cap_001 = float(cal.score_at(torch.tensor([k]), math.log(1e-3))[0])
+        past = int(((scored.nll > cap_001) & (scored.mode == k)).sum())
+        assert past > 5
         det.learn_many(scored)
-        tops[clip] = (float(cal.scores[k, n_before : n_before + m].max()), cap_01)
+        entered = cal.scores[k, n_before : n_before + m]
+        tops[clip] = (float(entered.max()), cap_01)
+        # Records past the alert threshold's score enter at the learning threshold's, whatever the setting.
+        assert int((entered - cap_01).abs().lt(1e-4).sum()) >= past
     assert tops[None][0] <= tops[None][1] + 1e-4, "default: nothing above the learning threshold's score"
     assert tops[1e-3][0] > tops[1e-3][1] + 0.5, "clip at 1e-3: records past the 0.01 score were measured"
 
