@@ -43,8 +43,9 @@ class IncidentCommands:
         elif cmd.command == "acknowledge":
             publisher.act(state.scope, lambda t: _known(acknowledge, t, str(cmd.incident_id), by))
         elif cmd.command == "mute":
-            assert cmd.asset is not None and cmd.until is not None
-            publisher.act(state.scope, lambda t: mute(t, Mute(cmd.asset, cmd.channel, cmd.until, by)))  # type: ignore[arg-type]
+            assert cmd.asset is not None and cmd.until is not None  # parse_incident_command sets both for a mute
+            muting = Mute(cmd.asset, cmd.channel, cmd.until, by)  # built here, where mypy sees them narrowed
+            publisher.act(state.scope, lambda t: mute(t, muting))
         else:
             publisher.act(state.scope, lambda t: unmute(t, str(cmd.asset), cmd.channel))
         log.info("incident_command", scope=state.scope, command=cmd.command, operator=cmd.operator)
