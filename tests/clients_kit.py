@@ -16,11 +16,14 @@ import orjson
 from streammoe.config import Settings
 from streammoe.daemon import Daemon
 from streammoe.daemon.clients import ErrorHook, SourceHooks
+from streammoe.daemon.pipeline import Judged, Part
 from streammoe.kafka.sink import DeadLetter, Headers
 from streammoe.kafka.snapshots import SnapshotMessage, snapshot_partition
 from streammoe.kafka.source import PartitionKey, Positions, positions
-from streammoe.model.detector import MixtureDetector
+from streammoe.model.detector import LearnReport, MixtureDetector
+from streammoe.novelty.events import ModeEvent
 from streammoe.state.snapshot import SnapshotTransport
+from streammoe.wire.records import RecordDecoder
 
 
 @dataclass
@@ -383,3 +386,24 @@ def records(
         orjson.dumps({"asset_id": asset, "ts": start_ts + i, "values": [round(float(v), 4) for v in row]})
         for i, row in enumerate(rows)
     ]
+
+
+def publish_mode_added(
+    tmp_path: Path, event: ModeEvent, learned_ids: dict[str, dict[int, str]] | None = None
+) -> tuple[Daemon, FakeClients]:
+    """A fitted daemon publishes one batch of 40 records far off (an open incident) whose learning raised `event`
+    (a `mode_added` over some of them), as if the model had just added that expert; `learned_ids` as Judged's."""
+    daemon, clients = make(tmp_path)
+    state = daemon.state
+    state.detector = fitted()
+    msgs = clients.source_client.feed(records(np.random.default_rng(0), 40, shift=40.0))
+    decoded = RecordDecoder(daemon.settings.records).decode([m.value() for m in msgs])
+    rows = np.arange(len(decoded))
+    scored = state.detector.score_many(decoded.values, refs=rows.astype(np.int64), timestamps=decoded.ts)
+    judged = Judged(
+        parts=[Part("global", scored, rows, state.version, state.detector.expert_status())],
+        learned=[("global", state.version, LearnReport(learned=30, events=[event]))],
+        learned_ids=learned_ids or {},
+    )
+    daemon.publisher.publish(msgs, decoded, judged)  # type: ignore[arg-type]
+    return daemon, clients

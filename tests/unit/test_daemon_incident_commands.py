@@ -7,15 +7,12 @@ from pathlib import Path
 import jsonschema
 import numpy as np
 import orjson
-from clients_kit import FakeMessage, fitted, make, records
+from clients_kit import FakeMessage, fitted, make, publish_mode_added, records
 
 from streammoe.daemon import REF_PARTITION_SHIFT
-from streammoe.daemon.pipeline import Judged, Part
-from streammoe.model.detector import LearnReport
 from streammoe.novelty.events import ModeEvent
 from streammoe.wire.alerts import alert_schema
 from streammoe.wire.incidents import incident_schema
-from streammoe.wire.records import RecordDecoder
 
 TOPIC = "streammoe-incidents"
 INCIDENTS = jsonschema.Draft202012Validator(incident_schema())
@@ -135,20 +132,9 @@ def test_a_fault_verdict_keeps_the_records_out_of_the_new_mode_memory(tmp_path: 
 
 
 def test_a_verdict_on_an_expert_closes_its_new_mode_incident(tmp_path: Path) -> None:
-    daemon, clients = make(tmp_path)
-    daemon.state.detector = fitted()
-    state = daemon.state
-    msgs = clients.source_client.feed(records(np.random.default_rng(0), 40, shift=40.0))
-    decoded = RecordDecoder(daemon.settings.records).decode([m.value() for m in msgs])
-    rows = np.arange(len(decoded))
-    scored = state.detector.score_many(decoded.values, refs=rows.astype(np.int64), timestamps=decoded.ts)
     event = ModeEvent("mode_added", 0, 30, first_ref=(0 << REF_PARTITION_SHIFT) | 5, last_ref=35, detail={})
-    judged = Judged(
-        parts=[Part("global", scored, rows, state.version, state.detector.expert_status())],
-        learned=[("global", state.version, LearnReport(learned=30, events=[event]))],
-        learned_ids={"global": {0: "abc:0:fit"}},
-    )
-    daemon.publisher.publish(msgs, decoded, judged)  # type: ignore[arg-type]
+    daemon, clients = publish_mode_added(tmp_path, event, learned_ids={"global": {0: "abc:0:fit"}})
+    state = daemon.state
     control(clients, expert_id="abc:0:fit", status="confirmed", operator="alice")
     daemon.verdicts.apply()
     clients.sink_client.flush()

@@ -7,14 +7,11 @@ from pathlib import Path
 import jsonschema
 import numpy as np
 import orjson
-from clients_kit import fitted, make, records
+from clients_kit import fitted, make, publish_mode_added, records
 
 from streammoe.daemon import REF_PARTITION_SHIFT
-from streammoe.daemon.pipeline import Judged, Part
-from streammoe.model.detector import LearnReport
 from streammoe.novelty.events import ModeEvent
 from streammoe.wire.incidents import incident_schema
-from streammoe.wire.records import RecordDecoder
 
 TOPIC = "streammoe-incidents"
 VALIDATOR = jsonschema.Draft202012Validator(incident_schema())
@@ -86,13 +83,6 @@ def test_a_restart_mid_incident_neither_reopens_nor_duplicates_it(tmp_path: Path
 
 
 def test_a_new_expert_turns_the_open_incident_into_new_mode(tmp_path: Path) -> None:
-    daemon, clients = make(tmp_path)
-    daemon.state.detector = fitted()
-    state = daemon.state
-    msgs = clients.source_client.feed(records(np.random.default_rng(0), 40, shift=40.0))
-    decoded = RecordDecoder(daemon.settings.records).decode([m.value() for m in msgs])
-    rows = np.arange(len(decoded))
-    scored = state.detector.score_many(decoded.values, refs=rows.astype(np.int64), timestamps=decoded.ts)
     event = ModeEvent(
         "mode_added",
         1,
@@ -101,11 +91,8 @@ def test_a_new_expert_turns_the_open_incident_into_new_mode(tmp_path: Path) -> N
         last_ref=(0 << REF_PARTITION_SHIFT) | 35,
         detail={"gain": 2.0, "explained": 0.9},
     )
-    judged = Judged(
-        parts=[Part("global", scored, rows, state.version, state.detector.expert_status())],
-        learned=[("global", state.version, LearnReport(learned=30, events=[event]))],
-    )
-    daemon.publisher.publish(msgs, decoded, judged)  # type: ignore[arg-type]
+    daemon, clients = publish_mode_added(tmp_path, event)
+    state = daemon.state
     clients.sink_client.flush()
     out = incidents(clients)
     assert [m["status"] for m in out] == ["opened", "updated"]
