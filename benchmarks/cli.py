@@ -120,6 +120,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--perf-records", type=int, default=60_000, help="--perf: records in the topic")
     p.add_argument("--perf-serial", action="store_true", help="--perf: also run the daemon unpipelined")
     p.add_argument(
+        "--perf-no-cascade", action="store_true", help="--perf: skip the cascade column (model/cascade.py, S > 1)"
+    )
+    p.add_argument(
         "--perf-compile", action="store_true", help="--perf: also time the torch.compile'd E-step (slow to compile)"
     )
     p.add_argument(
@@ -215,6 +218,7 @@ def _perf(args: argparse.Namespace) -> int:
         latency_s=args.perf_latency_s,
         pipeline=(True, False) if args.perf_serial else (True,),
         compile=args.perf_compile,
+        cascade=not args.perf_no_cascade,
     )
     out = args.out or Path("results") / datetime.now().strftime("perf-%Y%m%d-%H%M%S")
     result = perf.measure(opts, progress=lambda line: print(line, file=sys.stderr, flush=True))

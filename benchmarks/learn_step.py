@@ -7,6 +7,9 @@ memory off (1024-record batches: the step, weights, calibration, replay, drift) 
 Run it from two trees alternately to compare a change against its parent in the same minutes:
 
     PYTHONPATH=/path/to/tree python -m benchmarks.learn_step --ks 1,8,16
+
+`--min-resp 0,0.01` adds the step on the records' scored responsibilities and learn_many at each
+`learn_min_resp` (model/sparse.py), in the same run.
 """
 
 from __future__ import annotations
@@ -18,12 +21,15 @@ import time
 import torch
 
 from benchmarks.perf import N_MODES, fitted, synthetic
+from streammoe.model.detector import MixtureDetector
 from streammoe.novelty.growth import _train_candidate
 
 ROWS = 320
 
 
-def measure(ks: tuple[int, ...], channels: int = 38, steps: int = 50, repeats: int = 5) -> dict[str, float]:
+def measure(
+    ks: tuple[int, ...], channels: int = 38, steps: int = 50, repeats: int = 5, min_resps: tuple[float, ...] = ()
+) -> dict[str, float]:
     torch.set_num_threads(1)
     names = [f"ch{i:02d}" for i in range(channels)]
     out: dict[str, float] = {}
@@ -51,6 +57,8 @@ def measure(ks: tuple[int, ...], channels: int = 38, steps: int = 50, repeats: i
                 detector.learn_many(s)
             best = min(best, (time.perf_counter() - t0) / len(scored))
         out[f"learn_many_ms_k{k}"] = round(best * 1e3, 3)
+        for min_resp in min_resps:
+            out.update(sparse_figures(detector, x, batches, min_resp, steps, repeats))
     assert detector is not None
     new_mode = torch.from_numpy(synthetic(2000, 1, channels, seed=9))
     best = float("inf")
@@ -62,11 +70,44 @@ def measure(ks: tuple[int, ...], channels: int = 38, steps: int = 50, repeats: i
     return out
 
 
+def sparse_figures(
+    detector: MixtureDetector, x: torch.Tensor, batches: list, min_resp: float, steps: int, repeats: int
+) -> dict:
+    """The step on the records' own responsibilities (as scored, not the random ones above) and learn_many, with
+    `ModelConfig.learn_min_resp` at `min_resp` (model/sparse.py; 0: dense)."""
+    k = detector.config.k_max
+    detector.config.learn_min_resp = min_resp
+    resp = torch.as_tensor(detector.score_many(x.numpy()).responsibilities)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            detector.learner.step(x, resp)
+        best = min(best, (time.perf_counter() - t0) / steps)
+    out = {f"step_scored_ms_k{k}_r{min_resp:g}": round(best * 1e3, 3)}
+    best = float("inf")
+    for _ in range(repeats):
+        scored = [detector.score_many(b) for b in batches]
+        t0 = time.perf_counter()
+        for s in scored:
+            detector.learn_many(s)
+        best = min(best, (time.perf_counter() - t0) / len(scored))
+    out[f"learn_many_ms_k{k}_r{min_resp:g}"] = round(best * 1e3, 3)
+    detector.config.learn_min_resp = 0.0
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ks", default="1,8,16", help="expert counts, comma-separated")
+    parser.add_argument(
+        "--min-resp",
+        default="",
+        help="also the step and learn_many at these learn_min_resp (e.g. 0,0.01), comma-separated",
+    )
     args = parser.parse_args(argv)
-    print(json.dumps(measure(tuple(int(k) for k in args.ks.split(",")))))
+    min_resps = tuple(float(v) for v in args.min_resp.split(",") if v)
+    print(json.dumps(measure(tuple(int(k) for k in args.ks.split(",")), min_resps=min_resps)))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ modes, for every K (experts) and S (importance samples) asked for:
 - learn: `learn_many` alone on those scored batches;
 - end to end: the whole daemon (`Daemon.run`: consume, decode, score, learn, publish alerts, acknowledge,
   commit) from a fresh consumer group, timed from its first batch to its last acknowledgement;
+- cascade (S > 1): score, learn and end to end again with `ModelConfig.cascade` on (model/cascade.py), the
+  end-to-end run right after the plain one, and the share of records it gave the full pass;
 - river HalfSpaceTrees (the quality bench's peer, score then learn each row) on the same records.
 
 Consume and consume + decode run before and after the grid; the table shows the median of those runs so
@@ -112,6 +114,18 @@ def model_rates(detector: MixtureDetector, batches: list[np.ndarray], repeats: i
     return statistics.median(score), statistics.median(learn)
 
 
+def cascade_rates(detector: MixtureDetector, batches: list[np.ndarray], repeats: int) -> dict:
+    """Scoring and learning rates with the cascade on (model/cascade.py) and the share of records it gave the
+    full pass; the cascade is off again afterwards."""
+    detector.config.cascade.enabled = True
+    try:
+        score, learn = model_rates(detector, batches, repeats)
+        rescored = [float(detector.score_many(b).rescored.float().mean()) for b in batches]  # type: ignore[union-attr]
+    finally:
+        detector.config.cascade.enabled = False
+    return {"score_cascade_rec_s": score, "learn_cascade_rec_s": learn, "cascade_rescored": statistics.mean(rescored)}
+
+
 def variants(detector: MixtureDetector, batches: list[np.ndarray], repeats: int, compile: bool) -> list[dict]:
     """Scoring rate and decisions of the E-step variants against plain float32 on the same batches and noise.
 
@@ -192,6 +206,7 @@ class PerfOptions:
     variants_k: int = 8
     variants_s: int = 8
     compile: bool = False
+    cascade: bool = True  # also every S > 1 point with the cascade on (scoring, learning, end to end)
     extra: dict = field(default_factory=dict)
 
 
@@ -205,6 +220,7 @@ def daemon_settings(
     max_wait_ms: int,
     threads: int,
     pipeline: bool = True,
+    model: str = "model",
 ) -> Settings:
     return kit_settings(
         bootstrap,
@@ -212,7 +228,7 @@ def daemon_settings(
         channels,
         group=group,
         checkpoint_dir=tmp / f"ckpt-{group}",
-        model_dir=tmp / "model",
+        model_dir=tmp / model,
         kafka__commit_interval_s=1.0,
         kafka__extra={"heartbeat.interval.ms": "2000"},
         batching__max_batch=max_batch,
@@ -273,8 +289,14 @@ def measure(opts: PerfOptions, progress: Callable[[str], object] = print) -> dic
             for s in opts.samples:
                 detector = fitted(k, s, channels, opts.fit_steps)
                 save_detector(detector, tmp / "model")
+                if opts.cascade and s > 1:  # the same model with the cascade on, for the daemon
+                    detector.config.cascade.enabled = True
+                    save_detector(detector, tmp / "model-cascade")
+                    detector.config.cascade.enabled = False
                 score, learn = model_rates(detector, batches, opts.repeats)
                 row = {"k": k, "k_active": detector.model.n_active, "s": s, "score_rec_s": score, "learn_rec_s": learn}
+                if opts.cascade and s > 1:
+                    row.update(cascade_rates(detector, batches, opts.repeats))
                 for pipeline in opts.pipeline:
                     group = f"e2e-{k}-{s}-{int(pipeline)}-{uuid.uuid4().hex[:4]}"
                     daemon = Daemon(
@@ -295,9 +317,30 @@ def measure(opts: PerfOptions, progress: Callable[[str], object] = print) -> dic
                     key = "e2e_rec_s" if pipeline else "e2e_serial_rec_s"
                     row[key] = e2e
                     row["stage_seconds" if pipeline else "stage_seconds_serial"] = daemon.metrics.stage_totals()
+                    if pipeline and "score_cascade_rec_s" in row:  # the same daemon on the cascade's model, next
+                        settings = daemon_settings(
+                            broker.bootstrap,
+                            topic,
+                            channels,
+                            tmp,
+                            group + "-c",
+                            opts.max_batch,
+                            50,
+                            opts.torch_threads,
+                            pipeline,
+                            "model-cascade",
+                        )
+                        summary = Daemon(settings).run(max_records=opts.records, timeout_s=600)
+                        row["e2e_cascade_rec_s"] = (
+                            summary.records_in / summary.busy_seconds if summary.busy_seconds else 0.0
+                        )
                 progress(
                     f"perf: K={k} S={s} score {score:.0f} learn {learn:.0f} e2e "
-                    + ", ".join(f"{row[key]:.0f}" for key in ("e2e_rec_s", "e2e_serial_rec_s") if key in row)
+                    + ", ".join(
+                        f"{key} {row[key]:.0f}"
+                        for key in ("e2e_rec_s", "e2e_serial_rec_s", "score_cascade_rec_s", "e2e_cascade_rec_s")
+                        if key in row
+                    )
                 )
                 result["grid"].append(row)
         if opts.variants_k:
@@ -312,7 +355,7 @@ def measure(opts: PerfOptions, progress: Callable[[str], object] = print) -> dic
         consume = statistics.median(raw)
         consume_decode = statistics.median(dec)
         for row in result["grid"]:
-            for key in ("e2e_rec_s", "e2e_serial_rec_s"):
+            for key in ("e2e_rec_s", "e2e_serial_rec_s", "e2e_cascade_rec_s"):
                 if key in row:
                     row[key.replace("rec_s", "vs_consume_decode")] = row[key] / consume_decode
                     row[key.replace("rec_s", "vs_hst")] = row[key] / hst
@@ -583,6 +626,10 @@ def markdown(result: dict) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---:|"
         + ("---:|---:|" if any("e2e_serial_rec_s" in r for r in result["grid"]) else ""),
     ]
+    cascade = any("e2e_cascade_rec_s" in r for r in result["grid"])
+    if cascade:
+        lines[-2] += " cascade: rescored | score rec/s | end to end rec/s | e2e / consume+decode |"
+        lines[-1] += "---:|---:|---:|---:|"
     for r in result["grid"]:
         line = (
             f"| {r['k']} ({r['k_active']}) | {r['s']} | {r['score_rec_s']:.0f} | {r['learn_rec_s']:.0f} | "
@@ -591,6 +638,13 @@ def markdown(result: dict) -> str:
         )
         if "e2e_serial_rec_s" in r:
             line += f" {r['e2e_serial_rec_s']:.0f} | {r['e2e_serial_vs_consume_decode']:.2f} |"
+        if cascade:
+            line += (
+                f" {r['cascade_rescored']:.3f} | {r['score_cascade_rec_s']:.0f} | {r['e2e_cascade_rec_s']:.0f} | "
+                f"{r['e2e_cascade_vs_consume_decode']:.2f} |"
+                if "e2e_cascade_rec_s" in r
+                else " | | | |"
+            )
         lines.append(line)
     var = result.get("variants")
     if var:

@@ -167,6 +167,7 @@ def score_stream(
             assets=np.full(len(batch), asset),
             times=None if axis is None else axis[start : start + len(batch)],
             max_gap=detector.config.context.gap_steps,
+            cascade=False,  # every record on the full pass: the score column is one ranking (docs/model.md)
         )
         out.put(start, scored, channels, detector.model.n_active)
         if learn:

@@ -195,6 +195,30 @@ class NoveltyConfig(BaseModel):
         return self
 
 
+class CascadeConfig(BaseModel):
+    """Which records get the full S-sample estimate (model/cascade.py): all, or those a cheap pass cannot clear."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(
+        False,
+        description=(
+            "Score every record on one importance sample first and give only those that could matter the full "
+            "n_samples pass (their decisions and breakdown are the full pass's); off: every record gets it."
+        ),
+    )
+    margin_p: float = Field(
+        0.05,
+        ge=0.05,
+        lt=1,
+        description=(
+            "A record skips the full pass when its first sample's NLL plus log(n_samples), an upper bound on the "
+            "full pass's, lies under the score at this p-value in every mode it could belong to. At least 0.05 "
+            "(higher: more records rescored): the calibration's tail must hold full-pass scores only."
+        ),
+    )
+
+
 class ModelConfig(BaseModel):
     """What shapes the model and how it learns. Saved with every model so a checkpoint knows how it was made."""
 
@@ -233,6 +257,13 @@ class ModelConfig(BaseModel):
         "batch); weights, calibration, replay, drift and the novelty memory still see every record. 4 makes "
         "learning 1.8x cheaper with T2 within noise, but a scattered recurring new mode was added later.",
     )
+    learn_min_resp: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Online steps send each record's ELBO gradient only to experts whose responsibility for it is "
+        "at least this (model/sparse.py): a step costs about the experts that matter, not K. 0: every expert (dense).",
+    )
     replay_size: int = Field(512, ge=1, description="Replay reservoir per expert.")
     replay_per_step: int = Field(64, ge=0, description="Replayed records mixed into each online step.")
     calibration_size: int = Field(2048, ge=16, description="Reference scores kept per mode for p-values.")
@@ -249,6 +280,7 @@ class ModelConfig(BaseModel):
     )
     seed: int = Field(0, description="Seeds sampling and initialisation, for reproducible runs.")
     novelty: NoveltyConfig = Field(default_factory=NoveltyConfig)
+    cascade: CascadeConfig = Field(default_factory=CascadeConfig)
     poison: PoisonConfig = Field(default_factory=PoisonConfig)
     context: ContextConfig = Field(default_factory=ContextConfig)
 
@@ -256,6 +288,8 @@ class ModelConfig(BaseModel):
     def _thresholds_ordered(self) -> ModelConfig:
         if self.learn_threshold < self.threshold:
             raise ValueError("learn_threshold must be >= threshold: a record flagged anomalous must never be learned")
+        if self.cascade.margin_p < self.learn_threshold:
+            raise ValueError("cascade.margin_p must be >= learn_threshold: a record refused for learning is rescored")
         if self.clip_threshold is not None and self.clip_threshold > self.learn_threshold:
             raise ValueError("clip_threshold must be <= learn_threshold: records the model learns are never clipped")
         return self

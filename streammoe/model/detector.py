@@ -225,6 +225,7 @@ class MixtureDetector:
         times: np.ndarray | None = None,
         max_gap: float = math.inf,
         update_context: bool = True,
+        cascade: bool = True,
     ) -> ScoredBatch:
         """Score records (B, C) against what was learned so far; never learns (but moves the context on).
 
@@ -233,7 +234,8 @@ class MixtureDetector:
         one), `times` its time (in the unit of `max_gap`; default: one step per record), and `update_context`
         False scores records the context already holds without adding them again. `missing` (B, C) bool marks
         channels without a reading (whatever `x` holds there): such a record is scored on the inputs present
-        (its missing channels' context features are missing too; `ScoredBatch.partial`) and never learned."""
+        (its missing channels' context features are missing too; `ScoredBatch.partial`) and never learned.
+        `cascade` False: every record on the full pass even with `ModelConfig.cascade` on (one ranking, offline)."""
         b = len(x)
         start = self.counters["records_scored"]
         refs_t = torch.as_tensor(np.arange(start, start + b) if refs is None else np.asarray(refs, np.int64))
@@ -246,7 +248,7 @@ class MixtureDetector:
                 keep &= ~mask.any(dim=1)
             built = self.inputs.build(xt, assets, times, max_gap, keep, update_context)
             xt = fill_partial(built, self.model, self.n_channels)
-        scored = score_records(self.model, self.config, self.limits, xt, self.generator, self.counters, mask)
+        scored = score_records(self.model, self.config, self.limits, xt, self.generator, self.counters, mask, cascade)
         scored.refs, scored.timestamps = refs_t.to(self.device), ts_t.to(self.device)
         if self.inputs.enabled:  # shares per input for explanations, summed per channel for incidents
             scored.input_names, scored.input_share = self.inputs.names, scored.channel_share
@@ -268,9 +270,9 @@ class MixtureDetector:
         not_fault = model.status[ev.mode] != STATUS_FAULT
         calibrate = usable & not_fault
         learn = calibrate & (log_p >= math.log(cfg.learn_threshold))
-        calibrate_capped(model, ev.mode[calibrate], nll[calibrate])
+        calibrate_capped(model, ev.mode[calibrate], scored.censored(nll)[calibrate])
         n = int(learn.sum())
-        report = LearnReport(learned=n, drift=self.drift.update(nll[usable]))
+        report = LearnReport(learned=n, drift=self.drift.update(scored.drift_nll(nll)[usable]))
         self.counters["drifts"] += report.drift
         # gamma decays by the records learned, not all records: decaying by all was tried and made T3 worse
         # (SMD 1-2 -> 1-3, false alarms at the end of b.train 0.53 vs 0.17): known modes faded during the

@@ -155,8 +155,8 @@ class StackedVAE(nn.Module):
         return torch.logsumexp(s.log_w, dim=1) - math.log(n_samples)
 
     def elbo(self, x: Tensor, idx: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
-        """Single-sample ELBO of raw records with the analytic KL term, (K, B): the training objective (low
-        variance), on the original scale (log-Jacobian included)."""
+        """Single-sample ELBO of raw records (B, C), or of each expert's own (K, B, C), with the analytic KL
+        term, (K, B): the training objective (low variance), on the original scale (log-Jacobian included)."""
         w = self._weights(idx)
         mu, logvar = self.encode(x, w)
         eps = torch.randn(mu.shape, generator=generator, device=x.device, dtype=x.dtype)
@@ -168,8 +168,9 @@ class StackedVAE(nn.Module):
 
 
 def standardise(x: Tensor, w: dict[str, Tensor]) -> Tensor:
-    """Raw records (B, C) in each selected expert's own units, (K, B, C), clipped at +-CLIP."""
-    return ((x.unsqueeze(0) - w["loc"]) / w["scale"]).clamp(-CLIP, CLIP)
+    """Raw records (B, C), or (K, B, C) with each expert's own records (model/sparse.py), in each selected
+    expert's own units, (K, B, C), clipped at +-CLIP."""
+    return (((x.unsqueeze(0) if x.dim() == 2 else x) - w["loc"]) / w["scale"]).clamp(-CLIP, CLIP)
 
 
 def importance_from_eps(

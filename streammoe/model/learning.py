@@ -10,6 +10,7 @@ from torch.optim.optimizer import ParamsT
 
 from streammoe.model.config import ModelConfig
 from streammoe.model.mixture import MixtureOfVAEs
+from streammoe.model.sparse import sparse_loss
 
 MAX_GRAD_NORM = 10.0
 
@@ -55,13 +56,17 @@ class ExpertLearner:
         idx = torch.nonzero(model.active).flatten()
         if x.shape[0] == 0 or idx.numel() == 0:
             return StepResult(False, 0.0, "empty")
-        elbo = model.experts.elbo(x, idx, self.generator)  # (Ka, N)
-        if resp is None:
-            prior = elog_pi if elog_pi is not None else model.weights.expected_log_pi(model.active)
-            r = torch.softmax(elbo.detach() + prior[idx].to(elbo.dtype)[:, None], dim=0)
+        min_resp = model.config.learn_min_resp
+        if resp is not None and min_resp > 0:  # given responsibilities: only the pairs that matter (model/sparse.py)
+            loss = sparse_loss(model.experts, x, resp[:, idx].T.to(x.dtype), idx, min_resp, self.generator)
         else:
-            r = resp[:, idx].T.to(elbo.dtype)
-        loss = -(r * elbo).sum() / x.shape[0]
+            elbo = model.experts.elbo(x, idx, self.generator)  # (Ka, N)
+            if resp is None:
+                prior = elog_pi if elog_pi is not None else model.weights.expected_log_pi(model.active)
+                r = torch.softmax(elbo.detach() + prior[idx].to(elbo.dtype)[:, None], dim=0)
+            else:
+                r = resp[:, idx].T.to(elbo.dtype)
+            loss = -(r * elbo).sum() / x.shape[0]
         if not torch.isfinite(loss):
             return StepResult(False, float("nan"), "non-finite loss")
         self.optimizer.zero_grad(set_to_none=True)

@@ -92,12 +92,22 @@ class MixtureOfVAEs(nn.Module):
         return max(32, 8192 // per_row)
 
     @torch.no_grad()
+    def draw_noise(self, x: Tensor, n_samples: int, generator: torch.Generator | None = None) -> Tensor:
+        """The noise `evaluate(x, n_samples, generator)` would draw, (K_active, S, B, Z): chunk by chunk in the
+        same shapes, so the generator advances the same and row i gets the same noise (model/cascade.py
+        rescores a subset of rows with exactly the full pass's noise)."""
+        ka = self.n_active
+        rows = self.chunk_rows(ka, n_samples)
+        return torch.cat([self.experts.draw_eps(ka, n_samples, c, generator) for c in x.split(rows)], dim=2)
+
+    @torch.no_grad()
     def evaluate(
         self,
         x: Tensor,
         n_samples: int,
         generator: torch.Generator | None = None,
         observed: Tensor | None = None,
+        noise: Tensor | None = None,
     ) -> Evaluation:
         """Batched E-step over all active experts, chunked over rows, on raw finite records (each expert
         standardises them its own way; likelihoods are on the original scale).
@@ -107,7 +117,11 @@ class MixtureOfVAEs(nn.Module):
         over them. None (every dimension observed) runs the full pass unchanged.
 
         The noise is drawn here, chunk by chunk, so the random stream is the same whether or not the statistics
-        run compiled (`use_compiled`) or under autocast (`autocast_dtype`, CUDA: float16/bfloat16)."""
+        run compiled (`use_compiled`) or under autocast (`autocast_dtype`, CUDA: float16/bfloat16). `noise`
+        (K_active, S, B, Z) replaces the draw (S is then its second dimension): a slice of `draw_noise` gives
+        some of its rows their full-pass samples (model/cascade.py)."""
+        if noise is not None:
+            n_samples = noise.shape[1]
         idx = torch.nonzero(self.active).flatten()
         if idx.numel() == 0:
             raise RuntimeError("the mixture has no active expert: fit it or warm it up first")
@@ -125,8 +139,10 @@ class MixtureOfVAEs(nn.Module):
         parts = []
         rows = self.chunk_rows(idx.numel(), n_samples)
         masks = [None] * len(x.split(rows)) if observed is None else observed.to(x.dtype).split(rows)
-        for chunk, mask in zip(x.split(rows), masks):
-            eps = self.experts.draw_eps(idx.numel(), n_samples, chunk, generator)
+        given = [None] * len(masks) if noise is None else noise.split(rows, dim=2)
+        for chunk, mask, eps in zip(x.split(rows), masks, given):
+            if eps is None:
+                eps = self.experts.draw_eps(idx.numel(), n_samples, chunk, generator)
             if self.autocast_dtype is not None:
                 with torch.autocast(chunk.device.type, dtype=self.autocast_dtype):
                     out = stats(chunk, eps, w, elog_pi, log_pibar, mask)

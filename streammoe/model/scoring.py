@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from streammoe.model.cascade import cascade_evaluate
 from streammoe.model.config import ModelConfig
 from streammoe.model.mixture import STATUS_FAULT, Evaluation, MixtureOfVAEs
 from streammoe.model.partial import partial_log_p
@@ -49,6 +50,10 @@ class ScoredBatch:
     # and each input's share (B, C + F*C); `channel_share` then sums each channel's inputs.
     input_names: list[str] | None = field(default=None, repr=False)
     input_share: np.ndarray | None = field(default=None, repr=False)
+    # With the cascade (model/cascade.py): rows that got the full S-sample pass (the others carry the first
+    # pass's results), and the first pass's NLL of every row. None: every row got the full pass.
+    rescored: torch.Tensor | None = field(default=None, repr=False)
+    first_nll: torch.Tensor | None = field(default=None, repr=False)
     # Per record, by how many of its expert's predicted standard deviations its worst channel misses what the
     # expert reconstructs (the square root of the largest channel misfit; +inf when not finite): a spike on a
     # channel is tens of them out, an odd but plausible record a few (incidents.opens_at_once reads it).
@@ -71,6 +76,15 @@ class ScoredBatch:
         if self.missing.shape[0] != len(self):
             return np.zeros(len(self), bool)
         return np.asarray(self.missing.any(axis=1))
+
+    def censored(self, nll: torch.Tensor) -> torch.Tensor:
+        """`nll` as the calibration takes it: full-pass scores only, rows the cascade cleared censored (-inf,
+        known to lie under its margin)."""
+        return nll if self.rescored is None else torch.where(self.rescored, nll, torch.full_like(nll, -math.inf))
+
+    def drift_nll(self, nll: torch.Tensor) -> torch.Tensor:
+        """One estimate for every record for the drift detector: the first pass's under the cascade."""
+        return nll if self.first_nll is None else self.first_nll
 
     def top_channels(self, i: int, n: int = 3) -> list[tuple[int, float]]:
         """The `n` inputs with the largest share of record i's misfit, as (index into `names(channels)`, share):
@@ -101,9 +115,12 @@ def score_records(
     generator: torch.Generator,
     counters: dict[str, int],
     missing: torch.Tensor | None = None,
+    cascade: bool = True,
 ) -> ScoredBatch:
     """Score records `xt` (B, C), already on the model's device; adds to `counters` (records_scored,
     non_finite, out_of_range, partial). Non-finite rows are zeroed before the model sees them and always alert.
+    With `cascade` and `config.cascade.enabled`, only the records a first pass cannot clear get the full pass
+    (model/cascade.py; partial rows always do).
 
     `missing` (B, C) bool marks input dimensions without a reading (their values are ignored): such a row is
     scored on the dimensions present; a row with none present is not finite."""
@@ -117,7 +134,12 @@ def score_records(
         valid &= observed.any(dim=1)
     xt = torch.where(valid[:, None], xt, torch.zeros_like(xt))
     in_range = ~limits.poisoned(xt, observed)
-    ev = model.evaluate(xt, config.n_samples, generator, observed)
+    rescored = first_nll = None
+    if cascade and config.cascade.enabled and config.n_samples > 1:
+        must = ~valid | ~in_range | (torch.zeros_like(valid) if observed is None else ~observed.all(dim=1))
+        ev, rescored, first_nll = cascade_evaluate(model, xt, config.n_samples, generator, must, observed)
+    else:
+        ev = model.evaluate(xt, config.n_samples, generator, observed)
     finite = valid & torch.isfinite(ev.log_px)
     counters["non_finite"] += int((valid & ~finite).sum())
     counters["out_of_range"] += int((finite & ~in_range).sum())
@@ -150,4 +172,6 @@ def score_records(
         evaluation=ev,
         usable_rows=finite & in_range & ~partial,
         deviation=dev_h,
+        rescored=rescored,
+        first_nll=first_nll,
     )
