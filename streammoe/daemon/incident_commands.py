@@ -56,12 +56,15 @@ class IncidentCommands:
         inc = _known(known, tracker, str(cmd.incident_id))
         if state.detector is None:
             raise ControlError("the scope has no model yet (warming up)")
-        if inc.mode_event is not None and inc.kind == "new_mode":  # its records are an expert now: judge that one
+        event = inc.mode_event if inc.kind == "new_mode" else None
+        if event is not None:  # its records are an expert now: judge that one
             status = "confirmed" if cmd.verdict == "normal" else "fault"
-            expert, named = int(inc.mode_event["expert"]), inc.mode_event.get("expert_id")
+            expert, named = int(event["expert"]), event.get("expert_id")
             self.mark_expert(
                 state, ExpertVerdict(state.scope, expert, status, cmd.operator, cmd.note, named), by["control_source"]
             )
+            if status == "fault":  # as a verdict on the expert does (incidents/operator.expert_judged)
+                inc.kind = "anomaly"
         refs = [(p << REF_PARTITION_SHIFT) | o for p, o in inc.records_at]
         taught = teach(state.detector, refs) if cmd.verdict == "normal" else forget(state.detector, refs)
         verdict = {
@@ -70,7 +73,7 @@ class IncidentCommands:
             "learned": taught.learned,
             "forgotten": taught.records if cmd.verdict == "fault" else 0,
             "via": "incident",
-            "detail": _detail(inc, taught.records, str(cmd.verdict)),
+            "detail": None if event is not None else _detail(inc, taught.records, str(cmd.verdict)),
         }
         return judge(tracker, inc, verdict)
 
@@ -83,7 +86,8 @@ def _known(act: Callable[..., Any], tracker: IncidentTracker, incident_id: str, 
 
 
 def _detail(inc: Incident, remembered: int, verdict: str) -> str | None:
-    """Say when the records are gone: the model keeps only its latest unexplained records."""
+    """Say when the records are gone: the model keeps only its latest unexplained records. (Not asked for a
+    `new_mode` incident: its records left the memory because they became the expert the verdict marks.)"""
     if remembered >= min(inc.count, len(inc.records_at)):
         return None
     what = "learned" if verdict == "normal" else "kept out of learning"
