@@ -206,6 +206,6 @@ class IncidentPublisher:
             scope = str(change.body["scope"])
             if change.status == "opened":
                 self.metrics.incidents_opened.labels(scope).inc()
-            elif change.status == "resolved":
+            elif change.status == "resolved" and not change.repeat:  # resolutions, not messages
                 self.metrics.incidents_resolved.labels(scope, change.body["resolution"]["by"]).inc()
         self.published += len(changes)

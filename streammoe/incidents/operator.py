@@ -13,7 +13,7 @@ from typing import Any
 
 from streammoe.incidents.incident import Incident
 from streammoe.incidents.mutes import Mute
-from streammoe.incidents.tracker import Change, IncidentTracker
+from streammoe.incidents.tracker import Change, IncidentTracker, republish
 
 
 class UnknownIncident(KeyError):
@@ -38,7 +38,7 @@ def known(tracker: IncidentTracker, incident_id: str) -> Incident:
 
 
 def _republish(tracker: IncidentTracker, inc: Incident) -> list[Change]:
-    return [tracker.emit(inc, "resolved" if inc.resolution is not None else "updated")]
+    return [republish(tracker, inc)]
 
 
 def acknowledge(tracker: IncidentTracker, incident_id: str, by: dict[str, Any]) -> list[Change]:

@@ -45,6 +45,7 @@ class Change:
     status: str
     sequence: int
     body: dict[str, Any]
+    repeat: bool = False  # a resolved incident published again (an operator's command on it): not a new resolution
 
 
 @dataclass
@@ -170,14 +171,14 @@ class IncidentTracker:
 
     # ---- messages -------------------------------------------------------------------------------------------
 
-    def emit(self, inc: Incident, status: str) -> Change:
+    def emit(self, inc: Incident, status: str, repeat: bool = False) -> Change:
         """The incident's next message (also for operator commands: incidents/operator.py)."""
         top = inc.top_channels(self.channels, 1)
         inc.muted = self.kept.mutes.covers(inc.asset, inc.last_ts, top[0]["channel"] if top else None)
         inc.sequence += 1
         body = inc.body(self.channels, self.settings.top_channels)
         inc.published = {"ts": inc.last_ts, "count": inc.count, "severity": inc.severity, "kind": inc.kind}
-        return Change(status, inc.sequence, body)
+        return Change(status, inc.sequence, body, repeat)
 
     def _publish_open(self, inc: Incident, pending: _Pending) -> list[Change]:
         if inc.id in pending.unopened:
@@ -208,7 +209,7 @@ class IncidentTracker:
         if state is not None and state.open is inc:
             state.open, state.recent = None, None
             return self._resolve(inc, _Pending(), by, inc.last_ts, inc.last_source)
-        return [self.emit(inc, "resolved" if inc.resolution is not None else "updated")]
+        return [republish(self, inc)]
 
     # ---- outside the records --------------------------------------------------------------------------------
 
@@ -256,6 +257,14 @@ class IncidentTracker:
     def load_state(self, state: dict[str, Any], now: float) -> None:
         """Restore `to_state`; the stale clock restarts at `now` (a restart is not an asset falling silent)."""
         self.kept = state_from_json(state, len(self.channels), now)
+
+
+def republish(tracker: IncidentTracker, inc: Incident) -> Change:
+    """The incident's next message after an operator changed it: `updated`, or `resolved` again if it was (a
+    repeat: the metrics count resolutions, not messages)."""
+    if inc.resolution is not None:
+        return tracker.emit(inc, "resolved", repeat=True)
+    return tracker.emit(inc, "updated")
 
 
 def rows_of(batch: Batch, flagged: np.ndarray, c: int) -> Rows:

@@ -185,3 +185,26 @@ def test_a_fault_verdict_on_a_new_mode_incident_makes_it_an_anomaly_as_one_on_it
     assert last["status"] == "updated" and last["kind"] == "anomaly" and last["mode_event"]["expert"] == 0
     assert last["verdict"]["verdict"] == "fault" and last["verdict"]["detail"] is None, last["verdict"]
     assert daemon.state.detector.expert_status()[0] == "fault"
+
+
+def test_a_command_on_a_resolved_incident_publishes_it_again_without_counting_a_second_resolution(
+    tmp_path: Path,
+) -> None:
+    daemon, clients = make(tmp_path)
+    daemon.state.detector = fitted()
+    inc = problem(daemon, clients, np.random.default_rng(0))
+    assert inc["status"] == "resolved"
+    r = daemon.metrics.registry
+
+    def resolved() -> float | None:
+        return r.get_sample_value("streammoe_incidents_resolved_total", {"scope": "global", "by": "quiet"})
+
+    once = resolved()
+    assert once is not None and once >= 1
+    control(clients, command="acknowledge", incident_id=inc["incident_id"], operator="alice")
+    control(clients, command="verdict", incident_id=inc["incident_id"], verdict="fault", operator="alice")
+    daemon.verdicts.apply()
+    clients.sink_client.flush()
+    again = [m for m in incidents(clients) if m["incident_id"] == inc["incident_id"]][-2:]
+    assert [m["status"] for m in again] == ["resolved", "resolved"], "published again, as docs/alerts.md says"
+    assert resolved() == once, "one incident resolved once: the metric counts resolutions, not messages"
