@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import numpy as np
@@ -154,36 +155,34 @@ def test_a_verdict_on_an_expert_closes_its_new_mode_incident(tmp_path: Path) -> 
     INCIDENTS.validate(last)
 
 
-def test_a_normal_verdict_on_a_new_mode_incident_confirms_its_expert_and_says_nothing_is_lost(tmp_path: Path) -> None:
-    """Its records became an expert (the memory let them go when it grew): the verdict confirms that expert, and
-    its detail must not say that records are gone and the pattern may alarm again."""
+def verdict_on_new_mode_incident(tmp_path: Path, verdict: str) -> tuple[Any, dict]:
+    """A fitted daemon's new_mode incident (expert 0 added from offsets 5-35) given `verdict` by an operator: the
+    daemon and the incident's last message, after checking nothing was dead-lettered and the message is valid."""
     event = ModeEvent("mode_added", 0, 30, first_ref=(0 << REF_PARTITION_SHIFT) | 5, last_ref=35, detail={})
     daemon, clients = publish_mode_added(tmp_path, event)
     clients.sink_client.flush()
     (incident_id,) = {m["incident_id"] for m in incidents(clients) if m["kind"] == "new_mode"}
-    control(clients, command="verdict", incident_id=incident_id, verdict="normal", operator="alice")
+    control(clients, command="verdict", incident_id=incident_id, verdict=verdict, operator="alice")
     daemon.verdicts.apply()
     clients.sink_client.flush()
     assert not dead(clients)
     last = incidents(clients)[-1]
     INCIDENTS.validate(last)
+    assert last["verdict"]["verdict"] == verdict and last["verdict"]["detail"] is None, last["verdict"]
+    return daemon, last
+
+
+def test_a_normal_verdict_on_a_new_mode_incident_confirms_its_expert_and_says_nothing_is_lost(tmp_path: Path) -> None:
+    """Its records became an expert (the memory let them go when it grew): the verdict confirms that expert, and
+    its detail must not say that records are gone and the pattern may alarm again."""
+    daemon, last = verdict_on_new_mode_incident(tmp_path, "normal")
     assert last["status"] == "resolved" and last["resolution"]["by"] == "operator"
-    assert last["verdict"]["verdict"] == "normal" and last["verdict"]["detail"] is None, last["verdict"]
     assert daemon.state.detector.expert_status()[0] == "confirmed"
 
 
 def test_a_fault_verdict_on_a_new_mode_incident_makes_it_an_anomaly_as_one_on_its_expert_would(tmp_path: Path) -> None:
-    event = ModeEvent("mode_added", 0, 30, first_ref=(0 << REF_PARTITION_SHIFT) | 5, last_ref=35, detail={})
-    daemon, clients = publish_mode_added(tmp_path, event)
-    clients.sink_client.flush()
-    (incident_id,) = {m["incident_id"] for m in incidents(clients) if m["kind"] == "new_mode"}
-    control(clients, command="verdict", incident_id=incident_id, verdict="fault", operator="alice")
-    daemon.verdicts.apply()
-    clients.sink_client.flush()
-    last = incidents(clients)[-1]
-    INCIDENTS.validate(last)
+    daemon, last = verdict_on_new_mode_incident(tmp_path, "fault")
     assert last["status"] == "updated" and last["kind"] == "anomaly" and last["mode_event"]["expert"] == 0
-    assert last["verdict"]["verdict"] == "fault" and last["verdict"]["detail"] is None, last["verdict"]
     assert daemon.state.detector.expert_status()[0] == "fault"
 
 

@@ -1,6 +1,6 @@
 """Issue 18's demo goal measured offline at demo seeds 0, 1 and 2 (benchmarks/demo_faults.py: the demo's
 schedule and fit, fixed batches, the daemon's incident tracker): every fault episode one incident (at most two),
-the new mode one `new_mode` incident, and at most 3 false incidents (3, 3 and 1 measured: the stream's first
+the new mode one `new_mode` incident, and at most 3 false incidents (3, 3 and 2 measured at dabdde9: the stream's first
 records while the simulated temperature settles, and the A->B and B->A switches, which the fit never saw)."""
 
 from __future__ import annotations
