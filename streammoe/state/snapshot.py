@@ -1,7 +1,9 @@
 """Scope snapshots on a Kafka topic: how a worker hands a model scope to the worker that takes its partitions.
 
-A snapshot is the scope's model directory (the same files a checkpoint holds, `persistence.save_detector`) as one
-tar blob, cut into chunks, plus a manifest that names them and carries the input offsets the model has learned.
+A snapshot is the scope's model directory (the same files a checkpoint holds, `persistence.save_detector`) and its
+incident state (`incidents.json`) as one tar blob, cut into chunks, plus a manifest that names them and carries the
+input offsets the model has learned. The incident state rides in the blob, not the manifest: with its kept record
+positions and resolved incidents it can pass 1 MB, Kafka's default message limit, and only chunks are cut to fit.
 The topic is meant to be compacted, so keys are chosen for compaction to keep a whole snapshot:
 
     manifest   key  "<scope>"                       JSON: id, slot, chunk count, size, sha256, learned offsets
@@ -66,9 +68,11 @@ class SnapshotTransport(Protocol):
 
 
 # 1: model and learned offsets; 2: also the scope's incident state (a version-1 manifest has none); 3: also when
-# the model's lineage began (`born_ms`; versions 1 and 2 read as 0, unknown).
-MANIFEST_VERSION = 3
-READABLE_MANIFESTS = (1, 2, 3)
+# the model's lineage began (`born_ms`; versions 1 and 2 read as 0, unknown); 4: the incident state moved from the
+# manifest into the chunked blob (member INCIDENTS_MEMBER), so the manifest stays small (versions 2 and 3: inline).
+MANIFEST_VERSION = 4
+READABLE_MANIFESTS = (1, 2, 3, 4)
+INCIDENTS_MEMBER = "incidents.json"
 
 
 @dataclass
@@ -83,7 +87,7 @@ class Manifest:
     learned_offsets: dict[str, dict[int, int]]
     written_at: float = field(default_factory=time.time)
     partition: int = -1  # the input partition the scope's records arrive on; -1: not tied to one
-    incidents: dict | None = None  # the scope's incident state (IncidentTracker.to_state), as in checkpoints
+    incidents: dict | None = None  # versions 2 and 3 only: the incident state inline (version 4: in the blob)
     born_ms: int = 0  # ModelState.born_ms: when the model's lineage began (0: unknown)
     version: int = MANIFEST_VERSION
 
@@ -93,7 +97,7 @@ class Manifest:
     @classmethod
     def from_bytes(cls, raw: bytes) -> Manifest:
         """Version 1 (no `version`, no incident state) is read as a manifest without open incidents; versions 1 and
-        2 (no `born_ms`) with born_ms 0."""
+        2 (no `born_ms`) with born_ms 0; versions 2 and 3 carry the incident state inline, which `unpack` uses."""
         d = orjson.loads(raw)
         d["learned_offsets"] = offsets_from_json(d["learned_offsets"])
         d.setdefault("version", 1)
@@ -110,7 +114,7 @@ def chunk_key(scope: str, slot: int, index: int) -> str:
 
 
 def pack(state: ModelState) -> bytes:
-    """The scope's model directory as an uncompressed tar (torch tensors barely compress)."""
+    """The scope's model directory and incident state as an uncompressed tar (torch tensors barely compress)."""
     if state.detector is None:
         raise SnapshotError(f"scope {state.scope!r} has no model yet (warming up): nothing to snapshot")
     with tempfile.TemporaryDirectory() as tmp:
@@ -121,13 +125,28 @@ def pack(state: ModelState) -> bytes:
         with tarfile.open(fileobj=buf, mode="w") as tar:
             for f in sorted(model.iterdir()):
                 tar.add(f, arcname=f.name)
+            if state.incidents is not None:
+                raw = orjson.dumps(state.incidents)
+                info = tarfile.TarInfo(INCIDENTS_MEMBER)
+                info.size = len(raw)
+                tar.addfile(info, io.BytesIO(raw))
     return buf.getvalue()
 
 
 def unpack(blob: bytes, manifest: Manifest, channels: list[str]) -> ModelState:
+    """The model state of a snapshot; the incident state from the blob (version 4) or the manifest (2 and 3)."""
+    incidents = manifest.incidents
     with tempfile.TemporaryDirectory() as tmp:
         with tarfile.open(fileobj=io.BytesIO(blob), mode="r") as tar:
-            tar.extractall(tmp, filter="data")
+            members = tar.getmembers()
+            model = [m for m in members if m.name != INCIDENTS_MEMBER]
+            tar.extractall(tmp, members=model, filter="data")
+            for m in members:
+                if m.name == INCIDENTS_MEMBER and (f := tar.extractfile(m)) is not None:
+                    try:
+                        incidents = orjson.loads(f.read())
+                    except orjson.JSONDecodeError as e:
+                        raise ModelLoadError(f"snapshot of scope {manifest.scope!r}: unreadable incident state: {e}")
         detector = load_detector(tmp, channels=channels)
     return ModelState(
         manifest.scope,
@@ -135,7 +154,7 @@ def unpack(blob: bytes, manifest: Manifest, channels: list[str]) -> ModelState:
         manifest.lineage,
         "snapshot",
         {t: dict(ps) for t, ps in manifest.learned_offsets.items()},
-        incidents=manifest.incidents,
+        incidents=incidents,
         born_ms=manifest.born_ms,
     )
 
@@ -162,7 +181,6 @@ class SnapshotWriter:
             state.lineage,
             {t: dict(ps) for t, ps in state.learned_offsets.items()},
             partition=partition,
-            incidents=state.incidents,
             born_ms=state.born_ms,
         )
         headers: Headers = [("snapshot_id", manifest.snapshot_id.encode())]

@@ -73,7 +73,7 @@ def test_the_birth_time_travels_with_checkpoints_and_snapshots(tmp_path: Path) -
 
     topic = MemorySnapshotTopic(partitions=1)
     manifest = SnapshotWriter(topic).write(state, partition=0)
-    assert manifest.version == 3 and manifest.born_ms == 1_700_000_000_000
+    assert manifest.version == 4 and manifest.born_ms == 1_700_000_000_000
     states, _ = read_latest(topic, CHANNELS)
     assert states["global"].born_ms == 1_700_000_000_000
     v2 = orjson.loads(manifest.to_bytes())

@@ -1,4 +1,5 @@
-"""A scope snapshot carries the scope's incident state (manifest version 2); a version-1 manifest has none."""
+"""A scope snapshot carries the scope's incident state (in the chunked blob since manifest version 4; inline in the
+manifest in versions 2 and 3); a version-1 manifest has none."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ def test_the_incident_state_travels_with_the_snapshot() -> None:
     topic = MemorySnapshotTopic(partitions=1)
     state = ModelState("s", fitted(), lineage="lin", learned_offsets={"in": {0: 10}}, incidents=INCIDENTS)
     manifest = SnapshotWriter(topic).write(state, partition=0)
-    assert manifest.version == 3
+    assert manifest.version == 4 and manifest.incidents is None, "the state is in the chunks, not the manifest"
     states, _ = read_latest(topic, CHANNELS)
     assert states["s"].incidents == INCIDENTS
 
@@ -51,3 +52,33 @@ def test_mutes_and_acknowledgements_travel_with_the_snapshot() -> None:
     taken.load_state(states["s"].incidents, now=0.0)  # type: ignore[arg-type]
     assert taken.open_incidents()[0].acknowledged == by
     assert taken.kept.mutes.covers("pump-1", 5, "b") and not taken.kept.mutes.covers("pump-1", 5, "a")
+
+
+def test_a_large_incident_state_travels_in_chunks_under_the_chunk_size() -> None:
+    """Full incidents (2048 record positions each) and 64 resolved ones reach ~1.7 MB: past Kafka's 1 MB message
+    limit if the manifest carried them, so every message must stay under the chunk size."""
+    records_at = [[i, 1_700_000_000_000 + i] for i in range(2048)]
+    big = {
+        "version": 2,
+        "next_offsets": {"in": {"0": 10}},
+        "resolved": [{"incident_id": f"s-{i}", "records_at": records_at} for i in range(65)],
+    }
+    assert len(orjson.dumps(big)) > 1_000_000
+    topic = MemorySnapshotTopic(partitions=1)
+    writer = SnapshotWriter(topic, chunk_bytes=256 * 1024)
+    state = ModelState("s", fitted(), lineage="lin", learned_offsets={"in": {0: 10}}, incidents=big, born_ms=7)
+    manifest = writer.write(state, partition=0)
+    sizes = {k: len(v) for k, v, _ in topic.logs[0]}
+    assert max(sizes.values()) <= 256 * 1024 and sizes["s"] < 4096, sizes
+    states, _ = read_latest(topic, CHANNELS)
+    assert states["s"].incidents == big and states["s"].born_ms == 7 and manifest.chunks > 1
+
+
+def test_a_version_3_manifest_with_the_incident_state_inline_still_loads() -> None:
+    topic = MemorySnapshotTopic(partitions=1)
+    state = ModelState("s", fitted(), lineage="lin", learned_offsets={"in": {0: 10}}, born_ms=5)
+    SnapshotWriter(topic).write(state, partition=0)  # a blob with no incident member, as version 3 wrote it
+    v3 = {**orjson.loads(topic.logs[0][-1][1]), "version": 3, "incidents": INCIDENTS}
+    topic.send("s", orjson.dumps(v3), None, 0)
+    states, manifests = read_latest(topic, CHANNELS)
+    assert manifests["s"].version == 3 and states["s"].incidents == INCIDENTS and states["s"].born_ms == 5
