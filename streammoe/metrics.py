@@ -68,6 +68,12 @@ class Metrics:
         self._scopes_with_series: set[str] = set()
         self.records_in = counter("streammoe_records_in", "Input records consumed.")
         self.dead_letters = counter("streammoe_dead_letters", "Records dead-lettered, by reason.", ["reason"])
+        self.control_skipped = counter(
+            "streammoe_control_skipped",
+            "Control commands skipped, not dead-lettered, by reason (before_model: on an incident of an earlier "
+            "model, sent before this model's lineage began).",
+            ["reason"],
+        )
         self.alerts = counter("streammoe_alerts", "Alerts published, by severity.", ["severity"])
         self.non_alerts = counter("streammoe_non_alerts", "Valid records that raised no alert (incl. warm-up).")
         self.warmup_records = counter("streammoe_warmup_records", "Records learned during warm-up, unscored.")

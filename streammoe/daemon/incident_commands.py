@@ -4,7 +4,8 @@ Acknowledgements and mutes change only the scope's incident state; a verdict on 
 model (model/teaching.py): `normal` teaches it the incident's records it still remembers and closes the
 incident, `fault` keeps them out of learning for good; on a `new_mode` incident it also marks the expert
 (`confirmed` or `fault`), as a verdict on that expert would. What cannot be applied raises ControlError, which
-the caller dead-letters as `bad_control`.
+the caller dead-letters as `bad_control`; a command on an unknown incident sent before the model's lineage began
+raises SentBeforeModel instead, which the caller counts and skips (see its docstring).
 """
 
 from __future__ import annotations
@@ -29,19 +30,33 @@ log = get_logger("streammoe.daemon")
 MarkExpert = Callable[[ModelState, ExpertVerdict, dict[str, Any]], None]  # Verdicts: without the incident link
 
 
+class SentBeforeModel(Exception):
+    """A command on an incident this model does not know, sent before the model's lineage began (`born_ms`).
+
+    A fresh model (a bootstrap directory, a warm-up) reads the control topic from its beginning; every acknowledge
+    or verdict there names an incident of an earlier model. Dead-lettering each would flood the dead-letter topic
+    after every fresh start, so they are skipped, counted (`streammoe_control_skipped_total{reason="before_model"}`)
+    and summed up in one log line per poll. An unknown incident in a command sent after the birth is `bad_control`.
+    """
+
+
 class IncidentCommands:
     def __init__(self, incidents: IncidentPublisher | None, mark_expert: MarkExpert) -> None:
         self.incidents, self.mark_expert = incidents, mark_expert
 
-    def apply(self, state: ModelState, cmd: IncidentCommand, control_source: dict[str, Any]) -> None:
+    def apply(
+        self, state: ModelState, cmd: IncidentCommand, control_source: dict[str, Any], sent_ms: int | None = None
+    ) -> None:
+        """Apply `cmd`, sent at `sent_ms` (its Kafka timestamp, epoch ms; None: unknown)."""
         publisher = self.incidents
         if publisher is None or not publisher.incidents.enabled:
             raise ControlError("incidents are off (STREAMMOE_INCIDENTS__ENABLED=false): nothing to apply it to")
         by = cmd.by(control_source)
+        early = bool(state.born_ms) and sent_ms is not None and sent_ms < state.born_ms
         if cmd.command == "verdict":
-            publisher.act(state.scope, lambda t: self._verdict(state, t, cmd, by))
+            publisher.act(state.scope, lambda t: self._verdict(state, t, cmd, by, early))
         elif cmd.command == "acknowledge":
-            publisher.act(state.scope, lambda t: _known(acknowledge, t, str(cmd.incident_id), by))
+            publisher.act(state.scope, lambda t: _known(acknowledge, t, str(cmd.incident_id), early, by))
         elif cmd.command == "mute":
             assert cmd.asset is not None and cmd.until is not None  # parse_incident_command sets both for a mute
             muting = Mute(cmd.asset, cmd.channel, cmd.until, by)  # built here, where mypy sees them narrowed
@@ -51,9 +66,9 @@ class IncidentCommands:
         log.info("incident_command", scope=state.scope, command=cmd.command, operator=cmd.operator)
 
     def _verdict(
-        self, state: ModelState, tracker: IncidentTracker, cmd: IncidentCommand, by: dict[str, Any]
+        self, state: ModelState, tracker: IncidentTracker, cmd: IncidentCommand, by: dict[str, Any], early: bool
     ) -> list[Change]:
-        inc = _known(known, tracker, str(cmd.incident_id))
+        inc = _known(known, tracker, str(cmd.incident_id), early)
         if state.detector is None:
             raise ControlError("the scope has no model yet (warming up)")
         event = inc.mode_event if inc.kind == "new_mode" else None
@@ -78,11 +93,12 @@ class IncidentCommands:
         return judge(tracker, inc, verdict)
 
 
-def _known(act: Callable[..., Any], tracker: IncidentTracker, incident_id: str, *args: Any) -> Any:
+def _known(act: Callable[..., Any], tracker: IncidentTracker, incident_id: str, early: bool, *args: Any) -> Any:
+    """`act` on the incident; unknown, it is SentBeforeModel when the command is `early` (older than the model)."""
     try:
         return act(tracker, incident_id, *args)
     except UnknownIncident as e:
-        raise ControlError(str(e)) from None
+        raise (SentBeforeModel if early else ControlError)(str(e)) from None
 
 
 def _detail(inc: Incident, remembered: int, verdict: str) -> str | None:

@@ -3,7 +3,8 @@ batches).
 
 The control topic's positions live in the model state beside the input offsets, so a verdict is applied once per
 model and re-applied to an older model restored from a checkpoint that predates it. A command that cannot be
-applied goes to the dead-letter topic with its reason (`bad_control`).
+applied goes to the dead-letter topic with its reason (`bad_control`), except a command on an unknown incident
+sent before the model's lineage began: counted and skipped (daemon/incident_commands.SentBeforeModel).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import time
 
 from streammoe.daemon.clients import ControlClient, SinkClient, source_of
-from streammoe.daemon.incident_commands import IncidentCommands
+from streammoe.daemon.incident_commands import IncidentCommands, SentBeforeModel
 from streammoe.daemon.pipeline import JudgeThread
 from streammoe.daemon.publish import Publisher, input_timestamp, refused
 from streammoe.incidents.operator import expert_judged
@@ -58,6 +59,7 @@ class Verdicts:
         msgs = self.control.poll()
         if msgs:
             self.judge_thread.require_idle("applying operator verdicts")
+        early: list[tuple[str, int, int]] = []  # (scope, partition, offset) of the skipped SentBeforeModel
         for m in msgs:
             _, partition, offset = source_of(m)
             held = [s for s in self.scopes.models.values() if not s.already_learned(topic, partition, offset)]
@@ -67,7 +69,8 @@ class Verdicts:
                 cmd = parse_command(m.value(), input_timestamp(m), self.publisher.channels)
                 state = next((s for s in held if s.scope == cmd.scope), None)
                 if state is not None and isinstance(cmd, IncidentCommand):
-                    self.incident_commands.apply(state, cmd, {"topic": topic, "partition": partition, "offset": offset})
+                    at = {"topic": topic, "partition": partition, "offset": offset}
+                    self.incident_commands.apply(state, cmd, at, input_timestamp(m))
                 elif state is not None and isinstance(cmd, ExpertVerdict):
                     check_fresh(state, cmd, input_timestamp(m))
                     self._apply_verdict(state, cmd, partition, offset)
@@ -75,8 +78,20 @@ class Verdicts:
                 self.sink.dead_letter(refused(m, "bad_control", str(e)))
                 self.metrics.dead_letters.labels("bad_control").inc()
                 log.warning("control_rejected", reason=str(e), partition=partition, offset=offset)
+            except SentBeforeModel:
+                self.metrics.control_skipped.labels("before_model").inc()
+                early.append((cmd.scope, partition, offset))
             for s in held:
                 s.advance(topic, partition, offset + 1)
+        if early:
+            log.info(
+                "control_skipped_before_model",
+                commands=len(early),
+                scopes=sorted({s for s, _, _ in early}),
+                first={"partition": early[0][1], "offset": early[0][2]},
+                last={"partition": early[-1][1], "offset": early[-1][2]},
+                why="commands on incidents of an earlier model, sent before this model's lineage began",
+            )
 
     def _apply_verdict(
         self, state: ModelState, verdict: ExpertVerdict, partition: int, offset: int, link: bool = True

@@ -86,6 +86,32 @@ def test_bad_commands_on_incidents_go_to_the_dead_letter_topic(tmp_path: Path) -
     assert daemon.state.learned_offsets["control"] == {0: 4}
 
 
+def test_a_fresh_model_skips_old_commands_on_incidents_it_never_had_and_says_so_once(tmp_path: Path) -> None:
+    """A fresh model reads the control topic from its beginning: acknowledgements and verdicts sent before its
+    lineage began name an earlier model's incidents. They are counted and logged once, not dead-lettered; an
+    unknown incident in a command sent after the birth still is."""
+    from structlog.testing import capture_logs
+
+    daemon, clients = make(tmp_path)
+    daemon.state.detector = fitted()
+    born = daemon.state.born_ms
+    assert born > 0
+    for i in range(5):  # an hour of history from an earlier model
+        control(clients, born - 3_600_000 + i, command="acknowledge", incident_id=f"{i:020d}", operator="alice")
+        control(clients, born - 3_600_000 + i, command="verdict", incident_id=f"{i:020d}", verdict="normal")
+    control(clients, born + 1_000, command="acknowledge", incident_id="9" * 20)  # after the birth: a real mistake
+    with capture_logs() as logs:
+        daemon.verdicts.apply()
+    clients.sink_client.flush()
+    details = dead(clients)
+    assert len(details) == 1 and b"no incident 99999" in details[0]
+    skipped = daemon.metrics.registry.get_sample_value("streammoe_control_skipped_total", {"reason": "before_model"})
+    assert skipped == 10
+    [summary] = [e for e in logs if e["event"] == "control_skipped_before_model"]
+    assert summary["commands"] == 10 and summary["scopes"] == ["global"] and summary["last"]["offset"] == 9
+    assert daemon.state.learned_offsets["control"] == {0: 11}, "skipped commands are read once, not retried"
+
+
 def test_commands_on_incidents_are_refused_when_incidents_are_off(tmp_path: Path) -> None:
     daemon, clients = make(tmp_path, incidents={"enabled": False})
     daemon.state.detector = fitted()
