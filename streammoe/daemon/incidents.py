@@ -17,7 +17,7 @@ import orjson
 from streammoe.config import Settings
 from streammoe.daemon.clients import SinkClient
 from streammoe.daemon.pipeline import REF_PARTITION_SHIFT, Part
-from streammoe.incidents import Batch, Change, IncidentTracker, Source, opens_at_once
+from streammoe.incidents import Batch, Change, IncidentTracker, Source, critical_records, opens_at_once
 from streammoe.incidents.settings import SPIKE_DEVIATION
 from streammoe.kafka.source import Positions
 from streammoe.logs import get_logger
@@ -51,7 +51,7 @@ def scored_batch(
         partition=at.partitions,
         offset=at.offsets,
         flagged=scored.is_anomaly,
-        critical=~scored.valid | ~scored.in_range | (scored.log_p_value < critical_log_p),
+        critical=critical_records(scored.is_anomaly, scored.valid, scored.in_range, scored.log_p_value, critical_log_p),
         score=scored.score,
         p_value=scored.p_value,
         mode=scored.mode,

@@ -9,7 +9,7 @@ import numpy as np
 
 from streammoe.config import AlertSettings
 from streammoe.context.inputs import DEFAULT_ASSET
-from streammoe.incidents import opens_at_once
+from streammoe.incidents import critical_records, opens_at_once
 from streammoe.model.config import ModelConfig
 from streammoe.model.detector import MixtureDetector, ScoredBatch
 from streammoe.novelty.events import ModeEvent
@@ -92,8 +92,8 @@ class StreamResult:
     ) -> None:
         end = start + len(scored)
         log_crit = float(np.log(critical_p_value))
-        self.critical[start:end] = scored.is_anomaly & (
-            ~scored.valid | ~scored.in_range | (scored.log_p_value < log_crit)
+        self.critical[start:end] = critical_records(
+            scored.is_anomaly, scored.valid, scored.in_range, scored.log_p_value, log_crit
         )
         self.at_once[start:end] = opens_at_once(
             scored.is_anomaly,

@@ -6,7 +6,7 @@ publish or write what comes back (docs/alerts.md, "Incidents").
 
 from streammoe.incidents.incident import Incident, Source, incident_id
 from streammoe.incidents.settings import IncidentSettings
-from streammoe.incidents.tracker import Batch, Change, IncidentTracker, opens_at_once
+from streammoe.incidents.tracker import Batch, Change, IncidentTracker, critical_records, opens_at_once
 
 __all__ = [
     "Batch",
@@ -15,6 +15,7 @@ __all__ = [
     "IncidentSettings",
     "IncidentTracker",
     "Source",
+    "critical_records",
     "incident_id",
     "opens_at_once",
 ]

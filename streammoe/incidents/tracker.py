@@ -336,6 +336,15 @@ def quiet_end(s: IncidentSettings, inc: Incident, rows: Rows, fpos: np.ndarray, 
     return None
 
 
+def critical_records(
+    is_anomaly: np.ndarray, valid: np.ndarray, in_range: np.ndarray, log_p_value: np.ndarray, critical_log_p: float
+) -> np.ndarray:
+    """The alerted records that make an incident `critical`: not finite, poison (out of range), or a p-value below
+    the critical one (`AlertSettings.critical_p_value`, as a natural log). One rule for the daemon and the offline
+    scorer, so an incident's severity in SCORES.csv is the one the daemon would publish."""
+    return is_anomaly & (~valid | ~in_range | (log_p_value < critical_log_p))
+
+
 def opens_at_once(
     is_anomaly: np.ndarray,
     valid: np.ndarray,

@@ -163,3 +163,34 @@ def test_an_incident_resolved_stale_while_no_records_come_is_checkpointed_resolv
     assert [a["open"] for a in second.state.incidents["assets"].values() if a["open"] is not None] == [], (
         "restored with the incident open, it would be resolved (or grow) a second time"
     )
+
+
+def test_the_daemon_and_the_offline_scorer_mark_the_same_records_critical() -> None:
+    """One severity rule (incidents.critical_records): an incident's severity in SCORES.csv is the daemon's."""
+    import dataclasses
+
+    from streammoe.daemon.incidents import scored_batch
+    from streammoe.files.offline import StreamResult
+    from streammoe.incidents import critical_records
+    from streammoe.kafka.source import Positions
+
+    rng = np.random.default_rng(0)
+    values = np.concatenate([rng.normal(0, 1, (20, 3)), rng.normal(40, 1, (5, 3))]).astype(np.float32)
+    detector = fitted()
+    scored = detector.score_many(values)
+    log_crit = float(np.log(1e-6))
+    assert (scored.log_p_value < log_crit).sum() >= 5
+    # A record below the critical p-value that did not alert (a raised threshold, a mute of the alert rule): no
+    # incident counts it as critical, in either place.
+    quiet = scored.is_anomaly.copy()
+    quiet[-1] = False
+    scored = dataclasses.replace(scored, is_anomaly=quiet)
+    n = len(values)
+    at = Positions("in", np.zeros(n, np.int64), np.arange(n, dtype=np.int64))
+    daemon = scored_batch(scored, log_crit, ["pump-1"] * n, np.arange(n), at).critical
+    offline = StreamResult.empty(n, 3)
+    offline.put(0, scored, ["a", "b", "c"], 1, critical_p_value=1e-6)
+    expected = critical_records(scored.is_anomaly, scored.valid, scored.in_range, scored.log_p_value, log_crit)
+    np.testing.assert_array_equal(np.asarray(daemon, bool), expected)
+    np.testing.assert_array_equal(offline.critical, expected)
+    assert not expected[-1] and expected[-2]
