@@ -10,13 +10,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from streammoe.model_options import UsageError, add_model_options, check_saved_model, model_config
+from streammoe.model_options import UsageError, add_model_options, check_saved_model, incident_settings, model_config
 
 if TYPE_CHECKING:
     from tqdm import tqdm
 
     from streammoe.files.offline import StreamResult
     from streammoe.files.series import Series
+    from streammoe.incidents.settings import IncidentSettings
 
 
 def _progress_bar(total: int, desc: str) -> tqdm:
@@ -62,6 +63,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     if args.model is None and args.warmup is None:
         raise UsageError("without --model, give --warmup N (rows to learn from before scoring)")
     config = model_config(args)
+    incidents = incident_settings()
     series = read_series(args.data)
     detector = load_detector(args.model, channels=series.channels) if args.model else None
     if detector is not None:
@@ -78,6 +80,7 @@ def cmd_score(args: argparse.Namespace) -> int:
             progress=bar.update,
             times=_time_axis(series),
             asset=series.path.name,
+            spike_deviation=incidents.spike_deviation,
         )
     write_scores(
         args.out,
@@ -93,7 +96,7 @@ def cmd_score(args: argparse.Namespace) -> int:
             "aleatoric": np.round(result.aleatoric, 6),
             "n_experts": result.n_experts,
             "top_channels": result.top_channels,
-            "incident": _incident_column(result, series),
+            "incident": _incident_column(result, series, incidents),
             "missing_channels": result.missing_channels,
         },
     )
@@ -112,12 +115,15 @@ def _time_axis(series: Series) -> np.ndarray:
     return np.arange(len(series.values), dtype=np.float64) if axis is None else axis
 
 
-def _incident_column(result: StreamResult, series: Series) -> list[str]:
-    """Each row's incident id (empty when none), by the daemon's incident tracker with the row as offset.
+def _incident_column(result: StreamResult, series: Series, settings: IncidentSettings) -> list[str]:
+    """Each row's incident id (empty when none), by the daemon's incident tracker with the row as offset, under
+    the daemon's `STREAMMOE_INCIDENTS__*` settings (`enabled` false: no incidents, every cell empty).
 
     The id depends on the rows only, not on the file's name: the same data scores the same."""
     from streammoe.incidents.series import track_series
 
+    if not settings.enabled:
+        return [""] * len(result.is_anomaly)
     return track_series(
         result.is_anomaly,
         result.critical,
@@ -126,6 +132,7 @@ def _incident_column(result: StreamResult, series: Series) -> list[str]:
         result.mode,
         result.channel_share,
         series.channels,
+        settings=settings,
         mode_added=result.mode_added,
         at_once=result.at_once,
     ).column

@@ -6,6 +6,9 @@ and the novelty section's as `--novelty-min-records`. The command line wins over
 over ModelConfig's defaults. A model loaded with `score --model` keeps the configuration it was made with: an
 option given on the command line that differs from it is refused (it would be ignored), one from the
 environment is named in a warning.
+
+`score`'s `incident` column reads the daemon's `STREAMMOE_INCIDENTS__*` variables the same way
+(`incident_settings`), so the incidents in SCORES.csv are the ones a daemon so configured would open.
 """
 
 from __future__ import annotations
@@ -19,11 +22,13 @@ from pydantic import BaseModel, Field, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from streammoe.incidents.settings import IncidentSettings
 from streammoe.model.config import ModelConfig
 from streammoe.variables import PREFIX, unknown_variables
 
 SECTION = "model"
 ENV_SECTION = f"{PREFIX}{SECTION.upper()}__"
+INCIDENTS_ENV = f"{PREFIX}INCIDENTS__"
 SCALARS = (int, float, bool)
 
 
@@ -39,6 +44,32 @@ class _ModelSettings(BaseSettings):
     )
 
     model: ModelConfig = Field(default_factory=ModelConfig)
+
+
+class _IncidentSettings(BaseSettings):
+    """Only the `incidents` section of the daemon's settings, for `score`'s incident column."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=PREFIX, env_nested_delimiter="__", extra="ignore", case_sensitive=False
+    )
+
+    incidents: IncidentSettings = Field(default_factory=IncidentSettings)
+
+
+def incident_settings() -> IncidentSettings:
+    """IncidentSettings from `STREAMMOE_INCIDENTS__*` over the defaults; UsageError naming a bad variable."""
+    from streammoe.config import Settings
+
+    section = {k: v for k, v in os.environ.items() if k.upper().startswith(INCIDENTS_ENV)}
+    problems = unknown_variables(Settings, section)
+    if problems:
+        raise UsageError(problems[0])
+    try:
+        return _IncidentSettings().incidents
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = INCIDENTS_ENV + "__".join(str(p) for p in err["loc"][1:]).upper() if len(err["loc"]) > 1 else None
+        raise UsageError(f"{where or 'STREAMMOE_INCIDENTS__*'}: {err['msg'].removeprefix('Value error, ')}") from None
 
 
 def option_fields(model: type[BaseModel] = ModelConfig, path: tuple[str, ...] = ()) -> dict[tuple[str, ...], type]:

@@ -10,6 +10,7 @@ import numpy as np
 from streammoe.config import AlertSettings
 from streammoe.context.inputs import DEFAULT_ASSET
 from streammoe.incidents import critical_records, opens_at_once
+from streammoe.incidents.settings import SPIKE_DEVIATION
 from streammoe.model.config import ModelConfig
 from streammoe.model.detector import MixtureDetector, ScoredBatch
 from streammoe.novelty.events import ModeEvent
@@ -89,6 +90,7 @@ class StreamResult:
         channels: list[str],
         n_experts: int,
         critical_p_value: float = CRITICAL_P_VALUE,
+        spike_deviation: float = SPIKE_DEVIATION,
     ) -> None:
         end = start + len(scored)
         log_crit = float(np.log(critical_p_value))
@@ -102,6 +104,7 @@ class StreamResult:
             scored.log_p_value,
             log_crit,
             scored.deviation,
+            spike_deviation,
         )
         if scored.deviation is not None:
             self.deviation[start:end] = scored.deviation
@@ -134,11 +137,13 @@ def score_stream(
     progress: Callable[[int], None] | None = None,
     times: np.ndarray | None = None,
     asset: str = DEFAULT_ASSET,
+    spike_deviation: float = SPIKE_DEVIATION,
 ) -> tuple[StreamResult, MixtureDetector]:
     """Run the prequential loop over `values` (N, C). Without a detector, fit one on the first `warmup` rows.
 
     The series is one asset (`asset`) for the context; `times` is its time axis in median steps
-    (context/timeline.py; None: one step per row), against which `context.gap_steps` counts a gap."""
+    (context/timeline.py; None: one step per row), against which `context.gap_steps` counts a gap.
+    `spike_deviation` is `IncidentSettings.spike_deviation`, for the rows that open an incident at once."""
     n = len(values)
     out = StreamResult.empty(n, values.shape[1])
     missing = np.isnan(values)  # an empty cell: scored on the other channels
@@ -169,7 +174,7 @@ def score_stream(
             max_gap=detector.config.context.gap_steps,
             cascade=False,  # every record on the full pass: the score column is one ranking (docs/model.md)
         )
-        out.put(start, scored, channels, detector.model.n_active)
+        out.put(start, scored, channels, detector.model.n_active, spike_deviation=spike_deviation)
         if learn:
             report = detector.learn_many(scored)
             out.events += [(start + len(batch), ev) for ev in report.events]

@@ -167,6 +167,24 @@ def test_score_with_a_saved_model_refuses_options_it_would_ignore_and_warns_abou
     assert "ignored: STREAMMOE_MODEL__THRESHOLD=0.0001 (the model has 0.001)" in capsys.readouterr().err
 
 
+def test_the_incident_column_honours_the_daemons_incident_variables(series, monkeypatch, capsys) -> None:
+    """SCORES.csv's incidents are the ones a daemon with the same STREAMMOE_INCIDENTS__* would open."""
+    model, out = series / "model", series / "s.csv"
+    assert main(["fit", "--data", str(series / "train.csv.gz"), "--out", str(model), *FAST]) == 0
+    base = ["score", "--data", str(series / "test.csv.gz"), "--model", str(model), "--out", str(out)]
+    assert main(base) == 0 and read_scores(out)[305]["incident"] != "", "by default the stretch is an incident"
+    # The 20-row stretch can open no incident when 30 of 30 rows must alarm and no spike opens one at once.
+    for name, value in [("OPEN_K", "30"), ("OPEN_N", "30"), ("SPIKE_DEVIATION", "1e9"), ("CRITICAL_WEIGHT", "1")]:
+        monkeypatch.setenv(f"STREAMMOE_INCIDENTS__{name}", value)
+    assert main(base) == 0 and all(r["incident"] == "" for r in read_scores(out))
+    monkeypatch.setenv("STREAMMOE_INCIDENTS__OPEN_K", "3")
+    monkeypatch.setenv("STREAMMOE_INCIDENTS__ENABLED", "false")
+    assert main(base) == 0 and all(r["incident"] == "" for r in read_scores(out))
+    monkeypatch.setenv("STREAMMOE_INCIDENTS__OPEN_KK", "3")
+    capsys.readouterr()
+    assert main(base) == 2 and "STREAMMOE_INCIDENTS__OPEN_KK: not a setting" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("missing", ["rich", "streammoe.demo.app"])
 def test_demo_without_the_extra_says_how_to_install_it(missing, monkeypatch, capsys) -> None:
     """Without the demo extra (rich, the embedded broker) or its code, `streammoe demo` names the extra to install."""
