@@ -117,9 +117,12 @@ def test_demo_shows_faults_and_the_new_mode(tmp_path: Path) -> None:
     assert len(judged["episodes"]) == 5 and all(1 <= e["incidents"] <= 2 for e in judged["episodes"]), judged
     assert judged["new_mode_incidents"] == 1, judged
     assert summary["incidents"]["by_kind"].get("new_mode") == 1
-    # Issue 18: at most 3 false incidents (3 in two live runs at dabdde9: the stream's first records while the
-    # simulated temperature settles, the A->B and the B->A switch; offline 3, 3, 2 at seeds 0-2).
-    assert judged["false_incidents"] <= 3, judged
+    # Issue 18's goal, at most 3 false incidents, is asserted where batches are fixed: offline at seeds 0-2
+    # (tests/unit/test_demo_incidents_offline.py; 3, 3, 2). Live, batches follow timing (up to 256 records), so
+    # the count moves with the load of the box: 3 and 3 in two runs at dabdde9, 4 in a CI run at c88e346 (the
+    # first records while the simulated temperature settles, the A->B and B->A switches, once one in mode C).
+    # This bound catches a flood or a regression of the opening rule (the rule before dabdde9 gave 8 here).
+    assert judged["false_incidents"] <= 5, judged
     assert summary["incidents"]["open"] <= 1  # at most the last one, if the stream ended inside it
 
     _assert_nothing_left(json.loads((tmp_path / "pids.json").read_text()))
