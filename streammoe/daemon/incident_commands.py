@@ -52,7 +52,7 @@ class IncidentCommands:
         if publisher is None or not publisher.incidents.enabled:
             raise ControlError("incidents are off (STREAMMOE_INCIDENTS__ENABLED=false): nothing to apply it to")
         by = cmd.by(control_source)
-        early = bool(state.born_ms) and sent_ms is not None and sent_ms < state.born_ms
+        early = state.predates(sent_ms)
         if cmd.command == "verdict":
             publisher.act(state.scope, lambda t: self._verdict(state, t, cmd, by, early))
         elif cmd.command == "acknowledge":

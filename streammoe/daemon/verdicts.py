@@ -138,7 +138,7 @@ def check_fresh(state: ModelState, verdict: ExpertVerdict, sent_ms: int | None) 
     bootstrap directory, a warm-up) reads the control topic from its beginning, and the slot now holds an expert
     that command never meant. Without a timestamp on the message, or a birth time (a checkpoint of before it was
     kept), it applies as it always did."""
-    if verdict.expert_id is not None or not state.born_ms or sent_ms is None or sent_ms >= state.born_ms:
+    if verdict.expert_id is not None or not state.predates(sent_ms):
         return
     raise ControlError(
         f"a command naming only slot {verdict.expert} was sent at {sent_ms} (epoch ms), before scope "

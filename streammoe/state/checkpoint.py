@@ -85,6 +85,11 @@ class ModelState:
         self.incidents = incidents
         self.incidents_revision += 1
 
+    def predates(self, sent_ms: int | None) -> bool:
+        """Whether a message sent at `sent_ms` (epoch ms) was sent before this model's lineage began: meant for an
+        earlier model. False when either time is unknown (no timestamp, or a checkpoint of before born_ms)."""
+        return bool(self.born_ms) and sent_ms is not None and sent_ms < self.born_ms
+
     def already_learned(self, topic: str, partition: int, offset: int) -> bool:
         return offset < self.learned_offsets.get(topic, {}).get(partition, 0)
 
