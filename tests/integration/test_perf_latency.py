@@ -16,8 +16,11 @@ def test_latency_bench_times_the_daemon_and_the_relay_floor_on_one_broker(broker
     # 4000 paced records plus the 10 that created the topic, all through the daemon; ~1 % planted far off.
     assert res["records_in"] == 4010
     assert 10 <= res["alerts"] <= 200
-    # The offered rate is measured over the paced stretch only (not the producer process's start).
-    assert 1500 < res["achieved_produce_rec_s"] < 2500 and 1500 < res["floor"]["achieved_produce_rec_s"] < 2500
+    # The offered rate is measured over the paced stretch only (not the producer process's start), so it never
+    # passes the rate offered. How close it comes is the box's speed (a loaded 2-core CI box achieved 1,310 of
+    # 2,000), which a benchmark reports and a test must not judge.
+    for achieved in (res["achieved_produce_rec_s"], res["floor"]["achieved_produce_rec_s"]):
+        assert 0 < achieved <= 2000 * 1.05
     # The relay forwards every 100th record it reads: the 10 topic-creating ones are read before the reader
     # starts (and dropped by their ts), so 40 of the 4000 paced records arrive.
     assert res["floor"]["forwarded"] == 40
