@@ -389,10 +389,13 @@ def records(
 
 
 def publish_mode_added(
-    tmp_path: Path, event: ModeEvent, learned_ids: dict[str, dict[int, str]] | None = None
+    tmp_path: Path,
+    event: ModeEvent,
+    learned_ids: dict[str, dict[int, str]] | Callable[[str], dict[str, dict[int, str]]] | None = None,
 ) -> tuple[Daemon, FakeClients]:
     """A fitted daemon publishes one batch of 40 records far off (an open incident) whose learning raised `event`
-    (a `mode_added` over some of them), as if the model had just added that expert; `learned_ids` as Judged's."""
+    (a `mode_added` over some of them), as if the model had just added that expert; `learned_ids` as Judged's, or
+    made from the model's lineage."""
     daemon, clients = make(tmp_path)
     state = daemon.state
     state.detector = fitted()
@@ -403,7 +406,7 @@ def publish_mode_added(
     judged = Judged(
         parts=[Part("global", scored, rows, state.version, state.detector.expert_status())],
         learned=[("global", state.version, LearnReport(learned=30, events=[event]))],
-        learned_ids=learned_ids or {},
+        learned_ids=(learned_ids(state.lineage) if callable(learned_ids) else learned_ids) or {},
     )
     daemon.publisher.publish(msgs, decoded, judged)  # type: ignore[arg-type]
     return daemon, clients

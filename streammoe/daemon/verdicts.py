@@ -116,9 +116,12 @@ class Verdicts:
                 "note": verdict.note,
                 "control_source": source(self.control.topic, partition, offset),
             }
-            incidents.act(
-                state.scope, lambda t: expert_judged(t, verdict.expert, verdict.expert_id, verdict.status, by)
+            # A verdict naming only a slot means the expert in it now, never an older one whose incident the
+            # tracker still remembers in that slot.
+            named = verdict.expert_id or expert_id(
+                state.lineage, verdict.expert, int(state.detector.model.born[verdict.expert])
             )
+            incidents.act(state.scope, lambda t: expert_judged(t, verdict.expert, named, verdict.status, by))
         log.info(
             "expert_marked", scope=state.scope, expert=verdict.expert, status=verdict.status, operator=verdict.operator
         )

@@ -160,13 +160,15 @@ def test_a_fault_verdict_keeps_the_records_out_of_the_new_mode_memory(tmp_path: 
 
 def test_a_verdict_on_an_expert_closes_its_new_mode_incident(tmp_path: Path) -> None:
     event = ModeEvent("mode_added", 0, 30, first_ref=(0 << REF_PARTITION_SHIFT) | 5, last_ref=35, detail={})
-    daemon, clients = publish_mode_added(tmp_path, event, learned_ids={"global": {0: "abc:0:fit"}})
+    daemon, clients = publish_mode_added(
+        tmp_path, event, learned_ids=lambda lineage: {"global": {0: f"{lineage}:0:fit"}}
+    )
     state = daemon.state
     control(clients, expert_id="abc:0:fit", status="confirmed", operator="alice")
     daemon.verdicts.apply()
     clients.sink_client.flush()
     out = incidents(clients)
-    assert out[1]["kind"] == "new_mode" and out[1]["mode_event"]["expert_id"] == "abc:0:fit"
+    assert out[1]["kind"] == "new_mode" and out[1]["mode_event"]["expert_id"] == f"{state.lineage}:0:fit"
     assert dead(clients) == [
         b"expert abc:0:fit belongs to model lineage abc; scope global's model is lineage "
         + state.lineage.encode()
@@ -179,6 +181,21 @@ def test_a_verdict_on_an_expert_closes_its_new_mode_incident(tmp_path: Path) -> 
     assert last["status"] == "resolved" and last["resolution"]["by"] == "operator"
     assert last["verdict"]["verdict"] == "normal" and last["verdict"]["via"] == "expert"
     INCIDENTS.validate(last)
+
+
+def test_a_verdict_naming_only_a_slot_never_closes_the_incident_of_an_older_expert_in_that_slot(
+    tmp_path: Path,
+) -> None:
+    """The incident's mode_added names the expert born at 7 in slot 0; slot 0 now holds the first fit's expert
+    (the old one retired and the slot was reused): a slot-only verdict means the expert in it now."""
+    event = ModeEvent("mode_added", 0, 30, first_ref=(0 << REF_PARTITION_SHIFT) | 5, last_ref=35, detail={})
+    daemon, clients = publish_mode_added(tmp_path, event, learned_ids=lambda lineage: {"global": {0: f"{lineage}:0:7"}})
+    control(clients, expert=0, status="confirmed", operator="alice")
+    daemon.verdicts.apply()
+    clients.sink_client.flush()
+    assert not dead(clients)
+    assert daemon.state.detector.expert_status()[0] == "confirmed"  # the verdict reached the expert in the slot
+    assert all(m["status"] != "resolved" for m in incidents(clients))  # and not the older expert's incident
 
 
 def verdict_on_new_mode_incident(tmp_path: Path, verdict: str) -> tuple[Any, dict]:
