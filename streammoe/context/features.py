@@ -28,35 +28,28 @@ def split_name(name: str) -> tuple[str, str]:
 
 
 def window_features(windows: torch.Tensor, features: tuple[str, ...]) -> torch.Tensor:
-    """(B, W, C) windows -> (B, F * C) features, in the order of `features`."""
+    """(B, W, C) windows -> (B, F * C) features, in the order of `features`. NaN-aware reductions (`nansum`)
+    over the window axis, each statistic computed once whichever features need it (the hot path's assembly)."""
     b, _, c = windows.shape
     if not features:
         return windows.new_zeros((b, 0))
-    present = ~torch.isnan(windows)
-    count = present.sum(1)
-    zeroed = torch.where(present, windows, torch.zeros_like(windows))
-    mean = zeroed.sum(1) / count.clamp(min=1)
-    mean = torch.where(count > 0, mean, torch.full_like(mean, float("nan")))
+    nan = windows.new_tensor(float("nan"))
     x = windows[:, -1]
-    out = []
-    for f in features:
-        if f == "diff":
-            out.append(x - windows[:, -2])
-        elif f == "mean":
-            out.append(mean)
-        elif f == "dev":
-            out.append(x - mean)
-        elif f == "rough":
-            steps = windows[:, 1:] - windows[:, :-1]
-            ok = ~torch.isnan(steps)
-            n = ok.sum(1)
-            sq = torch.where(ok, steps**2, torch.zeros_like(steps)).sum(1)
-            rough = (sq / n.clamp(min=1)).sqrt()
-            out.append(torch.where(n >= 1, rough, torch.full_like(rough, float("nan"))))
-        elif f == "std":
-            sq = torch.where(present, (windows - mean[:, None]) ** 2, torch.zeros_like(windows)).sum(1)
-            std = (sq / count.clamp(min=1)).sqrt()
-            out.append(torch.where(count >= 2, std, torch.full_like(std, float("nan"))))
-        else:
-            raise ValueError(f"unknown context feature {f!r}; known: {sorted(FEATURES)}")
-    return torch.cat(out, dim=1).reshape(b, len(features) * c)
+    stats: dict[str, torch.Tensor] = {}
+    if {"mean", "dev", "std"} & set(features):
+        count = (~torch.isnan(windows)).sum(1)
+        mean = torch.where(count > 0, windows.nansum(1) / count.clamp(min=1), nan)
+        stats.update(mean=mean, dev=x - mean)
+        if "std" in features:
+            sq = (windows - mean[:, None]).square().nansum(1)  # NaN positions (and NaN means) add nothing
+            stats["std"] = torch.where(count >= 2, (sq / count.clamp(min=1)).sqrt(), nan)
+    if "rough" in features:
+        steps = windows[:, 1:] - windows[:, :-1]
+        n = (~torch.isnan(steps)).sum(1)
+        stats["rough"] = torch.where(n >= 1, (steps.square().nansum(1) / n.clamp(min=1)).sqrt(), nan)
+    if "diff" in features:
+        stats["diff"] = x - windows[:, -2]
+    unknown = [f for f in features if f not in FEATURES]
+    if unknown:
+        raise ValueError(f"unknown context feature {unknown[0]!r}; known: {sorted(FEATURES)}")
+    return torch.cat([stats[f] for f in features], dim=1).reshape(b, len(features) * c)

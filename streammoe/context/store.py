@@ -94,16 +94,17 @@ class ContextStore:
         fresh |= block_start
         idx = torch.arange(length, device=self.device)
         run_start = torch.cummax(torch.where(fresh, idx, torch.zeros_like(idx)), 0).values
-        gather = pos[:, None] + torch.arange(-h, 1, device=self.device)
-        inside = gather >= run_start[pos][:, None]
-        win = seq_x[gather.clamp(min=0)]
-        win = torch.where(inside[:, :, None], win, torch.full_like(win, math.nan))
-        win[:, -1] = xs  # the record's own values, even when it teaches no context
+        # Each record's W positions, in the batch's own order (so the windows need no reordering after), with a
+        # position outside its run pointed at one all-NaN row past the sequence: a single gather builds them.
+        at = torch.empty_like(pos)
+        at[order] = pos
+        gather = at[:, None] + torch.arange(-h, 1, device=self.device)
+        gather = torch.where(gather >= run_start[at][:, None], gather, length)
+        win = torch.cat([seq_x, seq_x.new_full((1, self.n_channels), math.nan)])[gather]
+        win[:, -1] = x  # the record's own values, even when it teaches no context
         if update:
             self._store(seq_x, seq_t, pos, first, counts, slot_of, names.tolist())
-        out = torch.empty_like(win)
-        out[order] = win
-        return out
+        return win
 
     def _slots_for(self, names: list[str], update: bool) -> list[int]:
         """The slot of each asset (-1: none), new assets given one when `update`."""
