@@ -45,6 +45,11 @@ def _soft_bound(raw: Tensor, low: float, high: float) -> Tensor:
     return low + (high - low) * torch.sigmoid((raw - (low + high) / 2) / ((high - low) / 4))
 
 
+def _soft_bound_once(raw: Tensor, low: float, high: float) -> Tensor:
+    """`_soft_bound` with the same arithmetic, bit for bit, in one fresh tensor (no autograd: inference only)."""
+    return raw.sub((low + high) / 2).div_((high - low) / 4).sigmoid_().mul_(high - low).add_(low)
+
+
 def _gaussian_log_density(x: Tensor, mean: Tensor, logvar: Tensor) -> Tensor:
     return -0.5 * (LOG_2PI + logvar + (x - mean).pow(2) * torch.exp(-logvar))
 
@@ -174,7 +179,7 @@ def standardise(x: Tensor, w: dict[str, Tensor]) -> Tensor:
 
 
 def importance_from_eps(
-    x: Tensor, eps: Tensor, w: dict[str, Tensor], observed: Tensor | None = None
+    x: Tensor, eps: Tensor, w: dict[str, Tensor], observed: Tensor | None = None, inplace: bool = False
 ) -> ImportanceSamples:
     """The IWAE pass of raw records `x` (B, C) for given noise `eps` (K, S, B, Z): a pure function of tensors, so
     it can be compiled. Means and variances come back in each expert's own units; log_w is on the original scale.
@@ -187,7 +192,11 @@ def importance_from_eps(
     factors (exactly), and the log-Jacobian sums over the observed channels only. The encoder sees a missing
     input at the expert's own location (0 in its units): only the proposal q(z | x) depends on that imputation,
     and any proposal gives a valid importance-sampling estimate of log p(x_obs). Residuals of missing channels
-    are 0, so they take no share of the blame."""
+    are 0, so they take no share of the blame.
+
+    `inplace` (inference only, e.g. the scoring E-step; autograd cannot go through it): the (K, S, B, C) and
+    (K, S*B, hidden) intermediates are computed in place, bit for bit the same values, with fewer fresh tensors:
+    the E-step's time is mostly elementwise passes over them, and a smaller working set stays in cache."""
     u = standardise(x, w)  # (K, B, C)
     if observed is not None:
         u = u * observed
@@ -196,16 +205,22 @@ def importance_from_eps(
     logvar = _soft_bound(raw, -8.0, 4.0)  # (K, B, Z)
     k, n_samples, b, zdim = eps.shape
     z = mu.unsqueeze(1) + torch.exp(0.5 * logvar).unsqueeze(1) * eps  # (K, S, B, Z)
-    h = torch.relu(torch.baddbmm(w["dec_b1"], z.reshape(k, n_samples * b, zdim), w["dec_w1"]))
+    h = torch.baddbmm(w["dec_b1"], z.reshape(k, n_samples * b, zdim), w["dec_w1"])
+    h = h.relu_() if inplace else torch.relu(h)
     mean, raw = torch.baddbmm(w["dec_b2"], h, w["dec_w2"]).chunk(2, dim=-1)
     mean = mean.reshape(k, n_samples, b, -1)
-    dec_logvar = _soft_bound(raw, LOGVAR_MIN, LOGVAR_MAX).reshape(k, n_samples, b, -1)
-    sq_resid = (u.unsqueeze(1) - mean).square() * torch.exp(-dec_logvar)
+    bound = _soft_bound_once if inplace else _soft_bound
+    dec_logvar = bound(raw, LOGVAR_MIN, LOGVAR_MAX).reshape(k, n_samples, b, -1)
+    diff = u.unsqueeze(1) - mean
+    if inplace:
+        sq_resid = diff.square_().mul_(dec_logvar.neg().exp_())
+    else:
+        sq_resid = diff.square() * torch.exp(-dec_logvar)
     if observed is None:
         c = x.shape[-1]
         log_px_z = -0.5 * (c * LOG_2PI + dec_logvar.sum(-1) + sq_resid.sum(-1)) - w["log_det"][:, None, None]
     else:
-        sq_resid = sq_resid * observed
+        sq_resid = sq_resid.mul_(observed) if inplace else sq_resid * observed
         log_det = (torch.log(w["scale"]) * observed).sum(-1)  # (K, B): the Jacobian of the observed channels
         n_obs = observed.sum(-1)  # (B,)
         log_px_z = -0.5 * (n_obs * LOG_2PI + (dec_logvar * observed).sum(-1) + sq_resid.sum(-1)) - log_det[:, None]

@@ -195,8 +195,8 @@ def chunk_statistics(
     `observed` (B, C) float, 0 for missing dimensions: likelihoods marginalised, channel means over the observed.
 
     Returns log_px (B,), log_pk (Ka, B), resp (Ka, B), entropy, epistemic, aleatoric (B,), channel_nll (B, C),
-    mode (B,) as an index into the selected experts."""
-    s = importance_from_eps(x, eps, w, observed)
+    mode (B,) as an index into the selected experts. Inference only: the big intermediates are reused in place."""
+    s = importance_from_eps(x, eps, w, observed, inplace=True)
     n_samples = eps.shape[1]
     log_pk = torch.logsumexp(s.log_w, dim=1) - math.log(n_samples)  # (Ka, B)
     resp = torch.softmax(log_pk + elog_pi[:, None], dim=0)
@@ -208,16 +208,20 @@ def chunk_statistics(
     # expert's means and variances are first put into one unit (the global scaler's, `ref_a`/`ref_b`).
     rho = resp[:, None, :] * torch.softmax(s.log_w, dim=1)  # (Ka, S, B)
     a, b0 = w["ref_a"].unsqueeze(1), w["ref_b"].unsqueeze(1)  # (Ka, 1, 1, C)
-    mean = b0 + a * s.mean
+    mean = (a * s.mean).add_(b0)
     mu_bar = (rho.unsqueeze(-1) * mean).sum((0, 1))  # (B, C)
+    var = s.logvar.exp_()  # the decoders' variances, in place of their log-variances (not needed after this)
+    # a^2 * var, in place where that keeps var's dtype (under autocast var may be bfloat16: promoted as before)
+    a2 = a.square()
+    scaled = var.mul_(a2) if var.dtype == a2.dtype else a2 * var
     if observed is None:
-        second = (rho * mean.square().mean(-1)).sum((0, 1))
-        aleatoric = (rho * (a.square() * torch.exp(s.logvar)).mean(-1)).sum((0, 1))
+        second = (rho * mean.square_().mean(-1)).sum((0, 1))
+        aleatoric = (rho * scaled.mean(-1)).sum((0, 1))
         epistemic = (second - mu_bar.square().mean(1)).clamp(min=0)
     else:
         share = observed / observed.sum(-1, keepdim=True).clamp(min=1.0)  # (B, C): a mean over observed channels
-        second = (rho * (mean.square() * share).sum(-1)).sum((0, 1))
-        aleatoric = (rho * (a.square() * torch.exp(s.logvar) * share).sum(-1)).sum((0, 1))
+        second = (rho * mean.square_().mul_(share).sum(-1)).sum((0, 1))
+        aleatoric = (rho * scaled.mul_(share).sum(-1)).sum((0, 1))
         epistemic = (second - (mu_bar.square() * share).sum(1)).clamp(min=0)
     # Channel blame under the assigned expert: its importance-weighted squared standardised residual.
     mode = resp.argmax(0)
