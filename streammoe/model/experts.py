@@ -179,7 +179,7 @@ def standardise(x: Tensor, w: dict[str, Tensor]) -> Tensor:
 
 
 def importance_from_eps(
-    x: Tensor, eps: Tensor, w: dict[str, Tensor], observed: Tensor | None = None, inplace: bool = False
+    x: Tensor, eps: Tensor, w: dict[str, Tensor], observed: Tensor | None = None, inplace: bool | None = None
 ) -> ImportanceSamples:
     """The IWAE pass of raw records `x` (B, C) for given noise `eps` (K, S, B, Z): a pure function of tensors, so
     it can be compiled. Means and variances come back in each expert's own units; log_w is on the original scale.
@@ -194,9 +194,12 @@ def importance_from_eps(
     and any proposal gives a valid importance-sampling estimate of log p(x_obs). Residuals of missing channels
     are 0, so they take no share of the blame.
 
-    `inplace` (inference only, e.g. the scoring E-step; autograd cannot go through it): the (K, S, B, C) and
-    (K, S*B, hidden) intermediates are computed in place, bit for bit the same values, with fewer fresh tensors:
-    the E-step's time is mostly elementwise passes over them, and a smaller working set stays in cache."""
+    `inplace` (default: whenever autograd is off, as in scoring, merges and candidates' checks; autograd cannot
+    go through it): the (K, S, B, C) and (K, S*B, hidden) intermediates are computed in place, bit for bit the
+    same values, with fewer fresh tensors: the E-step's time is mostly elementwise passes over them, and a
+    smaller working set stays in cache."""
+    if inplace is None:
+        inplace = not torch.is_grad_enabled()
     u = standardise(x, w)  # (K, B, C)
     if observed is not None:
         u = u * observed
