@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -130,6 +131,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="--perf: produce -> alert latency at --perf-rate records/s (K=8, S=8)",
     )
+    p.add_argument(
+        "--perf-latency-only",
+        action="store_true",
+        help="--perf: only the produce -> alert latency (no throughput grid)",
+    )
+    p.add_argument("--perf-latency-cascade", action="store_true", help="--perf-latency: the model with the cascade on")
+    p.add_argument("--perf-threads", type=int, default=1, help="--perf: torch threads (default 1)")
     p.add_argument("--perf-rate", type=int, default=10_000, help="--perf-latency: offered records/s")
     p.add_argument(
         "--perf-latency-s", type=int, default=8, help="--perf-latency: importance samples S of the model (K=8)"
@@ -213,14 +221,24 @@ def _perf(args: argparse.Namespace) -> int:
         ks=args.perf_k,
         samples=args.perf_s,
         records=args.perf_records,
-        latency=args.perf_latency,
+        latency=args.perf_latency or args.perf_latency_only,
         latency_rate=args.perf_rate,
         latency_s=args.perf_latency_s,
+        latency_cascade=args.perf_latency_cascade,
+        torch_threads=args.perf_threads,
         pipeline=(True, False) if args.perf_serial else (True,),
         compile=args.perf_compile,
         cascade=not args.perf_no_cascade,
     )
     out = args.out or Path("results") / datetime.now().strftime("perf-%Y%m%d-%H%M%S")
+    if args.perf_latency_only:
+        result = perf.latency_only(opts, progress=lambda line: print(line, file=sys.stderr, flush=True))
+        result["setup"].update(command=" ".join(["streammoe"] + sys.argv[1:]), git=_git_commit())
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "latency.json").write_text(json.dumps(result, indent=1))
+        print("\n".join(perf.latency_markdown(result["latency"])))
+        print(f"bench: perf latency -> {out / 'latency.json'}")
+        return 0
     result = perf.measure(opts, progress=lambda line: print(line, file=sys.stderr, flush=True))
     result["setup"]["command"] = " ".join(["streammoe"] + sys.argv[1:])
     result["setup"]["git"] = _git_commit()

@@ -202,6 +202,7 @@ class PerfOptions:
     latency_max_wait_ms: int = 20
     latency_pipeline: bool = True
     latency_reader_wait_s: float = 0.005
+    latency_cascade: bool = False  # the latency run's model with `ModelConfig.cascade` on
     pipeline: tuple[bool, ...] = (True,)
     variants_k: int = 8
     variants_s: int = 8
@@ -534,6 +535,7 @@ def latency(
     from streammoe.state.persistence import save_detector
 
     detector = fitted(opts.latency_k, opts.latency_s, channels, opts.fit_steps)
+    detector.config.cascade.enabled = opts.latency_cascade
     save_detector(detector, tmp / "model")
     topic = _new_topics(bootstrap, channels)
     daemon = Daemon(
@@ -563,10 +565,15 @@ def latency(
         "seconds": opts.latency_seconds,
         "k": opts.latency_k,
         "s": opts.latency_s,
+        "cascade": opts.latency_cascade,
+        "torch_threads": opts.torch_threads,
         "max_wait_ms": opts.latency_max_wait_ms,
         "pipeline": opts.latency_pipeline,
         "reader_wait_ms": opts.latency_reader_wait_s * 1000,
         "alerts": int(lat.size),
+        "produced": int(opts.latency_rate * opts.latency_seconds),
+        # judged by the time the reader stopped (3 s after the last send): alerts of records judged later were
+        # not timed, so a daemon that falls behind reads better than it is; this says by how much
         "records_in": daemon.summary.records_in,
         **_percentiles(lat),
     }
@@ -593,6 +600,27 @@ def latency(
     res["floor"] = {"achieved_produce_rec_s": floor_achieved, "forwarded": int(floor.size), **_percentiles(floor)}
     progress(f"perf: latency {json.dumps(res)}")
     return res
+
+
+def latency_only(opts: PerfOptions, progress: Callable[[str], object] = print) -> dict:
+    """`--perf-latency-only`: produce -> alert latency (the daemon, then the relay floor) on one fresh broker,
+    without the throughput grid."""
+    import torch
+
+    from streammoe.daemon import tune_allocator
+    from streammoe.logs import configure_logging
+
+    configure_logging("WARNING", "console")
+    tune_allocator()
+    if opts.torch_threads:
+        torch.set_num_threads(opts.torch_threads)
+    channels = [f"ch{i:02d}" for i in range(opts.channels)]
+    started = time.monotonic()
+    with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp_s:
+        lat = latency(broker.bootstrap, channels, Path(tmp_s), opts, progress)
+    setup = {"torch": torch.__version__, "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
+    setup.update(load_average=os.getloadavg(), wall_s=round(time.monotonic() - started, 1), fit_steps=opts.fit_steps)
+    return {"latency": lat, "setup": setup}
 
 
 # ---- report -------------------------------------------------------------------------------------------------
@@ -661,28 +689,40 @@ def markdown(result: dict) -> str:
                 f"| {v['variant']} | {v['score_rec_s']:.0f} | {v['score_rec_s'] / f32:.2f} | {v['first_batch_s']:.1f} | "
                 f"{v['agree']:.4f} | {v['flagged_planted']:.3f} | {v['flagged_other']:.4f} |"
             )
-    lat = result.get("latency")
-    if lat:
+    lines += latency_markdown(result.get("latency"))
+    return "\n".join(lines) + "\n"
+
+
+def latency_markdown(lat: dict | None) -> list[str]:
+    """The produce -> alert lines of the report (none without a latency run)."""
+    if not lat:
+        return []
+    model = f"K={lat['k']} S={lat['s']}" + (", cascade on" if lat.get("cascade") else "")
+    lines = [
+        "",
+        (
+            f"Produce -> alert latency at {lat['offered_rec_s']} rec/s offered (achieved "
+            f"{lat['achieved_produce_rec_s']:.0f}) for {lat['seconds']:.0f} s, {model}, "
+            f"max_wait_ms {lat['max_wait_ms']}: {lat['alerts']} alerts, {_quantiles_text(lat)}"
+            + (
+                f"; {lat['records_in']} of {lat['produced']} records judged when the reader stopped"
+                if "produced" in lat
+                else ""
+            )
+        ),
+    ]
+    floor = lat.get("floor")
+    if floor:
         lines += [
             "",
             (
-                f"Produce -> alert latency at {lat['offered_rec_s']} rec/s offered (achieved "
-                f"{lat['achieved_produce_rec_s']:.0f}) for {lat['seconds']:.0f} s, K={lat['k']} S={lat['s']}, "
-                f"max_wait_ms {lat['max_wait_ms']}: {lat['alerts']} alerts, {_quantiles_text(lat)}"
+                f"The same path through a relay that does no work (the daemon's consumer and producer settings, "
+                f"every 100th record forwarded; achieved {floor['achieved_produce_rec_s']:.0f} rec/s): "
+                f"{_quantiles_text(floor)}; daemon p99 / relay p99 = "
+                f"{lat.get('p99_ms', float('nan')) / floor.get('p99_ms', float('nan')):.2f}"
             ),
         ]
-        floor = lat.get("floor")
-        if floor:
-            lines += [
-                "",
-                (
-                    f"The same path through a relay that does no work (the daemon's consumer and producer settings, "
-                    f"every 100th record forwarded; achieved {floor['achieved_produce_rec_s']:.0f} rec/s): "
-                    f"{_quantiles_text(floor)}; daemon p99 / relay p99 = "
-                    f"{lat.get('p99_ms', float('nan')) / floor.get('p99_ms', float('nan')):.2f}"
-                ),
-            ]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def _quantiles_text(figures: dict) -> str:
