@@ -92,12 +92,15 @@ def fill_partial(inputs: torch.Tensor, model: MixtureOfVAEs, n_channels: int) ->
 
 def input_mask(
     missing: np.ndarray, shape: tuple[int, int], inputs: ContextInputs, device: torch.device
-) -> torch.Tensor:
+) -> torch.Tensor | None:
     """A caller's mask of missing channels (B, C), checked, as a mask of the experts' inputs: a missing channel's
-    context features are missing with it."""
+    context features are missing with it. None when nothing is missing (told on the host, so the device never
+    holds an all-False mask and the scoring pass asks it nothing)."""
     mask = np.asarray(missing, dtype=bool)
     if mask.shape != shape:
         raise ValueError(f"missing must have shape {shape}, got {mask.shape}")
+    if not mask.any():
+        return None
     return torch.from_numpy(mask).to(device).repeat(1, inputs.n_inputs // shape[1])
 
 

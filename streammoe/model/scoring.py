@@ -141,13 +141,11 @@ def score_records(
     else:
         ev = model.evaluate(xt, config.n_samples, generator, observed)
     finite = valid & torch.isfinite(ev.log_px)
-    counters["non_finite"] += int((valid & ~finite).sum())
-    counters["out_of_range"] += int((finite & ~in_range).sum())
     nll = torch.where(finite, -ev.log_px, torch.full_like(ev.log_px, math.nan))
     mode = torch.where(finite, ev.mode, torch.full_like(ev.mode, -1))
     log_p = model.calibration.log_p_value(mode.clamp(min=0), nll)
     partial = torch.zeros_like(finite) if observed is None else finite & ~observed.all(dim=1)
-    if bool(partial.any()):
+    if observed is not None and bool(partial.any()):
         assert missing is not None
         log_p = partial_log_p(model, config.n_samples, config.seed + start, log_p, nll, mode, missing, partial)
         counters["partial"] += int(partial.sum())
@@ -158,13 +156,17 @@ def score_records(
     worst = torch.nan_to_num(ev.channel_nll, nan=0.0).amax(1).clamp(min=0)  # a channel not measured: no misfit
     deviation = torch.where(finite, worst.sqrt(), torch.full_like(nll, math.inf))
     counters["records_scored"] += b
-    nll_h, log_p_h, score_h, anomaly_h, mode_h, entropy_h, epi_h, ale_h, resp_h, share_h, finite_h, range_h, dev_h = (
-        to_host(
-            xt.device,
-            *(nll, log_p, -log_p / LOG10, is_anomaly, mode, ev.entropy, ev.epistemic, ev.aleatoric, ev.resp, share),
-            *(finite, in_range, deviation),
-        )
+    host = to_host(
+        xt.device,
+        *(nll, log_p, -log_p / LOG10, is_anomaly, mode, ev.entropy, ev.epistemic, ev.aleatoric, ev.resp, share),
+        *(finite, in_range, deviation, valid),
     )
+    nll_h, log_p_h, score_h, anomaly_h, mode_h, entropy_h, epi_h, ale_h, resp_h, share_h, finite_h, range_h, dev_h = (
+        host[:13]
+    )
+    # Counted on the host copies: one device synchronisation per batch (to_host's), not one per count.
+    counters["non_finite"] += int(np.count_nonzero(host[13] & ~finite_h))
+    counters["out_of_range"] += int(np.count_nonzero(finite_h & ~range_h))
     return ScoredBatch(
         *(nll_h, log_p_h, score_h, anomaly_h, mode_h, entropy_h, epi_h, ale_h, resp_h, share_h, finite_h, range_h),
         threshold=config.threshold,
