@@ -24,6 +24,7 @@ from benchmarks.tracks import (
     SeriesRun,
     TrackResult,
 )
+from streammoe.incidents import IncidentSettings
 from streammoe.model.config import ModelConfig
 
 TRACKS = ("T1", "T2", "T3", "T4A", "T4B", "SPLICE")
@@ -248,6 +249,17 @@ def _perf(args: argparse.Namespace) -> int:
     return 0
 
 
+def _incident_settings() -> IncidentSettings:
+    """The event metrics group every method's decisions as the daemon would with `STREAMMOE_INCIDENTS__*`, as
+    `score`'s incident column does; a bad variable stops the bench with its name."""
+    from streammoe.model_options import UsageError, incident_settings
+
+    try:
+        return incident_settings()
+    except UsageError as e:
+        raise SystemExit(f"error: {e}") from None
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.perf:
         return _perf(args)
@@ -273,7 +285,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise SystemExit(f"error: no datasets folder at {data_root}; give --data-root or set STREAMMOE_DATA")
     out = args.out or Path("results") / datetime.now().strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
-    opts = tracks.BenchOptions(data_root, config, args.series, args.max_series, methods, args.pairs, args.batch_size)
+    incidents = _incident_settings()
+    opts = tracks.BenchOptions(
+        data_root, config, args.series, args.max_series, methods, args.pairs, args.batch_size, incidents
+    )
 
     def observe(track: str, run: SeriesRun, *plot: Any) -> None:
         """An Observer: log the run; `plot` (labels, scores, flagged, extras, offset, marks) goes on to plot_series."""
@@ -287,6 +302,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         "git": _git_commit(),
         "data_root": str(data_root),
         "model overrides": overrides or "none",
+        "incident settings": incidents.model_dump(exclude_defaults=True) or "defaults",
         "torch threads": _torch_threads(),
     }
     started = time.perf_counter()

@@ -77,3 +77,28 @@ def test_a_critical_row_opens_at_once_and_start_skips_an_unlabelled_prefix() -> 
     assert metrics["events"]["incidents"]["segment_recall"] == 1.0
     add_events(metrics, labels, flagged, None, [], IncidentSettings(), start=50)
     assert metrics["events"]["incidents"]["segment_recall"] == 0.0  # a lone warning is debounced
+
+
+def test_the_bench_groups_decisions_with_the_daemons_incident_variables(tmp_path, monkeypatch) -> None:
+    """`streammoe bench` reads STREAMMOE_INCIDENTS__* as `score` does, and names a bad one."""
+    from benchmarks import tracks
+    from streammoe.cli import main
+
+    seen: list[tracks.BenchOptions] = []
+
+    class Seen(Exception):
+        """Stops the bench here: only its options are under test."""
+
+    def run_t1(opts: tracks.BenchOptions, observe: object) -> None:
+        seen.append(opts)
+        raise Seen
+
+    monkeypatch.setattr(tracks, "run_t1", run_t1)
+    monkeypatch.setenv("STREAMMOE_INCIDENTS__QUIET_RECORDS", "30")
+    args = ["bench", "--tracks", "T1", "--data-root", str(tmp_path), "--out", str(tmp_path / "out"), "--no-plots"]
+    with pytest.raises(Seen):
+        main(args)
+    assert seen[0].incidents == IncidentSettings(quiet_records=30)
+    monkeypatch.setenv("STREAMMOE_INCIDENTS__QUIET_RECORD", "30")
+    with pytest.raises(SystemExit, match="STREAMMOE_INCIDENTS__QUIET_RECORD: not a setting"):
+        main(args)
