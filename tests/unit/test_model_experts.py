@@ -237,3 +237,28 @@ def test_copy_expert_makes_slots_score_identically() -> None:
         # Same weights: slot 2 with slot 0's noise reproduces slot 0.
         ref = expert_alone(vae, 2, x, eps[0])[0]
     torch.testing.assert_close(s.log_w[0], ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_the_in_place_pass_gives_the_same_bits_and_autograd_keeps_the_other(masked: bool) -> None:
+    """Scoring runs importance_from_eps in place (no autograd): every output equals the out-of-place pass bit
+    for bit, in float32 as scored, with and without missing dimensions; with autograd on, the default takes
+    the out-of-place pass, so gradients still flow (a training caller never gets the in-place one)."""
+    from streammoe.model.experts import importance_from_eps
+
+    vae = random_vae(3, 5, hidden=16, latent=4, seed=6).float()
+    with torch.no_grad():
+        vae.loc.normal_(0, 3)
+        vae.scale.uniform_(0.5, 3)
+    x = torch.randn(40, 5) * 3
+    eps = torch.randn(3, 6, 40, 4)
+    observed = (torch.rand(40, 5) > 0.2).float() if masked else None
+    w = {name: t.detach() for name, t in vae._weights(None).items()}
+    with torch.no_grad():
+        fresh = importance_from_eps(x, eps, w, observed, inplace=False)
+        reused = importance_from_eps(x, eps, w, observed)  # autograd off: in place by default
+    for name in ("log_w", "mean", "logvar", "sq_resid"):
+        assert torch.equal(getattr(fresh, name), getattr(reused, name)), name
+    s = importance_from_eps(x, eps, vae._weights(None), observed)
+    s.log_w.sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in vae.parameters())
