@@ -143,6 +143,10 @@ def fit_mixture(
     model.replay.add(ev.mode, x[train], generator)
     cal = model.evaluate(x[hold], cfg.n_samples, generator) if n_hold else ev
     model.calibration.update(cal.mode, -cal.log_px)
+    if n >= MIN_ROWS_FOR_HOLDOUT:
+        # A held-out sample of a mature fit anchors each mode's tail (model/calibration.py). A short warm-up's
+        # experts keep maturing online on the records that follow, and its calibration must follow them down.
+        model.calibration.pin()
     report.k_selected = model.n_active
     report.weights = [round(float(w), 4) for w in model.weights.mean(model.active)[model.active]]
     return report, learner

@@ -1,13 +1,14 @@
 """Save and load a detector as a directory that loads back bit-identically.
 
-Layout (format version 3)::
+Layout (format version 4)::
 
     meta.json         format and package version, channel names, counters
     config.json       the ModelConfig that shaped the model
     experts.pt        expert weights, each expert's location and scale per channel, the active mask
     em.pt             Dirichlet statistics (gamma), operator status per expert
     scaler.pt         per-channel running mean/variance of the fit (clustering, the uncertainty unit)
-    calibration.pt    per-mode reference scores (NLL on the original scale)
+    calibration.pt    per-mode reference scores (NLL on the original scale) and each mode's tail as the fit
+                      measured it (its anchor)
     replay.pt         per-expert replay reservoirs (raw records)
     novelty.pt        short-term memory of unexplained records (raw), retirement and merge counters
     context.pt        each asset's recent records and their times (streammoe/context/), so a restored model
@@ -27,6 +28,8 @@ gets the global scaler's location and scale (so it computes what it computed), s
 calibration scores gain the log-Jacobian the format-2 likelihoods include. Records format 1 clipped at +-50
 stay clipped. Format 2 (no time context) is read as a model without one: its config gets `context.window` 1
 (the context it was made with), so it scores and learns as before; formats 1 and 2 have no context.pt.
+Formats 1-3 have no calibration anchors: they load unanchored, so their p-values stay what they were (a refit
+anchors them).
 
 Load errors come in two kinds, because they call for different actions: `ModelDamagedError` (truncated,
 unreadable, checksum mismatch: another copy of the same model may be used instead) and
@@ -46,13 +49,15 @@ import torch
 
 from streammoe import __version__
 from streammoe.logs import get_logger
+from streammoe.model.calibration import unanchored
 from streammoe.model.config import ModelConfig
 from streammoe.model.detector import MixtureDetector
 
 log = get_logger("streammoe.state.persistence")
 
-FORMAT_VERSION = 3
-READABLE = (1, 2, 3)  # format 1 is migrated on load (`_migrate_v1`); 1 and 2 have no context (`_config_of`)
+FORMAT_VERSION = 4
+# Format 1 is migrated on load (`_migrate_v1`); 1 and 2 have no context (`_config_of`); 1-3 no anchors.
+READABLE = (1, 2, 3, 4)
 PARTS: dict[str, str | tuple[str, ...]] = {
     "experts": "experts.",
     "em": ("weights.", "status"),
@@ -263,6 +268,8 @@ def load_detector(
             state.update(torch.load(path / f"{name}.pt", map_location=detector.device, weights_only=True))
         if meta["format_version"] == 1:
             state = _migrate_v1(state)
+        if meta["format_version"] < 4:
+            state["calibration.anchor"] = unanchored(state["calibration.count"].shape[0]).to(detector.device)
         detector.model.load_state_dict(state, strict=True)
         optimizer = detector.learner.optimizer
         saved = torch.load(path / "optimizer.pt", map_location=detector.device, weights_only=True)
