@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from streammoe.context.holdout import block_split
 from streammoe.context.inputs import ContextInputs
 from streammoe.model.config import ModelConfig
-from streammoe.model.fitting import FitReport, fit_mixture
+from streammoe.model.fitting import HOLDOUT_FRACTION, MIN_ROWS_FOR_HOLDOUT, FitReport, fit_mixture
 from streammoe.model.learning import ExpertLearner, replay_step
 from streammoe.model.mixture import (
     STATUS_CONFIRMED,
@@ -88,6 +89,21 @@ def fill_partial(inputs: torch.Tensor, model: MixtureOfVAEs, n_channels: int) ->
     values, features = inputs[:, :n_channels], inputs[:, n_channels:]
     fill = model.scaler.mean[n_channels:].to(inputs.dtype)[None, :]
     return torch.cat([values, torch.where(torch.isnan(features), fill, features)], dim=1)
+
+
+def context_split(
+    config: ModelConfig, assets: Sequence[str] | np.ndarray | None, rows: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(held-out, training) indices into the fit's kept `rows` with a time context: blocks in each asset's time
+    with a guard, so no held-out row shares a window with a training row (context/holdout.py); None without
+    a context (the fit's own split)."""
+    if not config.context.enabled:
+        return None
+    kept = rows.cpu().numpy()
+    short = int(kept.sum()) < MIN_ROWS_FOR_HOLDOUT
+    hold, guard = block_split(assets, len(kept), config.context.window, short, HOLDOUT_FRACTION)
+    hold, guard = hold[kept], guard[kept]
+    return torch.from_numpy(np.flatnonzero(hold)), torch.from_numpy(np.flatnonzero(~hold & ~guard))
 
 
 def input_mask(
@@ -197,10 +213,11 @@ class MixtureDetector:
             raise ValueError("fit data holds NaN or infinite values; clean or drop those rows first")
         poisoned = self.limits.poisoned(xt)
         xt, complete = self.inputs.fit_input(xt, ~poisoned, assets, times, max_gap)
-        xt = xt[complete & ~poisoned]
+        xt = xt[(rows := complete & ~poisoned)]
         if xt.shape[0] < 10:
             raise ValueError(f"need at least 10 records to fit without sentinel readings, got {xt.shape[0]}")
-        report, self.learner = fit_mixture(self.model, xt, k, self.generator, progress)
+        split = context_split(self.config, assets, rows)
+        report, self.learner = fit_mixture(self.model, xt, k, self.generator, progress, split)
         report.poisoned_rows = int(poisoned.sum())
         return report
 

@@ -81,8 +81,11 @@ def fit_mixture(
     k: int | None = None,
     generator: torch.Generator | None = None,
     progress: Callable[[int], None] | None = None,
+    split: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[FitReport, ExpertLearner]:
-    """Fit `model` in place on raw records `x` (N, C); returns the report and the learner (optimizer state)."""
+    """Fit `model` in place on raw records `x` (N, C); returns the report and the learner (optimizer state).
+    `split` (held-out rows, training rows): the caller's choice instead of the rule below (a time context's
+    blocks, context/holdout.py)."""
     cfg = model.config
     n = x.shape[0]
     model.scaler.update(x)
@@ -101,7 +104,10 @@ def fit_mixture(
             model.experts.set_scale(j, rows if rows.shape[0] > 1 else x)
     learner = ExpertLearner(model, generator)
 
-    if n >= MIN_ROWS_FOR_HOLDOUT:
+    if split is not None:
+        hold, train = (t.to(x.device) for t in split)
+        n_hold = len(hold)
+    elif n >= MIN_ROWS_FOR_HOLDOUT:
         perm = torch.randperm(n, generator=generator, device=x.device)
         n_hold = int(n * HOLDOUT_FRACTION)
         hold, train = perm[:n_hold], perm[n_hold:]

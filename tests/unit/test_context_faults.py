@@ -77,5 +77,7 @@ def test_a_fault_in_time_is_missed_point_wise_and_caught_with_context(models, ki
         got[window] = (flagged[fault].mean(), flagged[~fault & ~after].mean())
     (recall_1, far_1), (recall_ctx, far_ctx) = got[1], got[DEFAULT_WINDOW]
     assert recall_1 <= 0.25, f"{kind}: the point-wise model already sees it ({recall_1:.2f})"
-    assert recall_ctx >= 0.4 and recall_ctx >= 3 * recall_1, f"{kind}: recall {recall_ctx:.2f} with context"
+    # 0.35: doubled noise is caught at 0.385 (0.05 % false alarms) since the fit calibrates on held-out blocks
+    # that share no window with its training rows (context/holdout.py); random held-out rows did, and gave 0.45
+    assert recall_ctx >= 0.35 and recall_ctx >= 3 * recall_1, f"{kind}: recall {recall_ctx:.2f} with context"
     assert far_ctx <= 0.01 and far_1 <= 0.01, f"{kind}: false alarms {far_ctx:.4f} with context, {far_1:.4f} without"
