@@ -157,6 +157,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="the model's time context window (ModelConfig.context.window; 1: none); streammoe-W1 and "
         "streammoe-ctx run window 1 and the default context beside it",
     )
+    p.add_argument(
+        "--context-decoder",
+        choices=("full", "linear"),
+        default=None,
+        help="how the experts reconstruct the context's features (ModelConfig.context.decoder), for "
+        "streammoe-ctx and --context-window",
+    )
     group = p.add_argument_group("model overrides (ModelConfig fields; defaults from ModelConfig)")
     for name, typ in _config_fields().items():
         group.add_argument(f"--{name.replace('_', '-')}", dest=f"cfg_{name}", type=typ, default=None)
@@ -268,6 +275,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     overrides = {n: getattr(args, f"cfg_{n}") for n in _config_fields() if getattr(args, f"cfg_{n}") is not None}
     if args.context_window is not None:
         overrides["context"] = {"window": args.context_window}
+    if args.context_decoder is not None:
+        overrides["context"] = {**overrides.get("context", {}), "decoder": args.context_decoder}
     config = ModelConfig(**overrides)
     only_other = args.speed or args.fuzz
     wanted = (

@@ -40,6 +40,11 @@ class ContextInputs:
     def n_inputs(self) -> int:
         return len(self.names)
 
+    @property
+    def n_decoded(self) -> int:
+        """Inputs the experts' decoder reconstructs: all, or with the linear feature head the values only."""
+        return len(self.channels) if self.enabled and self.config.decoder == "linear" else self.n_inputs
+
     def build(
         self,
         x: torch.Tensor,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
@@ -24,6 +26,12 @@ class ContextConfig(BaseModel):
         True,
         description="Feature rd(c): the root mean square of the changes between the window's consecutive "
         "records (its noise level, blind to a slow trend).",
+    )
+    decoder: Literal["full", "linear"] = Field(
+        "full",
+        description="How each expert reconstructs the features: 'full' with its decoder, like the values (every "
+        "importance sample pays for every feature), 'linear' with a linear Gaussian map from the latent code, in "
+        "closed form per sample (the features then cost about what the encoder does; model/experts.py).",
     )
     gap_ms: float = Field(
         60_000.0,

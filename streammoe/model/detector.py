@@ -138,7 +138,7 @@ class MixtureDetector:
         self.device = torch.device(device) if device is not None else default_device()
         self.inputs = ContextInputs(self.config.context, self.channels, self.device)
         torch.manual_seed(self.config.seed)
-        self.model = MixtureOfVAEs(self.inputs.n_inputs, self.config).to(self.device)
+        self.model = MixtureOfVAEs(self.inputs.n_inputs, self.config, self.inputs.n_decoded).to(self.device)
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(self.config.seed)
         self.learner = ExpertLearner(self.model, self.generator)

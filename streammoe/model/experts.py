@@ -9,6 +9,11 @@ Every weight has a leading expert axis, so all experts run as batched matrix pro
 hot path never loops over experts in Python. Capacity for `k_max` experts is allocated up front; `active`
 marks the slots in use, so adding or retiring an expert never rebuilds the module (and never invalidates an
 optimizer that holds its parameters).
+
+Inputs past the first `n_values` (a time context's features, context/inputs.py) may be reconstructed by a linear
+Gaussian map from the latent code instead of the decoder, f | z ~ N(A z + b, diag exp(lv)): its log-density for
+each importance sample is then a quadratic form in z, so those inputs cost per sample O(Z^2) instead of the
+decoder's O(H) per input, and the S-sample pass is paid for the record's own values only (`linear_log_density`).
 """
 
 from __future__ import annotations
@@ -35,9 +40,11 @@ class ImportanceSamples:
     """What an IWAE pass yields for `K` experts, `S` samples and `B` records."""
 
     log_w: Tensor  # (K, S, B) log importance weights log p(x, z_s) - log q(z_s | x)
-    mean: Tensor  # (K, S, B, C) decoder means
-    logvar: Tensor  # (K, S, B, C) decoder log-variances (the aleatoric part)
-    sq_resid: Tensor  # (K, S, B, C) squared standardised residuals (x - mean)^2 / exp(logvar)
+    mean: Tensor  # (K, S, B, V) decoder means (V: the decoded inputs, all C without a linear part)
+    logvar: Tensor  # (K, S, B, V) decoder log-variances (the aleatoric part)
+    sq_resid: Tensor  # (K, S, B, V) squared standardised residuals (x - mean)^2 / exp(logvar)
+    z: Tensor | None = None  # (K, S, B, Z) the samples, kept where a linear part needs them for its blame
+    u: Tensor | None = None  # (K, B, C) the standardised inputs, likewise
 
 
 def _soft_bound(raw: Tensor, low: float, high: float) -> Tensor:
@@ -55,15 +62,22 @@ def _gaussian_log_density(x: Tensor, mean: Tensor, logvar: Tensor) -> Tensor:
 
 
 class StackedVAE(nn.Module):
-    """`k_max` VAEs x -> h -> (mu_z, logvar_z); z -> h -> (mean_x, logvar_x), weights stacked over experts."""
+    """`k_max` VAEs x -> h -> (mu_z, logvar_z); z -> h -> (mean_x, logvar_x), weights stacked over experts.
+    With `n_values` < `n_channels` the inputs past it are reconstructed linearly: z -> (A z + b, lv)."""
 
     active: Tensor
     loc: Tensor
     scale: Tensor
 
-    def __init__(self, k_max: int, n_channels: int, hidden: int = 64, latent: int = 8) -> None:
+    def __init__(
+        self, k_max: int, n_channels: int, hidden: int = 64, latent: int = 8, n_values: int | None = None
+    ) -> None:
         super().__init__()
         self.k_max, self.n_channels, self.hidden, self.latent = k_max, n_channels, hidden, latent
+        self.n_values = n_channels if n_values is None else n_values
+        if not 0 < self.n_values <= n_channels:
+            raise ValueError(f"n_values must be in 1..{n_channels}, got {n_values}")
+        v, f = self.n_values, n_channels - self.n_values
         shapes = {
             "enc_w1": (k_max, n_channels, hidden),
             "enc_b1": (k_max, 1, hidden),
@@ -71,9 +85,11 @@ class StackedVAE(nn.Module):
             "enc_b2": (k_max, 1, 2 * latent),
             "dec_w1": (k_max, latent, hidden),
             "dec_b1": (k_max, 1, hidden),
-            "dec_w2": (k_max, hidden, 2 * n_channels),
-            "dec_b2": (k_max, 1, 2 * n_channels),
+            "dec_w2": (k_max, hidden, 2 * v),
+            "dec_b2": (k_max, 1, 2 * v),
         }
+        if f:  # registered after the decoder's: a model without a linear part has the state it always had
+            shapes.update({"lin_w": (k_max, latent, f), "lin_b": (k_max, 1, f), "lin_lv": (k_max, 1, f)})
         for name, shape in shapes.items():
             self.register_parameter(name, nn.Parameter(torch.zeros(shape)))
         self.register_buffer("active", torch.zeros(k_max, dtype=torch.bool))
@@ -86,7 +102,7 @@ class StackedVAE(nn.Module):
     def reset_expert(self, k: int, generator: torch.Generator | None = None) -> None:
         """Give slot `k` fresh weights (Glorot-uniform, zero biases); leaves `active` alone."""
         for name, p in self.named_parameters():
-            if name.endswith(("b1", "b2")):
+            if name.endswith(("b1", "b2", "lin_b", "lin_lv")):
                 p[k].zero_()
             else:
                 fan_in, fan_out = p.shape[1], p.shape[2]
@@ -167,7 +183,12 @@ class StackedVAE(nn.Module):
         eps = torch.randn(mu.shape, generator=generator, device=x.device, dtype=x.dtype)
         z = mu + torch.exp(0.5 * logvar) * eps
         mean, dec_logvar = self.decode(z, w)
-        rec = _gaussian_log_density(standardise(x, w), mean, dec_logvar).sum(-1)
+        u = standardise(x, w)
+        v = self.n_values
+        rec = _gaussian_log_density(u[..., :v], mean, dec_logvar).sum(-1)
+        if "lin_w" in w:
+            lin_mean = torch.baddbmm(w["lin_b"], z, w["lin_w"])
+            rec = rec + _gaussian_log_density(u[..., v:], lin_mean, linear_logvar(w).expand_as(lin_mean)).sum(-1)
         kl = 0.5 * (mu.pow(2) + torch.exp(logvar) - 1.0 - logvar).sum(-1)
         return rec - kl - w["log_det"][:, None]
 
@@ -214,19 +235,63 @@ def importance_from_eps(
     mean = mean.reshape(k, n_samples, b, -1)
     bound = _soft_bound_once if inplace else _soft_bound
     dec_logvar = bound(raw, LOGVAR_MIN, LOGVAR_MAX).reshape(k, n_samples, b, -1)
-    diff = u.unsqueeze(1) - mean
+    linear = "lin_w" in w  # the inputs past the decoded ones are reconstructed linearly (module docstring)
+    v = mean.shape[-1]
+    uv, ov = (u[..., :v], None if observed is None else observed[..., :v]) if linear else (u, observed)
+    diff = uv.unsqueeze(1) - mean
     if inplace:
         sq_resid = diff.square_().mul_(dec_logvar.neg().exp_())
     else:
         sq_resid = diff.square() * torch.exp(-dec_logvar)
-    if observed is None:
-        c = x.shape[-1]
-        log_px_z = -0.5 * (c * LOG_2PI + dec_logvar.sum(-1) + sq_resid.sum(-1)) - w["log_det"][:, None, None]
+    if ov is None:
+        log_px_z = -0.5 * (v * LOG_2PI + dec_logvar.sum(-1) + sq_resid.sum(-1)) - w["log_det"][:, None, None]
     else:
-        sq_resid = sq_resid.mul_(observed) if inplace else sq_resid * observed
+        assert observed is not None
+        sq_resid = sq_resid.mul_(ov) if inplace else sq_resid * ov
         log_det = (torch.log(w["scale"]) * observed).sum(-1)  # (K, B): the Jacobian of the observed channels
-        n_obs = observed.sum(-1)  # (B,)
-        log_px_z = -0.5 * (n_obs * LOG_2PI + (dec_logvar * observed).sum(-1) + sq_resid.sum(-1)) - log_det[:, None]
+        n_obs = ov.sum(-1)  # (B,)
+        log_px_z = -0.5 * (n_obs * LOG_2PI + (dec_logvar * ov).sum(-1) + sq_resid.sum(-1)) - log_det[:, None]
+    if linear:
+        log_px_z = log_px_z + linear_log_density(u[..., v:], z, w, None if observed is None else observed[:, v:])
     # log p(z) - log q(z|x) for z = mu + std * eps: the LOG_2PI terms cancel.
     log_pz_qz = -0.5 * (z.square().sum(-1) - logvar.sum(-1).unsqueeze(1) - eps.square().sum(-1))
-    return ImportanceSamples(log_w=log_px_z + log_pz_qz, mean=mean, logvar=dec_logvar, sq_resid=sq_resid)
+    kept = (z, u) if linear else (None, None)
+    return ImportanceSamples(log_px_z + log_pz_qz, mean, dec_logvar, sq_resid, *kept)
+
+
+def linear_logvar(w: dict[str, Tensor]) -> Tensor:
+    """The linear part's log-variances (K, 1, F), softly bounded like the decoder's."""
+    return _soft_bound(w["lin_lv"], LOGVAR_MIN, LOGVAR_MAX)
+
+
+def linear_log_density(u: Tensor, z: Tensor, w: dict[str, Tensor], observed: Tensor | None = None) -> Tensor:
+    """log N(u; A z_s + b, diag exp(lv)) of standardised inputs `u` (K, B, F) for every sample `z` (K, S, B, Z),
+    (K, S, B), without forming the (K, S, B, F) means: with precisions p and r = u - b the squared misfit is
+    sum p r^2 - 2 z.(A (p r)) + z' (A diag(p) A') z, whose per-record parts are computed once. `observed` (B, F)
+    float leaves missing inputs out (then A diag(p) A' is per record)."""
+    lv = linear_logvar(w)
+    prec, r, a = torch.exp(-lv), u - w["lin_b"], w["lin_w"]
+    k, n_samples, b, zdim = z.shape
+    if observed is None:
+        pr = prec * r
+        const = (pr * r).sum(-1) + lv.sum(-1) + u.shape[-1] * LOG_2PI  # (K, B)
+        flat = z.reshape(k, n_samples * b, zdim)
+        quad = (torch.bmm(flat, torch.bmm(a * prec, a.transpose(1, 2))) * flat).sum(-1).reshape(k, n_samples, b)
+    else:
+        pm = prec * observed
+        pr = pm * r
+        const = (pr * r).sum(-1) + (lv * observed).sum(-1) + observed.sum(-1) * LOG_2PI
+        quad = torch.einsum("ksbz,kbzy,ksby->ksb", z, torch.einsum("kzf,kbf,kyf->kbzy", a, pm, a), z)
+    cross = (z * torch.bmm(pr, a.transpose(1, 2)).unsqueeze(1)).sum(-1)  # (K, S, B)
+    return -0.5 * (const.unsqueeze(1) - 2.0 * cross + quad)
+
+
+def linear_blame(s: ImportanceSamples, w: dict[str, Tensor], mode: Tensor, observed: Tensor | None = None) -> Tensor:
+    """The linear part's squared standardised residuals (B, S, F) under each record's expert `mode` (B,): the
+    channel blame's share of those inputs, formed for one expert per record only."""
+    assert s.z is not None and s.u is not None
+    rows = torch.arange(mode.shape[0], device=mode.device)
+    v = s.mean.shape[-1]
+    mean = torch.baddbmm(w["lin_b"][mode], s.z[mode, :, rows], w["lin_w"][mode])  # (B, S, F)
+    sq = (s.u[mode, rows, v:].unsqueeze(1) - mean).square() * torch.exp(-linear_logvar(w)[mode])
+    return sq if observed is None else sq * observed[:, None, v:]

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from streammoe.model.calibration import ModeCalibration
 from streammoe.model.config import ModelConfig
-from streammoe.model.experts import StackedVAE, importance_from_eps
+from streammoe.model.experts import StackedVAE, importance_from_eps, linear_blame
 from streammoe.model.memory import ShortTermMemory
 from streammoe.model.replay import ReplayReservoir
 from streammoe.model.scaler import RunningScaler
@@ -50,12 +50,13 @@ class MixtureOfVAEs(nn.Module):
     since_merge: torch.Tensor
     born: torch.Tensor
 
-    def __init__(self, n_channels: int, config: ModelConfig) -> None:
+    def __init__(self, n_channels: int, config: ModelConfig, n_values: int | None = None) -> None:
+        """`n_channels` inputs per record, the first `n_values` (default: all) decoded, the rest linear."""
         super().__init__()
         self.config = config
         self.n_channels = n_channels
         k = config.k_max
-        self.experts = StackedVAE(k, n_channels, config.hidden, config.latent)
+        self.experts = StackedVAE(k, n_channels, config.hidden, config.latent, n_values)
         self.weights = DirichletWeights(k, config.alpha0, config.half_life)
         self.scaler = RunningScaler(n_channels)
         self.calibration = ModeCalibration(k, config.calibration_size)
@@ -206,8 +207,12 @@ def chunk_statistics(
     # Var[x] = E[sigma^2] (aleatoric: the decoders' own noise) + Var[mu] (epistemic: disagreement).
     # Both are averaged over channels, so the channel mean is taken before weighting where it can be. Each
     # expert's means and variances are first put into one unit (the global scaler's, `ref_a`/`ref_b`).
+    # With a linear part (experts.py) the breakdown is over the decoded inputs (the record's values) only.
     rho = resp[:, None, :] * torch.softmax(s.log_w, dim=1)  # (Ka, S, B)
     a, b0 = w["ref_a"].unsqueeze(1), w["ref_b"].unsqueeze(1)  # (Ka, 1, 1, C)
+    v, full = s.mean.shape[-1], observed
+    if s.z is not None:
+        a, b0, observed = a[..., :v], b0[..., :v], None if observed is None else observed[:, :v]
     mean = (a * s.mean).add_(b0)
     mu_bar = (rho.unsqueeze(-1) * mean).sum((0, 1))  # (B, C)
     var = s.logvar.exp_()  # the decoders' variances, in place of their log-variances (not needed after this)
@@ -227,5 +232,8 @@ def chunk_statistics(
     mode = resp.argmax(0)
     rows = torch.arange(x.shape[0], device=x.device)
     w_sel = torch.softmax(s.log_w[mode, :, rows], dim=1)  # (B, S)
-    channel_nll = (w_sel.unsqueeze(-1) * s.sq_resid[mode, :, rows]).sum(1)
+    sq = s.sq_resid[mode, :, rows]
+    if s.z is not None:
+        sq = torch.cat([sq, linear_blame(s, w, mode, full)], dim=-1)
+    channel_nll = (w_sel.unsqueeze(-1) * sq).sum(1)
     return log_px, log_pk, resp, entropy, epistemic, aleatoric, channel_nll, mode

@@ -52,7 +52,7 @@ def candidate_scale_floor(model: MixtureOfVAEs) -> torch.Tensor | None:
 
 def _train_candidate(model: MixtureOfVAEs, x: torch.Tensor, generator: torch.Generator | None) -> StackedVAE:
     cfg = model.config
-    cand = StackedVAE(1, model.n_channels, cfg.hidden, cfg.latent).to(x.device)
+    cand = StackedVAE(1, model.n_channels, cfg.hidden, cfg.latent, model.experts.n_values).to(x.device)
     cand.active[0] = True
     cand.set_scale(0, x, candidate_scale_floor(model))
     opt = adam(cand.parameters(), cfg.learning_rate * 3)

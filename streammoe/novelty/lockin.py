@@ -42,7 +42,7 @@ from streammoe.novelty.growth import CANDIDATE_BATCH, Verdict
 
 def _copy_of(model: MixtureOfVAEs, k: int) -> StackedVAE:
     cfg = model.config
-    copy = StackedVAE(1, model.n_channels, cfg.hidden, cfg.latent).to(model.active.device)
+    copy = StackedVAE(1, model.n_channels, cfg.hidden, cfg.latent, model.experts.n_values).to(model.active.device)
     with torch.no_grad():
         copy.load_expert(0, model.experts, k)
         copy.active[0] = True

@@ -1,6 +1,6 @@
 """Save and load a detector as a directory that loads back bit-identically.
 
-Layout (format version 4)::
+Layout (format version 5)::
 
     meta.json         format and package version, channel names, counters
     config.json       the ModelConfig that shaped the model
@@ -29,7 +29,8 @@ calibration scores gain the log-Jacobian the format-2 likelihoods include. Recor
 stay clipped. Format 2 (no time context) is read as a model without one: its config gets `context.window` 1
 (the context it was made with), so it scores and learns as before; formats 1 and 2 have no context.pt.
 Formats 1-3 have no calibration anchors: they load unanchored, so their p-values stay what they were (a refit
-anchors them).
+anchors them). Formats 1-4 have no `context.decoder`: they load with `full`, the decoder they were made with
+(format 5 may hold the experts' linear part for the features, model/experts.py).
 
 Load errors come in two kinds, because they call for different actions: `ModelDamagedError` (truncated,
 unreadable, checksum mismatch: another copy of the same model may be used instead) and
@@ -55,9 +56,10 @@ from streammoe.model.detector import MixtureDetector
 
 log = get_logger("streammoe.state.persistence")
 
-FORMAT_VERSION = 4
-# Format 1 is migrated on load (`_migrate_v1`); 1 and 2 have no context (`_config_of`); 1-3 no anchors.
-READABLE = (1, 2, 3, 4)
+FORMAT_VERSION = 5
+# Format 1 is migrated on load (`_migrate_v1`); 1 and 2 have no context, 1-4 decode every input (`_config_of`);
+# 1-3 have no anchors.
+READABLE = (1, 2, 3, 4, 5)
 PARTS: dict[str, str | tuple[str, ...]] = {
     "experts": "experts.",
     "em": ("weights.", "status"),
@@ -234,10 +236,13 @@ def _migrate_v1(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _config_of(path: Path, version: int) -> ModelConfig:
-    """The saved ModelConfig; a model of format 1 or 2 was made without a time context, whatever the default."""
+    """The saved ModelConfig; a model of format 1 or 2 was made without a time context, one of format 3 or 4 with
+    its features decoded like the values (`context.decoder` full), whatever the defaults."""
     raw = json.loads((path / "config.json").read_text())
     if version < 3 and isinstance(raw, dict):
         raw["context"] = {"window": 1}
+    if version < 5 and isinstance(raw, dict) and isinstance(raw.get("context"), dict):
+        raw["context"] = {**raw["context"], "decoder": "full"}
     return ModelConfig.model_validate(raw)
 
 

@@ -27,6 +27,10 @@ cfg = ModelConfig(
     calibration_size=64,
     novelty=NoveltyConfig(memory_size=32, window=32, min_records=16, rate_window=64, min_rate=0.25),
 )
+if len(sys.argv) > 2:  # a time context (format 3 on): `make_model_v1.py OUT WINDOW`
+    from streammoe.context.settings import ContextConfig
+
+    cfg = cfg.model_copy(update={"context": ContextConfig(window=int(sys.argv[2]))})
 det = MixtureDetector(3, cfg, ["flow", "pressure", "temp"], device="cpu")
 det.fit(data(1000, 1))
 x = data(64, 2)

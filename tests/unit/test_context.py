@@ -240,7 +240,7 @@ def test_a_snapshot_carries_the_context() -> None:
     )
 
 
-def test_a_format_2_model_loads_without_context_and_saves_as_format_3(tmp_path: Path) -> None:
+def test_a_format_2_model_loads_without_context_and_saves_as_the_current_format(tmp_path: Path) -> None:
     shutil.copytree(DATA / "model-v2", tmp_path / "m")
     det = load_detector(tmp_path / "m", device="cpu")
     save_detector(det, tmp_path / "again")

@@ -81,7 +81,7 @@ def test_wrong_format_version_is_refused_by_name(saved, tmp_path) -> None:
     meta = json.loads((tmp_path / "m" / "meta.json").read_text())
     meta["format_version"] = 7
     (tmp_path / "m" / "meta.json").write_text(json.dumps(meta))
-    with pytest.raises(ModelLoadError, match=r"format 7.*reads formats 1, 2, 3, 4: refit it with `streammoe fit`"):
+    with pytest.raises(ModelLoadError, match=r"format 7.*reads formats 1, 2, 3, 4, 5: refit it with `streammoe fit`"):
         load_detector(tmp_path / "m")
 
 
@@ -109,7 +109,7 @@ def test_a_format_1_model_loads_migrated_and_scores_as_it_did(tmp_path) -> None:
     det.learn_many(scored)
     save_detector(det, tmp_path / "again")
     assert (
-        json.loads((tmp_path / "again" / "meta.json").read_text())["format_version"] == persistence.FORMAT_VERSION == 4
+        json.loads((tmp_path / "again" / "meta.json").read_text())["format_version"] == persistence.FORMAT_VERSION == 5
     )
 
 
