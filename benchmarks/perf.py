@@ -249,20 +249,29 @@ def fitted(k: int, s: int, channels: list[str], fit_steps: int, device: str = "c
     return detector
 
 
-def measure(opts: PerfOptions, progress: Callable[[str], object] = print) -> dict:
+def _prepare(opts: PerfOptions) -> tuple[list[str], float]:
+    """The process as the daemon sets it up (quiet logs, its allocator, its torch threads): the channels, and the
+    clock's start."""
     import torch
 
-    from streammoe.daemon import Daemon, tune_allocator
+    from streammoe.daemon import tune_allocator
     from streammoe.logs import configure_logging
-    from streammoe.state.persistence import save_detector
-    from streammoe.wire.records import RecordDecoder
 
     configure_logging("WARNING", "console")
     tune_allocator()
     if opts.torch_threads:
         torch.set_num_threads(opts.torch_threads)
-    channels = [f"ch{i:02d}" for i in range(opts.channels)]
-    started = time.monotonic()
+    return [f"ch{i:02d}" for i in range(opts.channels)], time.monotonic()
+
+
+def measure(opts: PerfOptions, progress: Callable[[str], object] = print) -> dict:
+    import torch
+
+    from streammoe.daemon import Daemon
+    from streammoe.state.persistence import save_detector
+    from streammoe.wire.records import RecordDecoder
+
+    channels, started = _prepare(opts)
     result: dict = {"setup": {}, "transport": {}, "grid": [], "latency": None}
     with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
@@ -607,15 +616,7 @@ def latency_only(opts: PerfOptions, progress: Callable[[str], object] = print) -
     without the throughput grid."""
     import torch
 
-    from streammoe.daemon import tune_allocator
-    from streammoe.logs import configure_logging
-
-    configure_logging("WARNING", "console")
-    tune_allocator()
-    if opts.torch_threads:
-        torch.set_num_threads(opts.torch_threads)
-    channels = [f"ch{i:02d}" for i in range(opts.channels)]
-    started = time.monotonic()
+    channels, started = _prepare(opts)
     with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp_s:
         lat = latency(broker.bootstrap, channels, Path(tmp_s), opts, progress)
     setup = {"torch": torch.__version__, "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
