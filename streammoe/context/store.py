@@ -14,12 +14,14 @@ Records that must not teach the context (not finite, poison: `keep` False) are h
 place in the window, but none of their values enters the features of the records after them.
 
 Memory: at most `max_assets` assets keep a buffer; past it the least recently seen are evicted (counted in
-`evicted`, logged), and such an asset starts afresh when it comes back.
+`evicted`, logged at most once a minute with the count since the last line), and such an asset starts afresh
+when it comes back.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -28,6 +30,8 @@ import torch
 from streammoe.logs import get_logger
 
 log = get_logger("streammoe.context")
+
+EVICTION_LOG_S = 60.0  # a worker tracking more assets than it may evicts on most batches: one line a minute
 
 
 class ContextStore:
@@ -43,6 +47,7 @@ class ContextStore:
         self.tick = 0  # batches assembled: the recency clock of the eviction
         self.evicted = 0
         self._free: list[int] = []  # slots no asset holds (evicted, or grown ahead)
+        self._unlogged, self._logged_at = 0, -math.inf  # evictions not yet in a log line, and when the last was
 
     def __len__(self) -> int:
         return len(self.slots)
@@ -137,14 +142,20 @@ class ContextStore:
             self.times[s] = math.nan
             self._free.append(s)
         self.evicted += len(gone)
+        self._unlogged += len(gone)
+        now = time.monotonic()
+        if now - self._logged_at < EVICTION_LOG_S:
+            return
         log.warning(
             "context_assets_evicted",
-            evicted=len(gone),
+            evicted=self._unlogged,
             evicted_total=self.evicted,
             tracked=len(self.slots),
             max_assets=self.max_assets,
+            every_s=EVICTION_LOG_S,
             hint="these assets start their context afresh when they come back (STREAMMOE_MODEL__CONTEXT__MAX_ASSETS)",
         )
+        self._unlogged, self._logged_at = 0, now
 
     def _free_slots(self, n: int) -> list[int]:
         if len(self._free) < n:  # grow by doubling: a stream of new assets grows the tensors log-many times

@@ -115,6 +115,27 @@ def test_the_least_recently_seen_assets_are_evicted_and_counted() -> None:
     assert torch.isnan(back[0, :2]).all(), "an evicted asset comes back without a past"
 
 
+def test_evictions_are_logged_at_most_once_a_minute_with_the_count_since(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker tracking more assets than it may evicts on most batches: one line a minute, none lost."""
+    from structlog.testing import capture_logs
+
+    from streammoe.context import store as store_module
+
+    clock = [1000.0]
+    monkeypatch.setattr(store_module.time, "monotonic", lambda: clock[0])
+    store = ContextStore(2, 1, max_assets=1)
+    t = torch.zeros(1, dtype=torch.float64)
+    with capture_logs() as logs:
+        for i in range(5):  # each batch a new asset: evicts the one before
+            store.windows(torch.ones(1, 1), [f"a{i}"], t, 5.0)
+            clock[0] += 10
+        clock[0] += 60
+        store.windows(torch.ones(1, 1), ["late"], t, 5.0)
+    lines = [e for e in logs if e["event"] == "context_assets_evicted"]
+    assert [(e["evicted"], e["evicted_total"]) for e in lines] == [(1, 1), (4, 5)]
+    assert store.evicted == 5
+
+
 def test_features_and_their_names() -> None:
     win = torch.tensor([[[1.0], [3.0], [5.0]], [[math.nan], [math.nan], [2.0]]])
     f = window_features(win, ("diff", "mean", "dev", "std", "rough"))
