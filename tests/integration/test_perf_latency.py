@@ -24,5 +24,7 @@ def test_latency_bench_times_the_daemon_and_the_relay_floor_on_one_broker(broker
     # The relay forwards every 100th record it reads: the 10 topic-creating ones are read before the reader
     # starts (and dropped by their ts), so 40 of the 4000 paced records arrive.
     assert res["floor"]["forwarded"] == 40
+    # Latencies of this run's records (not a clock mix-up: those read as hours or as negative); how small they
+    # are is the box's speed, which the benchmark reports.
     for figures in (res, res["floor"]):
-        assert 0 < figures["p50_ms"] <= figures["p90_ms"] <= figures["p99_ms"] <= figures["max_ms"] < 5000
+        assert 0 < figures["p50_ms"] <= figures["p90_ms"] <= figures["p99_ms"] <= figures["max_ms"] < 60_000
