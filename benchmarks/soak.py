@@ -37,6 +37,7 @@ from streammoe.testing.settings import topics_for
 
 POOL = 100_000
 AHEAD = 300_000  # the producer stays at most this many records ahead of the daemon
+FLAT_BAND = 0.10  # after the warm-up, RSS within ±10 % of its median is flat
 
 
 @dataclass
@@ -48,22 +49,73 @@ class Sample:
 
 @dataclass
 class SoakResult:
+    """What a soak measured. The rate and the RSS verdict are derived from the samples (properties), so a
+    report can never disagree with the samples it carries."""
+
     records: int
     channels: int
     k: int
     n_samples: int
     seconds: float = 0.0
-    rec_s: float = 0.0
     alerts: int = 0
-    rss_median_mb: float = 0.0
-    rss_min_mb: float = 0.0
-    rss_max_mb: float = 0.0
-    max_deviation: float = 0.0  # largest |RSS - median| / median after the warm-up
     warmup_share: float = 0.1
-    flat: bool = False
     lost: int = 0
     exit_code: int | None = None
     samples: list[Sample] = field(default_factory=list)
+
+    @property
+    def rec_s(self) -> float:
+        """Records per second between the first and the last sample that saw records (0.0 with fewer than two)."""
+        busy = [s for s in self.samples if s.records > 0]
+        if len(busy) < 2:
+            return 0.0
+        return round((busy[-1].records - busy[0].records) / (busy[-1].t_s - busy[0].t_s))
+
+    @property
+    def rss_after_warmup(self) -> list[float]:
+        return [s.rss_mb for s in self.samples if s.records >= self.warmup_share * self.records]
+
+    @property
+    def rss_median_mb(self) -> float:
+        after = self.rss_after_warmup
+        return round(float(np.median(after)), 1) if after else 0.0
+
+    @property
+    def max_deviation(self) -> float:
+        """The largest |RSS - median| / median after the warm-up."""
+        after = self.rss_after_warmup
+        if not after:
+            return 0.0
+        med = float(np.median(after))
+        return round(max(abs(v - med) for v in after) / med, 4)
+
+    @property
+    def flat(self) -> bool:
+        return bool(self.rss_after_warmup) and self.max_deviation <= FLAT_BAND
+
+    def as_dict(self, samples: bool = True) -> dict:
+        """soak.json's fields (the summary line's without `samples`), the derived ones among the stored."""
+        after = self.rss_after_warmup
+        out = {
+            "records": self.records,
+            "channels": self.channels,
+            "k": self.k,
+            "n_samples": self.n_samples,
+            "seconds": self.seconds,
+            "rec_s": self.rec_s,
+            "alerts": self.alerts,
+            "rss_median_mb": self.rss_median_mb,
+            "rss_min_mb": min(after, default=0.0),
+            "rss_max_mb": max(after, default=0.0),
+            "max_deviation": self.max_deviation,
+            "warmup_share": self.warmup_share,
+            "flat": self.flat,
+            "lost": self.lost,
+            "exit_code": self.exit_code,
+        }
+        if samples:
+            out["samples"] = [asdict(s) for s in self.samples]
+        return out
 
 
 def payloads(channels: list[str], k: int, seed: int = 1) -> list[tuple[bytes, bytes]]:
@@ -152,15 +204,6 @@ def run(args: argparse.Namespace) -> SoakResult:
             if daemon.returncode != 0:
                 print((Path(tmp) / "daemon.log").read_text()[-3000:], file=sys.stderr)
     result.lost = max(0, args.records - int(processed[0]))
-    busy = [s for s in result.samples if s.records > 0]
-    if len(busy) >= 2:
-        result.rec_s = round((busy[-1].records - busy[0].records) / (busy[-1].t_s - busy[0].t_s))
-    after = [s.rss_mb for s in result.samples if s.records >= args.warmup_share * args.records]
-    if after:
-        med = float(np.median(after))
-        result.rss_median_mb, result.rss_min_mb, result.rss_max_mb = round(med, 1), min(after), max(after)
-        result.max_deviation = round(max(abs(v - med) for v in after) / med, 4)
-        result.flat = result.max_deviation <= 0.10
     return result
 
 
@@ -198,13 +241,12 @@ def main(argv: list[str] | None = None) -> int:
     result = run(args)
     out = args.out or Path("results") / f"soak-{datetime.now():%Y%m%d-%H%M%S}"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "soak.json").write_text(json.dumps(asdict(result), indent=1))
+    (out / "soak.json").write_text(json.dumps(result.as_dict(), indent=1))
     try:
         plot(result, out / "soak-rss.png")
     except ImportError:
         pass
-    summary = {k: v for k, v in asdict(result).items() if k != "samples"}
-    print(json.dumps(summary))
+    print(json.dumps(result.as_dict(samples=False)))
     print(f"soak: report -> {out}")
     return 0 if result.flat and not result.lost and result.exit_code == 0 else 1
 
