@@ -1,5 +1,1 @@
 """The quality benchmark of docs/evaluation.md (tracks T1-T3, peers side by side) and a scoring-speed probe."""
-
-from benchmarks.cli import register
-
-__all__ = ["register"]

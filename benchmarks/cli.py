@@ -66,12 +66,9 @@ def _parse_mode_pairs(text: str) -> tuple[tuple[int, int], ...]:
         raise argparse.ArgumentTypeError(f"mode pairs are 'a->b,c->d' with mode numbers, got {text!r}") from None
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "bench",
-        help="quality benchmark (tracks T1-T4, SPLICE) with peers side by side; --speed for throughput",
-        description=__doc__,
-    )
+def add_options(p: argparse.ArgumentParser) -> None:
+    """`streammoe bench`'s options (its help line is in streammoe/cli.py's EXTRA_COMMANDS)."""
+    p.description = __doc__
     p.add_argument(
         "--tracks", default=None, help=f"comma list of {','.join(TRACKS)} (default: all, or none with --speed)"
     )

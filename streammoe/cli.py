@@ -29,8 +29,6 @@ def _progress_bar(total: int, desc: str) -> tqdm:
 
 def cmd_fit(args: argparse.Namespace) -> int:
     from streammoe.files.series import read_series
-    from streammoe.model.detector import MixtureDetector
-    from streammoe.state.persistence import save_detector
 
     config = model_config(args)
     series = [read_series(p) for p in args.data]
@@ -45,6 +43,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if not finite.all():
         print(f"fit: dropping {int((~finite).sum())} rows with missing or non-finite values", file=sys.stderr)
         values, assets, times = values[finite], assets[finite], times[finite]
+    # torch only now: a bad option or file is reported without waiting for it (seconds on a loaded box).
+    from streammoe.model.detector import MixtureDetector
+    from streammoe.state.persistence import save_detector
+
     detector = MixtureDetector(len(channels), config, channels)
     with _progress_bar(config.fit_steps, "fit") as bar:
         report = detector.fit(
@@ -56,15 +58,17 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from streammoe.files.offline import score_stream
     from streammoe.files.series import read_series, write_scores
-    from streammoe.state.persistence import load_detector, save_detector
 
     if args.model is None and args.warmup is None:
         raise UsageError("without --model, give --warmup N (rows to learn from before scoring)")
     config = model_config(args)
     incidents = incident_settings()
     series = read_series(args.data)
+    # torch only now: a bad option, setting or file is reported without waiting for it (seconds on a loaded box).
+    from streammoe.files.offline import score_stream
+    from streammoe.state.persistence import load_detector, save_detector
+
     detector = load_detector(args.model, channels=series.channels) if args.model else None
     if detector is not None:
         check_saved_model(detector.config, config, args)
@@ -138,7 +142,9 @@ def _incident_column(result: StreamResult, series: Series, settings: IncidentSet
     ).column
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The command line. With `command`, the options of the other subcommands in EXTRA_COMMANDS are left out
+    (their line in `--help` stays), so that only the modules that command needs are imported."""
     parser = argparse.ArgumentParser(prog="streammoe", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -160,49 +166,68 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_options(p)
     p.set_defaults(func=cmd_score)
 
-    for register in _extra_commands():
-        register(sub)
+    for name, (help_line, add_options) in EXTRA_COMMANDS.items():
+        p = sub.add_parser(name, help=help_line)
+        if command is None or name == command:
+            add_options(p)
     return parser
 
 
-def _extra_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
-    """The subcommands that live beside their code: the daemon, the benchmark, the demo, replay."""
-    from streammoe import daemon
-    from streammoe.files import replay
+def _run_options(p: argparse.ArgumentParser) -> None:
+    from streammoe.daemon.service import add_options
 
-    commands = [daemon.register, _register_bench, replay.register]
+    add_options(p)
+
+
+def _replay_options(p: argparse.ArgumentParser) -> None:
+    from streammoe.files.replay import add_options
+
+    add_options(p)
+
+
+def _demo_options(p: argparse.ArgumentParser) -> None:
     try:
         from streammoe.demo import app
     except ImportError:  # the demo is an optional extra (streammoe[demo]); the production image has none of it
-        commands.append(_register_missing("demo", "the demo is not installed: pip install 'streammoe[demo]'"))
+        _missing(p, "the demo is not installed: pip install 'streammoe[demo]'")
     else:
-        commands.append(app.register)
-    return commands
+        app.add_options(p)
 
 
-def _register_bench(sub: argparse._SubParsersAction) -> None:
+def _register_bench(p: argparse.ArgumentParser) -> None:
     """`streammoe bench` runs the benchmarks of a source checkout; an installed image has none (they are not shipped)."""
     root = Path(__file__).resolve().parent.parent
     if (root / "benchmarks" / "cli.py").is_file():
         if str(root) not in sys.path:
             sys.path.insert(0, str(root))
-        from benchmarks.cli import register
+        from benchmarks.cli import add_options
 
-        register(sub)
+        add_options(p)
         return
-    _register_missing(
-        "bench",
+    _missing(
+        p,
         "the benchmarks are not installed: they live in benchmarks/ of a source checkout (git clone, then ./dev bench)",
-    )(sub)
+    )
 
 
-def _register_missing(name: str, message: str) -> Callable[[argparse._SubParsersAction], None]:
-    def register(sub: argparse._SubParsersAction) -> None:
-        p = sub.add_parser(name, help=message, add_help=False)
-        p.add_argument("rest", nargs=argparse.REMAINDER)
-        p.set_defaults(func=lambda _args: _fail(message))
+# The subcommands that live beside their code: the daemon, replay, the demo, the benchmarks. Each one's module is
+# imported (and its options added) only when that command runs: they import the daemon, Kafka, torch or the
+# benchmarks, which `--help`, fit and score, and their one-line errors, should not wait for (seconds on a loaded box).
+EXTRA_COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
+    "run": ("run the streaming daemon (settings from STREAMMOE_* variables)", _run_options),
+    "replay": ("push a series file through Kafka as JSON records", _replay_options),
+    "demo": ("the whole pipeline on a simulated pump, with an embedded broker", _demo_options),
+    "bench": (
+        "quality benchmark (tracks T1-T4, SPLICE) with peers side by side; --speed for throughput",
+        _register_bench,
+    ),
+}
 
-    return register
+
+def _missing(p: argparse.ArgumentParser, message: str) -> None:
+    """A command whose code is not installed: whatever it is given, it says so (exit 2)."""
+    p.description = message
+    p.set_defaults(func=lambda _args: _fail(message), takes_anything=True)
 
 
 def _fail(message: str) -> int:
@@ -215,9 +240,13 @@ def main(argv: list[str] | None = None) -> int:
     is one line on stderr and exit status 2, never a traceback."""
     from streammoe.config import SettingsError
     from streammoe.files.series import SeriesFormatError
-    from streammoe.state.persistence import ModelLoadError
+    from streammoe.state.errors import ModelLoadError
 
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(next((a for a in argv if not a.startswith("-")), ""))
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and not getattr(args, "takes_anything", False):
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")  # as parse_args says it
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

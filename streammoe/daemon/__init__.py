@@ -4,7 +4,7 @@ from streammoe.daemon.accounting import RunSummary
 from streammoe.daemon.clients import Clients, KafkaClients, SourceHooks
 from streammoe.daemon.pipeline import REF_PARTITION_SHIFT
 from streammoe.daemon.publish import event_payload
-from streammoe.daemon.service import Daemon, cmd_run, register, tune_allocator
+from streammoe.daemon.service import Daemon, cmd_run, tune_allocator
 from streammoe.daemon.verdicts import marked_event
 
 __all__ = [
@@ -17,6 +17,5 @@ __all__ = [
     "cmd_run",
     "event_payload",
     "marked_event",
-    "register",
     "tune_allocator",
 ]

@@ -58,8 +58,8 @@ from streammoe.logs import configure_logging, get_logger
 from streammoe.metrics import Health, HttpServer, Metrics
 from streammoe.silence import SilenceWatch
 from streammoe.state.checkpoint import Checkpointer, ModelState
+from streammoe.state.errors import ModelLoadError
 from streammoe.state.ownership import OwnedScopes
-from streammoe.state.persistence import ModelLoadError
 from streammoe.state.scopes import GLOBAL_SCOPE
 from streammoe.wire.records import DecodedBatch
 
@@ -281,7 +281,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("run", help="run the streaming daemon (settings from STREAMMOE_* variables)")
+def add_options(p: argparse.ArgumentParser) -> None:
+    """`streammoe run`'s options (its help line is in cli.EXTRA_COMMANDS)."""
     p.add_argument("--env-file", default=None, help="an env file of STREAMMOE_* settings (see configs/)")
     p.set_defaults(func=cmd_run)

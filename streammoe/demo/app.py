@@ -331,8 +331,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(DemoOptions(**named, view=not args.no_view and sys.stdout.isatty()))
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("demo", help="the whole pipeline on a simulated pump, with an embedded broker")
+def add_options(p: argparse.ArgumentParser) -> None:
+    """`streammoe demo`'s options (its help line is in cli.EXTRA_COMMANDS)."""
     p.add_argument(
         "--duration",
         type=float,

@@ -225,8 +225,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0 if report.failed == 0 else 1
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("replay", help="push a series file through Kafka as JSON records")
+def add_options(p: argparse.ArgumentParser) -> None:
+    """`streammoe replay`'s options (its help line is in cli.EXTRA_COMMANDS)."""
     p.add_argument("--data", required=True, type=Path, help="series CSV or CSV.gz (timestamp, channels, [label])")
     p.add_argument("--topic", required=True)
     p.add_argument("--rate", type=float, default=0.0, help="records per second (0 = as fast as possible)")

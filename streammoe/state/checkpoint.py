@@ -29,15 +29,8 @@ from pathlib import Path
 from streammoe.config import CheckpointSettings
 from streammoe.logs import get_logger
 from streammoe.model.detector import MixtureDetector
-from streammoe.state.persistence import (
-    ModelDamagedError,
-    ModelIncompatibleError,
-    ModelLoadError,
-    load_detector,
-    previous_path,
-    read_meta,
-    save_detector,
-)
+from streammoe.state.errors import ModelDamagedError, ModelIncompatibleError, ModelLoadError
+from streammoe.state.persistence import load_detector, previous_path, read_meta, save_detector
 
 log = get_logger("streammoe.state.checkpoint")
 

@@ -53,6 +53,7 @@ from streammoe.logs import get_logger
 from streammoe.model.calibration import unanchored
 from streammoe.model.config import ModelConfig
 from streammoe.model.detector import MixtureDetector
+from streammoe.state.errors import ModelDamagedError, ModelIncompatibleError
 
 log = get_logger("streammoe.state.persistence")
 
@@ -68,18 +69,6 @@ PARTS: dict[str, str | tuple[str, ...]] = {
     "replay": "replay.",
     "novelty": ("memory.", "below_floor", "since_merge", "born"),
 }
-
-
-class ModelLoadError(Exception):
-    """A model directory is missing, damaged, or incompatible with what the caller expects."""
-
-
-class ModelDamagedError(ModelLoadError):
-    """The directory is missing, truncated, unreadable or fails its checksums."""
-
-
-class ModelIncompatibleError(ModelLoadError):
-    """A readable model of another format version or for another channel set."""
 
 
 def _split_state(state: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:

@@ -38,7 +38,8 @@ from streammoe.kafka.sink import Headers
 from streammoe.kafka.snapshots import SnapshotError, SnapshotMessage
 from streammoe.logs import get_logger
 from streammoe.state.checkpoint import ModelState, offsets_from_json, offsets_to_json
-from streammoe.state.persistence import ModelLoadError, load_detector, save_detector
+from streammoe.state.errors import ModelLoadError
+from streammoe.state.persistence import load_detector, save_detector
 
 log = get_logger("streammoe.state.snapshot")
 

@@ -19,7 +19,8 @@ from streammoe.config import CheckpointSettings
 from streammoe.model.config import ModelConfig
 from streammoe.model.detector import MixtureDetector
 from streammoe.state.checkpoint import Checkpointer, ModelState
-from streammoe.state.persistence import ModelDamagedError, ModelIncompatibleError, load_detector, previous_path
+from streammoe.state.errors import ModelDamagedError, ModelIncompatibleError
+from streammoe.state.persistence import load_detector, previous_path
 
 CHANNELS = ["a", "b", "c"]
 

@@ -100,6 +100,37 @@ def test_a_missing_input_file_is_one_line_and_a_non_zero_exit(tmp_path, command:
     assert run.stderr.splitlines() == [f"streammoe {command}: error: {tmp_path / 'nope.csv'}: no such file"]
 
 
+def test_help_and_the_one_line_errors_import_neither_torch_nor_the_daemon(tmp_path) -> None:
+    """Only the command being run imports what it needs: `--help` and fit/score's file errors wait for neither torch
+    nor the daemon nor the benchmarks (they took ~12 s on a loaded box while the parser imported them all)."""
+    import subprocess
+    import sys
+
+    nope = str(tmp_path / "nope.csv")
+    probe = (
+        "import contextlib, sys\n"
+        "from streammoe.cli import main\n"
+        f"assert main(['fit', '--data', {nope!r}, '--out', 'm']) == 2\n"
+        f"assert main(['score', '--data', {nope!r}, '--out', 's.csv', '--warmup', '10']) == 2\n"
+        "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(None):\n"
+        "    main(['--help'])\n"
+        "print(sorted(m for m in ('torch', 'streammoe.daemon', 'benchmarks', 'confluent_kafka') if m in sys.modules))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True, timeout=120)
+    assert run.stdout.strip() == "[]"
+
+
+def test_a_command_that_is_not_installed_says_so_whatever_its_options(monkeypatch, capsys) -> None:
+    from streammoe import cli
+
+    monkeypatch.setitem(cli.EXTRA_COMMANDS, "bench", ("help", lambda p: cli._missing(p, "not installed here")))
+    assert main(["bench", "--tracks", "T1", "extra"]) == 2
+    assert capsys.readouterr().err == "streammoe: not installed here\n"
+    with pytest.raises(SystemExit):  # any other command still refuses what it does not know
+        main(["fit", "--data", "x.csv", "--out", "m", "--no-such-option"])
+    assert "unrecognized arguments: --no-such-option" in capsys.readouterr().err
+
+
 def test_a_model_that_cannot_be_loaded_is_one_line(series, capsys) -> None:
     (series / "notamodel").mkdir()
     assert (

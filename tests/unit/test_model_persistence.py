@@ -13,7 +13,8 @@ import torch
 from streammoe.model.config import ModelConfig
 from streammoe.model.detector import MixtureDetector
 from streammoe.state import persistence
-from streammoe.state.persistence import ModelLoadError, load_detector, save_detector
+from streammoe.state.errors import ModelLoadError
+from streammoe.state.persistence import load_detector, save_detector
 
 CHANNELS = ["flow", "pressure", "temp", "vibration"]
 

@@ -11,7 +11,8 @@ import torch
 
 from streammoe.model.config import ModelConfig
 from streammoe.model.detector import MixtureDetector
-from streammoe.state.persistence import ModelDamagedError, ModelLoadError, load_detector, save_detector
+from streammoe.state.errors import ModelDamagedError, ModelLoadError
+from streammoe.state.persistence import load_detector, save_detector
 
 
 @pytest.fixture()
