@@ -12,6 +12,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from benchmarks.t4 import T4A_METHODS, T4B_METHODS, T4B_PAIRS, MultiModeOptions
 from benchmarks.tracks import (
     EXTRA_METHODS,
@@ -24,8 +26,8 @@ from benchmarks.tracks import (
     SeriesRun,
     TrackResult,
 )
-from streammoe.incidents import IncidentSettings
 from streammoe.model.config import ModelConfig
+from streammoe.model_options import UsageError, incident_settings
 
 TRACKS = ("T1", "T2", "T3", "T4A", "T4B", "SPLICE")
 ALL_METHODS = tuple(dict.fromkeys(METHODS + T3_METHODS + T4A_METHODS + T4B_METHODS + EXTRA_METHODS))
@@ -253,15 +255,14 @@ def _perf(args: argparse.Namespace) -> int:
     return 0
 
 
-def _incident_settings() -> IncidentSettings:
-    """The event metrics group every method's decisions as the daemon would with `STREAMMOE_INCIDENTS__*`, as
-    `score`'s incident column does; a bad variable stops the bench with its name."""
-    from streammoe.model_options import UsageError, incident_settings
-
+def _model_config(overrides: dict[str, Any]) -> ModelConfig:
+    """ModelConfig with the bench's overrides; UsageError naming the option when one is invalid."""
     try:
-        return incident_settings()
-    except UsageError as e:
-        raise SystemExit(f"error: {e}") from None
+        return ModelConfig(**overrides)
+    except ValidationError as e:
+        err = e.errors()[0]
+        flag = "--" + "-".join(str(p) for p in err["loc"]).replace("_", "-")
+        raise UsageError(f"{flag}: {err['msg'].removeprefix('Value error, ')}") from None
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -274,24 +275,24 @@ def cmd_bench(args: argparse.Namespace) -> int:
         overrides["context"] = {"window": args.context_window}
     if args.context_decoder is not None:
         overrides["context"] = {**overrides.get("context", {}), "decoder": args.context_decoder}
-    config = ModelConfig(**overrides)
+    config = _model_config(overrides)
     only_other = args.speed or args.fuzz
     wanted = (
         [t.strip().upper() for t in args.tracks.split(",")] if args.tracks else ([] if only_other else list(TRACKS))
     )
     unknown_methods = sorted({m.strip() for m in args.methods.split(",")} - set(ALL_METHODS)) if args.methods else []
     if unknown_methods:
-        raise SystemExit(f"error: unknown method(s) {unknown_methods}; known: {list(ALL_METHODS)}")
+        raise UsageError(f"unknown method(s) {unknown_methods}; known: {list(ALL_METHODS)}")
     unknown = sorted(set(wanted) - set(TRACKS))
     if unknown:
-        raise SystemExit(f"error: unknown track(s) {unknown}; known: {list(TRACKS)}")
+        raise UsageError(f"unknown track(s) {unknown}; known: {list(TRACKS)}")
     methods = tuple(m.strip() for m in args.methods.split(",")) if args.methods else None
     data_root = args.data_root or default_data_root()
     if set(wanted) - {"T4A", "T4B"} and not data_root.is_dir():
-        raise SystemExit(f"error: no datasets folder at {data_root}; give --data-root or set STREAMMOE_DATA")
+        raise UsageError(f"no datasets folder at {data_root}; give --data-root or set STREAMMOE_DATA")
     out = args.out or Path("results") / datetime.now().strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
-    incidents = _incident_settings()
+    incidents = incident_settings()  # as `score`'s incident column: the daemon's STREAMMOE_INCIDENTS__*
     opts = tracks.BenchOptions(
         data_root, config, args.series, args.max_series, methods, args.pairs, args.batch_size, incidents
     )

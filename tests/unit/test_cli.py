@@ -131,6 +131,22 @@ def test_a_command_that_is_not_installed_says_so_whatever_its_options(monkeypatc
     assert "unrecognized arguments: --no-such-option" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("command", "message"),
+    [
+        (
+            ["fit", "--data", "x.csv", "--out", "m", "--k-max", "0"],
+            "--k-max: Input should be greater than or equal to 1",
+        ),
+        (["bench", "--tracks", "T4A", "--k-max", "0"], "--k-max: Input should be greater than or equal to 1"),
+        (["bench", "--tracks", "T9"], "unknown track(s) ['T9']; known: ['T1', 'T2', 'T3', 'T4A', 'T4B', 'SPLICE']"),
+    ],
+)
+def test_a_misconfiguration_is_one_line_and_exit_2_in_every_command(command, message, tmp_path, capsys) -> None:
+    assert main([*command, *(["--out", str(tmp_path / "out")] if command[0] == "bench" else [])]) == 2
+    assert capsys.readouterr().err == f"streammoe {command[0]}: error: {message}\n"
+
+
 def test_a_model_that_cannot_be_loaded_is_one_line(series, capsys) -> None:
     (series / "notamodel").mkdir()
     assert (
