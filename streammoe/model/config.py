@@ -10,18 +10,14 @@ from streammoe.context.settings import ContextConfig
 class PoisonConfig(BaseModel):
     """Which readings are poison by what they are (never learned, always alerted)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
-    sentinel_magnitude: float = Field(
-        1e15, gt=0, description="Readings with |x| at or above this are sentinels or broken sensors (never learned)."
-    )
-    sentinel_values: list[float] = Field(
-        default_factory=list, description="Exact readings that mean 'no value' (e.g. -9999): never learned."
-    )
-    bounds: dict[str, tuple[float | None, float | None]] = Field(
-        default_factory=dict,
-        description="Per channel name, the physical [low, high] (null for no bound): readings outside are never learned.",
-    )
+    sentinel_magnitude: float = Field(1e15, gt=0)
+    """Readings with |x| at or above this are sentinels or broken sensors (never learned)."""
+    sentinel_values: list[float] = Field(default_factory=list)
+    """Exact readings that mean 'no value' (e.g. -9999): never learned."""
+    bounds: dict[str, tuple[float | None, float | None]] = Field(default_factory=dict)
+    """Per channel name, the physical [low, high] (null for no bound): readings outside are never learned."""
 
     @field_validator("bounds")
     @classmethod
@@ -35,154 +31,88 @@ class PoisonConfig(BaseModel):
 class NoveltyConfig(BaseModel):
     """When a sustained, coherent run of unexplained records becomes a new expert (and when experts go)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
-    enabled: bool = Field(True, description="Grow, retire and merge experts while learning online.")
-    memory_size: int = Field(2000, ge=16, description="Unexplained records kept in the short-term memory (>= window).")
-    min_records: int = Field(
-        500,
-        ge=16,
-        description="Unexplained records needed before a candidate expert is tried (a shorter burst never is).",
-    )
-    window: int = Field(1000, ge=16, description="Recent records over which the unexplained share is measured.")
-    min_density: float = Field(
-        0.5, gt=0, le=1, description="Share of the recent window that must be unexplained (sustained, not scattered)."
-    )
-    fast_records: int = Field(
-        220,
-        ge=0,
-        description=(
-            "A dense run this long that lies far from every expert (fast_channels channels at least fast_shift of "
-            "its spreads away from the nearest) is tried as a new mode at once, on its newest fast_records, and "
-            "again every fast_retry records while it lasts (at most memory_size of them); 0 turns this off. A run near the known modes waits for "
-            "min_records (a long fault is not a new mode)."
-        ),
-    )
-    fast_shift: float = Field(
-        20.0,
-        gt=0,
-        description="Spreads (the nearest expert's own scale) a channel's run median must move to count as far.",
-    )
-    fast_channels: int = Field(
-        4, ge=1, description="Channels that must move that far: a setpoint change moves many coherently, a fault a few."
-    )
-    fast_density: float = Field(
-        0.9, gt=0, le=1, description="Share of the records since the run began that must be unexplained for a fast try."
-    )
-    fast_retry: int = Field(
-        100, ge=1, description="Records between fast tries of one run (its newest records each time)."
-    )
-    fast_settled: float = Field(
-        3.0,
-        gt=0,
-        description=(
-            "A fast candidate is accepted once the median of the run's newest holdout_fraction is within this many "
-            "of the candidate's spreads of the older records' median on every channel (settled, not moving)."
-        ),
-    )
-    rate_window: int = Field(
-        10_000, ge=16, description="Records over which a sustained rate of scattered unexplained records is measured."
-    )
-    min_rate: float = Field(
-        0.04,
-        ge=0,
-        le=1,
-        description=(
-            "Unexplained share of the last rate_window records (about 1 % when nothing changed) that tries a "
-            "candidate on them even when scattered in time; 0 turns this trigger off."
-        ),
-    )
-    rate_max_excess: float = Field(
-        0.0,
-        description=(
-            "A candidate from scattered records is accepted only if its median NLL on the held-out ones is at most "
-            "the pooled calibration's score at learn_threshold plus this many nats (as tight as a known mode)."
-        ),
-    )
-    lockin_share: float = Field(
-        0.0,
-        ge=0,
-        le=1,
-        description=(
-            "Off by default (0). When > 0, an expert whose unexplained share over about its last lockin_window "
-            "records reaches this is tested for lock-in: if a refit on those records is as tight as a known mode and "
-            "keeps its own records, its calibration's clipped tail is re-measured with them (novelty/lockin.py). "
-            "0.03 took T3's false alarms from 4.3 % to 1.3 %, but the demo's slow drift and stuck-sensor faults "
-            "then went unflagged (docs/model.md, 'Lock-in'); settling (settle_records) now does it for new experts."
-        ),
-    )
-    lockin_window: int = Field(
-        2000,
-        ge=16,
-        description=(
-            "Records of one expert over which its unexplained share is measured (decayed by e per this many); it is "
-            "tested once the share reached lockin_share, 32 of its records went unexplained and lockin_window/2 "
-            "stream records went by since its last test (or its start)."
-        ),
-    )
-    lockin_steps: int = Field(
-        300, ge=1, description="Gradient steps of the lock-in refit (a warm-started copy; only a test)."
-    )
-    lockin_margin: float = Field(
-        2.0,
-        ge=0,
-        description="The lock-in refit may lose at most this many nats (median) on the expert's held-out replay records.",
-    )
-    settle_records: int = Field(
-        30_000,
-        ge=0,
-        description=(
-            "Records after an expert is added during which it may still be settling: while its unexplained share "
-            "is at least settle_share, its records enter its calibration unclipped, so a mode wider than the "
-            "memory it was trained on is measured instead of locked in (novelty/settling.py). 0 turns it off."
-        ),
-    )
-    settle_share: float = Field(
-        0.03,
-        gt=0,
-        le=1,
-        description=(
-            "Unexplained share (over about the expert's last lockin_window records) at which a new expert is taken "
-            "to be settling; about 1 % when calibrated, so scattered anomalies at twice that (tested at 2 %) stay "
-            "clipped and alerting."
-        ),
-    )
-    holdout_fraction: float = Field(
-        0.3, gt=0, lt=1, description="Latest share of the memory the candidate must explain."
-    )
-    min_gain: float = Field(
-        10.0, ge=0, description="Median log-likelihood gain (nats per record) of the candidate over the mixture."
-    )
-    min_explained: float = Field(
-        0.8, gt=0, le=1, description="Share of held-out memory records the candidate must explain at its own 99th pct."
-    )
-    candidate_steps: int = Field(
-        250,
-        ge=1,
-        description="Gradient steps to train a candidate expert, in the batch that tries it (bounded, "
-        "deterministic given the input order). 600 made a 46-channel candidate learn its ~350 records by heart.",
-    )
-    candidate_scale_floor: float = Field(
-        1.0,
-        ge=0,
-        description=(
-            "A candidate's scale per channel is at least this times the median of the active experts' scales "
-            "(0: its own records' spread alone). A few hundred records of a new state under-state how much a "
-            "channel moves in it."
-        ),
-    )
-    replace_weight: float = Field(
-        0.05, ge=0, lt=1, description="With every slot taken, a new mode replaces the lightest expert if below this."
-    )
-    protect_records: int = Field(
-        10_000, ge=0, description="A newly added expert cannot be replaced by another new mode for this many records."
-    )
-    retire_weight: float = Field(0.005, ge=0, lt=1, description="Experts below this weight for long are retired.")
-    retire_after: int = Field(100_000, ge=1, description="Records an expert must stay below retire_weight.")
-    merge_margin: float = Field(
-        1.0, ge=0, description="Experts whose records the other explains within this many nats per record are merged."
-    )
-    merge_every: int = Field(20_000, ge=1, description="Records between checks for near-duplicate experts.")
+    enabled: bool = True
+    """Grow, retire and merge experts while learning online."""
+    memory_size: int = Field(2000, ge=16)
+    """Unexplained records kept in the short-term memory (>= window)."""
+    min_records: int = Field(500, ge=16)
+    """Unexplained records needed before a candidate expert is tried (a shorter burst never is)."""
+    window: int = Field(1000, ge=16)
+    """Recent records over which the unexplained share is measured."""
+    min_density: float = Field(0.5, gt=0, le=1)
+    """Share of the recent window that must be unexplained (sustained, not scattered)."""
+    fast_records: int = Field(220, ge=0)
+    """A dense run this long that lies far from every expert (fast_channels channels at least fast_shift of its spreads
+    away from the nearest) is tried as a new mode at once, on its newest fast_records, and again every fast_retry
+    records while it lasts (at most memory_size of them); 0 turns this off. A run near the known modes waits for
+    min_records (a long fault is not a new mode)."""
+    fast_shift: float = Field(20.0, gt=0)
+    """Spreads (the nearest expert's own scale) a channel's run median must move to count as far."""
+    fast_channels: int = Field(4, ge=1)
+    """Channels that must move that far: a setpoint change moves many coherently, a fault a few."""
+    fast_density: float = Field(0.9, gt=0, le=1)
+    """Share of the records since the run began that must be unexplained for a fast try."""
+    fast_retry: int = Field(100, ge=1)
+    """Records between fast tries of one run (its newest records each time)."""
+    fast_settled: float = Field(3.0, gt=0)
+    """A fast candidate is accepted once the median of the run's newest holdout_fraction is within this many of the
+    candidate's spreads of the older records' median on every channel (settled, not moving)."""
+    rate_window: int = Field(10_000, ge=16)
+    """Records over which a sustained rate of scattered unexplained records is measured."""
+    min_rate: float = Field(0.04, ge=0, le=1)
+    """Unexplained share of the last rate_window records (about 1 % when nothing changed) that tries a candidate on them
+    even when scattered in time; 0 turns this trigger off."""
+    rate_max_excess: float = 0.0
+    """A candidate from scattered records is accepted only if its median NLL on the held-out ones is at most the pooled
+    calibration's score at learn_threshold plus this many nats (as tight as a known mode)."""
+    lockin_share: float = Field(0.0, ge=0, le=1)
+    """Off by default (0). When > 0, an expert whose unexplained share over about its last lockin_window records reaches
+    this is tested for lock-in: if a refit on those records is as tight as a known mode and keeps its own records, its
+    calibration's clipped tail is re-measured with them (novelty/lockin.py). 0.03 took T3's false alarms from 4.3 % to
+    1.3 %, but the demo's slow drift and stuck-sensor faults then went unflagged (docs/model.md, 'Lock-in'); settling
+    (settle_records) now does it for new experts."""
+    lockin_window: int = Field(2000, ge=16)
+    """Records of one expert over which its unexplained share is measured (decayed by e per this many); it is tested
+    once the share reached lockin_share, 32 of its records went unexplained and lockin_window/2 stream records went by
+    since its last test (or its start)."""
+    lockin_steps: int = Field(300, ge=1)
+    """Gradient steps of the lock-in refit (a warm-started copy; only a test)."""
+    lockin_margin: float = Field(2.0, ge=0)
+    """The lock-in refit may lose at most this many nats (median) on the expert's held-out replay records."""
+    settle_records: int = Field(30_000, ge=0)
+    """Records after an expert is added during which it may still be settling: while its unexplained share is at least
+    settle_share, its records enter its calibration unclipped, so a mode wider than the memory it was trained on is
+    measured instead of locked in (novelty/settling.py). 0 turns it off."""
+    settle_share: float = Field(0.03, gt=0, le=1)
+    """Unexplained share (over about the expert's last lockin_window records) at which a new expert is taken to be
+    settling; about 1 % when calibrated, so scattered anomalies at twice that (tested at 2 %) stay clipped and
+    alerting."""
+    holdout_fraction: float = Field(0.3, gt=0, lt=1)
+    """Latest share of the memory the candidate must explain."""
+    min_gain: float = Field(10.0, ge=0)
+    """Median log-likelihood gain (nats per record) of the candidate over the mixture."""
+    min_explained: float = Field(0.8, gt=0, le=1)
+    """Share of held-out memory records the candidate must explain at its own 99th pct."""
+    candidate_steps: int = Field(250, ge=1)
+    """Gradient steps to train a candidate expert, in the batch that tries it (bounded, deterministic given the input
+    order). 600 made a 46-channel candidate learn its ~350 records by heart."""
+    candidate_scale_floor: float = Field(1.0, ge=0)
+    """A candidate's scale per channel is at least this times the median of the active experts' scales (0: its own
+    records' spread alone). A few hundred records of a new state under-state how much a channel moves in it."""
+    replace_weight: float = Field(0.05, ge=0, lt=1)
+    """With every slot taken, a new mode replaces the lightest expert if below this."""
+    protect_records: int = Field(10_000, ge=0)
+    """A newly added expert cannot be replaced by another new mode for this many records."""
+    retire_weight: float = Field(0.005, ge=0, lt=1)
+    """Experts below this weight for long are retired."""
+    retire_after: int = Field(100_000, ge=1)
+    """Records an expert must stay below retire_weight."""
+    merge_margin: float = Field(1.0, ge=0)
+    """Experts whose records the other explains within this many nats per record are merged."""
+    merge_every: int = Field(20_000, ge=1)
+    """Records between checks for near-duplicate experts."""
 
     @model_validator(mode="after")
     def _consistent(self) -> NoveltyConfig:
@@ -198,25 +128,15 @@ class NoveltyConfig(BaseModel):
 class CascadeConfig(BaseModel):
     """Which records get the full S-sample estimate (model/cascade.py): all, or those a cheap pass cannot clear."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
-    enabled: bool = Field(
-        False,
-        description=(
-            "Score every record on one importance sample first and give only those that could matter the full "
-            "n_samples pass (their decisions and breakdown are the full pass's); off: every record gets it."
-        ),
-    )
-    margin_p: float = Field(
-        0.05,
-        ge=0.05,
-        lt=1,
-        description=(
-            "A record skips the full pass when its first sample's NLL plus log(n_samples), an upper bound on the "
-            "full pass's, lies under the score at this p-value in every mode it could belong to. At least 0.05 "
-            "(higher: more records rescored): the calibration's tail must hold full-pass scores only."
-        ),
-    )
+    enabled: bool = False
+    """Score every record on one importance sample first and give only those that could matter the full n_samples pass
+    (their decisions and breakdown are the full pass's); off: every record gets it."""
+    margin_p: float = Field(0.05, ge=0.05, lt=1)
+    """A record skips the full pass when its first sample's NLL plus log(n_samples), an upper bound on the full pass's,
+    lies under the score at this p-value in every mode it could belong to. At least 0.05 (higher: more records
+    rescored): the calibration's tail must hold full-pass scores only."""
 
 
 class ModelConfig(BaseModel):
