@@ -179,6 +179,18 @@ def test_every_model_config_field_is_an_option() -> None:
     assert expected <= flags and "--novelty-min-records" in flags and "--learning-rate" in flags
 
 
+def test_every_model_option_has_its_description_as_help() -> None:
+    """The sections document their fields in attribute docstrings (pydantic's use_attribute_docstrings): a
+    docstring that pydantic does not read would leave the option's --help empty."""
+    from streammoe.model_options import _field, option_fields
+
+    undocumented = [path for path in option_fields() if not (_field(path).description or "").strip()]
+    assert not undocumented
+    assert _field(("novelty", "min_records")).description == (
+        "Unexplained records needed before a candidate expert is tried (a shorter burst never is)."
+    )
+
+
 def test_fit_honours_the_daemons_model_variables_and_the_command_line_wins(series, monkeypatch, capsys) -> None:
     from streammoe.state.persistence import load_detector
 
