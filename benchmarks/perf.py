@@ -32,7 +32,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -208,7 +208,6 @@ class PerfOptions:
     variants_s: int = 8
     compile: bool = False
     cascade: bool = True  # also every S > 1 point with the cascade on (scoring, learning, end to end)
-    extra: dict = field(default_factory=dict)
 
 
 def daemon_settings(
