@@ -1,7 +1,7 @@
 """Event-level metrics: how a method's decisions look as incidents, the way an operator meets them.
 
 Two groupings of the same 0/1 decisions are scored: the incident tracker (streammoe/incidents, the daemon's
-own logic, row index as offset) and the simple grouping of flagged rows whose gaps are under 10 rows (what
+own logic, row index as offset; given the rows' p-values, its evidence rule can count sub-threshold rows) and the simple grouping of flagged rows whose gaps are under 10 rows (what
 "one alert per record" amounts to once someone groups neighbours by eye). Labelled anomaly segments are the
 runs of label 1.
 
@@ -126,10 +126,15 @@ def event_counts(
     settings: IncidentSettings | None = None,
     mode_added: Sequence[tuple[int, int, int]] = (),
     at_once: np.ndarray | None = None,
+    neg_log10_p: np.ndarray | None = None,
 ) -> dict[str, EventCounts]:
     """Both groupings of one series' decisions; `critical` rows are of critical severity, `at_once` rows open an
-    incident at once (streammoe's own; default: the critical ones)."""
-    tracked = track_series(flagged, critical, settings=settings, mode_added=mode_added, at_once=at_once)
+    incident at once (streammoe's own; default: the critical ones); `neg_log10_p` each row's -log10 p-value, for
+    the tracker's evidence rule (`IncidentSettings.evidence_p_value`; none: only alerts count)."""
+    p_value = None if neg_log10_p is None else 10.0 ** -np.nan_to_num(np.asarray(neg_log10_p, np.float64), nan=np.inf)
+    tracked = track_series(
+        flagged, critical, neg_log10_p, p_value, settings=settings, mode_added=mode_added, at_once=at_once
+    )
     return {
         "incidents": count_events(labels, flagged, tracked.spans()),
         "gap10": count_events(labels, flagged, gap_groups(flagged)),
@@ -145,13 +150,15 @@ def add_events(
     settings: IncidentSettings,
     start: int = 0,
     at_once: np.ndarray | None = None,
+    neg_log10_p: np.ndarray | None = None,
 ) -> None:
     """Put both groupings' event metrics and counts into a run's `metrics["events"]`; `flagged`, `critical`,
-    `at_once` and the mode_added rows cover the whole stream, of which rows `start:` are labelled."""
+    `at_once`, `neg_log10_p` and the mode_added rows cover the whole stream, of which rows `start:` are labelled."""
     crit = None if critical is None else critical[start:]
     once = None if at_once is None else at_once[start:]
+    score = None if neg_log10_p is None else neg_log10_p[start:]
     added = [(e, a - start, b - start) for e, a, b in mode_added if b >= start]
-    counts = event_counts(labels, flagged[start:], crit, settings, added, once)
+    counts = event_counts(labels, flagged[start:], crit, settings, added, once, score)
     metrics["events"] = {g: {**c.metrics(), "counts": c.as_dict()} for g, c in counts.items()}
 
 

@@ -2,7 +2,9 @@
 incident settings and by gaps under 10 rows, pooled per dataset.
 
 A method's decisions do not depend on the incident settings, so each (series, method) is run once and its
-decisions are kept in `--cache` (one .npz each); later sweeps over other settings read them back.
+decisions are kept in `--cache` (one .npz each: labels, flagged, scores, the -log10 p-values `neg_log10_p` for
+the evidence rule, critical, at_once, mode_added); later sweeps over other settings read them back. A cache
+written before `neg_log10_p` was kept gives the evidence rule nothing to count: make a new one for it.
 
     python -m benchmarks.incident_sweep --cache results/decisions --sweep quiet_records=30,60,100,200
 """
@@ -77,12 +79,13 @@ def _decide(opts: BenchOptions, track: str, name: str, method: str, fits: FitCac
     if track == "T1":
         s = load(opts.data_root / f"{name}.csv.gz")
         train, stream, labels = s.values[:WARMUP], s.values[WARMUP:], s.labels[WARMUP:]  # type: ignore[index]
+        times = (s.timestamps[:WARMUP], s.timestamps[WARMUP:])
         peer = make_peer(method, opts, None)
     else:
-        train, test = load(opts.data_root / f"{name}.train.csv.gz").values, load(opts.data_root / f"{name}.test.csv.gz")
-        stream, labels = test.values, test.labels
+        fit, test = load(opts.data_root / f"{name}.train.csv.gz"), load(opts.data_root / f"{name}.test.csv.gz")
+        train, stream, labels, times = fit.values, test.values, test.labels, (fit.timestamps, test.timestamps)
         peer = make_peer(method, opts, fits)
-    scores, flagged, _, _ = _run(peer, train, stream)
+    scores, flagged, _, _ = _run(peer, train, stream, times)
     ex = _extras(peer)
     print(f"  decided {name} {method}", file=sys.stderr, flush=True)
     np.savez_compressed(
@@ -90,6 +93,7 @@ def _decide(opts: BenchOptions, track: str, name: str, method: str, fits: FitCac
         labels=labels,
         flagged=flagged,
         scores=scores,
+        neg_log10_p=ex.calibrated_score if ex.calibrated_score is not None else np.zeros(len(flagged)),
         critical=ex.critical if ex.critical is not None else np.zeros(len(flagged), bool),
         at_once=ex.at_once if ex.at_once is not None else np.zeros(len(flagged), bool),
         mode_added=np.asarray(ex.mode_added, np.int64).reshape(-1, 3),
@@ -103,8 +107,10 @@ def sweep(opts: BenchOptions, tracks: list[str], cache_dir: Path, grid: list[dic
         critical = d["critical"] if d["critical"].any() else None
         at_once = d["at_once"] if "at_once" in d and critical is not None else None  # caches before it: critical
         added = [tuple(int(v) for v in e) for e in d["mode_added"]]
+        score = d.get("neg_log10_p")  # caches before it: the evidence rule sees no p-values
         for i, kw in enumerate(grid):
-            ev = event_counts(d["labels"], d["flagged"], critical, IncidentSettings(**kw), added, at_once)  # type: ignore[arg-type]
+            settings = IncidentSettings(**kw)
+            ev = event_counts(d["labels"], d["flagged"], critical, settings, added, at_once, score)  # type: ignore[arg-type]
             keys = [("incidents " + json.dumps(kw), ev["incidents"])] + ([("gap10", ev["gap10"])] if i == 0 else [])
             for label, c in keys:
                 pools[(ds, m, label)] = pools.get((ds, m, label), EventCounts()) + c

@@ -253,7 +253,16 @@ def run_t1(opts: BenchOptions, observe: Observer | None = None) -> TrackResult:
             pooled[m] = pooled[m] + decisions(labels, flagged)
             ex = _extras(peer)
             metrics = _with_calibrated(series_metrics(labels, scores, flagged), labels, ex)
-            add_events(metrics, labels, flagged, ex.critical, ex.mode_added, opts.incidents, at_once=ex.at_once)
+            add_events(
+                metrics,
+                labels,
+                flagged,
+                ex.critical,
+                ex.mode_added,
+                opts.incidents,
+                at_once=ex.at_once,
+                neg_log10_p=ex.calibrated_score,
+            )
             run = SeriesRun(name, m, metrics, fit_s, score_s, ex.info)
             track.runs.append(run)
             if observe is not None:
@@ -295,7 +304,16 @@ def _t2_one(
     scores, flagged, fit_s, score_s = _run(peer, train.values, test.values, (train.timestamps, test.timestamps))
     ex = _extras(peer)
     metrics = _with_calibrated(series_metrics(test.labels, scores, flagged), test.labels, ex)
-    add_events(metrics, test.labels, flagged, ex.critical, ex.mode_added, opts.incidents, at_once=ex.at_once)
+    add_events(
+        metrics,
+        test.labels,
+        flagged,
+        ex.critical,
+        ex.mode_added,
+        opts.incidents,
+        at_once=ex.at_once,
+        neg_log10_p=ex.calibrated_score,
+    )
     run = SeriesRun(name, method, metrics, fit_s, score_s, ex.info)
     if observe is not None:
         observe(track, run, test.labels, scores, flagged, ex, 0, [])
@@ -347,7 +365,17 @@ def run_t3(
             _with_calibrated(metrics, b_test.labels, ex, slice(n_train, None))
             metrics["far_b_train_2nd_half"] = float(flagged[n_train // 2 : n_train].mean())
             metrics["far_b_train_1st_half"] = float(flagged[: n_train // 2].mean())
-            add_events(metrics, b_test.labels, flagged, ex.critical, ex.mode_added, opts.incidents, n_train, ex.at_once)
+            add_events(
+                metrics,
+                b_test.labels,
+                flagged,
+                ex.critical,
+                ex.mode_added,
+                opts.incidents,
+                n_train,
+                ex.at_once,
+                ex.calibrated_score,
+            )
             ref = baseline.get((f"smd/{b}", m))
             if ref is None:
                 ref, _ = _t2_one(f"smd/{b}", m, opts, cache, None)

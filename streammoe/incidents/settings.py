@@ -36,6 +36,17 @@ class IncidentSettings(BaseModel):
         "debounce: with the defaults, a critical record and one more alert within open_n records open an "
         "incident, a lone one does not.",
     )
+    evidence_p_value: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Records with a p-value below this count as evidence, with the alerts: an incident also opens "
+        "when evidence_k of the asset's last evidence_n records are evidence, so a sustained stretch of "
+        "moderately unlikely records is not missed because none of them crossed the alert threshold. The alerts "
+        "do not change. 0: off (only alerts open incidents).",
+    )
+    evidence_k: int = Field(5, ge=1, description="Evidence records in the evidence window that open an incident.")
+    evidence_n: int = Field(10, ge=1, description="The evidence window, in records of the asset.")
     quiet_records: int = Field(
         100,
         ge=1,
@@ -65,4 +76,11 @@ class IncidentSettings(BaseModel):
     def _k_fits_n(self) -> IncidentSettings:
         if self.open_k > self.open_n:
             raise ValueError(f"open_k ({self.open_k}) cannot exceed open_n ({self.open_n})")
+        if self.evidence_k > self.evidence_n:
+            raise ValueError(f"evidence_k ({self.evidence_k}) cannot exceed evidence_n ({self.evidence_n})")
         return self
+
+    @property
+    def window(self) -> int:
+        """How far back an opening rule looks: the records a debounce must keep."""
+        return max(self.open_n, self.evidence_n if self.evidence_p_value > 0 else 0)

@@ -1,6 +1,7 @@
 """The incident tracker of one scope: anomalous records in, `opened` / `updated` / `resolved` messages out.
 
-Per asset it keeps the flagged records of the debounce window and the open incident, if any. A batch is
+Per asset it keeps the alerts (and, with the evidence rule, the evidence records) of the debounce window and
+the open incident, if any. A batch is
 grouped by asset and each asset's records are walked from one state change to the next with numpy (the
 debounce counts with `searchsorted`, the quiet period with the gaps between anomalies), so the cost grows
 with the number of incidents a batch opens or resolves, not with its records. Assets with nothing open and
@@ -80,10 +81,12 @@ class IncidentTracker:
         flagged = np.asarray(batch.flagged, bool)
         assets = np.asarray(batch.asset, dtype=object)
         self.kept.mutes.passed(assets, np.asarray(batch.ts))
-        if n == 0 or (not flagged.any() and not self.assets):
+        p_value = np.nan_to_num(np.asarray(batch.p_value, np.float64), nan=0.0)
+        counted = flagged | (p_value < self.settings.evidence_p_value)  # alerts, and evidence records if on
+        if n == 0 or (not counted.any() and not self.assets):
             return []
         names, inverse = np.unique(assets, return_inverse=True)
-        per_asset = np.bincount(inverse, weights=flagged, minlength=len(names))
+        per_asset = np.bincount(inverse, weights=counted, minlength=len(names))
         order = np.argsort(inverse, kind="stable")
         bounds = np.concatenate([[0], np.cumsum(np.bincount(inverse, minlength=len(names)))])
         rows = rows_of(batch, flagged, len(self.channels))
@@ -110,13 +113,14 @@ class IncidentTracker:
         """Walk one asset's rows from state change to state change."""
         s = self.settings
         flagged_at = np.flatnonzero(rows.flagged)
+        candidate_at = np.flatnonzero(rows.flagged | (rows.p_value < s.evidence_p_value))  # what a debounce counts
         pending = _Pending()
         changes: list[Change] = []
         i, m, j0 = 0, len(rows), int(rows.j[0])
         while i < m:
-            fpos = flagged_at[np.searchsorted(flagged_at, i) :]
             inc = state.open
             if inc is not None:
+                fpos = flagged_at[np.searchsorted(flagged_at, i) :]
                 end = quiet_end(s, inc, rows, fpos, i)
                 if end is None:
                     inc.absorb(rows.take(fpos))
@@ -135,19 +139,17 @@ class IncidentTracker:
                 state.open, state.recent = None, None
                 i = r + 1
                 continue
+            cpos = candidate_at[np.searchsorted(candidate_at, i) :]
             recent = state.recent if state.recent is not None else Rows.empty(rows.share.shape[1])
-            both = Rows.concat([recent, rows.take(fpos)])
-            lo = np.searchsorted(both.j, both.j - s.open_n + 1)
-            weight = np.concatenate([[0], np.cumsum(np.where(both.critical, s.critical_weight, 1))])
-            fire = ((weight[1:] - weight[lo]) >= s.open_k) | both.at_once
-            fire[: len(recent)] = False
-            if not fire.any():  # keep what a later record's window can still reach
-                state.recent = both.take(both.j >= j0 + m + 1 - s.open_n)
+            both = Rows.concat([recent, rows.take(cpos)])
+            found = opening(s, both, len(recent))
+            if found is None:  # keep what a later record's window can still reach
+                state.recent = both.take(both.j >= j0 + m + 1 - s.window)
                 break
-            t = int(np.argmax(fire))
-            p = int(fpos[t - len(recent)])
+            t, lo = found
+            p = int(cpos[t - len(recent)])
             opener = Source(self.topic, int(rows.partition[p]), int(rows.offset[p]))
-            window = both.take(slice(int(lo[t]), t + 1))
+            window = both.take(slice(lo, t + 1))
             inc = Incident(
                 id=incident_id(self.scope, asset, opener),
                 scope=self.scope,
@@ -315,6 +317,27 @@ def fresh_rows(seen_by_topic: dict[str, dict[int, int]], batch: Batch, topic: st
         fresh &= ~mine | (offset >= seen.get(p, 0))
         seen[p] = max(seen.get(p, 0), int(offset[mine].max()) + 1)
     return fresh
+
+
+def opening(s: IncidentSettings, both: Rows, skip: int) -> tuple[int, int] | None:
+    """(row of `both` at which an incident opens, first row of its window), or None; rows before `skip` were
+    judged by an earlier batch. `both` holds an asset's alerts and evidence records (p below evidence_p_value).
+
+    By alerts: open_k of the last open_n records alerted, a critical one weighing critical_weight, or one that
+    opens at once. By evidence: evidence_k of the last evidence_n records are alerts or evidence."""
+    lo = np.searchsorted(both.j, both.j - s.open_n + 1)
+    weight = np.concatenate([[0], np.cumsum(np.where(both.flagged, np.where(both.critical, s.critical_weight, 1), 0))])
+    by_alerts = (both.flagged & ((weight[1:] - weight[lo]) >= s.open_k)) | both.at_once
+    fire = by_alerts.copy()
+    lo_e = lo
+    if s.evidence_p_value > 0:
+        lo_e = np.searchsorted(both.j, both.j - s.evidence_n + 1)
+        fire |= np.arange(1, len(both) + 1) - lo_e >= s.evidence_k
+    fire[:skip] = False
+    if not fire.any():
+        return None
+    t = int(np.argmax(fire))
+    return t, int(lo[t] if by_alerts[t] else lo_e[t])
 
 
 def quiet_end(s: IncidentSettings, inc: Incident, rows: Rows, fpos: np.ndarray, i: int) -> tuple[int, int] | None:

@@ -66,6 +66,26 @@ def test_add_events_runs_both_groupings_and_pools_by_part() -> None:
     assert pooled["smd"]["incidents"]["segments"] == 2 and pooled["smd"]["gap10"]["incidents"] == 4
 
 
+def test_the_evidence_rule_reads_each_rows_p_value_and_start_skips_it_too() -> None:
+    """A labelled stretch of p 1e-2 rows that never alert (threshold 1e-3) is found only when the evidence rule
+    is on and the rows' -log10 p-values reach the tracker; gap10 and the peers' decisions (no p-values) stand."""
+    labels = np.zeros(300, np.int8)
+    labels[200:210] = 1
+    flagged = np.zeros(350, bool)
+    score = np.full(350, 0.2)
+    score[250:260] = 2.0  # rows 200-209 of the labelled part
+    on = IncidentSettings(evidence_p_value=0.05, evidence_k=5, evidence_n=10)
+    metrics: dict = {}
+    add_events(metrics, labels, flagged, None, [], on, start=50, neg_log10_p=score)
+    events = metrics["events"]
+    assert events["incidents"]["segment_recall"] == 1.0 and events["incidents"]["median_delay"] == 4
+    assert events["gap10"]["segment_recall"] == 0.0
+    add_events(metrics, labels, flagged, None, [], IncidentSettings(), start=50, neg_log10_p=score)
+    assert metrics["events"]["incidents"]["segment_recall"] == 0.0  # off by default
+    add_events(metrics, labels, flagged, None, [], on, start=50)
+    assert metrics["events"]["incidents"]["segment_recall"] == 0.0  # no p-values: only alerts count
+
+
 def test_a_critical_row_opens_at_once_and_start_skips_an_unlabelled_prefix() -> None:
     labels = np.zeros(100, np.int8)
     labels[40] = 1

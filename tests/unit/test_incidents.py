@@ -204,6 +204,11 @@ def test_mode_added_turns_the_overlapping_incident_into_new_mode() -> None:
     assert t.link_mode_added(3, Source("in", 1, 5), Source("in", 1, 19)) == []  # another partition
 
 
+def test_evidence_k_must_fit_evidence_n() -> None:
+    with pytest.raises(ValueError, match="evidence_k"):
+        IncidentSettings(evidence_k=11, evidence_n=10)
+
+
 def test_k_must_fit_n() -> None:
     with pytest.raises(ValueError, match="open_k"):
         IncidentSettings(open_k=5, open_n=3)
@@ -227,15 +232,19 @@ def reference(
     ts: np.ndarray,
     s: IncidentSettings,
     at_once: np.ndarray | None = None,
+    p_value: np.ndarray | None = None,
 ) -> set:
     """The tracker's rules one record at a time: (asset, first, opening, last, count, resolving row). A critical
-    record weighs `critical_weight` in the debounce; an `at_once` one (default: every critical) opens at once."""
+    record weighs `critical_weight` in the debounce; an `at_once` one (default: every critical) opens at once;
+    with `evidence_p_value`, evidence_k alerts or records with a lower `p_value` of the last evidence_n open one.
+    """
     at_once = crit if at_once is None else at_once
-    recent: dict[str, list[int]] = {}
+    evidence = flags | ((np.ones(len(flags)) if p_value is None else p_value) < s.evidence_p_value)
+    recent: dict[str, list[tuple[int, int, int, bool]]] = {}
     open_: dict[str, list] = {}
     seen: dict[str, int] = {}
     done = set()
-    for row, (a, f, c, t, o) in enumerate(zip(assets, flags, crit, ts, at_once)):
+    for row, (a, f, c, t, o, e) in enumerate(zip(assets, flags, crit, ts, at_once, evidence)):
         j = seen.get(a, 0)
         seen[a] = j + 1
         inc = open_.get(a)
@@ -246,26 +255,57 @@ def reference(
                 done.add((a, inc[0], inc[1], inc[2], inc[5], row))
                 del open_[a]
             continue
-        if f:
-            r = [x for x in recent.get(a, []) if x[0] > j - s.open_n] + [(j, row, s.critical_weight if c else 1)]
+        if e:
+            weight = (s.critical_weight if c else 1) if f else 0
+            r = [x for x in recent.get(a, []) if x[0] > j - s.window] + [(j, row, weight, bool(f))]
             recent[a] = r
-            if o or sum(x[2] for x in r) >= s.open_k:
-                open_[a] = [r[0][1], row, row, j, t, len(r)]
+            by_alerts = [x for x in r if x[0] > j - s.open_n]
+            by_evidence = [x for x in r if x[0] > j - s.evidence_n]
+            window = None
+            if f and (o or sum(x[2] for x in by_alerts) >= s.open_k):
+                window = by_alerts
+            elif s.evidence_p_value > 0 and len(by_evidence) >= s.evidence_k:
+                window = by_evidence
+            if window is not None:
+                open_[a] = [window[0][1], row, row, j, t, len(window)]
                 recent[a] = []
     return done | {(a, i[0], i[1], i[2], i[5], None) for a, i in open_.items()}
 
 
-@pytest.mark.parametrize("seed,spikes", [(0, False), (1, False), (2, False), (3, True), (4, True)])
-def test_a_large_mixed_batch_matches_the_record_by_record_rules(seed: int, spikes: bool) -> None:
+@pytest.mark.parametrize(
+    "seed,spikes,evidence",
+    [
+        (0, False, 0.0),
+        (1, False, 0.0),
+        (2, False, 0.0),
+        (3, True, 0.0),
+        (4, True, 0.0),
+        (5, False, 0.2),
+        (6, True, 0.2),
+        (7, True, 0.05),
+    ],
+)
+def test_a_large_mixed_batch_matches_the_record_by_record_rules(seed: int, spikes: bool, evidence: float) -> None:
     """50k records over 100 assets in random batch sizes give the incidents of a per-record loop (`spikes`: only
-    some critical records open at once, the others weigh double in the debounce)."""
+    some critical records open at once, the others weigh double in the debounce; `evidence`: records with a
+    p-value below it count towards the evidence rule)."""
     rng = np.random.default_rng(seed)
     n = 50_000
-    s = settings(open_k=3, open_n=5, quiet_records=3, quiet_ms=2500, critical_weight=2)
+    s = settings(
+        open_k=3,
+        open_n=5,
+        quiet_records=3,
+        quiet_ms=2500,
+        critical_weight=2,
+        evidence_p_value=evidence,
+        evidence_k=4,
+        evidence_n=7,
+    )
     assets = [f"a{i}" for i in rng.integers(0, 100, n)]
     flags = rng.random(n) < rng.choice([0.05, 0.3, 0.6])
     crit = flags & (rng.random(n) < (0.3 if spikes else 0.02))
     once = crit & (rng.random(n) < 0.1) if spikes else crit
+    p_value = np.where(flags, 1e-4, rng.random(n))
     ts = np.cumsum(rng.integers(0, 60, n))
     t = IncidentTracker("global", s, CHANNELS)
     changes = []
@@ -280,6 +320,7 @@ def test_a_large_mixed_batch_matches_the_record_by_record_rules(seed: int, spike
             ts=ts[start:stop],
         )
         b.at_once = once[start:stop]
+        b.p_value = p_value[start:stop]
         changes += t.observe(b)
         start = stop
     got = {
@@ -298,8 +339,42 @@ def test_a_large_mixed_batch_matches_the_record_by_record_rules(seed: int, spike
         (i.asset, i.first_source.offset, i.opened_by.offset, i.last_source.offset, i.count, None)
         for i in t.open_incidents()
     }
-    assert got == reference(assets, flags, crit, ts, s, once)
+    assert got == reference(assets, flags, crit, ts, s, once, p_value)
     assert len({c.body["incident_id"] for c in changes if c.status == "opened"}) == len(got)
+    if evidence:  # the rule is exercised: some incidents open on a record that did not alert
+        opened_by = {c.body["opened_by"]["offset"] for c in changes if c.status == "opened"}
+        assert any(not flags[o] for o in opened_by)
+
+
+def test_a_sustained_sub_threshold_stretch_opens_an_incident_only_with_the_evidence_rule() -> None:
+    """Five records of p 1e-2 in a row never alert (threshold 1e-3); with evidence_p_value 0.05 and 4 of 6 they
+    open an incident whose records are the stretch, which resolves after the quiet period; a lone one does not."""
+    p = np.full(30, 0.5)
+    p[[2]] = 0.01  # lone
+    p[10:15] = 0.01
+    b = batch([0] * 30)
+    b.p_value = p
+    off = IncidentTracker("global", settings(), CHANNELS)
+    assert off.observe(b) == []
+    on = IncidentTracker("global", settings(evidence_p_value=0.05, evidence_k=4, evidence_n=6), CHANNELS)
+    changes = on.observe(b)
+    assert statuses(changes) == ["opened", "resolved"]
+    body = changes[-1].body
+    assert body["first_source"]["offset"] == 10 and body["opened_by"]["offset"] == 13
+    assert body["last_source"]["offset"] == 13 and body["count"] == 4  # the window that opened it
+    assert body["severity"] == "warning" and body["min_p_value"] == pytest.approx(0.01)
+    assert body["resolution"]["source"]["offset"] == 17  # 4 quiet records: records 14 and up do not alert
+
+
+def test_evidence_records_do_not_keep_an_incident_open() -> None:
+    """Once open, only alerts join an incident and hold off its resolution, as without the evidence rule."""
+    p = np.full(20, 0.5)
+    p[[0, 1, 2, 3, 5, 7, 9]] = 0.01
+    b = batch([0] * 20)
+    b.p_value = p
+    t = IncidentTracker("global", settings(evidence_p_value=0.05, evidence_k=4, evidence_n=6), CHANNELS)
+    changes = t.observe(b)
+    assert [c.body["resolution"]["source"]["offset"] for c in changes if c.status == "resolved"] == [7]
 
 
 def test_records_read_again_after_a_restart_are_not_folded_in_twice() -> None:
@@ -313,3 +388,18 @@ def test_records_read_again_after_a_restart_are_not_folded_in_twice() -> None:
     assert statuses(again) == ["resolved"]
     assert again[0].body["incident_id"] == opened[0].body["incident_id"] and again[0].body["count"] == 5
     assert again[0].sequence == 1
+
+
+def test_evidence_of_a_debounce_window_survives_a_restart() -> None:
+    """Evidence records are kept in the debounce window's state like alerts: 3 before the checkpoint and 1
+    after it open the incident that 4 in one batch would."""
+    s = settings(evidence_p_value=0.05, evidence_k=4, evidence_n=6)
+    first, second = batch([0, 0, 0]), batch([0, 0], start=3)
+    first.p_value, second.p_value = np.full(3, 0.01), np.array([0.01, 0.5])
+    t = IncidentTracker("global", s, CHANNELS)
+    assert t.observe(first) == []
+    restored = IncidentTracker("global", s, CHANNELS)
+    restored.load_state(json.loads(json.dumps(t.to_state())), now=0.0)
+    changes = restored.observe(second)
+    assert statuses(changes) == ["opened"]
+    assert changes[0].body["first_source"]["offset"] == 0 and changes[0].body["opened_by"]["offset"] == 3
