@@ -170,6 +170,13 @@ class ModelConfig(BaseModel):
     half_life: float = Field(20_000.0, gt=0, description="Half-life of the mixture-weight statistics, in records.")
     alpha0: float = Field(1.0, gt=0, description="Dirichlet prior concentration per expert.")
     learning_rate: float = Field(1e-3, gt=0, description="Adam step size, offline and online.")
+    online_lr_count: float = Field(
+        0.0,
+        ge=0,
+        description="Online steps of an expert whose effective count (its decayed sum of responsibilities) is n "
+        "move its weights by learning_rate x min(1, online_lr_count / n): a long-fitted mode steps less on noise, "
+        "a young expert as fast as before (model/learning.py). 0: every expert at learning_rate.",
+    )
     learn_batch: int = Field(256, ge=1, description="At most this many records of a batch per online step.")
     learn_every: int = Field(
         1,

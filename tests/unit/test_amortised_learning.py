@@ -52,7 +52,7 @@ def test_steps_come_every_nth_batch_and_draw_from_every_batch_since_the_last(lea
     det = detector(learn_every)
     seen_rows: list[int] = []
 
-    def step(x, resp=None, elog_pi=None):  # type: ignore[no-untyped-def]
+    def step(x, resp=None, elog_pi=None, rates=None):  # type: ignore[no-untyped-def]
         seen_rows.append(x.shape[0])
         return StepResult(True, 0.0)
 
