@@ -7,7 +7,7 @@ from pathlib import Path
 import jsonschema
 import numpy as np
 import orjson
-from clients_kit import fitted, make, publish_mode_added, records
+from clients_kit import CHANNELS, fitted, make, publish_mode_added, records
 
 from streammoe.daemon import REF_PARTITION_SHIFT
 from streammoe.novelty.events import ModeEvent
@@ -194,3 +194,26 @@ def test_the_daemon_and_the_offline_scorer_mark_the_same_records_critical() -> N
     np.testing.assert_array_equal(np.asarray(daemon, bool), expected)
     np.testing.assert_array_equal(offline.critical, expected)
     assert not expected[-1] and expected[-2]
+
+
+def test_the_evidence_rule_opens_an_incident_on_a_stretch_that_never_alerts(tmp_path: Path) -> None:
+    """20 records at 1.8 on every channel score p 0.002-0.04 on this small model: none alerts (threshold 1e-3),
+    and only with INCIDENTS__EVIDENCE_P_VALUE do they make an incident: the daemon hands the tracker every
+    record's p-value, not only the alerts'."""
+    odd = [orjson.dumps({"asset_id": "pump-1", "ts": 300 + i, "values": [1.8] * len(CHANNELS)}) for i in range(20)]
+    values = records(np.random.default_rng(0), 300) + odd + records(np.random.default_rng(2), 200, start_ts=320)
+    found = []
+    for evidence in ({}, {"evidence_p_value": 0.05, "evidence_k": 8, "evidence_n": 10}):
+        daemon, clients = make(tmp_path / str(len(found)), incidents=evidence)
+        daemon.state.detector = fitted()
+        clients.source_client.feed(values)
+        daemon.run(max_records=520, timeout_s=60)
+        alerted = {orjson.loads(m.value or b"")["ts"] for m in clients.sink_client.on("alerts")}
+        assert not alerted & set(range(300, 320))
+        found.append([m for m in incidents(clients) if m["first_ts"] <= 319 and m["last_ts"] >= 300])
+    assert found[0] == []
+    assert len({m["incident_id"] for m in found[1]}) == 1
+    last = found[1][-1]
+    VALIDATOR.validate(last)
+    assert last["status"] == "resolved" and last["severity"] == "warning" and last["count"] >= 8
+    assert 300 <= last["opened_ts"] <= 319
