@@ -212,6 +212,24 @@ def _with_calibrated(metrics: dict, labels: np.ndarray, extras: Extras, part: sl
     return metrics
 
 
+def _with_events(
+    metrics: dict, labels: np.ndarray, flagged: np.ndarray, extras: Extras, incidents: IncidentSettings, start: int = 0
+) -> None:
+    """The event metrics of a method's decisions, with what its extras say of them (critical rows, rows that open
+    an incident at once, mode additions, calibrated scores as -log10 p)."""
+    add_events(
+        metrics,
+        labels,
+        flagged,
+        extras.critical,
+        extras.mode_added,
+        incidents,
+        start,
+        extras.at_once,
+        extras.calibrated_score,
+    )
+
+
 def _mean_summary(runs: list[SeriesRun], keys: tuple[str, ...]) -> dict:
     out: dict = {"n_series": len(runs), "wall_s": sum(r.fit_s + r.score_s for r in runs), "skipped": {}}
     for k in (*keys, "auc_pr_calibrated"):
@@ -253,16 +271,7 @@ def run_t1(opts: BenchOptions, observe: Observer | None = None) -> TrackResult:
             pooled[m] = pooled[m] + decisions(labels, flagged)
             ex = _extras(peer)
             metrics = _with_calibrated(series_metrics(labels, scores, flagged), labels, ex)
-            add_events(
-                metrics,
-                labels,
-                flagged,
-                ex.critical,
-                ex.mode_added,
-                opts.incidents,
-                at_once=ex.at_once,
-                neg_log10_p=ex.calibrated_score,
-            )
+            _with_events(metrics, labels, flagged, ex, opts.incidents)
             run = SeriesRun(name, m, metrics, fit_s, score_s, ex.info)
             track.runs.append(run)
             if observe is not None:
@@ -304,16 +313,7 @@ def _t2_one(
     scores, flagged, fit_s, score_s = _run(peer, train.values, test.values, (train.timestamps, test.timestamps))
     ex = _extras(peer)
     metrics = _with_calibrated(series_metrics(test.labels, scores, flagged), test.labels, ex)
-    add_events(
-        metrics,
-        test.labels,
-        flagged,
-        ex.critical,
-        ex.mode_added,
-        opts.incidents,
-        at_once=ex.at_once,
-        neg_log10_p=ex.calibrated_score,
-    )
+    _with_events(metrics, test.labels, flagged, ex, opts.incidents)
     run = SeriesRun(name, method, metrics, fit_s, score_s, ex.info)
     if observe is not None:
         observe(track, run, test.labels, scores, flagged, ex, 0, [])
@@ -365,17 +365,7 @@ def run_t3(
             _with_calibrated(metrics, b_test.labels, ex, slice(n_train, None))
             metrics["far_b_train_2nd_half"] = float(flagged[n_train // 2 : n_train].mean())
             metrics["far_b_train_1st_half"] = float(flagged[: n_train // 2].mean())
-            add_events(
-                metrics,
-                b_test.labels,
-                flagged,
-                ex.critical,
-                ex.mode_added,
-                opts.incidents,
-                n_train,
-                ex.at_once,
-                ex.calibrated_score,
-            )
+            _with_events(metrics, b_test.labels, flagged, ex, opts.incidents, n_train)
             ref = baseline.get((f"smd/{b}", m))
             if ref is None:
                 ref, _ = _t2_one(f"smd/{b}", m, opts, cache, None)
