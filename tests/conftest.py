@@ -26,6 +26,18 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread_per_test() -> Iterator[None]:
+    """And each test starts with one, whatever ran before it (an in-process daemon sets its own
+    STREAMMOE_TORCH_THREADS), and leaves the count as it found it: no test module needs its own copy."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def broker() -> Iterator[str]:
     """Bootstrap address of a Tansu broker that lives for the whole test session."""

@@ -39,14 +39,6 @@ def detector(learn_every: int) -> MixtureDetector:
     return det
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.parametrize("learn_every", [1, 3])
 def test_steps_come_every_nth_batch_and_draw_from_every_batch_since_the_last(learn_every, monkeypatch) -> None:
     det = detector(learn_every)

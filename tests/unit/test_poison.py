@@ -9,7 +9,6 @@ to move is not poison: it is scored, alerts, and goes to the novelty memory like
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -39,15 +38,6 @@ def hostile(rng: np.random.Generator, n: int) -> np.ndarray:
     mask[np.arange(n), rng.integers(0, C, n)] = True
     x[mask] = rng.choice(EXTREMES, int(mask.sum()))
     return x
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """As the daemon runs: on a shared 2-core box a second OpenMP thread spin-waits (fits 10-100x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

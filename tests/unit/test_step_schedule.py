@@ -16,14 +16,6 @@ C = 4
 MACHINE = Machine(C, factors=0, noise=1.0)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def detector(online_lr_count: float) -> MixtureDetector:
     cfg = ModelConfig(k_max=3, hidden=8, latent=2, fit_steps=50, online_lr_count=online_lr_count, replay_per_step=0)
     det = MixtureDetector(C, cfg, device="cpu")
