@@ -292,14 +292,7 @@ def test_a_large_mixed_batch_matches_the_record_by_record_rules(seed: int, spike
     rng = np.random.default_rng(seed)
     n = 50_000
     s = settings(
-        open_k=3,
-        open_n=5,
-        quiet_records=3,
-        quiet_ms=2500,
-        critical_weight=2,
-        evidence_p_value=evidence,
-        evidence_k=4,
-        evidence_n=7,
+        quiet_records=3, quiet_ms=2500, critical_weight=2, evidence_p_value=evidence, evidence_k=4, evidence_n=7
     )
     assets = [f"a{i}" for i in rng.integers(0, 100, n)]
     flags = rng.random(n) < rng.choice([0.05, 0.3, 0.6])
