@@ -27,7 +27,17 @@ from streammoe.model.config import ModelConfig
 from streammoe.model.detector import MixtureDetector
 from streammoe.state.persistence import load_detector, save_detector
 
-FIT_FIELDS = {"k_max", "hidden", "latent", "fit_steps", "fit_batch", "min_expert_weight", "k_tolerance", "seed"}
+FIT_FIELDS = {
+    "k_max",
+    "hidden",
+    "latent",
+    "fit_steps",
+    "fit_batch",
+    "min_expert_weight",
+    "k_tolerance",
+    "holdout_blocks",
+    "seed",
+}
 
 
 def fitted(data_root: Path, a: str, seed: int, cache: Path) -> MixtureDetector:
