@@ -142,79 +142,66 @@ class CascadeConfig(BaseModel):
 class ModelConfig(BaseModel):
     """What shapes the model and how it learns. Saved with every model so a checkpoint knows how it was made."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
-    k_max: int = Field(8, ge=1, le=256, description="Expert slots allocated up front (bounds memory).")
-    hidden: int = Field(64, ge=4, description="Hidden units per expert layer.")
-    latent: int = Field(8, ge=1, description="Latent dimensions per expert.")
-    n_samples: int = Field(8, ge=1, description="Importance samples per record when scoring (IWAE).")
-    threshold: float = Field(
-        1e-3, gt=0, lt=1, description="p-value below which a record is anomalous (same meaning in every mode)."
-    )
-    learn_threshold: float = Field(
-        1e-2, gt=0, lt=1, description="Only records with a p-value at or above this teach the model."
-    )
-    clip_threshold: float | None = Field(
-        None,
-        gt=0,
-        lt=1,
-        description=(
-            "Records with a p-value below this enter the calibration clipped to the learning threshold's score; "
-            "those between this and learn_threshold enter as they are (None: learn_threshold, nothing between). "
-            "Measured before calibration anchors: at the alert threshold (1e-3) learning lowered a simulated "
-            "mode's false alarms (0.144 without learning: 0.058 learning, against 0.212 at None) and a stationary "
-            "stream's (0.19 % against 0.27 %), but SKAB's long faults (T1) then raise the bar for themselves: "
-            "F1 0.742 -> 0.688, so not the default (anchors now do it: docs/model.md)."
-        ),
-    )
-    half_life: float = Field(20_000.0, gt=0, description="Half-life of the mixture-weight statistics, in records.")
-    alpha0: float = Field(1.0, gt=0, description="Dirichlet prior concentration per expert.")
-    learning_rate: float = Field(1e-3, gt=0, description="Adam step size, offline and online.")
-    online_lr_count: float = Field(
-        0.0,
-        ge=0,
-        description="Online steps of an expert whose effective count (its decayed sum of responsibilities) is n "
-        "move its weights by learning_rate x min(1, online_lr_count / n): a long-fitted mode steps less on noise, "
-        "a young expert as fast as before (model/learning.py). 0: every expert at learning_rate.",
-    )
-    learn_batch: int = Field(256, ge=1, description="At most this many records of a batch per online step.")
-    learn_every: int = Field(
-        1,
-        ge=1,
-        description="The experts' gradient step runs on every Nth batch with records to learn (1: every "
-        "batch); weights, calibration, replay, drift and the novelty memory still see every record. 4 makes "
-        "learning 1.8x cheaper with T2 within noise, but a scattered recurring new mode was added later.",
-    )
-    learn_min_resp: float = Field(
-        0.0,
-        ge=0,
-        lt=1,
-        description="Online steps send each record's ELBO gradient only to experts whose responsibility for it is "
-        "at least this (model/sparse.py): a step costs about the experts that matter, not K. 0: every expert (dense).",
-    )
-    replay_size: int = Field(512, ge=1, description="Replay reservoir per expert.")
-    replay_per_step: int = Field(64, ge=0, description="Replayed records mixed into each online step.")
-    calibration_size: int = Field(2048, ge=16, description="Reference scores kept per mode for p-values.")
-    fit_steps: int = Field(3000, ge=1, description="Gradient steps when fitting from files.")
-    fit_batch: int = Field(256, ge=1, description="Records per gradient step when fitting.")
-    k_tolerance: float = Field(
-        0.2,
-        ge=0,
-        description="A fit keeps the fewest clusters whose held-out log-likelihood is within this many nats "
-        "per record and channel of the best number's (model/fitting.py): a split of one mode gains little per channel.",
-    )
-    holdout_blocks: int = Field(
-        0,
-        ge=0,
-        description="A fit of 2000 rows or more calibrates on this many blocks in time (a tenth of its rows) "
-        "instead of a random tenth (0, the default). Rows held out at random sit next to training rows: on a "
-        "simulated process mode 5 blocks cut later false alarms 4.8 -> 1.3 %, but on a toy with slower "
-        "disturbances they raised them 0.4 -> 2.6 % (docs/model.md).",
-    )
-    min_expert_weight: float = Field(
-        0.02, ge=0, lt=1, description="Clusters lighter than this share of the data get no expert at fit time."
-    )
-    seed: int = Field(0, description="Seeds sampling and initialisation, for reproducible runs.")
+    k_max: int = Field(8, ge=1, le=256)
+    """Expert slots allocated up front (bounds memory)."""
+    hidden: int = Field(64, ge=4)
+    """Hidden units per expert layer."""
+    latent: int = Field(8, ge=1)
+    """Latent dimensions per expert."""
+    n_samples: int = Field(8, ge=1)
+    """Importance samples per record when scoring (IWAE)."""
+    threshold: float = Field(1e-3, gt=0, lt=1)
+    """p-value below which a record is anomalous (same meaning in every mode)."""
+    learn_threshold: float = Field(1e-2, gt=0, lt=1)
+    """Only records with a p-value at or above this teach the model."""
+    clip_threshold: float | None = Field(None, gt=0, lt=1)
+    """Records with a p-value below this enter the calibration clipped to the learning threshold's score; those between
+    this and learn_threshold enter as they are (None: learn_threshold, nothing between). Measured before calibration
+    anchors: at the alert threshold (1e-3) learning lowered a simulated mode's false alarms (0.144 without learning:
+    0.058 learning, against 0.212 at None) and a stationary stream's (0.19 % against 0.27 %), but SKAB's long faults
+    (T1) then raise the bar for themselves: F1 0.742 -> 0.688, so not the default (anchors now do it: docs/model.md)."""
+    half_life: float = Field(20_000.0, gt=0)
+    """Half-life of the mixture-weight statistics, in records."""
+    alpha0: float = Field(1.0, gt=0)
+    """Dirichlet prior concentration per expert."""
+    learning_rate: float = Field(1e-3, gt=0)
+    """Adam step size, offline and online."""
+    online_lr_count: float = Field(0.0, ge=0)
+    """Online steps of an expert whose effective count (its decayed sum of responsibilities) is n move its weights by
+    learning_rate x min(1, online_lr_count / n): a long-fitted mode steps less on noise, a young expert as fast as
+    before (model/learning.py). 0: every expert at learning_rate."""
+    learn_batch: int = Field(256, ge=1)
+    """At most this many records of a batch per online step."""
+    learn_every: int = Field(1, ge=1)
+    """The experts' gradient step runs on every Nth batch with records to learn (1: every batch); weights, calibration,
+    replay, drift and the novelty memory still see every record. 4 makes learning 1.8x cheaper with T2 within noise, but
+    a scattered recurring new mode was added later."""
+    learn_min_resp: float = Field(0.0, ge=0, lt=1)
+    """Online steps send each record's ELBO gradient only to experts whose responsibility for it is at least this
+    (model/sparse.py): a step costs about the experts that matter, not K. 0: every expert (dense)."""
+    replay_size: int = Field(512, ge=1)
+    """Replay reservoir per expert."""
+    replay_per_step: int = Field(64, ge=0)
+    """Replayed records mixed into each online step."""
+    calibration_size: int = Field(2048, ge=16)
+    """Reference scores kept per mode for p-values."""
+    fit_steps: int = Field(3000, ge=1)
+    """Gradient steps when fitting from files."""
+    fit_batch: int = Field(256, ge=1)
+    """Records per gradient step when fitting."""
+    k_tolerance: float = Field(0.2, ge=0)
+    """A fit keeps the fewest clusters whose held-out log-likelihood is within this many nats per record and channel of
+    the best number's (model/fitting.py): a split of one mode gains little per channel."""
+    holdout_blocks: int = Field(0, ge=0)
+    """A fit of 2000 rows or more calibrates on this many blocks in time (a tenth of its rows) instead of a random tenth
+    (0, the default). Rows held out at random sit next to training rows: on a simulated process mode 5 blocks cut later
+    false alarms 4.8 -> 1.3 %, but on a toy with slower disturbances they raised them 0.4 -> 2.6 % (docs/model.md)."""
+    min_expert_weight: float = Field(0.02, ge=0, lt=1)
+    """Clusters lighter than this share of the data get no expert at fit time."""
+    seed: int = 0
+    """Seeds sampling and initialisation, for reproducible runs."""
     novelty: NoveltyConfig = Field(default_factory=NoveltyConfig)
     cascade: CascadeConfig = Field(default_factory=CascadeConfig)
     poison: PoisonConfig = Field(default_factory=PoisonConfig)
