@@ -4,7 +4,6 @@ instead of a random tenth of its rows; off (0) by default."""
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 
 from streammoe.model.config import ModelConfig
@@ -13,14 +12,6 @@ from streammoe.model.fitting import HOLDOUT_FRACTION, holdout_blocks
 
 C = 4
 N = 2400
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_blocks_hold_out_a_tenth_in_contiguous_runs_spread_over_the_fit() -> None:
