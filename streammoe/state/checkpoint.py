@@ -56,7 +56,7 @@ class ModelState:
     learned_offsets: dict[str, dict[int, int]] = field(default_factory=dict)
     recovered: str = ""  # why the previous checkpoint generation was loaded instead: "damaged" | "missing"
     incidents: dict | None = None  # the scope's IncidentTracker.to_state(): open incidents, debounce windows
-    incidents_revision: int = 0  # bumped by keep_incidents, so a change without records (a stale resolution) saves
+    incidents_revision: int = 0  # bumped by keep_incidents on a change: one without records (a stale resolution) saves
     # When this lineage began (epoch ms, the worker's clock; 0: unknown): a command on the control topic that names
     # only a slot and was sent before it was meant for an earlier model (daemon/verdicts.py).
     born_ms: int = field(default_factory=lambda: int(time.time() * 1000))
@@ -74,7 +74,12 @@ class ModelState:
         return self.version, offsets_total(self.learned_offsets), self.incidents_revision
 
     def keep_incidents(self, incidents: dict) -> None:
-        """The scope's incident state as of now (IncidentTracker.to_state), for its next checkpoint or snapshot."""
+        """The scope's incident state as of now (IncidentTracker.to_state), for its next checkpoint or snapshot.
+
+        An unchanged state keeps its revision: records re-read after a handover or a restart (the tracker skips
+        them) must not make the new owner write a snapshot or checkpoint of a scope that moved nowhere."""
+        if incidents == self.incidents:
+            return
         self.incidents = incidents
         self.incidents_revision += 1
 
