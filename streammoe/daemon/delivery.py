@@ -172,7 +172,7 @@ class Commits:
     def checkpoint(self) -> None:
         self.judge_thread.require_idle("a checkpoint")
         for state in list(self.scopes.models.values()):
-            if self.checkpointer.save(state) is not None:
+            if self.checkpointer.save(state, self.scopes.reflected(state)) is not None:
                 self.metrics.checkpoints.inc()
 
     def snapshot(self) -> None:

@@ -219,6 +219,7 @@ class Pipeline:
                 advance(state, topic, partitions, offsets)
             elif len(rows):
                 advance(state, topic, partitions[decoded.index[rows]], offsets[decoded.index[rows]])
+        self.scopes.judged.batch(partitions, offsets)  # here, not after: a revoke waits for this, then forgets it
         return judged
 
     def _warm_up(

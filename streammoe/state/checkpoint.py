@@ -3,7 +3,8 @@
 Each model scope (`global`, or one per asset or asset group with STREAMMOE_SCOPES__MODE) lives in
 `<checkpoint.dir>/<scope>/`, a model directory written by `save_detector` (temp dir + rename), beside the
 generation it replaced, `.<scope>.old/` (docs/operations.md shows the layout). Its meta carries `learned_offsets`: per input
-partition, the next offset not yet learned. After a crash the consumer may re-read records past the last
+partition, the offset before which every record is reflected in the model (learned, or judged as another scope's:
+state/ownership.py). After a crash the consumer may re-read records past the last
 commit that the checkpoint already learned; those are scored and published again (at-least-once) but not
 learned twice. Records between a checkpoint and a later commit are never learned by the restored model:
 a record is learned at most once per model.
@@ -234,15 +235,16 @@ class Checkpointer:
     def due(self) -> bool:
         return time.monotonic() - self.last_saved >= self.settings.interval_s
 
-    def save(self, state: ModelState) -> Path | None:
-        """Write the scope's checkpoint, unless nothing changed since it was last written or read."""
+    def save(self, state: ModelState, offsets: dict[str, dict[int, int]] | None = None) -> Path | None:
+        """Write the scope's checkpoint, unless nothing changed since it was last written or read; with `offsets` as
+        its learned offsets (default: the state's own; OwnedScopes.reflected moves them on to what was judged)."""
         self.last_saved = time.monotonic()
         if state.detector is None or self._saved.get(state.scope) == state.progress:
             return None
         meta = {
             "scope": state.scope,
             "lineage": state.lineage,
-            "learned_offsets": offsets_to_json(state.learned_offsets),
+            "learned_offsets": offsets_to_json(state.learned_offsets if offsets is None else offsets),
             "saved_at": time.time(),
             "checkpoint_version": CHECKPOINT_VERSION,
             "incidents": state.incidents,

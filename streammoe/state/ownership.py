@@ -7,10 +7,16 @@ worker's checkpoint directory; the bootstrap model; a warm-up fit. On revoke, th
 scopes of the revoked partitions are snapshotted and dropped; the next owner restores them before it scores a
 record of theirs.
 
-A snapshot carries the input offsets its model has learned. Normally that is at least the committed position
-(learning comes before acknowledging, and a revoke snapshots before it commits). After a crash the last snapshot
-may be older than the last commit; then the new owner starts the partition at the snapshot's position instead,
-so the records in between are scored again (duplicates, at-least-once) and learned once, never skipped.
+A snapshot (and a checkpoint) carries, per input partition, the position up to which the state reflects every
+record of that partition: its scope's records before it were learned, the others judged as not its own. On the
+scope's home partition that is how far this worker had judged the partition when it wrote the state (`judged`,
+never what was only fetched), not just after the scope's own last record, so a quiet scope does not pull its
+partition back to its last record. A scope that learned nothing since its last snapshot gets only a new manifest
+with the new position (`SnapshotWriter.reposition`), cheaply, at every snapshot tick. Normally the position is at
+least the committed one (learning comes before acknowledging, and a revoke snapshots before it commits). After a
+crash the last snapshot may be older than the last commit; then the new owner starts the partition at the lowest
+position of its scopes' snapshots instead, so the records in between are scored again (duplicates,
+at-least-once) and learned once, never skipped: a record of a scope after its snapshot's position is re-read.
 """
 
 from __future__ import annotations
@@ -24,9 +30,53 @@ from streammoe.config import Settings
 from streammoe.logs import get_logger
 from streammoe.state.checkpoint import Checkpointer, ModelState, Progress, offsets_total
 from streammoe.state.scopes import GLOBAL_SCOPE, ScopeMap
-from streammoe.state.snapshot import SnapshotError, SnapshotTransport, SnapshotWriter, read_latest
+from streammoe.state.snapshot import Manifest, SnapshotError, SnapshotTransport, SnapshotWriter, read_latest
 
 log = get_logger("streammoe.state.ownership")
+
+
+class JudgedPositions:
+    """How far this worker has judged each input partition since it was last given it: every record before that
+    point is in the held scopes' states (learned by its scope, judged as not their own by the others)."""
+
+    def __init__(self, topic: str) -> None:
+        self.topic = topic
+        self.next: dict[int, int] = {}  # input partition -> the first offset not judged yet
+
+    def batch(self, partitions: np.ndarray, offsets: np.ndarray) -> None:
+        """A batch was judged (scored, learned, or taken as not a scope's): its records are in the held states."""
+        for p in np.unique(partitions):
+            key = int(p)
+            self.next[key] = max(self.next.get(key, 0), int(offsets[partitions == p].max()) + 1)
+
+    def forget(self, partitions: Iterable[int]) -> None:
+        for p in partitions:
+            self.next.pop(p, None)
+
+    def reflected(self, state: ModelState, home: int | None) -> dict[str, dict[int, int]]:
+        """`state`'s learned offsets with its home partition's moved up to how far it was judged here, since every
+        record before that point is in the state. Never lowered, and only where the state already has a position
+        there (one it was restored with or learned itself): a quiet scope then holds its partition back no more."""
+        offsets = {t: dict(ps) for t, ps in state.learned_offsets.items()}
+        parts = offsets.get(self.topic, {})
+        if home is not None and home in self.next and home in parts:
+            parts[home] = max(parts[home], self.next[home])
+        return offsets
+
+
+def log_restored(state: ModelState, manifest: Manifest, learned: int | None) -> None:
+    detector = state.detector
+    log.info(
+        "scope_restored",
+        scope=state.scope,
+        origin="snapshot",
+        snapshot_id=manifest.snapshot_id,
+        partition=manifest.partition,
+        version=state.version,
+        learned_to=learned,
+        experts=detector.model.n_active if detector else 0,
+        weights=[float(w) for w in detector.mixture_weights()] if detector else [],
+    )
 
 
 class OwnedScopes:
@@ -54,6 +104,7 @@ class OwnedScopes:
         self.snapshots = snapshots  # the snapshot topic (None: snapshots off)
         self.writer = SnapshotWriter(snapshots, settings.snapshot.chunk_bytes) if snapshots is not None else None
         self._snapshotted: dict[str, Progress] = {}  # scope -> its progress at its last snapshot
+        self.judged = JudgedPositions(settings.kafka.input_topic)  # the pipeline reports each judged batch here
         self._last_snapshot = time.monotonic()
 
     @property
@@ -99,6 +150,10 @@ class OwnedScopes:
                 hint="key input records by the scope's asset or group; snapshots follow the first partition",
             )
 
+    def reflected(self, state: ModelState) -> dict[str, dict[int, int]]:
+        """The learned offsets to write with `state` (a snapshot, a checkpoint): JudgedPositions.reflected."""
+        return self.judged.reflected(state, None if self.single else self.home.get(state.scope))
+
     # ---- handover ------------------------------------------------------------------------------------------
 
     def assigned(self, topic: str, partitions: Iterable[int]) -> tuple[dict[int, int], list[ModelState]]:
@@ -106,6 +161,7 @@ class OwnedScopes:
         records is scored). Returns the restored states and, per partition, the lowest offset a restored scope has
         learned up to, so the caller can start there if the group's committed position is further on."""
         parts = set(partitions)
+        self.judged.forget(parts)  # what was judged of them before belongs to an earlier ownership
         if self.snapshots is None or not parts:
             return {}, []
         t0 = time.monotonic()
@@ -139,23 +195,14 @@ class OwnedScopes:
             restored.append(state)
             self.home[scope] = manifest.partition
             self._snapshotted[scope] = state.progress
+            if self.writer is not None:
+                self.writer.restored(manifest)
             learned = state.learned_offsets.get(topic, {}).get(manifest.partition)
             if learned is not None:
                 start[manifest.partition] = min(learned, start.get(manifest.partition, learned))
-            detector = state.detector
             if self._on_restored is not None:
                 self._on_restored(state)
-            log.info(
-                "scope_restored",
-                scope=scope,
-                origin="snapshot",
-                snapshot_id=manifest.snapshot_id,
-                partition=manifest.partition,
-                version=state.version,
-                learned_to=learned,
-                experts=detector.model.n_active if detector else 0,
-                weights=[float(w) for w in detector.mixture_weights()] if detector else [],
-            )
+            log_restored(state, manifest, learned)
         log.info(
             "snapshots_read", partitions=sorted(parts), scopes=len(states), seconds=round(time.monotonic() - t0, 3)
         )
@@ -172,11 +219,12 @@ class OwnedScopes:
             if state is None:
                 continue
             if snapshot:
-                self._snapshot(state, home)
+                self._snapshot_or_reposition(state, home)
             self._snapshotted.pop(scope, None)
             if self._on_dropped is not None:
                 self._on_dropped(state)
             log.info("scope_released", scope=scope, version=state.version)
+        self.judged.forget(parts)  # after the snapshots, which say how far the partitions were judged
 
     def lost(self, partitions: Iterable[int]) -> None:
         """Lost partitions already have another owner: drop their scopes without writing anything."""
@@ -186,21 +234,29 @@ class OwnedScopes:
         return self.writer is not None and time.monotonic() - self._last_snapshot >= self.settings.snapshot.interval_s
 
     def snapshot_changed(self) -> int:
-        """Snapshot every held scope that learned since its last snapshot; returns how many were written."""
+        """Snapshot every held scope that learned since its last snapshot, and move the others' snapshot position on
+        to how far their partition was judged (a new manifest only); returns how many snapshots were written."""
         self._last_snapshot = time.monotonic()
-        written = 0
-        for state in list(self.models.values()):
-            if self._snapshotted.get(state.scope) != state.progress and self._snapshot(
-                state, self.home.get(state.scope, -1)
-            ):
-                written += 1
-        return written
+        return sum(
+            self._snapshot_or_reposition(state, self.home.get(state.scope, -1)) for state in list(self.models.values())
+        )
+
+    def _snapshot_or_reposition(self, state: ModelState, partition: int) -> bool:
+        """A whole snapshot of a scope whose state moved since its last one, else only its position (True: written)."""
+        if self._snapshotted.get(state.scope) != state.progress:
+            return self._snapshot(state, partition)
+        if self.writer is not None and state.detector is not None:
+            try:
+                self.writer.reposition(state.scope, self.judged.reflected(state, partition), partition)
+            except SnapshotError as e:
+                log.warning("snapshot_reposition_failed", scope=state.scope, error=str(e), hint="the last one stands")
+        return False
 
     def _snapshot(self, state: ModelState, partition: int) -> bool:
         if self.writer is None or state.detector is None:
             return False
         try:
-            self.writer.write(state, partition)
+            self.writer.write(state, partition, self.judged.reflected(state, partition))
         except SnapshotError as e:
             log.error(
                 "snapshot_failed",

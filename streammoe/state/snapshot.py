@@ -11,7 +11,9 @@ The topic is meant to be compacted, so keys are chosen for compaction to keep a 
 
 Chunks alternate between two slots (0, 1) from one snapshot to the next, and the manifest is written only after
 every chunk is acknowledged. A writer that dies half way overwrites chunks of the slot no manifest points to, so
-the latest manifest still finds its chunks whole, with or without compaction. The reader folds the topic to the
+the latest manifest still finds its chunks whole, with or without compaction (a new owner's first snapshot takes
+the slot its restored manifest does not use). A scope that learned nothing while its partition was read on gets a
+new manifest for the same chunks, same id, with the new position (`reposition`). The reader folds the topic to the
 latest message per key (Tansu never compacts; Kafka may not have yet) and verifies the checksum; when the newest
 manifest's chunks do not check out, it tries the scope's older manifests still in the log.
 
@@ -28,7 +30,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -161,14 +163,43 @@ def unpack(blob: bytes, manifest: Manifest, channels: list[str]) -> ModelState:
 
 
 class SnapshotWriter:
-    """Writes scope snapshots to `topic`; remembers each scope's last slot so the next one goes to the other."""
+    """Writes scope snapshots to `topic`; remembers each scope's last manifest, so the next snapshot goes to the other
+    slot and a scope that learned nothing can be given a new position with a manifest alone."""
 
     def __init__(self, topic: SnapshotTransport, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> None:
         self.topic, self.chunk_bytes = topic, chunk_bytes
         self.slots: dict[str, int] = {}
+        self.last: dict[str, Manifest] = {}  # scope -> its newest manifest in the topic (written or restored here)
 
-    def write(self, state: ModelState, partition: int = -1) -> Manifest:
-        """Snapshot `state`, tied to input `partition` (its records' partition; -1: any, the key decides)."""
+    def restored(self, manifest: Manifest) -> None:
+        """A scope restored from `manifest`: its chunks stand in the topic, so the next snapshot takes the other slot
+        (never overwriting the last whole one) and a reposition may point at them."""
+        self.last[manifest.scope] = manifest
+        self.slots[manifest.scope] = manifest.slot
+
+    def reposition(self, scope: str, offsets: dict[str, dict[int, int]], partition: int = -1) -> Manifest | None:
+        """A new manifest for the scope's newest snapshot, same chunks, with the learned offsets `offsets`, for a
+        state that did not change since: its partition was judged further. Nothing is sent when the offsets did not
+        move or this writer knows no snapshot of the scope; returns the manifest sent."""
+        last = self.last.get(scope)
+        if last is None or last.learned_offsets == offsets:
+            return None
+        manifest = replace(
+            last,
+            learned_offsets={t: dict(ps) for t, ps in offsets.items()},
+            written_at=time.time(),
+            partition=partition,
+        )
+        self.topic.send(scope, manifest.to_bytes(), None, partition)
+        self.last[scope] = manifest
+        log.debug("snapshot_repositioned", scope=scope, snapshot_id=manifest.snapshot_id, partition=partition)
+        return manifest
+
+    def write(
+        self, state: ModelState, partition: int = -1, offsets: dict[str, dict[int, int]] | None = None
+    ) -> Manifest:
+        """Snapshot `state`, tied to input `partition` (its records' partition; -1: any, the key decides), with
+        `offsets` as its learned offsets (default: the state's own; OwnedScopes.reflected moves them on)."""
         blob = pack(state)
         slot = 1 - self.slots.get(state.scope, 1)
         n = max(1, -(-len(blob) // self.chunk_bytes))
@@ -180,7 +211,7 @@ class SnapshotWriter:
             len(blob),
             hashlib.sha256(blob).hexdigest(),
             state.lineage,
-            {t: dict(ps) for t, ps in state.learned_offsets.items()},
+            {t: dict(ps) for t, ps in (state.learned_offsets if offsets is None else offsets).items()},
             partition=partition,
             born_ms=state.born_ms,
         )
@@ -190,6 +221,7 @@ class SnapshotWriter:
             self.topic.send(chunk_key(state.scope, slot, i), part, headers, partition)
         self.topic.send(state.scope, manifest.to_bytes(), None, partition)
         self.slots[state.scope] = slot
+        self.last[state.scope] = manifest
         detector = state.detector
         log.info(
             "snapshot_written",

@@ -65,9 +65,9 @@ def test_commit_then_checkpoint_then_snapshot_between_batches_and_at_shutdown(tm
     source.feed(records(np.random.default_rng(3), 30))
     save = daemon.checkpointer.save
 
-    def journaled_save(state: ModelState):  # type: ignore[no-untyped-def]
+    def journaled_save(state: ModelState, offsets: dict[str, dict[int, int]] | None = None):  # type: ignore[no-untyped-def]
         clients.journal.append("checkpoint")
-        return save(state)
+        return save(state, offsets)
 
     def journaled_snapshot() -> int:
         clients.journal.append("snapshot")

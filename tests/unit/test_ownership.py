@@ -29,9 +29,13 @@ class RecordingWriter:
 
     def __init__(self) -> None:
         self.written: list[tuple[str, int]] = []
+        self.repositioned: list[tuple[str, int]] = []
 
-    def write(self, state: ModelState, partition: int) -> None:
+    def write(self, state: ModelState, partition: int, offsets: object = None) -> None:
         self.written.append((state.scope, partition))
+
+    def reposition(self, scope: str, offsets: object, partition: int) -> None:
+        self.repositioned.append((scope, partition))
 
     def close(self) -> None:
         pass
@@ -92,6 +96,7 @@ def test_interval_snapshots_skip_scopes_that_did_not_move(tmp_path: Path, detect
     owned.models["p2"].advance("in", 2, 10)  # judged records move its offsets even when nothing is learned
     assert owned.snapshot_changed() == 1
     assert owned.writer.written == [("p1", 0), ("p2", 2), ("p2", 2)]  # type: ignore[attr-defined]
+    assert owned.writer.repositioned == [("p1", 0)], "p1 only gets its position moved on"  # type: ignore[attr-defined]
 
 
 def test_snapshots_with_a_single_global_scope_are_refused_with_the_reason(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -46,3 +46,26 @@ def test_a_reader_of_some_input_partitions_gets_only_the_scopes_that_live_on_the
 def test_a_scope_without_a_model_cannot_be_snapshotted() -> None:
     with pytest.raises(SnapshotError, match="warming up"):
         SnapshotWriter(MemorySnapshotTopic()).write(ModelState("s", None))
+
+
+def test_a_reposition_is_a_manifest_for_the_same_chunks_and_a_new_owner_writes_the_other_slot() -> None:
+    """A scope that learned nothing while its partition was judged on gets a new position without a new model; the
+    next owner's first snapshot must not overwrite the chunks its restored manifest still points to."""
+    topic = MemorySnapshotTopic(partitions=1)
+    first = SnapshotWriter(topic).write(state("s", {0: 10}), partition=0)
+    _, manifests = read_latest(topic, CHANNELS)
+    writer = SnapshotWriter(topic)  # the next owner, which restored `first`
+    assert writer.reposition("s", {"in": {0: 30}}, 0) is None, "it knows no snapshot of the scope yet"
+    writer.restored(manifests["s"])
+    assert writer.reposition("s", {"in": {0: 10}}, 0) is None, "nothing moved: nothing sent"
+    sent = len(topic.logs[0])
+    moved = writer.reposition("s", {"in": {0: 30}}, 0)
+    assert moved is not None and len(topic.logs[0]) == sent + 1, "one manifest, no chunk"
+    states, manifests = read_latest(topic, CHANNELS)
+    assert manifests["s"].snapshot_id == first.snapshot_id and states["s"].learned_offsets == {"in": {0: 30}}
+
+    torn = writer.write(state("s", {0: 40}, seed=1), partition=0)
+    assert torn.slot != first.slot
+    topic.logs[0].pop()  # its manifest never made it: the repositioned one still finds its chunks whole
+    states, manifests = read_latest(topic, CHANNELS)
+    assert manifests["s"].snapshot_id == first.snapshot_id and states["s"].learned_offsets == {"in": {0: 30}}
