@@ -168,14 +168,12 @@ class SnapshotWriter:
 
     def __init__(self, topic: SnapshotTransport, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> None:
         self.topic, self.chunk_bytes = topic, chunk_bytes
-        self.slots: dict[str, int] = {}
         self.last: dict[str, Manifest] = {}  # scope -> its newest manifest in the topic (written or restored here)
 
     def restored(self, manifest: Manifest) -> None:
         """A scope restored from `manifest`: its chunks stand in the topic, so the next snapshot takes the other slot
         (never overwriting the last whole one) and a reposition may point at them."""
         self.last[manifest.scope] = manifest
-        self.slots[manifest.scope] = manifest.slot
 
     def reposition(self, scope: str, offsets: dict[str, dict[int, int]], partition: int = -1) -> Manifest | None:
         """A new manifest for the scope's newest snapshot, same chunks, with the learned offsets `offsets`, for a
@@ -201,7 +199,8 @@ class SnapshotWriter:
         """Snapshot `state`, tied to input `partition` (its records' partition; -1: any, the key decides), with
         `offsets` as its learned offsets (default: the state's own; OwnedScopes.reflected moves them on)."""
         blob = pack(state)
-        slot = 1 - self.slots.get(state.scope, 1)
+        last = self.last.get(state.scope)
+        slot = 0 if last is None else 1 - last.slot
         n = max(1, -(-len(blob) // self.chunk_bytes))
         manifest = Manifest(
             state.scope,
@@ -220,7 +219,6 @@ class SnapshotWriter:
             part = blob[i * self.chunk_bytes : (i + 1) * self.chunk_bytes]
             self.topic.send(chunk_key(state.scope, slot, i), part, headers, partition)
         self.topic.send(state.scope, manifest.to_bytes(), None, partition)
-        self.slots[state.scope] = slot
         self.last[state.scope] = manifest
         detector = state.detector
         log.info(
