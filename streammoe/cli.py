@@ -174,9 +174,16 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def _run_options(p: argparse.ArgumentParser) -> None:
-    from streammoe.daemon.service import add_options
+    """`streammoe run`'s one option lives here, so `run --help` answers without importing the daemon (13 s on a
+    loaded box: torch, the Kafka client); the daemon is imported when it runs."""
+    p.add_argument("--env-file", default=None, help="an env file of STREAMMOE_* settings (see configs/)")
+    p.set_defaults(func=_cmd_run)
 
-    add_options(p)
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from streammoe.daemon.service import cmd_run
+
+    return cmd_run(args)
 
 
 def _replay_options(p: argparse.ArgumentParser) -> None:

@@ -279,9 +279,3 @@ def cmd_run(args: argparse.Namespace) -> int:
         log.error("daemon_failed", error=str(e), kind=type(e).__name__)
         return 1
     return 0
-
-
-def add_options(p: argparse.ArgumentParser) -> None:
-    """`streammoe run`'s options (its help line is in cli.EXTRA_COMMANDS)."""
-    p.add_argument("--env-file", default=None, help="an env file of STREAMMOE_* settings (see configs/)")
-    p.set_defaults(func=cmd_run)

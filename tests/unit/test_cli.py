@@ -101,8 +101,9 @@ def test_a_missing_input_file_is_one_line_and_a_non_zero_exit(tmp_path, command:
 
 
 def test_help_and_the_one_line_errors_import_neither_torch_nor_the_daemon(tmp_path) -> None:
-    """Only the command being run imports what it needs: `--help` and fit/score's file errors wait for neither torch
-    nor the daemon nor the benchmarks (they took ~12 s on a loaded box while the parser imported them all)."""
+    """Only the command being run imports what it needs: `--help`, `run --help` and fit/score's file errors wait for
+    neither torch nor the daemon nor the benchmarks (they took ~12 s on a loaded box while the parser imported them
+    all)."""
     import subprocess
     import sys
 
@@ -114,6 +115,8 @@ def test_help_and_the_one_line_errors_import_neither_torch_nor_the_daemon(tmp_pa
         f"assert main(['score', '--data', {nope!r}, '--out', 's.csv', '--warmup', '10']) == 2\n"
         "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(None):\n"
         "    main(['--help'])\n"
+        "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(None):\n"
+        "    main(['run', '--help'])\n"
         "print(sorted(m for m in ('torch', 'streammoe.daemon', 'benchmarks', 'confluent_kafka') if m in sys.modules))\n"
     )
     run = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True, timeout=120)
