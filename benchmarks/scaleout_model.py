@@ -170,14 +170,14 @@ def figures_from(result: dict, k: int) -> Figures:
 # --- measurements -----------------------------------------------------------------------------------------------
 
 
-def fitted(k: int, fit_steps: int) -> MixtureDetector:
+def fitted(k: int, fit_steps: int, rows: int = 20_000) -> MixtureDetector:
     from benchmarks.perf import synthetic
     from streammoe.model.config import ModelConfig
     from streammoe.model.detector import MixtureDetector
 
     config = ModelConfig(k_max=k, fit_steps=fit_steps, min_expert_weight=0.0)
     detector = MixtureDetector(len(CHANNELS), config, CHANNELS, device="cpu")
-    detector.fit(synthetic(20_000, k, len(CHANNELS), seed=1), k=k)
+    detector.fit(synthetic(rows, k, len(CHANNELS), seed=1), k=k)
     assert detector.model.n_active == k, (k, detector.model.n_active)
     return detector
 
@@ -284,7 +284,7 @@ def levers(detector: MixtureDetector, x: np.ndarray, sizes: list[int], repeats: 
         for _ in range(repeats):
             for name, (every, samples) in variants.items():
                 cfg.learn_every, cfg.n_samples = every, samples
-                detector._batches_to_step = min(detector._batches_to_step, every)
+                detector.cadence.batches = min(detector.cadence.batches, every)
                 runs[name].append(time_calls(detector, x, sizes, 1))
     finally:
         cfg.learn_every, cfg.n_samples = base

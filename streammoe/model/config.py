@@ -178,6 +178,11 @@ class ModelConfig(BaseModel):
     """The experts' gradient step runs on every Nth batch with records to learn (1: every batch); weights, calibration,
     replay, drift and the novelty memory still see every record. 4 makes learning 1.8x cheaper with T2 within noise, but
     a scattered recurring new mode was added later."""
+    learn_min_rows: int = Field(64, ge=1)
+    """The experts' gradient step also waits until this many usable records were scored since the last step, so a scope
+    steps about once per that many records however its records arrive: one by one at a low rate, or a few per batch
+    in a worker of many asset scopes (a step per 10-row batch was most of its cost: 100 scopes 0.11x -> 0.23x of one
+    scope's rate). Batches of at least this many records step as before (offline scoring's 256 always)."""
     learn_min_resp: float = Field(0.0, ge=0, lt=1)
     """Online steps send each record's ELBO gradient only to experts whose responsibility for it is at least this
     (model/sparse.py): a step costs about the experts that matter, not K. 0: every expert (dense)."""

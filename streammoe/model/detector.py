@@ -19,7 +19,7 @@ from streammoe.context.holdout import block_split
 from streammoe.context.inputs import ContextInputs
 from streammoe.model.config import ModelConfig
 from streammoe.model.fitting import HOLDOUT_FRACTION, MIN_ROWS_FOR_HOLDOUT, FitReport, fit_mixture
-from streammoe.model.learning import ExpertLearner, replay_step
+from streammoe.model.learning import ExpertLearner, StepCadence, replay_step
 from streammoe.model.mixture import (
     STATUS_CONFIRMED,
     STATUS_FAULT,
@@ -49,7 +49,7 @@ class LearnReport:
     events: list[ModeEvent] = field(default_factory=list)
     candidate: str = ""  # why a candidate expert was rejected, if one was tried
     drift: bool = False  # river ADWIN saw the stream's typical log-likelihood change at this batch
-    stepped: bool = False  # the experts' gradient step ran (not on batches amortised by ModelConfig.learn_every)
+    stepped: bool = False  # the experts' gradient step ran (not on batches amortised: learning.StepCadence)
     unlocked: list[int] = field(default_factory=list)  # experts whose lock-in was broken (novelty/lockin.py)
     lockin: str = ""  # why a lock-in test was rejected, if one was tried
 
@@ -153,8 +153,7 @@ class MixtureDetector:
             "unlocks": 0,
             "partial": 0,
         }
-        self._batches_to_step = 1  # the first batch with records to learn takes a step
-        self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # learnable rows since the last step
+        self.cadence = StepCadence()
         self.drift = LikelihoodDrift()
 
     @property
@@ -284,6 +283,7 @@ class MixtureDetector:
         ev, usable = scored.evaluation, scored.usable_rows
         if ev is None or usable is None:
             raise ValueError("learn_many needs a batch returned by score_many of this detector")
+        self.cadence.scored(int(np.count_nonzero(scored.valid & scored.in_range & ~scored.partial)))  # host arrays
         model, cfg = self.model, self.config
         log_p = torch.as_tensor(scored.log_p_value, device=self.device)
         nll = torch.as_tensor(scored.nll, device=self.device)
@@ -305,14 +305,9 @@ class MixtureDetector:
         x, resp, mode = ev.x[learn], ev.resp[learn], ev.mode[learn]
         model.replay.add(mode, x, self.generator)
         self.counters["records_learned"] += n
-        self._pending.append((x, resp))
-        self._batches_to_step -= 1
-        if self._batches_to_step > 0:  # amortised: the step waits; everything else has learned from this batch
+        if (rows := self.cadence.due(x, resp, cfg)) is None:  # amortised: the step waits; all else has learned
             return report
-        self._batches_to_step = cfg.learn_every
-        if len(self._pending) > 1:  # the step draws from every batch since the last one, not only this one
-            x, resp = (torch.cat(t) for t in zip(*self._pending))
-        self._pending = []
+        x, resp = rows
         report.stepped = True
         step = replay_step(self.learner, x, resp, cfg, self.generator)
         if not step.applied:

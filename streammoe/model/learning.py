@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -122,3 +122,28 @@ def replay_step(
     replay_x, replay_ids = model.replay.sample(model.active, cfg.replay_per_step, generator)
     replay_r = torch.nn.functional.one_hot(replay_ids, cfg.k_max).to(resp.dtype)
     return learner.step(torch.cat([x, replay_x]), torch.cat([resp, replay_r]), rates=expert_rates(model))
+
+
+@dataclass
+class StepCadence:
+    """When the online gradient step runs (`ModelConfig.learn_every`, `learn_min_rows`): once `learn_every` batches
+    with records to learn and `learn_min_rows` usable scored records have come since the last step. The step then
+    draws from the learnable rows of every batch since the last one, not only this one's."""
+
+    batches: int = 1  # the first batch with records to learn takes a step
+    rows: int = 0
+    pending: list[tuple[Tensor, Tensor]] = field(default_factory=list)  # learnable (x, resp) since the last step
+
+    def scored(self, usable: int) -> None:
+        self.rows -= usable
+
+    def due(self, x: Tensor, resp: Tensor, cfg: ModelConfig) -> tuple[Tensor, Tensor] | None:
+        """This batch's learnable rows added; the rows to step on now, or None while the step waits."""
+        self.pending.append((x, resp))
+        self.batches -= 1
+        if self.batches > 0 or self.rows > 0:
+            return None
+        self.batches, self.rows = cfg.learn_every, cfg.learn_min_rows
+        x, resp = (torch.cat(t) for t in zip(*self.pending)) if len(self.pending) > 1 else self.pending[0]
+        self.pending = []
+        return x, resp

@@ -1,5 +1,6 @@
-"""Amortised learning (ModelConfig.learn_every): the experts' gradient step runs on every Nth batch, drawing
-from every batch since the last step; everything else learns from every batch."""
+"""Amortised learning (ModelConfig.learn_every, learn_min_rows): the experts' gradient step runs on every Nth batch
+and once enough records were scored since the last one, drawing from every batch since the last step; everything
+else learns from every batch."""
 
 from __future__ import annotations
 
@@ -22,8 +23,9 @@ def normal_rows(n: int, seed: int) -> np.ndarray:
     return MACHINE.rows(seed, n)
 
 
-def detector(learn_every: int) -> MixtureDetector:
+def detector(learn_every: int, learn_min_rows: int = 1) -> MixtureDetector:
     cfg = ModelConfig(
+        learn_min_rows=learn_min_rows,
         k_max=3,
         hidden=8,
         latent=2,
@@ -39,9 +41,8 @@ def detector(learn_every: int) -> MixtureDetector:
     return det
 
 
-@pytest.mark.parametrize("learn_every", [1, 3])
-def test_steps_come_every_nth_batch_and_draw_from_every_batch_since_the_last(learn_every, monkeypatch) -> None:
-    det = detector(learn_every)
+def stepping(det: MixtureDetector, monkeypatch: pytest.MonkeyPatch, rows: int) -> tuple[list, list, list]:
+    """Seven batches of `rows` normal records: rows each step saw, records learned and whether it stepped per batch."""
     seen_rows: list[int] = []
 
     def step(x, resp=None, elog_pi=None, rates=None):  # type: ignore[no-untyped-def]
@@ -51,9 +52,16 @@ def test_steps_come_every_nth_batch_and_draw_from_every_batch_since_the_last(lea
     monkeypatch.setattr(det.learner, "step", step)
     learned, stepped = [], []
     for b in range(7):
-        report = det.learn_many(det.score_many(normal_rows(40, seed=10 + b)))
+        report = det.learn_many(det.score_many(normal_rows(rows, seed=10 + b)))
         learned.append(report.learned)
         stepped.append(report.stepped)
+    return seen_rows, learned, stepped
+
+
+@pytest.mark.parametrize("learn_every", [1, 3])
+def test_steps_come_every_nth_batch_and_draw_from_every_batch_since_the_last(learn_every, monkeypatch) -> None:
+    det = detector(learn_every)
+    seen_rows, learned, stepped = stepping(det, monkeypatch, 40)
     assert all(n > 30 for n in learned)  # nearly every normal record is learnable
     want = [b % learn_every == 0 for b in range(7)]  # the first batch steps, then every Nth
     assert stepped == want
@@ -82,3 +90,25 @@ def test_amortised_batches_still_feed_calibration_weights_replay_and_novelty_mem
     assert learned > 120 and int(model.replay.seen.sum()) == replay_seen + learned
     assert not torch.equal(model.weights.gamma, gamma)
     assert det.counters["steps"] == 1
+
+
+def test_a_step_waits_until_learn_min_rows_records_were_scored_since_the_last(monkeypatch) -> None:
+    """40-record batches and learn_min_rows 100: the first batch steps, then every third (120 records since the
+    last step), each step drawing from the batches since the last; batches as large as the bound step every time."""
+    det = detector(learn_every=1, learn_min_rows=100)
+    seen_rows, learned, stepped = stepping(det, monkeypatch, 40)
+    assert stepped == [True, False, False, True, False, False, True]
+    assert seen_rows == [learned[0], sum(learned[1:4]), sum(learned[4:7])]
+    assert det.counters["records_learned"] == sum(learned) and det.counters["steps"] == 3
+    det = detector(learn_every=1, learn_min_rows=100)
+    _, _, stepped = stepping(det, monkeypatch, 100)
+    assert all(stepped)
+
+
+def test_the_default_bound_never_delays_a_step_of_offline_scoring() -> None:
+    """`streammoe score` (and the quality tracks through it) scores batches of `--batch-size` records: the default
+    bound must not delay their steps, so offline results do not depend on it."""
+    from streammoe.cli import build_parser
+
+    args = build_parser("score").parse_args(["score", "--data", "x.csv", "--out", "s.csv"])
+    assert ModelConfig().learn_min_rows <= args.batch_size
