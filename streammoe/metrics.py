@@ -129,6 +129,9 @@ class Metrics:
         self.scopes_held = gauge("streammoe_scopes_held", "Model scopes this worker holds.")
         self.snapshots = counter("streammoe_snapshots", "Scope snapshots written to the snapshot topic.")
         self.snapshot_failures = counter("streammoe_snapshot_failures", "Scope snapshots that failed.")
+        self.snapshot_repositions = counter(
+            "streammoe_snapshot_repositions", "Quiet scopes' snapshots moved on to how far their partition was judged."
+        )
         self.scopes_restored = counter("streammoe_scopes_restored", "Scopes taken over, by origin.", ["origin"])
         self.backpressure_pauses = counter(
             "streammoe_backpressure_pauses", "Times the partitions were paused because judging a batch took long."

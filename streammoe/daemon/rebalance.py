@@ -82,5 +82,11 @@ class ScopeEvents:
         self.warmup.forget(state.scope)
         self.metrics.forget_scope(state.scope, self.k_max)
 
-    def snapshot_done(self, written: bool) -> None:
-        (self.metrics.snapshots if written else self.metrics.snapshot_failures).inc()
+    def snapshot_done(self, outcome: str) -> None:
+        """One write to the snapshot topic: a whole snapshot, a quiet scope's new position, or a failure."""
+        counters = {
+            "written": self.metrics.snapshots,
+            "repositioned": self.metrics.snapshot_repositions,
+            "failed": self.metrics.snapshot_failures,
+        }
+        counters[outcome].inc()

@@ -89,7 +89,7 @@ class OwnedScopes:
         snapshots: SnapshotTransport | None = None,
         on_restored: Callable[[ModelState], None] | None = None,
         on_dropped: Callable[[ModelState], None] | None = None,
-        on_snapshot: Callable[[bool], None] | None = None,
+        on_snapshot: Callable[[str], None] | None = None,
     ) -> None:
         self.settings = settings
         self.checkpointer = checkpointer
@@ -100,7 +100,7 @@ class OwnedScopes:
         self._split_warned: set[str] = set()
         self._on_restored = on_restored
         self._on_dropped = on_dropped
-        self._on_snapshot = on_snapshot  # called with True for each snapshot written, False for each that failed
+        self._on_snapshot = on_snapshot or (lambda outcome: None)  # per write: "written", "repositioned", "failed"
         self.snapshots = snapshots  # the snapshot topic (None: snapshots off)
         self.writer = SnapshotWriter(snapshots, settings.snapshot.chunk_bytes) if snapshots is not None else None
         self._snapshotted: dict[str, Progress] = {}  # scope -> its progress at its last snapshot
@@ -247,9 +247,13 @@ class OwnedScopes:
             return self._snapshot(state, partition)
         if self.writer is not None and state.detector is not None:
             try:
-                self.writer.reposition(state.scope, self.judged.reflected(state, partition), partition)
+                moved = self.writer.reposition(state.scope, self.judged.reflected(state, partition), partition)
             except SnapshotError as e:
                 log.warning("snapshot_reposition_failed", scope=state.scope, error=str(e), hint="the last one stands")
+                self._on_snapshot("failed")
+            else:
+                if moved is not None:
+                    self._on_snapshot("repositioned")
         return False
 
     def _snapshot(self, state: ModelState, partition: int) -> bool:
@@ -264,12 +268,10 @@ class OwnedScopes:
                 error=str(e),
                 hint="the next owner restores an older snapshot and re-reads from its position",
             )
-            if self._on_snapshot is not None:
-                self._on_snapshot(False)
+            self._on_snapshot("failed")
             return False
         self._snapshotted[state.scope] = state.progress
-        if self._on_snapshot is not None:
-            self._on_snapshot(True)
+        self._on_snapshot("written")
         return True
 
     def close(self) -> None:

@@ -12,6 +12,7 @@ from streammoe.model.config import ModelConfig
 from streammoe.model.detector import MixtureDetector
 from streammoe.state.checkpoint import Checkpointer, ModelState
 from streammoe.state.ownership import OwnedScopes
+from streammoe.state.snapshot import SnapshotError
 
 CHANNELS = ["a", "b", "c"]
 
@@ -34,8 +35,9 @@ class RecordingWriter:
     def write(self, state: ModelState, partition: int, offsets: object = None) -> None:
         self.written.append((state.scope, partition))
 
-    def reposition(self, scope: str, offsets: object, partition: int) -> None:
+    def reposition(self, scope: str, offsets: object, partition: int) -> object:
         self.repositioned.append((scope, partition))
+        return object()  # the manifest sent (None: nothing to send)
 
     def close(self) -> None:
         pass
@@ -88,7 +90,8 @@ def test_a_revoke_snapshots_and_drops_only_the_scopes_of_the_revoked_partitions(
 
 def test_interval_snapshots_skip_scopes_that_did_not_move(tmp_path: Path, detector: MixtureDetector) -> None:
     s = settings(tmp_path, mode="asset")
-    owned = OwnedScopes(s, Checkpointer(s.checkpoint, CHANNELS))
+    outcomes: list[str] = []
+    owned = OwnedScopes(s, Checkpointer(s.checkpoint, CHANNELS), on_snapshot=outcomes.append)
     owned.writer = RecordingWriter()  # type: ignore[assignment]
     owned.route(["p1", "p2"], np.array([0, 2]))
     owned.models = {n: ModelState(n, detector) for n in ("p1", "p2")}
@@ -97,6 +100,26 @@ def test_interval_snapshots_skip_scopes_that_did_not_move(tmp_path: Path, detect
     assert owned.snapshot_changed() == 1
     assert owned.writer.written == [("p1", 0), ("p2", 2), ("p2", 2)]  # type: ignore[attr-defined]
     assert owned.writer.repositioned == [("p1", 0)], "p1 only gets its position moved on"  # type: ignore[attr-defined]
+    assert outcomes == ["written", "written", "repositioned", "written"]  # what the metrics count
+    owned.writer.reposition = lambda scope, offsets, partition: None  # type: ignore[attr-defined]  # nothing to send
+    assert owned.snapshot_changed() == 0 and outcomes[4:] == []
+
+
+def test_a_failed_reposition_is_counted_as_a_failed_snapshot(tmp_path: Path, detector: MixtureDetector) -> None:
+    s = settings(tmp_path, mode="asset")
+    outcomes: list[str] = []
+    owned = OwnedScopes(s, Checkpointer(s.checkpoint, CHANNELS), on_snapshot=outcomes.append)
+    owned.writer = RecordingWriter()  # type: ignore[assignment]
+    owned.route(["p1"], np.array([0]))
+    owned.models = {"p1": ModelState("p1", detector)}
+    owned.snapshot_changed()
+
+    def refuse(scope: str, offsets: object, partition: int) -> None:
+        raise SnapshotError("the broker refused it")
+
+    owned.writer.reposition = refuse  # type: ignore[attr-defined]
+    assert owned.snapshot_changed() == 0
+    assert outcomes == ["written", "failed"]
 
 
 def test_snapshots_with_a_single_global_scope_are_refused_with_the_reason(monkeypatch: pytest.MonkeyPatch) -> None:
