@@ -164,6 +164,12 @@ def add_options(p: argparse.ArgumentParser) -> None:
         "streammoe-ctx and --context-window",
     )
     group = p.add_argument_group("model overrides (ModelConfig fields; defaults from ModelConfig)")
+    group.add_argument(
+        "--cascade",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="ModelConfig.cascade.enabled: streammoe scores with the cascade, as the daemon does (model/cascade.py)",
+    )
     for name, typ in _config_fields().items():
         group.add_argument(f"--{name.replace('_', '-')}", dest=f"cfg_{name}", type=typ, default=None)
     p.set_defaults(func=cmd_bench)
@@ -275,6 +281,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         overrides["context"] = {"window": args.context_window}
     if args.context_decoder is not None:
         overrides["context"] = {**overrides.get("context", {}), "decoder": args.context_decoder}
+    if args.cascade is not None:
+        overrides["cascade"] = {"enabled": args.cascade}
     config = _model_config(overrides)
     only_other = args.speed or args.fuzz
     wanted = (

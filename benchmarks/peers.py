@@ -259,7 +259,8 @@ class StreamMoEPeer:
     """streammoe itself, driven through the code path of `streammoe fit` / `streammoe score`.
 
     `fit` is MixtureDetector.fit (what `fit` and `score --warmup` call); `score_many` is offline.score_stream
-    with that detector (what `score --model` calls), learning online unless `learn` is False (`--no-learn`).
+    with that detector (what `score --model` calls), learning online unless `learn` is False (`--no-learn`), and
+    with `ModelConfig.cascade` as the daemon applies it (`score` itself gives every record the full pass).
     The decision is the detector's own `is_anomaly` for the stream just scored; `decide` ignores its argument.
     """
 
@@ -310,7 +311,13 @@ class StreamMoEPeer:
 
         _, times = self._axes()
         result, self.detector = score_stream(
-            x, self.detector, self.detector.channels, learn=self.learn, batch_size=self.batch_size, times=times
+            x,
+            self.detector,
+            self.detector.channels,
+            learn=self.learn,
+            batch_size=self.batch_size,
+            times=times,
+            cascade=self.detector.config.cascade.enabled,
         )
         self._flagged = result.is_anomaly.astype(np.int8)
         self.extras.mode = result.mode

@@ -138,12 +138,15 @@ def score_stream(
     times: np.ndarray | None = None,
     asset: str = DEFAULT_ASSET,
     spike_deviation: float = SPIKE_DEVIATION,
+    cascade: bool = False,
 ) -> tuple[StreamResult, MixtureDetector]:
     """Run the prequential loop over `values` (N, C). Without a detector, fit one on the first `warmup` rows.
 
     The series is one asset (`asset`) for the context; `times` is its time axis in median steps
     (context/timeline.py; None: one step per row), against which `context.gap_steps` counts a gap.
-    `spike_deviation` is `IncidentSettings.spike_deviation`, for the rows that open an incident at once."""
+    `spike_deviation` is `IncidentSettings.spike_deviation`, for the rows that open an incident at once.
+    `cascade` True scores as the daemon does (`ModelConfig.cascade`, when enabled); False, `streammoe score`'s
+    way, gives every record the full pass, so the score column is one ranking (docs/model.md)."""
     n = len(values)
     out = StreamResult.empty(n, values.shape[1])
     missing = np.isnan(values)  # an empty cell: scored on the other channels
@@ -172,7 +175,7 @@ def score_stream(
             assets=np.full(len(batch), asset),
             times=None if axis is None else axis[start : start + len(batch)],
             max_gap=detector.config.context.gap_steps,
-            cascade=False,  # every record on the full pass: the score column is one ranking (docs/model.md)
+            cascade=cascade,
         )
         out.put(start, scored, channels, detector.model.n_active, spike_deviation=spike_deviation)
         if learn:

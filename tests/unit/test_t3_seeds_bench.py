@@ -1,4 +1,4 @@
-"""The per-seed T3 runner: fits cached per seed and reused, learning overrides applied, fit overrides refused."""
+"""The per-seed T3 runner: fits cached per seed and reused, learning overrides applied, fit overrides fitted apart."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import pytest
 from series_kit import write_series
 
 from benchmarks.t3_seeds import main, run_pair
+from streammoe.files.offline import score_stream
+from streammoe.state.persistence import load_detector
 
 C = 4
 
@@ -46,6 +48,26 @@ def test_fits_are_cached_per_seed_and_learning_settings_reach_the_stream(
     assert frozen["far_b_train_2nd_half"] > pair["far_b_train_2nd_half"]
 
 
-def test_a_setting_that_changes_the_fit_is_refused(data_root: Path, tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="may not change the fit"):
-        run_pair(data_root, "machine-1-2", "machine-1-3", 0, ["fit_steps=10"], tmp_path / "fits")
+def test_a_fit_setting_gets_its_own_cached_fit_and_the_cascade_reaches_the_stream(
+    data_root: Path, tmp_path: Path, monkeypatch
+) -> None:
+    import benchmarks.t3_seeds as t3
+
+    cascades: list[bool] = []
+
+    def spy(*args, **kwargs):
+        cascades.append(kwargs["cascade"])
+        return score_stream(*args, **kwargs)
+
+    monkeypatch.setattr(t3, "score_stream", spy)
+    cache = tmp_path / "fits"
+    sets = ["learn_min_resp=0.01", "fit_steps=50", "cascade.enabled=true"]
+    run_pair(data_root, "machine-1-2", "machine-1-3", 0, sets, cache)
+    fit_dir = cache / "machine-1-2-seed0-fit_steps=50-learn_min_resp=0.01"
+    assert [p.name for p in cache.iterdir()] == [fit_dir.name], "the fit settings, not the cascade, name the fit"
+    fit = load_detector(fit_dir, device="cpu").config
+    assert (fit.fit_steps, fit.learn_min_resp) == (50, 0.01)
+    run_pair(data_root, "machine-1-2", "machine-1-3", 0, ["fit_steps=50", "cascade.enabled=false"], cache)
+    assert cascades == [True, False], "b is scored with the cascade exactly when the setting enables it"
+    with pytest.raises(ValueError, match="may not change the seed"):
+        run_pair(data_root, "machine-1-2", "machine-1-3", 0, ["seed=3"], cache)

@@ -10,7 +10,7 @@ from modes_kit import NOVELTY, C, mode_a, mode_b
 from series_kit import write_series
 
 from benchmarks.multimode import folder_set, simulator_set
-from benchmarks.peers import Extras, PcaT2QPeer, PcaT2QWindowPeer, TimeContext
+from benchmarks.peers import Extras, PcaT2QPeer, PcaT2QWindowPeer, StreamMoEPeer, TimeContext
 from benchmarks.splice import OFFSET, run_splice, splice
 from benchmarks.t4 import MultiModeOptions, recall_at_far, run_t4a, run_t4b, switch_metrics
 from benchmarks.tracks import BenchOptions, FitCache
@@ -97,6 +97,25 @@ def test_score_stream_reports_mode_events_with_their_row():
     assert added and 500 + NOVELTY.min_records <= added[0][0] <= len(x)
     assert added[0][0] % 128 == 0 or added[0][0] == len(x)
     assert result.n_experts[added[0][0] :].min() > result.n_experts[:500].max()
+
+
+def test_streammoe_peer_scores_with_the_cascade_when_its_model_enables_it(monkeypatch):
+    """The bench's streammoe scores as the daemon does (`streammoe score` gives every record the full pass)."""
+    from streammoe.files import offline
+
+    cascades: list[bool] = []
+
+    def spy(*args, **kwargs):
+        cascades.append(kwargs["cascade"])
+        return score_stream(*args, **kwargs)
+
+    monkeypatch.setattr(offline, "score_stream", spy)
+    rng = np.random.default_rng(0)
+    for enabled in (True, False):
+        peer = StreamMoEPeer("streammoe", ModelConfig(k_max=2, fit_steps=20, cascade={"enabled": enabled}))
+        peer.fit(mode_a(rng, 300))
+        assert len(peer.score_many(mode_a(rng, 100))) == 100
+    assert cascades == [True, False]
 
 
 def test_t4a_measures_far_per_mode_recall_per_kind_and_recall_at_far(tmp_path):
@@ -204,7 +223,13 @@ def test_bench_command_runs_t4b_on_the_simulator_without_a_datasets_folder(tmp_p
     )
     assert code == 0
     report = (out / "report.md").read_text()
+    assert "- model overrides: none" in report
     assert "T4 (b)" in report and "4:h-only -> 2:h-rich-10/90" in report and "PCA-T2+Q-window" in report
+    capsys.readouterr()
+    flags = ["--t4-pairs", "4->2", "--t4-records", "300", "--no-plots", "--data-root", str(tmp_path / "none")]
+    for flag, enabled in (("--cascade", True), ("--no-cascade", False)):
+        assert main(["bench", "--tracks", "T4B", "--methods", "PCA-T2+Q", *flags, "--out", str(out), flag]) == 0
+        assert f"- model overrides: {{'cascade': {{'enabled': {enabled}}}}}" in (out / "report.md").read_text()
     capsys.readouterr()
     assert main(["bench", "--tracks", "T4B", "--methods", "nope", "--out", str(out)]) == 2
     assert capsys.readouterr().err.startswith("streammoe bench: error: unknown method(s) ['nope']; known: ")
