@@ -4,7 +4,7 @@
 fit and moves T3's false alarms far more than most changes do (0.07-0.26 across seeds 0-2 at one setting), so
 a change is weighed here over several seeds first. Each pair's fit on a.train is cached per seed under --cache
 and reused by every setting that changes only how the model learns online; a --set of a field the fit uses
-(FIT_FIELDS: fit_steps, k_max, learn_min_resp, ...) gets its own cached fit. b is scored as the daemon scores
+(FIT_FIELDS: fit_steps, k_max, ...) gets its own cached fit. b is scored as the daemon scores
 (with `ModelConfig.cascade` when it is enabled):
 
     python -m benchmarks.t3_seeds --seeds 0,1,2 --set novelty.settle_records=0
@@ -38,7 +38,6 @@ FIT_FIELDS = {
     "min_expert_weight",
     "k_tolerance",
     "holdout_blocks",
-    "learn_min_resp",  # the fit's hard-label steps take the sparse loss too (model/learning.py)
 }
 
 

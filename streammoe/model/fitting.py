@@ -143,7 +143,8 @@ def fit_mixture(
         batch = train[
             torch.randint(len(train), (min(cfg.fit_batch, len(train)),), generator=generator, device=x.device)
         ]
-        result = learner.step(x[batch], hard[batch] if step < hard_steps else None)
+        # dense at any learn_min_resp: a fit is what it was before sparse steps (they are about the online cost)
+        result = learner.step(x[batch], hard[batch] if step < hard_steps else None, min_resp=0.0)
         report.skipped_steps += not result.applied
         report.final_loss = result.loss
         if progress is not None:

@@ -46,7 +46,12 @@ class ExpertLearner:
                 state["exp_avg_sq"][k].zero_()
 
     def step(
-        self, x: Tensor, resp: Tensor | None = None, elog_pi: Tensor | None = None, rates: Tensor | None = None
+        self,
+        x: Tensor,
+        resp: Tensor | None = None,
+        elog_pi: Tensor | None = None,
+        rates: Tensor | None = None,
+        min_resp: float | None = None,
     ) -> StepResult:
         """One step on raw records `x` (N, C) (each expert standardises them itself).
 
@@ -54,12 +59,13 @@ class ExpertLearner:
         this very forward pass (E-step on the detached ELBOs plus E[log pi]), as in stochastic variational EM.
         A step that would put a non-finite number into the weights is skipped, never applied. `rates` (k_max,)
         scales each expert's move by the optimizer (`expert_rates`); Adam's moments are kept as they are.
+        `min_resp` (None: `ModelConfig.learn_min_resp`) drops the pairs under it from the loss (model/sparse.py).
         """
         model = self.model
         idx = torch.nonzero(model.active).flatten()
         if x.shape[0] == 0 or idx.numel() == 0:
             return StepResult(False, 0.0, "empty")
-        min_resp = model.config.learn_min_resp
+        min_resp = model.config.learn_min_resp if min_resp is None else min_resp
         if resp is not None and min_resp > 0:  # given responsibilities: only the pairs that matter (model/sparse.py)
             loss = sparse_loss(model.experts, x, resp[:, idx].T.to(x.dtype), idx, min_resp, self.generator)
         else:

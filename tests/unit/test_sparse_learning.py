@@ -66,3 +66,20 @@ def test_pairs_under_the_bound_send_no_gradient() -> None:
         for k in (1, 2):
             torch.testing.assert_close(a[k], b[k], msg=f"{name}: expert {k} must not see record 20")
         assert not torch.allclose(a[0], b[0]), f"{name}: expert 0 learns from record 20"
+
+
+def test_a_fit_is_the_same_at_any_bound() -> None:
+    """Sparse steps are about the online cost: the fit's steps stay dense, so a fit does not depend on the bound."""
+    import numpy as np
+
+    from streammoe.model.detector import MixtureDetector
+
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(0, 1, (300, C)), rng.normal(6, 1, (300, C))]).astype(np.float32)
+    states = []
+    for bound in (0.0, 0.3):
+        torch.manual_seed(0)
+        det = MixtureDetector(C, ModelConfig(k_max=3, hidden=8, latent=2, fit_steps=60, learn_min_resp=bound))
+        det.fit(x)
+        states.append(det.model.experts.state_dict())
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])

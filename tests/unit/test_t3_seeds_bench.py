@@ -11,6 +11,7 @@ from series_kit import write_series
 
 from benchmarks.t3_seeds import main, run_pair
 from streammoe.files.offline import score_stream
+from streammoe.model.config import ModelConfig
 from streammoe.state.persistence import load_detector
 
 C = 4
@@ -61,12 +62,12 @@ def test_a_fit_setting_gets_its_own_cached_fit_and_the_cascade_reaches_the_strea
 
     monkeypatch.setattr(t3, "score_stream", spy)
     cache = tmp_path / "fits"
-    sets = ["learn_min_resp=0.01", "fit_steps=50", "cascade.enabled=true"]
+    sets = ["k_tolerance=0.3", "fit_steps=50", "cascade.enabled=true", "learn_min_resp=0.02"]
     run_pair(data_root, "machine-1-2", "machine-1-3", 0, sets, cache)
-    fit_dir = cache / "machine-1-2-seed0-fit_steps=50-learn_min_resp=0.01"
-    assert [p.name for p in cache.iterdir()] == [fit_dir.name], "the fit settings, not the cascade, name the fit"
+    fit_dir = cache / "machine-1-2-seed0-fit_steps=50-k_tolerance=0.3"
+    assert [p.name for p in cache.iterdir()] == [fit_dir.name], "the fit's settings, not online ones, name the fit"
     fit = load_detector(fit_dir, device="cpu").config
-    assert (fit.fit_steps, fit.learn_min_resp) == (50, 0.01)
+    assert (fit.fit_steps, fit.k_tolerance, fit.learn_min_resp) == (50, 0.3, ModelConfig().learn_min_resp)
     run_pair(data_root, "machine-1-2", "machine-1-3", 0, ["fit_steps=50", "cascade.enabled=false"], cache)
     assert cascades == [True, False], "b is scored with the cascade exactly when the setting enables it"
     with pytest.raises(ValueError, match="may not change the seed"):
