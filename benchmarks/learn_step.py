@@ -85,14 +85,14 @@ def sparse_figures(
 ) -> dict:
     """The step on the records' own responsibilities (as scored, not the random ones above) and learn_many, with
     `ModelConfig.learn_min_resp` at `min_resp` (model/sparse.py; 0: dense)."""
-    k = detector.config.k_max
+    k, before = detector.config.k_max, detector.config.learn_min_resp
     detector.config.learn_min_resp = min_resp
     resp = torch.as_tensor(detector.score_many(x.numpy()).responsibilities)
     out = {
         f"step_scored_ms_k{k}_r{min_resp:g}": step_ms(detector, x, resp, steps, repeats),
         f"learn_many_ms_k{k}_r{min_resp:g}": learn_many_ms(detector, batches, repeats),
     }
-    detector.config.learn_min_resp = 0.0
+    detector.config.learn_min_resp = before
     return out
 
 

@@ -30,7 +30,10 @@ stay clipped. Format 2 (no time context) is read as a model without one: its con
 (the context it was made with), so it scores and learns as before; formats 1 and 2 have no context.pt.
 Formats 1-3 have no calibration anchors: they load unanchored, so their p-values stay what they were (a refit
 anchors them). Formats 1-4 have no `context.decoder`: they load with `full`, the decoder they were made with
-(format 5 may hold the experts' linear part for the features, model/experts.py).
+(format 5 may hold the experts' linear part for the features, model/experts.py). A config.json saved before
+`learn_min_resp` and `cascade` existed (formats 1 and 2, the first format-3 saves) loads with 0 and the
+cascade off, the dense steps and full pass it was made with; every later save writes both, so no model
+changes its meaning when their defaults do (the format stays 5).
 
 Load errors come in two kinds, because they call for different actions: `ModelDamagedError` (truncated,
 unreadable, checksum mismatch: another copy of the same model may be used instead) and
@@ -226,8 +229,14 @@ def _migrate_v1(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def _config_of(path: Path, version: int) -> ModelConfig:
     """The saved ModelConfig; a model of format 1 or 2 was made without a time context, one of format 3 or 4 with
-    its features decoded like the values (`context.decoder` full), whatever the defaults."""
+    its features decoded like the values (`context.decoder` full), one saved before `learn_min_resp` and
+    `cascade` existed with dense steps and the full pass, whatever the defaults."""
     raw = json.loads((path / "config.json").read_text())
+    if isinstance(raw, dict):
+        raw.setdefault("learn_min_resp", 0.0)
+        cascade = raw.setdefault("cascade", {})
+        if isinstance(cascade, dict):
+            cascade.setdefault("enabled", False)
     if version < 3 and isinstance(raw, dict):
         raw["context"] = {"window": 1}
     if version < 5 and isinstance(raw, dict) and isinstance(raw.get("context"), dict):

@@ -114,6 +114,23 @@ def test_a_format_1_model_loads_migrated_and_scores_as_it_did(tmp_path) -> None:
     )
 
 
+def test_a_model_saved_before_sparse_steps_and_the_cascade_keeps_them_off_whatever_the_defaults(saved) -> None:
+    """tests/data/model-v2's config.json has neither `learn_min_resp` nor `cascade` (saved by the format-2 code):
+    it was made with dense steps and the full pass, and loads so; a save writes both, so a later model keeps its own
+    values when the defaults change."""
+    from pathlib import Path
+
+    v2 = Path(__file__).resolve().parent.parent / "data" / "model-v2"
+    assert not {"learn_min_resp", "cascade"} & set(json.loads((v2 / "config.json").read_text()))
+    old = load_detector(v2, device="cpu", channels=["flow", "pressure", "temp"]).config
+    assert (old.learn_min_resp, old.cascade.enabled) == (0.0, False)
+    written = json.loads((Path(saved) / "config.json").read_text())
+    assert (written["learn_min_resp"], written["cascade"]["enabled"]) == (
+        ModelConfig().learn_min_resp,
+        ModelConfig().cascade.enabled,
+    )
+
+
 @pytest.mark.parametrize("keep", [0, 100, "half"])
 def test_truncated_experts_file_is_refused(saved, tmp_path, keep) -> None:
     shutil.copytree(saved, tmp_path / "m")
