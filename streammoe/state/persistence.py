@@ -32,8 +32,9 @@ Formats 1-3 have no calibration anchors: they load unanchored, so their p-values
 anchors them). Formats 1-4 have no `context.decoder`: they load with `full`, the decoder they were made with
 (format 5 may hold the experts' linear part for the features, model/experts.py). A config.json saved before
 `learn_min_resp` and `cascade` existed (formats 1 and 2, the first format-3 saves) loads with 0 and the
-cascade off, the dense steps and full pass it was made with; every later save writes both, so no model
-changes its meaning when their defaults do (the format stays 5).
+cascade off, the dense steps and full pass it was made with; one saved before `learn_min_rows` loads with 1, a
+step on every batch as it learned then. Every later save writes all three, so no model changes its meaning when
+their defaults do (the format stays 5).
 
 Load errors come in two kinds, because they call for different actions: `ModelDamagedError` (truncated,
 unreadable, checksum mismatch: another copy of the same model may be used instead) and
@@ -234,6 +235,7 @@ def _config_of(path: Path, version: int) -> ModelConfig:
     raw = json.loads((path / "config.json").read_text())
     if isinstance(raw, dict):
         raw.setdefault("learn_min_resp", 0.0)
+        raw.setdefault("learn_min_rows", 1)  # saved before the step waited for rows: a step on every batch
         cascade = raw.setdefault("cascade", {})
         if isinstance(cascade, dict):
             cascade.setdefault("enabled", False)

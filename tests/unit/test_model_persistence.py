@@ -121,13 +121,14 @@ def test_a_model_saved_before_sparse_steps_and_the_cascade_keeps_them_off_whatev
     from pathlib import Path
 
     v2 = Path(__file__).resolve().parent.parent / "data" / "model-v2"
-    assert not {"learn_min_resp", "cascade"} & set(json.loads((v2 / "config.json").read_text()))
+    assert not {"learn_min_resp", "cascade", "learn_min_rows"} & set(json.loads((v2 / "config.json").read_text()))
     old = load_detector(v2, device="cpu", channels=["flow", "pressure", "temp"]).config
-    assert (old.learn_min_resp, old.cascade.enabled) == (0.0, False)
+    assert (old.learn_min_resp, old.cascade.enabled, old.learn_min_rows) == (0.0, False, 1)
     written = json.loads((Path(saved) / "config.json").read_text())
-    assert (written["learn_min_resp"], written["cascade"]["enabled"]) == (
+    assert (written["learn_min_resp"], written["cascade"]["enabled"], written["learn_min_rows"]) == (
         ModelConfig().learn_min_resp,
         ModelConfig().cascade.enabled,
+        ModelConfig().learn_min_rows,
     )
 
 
