@@ -23,6 +23,7 @@ from dataclasses import fields
 import torch
 from torch import Tensor
 
+from streammoe.model.grouped import ranks_by_row
 from streammoe.model.mixture import STATUS_FAULT, Evaluation, MixtureOfVAEs
 
 # A calibration buffer's tail (its top 5 %) must hold full-pass scores: past this censored share, every record
@@ -49,7 +50,33 @@ def needs_full_pass(model: MixtureOfVAEs, first: Evaluation, n_samples: int, mus
     shut = (censored_share(model)[cal.rows_for(modes)] > MAX_CENSORED) | (model.status == STATUS_FAULT)
     level = torch.where(shut, torch.full_like(level, -math.inf), level)
     lowest = torch.where(model.active, level, torch.full_like(level, math.inf)).min().to(bound.dtype)
-    return must | ~(torch.isfinite(bound) & (bound < lowest))
+    cleared = ~must & torch.isfinite(bound) & (bound < lowest)
+    return ~within_censoring_budget(model, cleared, first.mode)
+
+
+@torch.no_grad()
+def within_censoring_budget(model: MixtureOfVAEs, cleared: Tensor, modes: Tensor) -> Tensor:
+    """`cleared` less the rows whose censored entry would take a buffer past MAX_CENSORED: each cleared row
+    enters its mode's buffer and the pooled one as censored when the batch is learned, and a batch with more
+    cleared rows than a buffer holds real scores would otherwise censor all of it (its tail -inf, its p-values
+    NaN: nothing alerts). Checked at scoring, for the whole batch, so a buffer stays within the share after the
+    update; evictions are not counted (they only lower the share), so the bound is safe. Those rows get the full
+    pass instead: exact scores, no bias. The first rows of each buffer's allowance stay cleared, in order."""
+    cal = model.calibration
+    n, size = cal.n_reference(), cal.size
+    censored = censored_counts(model)
+    pooled = cal.k_max
+    rows = torch.where(cleared, modes.clamp(min=0), torch.full_like(modes, pooled + 1))  # pooled + 1: not cleared
+    order, _, rank = ranks_by_row(rows, pooled + 2)
+    # v more censored entries in a buffer of n (c censored) keep c + v <= MAX_CENSORED * min(size, n + v).
+    room = torch.minimum((MAX_CENSORED * n - censored) / (1.0 - MAX_CENSORED), MAX_CENSORED * size - censored).floor()
+    room = room.clamp(min=0).to(n.dtype)
+    keep_sorted = rank < torch.cat([room[: pooled + 1], room.new_zeros(1)])[rows[order]]
+    keep = torch.zeros_like(cleared)
+    keep[order] = keep_sorted
+    # The pooled buffer takes every cleared row: the first `room[pooled]` of those kept per mode.
+    keep &= torch.cumsum(keep.to(n.dtype), 0) <= room[pooled]
+    return keep
 
 
 @torch.no_grad()
@@ -101,8 +128,13 @@ def cascade_evaluate(
 def censored_share(model: MixtureOfVAEs) -> Tensor:
     """Per calibration buffer, the share of its scores that are censored (-inf: a record the cascade did not
     rescore, known only to lie below the margin); 1 for an empty buffer."""
+    n = model.calibration.n_reference()
+    return torch.where(n > 0, censored_counts(model) / n.clamp(min=1), torch.ones_like(n, dtype=torch.float32))
+
+
+def censored_counts(model: MixtureOfVAEs) -> Tensor:
+    """Per calibration buffer, how many of its filled slots hold a censored score (-inf)."""
     cal = model.calibration
     n = cal.n_reference()
     filled = torch.arange(cal.size, device=n.device)[None, :] < n[:, None]
-    censored = (filled & (cal.scores == -math.inf)).sum(1)
-    return torch.where(n > 0, censored / n.clamp(min=1), torch.ones_like(n, dtype=torch.float32))
+    return (filled & (cal.scores == -math.inf)).sum(1)
