@@ -47,31 +47,32 @@ def needs_full_pass(model: MixtureOfVAEs, first: Evaluation, n_samples: int, mus
     bound = -first.log_px + math.log(n_samples)
     modes = torch.arange(cfg.k_max, device=bound.device)
     level = cal.score_at(modes, math.log(cfg.cascade.margin_p))  # (k_max,)
-    shut = (censored_share(model)[cal.rows_for(modes)] > MAX_CENSORED) | (model.status == STATUS_FAULT)
+    censored = censored_counts(model)  # counted once: the share below and the budget after it
+    shut = (share_of(censored, cal.n_reference())[cal.rows_for(modes)] > MAX_CENSORED) | (model.status == STATUS_FAULT)
     level = torch.where(shut, torch.full_like(level, -math.inf), level)
     lowest = torch.where(model.active, level, torch.full_like(level, math.inf)).min().to(bound.dtype)
     cleared = ~must & torch.isfinite(bound) & (bound < lowest)
-    return ~within_censoring_budget(model, cleared, first.mode)
+    return ~within_censoring_budget(model, cleared, first.mode, censored)
 
 
 @torch.no_grad()
-def within_censoring_budget(model: MixtureOfVAEs, cleared: Tensor, modes: Tensor) -> Tensor:
+def within_censoring_budget(model: MixtureOfVAEs, cleared: Tensor, modes: Tensor, censored: Tensor) -> Tensor:
     """`cleared` less the rows whose censored entry would take a buffer past MAX_CENSORED: each cleared row
     enters its mode's buffer and the pooled one as censored when the batch is learned, and a batch with more
     cleared rows than a buffer holds real scores would otherwise censor all of it (its tail -inf, its p-values
     NaN: nothing alerts). Checked at scoring, for the whole batch, so a buffer stays within the share after the
     update; evictions are not counted (they only lower the share), so the bound is safe. Those rows get the full
-    pass instead: exact scores, no bias. The first rows of each buffer's allowance stay cleared, in order."""
+    pass instead: exact scores, no bias. The first rows of each buffer's allowance stay cleared, in order.
+    `censored`: each buffer's censored entries now (`censored_counts`)."""
     cal = model.calibration
     n, size = cal.n_reference(), cal.size
-    censored = censored_counts(model)
     pooled = cal.k_max
     rows = torch.where(cleared, modes.clamp(min=0), torch.full_like(modes, pooled + 1))  # pooled + 1: not cleared
     order, _, rank = ranks_by_row(rows, pooled + 2)
     # v more censored entries in a buffer of n (c censored) keep c + v <= MAX_CENSORED * min(size, n + v).
     room = torch.minimum((MAX_CENSORED * n - censored) / (1.0 - MAX_CENSORED), MAX_CENSORED * size - censored).floor()
     room = room.clamp(min=0).to(n.dtype)
-    keep_sorted = rank < torch.cat([room[: pooled + 1], room.new_zeros(1)])[rows[order]]
+    keep_sorted = rank < torch.cat([room, room.new_zeros(1)])[rows[order]]  # room per buffer, then 0
     keep = torch.zeros_like(cleared)
     keep[order] = keep_sorted
     # The pooled buffer takes every cleared row: the first `room[pooled]` of those kept per mode.
@@ -128,8 +129,12 @@ def cascade_evaluate(
 def censored_share(model: MixtureOfVAEs) -> Tensor:
     """Per calibration buffer, the share of its scores that are censored (-inf: a record the cascade did not
     rescore, known only to lie below the margin); 1 for an empty buffer."""
-    n = model.calibration.n_reference()
-    return torch.where(n > 0, censored_counts(model) / n.clamp(min=1), torch.ones_like(n, dtype=torch.float32))
+    return share_of(censored_counts(model), model.calibration.n_reference())
+
+
+def share_of(censored: Tensor, n: Tensor) -> Tensor:
+    """Censored entries as a share of each buffer's `n` filled ones; 1 for an empty buffer."""
+    return torch.where(n > 0, censored / n.clamp(min=1), torch.ones_like(n, dtype=torch.float32))
 
 
 def censored_counts(model: MixtureOfVAEs) -> Tensor:
