@@ -234,6 +234,17 @@ def time_calls(detector: MixtureDetector, x: np.ndarray, sizes: list[int], repea
     return out
 
 
+def score_learn_split(detectors: list[MixtureDetector], rows: np.ndarray, scope: np.ndarray) -> None:
+    """A worker's model stage for one batch: the rows of scope i (`scope`, one index per row) scored and learned by
+    `detectors[i]`, in arrival order within each scope."""
+    order = np.argsort(scope, kind="stable")
+    bounds = np.searchsorted(scope[order], np.arange(len(detectors) + 1))
+    for i, det in enumerate(detectors):
+        idx = order[bounds[i] : bounds[i + 1]]
+        if len(idx):
+            det.learn_many(det.score_many(rows[idx]))
+
+
 def split_check(
     model_dir: Path, detector: MixtureDetector, x: np.ndarray, batch: int, scope_counts: list[int], repeats: int
 ) -> list[dict]:
@@ -252,12 +263,7 @@ def split_check(
             scope = rng.permutation(np.arange(batch) % s)  # an even split, in arrival order
             for label, detectors in (("many", sets[s]), ("one", [detector] * s)):
                 t0 = time.perf_counter()
-                order = np.argsort(scope, kind="stable")
-                bounds = np.searchsorted(scope[order], np.arange(s + 1))
-                for i, det in enumerate(detectors):
-                    idx = order[bounds[i] : bounds[i + 1]]
-                    if len(idx):
-                        det.learn_many(det.score_many(rows[idx]))
+                score_learn_split(detectors, rows, scope)
                 if r:
                     rates[s][label].append(batch / (time.perf_counter() - t0))
     del sets

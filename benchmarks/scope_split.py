@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.scaleout_model import CHANNELS, fitted, stream
+from benchmarks.scaleout_model import CHANNELS, fitted, score_learn_split, stream
 
 K, BATCH = 8, 2048
 
@@ -50,14 +50,9 @@ def split_rates(
         rows = x[(r * BATCH) % (len(x) - BATCH) :][:BATCH]
         for s in scopes:
             scope = rng.permutation(np.arange(BATCH) % s)  # an even split, in arrival order
-            order = np.argsort(scope, kind="stable")
-            bounds = np.searchsorted(scope[order], np.arange(s + 1))
             for m in min_rows if r % 2 == 0 else min_rows[::-1]:
                 t0 = time.perf_counter()
-                for i, det in enumerate(held[(m, s)]):
-                    idx = order[bounds[i] : bounds[i + 1]]
-                    if len(idx):
-                        det.learn_many(det.score_many(rows[idx]))
+                score_learn_split(held[(m, s)], rows, scope)
                 if r >= 2:
                     rates[(m, s)].append(BATCH / (time.perf_counter() - t0))
     return {m: {s: statistics.median(rates[(m, s)]) for s in scopes} for m in min_rows}
