@@ -110,6 +110,9 @@ class Sink:
         self._permanent: list[str] = []
         self.sent = 0
         self.resent = 0  # outputs sent again after a failed delivery
+        # Outputs queued and not yet reported on. librdkafka's own queue length also counts its pending events (a
+        # "brokers down" error among them), so it can read one more than the outputs in flight.
+        self._unreported = 0
         self.last_failure = ""
 
     def send(self, topic: str, value: bytes | None, key: bytes | None = None, timestamp: int | None = None) -> None:
@@ -125,6 +128,7 @@ class Sink:
         # them here, in case it has to be sent again.
         report = self._delivered if headers is None else partial(self._delivered, headers=headers)
         produce(self.producer, topic, value, key, headers, report, timestamp=timestamp)
+        self._unreported += 1
 
     def dead_letter(self, letter: DeadLetter) -> None:
         """The original record, untouched, under its own Kafka timestamp, with where it came from and why it was
@@ -142,7 +146,7 @@ class Sink:
         """Serve delivery reports for up to `timeout` seconds (default `delivery_timeout_s`), send again what the
         broker failed to take, and return how many outputs are still unacknowledged: 0 means the broker holds
         everything sent so far. DeliveryError for a failure no retry can fix."""
-        remaining = self.producer.flush(self.kafka.delivery_timeout_s if timeout is None else timeout)
+        self.producer.flush(self.kafka.delivery_timeout_s if timeout is None else timeout)
         if self._permanent:
             failures, self._permanent = self._permanent, []
             raise DeliveryError(f"{len(failures)} outputs refused: {failures[:3]}")
@@ -150,12 +154,12 @@ class Sink:
         for topic, value, key, headers, timestamp in retry:
             self._produce(topic, value, key, headers, timestamp)
         self.resent += len(retry)
-        return remaining + len(retry)
+        return self.pending
 
     @property
     def pending(self) -> int:
-        """Outputs sent but not yet acknowledged."""
-        return len(self.producer) + len(self._retry)
+        """Outputs sent but not yet acknowledged (each gets exactly one delivery report, purged ones included)."""
+        return self._unreported + len(self._retry)
 
     def reachable(self, timeout: float) -> bool:
         """Whether the cluster answers a metadata request within `timeout` seconds (creates no topic)."""
@@ -171,12 +175,14 @@ class Sink:
         dropped, self._retry = self.pending, []
         self.producer.purge()
         self.producer.flush(0)  # serve the purge's delivery reports
+        self._unreported = 0  # a purged request's report may come later; it is counted as dropped here
         return dropped
 
     def poll(self) -> None:
         self.producer.poll(0)
 
     def _delivered(self, err: KafkaError | None, msg: Message, headers: Headers | None = None) -> None:
+        self._unreported = max(0, self._unreported - 1)
         if err is None:
             return
         if err.fatal() or err.code() in PERMANENT:
