@@ -46,6 +46,7 @@ def measure(
             fit_steps=fit_steps,
             min_expert_weight=0.01,
             n_samples=n_samples,
+            cascade={"enabled": False},  # every record on the full pass: the context's cost alone
             context=ContextConfig(window=w, decoder=decoder, **flags),
         )
         det = MixtureDetector(n_channels, cfg)

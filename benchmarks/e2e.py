@@ -62,7 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.monotonic()
         produce(bootstrap, topic, rows, channels)
         produce_s = time.monotonic() - t0
-        config = ModelConfig(k_max=args.k, n_samples=args.n_samples, fit_steps=args.fit_steps)
+        config = ModelConfig(
+            k_max=args.k, n_samples=args.n_samples, fit_steps=args.fit_steps, cascade={"enabled": False}
+        )  # plain: the full pass
         detector = MixtureDetector(args.channels, config, channels, device="cpu")
         detector.fit(synthetic(20_000, args.k, args.channels, seed=1), k=args.k)
         save_detector(detector, Path(tmp) / "model")

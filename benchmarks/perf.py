@@ -242,7 +242,8 @@ def fitted(k: int, s: int, channels: list[str], fit_steps: int, device: str = "c
     from streammoe.model.config import ModelConfig
     from streammoe.model.detector import MixtureDetector
 
-    config = ModelConfig(k_max=k, n_samples=s, fit_steps=fit_steps, min_expert_weight=0.0)
+    # Plain: every record on the full pass; the cascade column turns it on for its own runs.
+    config = ModelConfig(k_max=k, n_samples=s, fit_steps=fit_steps, min_expert_weight=0.0, cascade={"enabled": False})
     detector = MixtureDetector(len(channels), config, channels, device=device)
     detector.fit(synthetic(20_000, N_MODES, len(channels), seed=1), k=k)
     return detector

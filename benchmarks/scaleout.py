@@ -166,7 +166,10 @@ def run(args: argparse.Namespace) -> ScaleoutResult:
     with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         detector = MixtureDetector(
-            args.channels, ModelConfig(k_max=args.k, n_samples=args.n_samples, fit_steps=300), channels, device="cpu"
+            args.channels,
+            ModelConfig(k_max=args.k, n_samples=args.n_samples, fit_steps=300, cascade={"enabled": False}),
+            channels,
+            device="cpu",
         )
         detector.fit(synthetic(20_000, args.k, args.channels, seed=1), k=args.k)
         save_detector(detector, tmp / "model")

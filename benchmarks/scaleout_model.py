@@ -175,7 +175,8 @@ def fitted(k: int, fit_steps: int, rows: int = 20_000) -> MixtureDetector:
     from streammoe.model.config import ModelConfig
     from streammoe.model.detector import MixtureDetector
 
-    config = ModelConfig(k_max=k, fit_steps=fit_steps, min_expert_weight=0.0)
+    # Plain (the full pass), so a scope's fixed cost is measured against the same model whatever the default.
+    config = ModelConfig(k_max=k, fit_steps=fit_steps, min_expert_weight=0.0, cascade={"enabled": False})
     detector = MixtureDetector(len(CHANNELS), config, CHANNELS, device="cpu")
     detector.fit(synthetic(rows, k, len(CHANNELS), seed=1), k=k)
     assert detector.model.n_active == k, (k, detector.model.n_active)

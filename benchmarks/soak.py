@@ -138,7 +138,10 @@ def run(args: argparse.Namespace) -> SoakResult:
     with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp:
         topic = f"soak-{uuid.uuid4().hex[:6]}"
         detector = MixtureDetector(
-            args.channels, ModelConfig(k_max=args.k, n_samples=args.n_samples, fit_steps=300), channels, device="cpu"
+            args.channels,
+            ModelConfig(k_max=args.k, n_samples=args.n_samples, fit_steps=300, cascade={"enabled": False}),
+            channels,
+            device="cpu",
         )
         detector.fit(synthetic(20_000, args.k, args.channels, seed=1), k=args.k)
         save_detector(detector, Path(tmp) / "model")

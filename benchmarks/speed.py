@@ -35,7 +35,8 @@ def measure(
     device: str | None = None,
 ) -> dict:
     """Median records/s of score_many on one batch, per importance-sample count."""
-    config = ModelConfig(k_max=N_CLUSTERS, fit_steps=fit_steps, min_expert_weight=0.01)
+    # Every record on the full pass at each S (the cascade's own figures: benchmarks.cascade, --perf).
+    config = ModelConfig(k_max=N_CLUSTERS, fit_steps=fit_steps, min_expert_weight=0.01, cascade={"enabled": False})
     x = synthetic_modes(n_channels, 2000)
     detector = MixtureDetector(n_channels, config, device=device)
     t0 = time.perf_counter()
