@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -33,6 +34,16 @@ TAIL_FRACTION = 0.05
 TAIL_INNER = 0.01
 MIN_TAIL_SCALE = 1e-2
 MIN_MODE_SCORES = 64
+
+
+def sorted_rows(x: Tensor) -> Tensor:
+    """Each row of `x` in ascending order (NaN last), as `x.sort(dim=1).values`. On the CPU numpy's sort does it:
+    torch's took ~1.2 ms for the (K+1) x 2048 buffers at K=8, numpy's ~0.07 ms, and the buffers are re-sorted
+    after every learned batch, a fifth of a small batch's `score_many`. The values are the same (equal scores
+    in either order)."""
+    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
+        return torch.from_numpy(np.sort(x.numpy(), axis=1))
+    return x.sort(dim=1).values
 
 
 def unanchored(rows: int) -> Tensor:
@@ -106,7 +117,7 @@ class ModeCalibration(nn.Module):
             n = self.count.clamp(max=self.size)
             idx = torch.arange(self.size, device=self.scores.device)
             filled = idx[None, :] < n[:, None]
-            ref = torch.where(filled, self.scores, torch.full_like(self.scores, float("inf"))).sort(dim=1).values
+            ref = sorted_rows(torch.where(filled, self.scores, torch.full_like(self.scores, float("inf"))))
             nf = n.to(ref.dtype)
 
             def quantile(upper: float) -> Tensor:

@@ -149,3 +149,37 @@ def test_reset_mode_hands_the_mode_back_to_the_pool() -> None:
     after = cal.log_p_value(modes(1, 1), torch.tensor([49.0])).item()
     assert before == 0.0
     assert abs(after - math.log(201 / 1001)) < 1e-5, "the pool's empirical frequency: 200 of 1000 scores lie above"
+
+
+def test_numpy_sort_of_the_buffers_gives_the_torch_sort_s_p_values_and_thresholds_bit_for_bit(monkeypatch) -> None:
+    """`sorted_rows` sorts the buffers with numpy on the CPU (torch's sort took ~20x as long): over random
+    updates with ties, censored (-inf) entries, zeros of either sign, a re-measured tail and a reset mode, every
+    p-value and every threshold equals what torch's sort gives, bit for bit."""
+    from streammoe.model import calibration
+
+    g = torch.Generator().manual_seed(7)
+    k_max = 6
+    fast, old = ModeCalibration(k_max, 256), ModeCalibration(k_max, 256)
+    probes = torch.cat([torch.randn(400, generator=g) * 4, torch.tensor([0.0, -0.0, -math.inf, math.inf, math.nan])])
+    probe_modes = torch.randint(0, k_max, (probes.numel(),), generator=g)
+    for step in range(60):
+        n = int(torch.randint(1, 300, (1,), generator=g))
+        rows = torch.randint(0, k_max, (n,), generator=g)
+        scores = (torch.randn(n, generator=g) * 3).round(decimals=1)  # ties
+        scores[torch.rand(n, generator=g) < 0.2] = -math.inf  # cleared by the cascade: censored
+        scores[torch.rand(n, generator=g) < 0.05] = -0.0
+        for cal in (fast, old):
+            cal.update(rows, scores)
+            if step == 20:
+                cal.pin()
+            if step == 30:
+                cal.replace(1, torch.arange(5), torch.full((5,), 2.5))
+            if step == 40:
+                cal.reset_mode(2)
+        got = (fast.log_p_value(probe_modes, probes), fast.score_at(torch.arange(k_max), math.log(0.05)))
+        with monkeypatch.context() as m:
+            m.setattr(calibration, "sorted_rows", lambda x: x.sort(dim=1).values)
+            want = (old.log_p_value(probe_modes, probes), old.score_at(torch.arange(k_max), math.log(0.05)))
+        for a, b in zip(got, want, strict=True):
+            assert torch.equal(a.view(torch.int32), b.view(torch.int32)), step
+    assert torch.isfinite(got[1]).all() and (got[0] < 0).any()
