@@ -283,7 +283,9 @@ class MixtureDetector:
         ev, usable = scored.evaluation, scored.usable_rows
         if ev is None or usable is None:
             raise ValueError("learn_many needs a batch returned by score_many of this detector")
-        self.cadence.scored(int(np.count_nonzero(scored.valid & scored.in_range & ~scored.partial)))  # host arrays
+        # Counted on the host arrays (`usable` on the device holds the same rows): no device synchronisation.
+        n_usable = int(np.count_nonzero(scored.valid & scored.in_range & ~scored.partial))
+        self.cadence.scored(n_usable)
         model, cfg = self.model, self.config
         log_p = torch.as_tensor(scored.log_p_value, device=self.device)
         nll = torch.as_tensor(scored.nll, device=self.device)
@@ -299,7 +301,7 @@ class MixtureDetector:
         # unexplained stretch and were replaced before the new machine was covered.
         model.weights.update(ev.resp[learn].sum(0), n)
         if cfg.novelty.enabled:
-            learn_novelty(self, scored, usable, usable & not_fault & ~learn, report)
+            learn_novelty(self, scored, usable, n_usable, usable & not_fault & ~learn, report)
         if n == 0:
             return report
         x, resp, mode = ev.x[learn], ev.resp[learn], ev.mode[learn]
@@ -321,10 +323,12 @@ def learn_novelty(
     detector: MixtureDetector,
     scored: ScoredBatch,
     usable: torch.Tensor,
+    n_usable: int,
     unexplained: torch.Tensor,
     report: LearnReport,
 ) -> None:
-    """Remember unexplained records; grow an expert from a sustained coherent run; retire and merge."""
+    """Remember unexplained records; grow an expert from a sustained coherent run; retire and merge. `n_usable`:
+    how many rows `usable` marks, counted by the caller on the host."""
     model, ev = detector.model, scored.evaluation
     assert ev is not None and scored.refs is not None and scored.timestamps is not None
     model.memory.observe(ev.x[usable], unexplained[usable], scored.refs[usable], scored.timestamps[usable])
@@ -343,9 +347,8 @@ def learn_novelty(
                     detector.counters["unlocks"] += 1
                 else:
                     report.lockin = lockin.reason
-    n = int(usable.sum())
-    report.events += retire_idle(model, model.below_floor, n)
-    model.since_merge += n
+    report.events += retire_idle(model, model.below_floor, n_usable)
+    model.since_merge += n_usable
     if int(model.since_merge) >= detector.config.novelty.merge_every:
         model.since_merge.zero_()
         report.events += merge_duplicates(model, detector.generator)

@@ -112,3 +112,34 @@ def test_the_default_bound_never_delays_a_step_of_offline_scoring() -> None:
 
     args = build_parser("score").parse_args(["score", "--data", "x.csv", "--out", "s.csv"])
     assert ModelConfig().learn_min_rows <= args.batch_size
+
+
+@pytest.mark.parametrize("window", [1, 3])
+def test_the_host_count_of_usable_rows_is_the_device_s(window: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """learn_many counts the usable rows once, on the host, for the cadence and the novelty bookkeeping (retire,
+    merge): with non-finite, out-of-range and partial rows, and with a context (missing channels make features
+    missing), that count is the number of rows the device's `usable_rows` marks."""
+    import streammoe.model.detector as detector_module
+
+    cfg = ModelConfig(k_max=3, hidden=8, latent=2, fit_steps=30, context={"window": window})
+    det = MixtureDetector(C, cfg, device="cpu")
+    det.fit(normal_rows(400, seed=0), k=1)
+    counted: list[int] = []
+    real = detector_module.retire_idle
+
+    def retire_idle(model, below_floor, n_records):  # type: ignore[no-untyped-def]
+        counted.append(n_records)
+        return real(model, below_floor, n_records)
+
+    monkeypatch.setattr(detector_module, "retire_idle", retire_idle)
+    rng = np.random.default_rng(3)
+    for seed in range(4):
+        x = normal_rows(60, seed=10 + seed)
+        x[rng.random(60) < 0.1, 0] = np.nan
+        x[rng.random(60) < 0.1, 1] = 1e9  # out of range
+        missing = rng.random((60, C)) < 0.05
+        scored = det.score_many(x, missing=missing)
+        assert scored.usable_rows is not None
+        want = int(scored.usable_rows.sum())
+        det.learn_many(scored)
+        assert counted[-1] == want and 0 < want < 60
