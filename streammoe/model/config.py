@@ -130,9 +130,10 @@ class CascadeConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
-    enabled: bool = False
+    enabled: bool = True
     """Score every record on one importance sample first and give only those that could matter the full n_samples pass
-    (their decisions and breakdown are the full pass's); off: every record gets it."""
+    (their decisions and breakdown are the full pass's); off: every record gets it. A saved model keeps the value
+    written in it: one saved while the default was off (or without the field) stays off."""
     margin_p: float = Field(0.05, ge=0.05, lt=1)
     """A record skips the full pass when its first sample's NLL plus log(n_samples), an upper bound on the full pass's,
     lies under the score at this p-value in every mode it could belong to. At least 0.05 (higher: more records
@@ -219,8 +220,11 @@ class ModelConfig(BaseModel):
     def _thresholds_ordered(self) -> ModelConfig:
         if self.learn_threshold < self.threshold:
             raise ValueError("learn_threshold must be >= threshold: a record flagged anomalous must never be learned")
-        if self.cascade.margin_p < self.learn_threshold:
-            raise ValueError("cascade.margin_p must be >= learn_threshold: a record refused for learning is rescored")
+        if self.cascade.enabled and self.cascade.margin_p < self.learn_threshold:
+            raise ValueError(
+                "cascade.margin_p must be >= learn_threshold (a record refused for learning is rescored): raise "
+                "STREAMMOE_MODEL__CASCADE__MARGIN_P or set STREAMMOE_MODEL__CASCADE__ENABLED=false"
+            )
         if self.clip_threshold is not None and self.clip_threshold > self.learn_threshold:
             raise ValueError("clip_threshold must be <= learn_threshold: records the model learns are never clipped")
         return self

@@ -127,6 +127,7 @@ def test_a_mostly_censored_buffer_sends_its_records_to_the_full_pass(fitted) -> 
 def test_the_margin_must_clear_the_learning_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValueError, match="margin_p"):
         ModelConfig(learn_threshold=0.3, cascade={"margin_p": 0.2})
+    assert ModelConfig(learn_threshold=0.3, cascade={"enabled": False, "margin_p": 0.2}).learn_threshold == 0.3
     with pytest.raises(ValueError):
         ModelConfig(cascade={"margin_p": 0.04})  # the calibration's tail would hold censored scores
     from streammoe.config import Settings

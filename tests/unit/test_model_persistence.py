@@ -124,6 +124,12 @@ def test_a_model_saved_before_sparse_steps_and_the_cascade_keeps_them_off_whatev
     assert not {"learn_min_resp", "cascade", "learn_min_rows"} & set(json.loads((v2 / "config.json").read_text()))
     old = load_detector(v2, device="cpu", channels=["flow", "pressure", "temp"]).config
     assert (old.learn_min_resp, old.cascade.enabled, old.learn_min_rows) == (0.0, False, 1)
+    # tests/data/model-v3 was saved while the cascade's default was off: `enabled: false` is written in it, and
+    # it keeps the full pass now that the default is on; a new fit gets the default.
+    v3 = v2.parent / "model-v3"
+    assert json.loads((v3 / "config.json").read_text())["cascade"]["enabled"] is False
+    assert load_detector(v3, device="cpu", channels=["flow", "pressure", "temp"]).config.cascade.enabled is False
+    assert ModelConfig().cascade.enabled is True
     written = json.loads((Path(saved) / "config.json").read_text())
     assert (written["learn_min_resp"], written["cascade"]["enabled"], written["learn_min_rows"]) == (
         ModelConfig().learn_min_resp,
