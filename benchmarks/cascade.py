@@ -100,7 +100,7 @@ def paired_stream(detector: MixtureDetector, values: np.ndarray, batch_size: int
 
 def synthetic_run(margins: list[float], seed: int, records: int, k: int, s: int) -> StreamRun:
     """The perf bench's 16-mode machine, 38 channels; 2 % of records shifted on one channel by 0-30 spreads."""
-    from benchmarks.perf import N_MODES, synthetic
+    from benchmarks.workload import N_MODES, synthetic
 
     config = ModelConfig(k_max=k, n_samples=s, fit_steps=400, min_expert_weight=0.0, seed=seed)
     config.cascade.margin_p = margins[0]

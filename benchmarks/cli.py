@@ -228,9 +228,9 @@ def _int_list(text: str) -> tuple[int, ...]:
 
 
 def _perf(args: argparse.Namespace) -> int:
-    from benchmarks import perf
+    from benchmarks import perf, perf_latency, perf_options, perf_report
 
-    opts = perf.PerfOptions(
+    opts = perf_options.PerfOptions(
         ks=args.perf_k,
         samples=args.perf_s,
         records=args.perf_records,
@@ -245,18 +245,18 @@ def _perf(args: argparse.Namespace) -> int:
     )
     out = args.out or Path("results") / datetime.now().strftime("perf-%Y%m%d-%H%M%S")
     if args.perf_latency_only:
-        result = perf.latency_only(opts, progress=lambda line: print(line, file=sys.stderr, flush=True))
+        result = perf_latency.latency_only(opts, progress=lambda line: print(line, file=sys.stderr, flush=True))
         result["setup"].update(command=" ".join(["streammoe"] + sys.argv[1:]), git=_git_commit())
         out.mkdir(parents=True, exist_ok=True)
         (out / "latency.json").write_text(json.dumps(result, indent=1))
-        print("\n".join(perf.latency_markdown(result["latency"])))
+        print("\n".join(perf_report.latency_markdown(result["latency"])))
         print(f"bench: perf latency -> {out / 'latency.json'}")
         return 0
     result = perf.measure(opts, progress=lambda line: print(line, file=sys.stderr, flush=True))
     result["setup"]["command"] = " ".join(["streammoe"] + sys.argv[1:])
     result["setup"]["git"] = _git_commit()
-    js, _, png = perf.write(result, out)
-    print(perf.markdown(result))
+    js, _, png = perf_report.write(result, out)
+    print(perf_report.markdown(result))
     print(f"bench: perf -> {js}" + (f", {png}" if png else ""))
     return 0
 

@@ -21,7 +21,8 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from benchmarks.perf import consume_rate, produce, synthetic
+from benchmarks.perf_rates import consume_rate
+from benchmarks.workload import produce, synthetic
 from streammoe.testing.broker import EmbeddedBroker
 from streammoe.testing.settings import daemon_settings, topics_for
 

@@ -1,7 +1,7 @@
 """Scoring on a GPU: records/s at K=16 for batches up to 65,536, per precision, and whether decisions change.
 
 Issue 8's GPU goal is >= 1M records/s scoring at K=16. On the device the detector picks (CUDA when torch sees
-one), a K-expert model is fitted as the perf bench fits it (`perf.fitted`, its 16-mode synthetic machine), then
+one), a K-expert model is fitted as the perf bench fits it (`workload.fitted`, its 16-mode synthetic machine), then
 for every S and batch size:
 
 - score: `score_many` on host rows (the daemon's call: copy in through pinned memory, E-step, calibration,
@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.perf import ANOMALY_SHIFT, N_MODES, fitted, synthetic
+from benchmarks.workload import ANOMALY_SHIFT, N_MODES, fitted, synthetic
 from streammoe.model.detector import default_device
 
 NOISE_SEED = 1234

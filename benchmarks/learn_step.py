@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from benchmarks.perf import N_MODES, fitted, synthetic
+from benchmarks.workload import N_MODES, fitted, synthetic
 from streammoe.model.detector import MixtureDetector
 from streammoe.novelty.growth import _train_candidate
 

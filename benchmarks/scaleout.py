@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from benchmarks.perf import synthetic
+from benchmarks.workload import synthetic
 from streammoe.kafka.sink import produce as produce_message
 from streammoe.testing.broker import EmbeddedBroker
 from streammoe.testing.records import keyed_records

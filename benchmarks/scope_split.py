@@ -1,6 +1,6 @@
 """`python -m benchmarks.scope_split`: a worker's model stage when its batches split over many scopes, paired.
 
-One 2048-record batch of the scale-out bench's K=8 machine (benchmarks/scaleout_model.py) is split evenly over S
+One 2048-record batch of the scale-out bench's K=8 machine (benchmarks/scaleout_calls.py) is split evenly over S
 scopes held by S detectors, and each scope's rows are scored and learned (`score_many` + `learn_many`), as a worker
 in `STREAMMOE_SCOPES__MODE=asset` does. Every `--min-rows` value (ModelConfig.learn_min_rows: 1 is a gradient step
 on every call, as before that setting) gets its own detectors, loaded from one fitted model, and the variants run
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.scaleout_model import CHANNELS, fitted, score_learn_split, stream
+from benchmarks.scaleout_calls import CHANNELS, fitted, score_learn_split, stream
 
 K, BATCH = 8, 2048
 

@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.perf import synthetic
 from benchmarks.probe import rss_mb, samples, start_daemon
+from benchmarks.workload import synthetic
 from streammoe.kafka.sink import produce as produce_message
 from streammoe.testing.broker import EmbeddedBroker
 from streammoe.testing.records import keyed_records

@@ -1,18 +1,17 @@
-"""The latency bench's harness (benchmarks/perf.py): paced records through the broker reach the alerts topic
-through the daemon and through the do-nothing relay, and the figures describe exactly those records."""
+"""The latency bench's harness (benchmarks/perf_latency.py): paced records through the broker reach the alerts
+topic through the daemon and through the do-nothing relay, and the figures describe exactly those records."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks import perf
+from benchmarks.perf_latency import latency
+from benchmarks.perf_options import PerfOptions
 
 
 def test_latency_bench_times_the_daemon_and_the_relay_floor_on_one_broker(broker: str, tmp_path: Path) -> None:
-    opts = perf.PerfOptions(
-        latency=True, latency_rate=2000, latency_seconds=2.0, latency_k=2, latency_s=1, fit_steps=50
-    )
-    res = perf.latency(broker, [f"ch{i:02d}" for i in range(38)], tmp_path, opts, progress=lambda *a: None)
+    opts = PerfOptions(latency=True, latency_rate=2000, latency_seconds=2.0, latency_k=2, latency_s=1, fit_steps=50)
+    res = latency(broker, [f"ch{i:02d}" for i in range(38)], tmp_path, opts, progress=lambda *a: None)
     # 4000 paced records plus the 10 that created the topic, all through the daemon; ~1 % planted far off.
     assert res["records_in"] == 4010
     assert 10 <= res["alerts"] <= 200

@@ -19,7 +19,10 @@ MAX_MODULE_LINES = 400
 MAX_CLASS_LINES = 200
 
 # Known exceptions to the size rules, each with its owner and why; the test fails once one is no longer needed.
-TOO_LONG_MODULES: dict[str, str] = {}
+TOO_LONG_MODULES: dict[str, str] = {
+    "benchmarks/cli.py": "the bench command's options, a few lines over; next to move: --perf's options",
+    "benchmarks/fuzz.py": "the hostile-input bench, a few lines over",
+}
 TOO_LONG_CLASSES: dict[str, str] = {}
 
 
@@ -178,8 +181,9 @@ def class_sizes(path: Path) -> dict[str, int]:
 
 
 def test_no_module_over_400_lines_and_no_class_over_200() -> None:
+    """The shipped package and the benchmarks (not shipped, but kept to the same house rules)."""
     long_modules, long_classes = {}, {}
-    for path in MODULES.values():
+    for path in [*MODULES.values(), *sorted((ROOT / "benchmarks").glob("*.py"))]:
         rel = path.relative_to(ROOT).as_posix()
         lines = len(path.read_text().splitlines())
         if lines > MAX_MODULE_LINES:

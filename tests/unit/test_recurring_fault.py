@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from benchmarks.perf import synthetic
+from benchmarks.workload import synthetic
 from streammoe.model.config import ModelConfig
 from streammoe.model.detector import MixtureDetector
 

@@ -1,4 +1,4 @@
-"""The capacity model of docs/scaleout.md (benchmarks.scaleout_model): its arithmetic, checked by hand."""
+"""The capacity model of docs/scaleout.md (benchmarks.scaleout_capacity): its arithmetic, checked by hand."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from benchmarks.scaleout_model import (
+from benchmarks.scaleout_capacity import (
     Deployment,
     Figures,
     call_seconds,

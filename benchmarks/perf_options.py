@@ -1,0 +1,82 @@
+"""What a `streammoe bench --perf` run is asked for (PerfOptions), the daemon settings its runs use, and the process
+set up as the daemon sets it up."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from streammoe.config import Settings
+from streammoe.testing.settings import daemon_settings as kit_settings
+from streammoe.testing.settings import topics_for
+
+
+@dataclass
+class PerfOptions:
+    ks: tuple[int, ...] = (1, 4, 8, 16)
+    samples: tuple[int, ...] = (1, 8)
+    channels: int = 38
+    records: int = 60_000
+    max_batch: int = 1024
+    fit_steps: int = 200
+    repeats: int = 3
+    torch_threads: int = 1
+    hst_records: int = 3000
+    latency: bool = False
+    latency_rate: int = 10_000
+    latency_seconds: float = 20.0
+    latency_k: int = 8
+    latency_s: int = 8
+    latency_max_wait_ms: int = 20
+    latency_pipeline: bool = True
+    latency_reader_wait_s: float = 0.005
+    latency_cascade: bool = False  # the latency run's model with `ModelConfig.cascade` on
+    pipeline: tuple[bool, ...] = (True,)
+    variants_k: int = 8
+    variants_s: int = 8
+    compile: bool = False
+    cascade: bool = True  # also every S > 1 point with the cascade on (scoring, learning, end to end)
+
+
+def daemon_settings(
+    bootstrap: str,
+    topic: str,
+    channels: list[str],
+    tmp: Path,
+    group: str,
+    max_batch: int,
+    max_wait_ms: int,
+    threads: int,
+    pipeline: bool = True,
+    model: str = "model",
+) -> Settings:
+    return kit_settings(
+        bootstrap,
+        topics_for(topic),
+        channels,
+        group=group,
+        checkpoint_dir=tmp / f"ckpt-{group}",
+        model_dir=tmp / model,
+        kafka__commit_interval_s=1.0,
+        kafka__extra={"heartbeat.interval.ms": "2000"},
+        batching__max_batch=max_batch,
+        batching__max_wait_ms=max_wait_ms,
+        batching__pipeline=pipeline,
+        torch_threads=threads,
+    )
+
+
+def prepare(opts: PerfOptions) -> tuple[list[str], float]:
+    """The process as the daemon sets it up (quiet logs, its allocator, its torch threads): the channels, and the
+    clock's start."""
+    import torch
+
+    from streammoe.daemon import tune_allocator
+    from streammoe.logs import configure_logging
+
+    configure_logging("WARNING", "console")
+    tune_allocator()
+    if opts.torch_threads:
+        torch.set_num_threads(opts.torch_threads)
+    return [f"ch{i:02d}" for i in range(opts.channels)], time.monotonic()
