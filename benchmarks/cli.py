@@ -129,14 +129,24 @@ def add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--perf-latency",
         action="store_true",
-        help="--perf: produce -> alert latency at --perf-rate records/s (K=8, S=8)",
+        help="--perf: produce -> alert latency at --perf-rate records/s (the default model, K=8, S=8)",
     )
     p.add_argument(
         "--perf-latency-only",
         action="store_true",
         help="--perf: only the produce -> alert latency (no throughput grid)",
     )
-    p.add_argument("--perf-latency-cascade", action="store_true", help="--perf-latency: the model with the cascade on")
+    latency_model = p.add_mutually_exclusive_group()  # the latency run's model is the default model without these
+    latency_model.add_argument(
+        "--perf-latency-full-pass",
+        action="store_true",
+        help="--perf-latency: the model with the cascade off (every record on the full S-sample pass)",
+    )
+    latency_model.add_argument(
+        "--perf-latency-cascade",
+        action="store_true",
+        help="--perf-latency: the model with the cascade on (the default)",
+    )
     p.add_argument("--perf-threads", type=int, default=1, help="--perf: torch threads (default 1)")
     p.add_argument("--perf-rate", type=int, default=10_000, help="--perf-latency: offered records/s")
     p.add_argument(
@@ -230,19 +240,7 @@ def _int_list(text: str) -> tuple[int, ...]:
 def _perf(args: argparse.Namespace) -> int:
     from benchmarks import perf, perf_latency, perf_options, perf_report
 
-    opts = perf_options.PerfOptions(
-        ks=args.perf_k,
-        samples=args.perf_s,
-        records=args.perf_records,
-        latency=args.perf_latency or args.perf_latency_only,
-        latency_rate=args.perf_rate,
-        latency_s=args.perf_latency_s,
-        latency_cascade=args.perf_latency_cascade,
-        torch_threads=args.perf_threads,
-        pipeline=(True, False) if args.perf_serial else (True,),
-        compile=args.perf_compile,
-        cascade=not args.perf_no_cascade,
-    )
+    opts = perf_options.from_args(args)
     out = args.out or Path("results") / datetime.now().strftime("perf-%Y%m%d-%H%M%S")
     if args.perf_latency_only:
         result = perf_latency.latency_only(opts, progress=lambda line: print(line, file=sys.stderr, flush=True))

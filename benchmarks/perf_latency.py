@@ -1,6 +1,7 @@
 """Produce -> alert latency (`streammoe bench --perf --perf-latency`): records paced at a fixed rate with the send time
 as `ts`, 1 % far off every mode, through the daemon and then through a relay that does no work (the floor that the
-broker and the clients set on this machine), each timed by a reader on the alerts topic."""
+broker and the clients set on this machine), each timed by a reader on the alerts topic. The daemon's model is the
+default model (the cascade as ModelConfig has it) unless the run asks for the full pass or the cascade."""
 
 from __future__ import annotations
 
@@ -166,7 +167,8 @@ def latency(
     from streammoe.state.persistence import save_detector
 
     detector = fitted(opts.latency_k, opts.latency_s, channels, opts.fit_steps)
-    detector.config.cascade.enabled = opts.latency_cascade
+    cascade = opts.latency_model_cascade()
+    detector.config.cascade.enabled = cascade  # fitted() builds the model with the cascade off
     save_detector(detector, tmp / "model")
     topic = _new_topics(bootstrap, channels)
     daemon = Daemon(
@@ -196,7 +198,7 @@ def latency(
         "seconds": opts.latency_seconds,
         "k": opts.latency_k,
         "s": opts.latency_s,
-        "cascade": opts.latency_cascade,
+        "cascade": cascade,
         "torch_threads": opts.torch_threads,
         "max_wait_ms": opts.latency_max_wait_ms,
         "pipeline": opts.latency_pipeline,

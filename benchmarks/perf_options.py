@@ -3,6 +3,7 @@ set up as the daemon sets it up."""
 
 from __future__ import annotations
 
+import argparse
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,12 +32,38 @@ class PerfOptions:
     latency_max_wait_ms: int = 20
     latency_pipeline: bool = True
     latency_reader_wait_s: float = 0.005
-    latency_cascade: bool = False  # the latency run's model with `ModelConfig.cascade` on
+    # The latency run's model: None as the default model is (ModelConfig's cascade), False every record on the full
+    # pass (--perf-latency-full-pass), True the cascade on (--perf-latency-cascade) whatever the default.
+    latency_cascade: bool | None = None
     pipeline: tuple[bool, ...] = (True,)
     variants_k: int = 8
     variants_s: int = 8
     compile: bool = False
     cascade: bool = True  # also every S > 1 point with the cascade on (scoring, learning, end to end)
+
+    def latency_model_cascade(self) -> bool:
+        """Whether the latency run's model screens records with the cascade: as the default model does, unless the
+        run asks otherwise, so the figure is the latency of the model operators run."""
+        from streammoe.model.config import ModelConfig
+
+        return ModelConfig().cascade.enabled if self.latency_cascade is None else self.latency_cascade
+
+
+def from_args(args: argparse.Namespace) -> PerfOptions:
+    """The options of `streammoe bench --perf ...` (benchmarks/cli.py defines the flags)."""
+    return PerfOptions(
+        ks=args.perf_k,
+        samples=args.perf_s,
+        records=args.perf_records,
+        latency=args.perf_latency or args.perf_latency_only,
+        latency_rate=args.perf_rate,
+        latency_s=args.perf_latency_s,
+        latency_cascade=False if args.perf_latency_full_pass else True if args.perf_latency_cascade else None,
+        torch_threads=args.perf_threads,
+        pipeline=(True, False) if args.perf_serial else (True,),
+        compile=args.perf_compile,
+        cascade=not args.perf_no_cascade,
+    )
 
 
 def daemon_settings(

@@ -3,15 +3,20 @@ topic through the daemon and through the do-nothing relay, and the figures descr
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from benchmarks.perf_latency import latency
 from benchmarks.perf_options import PerfOptions
+from streammoe.model.config import ModelConfig
 
 
 def test_latency_bench_times_the_daemon_and_the_relay_floor_on_one_broker(broker: str, tmp_path: Path) -> None:
     opts = PerfOptions(latency=True, latency_rate=2000, latency_seconds=2.0, latency_k=2, latency_s=1, fit_steps=50)
     res = latency(broker, [f"ch{i:02d}" for i in range(38)], tmp_path, opts, progress=lambda *a: None)
+    # The daemon ran the default model: the cascade as ModelConfig has it, in the model it loaded.
+    saved = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert res["cascade"] is saved["cascade"]["enabled"] is ModelConfig().cascade.enabled
     # 4000 paced records plus the 10 that created the topic, all through the daemon; ~1 % planted far off.
     assert res["records_in"] == 4010
     assert 10 <= res["alerts"] <= 200
