@@ -1,7 +1,8 @@
 """`python -m benchmarks.scaleout_model`: the figures behind docs/scaleout.md (the scale-out capacity model).
 
 Measured in one run, on one torch thread (as the daemon runs), for K experts (k_max = K, all K active after a fit on
-K-mode synthetic data, 38 channels, every other ModelConfig field at its default):
+K-mode synthetic data, 38 channels, the cascade off so every record gets the full pass, every other ModelConfig
+field at its default):
 
 1. cost   - seconds per `score_many` + `learn_many` call against rows per call (8 .. 2048), with a straight line
             fixed + per_row * rows fitted to the medians as a summary; then one 2048-record batch split evenly
@@ -58,8 +59,8 @@ def run(opts: argparse.Namespace) -> dict:
             "memory_scopes": opts.memory_scopes,
             "broker_scopes": opts.broker_scopes if opts.broker else None,
             "rounds": opts.rounds,
-            "model": "k_max=K, all K experts active, other ModelConfig fields at their defaults (n_samples=8, "
-            "learn_every=1, learn_batch=256, novelty on)",
+            "model": "k_max=K, all K experts active, the cascade off (every record on the full pass), other "
+            "ModelConfig fields at their defaults (n_samples=8, learn_every=1, learn_batch=256, novelty on)",
         },
         "k": {},
     }
