@@ -38,6 +38,9 @@ FIT_FIELDS = {
     "min_expert_weight",
     "k_tolerance",
     "holdout_blocks",
+    "holdout_guard",
+    "holdout_share",
+    "holdout_rows",
 }
 
 

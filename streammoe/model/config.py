@@ -203,10 +203,20 @@ class ModelConfig(BaseModel):
     """A fit keeps the fewest clusters whose held-out log-likelihood is within this many nats per record and channel of
     the best number's (model/fitting.py): a split of one mode gains little per channel."""
     holdout_blocks: int = Field(0, ge=0)
-    """A fit of 2000 rows or more calibrates on this many blocks in time (a tenth of its rows) instead of a random tenth
-    (0, the default). Rows held out at random sit next to training rows: on a simulated process mode, five blocks cut
-    later false alarms 4.8 -> 1.3 %, but on a toy with slower disturbances they raised them 0.4 -> 2.6 % and SMD's T2
+    """A fit of 2000 rows or more calibrates on this many blocks in time (holdout_share of its rows) instead of a random
+    share (0, the default). Rows held out at random sit next to training rows: on a simulated process mode, five blocks
+    cut later false alarms 4.8 -> 1.3 %, but on a toy with slower disturbances they raised them 0.4 -> 2.6 % and SMD's T2
     AUC-PR fell 0.295 -> 0.252 (docs/model.md)."""
+    holdout_share: float = Field(0.1, gt=0, le=0.5)
+    """Share of a fit of 2000 rows or more held out to calibrate each mode's tail (and holdout_blocks' share)."""
+    holdout_rows: int = Field(800, ge=0)
+    """A random holdout keeps at least this many rows, up to twice holdout_share: each mode's 1e-3 tail is extrapolated
+    from its scores past their 95 % quantile, and a tenth of a 4,000-row fit left a mode 5-19 of them, whose noise
+    raised the false alarms (docs/model.md). 0: holdout_share alone."""
+    holdout_guard: int = Field(0, ge=-1)
+    """With holdout_blocks, the rows within this many records of a held-out block (at most one block's length) train
+    nothing, so no held-out row sits next to a training row; -1 takes it from the data: the lag at which the scaled
+    rows' mean autocorrelation falls under 1/e. Off (0): on the process simulator it did no better (docs/model.md)."""
     min_expert_weight: float = Field(0.02, ge=0, lt=1)
     """Clusters lighter than this share of the data get no expert at fit time."""
     seed: int = 0

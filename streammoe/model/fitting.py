@@ -12,6 +12,7 @@ switch to soft responsibilities (stochastic variational EM). 4. Set the mixture 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -37,10 +38,55 @@ def holdout_blocks(n: int, blocks: int, device: torch.device) -> tuple[torch.Ten
     n / (blocks / HOLDOUT_FRACTION), one run in 1 / HOLDOUT_FRACTION held out. Rows held out at random sit one
     record from training rows; on a process whose disturbances move slowly the experts have all but seen them and
     the tail comes out too narrow, but a few blocks cover fewer of the process's states (docs/model.md)."""
-    every = round(1 / HOLDOUT_FRACTION)
-    length = max(1, n // (every * blocks))
+    return guarded_blocks(n, blocks, 0, device)
+
+
+def block_length(n: int, blocks: int, share: float = HOLDOUT_FRACTION) -> int:
+    """Rows in each of `blocks` held-out runs that together hold `share` of n rows."""
+    return max(1, n // (round(1 / share) * blocks))
+
+
+def guarded_blocks(
+    n: int, blocks: int, guard: int, device: torch.device, share: float = HOLDOUT_FRACTION
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(held-out, training) row indices: `blocks` runs in time as in `holdout_blocks` (one run in round(1 / share)),
+    and the rows within `guard` (at most one run's length) of a held-out run in neither, so no held-out row has a
+    training row that near."""
+    every = round(1 / share)
+    length = block_length(n, blocks, share)
     held = (torch.arange(n, device=device) // length) % every == every - 1
-    return torch.nonzero(held).flatten(), torch.nonzero(~held).flatten()
+    guard = min(guard, length)
+    near = held
+    if guard > 0:
+        wide = torch.nn.functional.max_pool1d(held[None, None].float(), 2 * guard + 1, stride=1, padding=guard)
+        near = wide[0, 0] > 0
+    return torch.nonzero(held).flatten(), torch.nonzero(~near).flatten()
+
+
+def correlation_lag(xs: torch.Tensor, max_lag: int) -> int:
+    """Rows over which neighbours stay alike: the largest lag L <= max_lag at which the mean autocorrelation of the
+    moving channels of `xs` (scaled rows in time order) is still at least 1/e at every lag up to L; 0 for
+    independent rows, about -1 / ln(a) for an AR(1) of coefficient a."""
+    x = xs.double()
+    x = x - x.mean(0)
+    moving = x.std(0) > 1e-6
+    n = x.shape[0]
+    if max_lag < 1 or n < 3 or not bool(moving.any()):
+        return 0
+    x = x[:, moving] / x[:, moving].std(0)
+    spectrum = torch.fft.rfft(x, 2 * n, dim=0)
+    lags = min(max_lag + 1, n - 1)
+    acf = torch.fft.irfft(spectrum.abs() ** 2, 2 * n, dim=0)[1 : lags + 1]
+    acf = acf / torch.arange(n - 1, n - 1 - lags, -1, dtype=x.dtype, device=x.device)[:, None]
+    below = torch.nonzero(acf.mean(1) * n / (n - 1) < math.exp(-1)).flatten()
+    return min(int(below[0]) if len(below) else lags, max_lag)
+
+
+def heldout_rows(n: int, share: float, at_least: int) -> int:
+    """Rows a long fit holds out at random: `share` of them, or `at_least` up to twice that share. A tail rests on
+    a count of scores, not a share: a short fit's tenth leaves each mode too few past its 95 % quantile, while a
+    long fit's tenth is plenty and its experts keep all the rest to train on."""
+    return max(int(n * share), min(at_least, int(n * 2 * share)))
 
 
 def fit_capacity(k_max: int) -> int:
@@ -119,11 +165,13 @@ def fit_mixture(
         hold, train = (t.to(x.device) for t in split)
         n_hold = len(hold)
     elif n >= MIN_ROWS_FOR_HOLDOUT and cfg.holdout_blocks > 0:
-        hold, train = holdout_blocks(n, cfg.holdout_blocks, x.device)
+        length = block_length(n, cfg.holdout_blocks, cfg.holdout_share)
+        guard = correlation_lag(xs, length) if cfg.holdout_guard < 0 else cfg.holdout_guard
+        hold, train = guarded_blocks(n, cfg.holdout_blocks, guard, x.device, cfg.holdout_share)
         n_hold = len(hold)
     elif n >= MIN_ROWS_FOR_HOLDOUT:
         perm = torch.randperm(n, generator=generator, device=x.device)
-        n_hold = int(n * HOLDOUT_FRACTION)
+        n_hold = heldout_rows(n, cfg.holdout_share, cfg.holdout_rows)
         hold, train = perm[:n_hold], perm[n_hold:]
     else:
         # A short warm-up is one stretch of time: calibrate on its latest part, which is nearer to what comes

@@ -231,11 +231,15 @@ def _migrate_v1(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def _config_of(path: Path, version: int) -> ModelConfig:
     """The saved ModelConfig; a model of format 1 or 2 was made without a time context, one of format 3 or 4 with
     its features decoded like the values (`context.decoder` full), one saved before `learn_min_resp` and
-    `cascade` existed with dense steps and the full pass, whatever the defaults."""
+    `cascade` existed with dense steps and the full pass, and one saved before the holdout settings
+    with a tenth held out unguarded, whatever the defaults."""
     raw = json.loads((path / "config.json").read_text())
     if isinstance(raw, dict):
         raw.setdefault("learn_min_resp", 0.0)
         raw.setdefault("learn_min_rows", 1)  # saved before the step waited for rows: a step on every batch
+        raw.setdefault("holdout_rows", 0)  # saved before holdout_rows: a refit holds out a tenth, unguarded
+        raw.setdefault("holdout_share", 0.1)
+        raw.setdefault("holdout_guard", 0)
         cascade = raw.setdefault("cascade", {})
         if isinstance(cascade, dict):
             cascade.setdefault("enabled", False)
