@@ -42,6 +42,10 @@ class PhysicalLimits:
     def poisoned(self, x: Tensor, observed: Tensor | None = None) -> Tensor:
         """(B,) True for finite rows (of raw records) with a sentinel or a reading outside its physical bounds;
         `observed` (B, C) bool: only those readings are judged (a missing one holds a placeholder)."""
+        return self.poisoned_readings(x, observed).any(dim=1)
+
+    def poisoned_readings(self, x: Tensor, observed: Tensor | None = None) -> Tensor:
+        """(B, C) the readings `poisoned` judges so: an out-of-range alert names them first."""
         bad = x.abs() >= self.magnitude
         if self.sentinels.numel():
             bad |= torch.isin(x, self.sentinels.to(x.device, x.dtype))
@@ -49,4 +53,4 @@ class PhysicalLimits:
             bad |= (x < self.low.to(x.device, x.dtype)) | (x > self.high.to(x.device, x.dtype))
         if observed is not None:
             bad &= observed
-        return bad.any(dim=1)
+        return bad

@@ -58,6 +58,9 @@ class ScoredBatch:
     # expert reconstructs (the square root of the largest channel misfit; +inf when not finite): a spike on a
     # channel is tens of them out, an odd but plausible record a few (incidents.opens_at_once reads it).
     deviation: np.ndarray | None = None
+    # (B, C) the readings that make a row out of range (model/poison.py): `top_channels` names them first, as the
+    # misfit of a record with a saturated reading can land on its other channels. None: no such row.
+    poisoned: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.score)
@@ -90,7 +93,12 @@ class ScoredBatch:
         """The `n` inputs with the largest share of record i's misfit, as (index into `names(channels)`, share):
         a channel's value, or with a context one of its features."""
         share = (self.channel_share if self.input_share is None else self.input_share)[i]
-        order = np.argsort(-share)[:n]
+        if self.poisoned is None or not self.poisoned[i].any():
+            order = np.argsort(-share)[:n]
+        else:  # the out-of-range readings first (a channel's value comes before its features in the inputs)
+            first = np.zeros(len(share), bool)
+            first[: self.poisoned.shape[1]] = self.poisoned[i]
+            order = np.lexsort((-share, ~first))[:n]
         return [(int(c), float(share[c])) for c in order]
 
 
@@ -133,7 +141,8 @@ def score_records(
     if observed is not None:
         valid &= observed.any(dim=1)
     xt = torch.where(valid[:, None], xt, torch.zeros_like(xt))
-    in_range = ~limits.poisoned(xt, observed)
+    poisoned = limits.poisoned_readings(xt, observed)
+    in_range = ~poisoned.any(dim=1)
     rescored = first_nll = None
     if cascade and config.cascade.enabled and config.n_samples > 1:
         must = ~valid | ~in_range | (torch.zeros_like(valid) if observed is None else ~observed.all(dim=1))
@@ -159,7 +168,7 @@ def score_records(
     host = to_host(
         xt.device,
         *(nll, log_p, -log_p / LOG10, is_anomaly, mode, ev.entropy, ev.epistemic, ev.aleatoric, ev.resp, share),
-        *(finite, in_range, deviation, valid),
+        *(finite, in_range, deviation, valid, poisoned),
     )
     nll_h, log_p_h, score_h, anomaly_h, mode_h, entropy_h, epi_h, ale_h, resp_h, share_h, finite_h, range_h, dev_h = (
         host[:13]
@@ -176,4 +185,5 @@ def score_records(
         deviation=dev_h,
         rescored=rescored,
         first_nll=first_nll,
+        poisoned=host[14] if not range_h.all() else None,
     )
