@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from benchmarks.workload import synthetic
+from benchmarks.workload import fitted_on_k_modes, synthetic
 from streammoe.kafka.sink import produce as produce_message
 from streammoe.testing.broker import EmbeddedBroker
 from streammoe.testing.records import keyed_records
@@ -157,22 +157,13 @@ class ScaleoutResult:
 def run(args: argparse.Namespace) -> ScaleoutResult:
     from confluent_kafka import Producer
 
-    from streammoe.model.config import ModelConfig
-    from streammoe.model.detector import MixtureDetector
     from streammoe.state.persistence import save_detector
 
     channels = [f"ch{i:02d}" for i in range(args.channels)]
     result = ScaleoutResult(args.records, args.channels, args.k, args.n_samples, args.assets, 4, os.getloadavg()[0])
     with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        detector = MixtureDetector(
-            args.channels,
-            ModelConfig(k_max=args.k, n_samples=args.n_samples, fit_steps=300, cascade={"enabled": False}),
-            channels,
-            device="cpu",
-        )
-        detector.fit(synthetic(20_000, args.k, args.channels, seed=1), k=args.k)
-        save_detector(detector, tmp / "model")
+        save_detector(fitted_on_k_modes(args.k, args.n_samples, channels), tmp / "model")
         topic = f"scaleout-{uuid.uuid4().hex[:6]}"
         rows = synthetic(args.records, args.k, args.channels, seed=2)
         p = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 5, "acks": "all"})

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.probe import rss_mb, samples, start_daemon
-from benchmarks.workload import synthetic
+from benchmarks.workload import fitted_on_k_modes, synthetic
 from streammoe.kafka.sink import produce as produce_message
 from streammoe.testing.broker import EmbeddedBroker
 from streammoe.testing.records import keyed_records
@@ -129,22 +129,13 @@ def payloads(channels: list[str], k: int, seed: int = 1) -> list[tuple[bytes, by
 def run(args: argparse.Namespace) -> SoakResult:
     from confluent_kafka import Producer
 
-    from streammoe.model.config import ModelConfig
-    from streammoe.model.detector import MixtureDetector
     from streammoe.state.persistence import save_detector
 
     channels = [f"ch{i:02d}" for i in range(args.channels)]
     result = SoakResult(args.records, args.channels, args.k, args.n_samples, warmup_share=args.warmup_share)
     with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp:
         topic = f"soak-{uuid.uuid4().hex[:6]}"
-        detector = MixtureDetector(
-            args.channels,
-            ModelConfig(k_max=args.k, n_samples=args.n_samples, fit_steps=300, cascade={"enabled": False}),
-            channels,
-            device="cpu",
-        )
-        detector.fit(synthetic(20_000, args.k, args.channels, seed=1), k=args.k)
-        save_detector(detector, Path(tmp) / "model")
+        save_detector(fitted_on_k_modes(args.k, args.n_samples, channels), Path(tmp) / "model")
         pool = payloads(channels, args.k)
         produced = [0]
         processed = [0.0]
