@@ -33,14 +33,6 @@ MAX_EPOCHS = 40
 MIN_STEPS = 300
 
 
-def holdout_blocks(n: int, blocks: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(held-out, training) row indices of a long fit in `blocks` blocks in time: the rows cut into runs of
-    n / (blocks / HOLDOUT_FRACTION), one run in 1 / HOLDOUT_FRACTION held out. Rows held out at random sit one
-    record from training rows; on a process whose disturbances move slowly the experts have all but seen them and
-    the tail comes out too narrow, but a few blocks cover fewer of the process's states (docs/model.md)."""
-    return guarded_blocks(n, blocks, 0, device)
-
-
 def block_length(n: int, blocks: int, share: float = HOLDOUT_FRACTION) -> int:
     """Rows in each of `blocks` held-out runs that together hold `share` of n rows."""
     return max(1, n // (round(1 / share) * blocks))
@@ -49,9 +41,11 @@ def block_length(n: int, blocks: int, share: float = HOLDOUT_FRACTION) -> int:
 def guarded_blocks(
     n: int, blocks: int, guard: int, device: torch.device, share: float = HOLDOUT_FRACTION
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(held-out, training) row indices: `blocks` runs in time as in `holdout_blocks` (one run in round(1 / share)),
-    and the rows within `guard` (at most one run's length) of a held-out run in neither, so no held-out row has a
-    training row that near."""
+    """(held-out, training) row indices of a long fit in `blocks` blocks in time: the rows cut into runs of
+    `block_length`, one run in round(1 / share) held out, and the rows within `guard` (at most one run's length) of
+    a held-out run in neither, so no held-out row has a training row that near. Rows held out at random sit one
+    record from training rows; on a process whose disturbances move slowly the experts have all but seen them and
+    the tail comes out too narrow, but a few blocks cover fewer of the process's states (docs/model.md)."""
     every = round(1 / share)
     length = block_length(n, blocks, share)
     held = (torch.arange(n, device=device) // length) % every == every - 1

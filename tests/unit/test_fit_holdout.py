@@ -16,7 +16,6 @@ from streammoe.model.fitting import (
     correlation_lag,
     guarded_blocks,
     heldout_rows,
-    holdout_blocks,
 )
 
 C = 4
@@ -24,7 +23,7 @@ N = 2400
 
 
 def test_blocks_hold_out_a_tenth_in_contiguous_runs_spread_over_the_fit() -> None:
-    hold, train = holdout_blocks(N, 5, torch.device("cpu"))
+    hold, train = guarded_blocks(N, 5, 0, torch.device("cpu"))
     assert len(hold) == int(N * HOLDOUT_FRACTION) and len(hold) + len(train) == N
     assert set(hold.tolist()).isdisjoint(train.tolist())
     starts = [int(i) for j, i in enumerate(hold) if j == 0 or int(hold[j - 1]) != int(i) - 1]
@@ -35,7 +34,7 @@ def marked_rows(seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Rows of unit noise, but ten times narrower in the rows that five blocks would hold out; and fresh rows."""
     rng = np.random.default_rng(seed)
     x = rng.normal(0, 1, (N, C)).astype(np.float32)
-    hold, _ = holdout_blocks(N, 5, torch.device("cpu"))
+    hold, _ = guarded_blocks(N, 5, 0, torch.device("cpu"))
     x[hold.numpy()] *= 0.1
     return x, rng.normal(0, 1, (500, C)).astype(np.float32)
 
