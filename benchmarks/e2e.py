@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from benchmarks.perf_rates import consume_rate
-from benchmarks.workload import produce, synthetic
+from benchmarks.workload import fitted_on_k_modes, produce, synthetic
 from streammoe.testing.broker import EmbeddedBroker
 from streammoe.testing.settings import daemon_settings, topics_for
 
@@ -49,8 +49,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from streammoe.daemon import Daemon, tune_allocator
     from streammoe.logs import configure_logging
-    from streammoe.model.config import ModelConfig
-    from streammoe.model.detector import MixtureDetector
     from streammoe.state.persistence import save_detector
 
     configure_logging("WARNING", "console")
@@ -63,12 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.monotonic()
         produce(bootstrap, topic, rows, channels)
         produce_s = time.monotonic() - t0
-        config = ModelConfig(
-            k_max=args.k, n_samples=args.n_samples, fit_steps=args.fit_steps, cascade={"enabled": False}
-        )  # plain: the full pass
-        detector = MixtureDetector(args.channels, config, channels, device="cpu")
-        detector.fit(synthetic(20_000, args.k, args.channels, seed=1), k=args.k)
-        save_detector(detector, Path(tmp) / "model")
+        save_detector(fitted_on_k_modes(args.k, args.n_samples, channels, args.fit_steps), Path(tmp) / "model")
 
         def settings(group: str) -> Settings:
             roles = ("alerts", "dead", "events", "control", *(("scores",) if args.scores_topic else ()))

@@ -45,13 +45,13 @@ def fitted(k: int, s: int, channels: list[str], fit_steps: int, device: str = "c
     return detector
 
 
-def fitted_on_k_modes(k: int, s: int, channels: list[str]) -> MixtureDetector:
-    """The soak's and the scale-out bench's model: k experts fitted for 300 steps on a machine of k modes, every
-    record on the full pass (their figures predate the cascade)."""
+def fitted_on_k_modes(k: int, s: int, channels: list[str], fit_steps: int = 300) -> MixtureDetector:
+    """The model of the soak, the scale-out bench and the e2e bench: k experts fitted on a machine of k modes,
+    every record on the full pass (their figures predate the cascade)."""
     from streammoe.model.config import ModelConfig
     from streammoe.model.detector import MixtureDetector
 
-    config = ModelConfig(k_max=k, n_samples=s, fit_steps=300, cascade={"enabled": False})
+    config = ModelConfig(k_max=k, n_samples=s, fit_steps=fit_steps, cascade={"enabled": False})
     detector = MixtureDetector(len(channels), config, channels, device="cpu")
     detector.fit(synthetic(20_000, k, len(channels), seed=1), k=k)
     return detector
